@@ -1,0 +1,84 @@
+"""One exception hierarchy for the whole library; each class carries the CLI exit code it maps to.
+
+Every message says what failed, on which object, and what the user can do about it. Messages never contain
+secrets: callers pass names (connection ids, storage names), never credentials.
+"""
+
+from __future__ import annotations
+
+
+class BackupError(Exception):
+    """Base class. ``exit_code`` is the documented, stable CLI exit status."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if not hint else f"{message}\n  fix: {hint}")
+
+
+class ConfigError(BackupError):
+    """The configuration file or a command-line argument is invalid (exit 2)."""
+
+    exit_code = 2
+
+
+class NotFoundError(BackupError):
+    """A snapshot, source, tier or storage named by the user does not exist (exit 3)."""
+
+    exit_code = 3
+
+
+class IntegrityError(BackupError):
+    """Stored data does not match what the manifest recorded, or a manifest is corrupt (exit 4)."""
+
+    exit_code = 4
+
+
+class StorageError(BackupError):
+    """A storage could not be reached or an operation on it failed (exit 5)."""
+
+    exit_code = 5
+
+
+class ObjectNotFound(StorageError):
+    """One object key is absent from a storage."""
+
+    exit_code = 3
+
+
+class TransientStorageError(StorageError):
+    """A storage failure worth retrying (timeouts, throttling, 5xx)."""
+
+
+class SourceError(BackupError):
+    """A source could not be read completely (unreadable files, a failing command or dump) (exit 6)."""
+
+    exit_code = 6
+
+
+class RefusedError(BackupError):
+    """The operation was refused to protect data: a non-empty target, an unsafe archive member (exit 7)."""
+
+    exit_code = 7
+
+
+class EncryptionError(BackupError):
+    """A key is missing or wrong, or authenticated decryption failed (exit 8)."""
+
+    exit_code = 8
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected internal error (a bug: please report it with the log)",
+    2: "invalid configuration or arguments",
+    3: "snapshot, tier, source, storage or object not found",
+    4: "integrity failure: stored data or a manifest does not match its checksums",
+    5: "storage unreachable or failing",
+    6: "a source could not be read (unreadable files, failing command or dump)",
+    7: "refused to protect data (non-empty restore target, unsafe archive member)",
+    8: "encryption key missing or wrong",
+    130: "interrupted",
+}

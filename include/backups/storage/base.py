@@ -1,0 +1,121 @@
+"""The storage interface: bytes under keys, nothing about snapshots (modelled on restic's backend).
+
+Five data operations — ``open_write`` (a streaming, atomic save), ``open_read`` (a stream, optionally a range),
+``stat``, ``list`` (by prefix) and ``delete`` — plus a few declared properties. Keys are ``/``-separated
+relative names (``snapshots/daily-20260101T020000Z.json``). Guarantees every implementation must give (the
+contract suite in ``tests/unit/storage/contract.py`` checks them):
+
+* a writer makes its object visible only when it is closed without error (temp name then rename, or a
+  completed multipart upload); an exception inside the ``with`` block leaves nothing visible;
+* ``list`` never shows an in-progress object;
+* a missing key raises :class:`~backups.errors.ObjectNotFound`; a retryable fault raises
+  :class:`~backups.errors.TransientStorageError`; anything else :class:`~backups.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from ..errors import StorageError
+
+CHUNK = 1 << 20
+_KEY = re.compile(r"^(?!/)(?!.*//)(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9._\-/]+$")
+TEMP_MARK = ".tmp-"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    #: storage class for archive-aware backends ("STANDARD", "GLACIER", ...); None when not applicable
+    storage_class: str | None = None
+
+
+def check_key(key: str) -> str:
+    if not _KEY.match(key) or TEMP_MARK in key.rsplit("/", 1)[-1]:
+        raise StorageError(f"invalid object key {key!r}", hint="keys are relative names of letters, digits, . _ - and /")
+    return key
+
+
+class Writer(BinaryIO):  # pragma: no cover - protocol only
+    """A binary file object returned by :meth:`Storage.open_write` (context manager; commit on clean exit)."""
+
+
+class Storage(ABC):
+    """Abstract storage. Implementations: local, s3, sftp, memory; wrappers: retrying, read-only, metered."""
+
+    #: the configured storage name (``storages:`` key); used in messages, never a credential
+    name: str = "storage"
+    #: True when objects may need a restore request before they can be read (S3 GLACIER / DEEP_ARCHIVE)
+    archive: bool = False
+    #: fingerprint of the client-side encryption key when objects are encrypted at rest (never the key)
+    key_fingerprint: str | None = None
+
+    @abstractmethod
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """A writable stream; the object appears atomically when the ``with`` block exits cleanly."""
+
+    @abstractmethod
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> AbstractContextManager[BinaryIO]:
+        """A readable stream of the object (or of ``length`` bytes from ``offset``)."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size (and class) of one object; :class:`ObjectNotFound` when absent."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Committed objects whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; deleting an absent key is not an error."""
+
+    # ---- helpers built on the five operations -------------------------------------------------------
+    def describe(self) -> str:
+        """Where the data lives, for messages and docs (no credentials)."""
+        return self.name
+
+    def check(self) -> None:
+        """Raise :class:`StorageError` with a clear reason if the storage is unusable."""
+        for _ in self.list("snapshots/"):
+            break
+
+    def free_bytes(self) -> int | None:
+        """Bytes available, when the backend can tell (local disk); None otherwise."""
+        return None
+
+    def exists(self, key: str) -> bool:
+        from ..errors import ObjectNotFound
+
+        try:
+            self.stat(key)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as fh:
+            fh.write(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as fh:
+            return fh.read()
+
+    def copy_to(self, key: str, other: Storage) -> int:
+        """Stream one object to another storage under the same key; returns bytes copied."""
+        n = 0
+        with self.open_read(key) as src, other.open_write(key) as dst:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+                n += len(chunk)
+        return n
+
+    def restore_request(self, key: str, days: int = 1) -> bool:
+        """Ask an archive backend to make ``key`` readable; True when it is readable now."""
+        return True

@@ -1,0 +1,43 @@
+"""In-memory storage for unit tests and dry runs (same contract as the others)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from ..errors import ObjectNotFound
+from .base import ObjectInfo, Storage, check_key
+
+
+class MemoryStorage(Storage):
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.objects: dict[str, bytes] = {}
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        check_key(key)
+        buf = io.BytesIO()
+        yield buf
+        self.objects[key] = buf.getvalue()
+
+    @contextmanager
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[BinaryIO]:
+        if key not in self.objects:
+            raise ObjectNotFound(f"{self.name}: object {key} is missing")
+        data = self.objects[key]
+        end = len(data) if length is None else offset + length
+        yield io.BytesIO(data[offset:end])
+
+    def stat(self, key: str) -> ObjectInfo:
+        if key not in self.objects:
+            raise ObjectNotFound(f"{self.name}: object {key} is missing")
+        return ObjectInfo(key, len(self.objects[key]))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter([ObjectInfo(k, len(v)) for k, v in sorted(self.objects.items()) if k.startswith(prefix)])
+
+    def delete(self, key: str) -> None:
+        self.objects.pop(key, None)

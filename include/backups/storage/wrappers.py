@@ -1,0 +1,140 @@
+"""Cross-cutting storage behaviour as wrappers with the same interface (restic retry/dryrun, kopia readonly).
+
+* :class:`ReadOnlyStorage` — refuses writes and deletes; the test-restore and drill paths open storage with it.
+* :class:`RetryingStorage` — retries :class:`TransientStorageError` with exponential backoff.
+* :class:`MeteredStorage` — counts bytes read and written and the seconds spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+from ..errors import RefusedError, TransientStorageError
+from .base import ObjectInfo, Storage
+
+log = logging.getLogger(__name__)
+
+
+class _Wrapper(Storage):
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.archive = inner.archive
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def open_write(self, key: str):  # type: ignore[override]
+        return self.inner.open_write(key)
+
+    def open_read(self, key: str, offset: int = 0, length: int | None = None):  # type: ignore[override]
+        return self.inner.open_read(key, offset, length)
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self.inner.stat(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def free_bytes(self) -> int | None:
+        return self.inner.free_bytes()
+
+    def restore_request(self, key: str, days: int = 1) -> bool:
+        return self.inner.restore_request(key, days)
+
+    def unwrap(self) -> Storage:
+        inner = self.inner
+        while isinstance(inner, _Wrapper):
+            inner = inner.inner
+        return inner
+
+
+class ReadOnlyStorage(_Wrapper):
+    def _refuse(self, what: str, key: str) -> RefusedError:
+        return RefusedError(f"{self.name}: opened read-only, refusing to {what} {key}")
+
+    def open_write(self, key: str):  # type: ignore[override]
+        raise self._refuse("write", key)
+
+    def delete(self, key: str) -> None:
+        raise self._refuse("delete", key)
+
+    def check(self) -> None:
+        for _ in self.inner.list("snapshots/"):
+            break
+
+
+class RetryingStorage(_Wrapper):
+    def __init__(self, inner: Storage, attempts: int = 5, base_delay: float = 0.5, max_delay: float = 20.0) -> None:
+        super().__init__(inner)
+        self.attempts, self.base_delay, self.max_delay = attempts, base_delay, max_delay
+
+    def _retry(self, what: str, fn):
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except TransientStorageError as exc:
+                if attempt == self.attempts:
+                    raise
+                delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+                log.warning("%s: %s failed (%s); retry %d/%d in %.1fs", self.name, what, exc.message, attempt, self.attempts - 1, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def stat(self, key: str) -> ObjectInfo:
+        return self._retry(f"stat {key}", lambda: self.inner.stat(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return iter(self._retry(f"list {prefix}", lambda: list(self.inner.list(prefix))))
+
+    def delete(self, key: str) -> None:
+        self._retry(f"delete {key}", lambda: self.inner.delete(key))
+
+
+class MeteredStorage(_Wrapper):
+    def __init__(self, inner: Storage) -> None:
+        super().__init__(inner)
+        self.bytes_written = 0
+        self.bytes_read = 0
+        self.seconds = 0.0
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:  # type: ignore[override]
+        t0 = time.monotonic()
+        with self.inner.open_write(key) as fh:
+            yield _Counting(fh, self, "bytes_written")  # type: ignore[misc]
+        self.seconds += time.monotonic() - t0
+
+    @contextmanager
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[BinaryIO]:  # type: ignore[override]
+        t0 = time.monotonic()
+        with self.inner.open_read(key, offset, length) as fh:
+            yield _Counting(fh, self, "bytes_read")  # type: ignore[misc]
+        self.seconds += time.monotonic() - t0
+
+
+class _Counting:
+    def __init__(self, raw: BinaryIO, meter: MeteredStorage, attr: str) -> None:
+        self.raw, self.meter, self.attr = raw, meter, attr
+
+    def write(self, data: bytes) -> int:
+        setattr(self.meter, self.attr, getattr(self.meter, self.attr) + len(data))
+        return self.raw.write(data)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        setattr(self.meter, self.attr, getattr(self.meter, self.attr) + len(data))
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
