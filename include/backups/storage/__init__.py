@@ -30,6 +30,8 @@ class Resolver(Protocol):
 
     def secret(self, conn_id: str) -> str: ...
 
+    def postgres_dsn(self, conn_id: str) -> str: ...
+
 
 class NoAirflowResolver:
     def _fail(self, conn_id: str) -> ConfigError:
@@ -45,6 +47,9 @@ class NoAirflowResolver:
         raise self._fail(conn_id)
 
     def secret(self, conn_id: str) -> str:
+        raise self._fail(conn_id)
+
+    def postgres_dsn(self, conn_id: str) -> str:
         raise self._fail(conn_id)
 
 

@@ -1,0 +1,218 @@
+"""Snapshot manifests (the commit marker), the repository key layout, and chain resolution.
+
+Repository layout on every storage (see docs/format.md):
+
+    snapshots/<id>.json                 manifest, written LAST: its presence is the commit
+    data/<id>/<source>.tar.zst          tar (zstd) of the members stored by this snapshot (absent if none)
+    data/<id>/<source>.index.zst        JSON Lines (zstd): the source's complete state at this snapshot
+    data/<id>/<source>.sums.zst         `sha256sum -c` lines (zstd) for every regular file of that state
+    data/<id>/<source>.deleted.zst      paths deleted since the parent, one per line (zstd)
+    data/<id>/<source>.part.json        the source's record before commit (copied into the manifest)
+
+A manifest carries ``checksum``: the SHA-256 of its own canonical JSON without that field, so a corrupted or
+truncated manifest is detected, not trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .. import FORMAT_VERSION, __version__
+from ..errors import IntegrityError, NotFoundError, ObjectNotFound
+from ..storage.base import Storage
+
+ID_RE = re.compile(r"^(?P<tier>[a-z][a-z0-9_]{0,62})-(?P<ts>\d{8}T\d{6}Z)$")
+OBJECT_KINDS = ("archive", "index", "sums", "deleted")
+_EXT = {"archive": "tar.zst", "index": "index.zst", "sums": "sums.zst", "deleted": "deleted.zst", "part": "part.json"}
+
+
+def snapshot_id(tier: str, logical_date: datetime) -> str:
+    """Deterministic id from tier and logical date (an Airflow retry reuses it)."""
+    if logical_date.tzinfo is None:
+        logical_date = logical_date.replace(tzinfo=UTC)
+    return f"{tier}-{logical_date.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def manifest_key(snap: str) -> str:
+    return f"snapshots/{snap}.json"
+
+
+def object_key(snap: str, source: str, kind: str) -> str:
+    return f"data/{snap}/{source}.{_EXT[kind]}"
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def seal(doc: dict[str, Any]) -> bytes:
+    """Serialise a manifest with its self-checksum (pretty, stable key order)."""
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    body["checksum"] = hashlib.sha256(canonical(body)).hexdigest()
+    return (json.dumps(body, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def unseal(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IntegrityError(
+            f"manifest {where} is corrupt or truncated ({exc.__class__.__name__}: {exc})",
+            hint="restore from another storage or an older snapshot; `backupctl verify --all` lists what is affected",
+        ) from None
+    if not isinstance(doc, dict) or "checksum" not in doc:
+        raise IntegrityError(f"manifest {where} is not a snapshot manifest (no checksum field)")
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    if hashlib.sha256(canonical(body)).hexdigest() != doc["checksum"]:
+        raise IntegrityError(
+            f"manifest {where} fails its checksum: it was modified or damaged",
+            hint="restore from another storage or an older snapshot",
+        )
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise IntegrityError(
+            f"manifest {where} has format_version {doc['format_version']}; this backupctl reads up to {FORMAT_VERSION}",
+            hint="upgrade backupctl",
+        )
+    return doc
+
+
+@dataclass
+class Snapshot:
+    """A committed snapshot (a parsed, checksum-verified manifest)."""
+
+    doc: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.doc["id"]
+
+    @property
+    def tier(self) -> str:
+        return self.doc["tier"]
+
+    @property
+    def type(self) -> str:
+        return self.doc["type"]
+
+    @property
+    def parent(self) -> str | None:
+        return self.doc.get("parent")
+
+    @property
+    def logical_date(self) -> datetime:
+        return datetime.fromisoformat(self.doc["logical_date"])
+
+    @property
+    def chain(self) -> list[str]:
+        return list(self.doc["chain"])
+
+    @property
+    def sources(self) -> dict[str, dict[str, Any]]:
+        return self.doc["sources"]
+
+    def objects(self) -> Iterable[dict[str, Any]]:
+        """Every object this snapshot itself stored (key, size, sha256)."""
+        for rec in self.sources.values():
+            for kind in OBJECT_KINDS:
+                obj = rec["objects"].get(kind)
+                if obj:
+                    yield obj
+
+    def summary(self) -> dict[str, Any]:
+        d = self.doc
+        return {
+            "id": d["id"],
+            "tier": d["tier"],
+            "type": d["type"],
+            "parent": d.get("parent"),
+            "logical_date": d["logical_date"],
+            "started_at": d["started_at"],
+            "finished_at": d["finished_at"],
+            "sources": sorted(d["sources"]),
+            "files": d["totals"]["files"],
+            "bytes": d["totals"]["bytes"],
+            "stored_bytes": d["totals"]["stored_bytes"],
+            "status": "committed",
+        }
+
+
+class Catalog:
+    """All manifests on one storage, loaded once. Corrupt manifests are kept aside, never used as parents."""
+
+    def __init__(self, storage: Storage, application: str | None = None) -> None:
+        self.storage = storage
+        self.snapshots: dict[str, Snapshot] = {}
+        self.broken: dict[str, str] = {}
+        for info in storage.list("snapshots/"):
+            if not info.key.endswith(".json"):
+                continue
+            sid = info.key[len("snapshots/") : -len(".json")]
+            try:
+                doc = unseal(storage.get_bytes(info.key), f"{info.key} on {storage.name}")
+            except IntegrityError as exc:
+                self.broken[sid] = exc.message
+                continue
+            if application and doc.get("application") != application:
+                continue
+            self.snapshots[sid] = Snapshot(doc)
+
+    def ordered(self, tier: str | None = None) -> list[Snapshot]:
+        snaps = [s for s in self.snapshots.values() if tier is None or s.tier == tier]
+        return sorted(snaps, key=lambda s: (s.logical_date, s.id))
+
+    def get(self, ref: str, tier: str | None = None) -> Snapshot:
+        if ref == "latest":
+            snaps = self.ordered(tier)
+            if not snaps:
+                where = f" in tier {tier!r}" if tier else ""
+                raise NotFoundError(f"no snapshot{where} on storage {self.storage.name}", hint="run `backupctl backup --tier ...` first")
+            return snaps[-1]
+        if ref in self.snapshots:
+            return self.snapshots[ref]
+        if ref in self.broken:
+            raise IntegrityError(self.broken[ref], hint="restore from another storage or an older snapshot")
+        raise NotFoundError(f"no snapshot {ref!r} on storage {self.storage.name}", hint="`backupctl list` shows the ids")
+
+    def chain_of(self, snap: Snapshot) -> list[Snapshot]:
+        """The snapshots a restore of ``snap`` needs, full first."""
+        out = []
+        for sid in snap.chain:
+            if sid not in self.snapshots:
+                if sid in self.broken:
+                    raise IntegrityError(f"snapshot {snap.id} needs {sid}, whose manifest is damaged: {self.broken[sid]}")
+                raise IntegrityError(
+                    f"snapshot {snap.id} needs {sid}, which is missing from storage {self.storage.name}",
+                    hint="restore from another storage, or choose a snapshot whose chain is complete (`backupctl verify --all`)",
+                )
+            out.append(self.snapshots[sid])
+        return out
+
+    def missing_objects(self, snap: Snapshot) -> list[str]:
+        """Structural check of a whole chain: every object present with its recorded size."""
+        problems = []
+        for s in self.chain_of(snap):
+            for obj in s.objects():
+                try:
+                    size = self.storage.stat(obj["key"]).size
+                except ObjectNotFound:
+                    problems.append(f"{obj['key']}: missing")
+                    continue
+                if size != obj["size"]:
+                    problems.append(f"{obj['key']}: size {size}, manifest says {obj['size']}")
+        return problems
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_manifest(**fields: Any) -> dict[str, Any]:
+    doc = {"format_version": FORMAT_VERSION, "tool": "fmr-backups", "tool_version": __version__}
+    doc.update(fields)
+    return doc

@@ -1,0 +1,328 @@
+"""``backupctl`` — the backup engine from a shell, with Airflow up or down.
+
+Starts fast: imports Airflow only when the config names a ``conn_id`` (to resolve the connection), and never
+imports Great Expectations. Exit codes are documented in README (``backupctl exit-codes``) and stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import EXIT_CODES, BackupError, StorageError
+
+log = logging.getLogger("backups")
+
+
+def _resolver(cfg: Any) -> Any:
+    if cfg.needs_airflow():
+        from .orchestration.connections import AirflowResolver
+
+        return AirflowResolver()
+    return None
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    return cfg, _resolver(cfg)
+
+
+def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = True):
+    """The named storage, or the first one (config order) that answers."""
+    from .storage import open_storage
+
+    if name:
+        s = open_storage(cfg, name, resolver, read_only=read_only)
+        s.check()
+        return s
+    errors = []
+    for n in cfg.storages:
+        try:
+            s = open_storage(cfg, n, resolver, read_only=read_only)
+            s.check()
+            return s
+        except BackupError as exc:
+            errors.append(f"{n}: {exc.message}")
+            log.warning("storage %s unavailable: %s", n, exc.message)
+    raise StorageError("no storage is reachable:\n  " + "\n  ".join(errors), hint="check the storages section and the network")
+
+
+def _age(iso: str) -> str:
+    secs = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    if secs < 120:
+        return f"{secs:.0f}s"
+    if secs < 7200:
+        return f"{secs / 60:.0f}m"
+    if secs < 172800:
+        return f"{secs / 3600:.1f}h"
+    return f"{secs / 86400:.1f}d"
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*headers), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*[str(c) for c in r]) for r in rows]
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .engine.snapshot import run_backup
+
+    cfg, resolver = _load(args)
+    storages = [args.storage] if args.storage else None
+    snap, p = run_backup(cfg, args.tier, logical_date=args.logical_date, type_override=args.type, storages=storages,
+                         resolver=resolver, checksum=args.checksum, sources=args.source or None, comment=args.comment or "")
+    d = snap.doc
+    if args.json:
+        print(json.dumps({**snap.summary(), "already_committed": p.already_committed,
+                          "promoted_reason": d.get("promoted_reason"), "storages": p.storages}, indent=1))
+        return 0
+    if p.already_committed:
+        print(f"{snap.id} was already committed (same tier and logical date); nothing to do")
+        return 0
+    if d.get("promoted_reason"):
+        print(f"warning: {d['requested_type']} promoted to full: {d['promoted_reason']}", file=sys.stderr)
+    rows = [[n, r["kind"], r["files"], _mb(r["bytes"]), r["stored_files"], _mb(r["stored_bytes"]), r["deleted"], len(r["warnings"])]
+            for n, r in sorted(d["sources"].items())]
+    print(f"snapshot {snap.id}  type={d['type']}  parent={d.get('parent') or '-'}  storages={','.join(p.storages)}  "
+          f"{d['duration_seconds']:.1f}s  stored {_mb(d['totals']['stored_bytes'])}")
+    print(_table(rows, ["source", "kind", "files", "size", "stored", "stored size", "deleted", "warnings"]))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+
+    cfg, resolver = _load(args)
+    storage = _storage(cfg, resolver, args.storage)
+    cat = Catalog(storage, cfg.application)
+    snaps = [s.summary() for s in cat.ordered(args.tier)]
+    broken = [{"id": sid, "status": "corrupt", "error": msg} for sid, msg in sorted(cat.broken.items())]
+    if args.json:
+        print(json.dumps({"storage": storage.name, "snapshots": snaps, "corrupt": broken}, indent=1))
+        return 0
+    rows = [[s["id"], s["tier"], s["type"], s["parent"] or "-", s["started_at"][:19], s["finished_at"][:19],
+             ",".join(s["sources"]), s["files"], _mb(s["bytes"]), _mb(s["stored_bytes"]), s["status"]] for s in snaps]
+    rows += [[b["id"], "?", "?", "?", "?", "?", "?", "?", "?", "?", "CORRUPT"] for b in broken]
+    print(f"storage: {storage.describe()}")
+    print(_table(rows, ["id", "tier", "type", "parent", "started", "finished", "sources", "files", "size", "stored", "status"])
+          if rows else "no snapshots yet")
+    for b in broken:
+        print(f"corrupt manifest {b['id']}: {b['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+
+    cfg, resolver = _load(args)
+    storage = _storage(cfg, resolver, args.storage)
+    cat = Catalog(storage, cfg.application)
+    snap = cat.get(args.snapshot, args.tier)
+    chain = cat.chain_of(snap)
+    if args.json:
+        print(json.dumps({**snap.doc, "chain_needed": [{"id": s.id, "type": s.type} for s in chain]}, indent=1))
+        return 0
+    d = snap.doc
+    print(f"snapshot   {d['id']}\ntier       {d['tier']}\ntype       {d['type']}" +
+          (f" (requested {d['requested_type']}: {d['promoted_reason']})" if d.get("promoted_reason") else ""))
+    print(f"logical    {d['logical_date']}\nstarted    {d['started_at']}\nfinished   {d['finished_at']} ({d['duration_seconds']}s)")
+    print(f"storage    {storage.describe()}\nchain      " + " -> ".join(f"{s.id} ({s.type})" for s in chain))
+    rows = []
+    for n, r in sorted(d["sources"].items()):
+        det = r["details"]
+        extra = ""
+        if "tables" in det:
+            extra = ", ".join(f"{t}={v['rows']}" for t, v in sorted(det["tables"].items()))
+        rows.append([n, r["kind"], r["files"], _mb(r["bytes"]), r["stored_files"], r["deleted"], extra[:80]])
+    print(_table(rows, ["source", "kind", "files", "size", "stored", "deleted", "tables (rows)"]))
+    for n, r in sorted(d["sources"].items()):
+        for w in r["warnings"]:
+            print(f"warning {n}: {w}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+    from .engine.progress import Progress
+    from .engine.restorer import restore
+
+    cfg, resolver = _load(args)
+    storage = _storage(cfg, resolver, args.storage)
+    cat = Catalog(storage, cfg.application)
+    snap = cat.get(args.snapshot, args.tier)
+    prog = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"])
+    try:
+        results = restore(storage, cat, snap, Path(args.target), sources=args.source or None, includes=args.include or None,
+                          tables=args.table or None, force=args.force, pg_target=args.pg_target, progress=prog)
+    finally:
+        prog.close()
+    if args.json:
+        print(json.dumps({"snapshot": snap.id, "storage": storage.name,
+                          "sources": [r.__dict__ for r in results]}, indent=1, default=str))
+        return 0
+    print(f"restored {snap.id} from {storage.name} into {args.target}")
+    print(_table([[r.source, r.kind, r.files, _mb(r.bytes), r.verified, r.path] for r in results],
+                 ["source", "kind", "files", "size", "sha256 ok", "path"]))
+    for r in results:
+        for k, v in r.extra.items():
+            print(f"{r.source}: {k}: {v}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+    from .engine.checker import verify
+
+    cfg, resolver = _load(args)
+    storage = _storage(cfg, resolver, args.storage)
+    cat = Catalog(storage, cfg.application)
+    if args.snapshot and args.all:
+        from .errors import ConfigError
+
+        raise ConfigError("give a SNAPSHOT or --all, not both")
+    snaps = None if (args.all or not args.snapshot) and not (args.snapshot) else [cat.get(args.snapshot, args.tier)]
+    if not args.all and not args.snapshot:
+        snaps = [cat.get("latest", args.tier)]
+    report = verify(storage, cat, snaps, read_data=args.read_data, include_broken=args.all)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        mode = "read-data (every byte re-hashed)" if args.read_data else "structure (presence and sizes)"
+        print(f"verify {mode} on {storage.describe()}: {len(report.snapshots)} snapshot(s), "
+              f"{report.objects} object(s), {_mb(report.bytes)}")
+        for p in report.problems:
+            print(f"  PROBLEM {p}")
+        print("OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)")
+    return 0 if report.ok else 4
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+
+    cfg, resolver = _load(args)
+    storage = _storage(cfg, resolver, args.storage)
+    cat = Catalog(storage, cfg.application)
+    out = []
+    for tier in cfg.tiers:
+        snaps = cat.ordered(tier)
+        last = snaps[-1] if snaps else None
+        out.append({"tier": tier, "type": cfg.tiers[tier].type, "schedule": cfg.tiers[tier].schedule,
+                    "snapshots": len(snaps), "latest": last.id if last else None,
+                    "finished_at": last.doc["finished_at"] if last else None,
+                    "age": _age(last.doc["finished_at"]) if last else None})
+    if args.json:
+        print(json.dumps({"storage": storage.name, "tiers": out, "corrupt": sorted(cat.broken)}, indent=1))
+        return 0
+    print(f"storage: {storage.describe()}")
+    print(_table([[o["tier"], o["type"], o["schedule"] or "-", o["snapshots"], o["latest"] or "never", o["age"] or "-"] for o in out],
+                 ["tier", "type", "schedule", "snapshots", "latest", "age"]))
+    return 0
+
+
+def cmd_exit_codes(args: argparse.Namespace) -> int:
+    for code, meaning in EXIT_CODES.items():
+        print(f"{code:>4}  {meaning}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="backupctl", description="Back up, list, verify and restore FMR V2 snapshots.",
+                                epilog="Exit codes: `backupctl exit-codes`. Config: --config, else $BACKUP_CONFIG, else include/backups.yaml.")
+    p.add_argument("--config", help="configuration file (default: $BACKUP_CONFIG or include/backups.yaml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    p.add_argument("--version", action="version", version=f"backupctl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("backup", help="take a snapshot of a tier", description="Take a snapshot of a tier's sources.")
+    b.add_argument("--tier", required=True, help="tier name from the config (daily, weekly, ...)")
+    b.add_argument("--type", choices=["full", "differential", "incremental"], help="override the tier's backup type")
+    b.add_argument("--storage", help="write to this storage only (default: every storage of the tier)")
+    b.add_argument("--source", action="append", help="back up only this source (repeatable)")
+    b.add_argument("--logical-date", help="ISO date-time the snapshot id derives from (default: now, UTC, to the second)")
+    b.add_argument("--checksum", action="store_true", help="detect changed files by re-hashing instead of size/mtime/inode")
+    b.add_argument("--comment", help="free text stored in the manifest")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.set_defaults(func=cmd_backup)
+
+    ls = sub.add_parser("list", help="list snapshots", description="List committed snapshots (and corrupt manifests).")
+    ls.add_argument("--tier")
+    ls.add_argument("--storage")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
+    sh = sub.add_parser("show", help="contents of a snapshot and the chain it needs")
+    sh.add_argument("snapshot", help="snapshot id or 'latest'")
+    sh.add_argument("--tier", help="with 'latest': newest of this tier")
+    sh.add_argument("--storage")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=cmd_show)
+
+    r = sub.add_parser("restore", help="restore a snapshot into a directory",
+                       description="Restore each source to TARGET/<source>/ (files under their paths, the SQLite database "
+                                   "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/').")
+    r.add_argument("snapshot", help="snapshot id or 'latest'")
+    r.add_argument("--tier", help="with 'latest': newest of this tier")
+    r.add_argument("--target", required=True, help="directory to restore into (must be empty unless --force)")
+    r.add_argument("--source", action="append", help="restore only this source (repeatable)")
+    r.add_argument("--include", action="append", help="files sources: only paths matching this glob (repeatable)")
+    r.add_argument("--table", action="append", help="database sources: only this table (repeatable)")
+    r.add_argument("--pg-target", help="postgres sources: load the dump into this database (DSN)")
+    r.add_argument("--storage", help="restore from this storage (default: the first healthy one)")
+    r.add_argument("--force", action="store_true", help="restore into a non-empty target, replacing restored sources")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_restore)
+
+    v = sub.add_parser("verify", help="check stored snapshots")
+    v.add_argument("snapshot", nargs="?", help="snapshot id or 'latest' (default: latest)")
+    v.add_argument("--all", action="store_true", help="every snapshot, and report corrupt manifests")
+    v.add_argument("--read-data", action="store_true", help="re-hash every stored byte (slow, thorough)")
+    v.add_argument("--tier")
+    v.add_argument("--storage")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
+
+    st = sub.add_parser("status", help="newest snapshot per tier and its age")
+    st.add_argument("--storage")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    ec = sub.add_parser("exit-codes", help="print the documented exit codes")
+    ec.set_defaults(func=cmd_exit_codes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except BackupError as exc:
+        print(f"backupctl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("backupctl: interrupted; nothing was committed for the running snapshot", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The backup engine: planner and archiver (backup), restorer, checker (verify)."""

@@ -1,0 +1,69 @@
+"""Progress on long work: a bar on a terminal, a periodic log line elsewhere (Airflow task logs, cron mail)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+log = logging.getLogger("backups.progress")
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+class Progress:
+    def __init__(self, label: str, total_bytes: int | None = None, *, interval: float = 10.0, tty: bool | None = None) -> None:
+        self.label = label
+        self.total = total_bytes
+        self.done = 0
+        self.skipped = 0
+        self.files = 0
+        self.interval = interval
+        self._last = time.monotonic()
+        self._start = self._last
+        self._bar = None
+        if tty is None:
+            tty = sys.stderr.isatty()
+        if tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=label, leave=False, file=sys.stderr)
+
+    @classmethod
+    def null(cls) -> Progress:
+        p = cls.__new__(cls)
+        p.label, p.total, p.done, p.skipped, p.files, p.interval = "", None, 0, 0, 0, float("inf")
+        p._last = p._start = time.monotonic()
+        p._bar = None
+        return p
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        else:
+            self._tick()
+
+    def skip(self, n: int) -> None:
+        self.skipped += n
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def file_done(self) -> None:
+        self.files += 1
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            rate = self.done / max(now - self._start, 1e-6)
+            total = f" of ~{_mb(self.total)}" if self.total else ""
+            log.info("%s: %s read%s (%s unchanged), %d files stored, %s/s", self.label, _mb(self.done), total,
+                     _mb(self.skipped), self.files, _mb(rate))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

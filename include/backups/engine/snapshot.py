@@ -1,0 +1,275 @@
+"""Planning, extraction and commit of a snapshot — the steps the CLI runs in a row and the DAG runs as tasks.
+
+* :func:`plan` — deterministic id from tier + logical date, the parent (incremental: newest snapshot of any
+  tier before this one; differential: newest full), promotion to full when there is no usable parent.
+* :func:`extract` — back up one source (:func:`backups.engine.archiver.backup_source`); writes objects and a
+  ``part.json`` record on the primary storage, returns a small dict.
+* :func:`commit` — assemble the parts into the manifest and write it **last**.
+* :func:`replicate` — copy a committed snapshot's objects to another storage, checking every object's SHA-256
+  on the way, then write the manifest there last; also back-fills copies a storage is missing.
+* :func:`run_backup` — all of the above (the CLI's ``backup``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..catalog.manifest import Catalog, Snapshot, manifest_key, new_manifest, now_iso, seal, snapshot_id
+from ..config import Config
+from ..errors import ConfigError, IntegrityError, ObjectNotFound, StorageError
+from ..sources import open_source
+from ..storage import Storage, open_storage
+from ..storage.util import HashingReader
+from .archiver import load_part, read_index
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    snapshot_id: str
+    application: str
+    tier: str
+    type: str
+    requested_type: str
+    parent: str | None
+    chain: list[str]
+    logical_date: str
+    sources: list[str]
+    storages: list[str]
+    promoted_reason: str | None = None
+    estimated_bytes: int | None = None
+    comment: str = ""
+    started_at: str = field(default_factory=now_iso)
+    already_committed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        return cls(**d)
+
+
+def parse_logical_date(value: str | datetime | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC).replace(microsecond=0)
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"--logical-date {value!r} is not an ISO 8601 date-time",
+                              hint="e.g. 2026-11-29T02:00:00Z") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def _usable(catalog: Catalog, snap: Snapshot) -> str | None:
+    """None when the chain of ``snap`` is complete; otherwise the reason it cannot be a parent."""
+    try:
+        problems = catalog.missing_objects(snap)
+    except IntegrityError as exc:
+        return exc.message
+    return f"{len(problems)} object(s) missing or damaged ({problems[0]})" if problems else None
+
+
+def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, type_override: str | None = None,
+         storage: Storage | None = None, resolver: Any = None, sources: list[str] | None = None,
+         storages: list[str] | None = None, comment: str = "") -> Plan:
+    t = cfg.tier(tier)
+    ld = parse_logical_date(logical_date)
+    sid = snapshot_id(tier, ld)
+    requested = type_override or t.type
+    if requested not in ("full", "differential", "incremental"):
+        raise ConfigError(f"--type {requested!r} is not a backup type", hint="use full, differential or incremental")
+    storage_names = storages or list(t.storages)
+    for s in storage_names:
+        if s not in cfg.storages:
+            raise ConfigError(f"unknown storage {s!r}", hint=f"use one of: {', '.join(sorted(cfg.storages))}")
+    source_names = sources or list(t.sources)
+    for s in source_names:
+        if s not in cfg.sources:
+            raise ConfigError(f"unknown source {s!r}", hint=f"use one of: {', '.join(sorted(cfg.sources))}")
+    primary = storage or open_storage(cfg, storage_names[0], resolver)
+    catalog = Catalog(primary, cfg.application)
+    existing = catalog.snapshots.get(sid)
+    if existing is not None:
+        d = existing.doc
+        return Plan(sid, cfg.application, tier, d["type"], d["requested_type"], d.get("parent"), list(d["chain"]),
+                    d["logical_date"], sorted(d["sources"]), storage_names, d.get("promoted_reason"), None,
+                    d.get("comment", ""), d["started_at"], already_committed=True)
+    parent: Snapshot | None = None
+    reason = None
+    typ = requested
+    if requested != "full":
+        earlier = [s for s in catalog.ordered() if s.logical_date < ld and (requested == "incremental" or s.type == "full")]
+        while earlier:
+            cand = earlier.pop()
+            why = _usable(catalog, cand)
+            if why is None:
+                parent = cand
+                break
+            log.warning("snapshot %s cannot be a parent: %s", cand.id, why)
+        if parent is None:
+            typ = "full"
+            want = "full snapshot" if requested == "differential" else "snapshot"
+            reason = f"no usable earlier {want} on storage {primary.name}"
+            log.warning("%s %s requested, but %s: promoted to full", sid, requested, reason)
+    chain = [*parent.chain, sid] if parent is not None else [sid]
+    return Plan(sid, cfg.application, tier, typ, requested, parent.id if parent else None, chain, ld.isoformat(),
+                source_names, storage_names, reason, None, comment)
+
+
+def estimate(cfg: Config, p: Plan, resolver: Any = None) -> int:
+    total = 0
+    for name in p.sources:
+        total += open_source(cfg, name, resolver).estimate()
+    return total
+
+
+def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: Any = None, checksum: bool = False,
+            progress: Progress | None = None) -> dict[str, Any]:
+    """Back up one source of the plan into ``storage``; returns a small summary (XCom-sized)."""
+    from .archiver import backup_source
+
+    reader = open_source(cfg, source, resolver)
+    parent_index: dict = {}
+    parent_for_source = None
+    if p.parent:
+        catalog = Catalog(storage, cfg.application)
+        par = catalog.get(p.parent)
+        if source in par.sources:
+            parent_index = read_index(storage, par.sources[source]["objects"]["index"])
+            parent_for_source = par.id
+    sc = cfg.sources[source]
+    t0 = time.monotonic()
+    prog = progress or Progress(f"{source}", None)
+    try:
+        rec = backup_source(storage, p.snapshot_id, reader, parent_index, parent_for_source,
+                            on_unreadable=getattr(sc, "on_unreadable", "fail"), checksum=checksum, progress=prog,
+                            staging_root=os.environ.get("BACKUP_STAGING"))
+    finally:
+        if progress is None:
+            prog.close()
+    rec_seconds = round(time.monotonic() - t0, 3)
+    log.info("%s: %d files (%.1f MB), stored %d (%.1f MB raw, %.1f MB compressed), %d deleted, in %.1fs",
+             source, rec["files"], rec["bytes"] / 1e6, rec["stored_files"], rec["stored_bytes"] / 1e6,
+             (rec["objects"]["archive"] or {}).get("size", 0) / 1e6, rec["deleted"], rec_seconds)
+    for w in rec["warnings"]:
+        log.warning("%s: %s", source, w)
+    return {"source": source, "files": rec["files"], "bytes": rec["bytes"], "stored_bytes": rec["stored_bytes"],
+            "seconds": rec_seconds, "warnings": len(rec["warnings"])}
+
+
+def commit(cfg: Config, p: Plan, storage: Storage, *, seconds: dict[str, float] | None = None) -> Snapshot:
+    """Assemble the per-source records into the manifest and write it last. Idempotent for a retry."""
+    key = manifest_key(p.snapshot_id)
+    if storage.exists(key):
+        return Catalog(storage, cfg.application).get(p.snapshot_id)
+    sources = {name: load_part(storage, p.snapshot_id, name) for name in p.sources}
+    objects = [o for rec in sources.values() for o in rec["objects"].values() if o]
+    for obj in objects:  # every object must be there, whole, before the commit marker
+        try:
+            size = storage.stat(obj["key"]).size
+        except ObjectNotFound:
+            raise StorageError(f"{storage.name}: {obj['key']} vanished before commit", hint="re-run the backup") from None
+        if size != obj["size"]:
+            raise StorageError(f"{storage.name}: {obj['key']} has {size} bytes, expected {obj['size']}", hint="re-run the backup")
+    finished = now_iso()
+    started = datetime.fromisoformat(p.started_at)
+    doc = new_manifest(
+        id=p.snapshot_id,
+        application=p.application,
+        tier=p.tier,
+        type=p.type,
+        requested_type=p.requested_type,
+        promoted_reason=p.promoted_reason,
+        parent=p.parent,
+        chain=p.chain,
+        logical_date=p.logical_date,
+        started_at=p.started_at,
+        finished_at=finished,
+        duration_seconds=round((datetime.fromisoformat(finished) - started).total_seconds(), 3),
+        host=socket.gethostname(),
+        comment=p.comment,
+        key_fingerprint=storage.key_fingerprint,
+        sources=sources,
+        totals={
+            "files": sum(r["files"] for r in sources.values()),
+            "bytes": sum(r["bytes"] for r in sources.values()),
+            "stored_files": sum(r["stored_files"] for r in sources.values()),
+            "stored_bytes": sum(o["size"] for o in objects),
+            "objects": len(objects),
+            "warnings": sum(len(r["warnings"]) for r in sources.values()),
+        },
+    )
+    storage.put_bytes(key, seal(doc))
+    log.info("committed %s (%s) on %s: %d files, %.1f MB stored", p.snapshot_id, p.type, storage.name,
+             doc["totals"]["files"], doc["totals"]["stored_bytes"] / 1e6)
+    return Snapshot(doc)
+
+
+def copy_object(src: Storage, dst: Storage, obj: dict[str, Any]) -> int:
+    """Stream one object between storages, verifying its SHA-256 against the manifest as it passes."""
+    with src.open_read(obj["key"]) as raw:
+        hr = HashingReader(raw)
+        with dst.open_write(obj["key"]) as out:
+            while chunk := hr.read(1 << 20):
+                out.write(chunk)
+            if hr.hexdigest() != obj["sha256"] or hr.size != obj["size"]:
+                raise IntegrityError(f"{src.name}: {obj['key']} does not match its manifest checksum; not copied to {dst.name}",
+                                     hint="run `backupctl verify --read-data` on the source storage")
+    if dst.stat(obj["key"]).size != obj["size"]:
+        raise StorageError(f"{dst.name}: {obj['key']} landed with the wrong size")
+    return hr.size
+
+
+def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage) -> int:
+    """Copy a committed snapshot (and any missing part of its chain) to ``dst``; manifest last. Returns bytes."""
+    src_cat = Catalog(src, cfg.application)
+    dst_cat = Catalog(dst, cfg.application)
+    copied = 0
+    for s in src_cat.chain_of(src_cat.get(snap_id)):
+        if s.id in dst_cat.snapshots:
+            continue
+        for obj in s.objects():
+            try:
+                if dst.stat(obj["key"]).size == obj["size"]:
+                    continue
+            except ObjectNotFound:
+                pass
+            copied += copy_object(src, dst, obj)
+        dst.put_bytes(manifest_key(s.id), src.get_bytes(manifest_key(s.id)))
+        log.info("replicated %s from %s to %s", s.id, src.name, dst.name)
+    return copied
+
+
+def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
+               storages: list[str] | None = None, resolver: Any = None, checksum: bool = False,
+               sources: list[str] | None = None, comment: str = "") -> tuple[Snapshot, Plan]:
+    names = storages or list(cfg.tier(tier).storages)
+    opened = {n: open_storage(cfg, n, resolver) for n in names}
+    primary = opened[names[0]]
+    p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
+             sources=sources, storages=names, comment=comment)
+    if p.already_committed:
+        log.info("snapshot %s is already committed on %s; nothing to do", p.snapshot_id, primary.name)
+    else:
+        for name in p.sources:
+            open_source(cfg, name, resolver).check()
+        for name in p.sources:
+            extract(cfg, p, name, primary, resolver=resolver, checksum=checksum)
+    snap = commit(cfg, p, primary)
+    for n in names[1:]:
+        replicate(cfg, p.snapshot_id, primary, opened[n])
+    return snap, p
