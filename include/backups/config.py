@@ -232,7 +232,6 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Config:
     """Read, expand and validate a config file. Raises :class:`ConfigError` naming file, key path and fix."""
-    import yaml
 
     p = config_path(path)
     try:

@@ -48,7 +48,7 @@ def pg_restore(dump_dir: Path, target_dsn: str | None, tables: list[str] | None)
         out_file = dump_dir.parent / "tables.sql"
         cmd += [f"--file={out_file}"]
     cmd.append(str(dump_dir))
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(cmd, env=env, capture_output=True, check=False)
     if proc.returncode != 0:
         raise SourceError(f"pg_restore failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace').strip()[-800:]}",
                           hint="check the target database exists and is empty, or restore into a scratch database")

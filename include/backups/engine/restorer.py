@@ -24,6 +24,7 @@ import shutil
 import tarfile
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,8 @@ def _prepare_target(target: Path, source: str, force: bool) -> tuple[Path, Path]
 
 
 def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: str, target: Path, *,
-                   includes: list[str] | None = None, force: bool = False, progress: Progress | None = None) -> SourceRestore:
+                   includes: list[str] | None = None, force: bool = False, progress: Progress | None = None,
+                   finish: Callable[[Path], dict[str, Any]] | None = None) -> SourceRestore:
     if source not in snap.sources:
         raise NotFoundError(f"snapshot {snap.id} has no source {source!r}", hint=f"it has: {', '.join(sorted(snap.sources))}")
     rec = snap.sources[source]
@@ -134,6 +136,8 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
             e = wanted[path]
             os.chmod(partial / path, e[3])
             os.utime(partial / path, ns=(e[2], e[2]))
+        if finish is not None:  # partial database restores happen before the result becomes visible
+            out.extra.update(finish(partial))
         if final.exists() or final.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{source}.old-", dir=target))
             os.replace(final, old / "x")
@@ -227,16 +231,21 @@ def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *,
     results = []
     for n in names:
         kind = snap.sources[n]["kind"]
-        r = restore_source(storage, catalog, snap, n, target, includes=includes if kind == "files" else None,
-                           force=force, progress=progress)
+        finish = None
         if kind == "sqlite" and tables:
             from .databases import keep_sqlite_tables
 
-            r.extra["tables"] = keep_sqlite_tables(Path(r.path) / snap.sources[n]["details"]["database"], tables)
-        if kind == "postgres" and (pg_target or tables):
+            dbname = snap.sources[n]["details"]["database"]
+
+            def finish(p: Path, dbname: str = dbname) -> dict[str, Any]:
+                return {"tables": keep_sqlite_tables(p / dbname, tables)}
+        elif kind == "postgres" and (pg_target or tables):
             from .databases import pg_restore
 
-            r.extra.update(pg_restore(Path(r.path) / "dump", pg_target, tables))
+            def finish(p: Path) -> dict[str, Any]:
+                return pg_restore(p / "dump", pg_target, tables)
+        r = restore_source(storage, catalog, snap, n, target, includes=includes if kind == "files" else None,
+                           force=force, progress=progress, finish=finish)
         results.append(r)
         log.info("restored %s: %d files, %.1f MB, all SHA-256 verified, into %s", n, r.files, r.bytes / 1e6, r.path)
     return results

@@ -129,7 +129,7 @@ class PostgresSource(SourceReader):
                 cmd += [f"--exclude-table={t}" for t in self.exclude_tables]
                 cmd += [f"--dbname={conninfo}"]
                 env = {**os.environ, **extra_env}
-                proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+                proc = subprocess.run(cmd, env=env, capture_output=True, check=False)
                 if proc.returncode != 0:
                     msg = proc.stderr.decode(errors="replace").strip()[-800:]
                     raise SourceError(f"source {self.name}: pg_dump failed (exit {proc.returncode}): {msg}")

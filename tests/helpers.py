@@ -1,0 +1,65 @@
+"""Shared test helpers: configs, tree fingerprints, database dumps."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+CONFIG = """\
+application: fmr-test
+sources:
+  app_db:       {{type: sqlite, path: "{home}/app.db"}}
+  app_files:    {{type: files, root: "{home}", include: ["config/**", "user_data/**", "logs/**", "uploads/**"], exclude: ["**/*.tmp"]}}
+  system_state: {{type: command, command: ["echo", "fmr-state"]}}
+{extra_sources}storages:
+  local: {{type: local, path: "{root}/local"}}
+{extra_storages}tiers:
+  daily:   {{type: incremental, schedule: "0 2 * * 1-6", sources: [{tier_sources}], storages: [{tier_storages}]}}
+  weekly:  {{type: full, schedule: "0 1 * * 0", sources: [{tier_sources}], storages: [{tier_storages}]}}
+  monthly: {{type: differential, schedule: "0 3 1 * *", sources: [{tier_sources}], storages: [{tier_storages}]}}
+"""
+
+
+def write_config(path: Path, home: Path, root: Path, *, extra_sources: str = "", extra_storages: str = "",
+                 tier_sources: str = "app_db, app_files, system_state", tier_storages: str = "local") -> Path:
+    path.write_text(CONFIG.format(home=home, root=root, extra_sources=extra_sources, extra_storages=extra_storages,
+                                  tier_sources=tier_sources, tier_storages=tier_storages))
+    return path
+
+
+def tree(root: Path, include_tmp: bool = False) -> dict[str, tuple]:
+    """path -> (type, sha256 or link target, mode, mtime_ns for files) of everything under root."""
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            if not include_tmp and rel.endswith(".tmp"):
+                continue
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d", stat.S_IMODE(st.st_mode))
+            else:
+                out[rel] = ("f", hashlib.sha256(Path(full).read_bytes()).hexdigest(), stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+    return out
+
+
+def app_tree(home: Path) -> dict[str, tuple]:
+    """The part of an FMR home the test config backs up (without app.db and *.tmp)."""
+    full = tree(home)
+    keep = ("config", "user_data", "logs", "uploads")
+    return {k: v for k, v in full.items() if k.split(os.sep)[0] in keep}
+
+
+def db_rows(db: Path) -> dict[str, list]:
+    conn = sqlite3.connect(db)
+    try:
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        return {n: conn.execute(f'SELECT * FROM "{n}" ORDER BY 1').fetchall() for n in names}
+    finally:
+        conn.close()

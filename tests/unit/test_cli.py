@@ -1,0 +1,92 @@
+"""The CLI: help everywhere, documented exit codes, fast start without Airflow or Great Expectations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import write_config
+
+CLI = [sys.executable, "-c", "import sys; from backups.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def run(*args, env=None):
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e)
+
+
+@pytest.mark.parametrize("cmd", [[], ["backup"], ["list"], ["show"], ["restore"], ["verify"], ["status"]])
+def test_help_everywhere(cmd):
+    p = run(*cmd, "--help")
+    assert p.returncode == 0 and "usage: backupctl" in p.stdout
+
+
+def test_bad_config_exit_2_and_nothing_written(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("application: x\nsources: {}\n")
+    p = run("--config", str(cfg), "backup", "--tier", "daily")
+    assert p.returncode == 2 and "bad.yaml" in p.stderr
+    assert list(tmp_path.iterdir()) == [cfg]
+
+
+def test_unknown_tier_and_snapshot_exit_3(tmp_path):
+    from backups.demo import fmr
+
+    fmr.generate(tmp_path / "home", scale=0.2)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "home", tmp_path / "repo")
+    p = run("--config", str(cfg), "backup", "--tier", "hourly")
+    assert p.returncode == 3 and "hourly" in p.stderr and "daily" in p.stderr
+    p = run("--config", str(cfg), "show", "weekly-20200101T000000Z")
+    assert p.returncode == 3
+
+
+def test_backup_list_show_restore_verify_status_json(tmp_path):
+    from backups.demo import fmr
+
+    fmr.generate(tmp_path / "home", scale=0.2)
+    cfg = str(write_config(tmp_path / "c.yaml", tmp_path / "home", tmp_path / "repo"))
+    p = run("--config", cfg, "backup", "--tier", "weekly", "--logical-date", "2026-04-05T01:00:00Z", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["id"] == "weekly-20260405T010000Z"
+    p = run("--config", cfg, "backup", "--tier", "daily", "--type", "differential", "--logical-date", "2026-04-06T02:00:00Z")
+    assert p.returncode == 0 and "differential" in p.stdout
+    listing = json.loads(run("--config", cfg, "list", "--json").stdout)
+    assert [s["type"] for s in listing["snapshots"]] == ["full", "differential"]
+    shown = json.loads(run("--config", cfg, "show", "latest", "--json").stdout)
+    assert [c["id"] for c in shown["chain_needed"]] == ["weekly-20260405T010000Z", "daily-20260406T020000Z"]
+    p = run("--config", cfg, "restore", "latest", "--target", str(tmp_path / "out"))
+    assert p.returncode == 0 and (tmp_path / "out" / "app_db" / "app.db").exists()
+    p = run("--config", cfg, "restore", "latest", "--target", str(tmp_path / "out"))
+    assert p.returncode == 7 and "--force" in p.stderr
+    p = run("--config", cfg, "verify", "--all", "--read-data", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["ok"] is True
+    status = json.loads(run("--config", cfg, "status", "--json").stdout)
+    assert {t["tier"]: t["snapshots"] for t in status["tiers"]} == {"daily": 1, "weekly": 1, "monthly": 0}
+
+
+def test_cli_does_not_import_airflow_or_gx(tmp_path):
+    from backups.demo import fmr
+
+    fmr.generate(tmp_path / "home", scale=0.2)
+    cfg = str(write_config(tmp_path / "c.yaml", tmp_path / "home", tmp_path / "repo"))
+    code = (
+        "import sys; from backups.cli import main; rc = main(sys.argv[1:]); "
+        "bad = [m for m in ('airflow', 'great_expectations', 'pandas', 'boto3') if m in sys.modules]; "
+        "print('HEAVY', bad, file=sys.stderr); sys.exit(rc or (9 if bad else 0))"
+    )
+    e = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for args in (["backup", "--tier", "weekly"], ["restore", "latest", "--target", str(tmp_path / "o")], ["list"]):
+        p = subprocess.run([sys.executable, "-c", code, "--config", cfg, *args], capture_output=True, text=True, env=e)
+        assert p.returncode == 0, p.stderr
+        assert "HEAVY []" in p.stderr
+
+
+def test_exit_codes_documented():
+    p = run("exit-codes")
+    assert p.returncode == 0
+    for code in ("0", "2", "3", "4", "5", "6", "7", "8"):
+        assert any(line.strip().startswith(code) for line in p.stdout.splitlines())

@@ -1,0 +1,97 @@
+"""Strict config validation: the shipped file verbatim, env expansion, and one clear message per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backups.config import DEFAULT_CONFIG, load_config, parse_config
+from backups.errors import ConfigError
+
+ENV = {"FMR_HOME": "/srv/fmr", "BACKUP_ROOT": "/srv/backups"}
+
+
+def test_shipped_config_is_accepted_verbatim():
+    cfg = load_config(DEFAULT_CONFIG, env=ENV)
+    assert cfg.application == "fmr-v2"
+    assert sorted(cfg.tiers) == ["daily", "monthly", "weekly"]
+    assert cfg.sources["app_db"].path == "/srv/fmr/app.db"
+    assert cfg.storages["local"].path == "/srv/backups/local"
+    assert cfg.tiers["daily"].type == "incremental" and cfg.tiers["daily"].retention.keep_daily == 14
+
+
+def test_env_default_syntax():
+    text = DEFAULT_CONFIG.read_text().replace("${BACKUP_ROOT}", "${BACKUP_ROOT:-/var/backups}")
+    cfg = parse_config(text, "x.yaml", env={"FMR_HOME": "/h"})
+    assert cfg.storages["local"].path == "/var/backups/local"
+
+
+def test_postgres_source_with_dsn_or_conn_id():
+    base = DEFAULT_CONFIG.read_text()
+    text = base.replace("sources:\n", 'sources:\n  pg: {type: postgres, dsn: "postgresql://u@h/db"}\n  pg2: {type: postgres, conn_id: fmr_postgres}\n', 1)
+    cfg = parse_config(text, "x.yaml", env=ENV)
+    assert cfg.sources["pg"].dsn and cfg.sources["pg2"].conn_id == "fmr_postgres"
+    assert cfg.needs_airflow()
+    assert not load_config(DEFAULT_CONFIG, env=ENV).needs_airflow()
+
+
+def _error(text: str, env=ENV) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "cfg.yaml", env=env)
+    assert info.value.exit_code == 2
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (("application: fmr-v2", "application: fmr-v2\ncolour: blue"), ["cfg.yaml", "colour", "unknown key"]),
+        (("[app_db, app_files, system_state], storages: [local], retention: {keep_daily: 14}",
+          "[app_db, nope, system_state], storages: [local], retention: {keep_daily: 14}"),
+         ["tiers.daily.sources.1", "unknown source 'nope'", "app_db"]),
+        (('"0 2 * * 1-6"', '"every night"'), ["tiers.daily.schedule", "cron"]),
+        (("storages: [local], retention: {keep_weekly: 8}", "storages: [cloud], retention: {keep_weekly: 8}"),
+         ["tiers.weekly.storages.0", "unknown storage 'cloud'"]),
+        (("{type: sqlite, path:", "{type: mysql, path:"), ["sources.app_db", "mysql"]),
+        (("retention: {keep_daily: 14}", "retention: {keep_dayly: 14}"), ["tiers.daily.retention.keep_dayly", "unknown key"]),
+        (("type: incremental", "type: snapshot"), ["tiers.daily.type"]),
+    ],
+)
+def test_bad_configs_name_file_key_and_fix(mutation, expected):
+    old, new = mutation
+    text = DEFAULT_CONFIG.read_text()
+    assert old in text
+    msg = _error(text.replace(old, new, 1))
+    for part in expected:
+        assert part in msg, msg
+
+
+def test_missing_env_var_names_key_and_fix():
+    msg = _error(DEFAULT_CONFIG.read_text(), env={"FMR_HOME": "/h"})
+    assert "storages.local.path" in msg and "BACKUP_ROOT" in msg and "export BACKUP_ROOT" in msg
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    assert "line" in _error("a: [1, 2")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "none.yaml")
+    assert "not found" in str(info.value) and "--config" in str(info.value)
+
+
+def test_postgres_needs_exactly_one_of_dsn_or_conn_id():
+    text = DEFAULT_CONFIG.read_text().replace("sources:\n", "sources:\n  pg: {type: postgres}\n", 1)
+    assert "exactly one of 'dsn'" in _error(text)
+
+
+def test_core_library_never_imports_airflow():
+    root = Path(__file__).resolve().parents[2] / "include" / "backups"
+    offenders = []
+    for py in root.rglob("*.py"):
+        if "orchestration" in py.parts:
+            continue
+        for line in py.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import airflow", "from airflow")):
+                offenders.append(f"{py.relative_to(root)}: {s}")
+    assert offenders == []
