@@ -265,6 +265,8 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
     if p.already_committed:
         log.info("snapshot %s is already committed on %s; nothing to do", p.snapshot_id, primary.name)
     else:
+        for storage in opened.values():  # reachable, writable, and (encrypted) the key matches
+            storage.check()
         for name in p.sources:
             open_source(cfg, name, resolver).check()
         for name in p.sources:

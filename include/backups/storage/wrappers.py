@@ -24,6 +24,7 @@ class _Wrapper(Storage):
         self.inner = inner
         self.name = inner.name
         self.archive = inner.archive
+        self.key_fingerprint = inner.key_fingerprint
 
     def describe(self) -> str:
         return self.inner.describe()

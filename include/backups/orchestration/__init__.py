@@ -1,0 +1,1 @@
+"""The only package that imports Airflow: DAG builders, thin task adapters, connection → credentials, notifiers."""

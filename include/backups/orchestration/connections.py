@@ -1,0 +1,105 @@
+"""Airflow connections → storage clients and secrets (the :class:`backups.storage.Resolver` for DAGs and the CLI).
+
+* ``s3_client(conn_id)`` — ``S3Hook(aws_conn_id=conn_id).get_conn()``: an AWS connection (login/password or
+  ``aws_access_key_id``/``aws_secret_access_key`` extras, ``endpoint_url`` and ``region_name`` extras for
+  S3-compatible services). A missing AWS connection falls back to boto3's default chain (instance role, env).
+* ``sftp_client_factory(conn_id)`` — a callable returning ``SFTPHook(ssh_conn_id=conn_id).get_conn()``; the
+  storage calls it again after a dropped connection. Host keys are verified: the connection's ``host_key``
+  extra (pinned) or the system ``known_hosts``; an unknown or changed key is refused with a message naming the
+  connection and the fix. One connection attempt per call: retries belong to ``RetryingStorage``.
+* ``secret(conn_id)`` — the connection's password (used for client-side encryption keys).
+
+Airflow is imported inside the methods, so importing this module stays cheap at DAG parse time.
+Nothing returned here is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError, StorageError
+
+log = logging.getLogger(__name__)
+
+
+def _missing(conn_id: str) -> ConfigError:
+    return ConfigError(
+        f"Airflow connection {conn_id!r} is not defined",
+        hint=f"add it in the Airflow UI (Admin → Connections), in airflow_settings.yaml, or as the environment "
+        f"variable AIRFLOW_CONN_{conn_id.upper()} (JSON)",
+    )
+
+
+class AirflowResolver:
+    """Implements ``backups.storage.Resolver`` with Airflow hooks and connections."""
+
+    def s3_client(self, conn_id: str) -> Any:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=conn_id).get_conn()
+
+    def sftp_client_factory(self, conn_id: str) -> Callable[[], Any]:
+        def connect() -> Any:
+            import paramiko
+            from airflow.providers.sftp.hooks.sftp import SFTPHook
+            from airflow.sdk.exceptions import AirflowNotFoundException
+
+            try:
+                hook = SFTPHook(ssh_conn_id=conn_id, conn_retry_attempts=1)
+            except AirflowNotFoundException:
+                raise _missing(conn_id) from None
+            if hook.no_host_key_check:
+                log.warning("connection %s disables SSH host key checking (no_host_key_check); pin the server's "
+                            "key in the host_key extra instead", conn_id)
+            try:
+                sftp = hook.get_conn()
+            except paramiko.BadHostKeyException:
+                raise StorageError(
+                    f"SFTP connection {conn_id!r}: the server's SSH host key has CHANGED and was refused "
+                    "(a re-installed server, or someone in between)",
+                    hint=f"verify the new key out of band, then set it in the host_key extra of connection {conn_id!r} "
+                    "(ssh-keyscan -t ed25519 -p PORT HOST)",
+                ) from None
+            except paramiko.SSHException as exc:
+                if "known_hosts" not in str(exc):
+                    raise
+                raise StorageError(
+                    f"SFTP connection {conn_id!r}: the server's SSH host key is unknown and was refused",
+                    hint=f"set the host_key extra of connection {conn_id!r} to the server's public key "
+                    "(\"ssh-ed25519 AAAA...\", from ssh-keyscan -t ed25519 -p PORT HOST, verified out of band) "
+                    "or add it to the worker's ~/.ssh/known_hosts",
+                ) from None
+            sftp.backups_hook = hook  # keep the hook (and its SSHClient) alive as long as the SFTP session
+            return sftp
+
+        return connect
+
+    def secret(self, conn_id: str) -> str:
+        from airflow.sdk import Connection
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = Connection.get(conn_id)
+        except AirflowNotFoundException:
+            raise _missing(conn_id) from None
+        return conn.password or ""
+
+    def postgres_dsn(self, conn_id: str) -> str:
+        """A libpq URI built from a postgres connection (the password stays inside; never log the result)."""
+        from urllib.parse import quote
+
+        from airflow.sdk import Connection
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = Connection.get(conn_id)
+        except AirflowNotFoundException:
+            raise _missing(conn_id) from None
+        auth = quote(conn.login or "", safe="")
+        if conn.password:
+            auth += ":" + quote(conn.password, safe="")
+        host = conn.host or "127.0.0.1"
+        port = f":{conn.port}" if conn.port else ""
+        return f"postgresql://{auth + '@' if auth else ''}{host}{port}/{quote(conn.schema or 'postgres', safe='')}"

@@ -1,0 +1,284 @@
+"""SFTP storage: one file per key under a base directory on an SSH server (paramiko ``SFTPClient``).
+
+* Writes stream to ``<dir>/.tmp-<uuid>-<name>`` in the object's directory, the size is checked, then
+  ``posix_rename`` replaces the final name atomically: no partial file ever has a final name, and ``list``
+  skips temp names (a killed upload leaves an invisible orphan for the cleanup step, see :meth:`orphan_temps`).
+* Reads stream with paramiko's ``prefetch`` in bounded windows (8 MiB), so an object is never held in memory.
+* Connections come from a factory (``resolver.sftp_client_factory(conn_id)``: host-key checking is the
+  factory's job). A dropped connection is detected (the SSH transport is no longer active), dropped, and
+  reported as :class:`TransientStorageError`; the next call reconnects, so ``RetryingStorage`` retries work.
+"""
+
+from __future__ import annotations
+
+import errno
+import posixpath
+import stat as stat_mod
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+from ..errors import BackupError, ObjectNotFound, StorageError, TransientStorageError
+from .base import TEMP_MARK, ObjectInfo, Storage, check_key
+
+WINDOW = 8 << 20
+
+
+class SftpStorage(Storage):
+    def __init__(self, connect: Callable[[], Any], path: str, name: str = "sftp", conn_id: str | None = None) -> None:
+        self.connect, self.base, self.name, self.conn_id = connect, posixpath.normpath(path or "."), name, conn_id
+        self._sftp: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, sc: Any, name: str, resolver: Any) -> SftpStorage:
+        return cls(resolver.sftp_client_factory(sc.conn_id), sc.path, name=name, conn_id=sc.conn_id)
+
+    def describe(self) -> str:
+        return f"{self.name} (sftp {self.base}" + (f" via connection {self.conn_id})" if self.conn_id else ")")
+
+    # ---- connection and errors ------------------------------------------------------------------------
+    def _client(self) -> Any:
+        with self._lock:
+            if self._sftp is not None and _alive(self._sftp):
+                return self._sftp
+            self.close()
+            try:
+                self._sftp = self.connect()
+            except BackupError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - classified below
+                raise self._connect_error(exc) from None
+            return self._sftp
+
+    def _connect_error(self, exc: Exception) -> StorageError:
+        kind, conn = type(exc).__name__, f"connection {self.conn_id!r}" if self.conn_id else "the SFTP connection"
+        text = f"{self.name}: cannot connect ({kind}: {exc})"
+        if kind == "BadHostKeyException" or "known_hosts" in str(exc) or "host key" in str(exc).lower():
+            return StorageError(f"{self.name}: SSH host key refused ({kind}: {exc})",
+                                hint=f"if the server's key is legitimately new or changed, pin it in the 'host_key' extra of "
+                                f"{conn} (ssh-keyscan -p PORT HOST); never disable host key checking in production")
+        if kind in {"AuthenticationException", "PasswordRequiredException"}:
+            return StorageError(text, hint=f"check the login and key_file/private_key of {conn}")
+        if isinstance(exc, OSError | EOFError) or kind in {"SSHException", "NoValidConnectionsError"}:
+            return TransientStorageError(text, hint=f"check that the server in {conn} is up and reachable")
+        return StorageError(text)
+
+    def _fail(self, what: str, key: str, exc: Exception) -> StorageError:
+        if isinstance(exc, BackupError):
+            return exc  # type: ignore[return-value]
+        if self._sftp is not None and not _alive(self._sftp):
+            self.close()
+            return TransientStorageError(f"{self.name}: connection lost while {what} {key} ({type(exc).__name__}: {exc})")
+        if getattr(exc, "errno", None) == errno.ENOENT:
+            return ObjectNotFound(f"{self.name}: object {key} is missing")
+        if type(exc).__name__ in {"SSHException", "ChannelException", "EOFError"} or isinstance(exc, TimeoutError):
+            self.close()
+            return TransientStorageError(f"{self.name}: {what} {key} failed ({type(exc).__name__}: {exc})")
+        return StorageError(f"{self.name}: {what} {key} failed: {exc}",
+                            hint=f"check permissions and free space under {self.base} on the server")
+
+    def _path(self, key: str) -> str:
+        return posixpath.join(self.base, check_key(key))
+
+    def close(self) -> None:
+        sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            try:
+                transport = sftp.get_channel().get_transport()
+                sftp.close()
+                transport.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection may fail in many ways
+                pass
+
+    def _makedirs(self, sftp: Any, path: str) -> None:
+        todo = []
+        while path not in ("", "/", "."):
+            try:
+                if stat_mod.S_ISDIR(sftp.stat(path).st_mode):
+                    break
+            except OSError as exc:
+                if getattr(exc, "errno", None) != errno.ENOENT:
+                    raise
+            todo.append(path)
+            path = posixpath.dirname(path)
+        for p in reversed(todo):
+            try:
+                sftp.mkdir(p)
+            except OSError:
+                if not stat_mod.S_ISDIR(sftp.stat(p).st_mode):  # a concurrent writer may have created it
+                    raise
+
+    # ---- the five operations --------------------------------------------------------------------------
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        path = self._path(key)
+        tmp = posixpath.join(posixpath.dirname(path), f"{TEMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        sftp = self._client()
+        try:
+            self._makedirs(sftp, posixpath.dirname(path))
+            fh = sftp.open(tmp, "wb")
+            fh.set_pipelined(True)
+        except Exception as exc:
+            raise self._fail("writing", key, exc) from None
+        writer = _File(self, key, fh)
+        try:
+            yield writer  # type: ignore[misc]
+        except BaseException:
+            self._discard(sftp, fh, tmp)
+            raise
+        try:
+            fh.close()
+            if sftp.stat(tmp).st_size != writer.size:  # errors of pipelined writes surface here
+                raise OSError(f"size mismatch after upload ({writer.size} bytes sent)")
+            _replace(sftp, tmp, path)
+        except Exception as exc:
+            self._discard(sftp, fh, tmp)
+            raise self._fail("writing", key, exc) from None
+
+    @staticmethod
+    def _discard(sftp: Any, fh: Any, tmp: str) -> None:
+        try:
+            fh.close()
+            sftp.remove(tmp)
+        except Exception:  # noqa: BLE001 - connection gone: the orphan stays invisible (see orphan_temps)
+            pass
+
+    @contextmanager
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[BinaryIO]:
+        sftp = self._client()
+        try:
+            fh = sftp.open(self._path(key), "rb")
+            size = fh.stat().st_size
+            fh.seek(offset)
+        except Exception as exc:
+            raise self._fail("reading", key, exc) from None
+        end = size if length is None else min(size, offset + length)
+        with fh:
+            yield _File(self, key, fh, offset, end)  # type: ignore[misc]
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._client().stat(self._path(key))
+        except Exception as exc:
+            raise self._fail("stat of", key, exc) from None
+        if stat_mod.S_ISDIR(st.st_mode or 0):
+            raise ObjectNotFound(f"{self.name}: object {key} is missing (a directory has that name)")
+        return ObjectInfo(key, st.st_size or 0)
+
+    def _walk(self, start: str, temps: bool) -> Iterator[tuple[str, int]]:
+        sftp = self._client()
+        try:
+            entries = sftp.listdir_attr(start)
+        except OSError as exc:
+            if getattr(exc, "errno", None) == errno.ENOENT and _alive(sftp):
+                return
+            raise
+        for e in sorted(entries, key=lambda e: e.filename):
+            full = posixpath.join(start, e.filename)
+            if stat_mod.S_ISDIR(e.st_mode or 0):
+                yield from self._walk(full, temps)
+            elif e.filename.startswith(TEMP_MARK) == temps:
+                yield posixpath.relpath(full, self.base), e.st_size or 0
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        try:
+            found = [ObjectInfo(k, n) for k, n in self._walk(posixpath.join(self.base, base), False) if k.startswith(prefix)]
+        except Exception as exc:
+            raise self._fail("listing", prefix or "/", exc) from None
+        return iter(sorted(found, key=lambda o: o.key))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        sftp = self._client()
+        try:
+            sftp.remove(path)
+        except Exception as exc:
+            err = self._fail("deleting", key, exc)
+            if not isinstance(err, ObjectNotFound):
+                raise err from None
+        parent = posixpath.dirname(path)
+        while parent != self.base and parent.startswith(self.base + "/"):
+            try:
+                sftp.rmdir(parent)  # fails (and stops) when not empty
+            except OSError:
+                break
+            parent = posixpath.dirname(parent)
+
+    def check(self) -> None:
+        try:
+            self._makedirs(self._client(), self.base)
+        except Exception as exc:
+            raise self._fail("creating base directory", self.base, exc) from None
+
+    def orphan_temps(self) -> Iterator[str]:
+        """Paths (relative to the base) of in-progress files left by killed writers, for cleanup."""
+        yield from (k for k, _ in self._walk(self.base, True))
+
+
+def _replace(sftp: Any, tmp: str, path: str) -> None:
+    try:
+        sftp.posix_rename(tmp, path)  # OpenSSH's posix-rename@openssh.com: atomic overwrite
+    except OSError as exc:
+        if "unsupported" not in str(exc).lower():
+            raise
+        try:  # servers without the extension: plain SFTP rename refuses to overwrite
+            sftp.remove(path)
+        except FileNotFoundError:
+            pass
+        sftp.rename(tmp, path)
+
+
+def _alive(sftp: Any) -> bool:
+    try:
+        channel = sftp.get_channel()
+        return bool(channel is not None and not channel.closed and channel.get_transport().is_active())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class _File:
+    """Wraps an ``SFTPFile``: maps its errors, counts written bytes, prefetches reads window by window."""
+
+    def __init__(self, store: SftpStorage, key: str, fh: Any, pos: int = 0, end: int = 0) -> None:
+        self.store, self.key, self.fh, self.pos, self.end = store, key, fh, pos, end
+        self.window_end = pos
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        try:
+            self.fh.write(data)
+        except Exception as exc:
+            raise self.store._fail("writing", self.key, exc) from None
+        self.size += len(data)
+        return len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.end - self.pos if n is None or n < 0 else min(n, self.end - self.pos)
+        parts = []
+        try:
+            while want > 0:
+                if self.pos >= self.window_end:
+                    self.window_end = min(self.end, self.pos + WINDOW)
+                    self.fh.prefetch(self.window_end, max_concurrent_requests=64)
+                data = self.fh.read(min(want, self.window_end - self.pos))
+                if not data:
+                    break
+                parts.append(data)
+                self.pos += len(data)
+                want -= len(data)
+        except Exception as exc:
+            raise self.store._fail("reading", self.key, exc) from None
+        return b"".join(parts)
+
+    def flush(self) -> None:
+        pass
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True

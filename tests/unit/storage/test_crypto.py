@@ -1,0 +1,257 @@
+"""EncryptedStorage: the contract suite over memory and local storage, tampering, wrong keys, the CLI helper."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backups.config import EncryptionConfig
+from backups.errors import ConfigError, EncryptionError
+from backups.storage import LocalStorage, MemoryStorage, ReadOnlyStorage
+from backups.storage.crypto import TAG, EncryptedStorage, fingerprint, load_key, parse_key
+
+from .contract import StorageContract
+
+KEY = bytes(range(32))
+OTHER = bytes(range(1, 33))
+SMALL = 4096  # small chunks in tests so objects span many chunks
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class TestEncryptedMemory(StorageContract):
+    @pytest.fixture
+    def storage(self):
+        return EncryptedStorage(MemoryStorage(), KEY, chunk_size=SMALL)
+
+
+class TestEncryptedLocal(StorageContract):
+    @pytest.fixture
+    def storage(self, tmp_path):
+        return EncryptedStorage(LocalStorage(tmp_path / "repo"), KEY)  # the production chunk size (1 MiB)
+
+
+@pytest.fixture
+def inner():
+    return MemoryStorage("offsite")
+
+
+def test_inner_storage_sees_only_ciphertext(inner):
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    plain = b"secret payroll row\n" * 1000
+    enc.put_bytes("data/x", plain)
+    stored = inner.objects["data/x"]
+    assert b"payroll" not in stored and stored.startswith(b"FMRBKENC\x01")
+    assert enc.stat("data/x").size == len(plain) == next(iter(enc.list("data/"))).size
+    assert inner.stat("data/x").size > len(plain)
+    enc.put_bytes("e", b"")
+    assert len(inner.objects["e"]) == 23 + 1 + TAG and enc.get_bytes("e") == b"" and enc.stat("e").size == 0
+
+
+def test_same_plaintext_encrypts_differently(inner):
+    enc = EncryptedStorage(inner, KEY)
+    enc.put_bytes("a", b"same")
+    first = inner.objects["a"]
+    enc.put_bytes("a", b"same")
+    assert inner.objects["a"] != first
+
+
+def test_ranged_reads_across_chunks(inner):
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    data = os.urandom(5 * SMALL + 17)
+    enc.put_bytes("r", data)
+    for off, n in [(0, 1), (SMALL - 3, 10), (2 * SMALL, SMALL), (5 * SMALL, 17), (5 * SMALL + 10, 100), (len(data), 5)]:
+        with enc.open_read("r", off, n) as fh:
+            assert fh.read() == data[off : off + n], (off, n)
+    with enc.open_read("r", 3 * SMALL + 1) as fh:
+        assert fh.read() == data[3 * SMALL + 1 :]
+
+
+def test_wrong_key_is_refused_and_nothing_written(inner, tmp_path):
+    EncryptedStorage(inner, KEY).put_bytes("snapshots/a.json", b"{}")
+    EncryptedStorage(inner, KEY).put_bytes("data/x", b"payload" * 100)
+    wrong = EncryptedStorage(inner, OTHER)
+    with pytest.raises(EncryptionError) as ei:
+        wrong.get_bytes("data/x")
+    assert str(ei.value).startswith("cannot decrypt data/x on offsite: wrong key or corrupted data")
+    target = LocalStorage(tmp_path / "out")
+    with pytest.raises(EncryptionError):
+        wrong.copy_to("data/x", target)
+    assert list(target.list("")) == [] and not list((tmp_path / "out").rglob("*x*"))
+    with pytest.raises(EncryptionError):
+        wrong.check()  # a wrong key is caught before a backup writes anything with it
+    EncryptedStorage(inner, KEY).check()
+
+
+@pytest.mark.parametrize("where", [0, 9, 25, 23 + 6 + 5, -1])  # magic, chunk size, key, data, tag
+def test_flipped_byte_detected(inner, where):
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    enc.put_bytes("data/x", os.urandom(3 * SMALL))
+    blob = bytearray(inner.objects["data/x"])
+    blob[where] ^= 0x01
+    inner.objects["data/x"] = bytes(blob)
+    with pytest.raises(EncryptionError):
+        enc.get_bytes("data/x")
+
+
+@pytest.mark.parametrize("cut", ["chunk_boundary", "mid_chunk", "header_only", "drop_last"])
+def test_truncation_and_extension_detected(inner, cut):
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    enc.put_bytes("data/x", os.urandom(3 * SMALL + 5))
+    blob = inner.objects["data/x"]
+    hlen = 23 + len("data/x")
+    inner.objects["data/x"] = {
+        "chunk_boundary": blob[: hlen + 2 * (SMALL + TAG)],
+        "mid_chunk": blob[:-7],
+        "header_only": blob[:hlen],
+        "drop_last": blob + blob[hlen : hlen + SMALL + TAG],  # a duplicated chunk appended
+    }[cut]
+    with pytest.raises(EncryptionError):
+        enc.get_bytes("data/x")
+
+
+def test_swapped_objects_detected(inner):
+    enc = EncryptedStorage(inner, KEY)
+    enc.put_bytes("data/a", b"A")
+    enc.put_bytes("data/b", b"B")
+    inner.objects["data/b"] = inner.objects["data/a"]
+    with pytest.raises(EncryptionError, match="written as another key"):
+        enc.get_bytes("data/b")
+
+
+def test_unencrypted_object_gives_clear_error(inner):
+    inner.put_bytes("data/plain", b"not encrypted at all, just bytes")
+    with pytest.raises(EncryptionError, match="not an encrypted object"):
+        EncryptedStorage(inner, KEY).get_bytes("data/plain")
+
+
+def test_key_never_in_messages_or_repr(inner, monkeypatch):
+    hexkey, b64key = KEY.hex(), base64.b64encode(KEY).decode()
+    enc = EncryptedStorage(inner, KEY)
+    enc.put_bytes("k", b"v")
+    inner.objects["k"] = inner.objects["k"][:-1]
+    texts = [repr(enc), enc.describe(), enc.key_fingerprint]
+    with pytest.raises(EncryptionError) as ei:
+        enc.get_bytes("k")
+    texts.append(str(ei.value))
+    monkeypatch.setenv("BAD_KEY", hexkey[:-2])  # one byte short
+    with pytest.raises(EncryptionError) as ei2:
+        load_key(EncryptionConfig(key_env="BAD_KEY"), None, "offsite")
+    texts.append(str(ei2.value))
+    for t in texts:
+        assert hexkey not in t and b64key not in t and hexkey[:-2] not in t
+    assert enc.key_fingerprint == fingerprint(KEY) and len(enc.key_fingerprint) == 16
+    assert enc.key_fingerprint in enc.describe()
+
+
+def test_read_only_wrapper_keeps_encryption(inner):
+    EncryptedStorage(inner, KEY).put_bytes("k", b"v")
+    assert ReadOnlyStorage(EncryptedStorage(inner, KEY)).get_bytes("k") == b"v"
+
+
+def test_load_key_from_env_and_connection(monkeypatch):
+    monkeypatch.setenv("BK_HEX", KEY.hex())
+    monkeypatch.setenv("BK_B64", base64.b64encode(KEY).decode())
+    assert load_key(EncryptionConfig(key_env="BK_HEX"), None, "s") == KEY
+    assert load_key(EncryptionConfig(key_env="BK_B64"), None, "s") == KEY
+    monkeypatch.delenv("BK_MISSING", raising=False)
+    with pytest.raises(EncryptionError) as ei:
+        load_key(EncryptionConfig(key_env="BK_MISSING"), None, "offsite")
+    assert "BK_MISSING" in str(ei.value) and "offsite" in str(ei.value) and "export BK_MISSING" in str(ei.value)
+
+    class Resolver:
+        def __init__(self, value):
+            self.value = value
+
+        def secret(self, conn_id):
+            assert conn_id == "backup_key"
+            return self.value
+
+    assert load_key(EncryptionConfig(key_conn_id="backup_key"), Resolver(f" {KEY.hex()}\n"), "s") == KEY
+    with pytest.raises(EncryptionError, match="connection backup_key has no password"):
+        load_key(EncryptionConfig(key_conn_id="backup_key"), Resolver(""), "s")
+    with pytest.raises(EncryptionError, match="32-byte key"):
+        parse_key("zz" * 32, "test")
+
+
+def test_open_storage_wraps_encryption(tmp_path, monkeypatch):
+    from backups.config import parse_config
+    from backups.storage import open_storage
+
+    monkeypatch.setenv("BK", KEY.hex())
+    cfg = parse_config(f"""
+application: app
+sources: {{db: {{type: sqlite, path: /x.db}}}}
+storages:
+  vault: {{type: local, path: {tmp_path}/vault, encryption: {{key_env: BK}}}}
+  keyed: {{type: local, path: {tmp_path}/vault, encryption: {{key_conn_id: backup_key}}}}
+tiers: {{daily: {{type: full, schedule: "0 2 * * *", sources: [db], storages: [vault]}}}}
+""")
+    s = open_storage(cfg, "vault")
+    s.put_bytes("data/x", b"hello")
+    assert s.key_fingerprint == fingerprint(KEY)
+    assert (tmp_path / "vault" / "data" / "x").read_bytes().startswith(b"FMRBKENC")
+    assert open_storage(cfg, "vault", read_only=True).get_bytes("data/x") == b"hello"
+    with pytest.raises(ConfigError):
+        open_storage(cfg, "keyed")  # a connection needs Airflow's resolver
+
+
+def _cli(args, stdin: bytes, env_key: str | None):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'include'}"}
+    env.pop("BK_CLI", None)
+    if env_key is not None:
+        env["BK_CLI"] = env_key
+    return subprocess.run([sys.executable, "-m", "backups.storage.crypto", *args], input=stdin, env=env,
+                          capture_output=True, timeout=60)
+
+
+def test_cli_decrypt_round_trips(tmp_path):
+    store = EncryptedStorage(LocalStorage(tmp_path), KEY, chunk_size=SMALL)
+    data = os.urandom(3 * SMALL + 99)
+    store.put_bytes("data/full/app.tar.zst", data)
+    blob = (tmp_path / "data" / "full" / "app.tar.zst").read_bytes()
+
+    ok = _cli(["decrypt", "--key-env", "BK_CLI"], blob, KEY.hex())
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == data and b"data/full/app.tar.zst" in ok.stderr
+
+    b64 = base64.b64encode(KEY).decode()
+    assert _cli(["decrypt", "--key-env", "BK_CLI", "--expect-key", "data/full/app.tar.zst"], blob, b64).stdout == data
+
+    wrong = _cli(["decrypt", "--key-env", "BK_CLI"], blob, OTHER.hex())
+    assert wrong.returncode == 8 and wrong.stdout == b"" and b"wrong key or corrupted data" in wrong.stderr
+    assert OTHER.hex().encode() not in wrong.stderr
+
+    assert _cli(["decrypt", "--key-env", "BK_CLI"], blob[:-20], KEY.hex()).returncode == 8
+    assert _cli(["decrypt", "--key-env", "BK_CLI", "--expect-key", "other"], blob, KEY.hex()).returncode == 8
+    missing = _cli(["decrypt", "--key-env", "BK_CLI"], blob, None)
+    assert missing.returncode == 8 and b"BK_CLI is not set" in missing.stderr
+
+    enc = _cli(["encrypt", "--key-env", "BK_CLI", "--object-key", "data/y"], b"manual", KEY.hex())
+    (tmp_path / "data" / "y").write_bytes(enc.stdout)
+    assert EncryptedStorage(LocalStorage(tmp_path), KEY).get_bytes("data/y") == b"manual"
+    assert len(_cli(["genkey"], b"", None).stdout.strip()) == 64
+
+
+def test_format_doc_decrypts_by_hand(inner):
+    """docs/storage.md: decrypt with nothing but AESGCM and the header layout."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    data = os.urandom(2 * SMALL + 3)
+    EncryptedStorage(inner, KEY, chunk_size=SMALL).put_bytes("data/x.tar.zst", data)
+    blob = inner.objects["data/x.tar.zst"]
+    assert blob[:8] == b"FMRBKENC" and blob[8] == 1
+    chunk_size, prefix, key_len = int.from_bytes(blob[9:13], "big"), blob[13:21], int.from_bytes(blob[21:23], "big")
+    header = blob[: 23 + key_len]
+    assert header[23:] == b"data/x.tar.zst"
+    body = blob[len(header) :]
+    chunks = [body[i : i + chunk_size + 16] for i in range(0, len(body), chunk_size + 16)]
+    out = b"".join(
+        AESGCM(KEY).decrypt(prefix + i.to_bytes(4, "big"), c, header + (b"\x01" if i == len(chunks) - 1 else b"\x00"))
+        for i, c in enumerate(chunks)
+    )
+    assert out == data
