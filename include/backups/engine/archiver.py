@@ -23,10 +23,9 @@ import io
 import json
 import logging
 import os
-import tarfile
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,13 +35,13 @@ from ..catalog.manifest import object_key
 from ..errors import IntegrityError, SourceError
 from ..sources.base import Entry, SourceReader
 from ..storage.base import Storage
-from ..storage.util import HashingReader, HashingWriter
+from ..storage.util import HashingReader, ThreadedHashingSink
+from . import tarstream
 from .progress import Progress
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3
-_ZERO = bytes(512)
 
 # index entry as a tuple in memory: (type, size, mtime_ns, mode, ino, sha256, link, in)
 IndexEntry = tuple[str, int, int, int, int, str | None, str | None, str]
@@ -81,35 +80,30 @@ def read_index(storage: Storage, obj: dict[str, Any]) -> dict[str, IndexEntry]:
 
 
 @contextmanager
-def _object_writer(storage: Storage, key: str, compress: bool = True) -> Iterator[tuple[BinaryIO, HashingWriter]]:
+def _object_writer(storage: Storage, key: str, compress: bool = True) -> Iterator[tuple[BinaryIO, ThreadedHashingSink]]:
+    """A compressing writer for one object; output is hashed and written by a background thread."""
     with storage.open_write(key) as raw:
-        hw = HashingWriter(raw)
-        if compress:
-            with compressor().stream_writer(hw, closefd=False) as z:
-                yield z, hw  # type: ignore[misc]
-        else:
-            yield hw, hw  # type: ignore[misc]
+        sink = ThreadedHashingSink(raw)
+        try:
+            if compress:
+                with compressor().stream_writer(sink, closefd=False) as z:  # type: ignore[arg-type]
+                    yield z, sink  # type: ignore[misc]
+            else:
+                yield sink, sink  # type: ignore[misc]
+        except BaseException:
+            with suppress(BaseException):
+                sink.close()
+            raise
+        sink.close()
 
 
-def _record(key: str, hw: HashingWriter) -> dict[str, Any]:
+def _record(key: str, hw: ThreadedHashingSink) -> dict[str, Any]:
     return {"key": key, "size": hw.size, "sha256": hw.hexdigest()}
 
 
 # ------------------------------------------------------------------------------------------------ tar writing
 def _tarinfo(e: Entry, size: int) -> bytes:
-    ti = tarfile.TarInfo(e.path)
-    ti.mtime = e.mtime_ns // 1_000_000_000
-    ti.mode = e.mode
-    ti.uname = ti.gname = ""
-    if e.type == "d":
-        ti.type = tarfile.DIRTYPE
-    elif e.type == "l":
-        ti.type = tarfile.SYMTYPE
-        ti.linkname = e.link or ""
-    else:
-        ti.type = tarfile.REGTYPE
-        ti.size = size
-    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return tarstream.header(e.path, e.type, e.mode, e.mtime_ns // 1_000_000_000, size, e.link or "")
 
 
 def hash_file(path: str) -> str:
@@ -126,7 +120,7 @@ class _TarStream:
     def __init__(self, stack: ExitStack, storage: Storage, key: str) -> None:
         self.stack, self.storage, self.key = stack, storage, key
         self.out: BinaryIO | None = None
-        self.hw: HashingWriter | None = None
+        self.hw: ThreadedHashingSink | None = None
         self.members = 0
         self.raw_bytes = 0
 
@@ -154,7 +148,7 @@ class _TarStream:
             left -= len(chunk)
             progress.advance(len(chunk))
         if size % 512:
-            out.write(_ZERO[: 512 - size % 512])
+            out.write(tarstream.padding(size))
         self.members += 1
         self.raw_bytes += size
         return h.hexdigest(), short
@@ -162,7 +156,7 @@ class _TarStream:
     def close(self) -> dict[str, Any] | None:
         if self.out is None:
             return None
-        self.out.write(_ZERO * 2)
+        self.out.write(tarstream.end_of_archive())
         return None
 
 

@@ -21,7 +21,6 @@ import logging
 import os
 import posixpath
 import shutil
-import tarfile
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError
 from ..sources.files import matches
 from ..storage.base import Storage
 from ..storage.util import HashingReader
+from . import tarstream
 from .archiver import CHUNK, IndexEntry, read_index
 from .progress import Progress
 
@@ -152,51 +152,59 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
 def _extract_archive(storage: Storage, obj: dict[str, Any], need: set[str], wanted: dict[str, IndexEntry],
                      partial: Path, real_root: str, found: set[str], out: SourceRestore, progress: Progress) -> None:
     links = {p for p, e in wanted.items() if e[0] == "l"}
+    safe_dirs: set[str] = {""}  # parent directories created by us and checked to resolve inside the target
+
+    def ensure_dir(rel: str) -> None:
+        if rel in safe_dirs:
+            return
+        d = partial / rel
+        d.mkdir(parents=True, exist_ok=True)
+        if not os.path.realpath(d).startswith(real_root + os.sep):
+            raise RefusedError(f"archive path {rel!r} resolves outside the restore target; refusing")
+        safe_dirs.add(rel)
+
     with storage.open_read(obj["key"]) as raw:
         hr = HashingReader(raw)
         with zstandard.ZstdDecompressor().stream_reader(hr, read_size=CHUNK, closefd=False) as z:
             try:
-                tf = tarfile.open(fileobj=z, mode="r|", bufsize=CHUNK)
-                for m in tf:
+                for m, data in tarstream.iter_members(z, CHUNK):
                     name = safe_member(m.name)
-                    parts = name.split("/")
-                    for i in range(1, len(parts)):
-                        if "/".join(parts[:i]) in links:
-                            raise RefusedError(f"archive member {m.name!r} goes through a symlink; refusing to restore it")
-                    if m.issym() or m.islnk():
-                        _check_link(name, m.linkname, m.islnk())
+                    parent, _, _ = name.rpartition("/")
+                    if parent and parent not in safe_dirs:
+                        parts = parent.split("/")
+                        for i in range(1, len(parts) + 1):
+                            if "/".join(parts[:i]) in links:
+                                raise RefusedError(f"archive member {m.name!r} goes through a symlink; refusing to restore it")
+                    if m.islnk():
+                        raise RefusedError(f"archive member {m.name!r} is a hard link; this format never writes them, refusing")
                     if name not in need:
                         continue
                     e = wanted[name]
-                    dest = partial / name
-                    if not os.path.realpath(dest.parent).startswith(real_root):
-                        raise RefusedError(f"archive member {m.name!r} would be written outside the target; refusing")
                     if e[0] == "d":
-                        dest.mkdir(parents=True, exist_ok=True)
+                        ensure_dir(name)
                         found.add(name)
                         continue
                     if e[0] == "l" or not m.isfile():
                         found.add(name)
                         continue
-                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    ensure_dir(parent)
                     h = hashlib.sha256()
-                    src = tf.extractfile(m)
-                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+                    fd = os.open(partial / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
                     with os.fdopen(fd, "wb") as fh:
-                        while chunk := src.read(CHUNK):
+                        while chunk := data.read(CHUNK):
                             h.update(chunk)
                             fh.write(chunk)
                             progress.advance(len(chunk))
+                        os.chmod(fd, e[3])
                     if h.hexdigest() != e[5]:
                         raise IntegrityError(f"{name}: restored content does not match its SHA-256 in the index ({obj['key']})",
                                              hint="the stored object is damaged: run `backupctl verify --read-data` and restore from another storage")
-                    os.chmod(dest, e[3])
-                    os.utime(dest, ns=(e[2], e[2]))
+                    os.utime(partial / name, ns=(e[2], e[2]))
                     found.add(name)
                     out.files += 1
                     out.bytes += e[1]
                     out.verified += 1
-            except tarfile.TarError as exc:
+            except tarstream.TarFormatError as exc:
                 raise IntegrityError(f"{storage.name}: archive {obj['key']} is damaged ({exc})",
                                      hint="restore from another storage; run `backupctl verify --read-data`") from None
             except zstandard.ZstdError as exc:
@@ -209,12 +217,6 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], need: set[str], want
     if hr.hexdigest() != obj["sha256"]:
         raise IntegrityError(f"{storage.name}: archive {obj['key']} does not match its SHA-256 in the manifest",
                              hint="restore from another storage; run `backupctl verify --read-data`")
-
-
-def _check_link(name: str, target: str, hard: bool) -> None:
-    if hard:
-        raise RefusedError(f"archive member {name!r} is a hard link; this format never writes them, refusing")
-    del target  # symlinks may point anywhere as data; they are created last and never written through
 
 
 def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *, sources: list[str] | None = None,

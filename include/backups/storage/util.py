@@ -67,3 +67,55 @@ class HashingReader:
 
     def hexdigest(self) -> str:
         return self.sha.hexdigest()
+
+
+class ThreadedHashingSink:
+    """Hash and write in a background thread, so compression and output hashing overlap (GIL is released by
+    hashlib and file writes). ``close()`` waits and re-raises any write error."""
+
+    def __init__(self, raw: BinaryIO, depth: int = 32) -> None:
+        import queue
+        import threading
+
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._err: BaseException | None = None
+        self._t = threading.Thread(target=self._run, name="hash-sink", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._err is None:
+                try:
+                    self.sha.update(item)
+                    self.raw.write(item)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
+                    self._err = exc
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self._err is not None:
+            raise self._err
+        self._q.put(bytes(data))
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if self._t.is_alive():
+            self._q.put(None)
+            self._t.join()
+        if self._err is not None:
+            raise self._err
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()

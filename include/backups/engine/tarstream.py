@@ -1,0 +1,200 @@
+"""Minimal, fast POSIX tar (ustar + pax) header writing and streaming reading.
+
+Python's ``tarfile`` is general but slow on a stream of many small members (pax checks and 10 KB reads per
+call). Backups write members whose metadata we fully control, so headers are packed directly as ustar, falling
+back to ``tarfile``'s pax encoder only for long or non-ASCII names. Reading parses ustar, GNU long-name and pax
+extended headers — everything GNU tar or ``tarfile`` may produce for regular files, directories and links —
+and hands each member's bytes to the caller as a bounded stream.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+BLOCK = 512
+_ZERO = bytes(BLOCK)
+TYPES = {"f": b"0", "d": b"5", "l": b"2"}
+
+
+def _octal(value: int, width: int) -> bytes:
+    return b"%0*o\x00" % (width - 1, value)
+
+
+def header(path: str, kind: str, mode: int, mtime: int, size: int = 0, link: str = "") -> bytes:
+    """A 512-byte ustar header (or pax header + ustar header for names ustar cannot hold)."""
+    name = path + "/" if kind == "d" else path
+    try:
+        bname = name.encode("ascii")
+        blink = link.encode("ascii")
+    except UnicodeEncodeError:
+        return _pax(path, kind, mode, mtime, size, link)
+    prefix = b""
+    if len(bname) > 100:
+        cut = bname.rfind(b"/", 0, 156)
+        if cut <= 0 or len(bname) - cut - 1 > 100 or len(bname) - cut - 1 == 0:
+            return _pax(path, kind, mode, mtime, size, link)
+        prefix, bname = bname[:cut], bname[cut + 1 :]
+    if len(blink) > 100 or size >= 8**11 or mtime >= 8**11 or mtime < 0:
+        return _pax(path, kind, mode, mtime, size, link)
+    buf = bytearray(BLOCK)
+    buf[0 : len(bname)] = bname
+    buf[100:108] = _octal(mode & 0o7777, 8)
+    buf[108:116] = _octal(0, 8)
+    buf[116:124] = _octal(0, 8)
+    buf[124:136] = _octal(size, 12)
+    buf[136:148] = _octal(mtime, 12)
+    buf[148:156] = b" " * 8
+    buf[156:157] = TYPES[kind]
+    buf[157 : 157 + len(blink)] = blink
+    buf[257:265] = b"ustar\x0000"
+    buf[329:337] = _octal(0, 8)
+    buf[337:345] = _octal(0, 8)
+    buf[345 : 345 + len(prefix)] = prefix
+    buf[148:156] = b"%06o\x00 " % sum(buf)
+    return bytes(buf)
+
+
+def _pax(path: str, kind: str, mode: int, mtime: int, size: int, link: str) -> bytes:
+    ti = tarfile.TarInfo(path)
+    ti.mtime, ti.mode, ti.size = mtime, mode, size if kind == "f" else 0
+    ti.uname = ti.gname = ""
+    ti.type = {"f": tarfile.REGTYPE, "d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE}[kind]
+    ti.linkname = link
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def padding(size: int) -> bytes:
+    return _ZERO[: -size % BLOCK] if size % BLOCK else b""
+
+
+def end_of_archive() -> bytes:
+    return _ZERO * 2
+
+
+# ------------------------------------------------------------------------------------------------ reading
+@dataclass
+class Member:
+    name: str
+    type: bytes  #: b"0" file, b"5" directory, b"2" symlink, b"1" hard link, ...
+    mode: int
+    size: int
+    mtime: int
+    linkname: str
+
+    def isfile(self) -> bool:
+        return self.type in (b"0", b"\x00", b"7")
+
+    def isdir(self) -> bool:
+        return self.type == b"5"
+
+    def issym(self) -> bool:
+        return self.type == b"2"
+
+    def islnk(self) -> bool:
+        return self.type == b"1"
+
+
+class TarFormatError(Exception):
+    pass
+
+
+def _read_exact(src: BinaryIO, n: int) -> bytes:
+    parts, left = [], n
+    while left:
+        b = src.read(left)
+        if not b:
+            raise TarFormatError(f"unexpected end of archive ({n - left} of {n} bytes)")
+        parts.append(b)
+        left -= len(b)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _num(field: bytes) -> int:
+    if field and field[0] & 0x80:  # base-256 (GNU) for large values
+        return int.from_bytes(field[1:], "big")
+    s = field.split(b"\x00", 1)[0].strip()
+    return int(s, 8) if s else 0
+
+
+def _str(field: bytes) -> str:
+    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    out, pos = {}, 0
+    while pos < len(data):
+        sp = data.index(b" ", pos)
+        length = int(data[pos:sp])
+        rec = data[sp + 1 : pos + length - 1]
+        k, _, v = rec.partition(b"=")
+        out[k.decode()] = v.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+class MemberReader:
+    """The bytes of one member; must be read to the end (or skipped) before the next member."""
+
+    def __init__(self, src: BinaryIO, size: int) -> None:
+        self.src, self.left = src, size
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        n = self.left if n < 0 else min(n, self.left)
+        b = self.src.read(n)
+        if not b:
+            raise TarFormatError("unexpected end of archive inside a member")
+        self.left -= len(b)
+        return b
+
+
+def iter_members(src: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[Member, MemberReader]]:
+    """Yield (member, reader) for each member of a tar stream; skips what the caller left unread."""
+    pax: dict[str, str] = {}
+    longname: str | None = None
+    longlink: str | None = None
+    while True:
+        block = src.read(BLOCK)
+        if len(block) < BLOCK:
+            block += _read_exact(src, BLOCK - len(block)) if block else b""
+            if not block:
+                raise TarFormatError("archive ends without an end-of-archive marker")
+        if block == _ZERO:
+            return
+        chk = _num(block[148:156])
+        if chk != sum(block[:148]) + 256 + sum(block[156:]):
+            raise TarFormatError("bad header checksum")
+        typ = block[156:157]
+        size = _num(block[124:136])
+        if typ in (b"x", b"g", b"L", b"K"):
+            data = _read_exact(src, size + (-size % BLOCK))[:size]
+            if typ == b"x":
+                pax.update(_parse_pax(data))
+            elif typ == b"L":
+                longname = data.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+            elif typ == b"K":
+                longlink = data.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+            continue
+        name = _str(block[0:100])
+        if block[257:262] == b"ustar":
+            prefix = _str(block[345:500])
+            if prefix:
+                name = f"{prefix}/{name}"
+        name = pax.pop("path", None) or longname or name
+        link = pax.pop("linkpath", None) or longlink or _str(block[157:257])
+        if "size" in pax:
+            size = int(pax.pop("size"))
+        mtime = int(float(pax.pop("mtime", _num(block[136:148]))))
+        pax, longname, longlink = {}, None, None
+        m = Member(name, typ, _num(block[100:108]), size if typ in (b"0", b"\x00", b"7") else 0, mtime, link)
+        reader = MemberReader(src, m.size)
+        yield m, reader
+        while reader.read(chunk):
+            pass
+        pad = -m.size % BLOCK
+        if pad:
+            _read_exact(src, pad)
