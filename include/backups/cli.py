@@ -55,6 +55,38 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
     raise StorageError("no storage is reachable:\n  " + "\n  ".join(errors), hint="check the storages section and the network")
 
 
+def _storage_with(cfg: Any, resolver: Any, name: str | None, ref: str, tier: str | None):
+    """The named storage, or the first one (config order) that is reachable and holds ``ref`` with its whole chain."""
+    from .catalog import Catalog
+    from .storage import open_storage
+
+    names = [name] if name else list(cfg.storages)
+    errors: list[str] = []
+    excs: list[BackupError] = []
+    for n in names:
+        try:
+            s = open_storage(cfg, n, resolver, read_only=True)
+            s.check()
+            cat = Catalog(s, cfg.application)
+            snap = cat.get(ref, tier)
+            if not name:
+                missing = cat.missing_objects(snap)
+                if missing:
+                    raise StorageError(f"{len(missing)} object(s) of the chain missing or damaged, e.g. {missing[0]}")
+            return s, cat, snap
+        except BackupError as exc:
+            if name:
+                raise
+            errors.append(f"{n}: {exc.message}")
+            excs.append(exc)
+            log.warning("storage %s cannot serve %s: %s", n, ref, exc.message)
+    if len(excs) == 1:
+        raise excs[0]
+    kind = type(excs[0]) if len({type(e) for e in excs}) == 1 else StorageError
+    raise kind(f"no storage can serve snapshot {ref!r}:\n  " + "\n  ".join(errors),
+               hint="check `backupctl list --storage NAME` for each storage")
+
+
 def _age(iso: str) -> str:
     secs = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
     if secs < 120:
@@ -157,14 +189,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
     from .engine.progress import Progress
     from .engine.restorer import restore
 
     cfg, resolver = _load(args)
-    storage = _storage(cfg, resolver, args.storage)
-    cat = Catalog(storage, cfg.application)
-    snap = cat.get(args.snapshot, args.tier)
+    storage, cat, snap = _storage_with(cfg, resolver, args.storage, args.snapshot, args.tier)
+    if storage.archive:
+        from .engine.thaw import needed_keys, wait_readable
+
+        wait_readable(storage, needed_keys(cat, snap), poll_seconds=args.poll_seconds)
     prog = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"])
     try:
         results = restore(storage, cat, snap, Path(args.target), sources=args.source or None, includes=args.include or None,
@@ -187,28 +220,52 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .catalog import Catalog
     from .engine.checker import verify
+    from .errors import ConfigError
+    from .storage import open_storage
 
     cfg, resolver = _load(args)
-    storage = _storage(cfg, resolver, args.storage)
-    cat = Catalog(storage, cfg.application)
     if args.snapshot and args.all:
-        from .errors import ConfigError
-
         raise ConfigError("give a SNAPSHOT or --all, not both")
-    snaps = None if (args.all or not args.snapshot) and not (args.snapshot) else [cat.get(args.snapshot, args.tier)]
-    if not args.all and not args.snapshot:
-        snaps = [cat.get("latest", args.tier)]
-    report = verify(storage, cat, snaps, read_data=args.read_data, include_broken=args.all)
+    names = [args.storage] if args.storage else list(cfg.storages)
+    reports, unreachable = [], []
+    for n in names:
+        try:
+            storage = open_storage(cfg, n, resolver, read_only=True)
+            storage.check()
+        except BackupError as exc:
+            if args.storage:
+                raise
+            unreachable.append(f"{n}: unreachable: {exc.message}")
+            continue
+        cat = Catalog(storage, cfg.application)
+        if args.all:
+            snaps = None
+        else:
+            ref = args.snapshot or "latest"
+            if ref == "latest" and not cat.ordered(args.tier) and not args.storage:
+                continue
+            snaps = [cat.get(ref, args.tier)]
+        if storage.archive and args.read_data:
+            from .engine.thaw import wait_readable
+
+            keys = [o["key"] for s in (snaps or cat.ordered()) for c in cat.chain_of(s) for o in c.objects()]
+            wait_readable(storage, keys)
+        reports.append((storage, verify(storage, cat, snaps, read_data=args.read_data, include_broken=args.all)))
+    ok = all(r.ok for _, r in reports) and not unreachable
     if args.json:
-        print(json.dumps(report.to_dict(), indent=1))
-    else:
-        mode = "read-data (every byte re-hashed)" if args.read_data else "structure (presence and sizes)"
+        print(json.dumps({"ok": ok, "storages": [r.to_dict() for _, r in reports], "unreachable": unreachable}, indent=1))
+        return 0 if ok else 4
+    mode = "read-data (every byte re-hashed)" if args.read_data else "structure (presence and sizes)"
+    for storage, report in reports:
         print(f"verify {mode} on {storage.describe()}: {len(report.snapshots)} snapshot(s), "
               f"{report.objects} object(s), {_mb(report.bytes)}")
         for p in report.problems:
-            print(f"  PROBLEM {p}")
-        print("OK" if report.ok else f"FAILED: {len(report.problems)} problem(s)")
-    return 0 if report.ok else 4
+            print(f"  PROBLEM [{storage.name}] {p}")
+    for u in unreachable:
+        print(f"  PROBLEM {u}")
+    problems = sum(len(r.problems) for _, r in reports) + len(unreachable)
+    print("OK" if ok else f"FAILED: {problems} problem(s)")
+    return 0 if ok else 4
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -286,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pg-target", help="postgres sources: load the dump into this database (DSN)")
     r.add_argument("--storage", help="restore from this storage (default: the first healthy one)")
     r.add_argument("--force", action="store_true", help="restore into a non-empty target, replacing restored sources")
+    r.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between restore-status polls")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_restore)
 

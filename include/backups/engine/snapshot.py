@@ -235,7 +235,14 @@ def copy_object(src: Storage, dst: Storage, obj: dict[str, Any]) -> int:
 
 
 def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage) -> int:
-    """Copy a committed snapshot (and any missing part of its chain) to ``dst``; manifest last. Returns bytes."""
+    """Copy a committed snapshot (and any missing part of its chain) to ``dst``; manifest last. Returns bytes.
+
+    Objects already on ``dst`` with the right size are kept (an interrupted copy resumes). Each manifest is
+    re-sealed for ``dst`` (its ``key_fingerprint`` is ``dst``'s) and written only after every object of that
+    snapshot landed with its recorded SHA-256.
+    """
+    from ..catalog.manifest import unseal
+
     src_cat = Catalog(src, cfg.application)
     dst_cat = Catalog(dst, cfg.application)
     copied = 0
@@ -249,29 +256,73 @@ def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage) -> int:
             except ObjectNotFound:
                 pass
             copied += copy_object(src, dst, obj)
-        dst.put_bytes(manifest_key(s.id), src.get_bytes(manifest_key(s.id)))
+        doc = unseal(src.get_bytes(manifest_key(s.id)), f"{manifest_key(s.id)} on {src.name}")
+        doc["key_fingerprint"] = dst.key_fingerprint
+        dst.put_bytes(manifest_key(s.id), seal(doc))
         log.info("replicated %s from %s to %s", s.id, src.name, dst.name)
     return copied
+
+
+def backfill(cfg: Config, src: Storage, dst: Storage, *, tier: str | None = None) -> list[str]:
+    """Copy every snapshot ``src`` has and ``dst`` lacks (a target that was down for a run catches up)."""
+    src_cat = Catalog(src, cfg.application)
+    dst_ids = set(Catalog(dst, cfg.application).snapshots)
+    done = []
+    for s in src_cat.ordered(tier):
+        if s.id not in dst_ids:
+            replicate(cfg, s.id, src, dst)
+            done.append(s.id)
+            dst_ids.update(s.chain)
+    return done
 
 
 def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
                storages: list[str] | None = None, resolver: Any = None, checksum: bool = False,
                sources: list[str] | None = None, comment: str = "") -> tuple[Snapshot, Plan]:
+    """Plan, extract every source once into the primary storage, commit, then copy to the other storages.
+
+    The primary (first) storage must be healthy. Another storage that is down, or whose encryption key does not
+    match, is skipped for this run; the snapshot is committed everywhere else, and the run then fails naming it
+    (the next run back-fills what it missed).
+    """
+    from ..errors import BackupError
+
     names = storages or list(cfg.tier(tier).storages)
     opened = {n: open_storage(cfg, n, resolver) for n in names}
     primary = opened[names[0]]
     p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
              sources=sources, storages=names, comment=comment)
+    failures: list[BackupError] = []
+    healthy = []
+    for n in names[1:]:
+        try:
+            opened[n].check()
+            healthy.append(n)
+        except BackupError as exc:
+            failures.append(exc)
+            log.error("storage %s is unusable for this run: %s", n, exc.message)
     if p.already_committed:
-        log.info("snapshot %s is already committed on %s; nothing to do", p.snapshot_id, primary.name)
+        log.info("snapshot %s is already committed on %s; nothing to extract", p.snapshot_id, primary.name)
     else:
-        for storage in opened.values():  # reachable, writable, and (encrypted) the key matches
-            storage.check()
+        primary.check()
         for name in p.sources:
             open_source(cfg, name, resolver).check()
         for name in p.sources:
             extract(cfg, p, name, primary, resolver=resolver, checksum=checksum)
     snap = commit(cfg, p, primary)
-    for n in names[1:]:
-        replicate(cfg, p.snapshot_id, primary, opened[n])
+    for n in healthy:
+        try:
+            replicate(cfg, p.snapshot_id, primary, opened[n])
+            filled = backfill(cfg, primary, opened[n])
+            if filled:
+                log.info("back-filled %d snapshot(s) on %s: %s", len(filled), n, ", ".join(filled))
+        except BackupError as exc:
+            failures.append(exc)
+            log.error("copy of %s to %s failed: %s", p.snapshot_id, n, exc.message)
+    if failures:
+        kinds = {type(f) for f in failures}
+        kind = kinds.pop() if len(kinds) == 1 else StorageError
+        raise kind(f"{p.snapshot_id} is committed on {primary.name} but not on every storage:\n  "
+                   + "\n  ".join(f.message for f in failures),
+                   hint="fix the storage (or key) and re-run: missing copies are back-filled by the next run")
     return snap, p

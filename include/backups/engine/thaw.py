@@ -1,0 +1,45 @@
+"""Archive tiers (S3 GLACIER / DEEP_ARCHIVE): make the objects a restore or verify needs readable first.
+
+Requests a restore of every needed object that is not readable yet, then polls until all are, logging progress
+(the CLI's loop; the DAGs use a deferrable sensor over :func:`pending`). Manifests stay in an instant class,
+so planning and listing never wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from ..catalog.manifest import Catalog, Snapshot
+from ..errors import StorageError
+from ..storage.base import Storage
+
+log = logging.getLogger(__name__)
+
+
+def needed_keys(catalog: Catalog, snap: Snapshot) -> list[str]:
+    return [o["key"] for s in catalog.chain_of(snap) for o in s.objects()]
+
+
+def pending(storage: Storage, keys: Iterable[str], days: int = 2) -> list[str]:
+    """Request restores; return the keys that are not readable yet."""
+    if not storage.archive:
+        return []
+    return [k for k in keys if not storage.restore_request(k, days)]
+
+
+def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60.0, timeout_seconds: float = 48 * 3600) -> None:
+    if not storage.archive:
+        return
+    start = time.monotonic()
+    left = pending(storage, keys)
+    while left:
+        waited = time.monotonic() - start
+        if waited > timeout_seconds:
+            raise StorageError(f"{storage.name}: {len(left)} archived object(s) still not restored after {waited / 3600:.1f} h",
+                               hint="check the restore requests in the S3 console, or restore from another storage")
+        log.info("%s: waiting for %d of %d archived object(s) to be restored (%.0f min so far)", storage.name, len(left),
+                 len(keys), waited / 60)
+        time.sleep(poll_seconds)
+        left = pending(storage, left)

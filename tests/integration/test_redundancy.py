@@ -1,0 +1,134 @@
+"""Redundant storage end to end on real servers: local + S3 (moto) + SFTP (sshd, encrypted at rest).
+
+The source is read once and the snapshot is copied to every storage (verified, manifest last); a target that
+was down is back-filled by the next run; damage on one target is named by verify and a restore from another
+target still works; a wrong encryption key is refused and writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from backups.catalog import Catalog
+from backups.config import load_config
+from backups.demo import fmr
+from backups.engine.checker import verify
+from backups.engine.restorer import restore
+from backups.engine.snapshot import run_backup
+from backups.errors import EncryptionError, StorageError
+from backups.storage import open_storage
+from tests.helpers import app_tree, db_rows, write_config
+from tests.unit.storage.test_s3 import BUCKET, make_client, s3_endpoint  # noqa: F401 - fixture
+from tests.unit.storage.test_sftp import sshd  # noqa: F401 - fixture
+
+KEY = "a1" * 32
+
+
+class Resolver:
+    def __init__(self, s3_url: str, sshd) -> None:
+        self.s3_url, self.sshd = s3_url, sshd
+
+    def s3_client(self, conn_id: str):
+        return make_client(self.s3_url)
+
+    def sftp_client_factory(self, conn_id: str):
+        return self.sshd.factory()
+
+    def secret(self, conn_id: str) -> str:
+        raise AssertionError("not used")
+
+    def postgres_dsn(self, conn_id: str) -> str:
+        raise AssertionError("not used")
+
+
+@pytest.fixture
+def multi(tmp_path, s3_endpoint, sshd, monkeypatch):  # noqa: F811
+    home, root = tmp_path / "home", tmp_path / "repo"
+    fmr.generate(home, scale=0.4, seed=8)
+    prefix = uuid.uuid4().hex[:10]
+    monkeypatch.setenv("OFFSITE_KEY", KEY)
+    storages = (f'  cloud: {{type: s3, conn_id: backup_s3, bucket: {BUCKET}, prefix: "{prefix}"}}\n'
+                f'  offsite: {{type: sftp, conn_id: backup_sftp, path: "{tmp_path}/sftp", encryption: {{key_env: OFFSITE_KEY}}}}\n')
+    cfg_path = write_config(tmp_path / "c.yaml", home, root, extra_storages=storages, tier_storages="local, cloud, offsite")
+    return {"home": home, "cfg": load_config(cfg_path), "resolver": Resolver(s3_endpoint, sshd), "tmp": tmp_path,
+            "sftp_root": tmp_path / "sftp", "sshd": sshd}
+
+
+def _open(m, name):
+    return open_storage(m["cfg"], name, m["resolver"])
+
+
+def test_fan_out_verify_damage_and_restore_from_another_target(multi):
+    m = multi
+    snap, _ = run_backup(m["cfg"], "weekly", logical_date="2026-07-05T01:00:00Z", resolver=m["resolver"])
+    fmr.mutate(m["home"], seed=3)
+    inc, _ = run_backup(m["cfg"], "daily", logical_date="2026-07-06T02:00:00Z", resolver=m["resolver"])
+    expected_files, expected_rows = app_tree(m["home"]), db_rows(m["home"] / "app.db")
+    for name in ("local", "cloud", "offsite"):
+        s = _open(m, name)
+        cat = Catalog(s, "fmr-test")
+        assert [x.id for x in cat.ordered()] == [snap.id, inc.id], name
+        assert verify(s, cat, read_data=True).ok, name
+    offsite = _open(m, "offsite")
+    assert Catalog(offsite, "fmr-test").get(inc.id).doc["key_fingerprint"] == offsite.key_fingerprint
+    # objects on the SFTP target are encrypted at rest: no tar header, no zstd magic visible
+    raw = (m["sftp_root"] / snap.sources["system_state"]["objects"]["archive"]["key"]).read_bytes()
+    assert b"ustar" not in raw and not raw.startswith(b"\x28\xb5\x2f\xfd") and b"fmr-state" not in raw
+    # damage one object on the cloud target: verify names it; restore from another target still works
+    cloud = _open(m, "cloud")
+    victim = inc.sources["app_files"]["objects"]["archive"]["key"]
+    cloud.put_bytes(victim, b"tampered")
+    report = verify(cloud, Catalog(cloud, "fmr-test"), read_data=True)
+    assert not report.ok and any(victim in p for p in report.problems)
+    cloud.delete(snap.sources["app_db"]["objects"]["index"]["key"])
+    report = verify(cloud, Catalog(cloud, "fmr-test"))
+    assert any("missing" in p for p in report.problems)
+    for name in ("offsite", "local"):
+        s = open_storage(m["cfg"], name, m["resolver"], read_only=True)
+        cat = Catalog(s, "fmr-test")
+        out = m["tmp"] / f"restore-{name}"
+        restore(s, cat, cat.get("latest"), out)
+        assert app_tree(out / "app_files") == expected_files
+        assert db_rows(out / "app_db" / "app.db") == expected_rows
+
+
+def test_target_down_is_backfilled_by_next_run(multi):
+    m = multi
+    m["sshd"].kill()
+    try:
+        with pytest.raises(StorageError) as info:
+            run_backup(m["cfg"], "weekly", logical_date="2026-07-05T01:00:00Z", resolver=m["resolver"])
+        assert "offsite" in str(info.value)
+    finally:
+        m["sshd"].start()
+    # local and cloud hold the snapshot; offsite has nothing committed
+    assert Catalog(_open(m, "cloud"), "fmr-test").snapshots
+    # the next run (a different day) back-fills the missing weekly on offsite
+    run_backup(m["cfg"], "daily", logical_date="2026-07-06T02:00:00Z", resolver=m["resolver"])
+    ids = sorted(Catalog(_open(m, "offsite"), "fmr-test").snapshots)
+    assert ids == ["daily-20260706T020000Z", "weekly-20260705T010000Z"]
+    assert verify(_open(m, "offsite"), Catalog(_open(m, "offsite"), "fmr-test"), read_data=True).ok
+
+
+def test_wrong_or_missing_key_is_refused_and_writes_nothing(multi, monkeypatch):
+    m = multi
+    run_backup(m["cfg"], "weekly", logical_date="2026-07-05T01:00:00Z", resolver=m["resolver"])
+    before = sorted(p.relative_to(m["sftp_root"]) for p in m["sftp_root"].rglob("*"))
+    monkeypatch.setenv("OFFSITE_KEY", "b2" * 32)
+    with pytest.raises(EncryptionError) as info:
+        run_backup(m["cfg"], "daily", logical_date="2026-07-06T02:00:00Z", resolver=m["resolver"])
+    assert "b2b2" not in str(info.value) and "a1a1" not in str(info.value)
+    assert sorted(p.relative_to(m["sftp_root"]) for p in m["sftp_root"].rglob("*")) == before
+    s = open_storage(m["cfg"], "offsite", m["resolver"], read_only=True)
+    with pytest.raises(EncryptionError):
+        cat = Catalog(s, "fmr-test")
+        restore(s, cat, cat.get("latest"), m["tmp"] / "never")
+    assert not (m["tmp"] / "never" / "app_files").exists()
+    monkeypatch.delenv("OFFSITE_KEY")
+    with pytest.raises(EncryptionError) as info:
+        open_storage(m["cfg"], "offsite", m["resolver"])
+    assert "OFFSITE_KEY" in str(info.value)
+    assert os.environ.get("OFFSITE_KEY") is None
