@@ -28,8 +28,8 @@ KEY = "a1" * 32
 
 
 class Resolver:
-    def __init__(self, s3_url: str, sshd) -> None:
-        self.s3_url, self.sshd = s3_url, sshd
+    def __init__(self, s3_url: str, server) -> None:
+        self.s3_url, self.sshd = s3_url, server
 
     def s3_client(self, conn_id: str):
         return make_client(self.s3_url)
