@@ -26,7 +26,7 @@ from ..errors import ConfigError, IntegrityError, ObjectNotFound, StorageError
 from ..sources import open_source
 from ..storage import Storage, open_storage
 from ..storage.util import HashingReader
-from .archiver import load_part, read_index
+from .archiver import load_part
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -143,19 +143,19 @@ def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: An
     from .archiver import backup_source
 
     reader = open_source(cfg, source, resolver)
-    parent_index: dict = {}
+    parent_obj = None
     parent_for_source = None
     if p.parent:
         catalog = Catalog(storage, cfg.application)
         par = catalog.get(p.parent)
         if source in par.sources:
-            parent_index = read_index(storage, par.sources[source]["objects"]["index"])
+            parent_obj = par.sources[source]["objects"]["index"]
             parent_for_source = par.id
     sc = cfg.sources[source]
     t0 = time.monotonic()
     prog = progress or Progress(f"{source}", None)
     try:
-        rec = backup_source(storage, p.snapshot_id, reader, parent_index, parent_for_source,
+        rec = backup_source(storage, p.snapshot_id, reader, parent_obj, parent_for_source,
                             on_unreadable=getattr(sc, "on_unreadable", "fail"), checksum=checksum, progress=prog,
                             staging_root=os.environ.get("BACKUP_STAGING"))
     finally:

@@ -76,12 +76,18 @@ class SourceReader(ABC):
 
 
 def walk_staging(root: Path) -> Iterator[Entry]:
-    """Entries of a staging directory (dump files), sorted, relative to ``root``."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for fn in sorted(filenames):
-            full = os.path.join(dirpath, fn)
-            rel = os.path.relpath(full, root).replace(os.sep, "/")
-            e = Entry.from_stat(rel, full, os.lstat(full))
+    """Files of a staging directory (dump files) in canonical order, relative to ``root``."""
+
+    def walk(rel_dir: str) -> Iterator[Entry]:
+        with os.scandir(root / rel_dir if rel_dir else root) as it:
+            items = sorted(it, key=lambda d: d.name)
+        for de in items:
+            rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+            if de.is_dir(follow_symlinks=False):
+                yield from walk(rel)
+                continue
+            e = Entry.from_stat(rel, de.path, de.stat(follow_symlinks=False))
             if e is not None:
                 yield e
+
+    yield from walk("")

@@ -80,56 +80,46 @@ class FilesSource(SourceReader):
         return matches(rel, self.include) and not matches(rel, self.exclude)
 
     def _scan(self, unreadable: list[str]) -> Iterator[Entry]:
-        root = str(self.root)
-        emitted_dirs: set[str] = set()
+        """Included entries in canonical order (by path components; a directory right before its contents).
 
-        def emit_parents(rel: str) -> Iterator[Entry]:
-            parts = rel.split("/")[:-1]
-            for i in range(1, len(parts) + 1):
-                d = "/".join(parts[:i])
-                if d not in emitted_dirs:
-                    emitted_dirs.add(d)
-                    full = os.path.join(root, d)
-                    try:
-                        e = Entry.from_stat(d, full, os.lstat(full))
-                    except OSError:
-                        continue
-                    if e is not None and not matches(d, self.exclude):
-                        yield e
+        A directory is emitted when it matches the include globs itself, or just before the first included
+        entry below it (so its permissions and times come back on restore)."""
+        pending: list[Entry] = []  # ancestors not emitted yet
 
-        stack = [""]
-        while stack:
-            rel_dir = stack.pop()
-            full_dir = os.path.join(root, rel_dir) if rel_dir else root
+        def walk(rel_dir: str) -> Iterator[Entry]:
+            full_dir = os.path.join(self.root, rel_dir) if rel_dir else str(self.root)
             try:
                 with os.scandir(full_dir) as it:
                     items = sorted(it, key=lambda d: d.name)
             except OSError as exc:
                 unreadable.append(f"{rel_dir or '.'}/ ({exc.strerror})")
-                continue
-            subdirs = []
+                return
             for de in items:
                 rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                 try:
-                    st = de.stat(follow_symlinks=False)
+                    e = Entry.from_stat(rel, de.path, de.stat(follow_symlinks=False))
                 except OSError as exc:
                     unreadable.append(f"{rel} ({exc.strerror})")
                     continue
-                e = Entry.from_stat(rel, de.path, st)
-                if e is None:
+                if e is None or matches(rel, self.exclude):
                     continue
                 if e.type == "d":
-                    if not matches(rel, self.exclude):
-                        subdirs.append(rel)
-                    if self._included(rel) and rel not in emitted_dirs:
-                        yield from emit_parents(rel)
-                        emitted_dirs.add(rel)
+                    if self._included(rel):
+                        yield from pending
+                        pending.clear()
                         yield e
-                    continue
-                if self._included(rel):
-                    yield from emit_parents(rel)
+                        yield from walk(rel)
+                    else:
+                        pending.append(e)
+                        yield from walk(rel)
+                        if pending and pending[-1] is e:
+                            pending.pop()
+                elif self._included(rel):
+                    yield from pending
+                    pending.clear()
                     yield e
-            stack.extend(reversed(subdirs))
+
+        yield from walk("")
 
     @contextmanager
     def prepare(self, staging: Path) -> Iterator[Prepared]:

@@ -1,0 +1,348 @@
+"""DAG builders: a validated config in, DAGs out — ``backup_<tier>`` for every tier, and ``backup_manual``.
+
+One factory (:func:`build_backup_dag`) wires the same task graph for both; the manual DAG adds a
+``Param`` form and a human approval gate in front. Task bodies are thin adapters: read the context, call one
+function of :mod:`backups.orchestration.steps`, return its small dict. Nothing heavy is imported here (the
+engine, GX, boto3, paramiko, psycopg load inside the task bodies), so a DAG file parses in milliseconds.
+
+Graph (group.task)::
+
+    [approve_backup] → pre_backup.check_system_state → pre_backup.prepare_environment → pre_backup.notify_start
+      → backup.extract_data[source] (database and command sources) ┐
+      → backup.extract_config[source] (file sources)               ┴→ backup.commit (manifest; Asset event)
+      → backup.upload[storage] → verify.check_integrity[storage], verify.validate_data, verify.test_restore
+      → post_backup.notify_completion;  post_backup.cleanup (teardown: runs whatever happened)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, teardown
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from ..config import Config
+from ..errors import BackupError, ConfigError, EncryptionError, IntegrityError, NotFoundError, RefusedError
+from . import notifiers, steps
+from .steps import MANUAL_TIER
+
+START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
+RETRIES = 2
+RETRY_DELAY = timedelta(minutes=5)
+#: pool for the heavy I/O tasks (extraction, uploads, restores), e.g. "backup_io" from airflow_settings.yaml.
+#: None by default: a pool that does not exist in the metadata DB keeps tasks from ever being scheduled.
+POOL: str | None = None
+#: errors that a retry cannot fix: the task fails at once with the message (and the failure notifier fires)
+FAIL_FAST = (ConfigError, NotFoundError, IntegrityError, RefusedError, EncryptionError)
+PLAN_TASK = "pre_backup.prepare_environment"
+
+
+def asset_uri(cfg: Config, tier: str) -> str:
+    return f"backup://{cfg.application}/{tier}"
+
+
+def default_args(cfg: Config) -> dict[str, Any]:
+    return {"owner": cfg.owner, "retries": RETRIES, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30), "on_failure_callback": notifiers.task_failure_callbacks(cfg)}
+
+
+def _heavy() -> dict[str, Any]:
+    return {"pool": POOL} if POOL else {}
+
+
+# ------------------------------------------------------------------------------------------------ docs
+def _where(sc: Any) -> str:
+    if sc.type == "local":
+        where = f"local directory `{sc.path}`"
+    elif sc.type == "s3":
+        where = f"S3 `s3://{sc.bucket}/{sc.prefix}` (connection `{sc.conn_id}`, {sc.storage_class})"
+    else:
+        where = f"SFTP `{sc.path}` (connection `{sc.conn_id}`)"
+    return where + (", encrypted client-side" if getattr(sc, "encryption", None) else "")
+
+
+def _what(sc: Any) -> str:
+    if sc.type == "files":
+        what = f"files under `{sc.root}` ({', '.join(sc.include)}" + (f"; except {', '.join(sc.exclude)}" if sc.exclude else "") + ")"
+    elif sc.type == "sqlite":
+        what = f"SQLite database `{sc.path}` (online copy, row counts and schema recorded)"
+    elif sc.type == "postgres":
+        what = "PostgreSQL " + (f"connection `{sc.conn_id}`" if sc.conn_id else "DSN from the config") + " (pg_dump, directory format)"
+    else:
+        what = f"output of `{' '.join(sc.command)}`"
+    return what + (f" — {sc.description}" if sc.description else "")
+
+
+def tier_doc(cfg: Config, tier: str) -> str:
+    t = cfg.tiers[tier]
+    lines = [f"# Backup tier `{tier}` of {cfg.application}", ""]
+    if t.description:
+        lines += [t.description, ""]
+    lines += [f"**Type:** {t.type} · **schedule:** `{t.schedule or 'none (trigger by hand)'}` (UTC) · "
+              f"**retention:** {t.retention.describe()}", "", "**Backs up:**", ""]
+    lines += [f"* `{n}`: {_what(cfg.sources[n])}" for n in t.sources]
+    lines += ["", "**Stored on** (the first is the primary, where extraction writes; the others receive a verified copy):", ""]
+    lines += [f"* `{n}`: {_where(cfg.storages[n])}" for n in t.storages]
+    lines += ["", f"Each committed snapshot emits the asset `{asset_uri(cfg, tier)}`. Every run verifies what landed on "
+              "each storage (SHA-256), validates the databases with Great Expectations and test-restores the chain. "
+              "See docs/dags.md."]
+    return "\n".join(lines)
+
+
+def manual_doc(cfg: Config) -> str:
+    return "\n".join([
+        f"# Manual backup of {cfg.application}", "",
+        "Trigger with the form: backup type, sources, storages and a comment. A person must then approve the "
+        "run (**Required Actions** in the UI, or `PATCH /api/v2/dags/backup_manual/dagRuns/{run_id}/taskInstances/"
+        "approve_backup/-1/hitlDetails`) before anything is read or written; no answer in 24 h rejects it. "
+        "`require_approval=false` skips the gate (scripts, tests).", "",
+        f"Snapshots are ids `manual-<timestamp>` (tier `manual`, kept until removed by hand). The run is verified like "
+        f"the scheduled tiers and a result document (who asked, who approved, what was taken, checks) is stored as "
+        f"`reports/manual/<snapshot_id>.json` and `.md` on every chosen storage. Asset: `{asset_uri(cfg, MANUAL_TIER)}`.",
+        "", "**Sources:** " + ", ".join(f"`{n}` ({s.type})" for n, s in cfg.sources.items()),
+        "", "**Storages:** " + ", ".join(f"`{n}`: {_where(s)}" for n, s in cfg.storages.items())])
+
+
+def manual_params(cfg: Config) -> dict[str, Param]:
+    sources, storages = list(cfg.sources), list(cfg.storages)
+    return {
+        "backup_type": Param("full", type="string", enum=["full", "differential", "incremental"], title="Backup type",
+                             description="full: complete, restorable alone; differential: changes since the last full; "
+                                         "incremental: changes since the last backup of any type"),
+        "sources": Param(sources, type="array", items={"type": "string", "enum": sources}, minItems=1, uniqueItems=True,
+                         examples=sources, title="Sources", description="What to back up"),
+        "storages": Param(storages, type="array", items={"type": "string", "enum": storages}, minItems=1,
+                          uniqueItems=True, examples=storages, title="Storages",
+                          description="Where to store it (the first in config order is the primary)"),
+        "comment": Param("", type="string", title="Comment", description="Why this backup is taken (kept in the manifest)"),
+        "require_approval": Param(True, type="boolean", title="Require approval",
+                                  description="Ask a person to approve before anything runs (turn off for scripts)"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ adapters
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Errors a retry cannot fix fail the task at once (AirflowFailException) with the library's message."""
+    try:
+        yield
+    except FAIL_FAST as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def _ctx() -> Any:
+    return get_current_context()
+
+
+def _runtime(tier: str) -> tuple[Config, Any]:
+    cfg = steps.runtime_config(tier)
+    return cfg, steps.resolver_for(cfg)
+
+
+def build_backup_dag(cfg: Config, tier: str) -> DAG:
+    """The backup DAG of one tier (``backup_<tier>``), or ``backup_manual`` for ``tier="manual"``."""
+    manual = tier == MANUAL_TIER
+    if manual:
+        cfg = steps.with_manual_tier(cfg)  # raises ConfigError if the config itself defines a "manual" tier
+    t = cfg.tiers[tier]
+    asset = Asset(uri=asset_uri(cfg, tier))
+    dag = DAG(
+        dag_id=f"backup_{tier}",
+        description=(f"On-demand, approved backup of {cfg.application}" if manual else
+                     f"{t.type.capitalize()} backup of {cfg.application} ({', '.join(t.sources)} → {', '.join(t.storages)})"),
+        schedule=None if manual else t.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(cfg),
+        tags=["backup", "manual", f"tier:{tier}"] if manual else ["backup", f"tier:{tier}", f"type:{t.type}"],
+        doc_md=manual_doc(cfg) if manual else tier_doc(cfg, tier),
+        params=manual_params(cfg) if manual else {},
+        on_success_callback=notifiers.dag_success_callbacks(cfg),
+        on_failure_callback=notifiers.dag_failure_callbacks(cfg),
+    )
+    with dag:
+        _wire(cfg, tier, manual, asset)
+    return dag
+
+
+def _wire(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
+    app = cfg.application
+    candidates = cfg.tiers[tier]  # the manual tier lists every source and storage
+
+    with TaskGroup("pre_backup", tooltip="sources readable, storages reachable with room; the plan") as pre:
+
+        @task(task_id="check_system_state", trigger_rule=TriggerRule.NONE_FAILED if manual else TriggerRule.ALL_SUCCESS)
+        def check_system_state() -> dict[str, Any]:
+            cfg_, resolver = _runtime(tier)
+            sel = steps.selection(cfg_, tier, _ctx()["params"])
+            try:
+                with _errors():
+                    return steps.check_system_state(cfg_, sel, resolver)
+            except steps.SystemStateError as exc:
+                if exc.retryable:
+                    raise
+                raise AirflowFailException(str(exc)) from None
+
+        @task(task_id="prepare_environment", multiple_outputs=True)
+        def prepare_environment(state: dict[str, Any]) -> dict[str, Any]:
+            ctx = _ctx()
+            cfg_, resolver = _runtime(tier)
+            logical = ctx.get("logical_date") or ctx["dag_run"].run_after
+            with _errors():
+                return steps.prepare_environment(cfg_, steps.selection(cfg_, tier, ctx["params"]), logical, state, resolver)
+
+        @task(task_id="notify_start")
+        def notify_start(plan: dict[str, Any]) -> str:
+            msg = steps.start_message(plan)
+            steps.log.info("%s", msg)
+            notifiers.publish("backup_start", {"dag_id": _ctx()["dag"].dag_id, "run_id": _ctx()["run_id"],
+                                               "snapshot_id": plan["snapshot_id"], "message": msg, "plan": plan})
+            return msg
+
+        state = check_system_state()
+        prep = prepare_environment(state)
+        started = notify_start(prep["plan"])
+
+    with TaskGroup("backup", tooltip="extract every source into the primary storage, commit, copy to the others"):
+
+        def _extract(task_id: str):
+            @task(task_id=task_id, map_index_template="{{ source_name }}", **_heavy())
+            def extract(plan: dict[str, Any], estimates: dict[str, int], source: str) -> dict[str, Any]:
+                ctx = _ctx()
+                ctx["source_name"] = source  # type: ignore[typeddict-unknown-key]
+                if source not in plan["sources"]:
+                    raise AirflowSkipException(f"source {source} is not part of this run")
+                cfg_, resolver = _runtime(tier)
+                with _errors(), steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], f"extract-{source}") as scratch:
+                    return steps.extract_source(cfg_, plan, source, scratch, resolver, estimates.get(source))
+
+            return extract
+
+        # mapped over the candidates known at parse time (the tier's, or every configured one for backup_manual);
+        # an instance whose source or storage the run did not choose skips itself
+        extract_data = _extract("extract_data").partial(plan=prep["plan"], estimates=prep["estimates"]).expand(
+            source=[n for n in candidates.sources if cfg.sources[n].type in steps.DATA_KINDS])
+        extract_config = _extract("extract_config").partial(plan=prep["plan"], estimates=prep["estimates"]).expand(
+            source=[n for n in candidates.sources if cfg.sources[n].type not in steps.DATA_KINDS])
+
+        # skipped extractions (not chosen, or nothing to map) must not skip the commit
+        @task(task_id="commit", outlets=[asset], trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        def commit(plan: dict[str, Any]) -> dict[str, Any]:
+            cfg_, resolver = _runtime(tier)
+            with _errors():
+                info = steps.commit_snapshot(cfg_, plan, resolver)
+            _ctx()["outlet_events"][asset].extra = {
+                "snapshot_id": info["snapshot_id"], "type": info["type"], "parent": info["parent"],
+                "storages": list(plan["storages"]), "application": app, "tier": tier}
+            return info
+
+        committed = commit(prep["plan"])
+        started >> [extract_data, extract_config]
+        [extract_data, extract_config] >> committed
+
+        @task(task_id="upload", map_index_template="{{ storage_name }}", **_heavy())
+        def upload(plan: dict[str, Any], committed: dict[str, Any], storage: str) -> dict[str, Any]:
+            _ctx()["storage_name"] = storage  # type: ignore[typeddict-unknown-key]
+            if storage not in plan["storages"]:
+                raise AirflowSkipException(f"storage {storage} is not part of this run")
+            cfg_, resolver = _runtime(tier)
+            with _errors():
+                return steps.upload_to(cfg_, plan, storage, resolver)
+
+        uploaded = upload.partial(plan=prep["plan"], committed=committed).expand(storage=list(candidates.storages))
+
+    with TaskGroup("verify", tooltip="checksums on every storage, Great Expectations, test restore"):
+
+        @task(task_id="check_integrity", map_index_template="{{ storage_name }}", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        def check_integrity(plan: dict[str, Any], storage: str) -> dict[str, Any]:
+            _ctx()["storage_name"] = storage  # type: ignore[typeddict-unknown-key]
+            if storage not in plan["storages"]:
+                raise AirflowSkipException(f"storage {storage} is not part of this run")
+            cfg_, resolver = _runtime(tier)
+            with _errors():
+                return steps.check_integrity(cfg_, plan, storage, resolver)
+
+        @task(task_id="validate_data", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **_heavy())
+        def validate_data(plan: dict[str, Any]) -> dict[str, Any]:
+            ctx = _ctx()
+            cfg_, resolver = _runtime(tier)
+            with _errors(), steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "validate") as scratch:
+                return steps.validate_data(cfg_, plan, scratch, resolver)
+
+        @task(task_id="test_restore", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **_heavy())
+        def test_restore(plan: dict[str, Any]) -> dict[str, Any]:
+            ctx = _ctx()
+            cfg_, resolver = _runtime(tier)
+            with _errors(), steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "restore") as scratch:
+                return steps.test_restore(cfg_, plan, scratch, resolver)
+
+        integrity = check_integrity.partial(plan=prep["plan"]).expand(storage=list(candidates.storages))
+        validated = validate_data(prep["plan"])
+        restored = test_restore(prep["plan"])
+        uploaded >> [integrity, validated, restored]
+
+    with TaskGroup("post_backup", tooltip="summary (and the manual result document); cleanup"):
+
+        @task(task_id="notify_completion", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        def notify_completion(plan: dict[str, Any], committed: dict[str, Any], validation: dict[str, Any],
+                              restore_test: dict[str, Any]) -> dict[str, Any]:
+            ctx = _ctx()
+            ti, dag_run = ctx["ti"], ctx["dag_run"]
+            cfg_, resolver = _runtime(tier)
+            extracts = ti.xcom_pull(task_ids=["backup.extract_data", "backup.extract_config"]) or []
+            uploads = ti.xcom_pull(task_ids=["backup.upload"]) or []
+            checks = ti.xcom_pull(task_ids=["verify.check_integrity"]) or []
+            begun = getattr(dag_run, "start_date", None)
+            run_seconds = round((datetime.now(UTC) - begun).total_seconds(), 1) if begun else None
+            with _errors():
+                summary = steps.completion_summary(cfg_, plan, committed, [c for c in checks if c], validation, restore_test,
+                                                   list(extracts), list(uploads), run_seconds, resolver)
+                steps.log.info("%s", steps.summary_text(summary))
+                if manual:
+                    approval = ti.xcom_pull(task_ids="approve_backup", map_indexes=-1)
+                    doc, md = steps.manual_report(
+                        summary, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
+                        requested_by=getattr(dag_run, "triggering_user_name", None), approval=approval,
+                        params={k: ctx["params"].get(k) for k in ("backup_type", "sources", "storages", "comment",
+                                                                   "require_approval")})
+                    summary["report"] = steps.write_report(cfg_, plan["storages"], plan["snapshot_id"], doc, md, resolver)
+                    summary["requested_by"], summary["approval"] = doc["requested_by"], doc["approval"]
+            notifiers.publish("backup_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
+            return summary
+
+        done = notify_completion(prep["plan"], committed, validated, restored)
+        integrity >> done
+
+        @teardown
+        def cleanup() -> dict[str, Any]:
+            ctx = _ctx()
+            plan = (ctx["ti"].xcom_pull(task_ids=PLAN_TASK, key="plan", map_indexes=-1) or None)
+            try:
+                cfg_, resolver = _runtime(tier)
+            except BackupError:
+                cfg_, resolver = None, None
+            return steps.cleanup(cfg_, plan, ctx["dag"].dag_id, ctx["run_id"], resolver)
+
+        # every task that uses scratch space is a direct upstream: cleanup starts only once they are all done
+        [extract_data, extract_config, validated, restored, done] >> cleanup()
+
+    if manual:
+        from .approval import BackupApprovalOperator
+
+        approve = BackupApprovalOperator(
+            task_id="approve_backup",
+            subject="Approve a {{ params.backup_type }} backup of " + app
+                    + ": {{ params.sources | join(', ') }} → {{ params.storages | join(', ') }}?",
+            body="Requested by **{{ dag_run.triggering_user_name or 'unknown' }}** (run `{{ run_id }}`).\n\n"
+                 "* type: {{ params.backup_type }}\n* sources: {{ params.sources | join(', ') }}\n"
+                 "* storages: {{ params.storages | join(', ') }}\n* comment: {{ params.comment or '-' }}\n\n"
+                 "Approve to run it now; Reject (or no answer in 24 h) skips the backup.",
+            defaults="Reject",
+            response_timeout=timedelta(hours=24),
+            params={"note": Param("", type="string", title="Note", description="Optional note for the result document")},
+        )
+        approve >> pre

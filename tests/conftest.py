@@ -1,0 +1,37 @@
+"""Test-session environment: a private Airflow home and metadata DB, set before anything imports Airflow.
+
+Airflow reads its configuration when it is first imported, so the variables are set here at module level; Airflow
+itself is imported only inside the ``airflow_db`` fixture, which only the DAG tests request — the plain-library
+tests never pay for it. ``FMR_HOME`` and ``BACKUP_ROOT`` get temporary defaults so that the shipped
+``include/backups.yaml`` loads when the DAG files are parsed (tests that back something up set their own).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_TMP = Path(tempfile.mkdtemp(prefix="fmr-tests-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
+
+os.environ["AIRFLOW_HOME"] = str(_TMP / "airflow-home")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")  # dag.test() needs the DAGs in this folder
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_TMP / 'airflow.db'}"
+os.environ.setdefault("FMR_HOME", str(_TMP / "fmr-home"))
+os.environ.setdefault("BACKUP_ROOT", str(_TMP / "backup-root"))
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A fresh Airflow metadata DB (tables from the ORM), for tests that run ``dag.test()``."""
+    from airflow.utils import db
+
+    db.resetdb()
+    yield

@@ -1,0 +1,115 @@
+"""The task bodies of the backup DAGs without Airflow: selection, system checks, retry-safety, cleanup."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from backups.config import load_config
+from backups.demo import fmr
+from backups.errors import ConfigError
+from backups.orchestration import steps
+from backups.storage import open_storage
+from backups.storage.local import LocalStorage
+from tests.helpers import write_config
+
+pytestmark = pytest.mark.airflow  # lives with the DAG tests (one process), although it needs no Airflow
+
+
+@pytest.fixture
+def env(tmp_path):
+    home, root = tmp_path / "home", tmp_path / "repo"
+    fmr.generate(home, scale=0.2, seed=4)
+    path = write_config(tmp_path / "backups.yaml", home, root,
+                        extra_storages=f'  offsite: {{type: local, path: "{root}/offsite"}}\n')
+    return {"home": home, "root": root, "cfg": load_config(path), "tmp": tmp_path}
+
+
+def test_manual_selection_keeps_config_order_and_rejects_unknown_names(env):
+    cfg = steps.with_manual_tier(env["cfg"])
+    sel = steps.selection(cfg, steps.MANUAL_TIER, {"backup_type": "incremental", "sources": ["system_state", "app_db"],
+                                                   "storages": ["offsite", "local"], "comment": "x"})
+    assert (sel.type, sel.sources, sel.storages, sel.comment) == ("incremental", ["app_db", "system_state"],
+                                                                  ["local", "offsite"], "x")
+    with pytest.raises(ConfigError, match="params.sources: unknown source 'nope'"):
+        steps.selection(cfg, steps.MANUAL_TIER, {"sources": ["nope"]})
+    tier = steps.selection(env["cfg"], "daily")
+    assert (tier.type, tier.storages) == (None, ["local"])
+
+
+def test_a_tier_named_manual_is_refused(env):
+    cfg = env["cfg"]
+    clash = cfg.model_copy(update={"tiers": {**cfg.tiers, "manual": cfg.tiers["daily"]}})
+    with pytest.raises(ConfigError, match="tiers.manual: the tier name 'manual' is reserved"):
+        steps.with_manual_tier(clash)
+
+
+def test_system_state_reports_every_problem_and_whether_a_retry_helps(env, monkeypatch):
+    cfg = env["cfg"]
+    (env["home"] / "app.db").unlink()
+    with pytest.raises(steps.SystemStateError) as info:
+        steps.check_system_state(cfg, steps.selection(cfg, "daily"))
+    assert info.value.retryable is False
+    assert "source app_db (sqlite): SQLite database" in str(info.value) and "fix sources.app_db.path" in str(info.value)
+
+    fmr.generate(env["home"], scale=0.2, seed=4)
+    monkeypatch.setattr(LocalStorage, "free_bytes", lambda self: 1000)
+    with pytest.raises(steps.SystemStateError, match=r"storage local \(local\): only 0.0 MB free") as info:
+        steps.check_system_state(cfg, steps.selection(cfg, "daily"))
+    assert info.value.retryable is False
+
+
+def test_unreachable_postgres_is_retryable(env, tmp_path):
+    path = write_config(tmp_path / "pg.yaml", env["home"], env["root"], tier_sources="app_db, pg",
+                        extra_sources='  pg: {type: postgres, dsn: "host=127.0.0.1 port=1 user=x dbname=x"}\n')
+    cfg = load_config(path)
+    with pytest.raises(steps.SystemStateError, match="source pg \\(postgres\\): cannot connect") as info:
+        steps.check_system_state(cfg, steps.selection(cfg, "daily"))
+    assert info.value.retryable is True
+
+
+def _run(cfg, tier, when, scratch):
+    sel = steps.selection(cfg, tier)
+    state = steps.check_system_state(cfg, sel)
+    prep = steps.prepare_environment(cfg, sel, when, state)
+    extracts = [steps.extract_source(cfg, prep["plan"], s, scratch) for s in prep["plan"]["sources"]]
+    committed = steps.commit_snapshot(cfg, prep["plan"])
+    uploads = [steps.upload_to(cfg, prep["plan"], s) for s in prep["storages"]]
+    return prep, extracts, committed, uploads
+
+
+def test_a_rerun_of_a_committed_run_only_verifies(env, tmp_path):
+    cfg = load_config(write_config(tmp_path / "two.yaml", env["home"], env["root"], tier_storages="local, offsite",
+                                   extra_storages=f'  offsite: {{type: local, path: "{env["root"]}/offsite"}}\n'))
+    when = datetime(2026, 4, 5, 1, 0, tzinfo=UTC)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    prep, extracts, committed, uploads = _run(cfg, "weekly", when, scratch)
+    assert committed["snapshot_id"] == "weekly-20260405T010000Z" and not committed["already_committed"]
+    assert [u["role"] for u in uploads] == ["primary", "replica"] and uploads[1]["copied_bytes"] > 0
+    prep2, extracts2, committed2, uploads2 = _run(cfg, "weekly", when, scratch)  # e.g. the run is cleared
+    assert prep2["plan"]["already_committed"] is True
+    assert all(e.get("skipped") == "already committed" for e in extracts2)
+    assert committed2["snapshot_id"] == committed["snapshot_id"] and committed2["already_committed"]
+    assert uploads2[1]["copied_bytes"] == 0
+    for s in ("local", "offsite"):
+        assert steps.check_integrity(cfg, prep2["plan"], s)["ok"]
+
+
+def test_cleanup_removes_scratch_and_keeps_uncommitted_objects_for_a_retry(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    (tmp_path / "staging").mkdir()
+    cfg = env["cfg"]
+    sel = steps.selection(cfg, "daily")
+    prep = steps.prepare_environment(cfg, sel, datetime(2026, 4, 6, 2, 0, tzinfo=UTC),
+                                     steps.check_system_state(cfg, sel))
+    with steps.task_scratch("backup_daily", "run-1", "extract-app_db") as scratch:
+        steps.extract_source(cfg, prep["plan"], "app_db", scratch)
+        (scratch / "leftover").write_text("x")
+    assert steps.run_scratch("backup_daily", "run-1").is_dir()  # the task removed its own dir, not the run's
+    out = steps.cleanup(cfg, prep["plan"], "backup_daily", "run-1")
+    assert not steps.run_scratch("backup_daily", "run-1").exists()
+    assert out["committed"] is False and out["uncommitted_objects"] > 0
+    primary = open_storage(cfg, "local")
+    assert list(primary.list(f"data/{prep['plan']['snapshot_id']}/"))  # still there: a retry reuses them
