@@ -16,9 +16,9 @@ $(STAMP): requirements.txt pyproject.toml
 	VIRTUAL_ENV=$(VENV) uv pip install -q --no-deps -e .
 	@touch $(STAMP)
 
-## demo: the main job on the embedded default (local storage, SQLite, no servers)
+## demo: the main job through Airflow on the embedded default (local storage, SQLite, no servers)
 demo: venv
-	$(PY) -m backups.demo.run
+	$(PY) -m backups.orchestration.demo
 
 ## demo-cli: the same engine demo without Airflow
 demo-cli: venv
@@ -43,6 +43,31 @@ test: venv test-deps
 ## bench: the benchmark (not a test); see benchmarks/README.md
 bench: venv
 	$(PY) benchmarks/run.py
+
+# ---- local Airflow (metadata DB and runs of `make demo` in .demo/airflow) -------------------------------
+AF_HOME ?= $(CURDIR)/.demo/airflow
+AF_PORT ?= 8080
+AF_ENV = AIRFLOW_HOME=$(AF_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
+  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$(AF_HOME)/airflow.db AIRFLOW__CORE__PARALLELISM=4 \
+  AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AF_PORT) AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AF_PORT) \
+  PYTHONPATH=$(CURDIR):$(CURDIR)/include FMR_HOME=$${FMR_HOME:-$(CURDIR)/.demo/fmr} \
+  BACKUP_ROOT=$${BACKUP_ROOT:-$(CURDIR)/.demo/backups} PATH=$(CURDIR)/$(VENV)/bin:$$PATH
+
+## airflow-settings: load airflow_settings.yaml (connections, pools, variables) into the local Airflow
+airflow-settings: venv
+	@mkdir -p $(AF_HOME)
+	$(AF_ENV) airflow db migrate >/dev/null
+	$(PY) -m backups.orchestration.settings airflow_settings.yaml --import-dir $(AF_HOME)/settings-import
+	$(AF_ENV) airflow connections import --overwrite $(AF_HOME)/settings-import/connections.json
+	$(AF_ENV) airflow variables import $(AF_HOME)/settings-import/variables.json
+	$(AF_ENV) airflow pools import $(AF_HOME)/settings-import/pools.json
+
+## airflow: the Airflow UI, scheduler, dag-processor and triggerer on 127.0.0.1 (Ctrl-C stops them)
+airflow: airflow-settings
+	@echo "Airflow UI: http://127.0.0.1:$(AF_PORT)  (ready in ~45 s)"
+	@echo "Log in as 'admin'; the password is printed below as 'Password for user admin' and kept in"
+	@echo "  $(AF_HOME)/simple_auth_manager_passwords.json.generated"
+	$(AF_ENV) exec airflow standalone
 
 lint: venv
 	$(VENV)/bin/ruff check dags include tests benchmarks

@@ -111,7 +111,10 @@ def celery_cluster(tmp_path):
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     airflow = str(VENV_BIN / "airflow")
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    mig = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert mig.returncode == 0, mig.stdout[-3000:] + mig.stderr[-3000:]
+    pool = subprocess.run([airflow, "pools", "set", "backup_io", "2", "backup I/O"], env=env, capture_output=True, text=True)
+    assert pool.returncode == 0, pool.stderr[-2000:]
     procs: dict[str, tuple[subprocess.Popen, Path]] = {}
 
     def start(name: str, args: list[str], extra: dict | None = None, cwd: Path | None = None) -> None:

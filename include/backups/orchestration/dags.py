@@ -32,9 +32,10 @@ from .steps import MANUAL_TIER
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 RETRIES = 2
 RETRY_DELAY = timedelta(minutes=5)
-#: pool for the heavy I/O tasks (extraction, uploads, restores), e.g. "backup_io" from airflow_settings.yaml.
-#: None by default: a pool that does not exist in the metadata DB keeps tasks from ever being scheduled.
-POOL: str | None = None
+#: pool for the heavy I/O tasks (extraction, uploads, restores), defined in airflow_settings.yaml and created by
+#: `make airflow-settings` (Astro loads it on `astro dev start`). The scheduler does not run a task whose pool
+#: does not exist: create it in every deployment (`airflow pools set backup_io 2 "backup I/O"`).
+POOL: str | None = "backup_io"
 #: errors that a retry cannot fix: the task fails at once with the message (and the failure notifier fires)
 FAIL_FAST = (ConfigError, NotFoundError, IntegrityError, RefusedError, EncryptionError)
 PLAN_TASK = "pre_backup.prepare_environment"
@@ -311,6 +312,10 @@ def _wire(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
                                                                    "require_approval")})
                     summary["report"] = steps.write_report(cfg_, plan["storages"], plan["snapshot_id"], doc, md, resolver)
                     summary["requested_by"], summary["approval"] = doc["requested_by"], doc["approval"]
+                else:
+                    md = f"# Backup {summary['snapshot_id']}\n\n```\n{steps.summary_text(summary)}\n```\n"
+                    summary["report"] = steps.write_report(cfg_, plan["storages"], plan["snapshot_id"],
+                                                           {"kind": "backup-result", **summary}, md, resolver)
             notifiers.publish("backup_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
             return summary
 

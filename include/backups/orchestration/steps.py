@@ -560,7 +560,8 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
 
 
 def report_key(snapshot_id: str, ext: str) -> str:
-    return f"reports/manual/{snapshot_id}.{ext}"
+    """reports/<tier>/<snapshot id>.<ext> (the tier is the id's prefix: reports/manual/… for backup_manual)."""
+    return f"reports/{snapshot_id.rsplit('-', 1)[0]}/{snapshot_id}.{ext}"
 
 
 def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[str, Any], markdown: str,
