@@ -24,6 +24,7 @@ os.environ["AIRFLOW_HOME"] = str(_TMP / "airflow-home")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")  # dag.test() needs the DAGs in this folder
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_TMP / 'airflow.db'}"
+os.environ.setdefault("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))  # the embedded default
 os.environ.setdefault("FMR_HOME", str(_TMP / "fmr-home"))
 os.environ.setdefault("BACKUP_ROOT", str(_TMP / "backup-root"))
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.airflow
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
-TIERS = {"daily": "incremental", "weekly": "full", "monthly": "full"}  # include/backups.yaml
+TIERS = {"daily": "incremental", "weekly": "full", "monthly": "full"}  # include/backups.local.yaml
 ALL_IDS = {f"backup_{t}" for t in TIERS} | {"backup_manual"}
 
 COMMON_EDGES = {
@@ -91,7 +91,7 @@ def test_dag_conventions(bag):
         assert dag.max_active_runs == 1, dag_id
         assert dag.on_success_callback and dag.on_failure_callback, dag_id
         for t in dag.tasks:
-            assert t.owner == "data-engineering", t.task_id  # include/backups.yaml: owner (default)
+            assert t.owner == "data-engineering", t.task_id  # include/backups.local.yaml: owner (default)
             assert t.on_failure_callback, t.task_id
 
 
@@ -153,7 +153,7 @@ def test_parse_touches_no_variable_or_connection(monkeypatch):
 def test_broken_config_is_an_import_error_naming_key_and_fix(tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    text = (ROOT / "include" / "backups.yaml").read_text().replace("retention: {keep_daily: 14}", "retension: {keep_daily: 14}")
+    text = (ROOT / "include" / "backups.local.yaml").read_text().replace("retention: {keep_daily: 14}", "retension: {keep_daily: 14}")
     bad = tmp_path / "backups.yaml"
     bad.write_text(text)
     monkeypatch.setenv("BACKUP_CONFIG", str(bad))
@@ -194,7 +194,7 @@ def test_parse_is_fast_and_light_in_a_fresh_process(tmp_path):
 def test_a_tier_named_manual_is_an_import_error(tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
-    text = (ROOT / "include" / "backups.yaml").read_text().replace("  monthly: ", "  manual: ")
+    text = (ROOT / "include" / "backups.local.yaml").read_text().replace("  monthly: ", "  manual: ")
     path = tmp_path / "backups.yaml"
     path.write_text(text)
     monkeypatch.setenv("BACKUP_CONFIG", str(path))

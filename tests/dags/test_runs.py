@@ -55,7 +55,7 @@ def app(tmp_path, monkeypatch):
     monkeypatch.setenv("FMR_HOME", str(home))
     monkeypatch.setenv("BACKUP_ROOT", str(root))
     monkeypatch.setenv("BACKUP_STAGING", str(staging))
-    monkeypatch.delenv("BACKUP_CONFIG", raising=False)
+    monkeypatch.setenv("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))  # the embedded default
     return {"home": home, "root": root, "staging": staging, "tmp": tmp_path}
 
 

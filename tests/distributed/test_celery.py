@@ -75,7 +75,7 @@ def celery_cluster(tmp_path):
     home, backups = tmp_path / "fmr", tmp_path / "backups"
     fmr.generate(home, scale=0.5, seed=21)
     cfg = tmp_path / "backups.yaml"
-    text = (ROOT / "include" / "backups.yaml").read_text()
+    text = (ROOT / "include" / "backups.local.yaml").read_text()
     # no automatic runs in the test: the runs are triggered explicitly with fixed logical dates
     text = text.replace('schedule: "0 2 * * 1-6"', "schedule: null").replace('schedule: "0 1 * * 0",  ', "schedule: null,")
     text = text.replace('schedule: "0 3 1 * *"', "schedule: null")

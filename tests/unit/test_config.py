@@ -10,10 +10,40 @@ from backups.config import DEFAULT_CONFIG, load_config, parse_config
 from backups.errors import ConfigError
 
 ENV = {"FMR_HOME": "/srv/fmr", "BACKUP_ROOT": "/srv/backups"}
+LOCAL_CONFIG = DEFAULT_CONFIG.with_name("backups.local.yaml")
+# the configuration from the foundation issue, which must be accepted verbatim
+VERBATIM = """\
+application: fmr-v2
+sources:
+  app_db:       {type: sqlite, path: "${FMR_HOME}/app.db"}
+  app_files:    {type: files, root: "${FMR_HOME}", include: ["config/**", "user_data/**", "logs/**", "uploads/**"], exclude: ["**/*.tmp"]}
+  system_state: {type: command, command: ["uname", "-a"]}
+storages:
+  local: {type: local, path: "${BACKUP_ROOT}/local"}
+tiers:
+  daily:   {type: incremental, schedule: "0 2 * * 1-6", sources: [app_db, app_files, system_state], storages: [local], retention: {keep_daily: 14}}
+  weekly:  {type: full,        schedule: "0 1 * * 0",   sources: [app_db, app_files, system_state], storages: [local], retention: {keep_weekly: 8}}
+  monthly: {type: full,        schedule: "0 3 1 * *",   sources: [app_db, app_files, system_state], storages: [local], retention: {keep_monthly: 12}}
+"""
+
+
+def test_embedded_default_is_the_verbatim_config():
+    body = "".join(line + "\n" for line in LOCAL_CONFIG.read_text().splitlines() if not line.startswith("#"))
+    assert body == VERBATIM
+    assert parse_config(VERBATIM, "verbatim.yaml", env=ENV) == load_config(LOCAL_CONFIG, env=ENV)
+
+
+def test_production_config_fans_out_to_cloud_offsite_and_archive():
+    cfg = load_config(DEFAULT_CONFIG, env=ENV)
+    assert cfg.tiers["daily"].storages == ["local", "cloud"]
+    assert cfg.tiers["weekly"].storages == ["local", "cloud", "offsite"]
+    assert cfg.tiers["monthly"].storages == ["offsite", "archive"]
+    assert cfg.storages["archive"].storage_class == "GLACIER" and cfg.storages["offsite"].encryption.key_env
+    assert cfg.needs_airflow()
 
 
 def test_shipped_config_is_accepted_verbatim():
-    cfg = load_config(DEFAULT_CONFIG, env=ENV)
+    cfg = load_config(LOCAL_CONFIG, env=ENV)
     assert cfg.application == "fmr-v2"
     assert sorted(cfg.tiers) == ["daily", "monthly", "weekly"]
     assert cfg.sources["app_db"].path == "/srv/fmr/app.db"
@@ -22,18 +52,18 @@ def test_shipped_config_is_accepted_verbatim():
 
 
 def test_env_default_syntax():
-    text = DEFAULT_CONFIG.read_text().replace("${BACKUP_ROOT}", "${BACKUP_ROOT:-/var/backups}")
+    text = VERBATIM.replace("${BACKUP_ROOT}", "${BACKUP_ROOT:-/var/backups}")
     cfg = parse_config(text, "x.yaml", env={"FMR_HOME": "/h"})
     assert cfg.storages["local"].path == "/var/backups/local"
 
 
 def test_postgres_source_with_dsn_or_conn_id():
-    base = DEFAULT_CONFIG.read_text()
+    base = VERBATIM
     text = base.replace("sources:\n", 'sources:\n  pg: {type: postgres, dsn: "postgresql://u@h/db"}\n  pg2: {type: postgres, conn_id: fmr_postgres}\n', 1)
     cfg = parse_config(text, "x.yaml", env=ENV)
     assert cfg.sources["pg"].dsn and cfg.sources["pg2"].conn_id == "fmr_postgres"
     assert cfg.needs_airflow()
-    assert not load_config(DEFAULT_CONFIG, env=ENV).needs_airflow()
+    assert not load_config(LOCAL_CONFIG, env=ENV).needs_airflow()
 
 
 def _error(text: str, env=ENV) -> str:
@@ -60,7 +90,7 @@ def _error(text: str, env=ENV) -> str:
 )
 def test_bad_configs_name_file_key_and_fix(mutation, expected):
     old, new = mutation
-    text = DEFAULT_CONFIG.read_text()
+    text = VERBATIM
     assert old in text
     msg = _error(text.replace(old, new, 1))
     for part in expected:
@@ -68,7 +98,7 @@ def test_bad_configs_name_file_key_and_fix(mutation, expected):
 
 
 def test_missing_env_var_names_key_and_fix():
-    msg = _error(DEFAULT_CONFIG.read_text(), env={"FMR_HOME": "/h"})
+    msg = _error(VERBATIM, env={"FMR_HOME": "/h"})
     assert "storages.local.path" in msg and "BACKUP_ROOT" in msg and "export BACKUP_ROOT" in msg
 
 
@@ -80,7 +110,7 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 
 def test_postgres_needs_exactly_one_of_dsn_or_conn_id():
-    text = DEFAULT_CONFIG.read_text().replace("sources:\n", "sources:\n  pg: {type: postgres}\n", 1)
+    text = VERBATIM.replace("sources:\n", "sources:\n  pg: {type: postgres}\n", 1)
     assert "exactly one of 'dsn'" in _error(text)
 
 

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..engine.snapshot import run_backup
     from ..storage import open_storage
 
-    cfg = load_config()
+    cfg = load_config(Path(__file__).resolve().parents[2] / "backups.local.yaml")
     info = fmr.generate(home, seed=7)
     print(f"generated FMR V2 sample application in {home} ({info.get('bytes', 0) / 1e6:.1f} MB)")
     day0 = datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0) - timedelta(days=3)

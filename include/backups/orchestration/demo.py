@@ -39,7 +39,7 @@ def _environment(base: Path, config: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(ROOT / ".demo"), help="working directory (default .demo)")
-    ap.add_argument("--config", default=str(ROOT / "include" / "backups.yaml"), help="backup config to run")
+    ap.add_argument("--config", default=str(ROOT / "include" / "backups.local.yaml"), help="backup config to run")
     args = ap.parse_args(argv)
     base = Path(args.dir).resolve()
     shutil.rmtree(base, ignore_errors=True)
