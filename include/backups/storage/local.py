@@ -15,6 +15,18 @@ from ..errors import ObjectNotFound, StorageError
 from .base import TEMP_MARK, ObjectInfo, Storage, check_key
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (the directory entry itself)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalStorage(Storage):
     def __init__(self, root: str | os.PathLike[str], name: str = "local", *, create: bool = True) -> None:
         self.root = Path(root)
@@ -47,6 +59,7 @@ class LocalStorage(Storage):
             os.fsync(fh.fileno())
             fh.close()
             os.replace(tmp, path)
+            _fsync_dir(path.parent)
         except BaseException as exc:
             fh.close()
             tmp.unlink(missing_ok=True)
