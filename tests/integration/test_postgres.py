@@ -46,9 +46,19 @@ def test_postgres_chain_and_partial_restore(app, pg_db):
     inc2, _ = run_backup(cfg, "daily", logical_date="2026-02-03T02:00:00Z")
     assert inc2.sources["fleet_db"]["details"]["tables"]["events"]["rows"] == 4990
     assert 2 <= inc2.sources["fleet_db"]["stored_files"] < inc2.sources["fleet_db"]["files"] + 1
+    with psycopg.connect(dsn) as c:
+        c.execute("INSERT INTO fleet (name, battery) VALUES ('late', 1)")
+    diff, _ = run_backup(cfg, "monthly", logical_date="2026-02-04T03:00:00Z")
+    assert diff.type == "differential" and diff.chain == [full.id, diff.id]
     storage = LocalStorage(app["root"] / "local")
     cat = Catalog(storage, "fmr-test")
-    # full restore of the newest chain into a scratch database
+    diff_db = pg_db["make"]("diff")
+    restore(storage, cat, cat.get(diff.id), app["tmp"] / "rd", sources=["fleet_db"], pg_target=diff_db)
+    assert _rows(diff_db, "fleet") == _rows(dsn, "fleet") and len(_rows(diff_db, "fleet")) == 501
+    assert _rows(diff_db, "events") == _rows(dsn, "events")
+    # full restore of an incremental chain into a scratch database (the state at that time)
+    with psycopg.connect(dsn) as c:
+        c.execute("DELETE FROM fleet WHERE name = 'late'")
     target_dsn = pg_db["make"]("restored")
     restore(storage, cat, cat.get(inc2.id), app["tmp"] / "r1", sources=["fleet_db"], pg_target=target_dsn)
     assert _rows(target_dsn, "fleet") == _rows(dsn, "fleet")

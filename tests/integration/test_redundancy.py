@@ -132,3 +132,86 @@ def test_wrong_or_missing_key_is_refused_and_writes_nothing(multi, monkeypatch):
         open_storage(m["cfg"], "offsite", m["resolver"])
     assert "OFFSITE_KEY" in str(info.value)
     assert os.environ.get("OFFSITE_KEY") is None
+
+
+class _WriteFaults:
+    """Answer the first ``n`` object writes (PutObject / UploadPart) with 503 SlowDown from the real endpoint's
+    side of the wire; botocore's standard retries (as S3Hook's client has them) must absorb the burst."""
+
+    def __init__(self, client, n: int) -> None:
+        self.left, self.hits = n, 0
+        for op in ("PutObject", "UploadPart", "CompleteMultipartUpload"):
+            client.meta.events.register(f"before-send.s3.{op}", self)
+
+    def __call__(self, request, **_):
+        from botocore.awsrequest import AWSResponse
+
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        self.hits += 1
+        body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+
+        class Raw:
+            def stream(self, *a, **k):
+                yield body
+
+        return AWSResponse(request.url, 503, {"Content-Type": "application/xml"}, Raw())
+
+
+def test_s3_slowdown_burst_is_retried_and_the_snapshot_is_intact(multi):
+    m = multi
+    faults: list[_WriteFaults] = []
+
+    class Bursty(Resolver):
+        def s3_client(self, conn_id: str):
+            client = make_client(self.s3_url, retries=5)
+            faults.append(_WriteFaults(client, 3))
+            return client
+
+    resolver = Bursty(m["resolver"].s3_url, m["sshd"])
+    snap, _ = run_backup(m["cfg"], "weekly", logical_date="2026-07-05T01:00:00Z", resolver=resolver)
+    assert sum(f.hits for f in faults) >= 3
+    cloud = open_storage(m["cfg"], "cloud", m["resolver"], read_only=True)
+    cat = Catalog(cloud, "fmr-test")
+    assert cat.get(snap.id) and verify(cloud, cat, read_data=True).ok
+    restore(cloud, cat, cat.get(snap.id), m["tmp"] / "from-cloud")
+    assert app_tree(m["tmp"] / "from-cloud" / "app_files") == app_tree(m["home"])
+
+
+def test_sftp_server_killed_mid_upload_fails_cleanly_and_the_retry_succeeds(multi):
+    import threading
+    import time
+
+    m = multi
+    big = m["home"] / "uploads" / "big.bin"
+    big.write_bytes(os.urandom(24 << 20))  # long enough an upload to be killed in the middle
+    stop = threading.Event()
+
+    def killer():
+        while not stop.is_set():
+            if m["sftp_root"].exists() and any(".tmp-" in p.name for p in m["sftp_root"].rglob("*")):
+                m["sshd"].kill()
+                return
+            time.sleep(0.005)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(StorageError) as info:
+            run_backup(m["cfg"], "weekly", logical_date="2026-07-05T01:00:00Z", resolver=m["resolver"])
+    finally:
+        stop.set()
+        t.join(5)
+        m["sshd"].start()
+    assert "offsite" in str(info.value)
+    # nothing on the SFTP target looks complete: no manifest, and every visible object is whole
+    offsite = _open(m, "offsite")
+    assert Catalog(offsite, "fmr-test").snapshots == {}
+    # the retry of the same run (same logical date) completes the copy; everything verifies
+    snap, p = run_backup(m["cfg"], "weekly", logical_date="2026-07-05T01:00:00Z", resolver=m["resolver"])
+    assert p.already_committed
+    cat = Catalog(offsite, "fmr-test")
+    assert [s.id for s in cat.ordered()] == [snap.id] and verify(offsite, cat, read_data=True).ok
+    restore(offsite, cat, cat.get(snap.id), m["tmp"] / "from-offsite", sources=["app_files"])
+    assert (m["tmp"] / "from-offsite" / "app_files" / "uploads" / "big.bin").read_bytes() == big.read_bytes()
