@@ -20,6 +20,13 @@ $(STAMP): requirements.txt pyproject.toml
 demo: venv
 	$(PY) -m backups.orchestration.demo
 
+## demo-remote: the same Airflow demo on the production config (include/backups.yaml: local + cloud S3 + offsite
+## SFTP, encrypted) against loopback servers it starts and stops itself (moto S3 in-process, OpenSSH sshd)
+.PHONY: demo-remote
+demo-remote: venv
+	@[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null || { echo "demo-remote needs OpenSSH sshd: apt-get install openssh-server"; exit 1; }
+	$(PY) -m backups.orchestration.demo --remote --config include/backups.yaml
+
 ## demo-cli: the same engine demo without Airflow
 demo-cli: venv
 	$(PY) -m backups.demo.run

@@ -57,34 +57,10 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
 
 def _storage_with(cfg: Any, resolver: Any, name: str | None, ref: str, tier: str | None):
     """The named storage, or the first one (config order) that is reachable and holds ``ref`` with its whole chain."""
-    from .catalog import Catalog
-    from .storage import open_storage
+    from .engine.locate import find_snapshot
 
-    names = [name] if name else list(cfg.storages)
-    errors: list[str] = []
-    excs: list[BackupError] = []
-    for n in names:
-        try:
-            s = open_storage(cfg, n, resolver, read_only=True)
-            s.check()
-            cat = Catalog(s, cfg.application)
-            snap = cat.get(ref, tier)
-            if not name:
-                missing = cat.missing_objects(snap)
-                if missing:
-                    raise StorageError(f"{len(missing)} object(s) of the chain missing or damaged, e.g. {missing[0]}")
-            return s, cat, snap
-        except BackupError as exc:
-            if name:
-                raise
-            errors.append(f"{n}: {exc.message}")
-            excs.append(exc)
-            log.warning("storage %s cannot serve %s: %s", n, ref, exc.message)
-    if len(excs) == 1:
-        raise excs[0]
-    kind = type(excs[0]) if len({type(e) for e in excs}) == 1 else StorageError
-    raise kind(f"no storage can serve snapshot {ref!r}:\n  " + "\n  ".join(errors),
-               hint="check `backupctl list --storage NAME` for each storage")
+    storage, cat, snap, _ = find_snapshot(cfg, ref, tier, storage=name, resolver=resolver)
+    return storage, cat, snap
 
 
 def _age(iso: str) -> str:

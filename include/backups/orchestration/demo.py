@@ -5,18 +5,26 @@ Generates the sample FMR V2 application under ``.demo/fmr``, runs ``backup_weekl
 under ``.demo/airflow``), changes the application's data, runs ``backup_daily`` (an incremental on top of the
 weekly), then restores the newest chain into ``.demo/restore``, checks it equals the live data and prints a
 summary with the task states and where the reports are.
+
+``--remote`` (``make demo-remote``, with ``--config include/backups.yaml``) first starts loopback stand-ins for
+the remote storages (``backups.demo.servers``: moto S3 and an OpenSSH sshd), points the production config's
+connections at them, and at the end lists which snapshots landed on every storage; the servers are stopped even
+after a failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -40,12 +48,55 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(ROOT / ".demo"), help="working directory (default .demo)")
     ap.add_argument("--config", default=str(ROOT / "include" / "backups.local.yaml"), help="backup config to run")
+    ap.add_argument("--remote", action="store_true",
+                    help="start loopback S3 (moto) and SFTP (sshd) servers for the config's remote storages")
     args = ap.parse_args(argv)
+    if not args.remote:
+        return _run(args)
+    from ..demo.servers import ServerError, remote_servers
+
+    try:
+        with remote_servers(Path(args.dir).resolve() / "offsite-sftp") as env:
+            os.environ.update(env)
+            conn = json.loads(env["AIRFLOW_CONN_BACKUP_SFTP"])
+            print(f"remote storages on loopback: S3 {json.loads(env['AIRFLOW_CONN_BACKUP_S3'])['extra']['endpoint_url']}"
+                  f" (moto, bucket {env['BACKUP_S3_BUCKET']}), SFTP {conn['login']}@127.0.0.1:{conn['port']} (sshd, "
+                  f"{env['BACKUP_SFTP_PATH']}), offsite encryption key: a fresh random one", flush=True)
+            return _run(args, _landed)
+    except ServerError as exc:
+        print(f"DEMO FAILED: {exc}", file=sys.stderr)
+        return 2
+
+
+def _landed(cfg: Any, runs: list[tuple[str, str]]) -> bool:
+    """Print which snapshots each storage holds; True when every run landed on every storage of its tier."""
+    from ..catalog import Catalog
+    from ..storage import open_storage
+    from .connections import AirflowResolver
+
+    resolver, ok = AirflowResolver(), True
+    print()
+    print("where the copies landed:")
+    for name in cfg.storages:
+        storage = open_storage(cfg, name, resolver, read_only=True)
+        ids = [s.id for s in Catalog(storage, cfg.application).ordered()]
+        want = [sid for tier, sid in runs if name in cfg.tiers[tier].storages]
+        missing = [sid for sid in want if sid not in ids]
+        ok = ok and not missing
+        print(f"  {name:<8} {', '.join(ids) or '-':<49} {storage.describe()}"
+              + (f"   MISSING: {', '.join(missing)}" if missing else ""))
+    print("  (the loopback servers stop now: the S3 copies were in moto's memory; the SFTP copies stay in "
+          f"{os.environ.get('BACKUP_SFTP_PATH')})")
+    return ok
+
+
+def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]], bool] | None = None) -> int:
     base = Path(args.dir).resolve()
     shutil.rmtree(base, ignore_errors=True)
     _environment(base, Path(args.config).resolve())
 
     from ..catalog import Catalog
+    from ..catalog.manifest import snapshot_id
     from ..config import load_config
     from ..demo import fmr
     from ..demo.run import _files, _rows
@@ -70,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     sunday -= timedelta(days=(sunday.weekday() + 1) % 7 or 7)
     runs = [("backup_weekly", sunday), ("backup_daily", sunday + timedelta(days=1, hours=1))]
     summary = []
+    run_ids: list[tuple[str, str]] = []
     for i, (dag_id, when) in enumerate(runs):
         if i:
             changed = fmr.mutate(base / "fmr", seed=100 + i)
@@ -85,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             name = ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
             print(f"    {name:<36} {ti.state}")
         summary.append((dag_id, dr.state))
+        run_ids.append((dag_id.removeprefix("backup_"), snapshot_id(dag_id.removeprefix("backup_"), when)))
         if dr.state != "success":
             print(f"DEMO FAILED: {dag_id} ended {dr.state}", file=sys.stderr)
             return 1
@@ -109,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reports:                 {root}/reports/<tier>/<snapshot>.md and .json (e.g. reports/daily/{newest.id}.md)")
     print("browse the runs in the UI: make airflow  (then open http://127.0.0.1:8080)")
     ok = same_files and same_db
+    if landed is not None:
+        ok = landed(cfg, run_ids) and ok
     print("DEMO OK" if ok else "DEMO FAILED")
     return 0 if ok else 1
 

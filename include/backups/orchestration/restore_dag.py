@@ -49,7 +49,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from ..catalog import Catalog
 from ..config import Config, load_config
-from ..errors import BackupError, ConfigError, IntegrityError, NotFoundError, RefusedError, StorageError
+from ..errors import BackupError, ConfigError, IntegrityError, NotFoundError, RefusedError
 from ..storage import open_storage
 from . import notifiers, steps
 from .dags import FAIL_FAST, POOL, START_DATE, default_args
@@ -197,38 +197,10 @@ def _target_state(target: str) -> str:
 
 def locate(cfg: Config, opts: RestoreOptions, resolver: Any = None) -> dict[str, Any]:
     """The storage to restore from and the snapshot, checked against the params (small, JSON-safe)."""
+    from ..engine.locate import find_snapshot
     from ..engine.thaw import needed_keys
 
-    names = [opts.storage] if opts.storage else list(cfg.storages)
-    skipped: dict[str, str] = {}
-    errors: list[BackupError] = []
-    found = None
-    for n in names:
-        try:
-            st = open_storage(cfg, n, resolver, read_only=True)
-            st.check()
-            cat = Catalog(st, cfg.application)
-            snap = cat.get(opts.snapshot, opts.tier)
-            missing = cat.missing_objects(snap)  # also raises when a snapshot of the chain is missing
-            if missing:
-                raise IntegrityError(f"storage {n}: {len(missing)} object(s) of {snap.id}'s chain are missing or "
-                                     f"damaged, e.g. {missing[0]}",
-                                     hint="restore from another storage (leave params.storage empty to pick one)")
-            found = (st, cat, snap)
-            break
-        except BackupError as exc:
-            if opts.storage:
-                raise
-            skipped[n] = exc.message
-            errors.append(exc)
-            log.warning("storage %s cannot serve %s: %s", n, opts.snapshot, exc.message)
-    if found is None:
-        if len(errors) == 1:
-            raise errors[0]
-        kind = type(errors[0]) if len({type(e) for e in errors}) == 1 else StorageError
-        raise kind(f"no storage can serve snapshot {opts.snapshot!r}:\n  " + "\n  ".join(f"{n}: {m}" for n, m in skipped.items()),
-                   hint="check `backupctl list --storage NAME` for each storage")
-    st, cat, snap = found
+    st, cat, snap, skipped = find_snapshot(cfg, opts.snapshot, opts.tier, storage=opts.storage, resolver=resolver)
     chosen = opts.sources or sorted(snap.sources)
     absent = [s for s in chosen if s not in snap.sources]
     if absent:
