@@ -310,15 +310,25 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
         for name in p.sources:
             extract(cfg, p, name, primary, resolver=resolver, checksum=checksum)
     snap = commit(cfg, p, primary)
-    for n in healthy:
-        try:
-            replicate(cfg, p.snapshot_id, primary, opened[n])
-            filled = backfill(cfg, primary, opened[n])
-            if filled:
-                log.info("back-filled %d snapshot(s) on %s: %s", len(filled), n, ", ".join(filled))
-        except BackupError as exc:
-            failures.append(exc)
-            log.error("copy of %s to %s failed: %s", p.snapshot_id, n, exc.message)
+
+    def copy_to(n: str) -> None:
+        replicate(cfg, p.snapshot_id, primary, opened[n])
+        filled = backfill(cfg, primary, opened[n])
+        if filled:
+            log.info("back-filled %d snapshot(s) on %s: %s", len(filled), n, ", ".join(filled))
+
+    if healthy:  # every other storage gets its copy at the same time (each from the primary, each verified)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(healthy), thread_name_prefix="replicate") as pool:
+            futures = {n: pool.submit(copy_to, n) for n in healthy}
+        for n, fut in futures.items():
+            exc = fut.exception()
+            if isinstance(exc, BackupError):
+                failures.append(exc)
+                log.error("copy of %s to %s failed: %s", p.snapshot_id, n, exc.message)
+            elif exc is not None:
+                raise exc
     if failures:
         kinds = {type(f) for f in failures}
         kind = kinds.pop() if len(kinds) == 1 else StorageError

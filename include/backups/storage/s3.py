@@ -193,39 +193,71 @@ class _RangePastEnd(StorageError):
 
 
 class _MultipartWriter:
+    """Multipart upload with bounded concurrency: at most ``CONCURRENCY`` parts (of ``part_size`` bytes each) are
+    in flight, so memory stays bounded while uploads overlap with producing the next part."""
+
+    CONCURRENCY = 4
+
     def __init__(self, s3: S3Storage, key: str, full: str) -> None:
         self.s3, self.key, self.full = s3, key, full
         self.buf = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
+        self.sent = 0
+        self.inflight: list[Any] = []
+        self.pool: Any = None
 
     def write(self, data: bytes) -> int:
         self.buf += data
         # S3 allows 10 000 parts: parts grow by part_size every 1000 (8 MiB parts → objects up to ~440 GB)
-        while len(self.buf) >= (size := self.s3.part_size * (1 + len(self.parts) // 1000)):
+        while len(self.buf) >= (size := self.s3.part_size * (1 + self.sent // 1000)):
             self._send_part(bytes(self.buf[:size]))
             del self.buf[:size]
         return len(data)
 
+    def _upload(self, n: int, data: bytes) -> dict[str, Any]:
+        s3, c = self.s3, self.s3.client
+        r = s3._call("writing", self.key, c.upload_part, Key=self.full, UploadId=self.upload_id, PartNumber=n, Body=data)
+        return {"PartNumber": n, "ETag": r["ETag"]}
+
     def _send_part(self, data: bytes) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         s3, c = self.s3, self.s3.client
         if self.upload_id is None:
             self.upload_id = s3._call("writing", self.key, c.create_multipart_upload, Key=self.full, **s3._extra(self.key))["UploadId"]
-        n = len(self.parts) + 1
-        r = s3._call("writing", self.key, c.upload_part, Key=self.full, UploadId=self.upload_id, PartNumber=n, Body=data)
-        self.parts.append({"PartNumber": n, "ETag": r["ETag"]})
+            self.pool = ThreadPoolExecutor(max_workers=self.CONCURRENCY, thread_name_prefix="s3-part")
+        self.sent += 1
+        while len(self.inflight) >= self.CONCURRENCY:
+            self.parts.append(self.inflight.pop(0).result())
+        self.inflight.append(self.pool.submit(self._upload, self.sent, data))
+
+    def _drain(self) -> None:
+        try:
+            while self.inflight:
+                self.parts.append(self.inflight.pop(0).result())
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool = None
 
     def commit(self) -> None:
         s3 = self.s3
         if self.upload_id is None:
             s3._call("writing", self.key, s3.client.put_object, Key=self.full, Body=bytes(self.buf), **s3._extra(self.key))
             return
-        if self.buf or not self.parts:
+        if self.buf or not self.sent:
             self._send_part(bytes(self.buf))
+        self._drain()
+        parts = sorted(self.parts, key=lambda p: p["PartNumber"])
         s3._call("writing", self.key, s3.client.complete_multipart_upload, Key=self.full, UploadId=self.upload_id,
-                 MultipartUpload={"Parts": self.parts})
+                 MultipartUpload={"Parts": parts})
 
     def abort(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.inflight.clear()
         if self.upload_id is not None:
             try:
                 self.s3.client.abort_multipart_upload(Bucket=self.s3.bucket, Key=self.full, UploadId=self.upload_id)
