@@ -142,6 +142,7 @@ class MemberReader:
         self.src, self.left = src, size
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (fewer at a chunk boundary; ``b""`` at the member's end)."""
         if self.left <= 0:
             return b""
         n = self.left if n < 0 else min(n, self.left)
@@ -150,6 +151,13 @@ class MemberReader:
             raise TarFormatError("unexpected end of archive inside a member")
         self.left -= len(b)
         return b
+
+    def read_all(self) -> bytes:
+        """Every remaining byte of the member."""
+        parts = []
+        while chunk := self.read():
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def iter_members(src: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[Member, MemberReader]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,17 +123,23 @@ class PostgresSource(SourceReader):
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_export_snapshot(), current_database(), current_setting('server_version')")
                 snap, dbname, version = cur.fetchone()
-                tables = describe_tables(cur, self.exclude_tables)
                 cmd = [pg_dump, "--format=directory", "--compress=0", f"--jobs={self.jobs}", f"--snapshot={snap}",
                        "--no-password", f"--file={staging / 'dump'}"]
                 cmd += [f"--schema={s}" for s in self.schemas]
                 cmd += [f"--exclude-table={t}" for t in self.exclude_tables]
                 cmd += [f"--dbname={conninfo}"]
                 env = {**os.environ, **extra_env}
-                proc = subprocess.run(cmd, env=env, capture_output=True, check=False)
-                if proc.returncode != 0:
-                    msg = proc.stderr.decode(errors="replace").strip()[-800:]
-                    raise SourceError(f"source {self.name}: pg_dump failed (exit {proc.returncode}): {msg}")
+                # the dump and the row counts run at the same time, in the same exported snapshot
+                errlog = tempfile.TemporaryFile()
+                proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errlog)
+                try:
+                    tables = describe_tables(cur, self.exclude_tables)
+                finally:
+                    code = proc.wait()
+                if code != 0:
+                    errlog.seek(0)
+                    msg = errlog.read().decode(errors="replace").strip()[-800:]
+                    raise SourceError(f"source {self.name}: pg_dump failed (exit {code}): {msg}")
             conn.rollback()
         details = {"database": dbname, "server_version": version, "format": "directory", "tables": tables}
         yield Prepared(entries=walk_staging(staging), details=details)
