@@ -480,7 +480,7 @@ def bench_fanout(
                 f"copy to {n} {c['seconds']:.1f} s ({c['rchar'] / 1e6 / max(c['seconds'], 1e-9):,.0f} MB/s)"
                 for n, c in copies.items()
             )
-            + " (one after the other); peak RSS MB "
+            + " (in parallel); peak RSS MB "
             + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in peaks)
             + " (not in the 'peak RSS, all runs' row: the Airflow import alone is ~150 MB)"
             + f"; moto server CPU {moto_cpu:.1f} s (in the benchmark process, not counted in RSS)",

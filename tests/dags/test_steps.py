@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from backups.catalog import Catalog
 from backups.config import load_config
 from backups.demo import fmr
 from backups.errors import ConfigError
@@ -113,3 +114,28 @@ def test_cleanup_removes_scratch_and_keeps_uncommitted_objects_for_a_retry(env, 
     assert out["committed"] is False and out["uncommitted_objects"] > 0
     primary = open_storage(cfg, "local")
     assert list(primary.list(f"data/{prep['plan']['snapshot_id']}/"))  # still there: a retry reuses them
+
+
+def test_a_copy_target_that_is_down_does_not_stop_the_backup_and_is_backfilled(env, tmp_path):
+    """The primary is healthy, the offsite target is not: the run backs up anyway (its upload fails, so the run is
+    red), and the next run's upload back-fills the snapshot the target missed."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the offsite directory should be")
+    down = write_config(tmp_path / "down.yaml", env["home"], env["root"], tier_storages="local, offsite",
+                        extra_storages=f'  offsite: {{type: local, path: "{blocker}/offsite"}}\n')
+    cfg = load_config(down)
+    sel = steps.selection(cfg, "weekly")
+    state = steps.check_system_state(cfg, sel)
+    assert list(state["unavailable"]) == ["offsite"]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(Exception, match="offsite"):
+        _run(cfg, "weekly", datetime(2026, 4, 5, 1, 0, tzinfo=UTC), scratch)
+    assert [s.id for s in Catalog(open_storage(cfg, "local"), cfg.application).ordered()] == ["weekly-20260405T010000Z"]
+    # the target is repaired; the next run (the next weekly full) copies its own snapshot and back-fills the missed one
+    up = load_config(write_config(tmp_path / "up.yaml", env["home"], env["root"], tier_storages="local, offsite",
+                                  extra_storages=f'  offsite: {{type: local, path: "{tmp_path}/offsite"}}\n'))
+    _, _, _, uploads = _run(up, "weekly", datetime(2026, 4, 12, 1, 0, tzinfo=UTC), scratch)
+    assert uploads[1]["backfilled"] == ["weekly-20260405T010000Z"]
+    offsite = Catalog(open_storage(up, "offsite"), up.application)
+    assert [s.id for s in offsite.ordered()] == ["weekly-20260405T010000Z", "weekly-20260412T010000Z"]

@@ -178,15 +178,16 @@ class _Writers:
 
     @staticmethod
     def _write(dest: str, content: bytes, mode: int, mtime_ns: int) -> None:
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view):]
             os.fchmod(fd, mode)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
-        os.utime(dest, ns=(mtime_ns, mtime_ns))
 
     def submit(self, dest: str, content: bytes, mode: int, mtime_ns: int) -> None:
         self.budget.acquire()

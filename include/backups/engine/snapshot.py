@@ -264,11 +264,15 @@ def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage) -> int:
 
 
 def backfill(cfg: Config, src: Storage, dst: Storage, *, tier: str | None = None) -> list[str]:
-    """Copy every snapshot ``src`` has and ``dst`` lacks (a target that was down for a run catches up)."""
+    """Copy the snapshots ``src`` has and ``dst`` lacks, of every tier that lists ``dst`` among its storages
+    (a target that was down for a run catches up; other tiers' snapshots stay where their tier puts them)."""
     src_cat = Catalog(src, cfg.application)
     dst_ids = set(Catalog(dst, cfg.application).snapshots)
     done = []
     for s in src_cat.ordered(tier):
+        t = cfg.tiers.get(s.tier)
+        if t is None or dst.name not in t.storages:
+            continue
         if s.id not in dst_ids:
             replicate(cfg, s.id, src, dst)
             done.append(s.id)

@@ -180,14 +180,20 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dic
             problems.append((_problem("source", name, kind, exc), _retryable(kind, exc)))
     total = sum(estimates.values())
     free: dict[str, int | None] = {}
-    for name in sel.storages:
+    unavailable: dict[str, str] = {}
+    for i, name in enumerate(sel.storages):
         kind = cfg.storages[name].type
         try:
             st = open_storage(cfg, name, resolver)
             st.check()
             free[name] = st.free_bytes()
         except BackupError as exc:
-            problems.append((_problem("storage", name, kind, exc), _retryable(kind, exc)))
+            if i == 0:  # the primary receives the extraction: without it there is no backup at all
+                problems.append((_problem("storage", name, kind, exc), _retryable(kind, exc)))
+            else:  # a copy target: back up anyway; its upload task fails (the run goes red) and the next run back-fills
+                unavailable[name] = exc.message
+                log.warning("%s — the backup goes ahead on the other storages; upload[%s] will fail and the next run "
+                            "back-fills the copy", _problem("storage", name, kind, exc), name)
             continue
         room = free[name]
         if room is not None and room < total:
@@ -204,7 +210,7 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dic
             else "fix the configuration or the host, then clear this task; retrying as is would not help",
             retryable=retryable)
     log.info("system ready: %d source(s), about %s to read, %d storage(s)", len(estimates), _mb(total), len(free))
-    return {"estimates": estimates, "estimated_bytes": total, "free_bytes": free}
+    return {"estimates": estimates, "estimated_bytes": total, "free_bytes": free, "unavailable": unavailable}
 
 
 def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | str, state: dict[str, Any],
@@ -307,9 +313,12 @@ def upload_to(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = N
     dst = open_storage(cfg, storage, resolver)
     log.info("replicating %s from %s to %s", p.snapshot_id, src.describe(), dst.describe())
     copied = snapshot.replicate(cfg, p.snapshot_id, src, dst)
+    filled = snapshot.backfill(cfg, src, dst)  # snapshots this storage missed while it was down
+    if filled:
+        log.info("back-filled %d snapshot(s) %s missed: %s", len(filled), storage, ", ".join(filled))
     seconds = round(time.monotonic() - t0, 3)
     log.info("replicated %s to %s: %s copied in %.1fs", p.snapshot_id, storage, _mb(copied), seconds)
-    return {"storage": storage, "role": "replica", "copied_bytes": copied, "seconds": seconds}
+    return {"storage": storage, "role": "replica", "copied_bytes": copied, "seconds": seconds, "backfilled": filled}
 
 
 # ------------------------------------------------------------------------------------------------ verify

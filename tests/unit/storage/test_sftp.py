@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from backups.demo.servers import _descendants, _free_port
 from backups.errors import StorageError, TransientStorageError
 from backups.storage import RetryingStorage
 from backups.storage.base import TEMP_MARK
@@ -35,29 +36,6 @@ def _keypair(path: Path) -> paramiko.Ed25519Key:
     pub = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH)
     Path(f"{path}.pub").write_bytes(pub + b"\n")
     return paramiko.Ed25519Key(filename=str(path))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
 
 
 class Sshd:
