@@ -41,6 +41,7 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+PARALLEL_HASH_MIN = 4 << 20  #: files at least this large are hashed on a helper thread while being compressed
 ZSTD_LEVEL = 3
 
 # index entry as a tuple in memory: (type, size, mtime_ns, mode, ino, sha256, link, in)
@@ -139,8 +140,8 @@ class _TarStream:
         self.hw: ThreadedHashingSink | None = None
         self.members = 0
         self.raw_bytes = 0
-        self._buf = bytearray(CHUNK)
-        self._view = memoryview(self._buf)
+        self._views = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
+        self._pool: Any = None
 
     def _open(self) -> BinaryIO:
         if self.out is None:
@@ -154,30 +155,52 @@ class _TarStream:
     def add_file(self, e: Entry, fh: BinaryIO, size: int, progress: Progress) -> tuple[str, bool]:
         """Stream ``size`` bytes of ``fh``; returns (sha256, changed_while_reading).
 
-        Reads into one reused buffer (no per-chunk allocation or page faults) and hands the same memory to the
-        hash and to the compressor."""
+        Reads into reused buffers (no per-chunk allocation or page faults) and hands the same memory to the
+        hash and to the compressor. For large files the SHA-256 runs on a helper thread, double-buffered, while
+        this thread feeds the compressor (hashlib releases the GIL)."""
         out = self._open()
         out.write(_tarinfo(e, size))
         h = hashlib.sha256()
         left, short = size, False
-        buf, view = self._buf, self._view
+        threaded = size >= PARALLEL_HASH_MIN
+        pending = None
+        turn = 0
         while left > 0:
             want = min(CHUNK, left)
+            view = self._views[turn]
+            if threaded and pending is not None and pending[0] == turn:
+                pending[1].result()  # this buffer's previous chunk must be hashed before it is reused
+                pending = None
             n = fh.readinto(view[:want])  # type: ignore[attr-defined]
             if not n:  # the file shrank while we read it: pad so the archive stays well-formed
                 view[:want] = bytes(want)
                 n, short = want, True
             chunk = view[:n]
-            h.update(chunk)
+            if threaded:
+                if pending is not None:
+                    pending[1].result()
+                pending = (turn, self._hasher().submit(h.update, chunk))
+                turn ^= 1
+            else:
+                h.update(chunk)
             out.write(chunk)
             left -= n
             progress.advance(n)
-        del buf
+        if pending is not None:
+            pending[1].result()
         if size % 512:
             out.write(tarstream.padding(size))
         self.members += 1
         self.raw_bytes += size
         return h.hexdigest(), short
+
+    def _hasher(self) -> Any:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hash")
+            self.stack.callback(self._pool.shutdown)
+        return self._pool
 
     def close(self) -> dict[str, Any] | None:
         if self.out is None:
