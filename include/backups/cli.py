@@ -267,6 +267,35 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+    from .engine.retention import apply_prune, plan_prune
+    from .storage import open_storage
+
+    cfg, resolver = _load(args)
+    names = [args.storage] if args.storage else list(cfg.storages)
+    results = []
+    for n in names:
+        storage = open_storage(cfg, n, resolver, read_only=args.dry_run)
+        storage.check()
+        cat = Catalog(storage, cfg.application)
+        plan = plan_prune(cfg, storage, cat)
+        if not args.dry_run:
+            apply_prune(storage, cat, plan)
+        results.append(plan)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "storages": [r.to_dict() for r in results]}, indent=1))
+        return 0
+    verb = "would forget" if args.dry_run else "forgot"
+    for r in results:
+        print(f"{r.storage}: keep {len(r.keep)}, {verb} {len(r.forget)}: {', '.join(r.forget) or '-'}; "
+              f"orphans {len(r.orphans)}" + ("" if args.dry_run else f"; removed {r.deleted_objects} object(s), {_mb(r.deleted_bytes)}"))
+        if args.verbose:
+            for sid, why in r.keep.items():
+                print(f"  keep {sid}: {', '.join(why)}")
+    return 0
+
+
 def cmd_exit_codes(args: argparse.Namespace) -> int:
     for code, meaning in EXIT_CODES.items():
         print(f"{code:>4}  {meaning}")
@@ -336,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--storage")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    pr = sub.add_parser("prune", help="apply the tiers' retention and remove orphaned objects",
+                        description="Forget snapshots the tiers' retention rules no longer keep (never one that a kept "
+                                    "snapshot's chain needs; manifest first, then objects) and remove objects left by "
+                                    "interrupted runs (older than 2 days). On every storage unless --storage.")
+    pr.add_argument("--storage")
+    pr.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_prune)
 
     ec = sub.add_parser("exit-codes", help="print the documented exit codes")
     ec.set_defaults(func=cmd_exit_codes)

@@ -90,3 +90,22 @@ def test_exit_codes_documented():
     assert p.returncode == 0
     for code in ("0", "2", "3", "4", "5", "6", "7", "8"):
         assert any(line.strip().startswith(code) for line in p.stdout.splitlines())
+
+
+def test_prune_dry_run_then_prune(tmp_path):
+    from backups.demo import fmr
+
+    fmr.generate(tmp_path / "home", scale=0.2)
+    cfg_path = write_config(tmp_path / "c.yaml", tmp_path / "home", tmp_path / "repo")
+    cfg_path.write_text(cfg_path.read_text().replace(
+        'sources: [app_db, app_files, system_state], storages: [local]}\n  monthly',
+        'sources: [app_db, app_files, system_state], storages: [local], retention: {keep_last: 1}}\n  monthly'))
+    cfg = str(cfg_path)
+    for day in ("2026-04-05", "2026-04-12"):
+        assert run("--config", cfg, "backup", "--tier", "weekly", "--logical-date", f"{day}T01:00:00Z").returncode == 0
+    p = run("--config", cfg, "prune", "--dry-run", "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["storages"][0]["forget"] == ["weekly-20260405T010000Z"]
+    assert len(json.loads(run("--config", cfg, "list", "--json").stdout)["snapshots"]) == 2
+    p = run("--config", cfg, "prune")
+    assert p.returncode == 0 and "forgot 1" in p.stdout
+    assert [s["id"] for s in json.loads(run("--config", cfg, "list", "--json").stdout)["snapshots"]] == ["weekly-20260412T010000Z"]

@@ -55,14 +55,18 @@ def compressor(threads: int = -1) -> zstandard.ZstdCompressor:
 
 
 # ------------------------------------------------------------------------------------------------ index I/O
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def entry_json(path: str, e: IndexEntry) -> str:
+    """One index line (the same JSON a ``json.dumps`` of the dict gives, built without the dict: hot path)."""
     t, size, mtime, mode, ino, sha, link, src = e
-    doc: dict[str, Any] = {"p": path, "t": t, "s": size, "m": mtime, "mode": mode, "i": ino, "in": src}
+    line = f'{{"p":{_dumps(path)},"t":"{t}","s":{size},"m":{mtime},"mode":{mode},"i":{ino},"in":"{src}"'
     if sha:
-        doc["h"] = sha
+        line += f',"h":"{sha}"'
     if link is not None:
-        doc["l"] = link
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        line += f',"l":{_dumps(link)}'
+    return line + "}"
 
 
 def order_key(path: str) -> list[str]:

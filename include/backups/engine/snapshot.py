@@ -311,8 +311,14 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
         primary.check()
         for name in p.sources:
             open_source(cfg, name, resolver).check()
-        for name in p.sources:
-            extract(cfg, p, name, primary, resolver=resolver, checksum=checksum)
+        # the sources are independent: extract two at a time (dumps, hashing and zstd release the GIL)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(2, len(p.sources)), thread_name_prefix="extract") as pool:
+            futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum)
+                       for name in p.sources]
+            for fut in futures:
+                fut.result()
     snap = commit(cfg, p, primary)
 
     def copy_to(n: str) -> None:

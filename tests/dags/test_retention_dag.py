@@ -1,0 +1,53 @@
+"""backup_retention: one prune task per storage, then a report; a dry run changes nothing, a real run forgets
+what the rules no longer keep (chains intact)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backups.catalog import Catalog
+from backups.config import load_config
+from backups.demo import fmr
+from backups.engine.snapshot import run_backup
+from backups.storage import open_storage
+
+pytestmark = pytest.mark.airflow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag
+
+
+def test_structure():
+    dag = _bag().dags["backup_retention"]
+    assert {t.task_id for t in dag.tasks} == {"prune", "report"}
+    assert dag.max_active_runs == 1 and "retention" in dag.tags and dag.schedule is not None
+    assert "keep_daily=14" in dag.doc_md
+
+
+def test_dry_run_then_prune(airflow_db, tmp_path, monkeypatch):
+    home, root = tmp_path / "fmr", tmp_path / "backups"
+    fmr.generate(home, scale=0.2, seed=2)
+    text = (ROOT / "include" / "backups.local.yaml").read_text().replace("keep_weekly: 8", "keep_weekly: 1")
+    (tmp_path / "c.yaml").write_text(text)
+    for k, v in {"BACKUP_CONFIG": str(tmp_path / "c.yaml"), "FMR_HOME": str(home), "BACKUP_ROOT": str(root)}.items():
+        monkeypatch.setenv(k, v)
+    cfg = load_config()
+    for week in range(3):
+        run_backup(cfg, "weekly", logical_date=(datetime(2026, 3, 1, 1, tzinfo=UTC) + timedelta(weeks=week)).isoformat())
+    dag = _bag().dags["backup_retention"]
+    dr = dag.test(logical_date=datetime(2026, 3, 20, 4, 30, tzinfo=UTC), run_conf={"dry_run": True})
+    assert dr.state == "success"
+    storage = open_storage(cfg, "local")
+    assert len(Catalog(storage, cfg.application).ordered()) == 3
+    dr = dag.test(logical_date=datetime(2026, 3, 21, 4, 30, tzinfo=UTC), run_conf={"dry_run": False})
+    assert dr.state == "success"
+    assert [s.id for s in Catalog(storage, cfg.application).ordered()] == ["weekly-20260315T010000Z"]
