@@ -161,6 +161,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     for n, r in sorted(d["sources"].items()):
         for w in r["warnings"]:
             print(f"warning {n}: {w}")
+    if args.files:
+        from .engine.archiver import iter_index
+
+        for n in sorted(d["sources"]):
+            print(f"\n{n}:")
+            for path, e in iter_index(storage, d["sources"][n]["objects"]["index"]):
+                kind = {"f": "file", "d": "dir ", "l": "link"}[e[0]]
+                extra = f" -> {e[6]}" if e[0] == "l" else (f"  {e[1]:>12,}  in {e[7]}" if e[0] == "f" else "")
+                print(f"  {kind} {oct(e[3])[2:]:>4}  {path}{extra}")
     return 0
 
 
@@ -333,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("snapshot", help="snapshot id or 'latest'")
     sh.add_argument("--tier", help="with 'latest': newest of this tier")
     sh.add_argument("--storage")
+    sh.add_argument("--files", action="store_true", help="also list every path of every source (and which snapshot holds it)")
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(func=cmd_show)
 
