@@ -177,7 +177,9 @@ class _Writers:
         self.futures: list[Any] = []
 
     @staticmethod
-    def _write(dest: str, content: bytes, mode: int, mtime_ns: int) -> None:
+    def _write(dest: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
+        if hashlib.sha256(content).hexdigest() != sha:
+            raise error
         # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
@@ -189,12 +191,12 @@ class _Writers:
         finally:
             os.close(fd)
 
-    def submit(self, dest: str, content: bytes, mode: int, mtime_ns: int) -> None:
+    def submit(self, dest: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
         self.budget.acquire()
 
         def run() -> None:
             try:
-                self._write(dest, content, mode, mtime_ns)
+                self._write(dest, content, mode, mtime_ns, sha, error)
             finally:
                 self.budget.release()
 
@@ -265,11 +267,9 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                     path, e = w
                     ensure_dir(parent)
                     dest = os.path.join(base, name)
-                    if m.size <= SMALL_FILE:  # hash here, create and write on a writer thread (overlaps the syscalls)
+                    if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
                         content = data.read_all()
-                        if hashlib.sha256(content).hexdigest() != e[5]:
-                            raise damaged(name)
-                        writers.submit(dest, content, e[3], e[2])
+                        writers.submit(dest, content, e[3], e[2], e[5], damaged(name))
                         progress.advance(len(content))
                     else:
                         h = hashlib.sha256()
