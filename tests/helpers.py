@@ -63,3 +63,14 @@ def db_rows(db: Path) -> dict[str, list]:
         return {n: conn.execute(f'SELECT * FROM "{n}" ORDER BY 1').fetchall() for n in names}
     finally:
         conn.close()
+
+
+def make_app(tmp_path: Path, *, scale: float = 0.5, seed: int = 3) -> dict:
+    """A generated FMR home, a repository root and the loaded test config (the ``app`` fixtures)."""
+    from backups.config import load_config
+    from backups.demo import fmr
+
+    home, root = tmp_path / "home", tmp_path / "repo"
+    fmr.generate(home, scale=scale, seed=seed)
+    cfg_path = write_config(tmp_path / "backups.yaml", home, root)
+    return {"home": home, "root": root, "config_path": cfg_path, "cfg": load_config(cfg_path), "tmp": tmp_path}

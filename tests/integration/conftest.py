@@ -4,19 +4,14 @@ import uuid
 
 import pytest
 
-from backups.config import load_config
-from backups.demo import fmr
-from tests.helpers import write_config
+from tests.helpers import make_app
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture
 def app(tmp_path):
-    home, root = tmp_path / "home", tmp_path / "repo"
-    fmr.generate(home, scale=0.5, seed=5)
-    cfg_path = write_config(tmp_path / "backups.yaml", home, root)
-    return {"home": home, "root": root, "config_path": cfg_path, "cfg": load_config(cfg_path), "tmp": tmp_path}
+    return make_app(tmp_path, seed=5)
 
 
 @pytest.fixture
