@@ -111,3 +111,15 @@ def test_prune_dry_run_then_prune(tmp_path):
     p = run("--config", cfg, "prune")
     assert p.returncode == 0 and "forgot 1" in p.stdout
     assert [s["id"] for s in json.loads(run("--config", cfg, "list", "--json").stdout)["snapshots"]] == ["weekly-20260412T010000Z"]
+
+
+def test_unusable_staging_directory_is_a_clear_error(tmp_path):
+    from backups.demo import fmr
+
+    fmr.generate(tmp_path / "home", scale=0.2)
+    cfg = str(write_config(tmp_path / "c.yaml", tmp_path / "home", tmp_path / "repo"))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    p = run("--config", cfg, "backup", "--tier", "weekly", env={"BACKUP_STAGING": str(blocker / "staging")})
+    assert p.returncode == 2 and "BACKUP_STAGING" in p.stderr and "fix:" in p.stderr
+    assert json.loads(run("--config", cfg, "list", "--json").stdout)["snapshots"] == []

@@ -137,6 +137,19 @@ def estimate(cfg: Config, p: Plan, resolver: Any = None) -> int:
     return total
 
 
+def staging_root() -> str | None:
+    """``$BACKUP_STAGING`` (created if missing), where database dumps are staged; None: the system temp dir."""
+    path = os.environ.get("BACKUP_STAGING")
+    if not path:
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"BACKUP_STAGING={path}: cannot create the staging directory ({exc.strerror})",
+                          hint="point BACKUP_STAGING at a writable directory with room for a database dump") from None
+    return path
+
+
 def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: Any = None, checksum: bool = False,
             progress: Progress | None = None) -> dict[str, Any]:
     """Back up one source of the plan into ``storage``; returns a small summary (XCom-sized)."""
@@ -157,7 +170,7 @@ def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: An
     try:
         rec = backup_source(storage, p.snapshot_id, reader, parent_obj, parent_for_source,
                             on_unreadable=getattr(sc, "on_unreadable", "fail"), checksum=checksum, progress=prog,
-                            staging_root=os.environ.get("BACKUP_STAGING"))
+                            staging_root=staging_root())
     finally:
         if progress is None:
             prog.close()
