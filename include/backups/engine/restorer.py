@@ -314,8 +314,7 @@ def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *,
         raise ConfigError("--table applies to sqlite and postgres sources only", hint="add --source with a database source")
     target = Path(target)
     check_target(target, force)
-    results = []
-    for n in names:
+    def one(n: str) -> SourceRestore:
         kind = snap.sources[n]["kind"]
         finish = None
         if kind == "sqlite" and tables:
@@ -323,7 +322,7 @@ def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *,
 
             dbname = snap.sources[n]["details"]["database"]
 
-            def finish(p: Path, dbname: str = dbname) -> dict[str, Any]:
+            def finish(p: Path) -> dict[str, Any]:
                 return {"tables": keep_sqlite_tables(p / dbname, tables)}
         elif kind == "postgres" and (pg_target or tables):
             from .databases import pg_restore
@@ -332,6 +331,13 @@ def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *,
                 return pg_restore(p / "dump", pg_target, tables)
         r = restore_source(storage, catalog, snap, n, target, includes=includes if kind == "files" else None,
                            force=force, progress=progress, finish=finish)
-        results.append(r)
         log.info("restored %s: %d files, %.1f MB, all SHA-256 verified, into %s", n, r.files, r.bytes / 1e6, r.path)
-    return results
+        return r
+
+    # sources are independent (each appears atomically): restore two at a time
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(2, len(names)) if storage.thread_safe else 1  # one SFTP session is not thread-safe
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
+        futures = [pool.submit(one, n) for n in names]
+    return [f.result() for f in futures]

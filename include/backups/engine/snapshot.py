@@ -327,7 +327,8 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
         # the sources are independent: extract two at a time (dumps, hashing and zstd release the GIL)
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=min(2, len(p.sources)), thread_name_prefix="extract") as pool:
+        workers = min(2, len(p.sources)) if primary.thread_safe else 1  # one SFTP session is not thread-safe
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
             futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum)
                        for name in p.sources]
             for fut in futures:
@@ -343,7 +344,9 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
     if healthy:  # every other storage gets its copy at the same time (each from the primary, each verified)
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=len(healthy), thread_name_prefix="replicate") as pool:
+        # each copy reads the primary: in parallel only when the primary may be shared between threads
+        workers = len(healthy) if primary.thread_safe else 1
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replicate") as pool:
             futures = {n: pool.submit(copy_to, n) for n in healthy}
         for n, fut in futures.items():
             exc = fut.exception()

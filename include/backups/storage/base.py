@@ -55,6 +55,8 @@ class Storage(ABC):
     archive: bool = False
     #: fingerprint of the client-side encryption key when objects are encrypted at rest (never the key)
     key_fingerprint: str | None = None
+    #: True when several threads may use one instance at once (the engine parallelises only then)
+    thread_safe: bool = False
 
     @abstractmethod
     def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:

@@ -214,6 +214,7 @@ class EncryptedStorage(Storage):
     """Same interface as the inner storage; objects are encrypted on write and authenticated on read."""
 
     def __init__(self, inner: Storage, key: bytes, chunk_size: int = CHUNK) -> None:
+        self.thread_safe = inner.thread_safe
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         if len(key) != 32:

@@ -28,6 +28,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalStorage(Storage):
+    thread_safe = True  # every operation works on its own file descriptor
     def __init__(self, root: str | os.PathLike[str], name: str = "local", *, create: bool = True) -> None:
         self.root = Path(root)
         self.name = name

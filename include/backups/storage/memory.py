@@ -12,6 +12,7 @@ from .base import ObjectInfo, Storage, check_key
 
 
 class MemoryStorage(Storage):
+    thread_safe = True
     def __init__(self, name: str = "memory") -> None:
         self.name = name
         self.objects: dict[str, bytes] = {}

@@ -34,6 +34,8 @@ _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
 
 
 class S3Storage(Storage):
+    thread_safe = True  # boto3 clients are thread-safe
+
     def __init__(self, client: Any, bucket: str, prefix: str = "", *, name: str = "s3", storage_class: str = "STANDARD",
                  sse: str | None = None, kms_key_id: str | None = None, conn_id: str | None = None,
                  part_size: int = PART) -> None:

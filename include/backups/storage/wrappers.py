@@ -25,6 +25,7 @@ class _Wrapper(Storage):
         self.name = inner.name
         self.archive = inner.archive
         self.key_fingerprint = inner.key_fingerprint
+        self.thread_safe = inner.thread_safe
 
     def describe(self) -> str:
         return self.inner.describe()

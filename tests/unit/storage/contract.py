@@ -102,3 +102,30 @@ class StorageContract:
         other = MemoryStorage()
         assert storage.copy_to("c/x.bin", other) == 7
         assert other.get_bytes("c/x.bin") == b"payload"
+
+    def test_concurrent_use_when_declared_thread_safe(self, storage):
+        """The engine shares one instance between threads only when ``thread_safe`` says it may."""
+        import threading
+
+        if not storage.thread_safe:
+            pytest.skip(f"{type(storage).__name__} is used by one thread at a time")
+        payloads = {f"t/{i}.bin": os.urandom(300_000 + i) for i in range(6)}
+        errors: list[BaseException] = []
+
+        def work(keys):
+            try:
+                for k in keys:
+                    storage.put_bytes(k, payloads[k])
+                for k in keys:
+                    assert storage.get_bytes(k) == payloads[k]
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        keys = sorted(payloads)
+        threads = [threading.Thread(target=work, args=(keys[i::2],)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert [o.key for o in storage.list("t/")] == keys
