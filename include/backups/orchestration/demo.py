@@ -130,7 +130,7 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
                   f"database: {changed.get('db')}")
         print(f"running {dag_id} for logical date {when.isoformat()} ...", flush=True)
         t0 = time.monotonic()
-        dr = bag.get_dag(dag_id).test(logical_date=when)
+        dr = bag.get_dag(dag_id).test(logical_date=when, run_after=datetime.now(UTC))
         tis = sorted(dr.get_task_instances(), key=lambda ti: (ti.start_date or datetime.max.replace(tzinfo=UTC), ti.task_id))
         print(f"  {dag_id}: {dr.state} in {time.monotonic() - t0:.1f}s")
         for ti in tis:
