@@ -95,11 +95,6 @@ def iter_index(storage: Storage, obj: dict[str, Any]) -> Iterator[tuple[str, Ind
                              hint="run `backupctl verify --read-data`; restore from another storage")
 
 
-def read_index(storage: Storage, obj: dict[str, Any]) -> dict[str, IndexEntry]:
-    """A whole index in memory (small sources and tools only; the engine streams)."""
-    return dict(iter_index(storage, obj))
-
-
 @contextmanager
 def _object_writer(storage: Storage, key: str, compress: bool = True, threads: int = -1) -> Iterator[tuple[BinaryIO, ThreadedHashingSink]]:
     """A compressing writer for one object; output is hashed and written by a background thread."""

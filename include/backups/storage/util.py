@@ -1,4 +1,5 @@
-"""Small stream helpers shared by storages and the engine: hashing/counting wrappers and a bounded reader."""
+"""Small stream helpers shared by storages and the engine: a bounded reader, a hashing reader, a threaded hashing
+sink for writes and a prefetching reader."""
 
 from __future__ import annotations
 
@@ -22,30 +23,6 @@ class LimitedReader:
 
     def readable(self) -> bool:
         return True
-
-
-class HashingWriter:
-    """Pass-through writer that counts bytes and computes SHA-256 of everything written."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.sha.update(data)
-        self.size += len(data)
-        self.raw.write(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def hexdigest(self) -> str:
-        return self.sha.hexdigest()
 
 
 class HashingReader:
