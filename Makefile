@@ -5,14 +5,16 @@ PY := $(VENV)/bin/python
 UV ?= $(shell command -v uv 2>/dev/null)
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-cli test test-deps bench lint airflow airflow-settings clean
+.PHONY: venv demo demo-cli test test-fast test-deps bench lint airflow airflow-settings clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# requirements.txt: the pinned runtime stack (Airflow, providers, GX, drivers); requirements-dev.txt: test and lint
+# tools on top of it (both from `uv pip compile`, see the .in files)
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -z "$(UV)" ]; then python3 -m pip install -q uv==0.13.8; fi
 	@[ -x $(PY) ] || uv venv -q --python 3.11 $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install -q -r requirements.txt
+	VIRTUAL_ENV=$(VENV) uv pip install -q -r requirements.txt -r requirements-dev.txt
 	VIRTUAL_ENV=$(VENV) uv pip install -q --no-deps -e .
 	@touch $(STAMP)
 
@@ -46,6 +48,11 @@ test-deps:
 ## test: install what the tests need, then run them all (one pytest process)
 test: venv test-deps
 	$(PY) -m pytest
+
+## test-fast: the plain-library unit tests (no Airflow, no servers): feedback in seconds
+test-fast: venv
+	$(PY) -m pytest -q -m "not airflow and not slow" tests/unit/engine/test_planner.py tests/unit/engine/test_retention_rules.py \
+	  tests/unit/engine/test_tarstream.py tests/unit/test_config.py
 
 ## bench: the benchmark (not a test); see benchmarks/README.md
 bench: venv

@@ -1,12 +1,29 @@
-"""Shared test helpers: configs, tree fingerprints, database dumps."""
+"""Shared test helpers: configs, tree fingerprints, database dumps, free ports, subprocess environments."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sqlite3
 import stat
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  #: the repository's root
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a loopback server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """This environment plus this interpreter's import path, for a child Python that must import
+    ``backups`` and ``tests`` the way this process does (pytest's ``pythonpath`` is not inherited)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **extra}
 
 CONFIG = """\
 application: fmr-test
