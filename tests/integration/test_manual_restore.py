@@ -47,8 +47,10 @@ def test_restore_by_hand_matches_live_data(app):
     diff, _ = run_backup(app["cfg"], "monthly", logical_date="2026-05-05T03:00:00Z")
     fmr.mutate(home, seed=13)
     last, _ = run_backup(app["cfg"], "daily", logical_date="2026-05-06T02:00:00Z")
-    assert last.chain == [c for c in last.chain] and len(last.chain) == 3  # full -> differential -> incremental
-    assert diff.id in last.chain
+    # full -> differential (on the full) -> incremental (on the differential): three archives to extract in order
+    assert (diff.type, diff.parent, last.type, last.parent) == ("differential", "weekly-20260503T010000Z",
+                                                                "incremental", diff.id)
+    assert last.chain == ["weekly-20260503T010000Z", diff.id, last.id]
     out = app["tmp"] / "byhand"
     for src in ("app_files", "app_db", "system_state"):
         _hand_restore(repo, last.id, src, out)
