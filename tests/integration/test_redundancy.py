@@ -188,9 +188,19 @@ def test_sftp_server_killed_mid_upload_fails_cleanly_and_the_retry_succeeds(mult
     big.write_bytes(os.urandom(24 << 20))  # long enough an upload to be killed in the middle
     stop = threading.Event()
 
+    def uploading() -> bool:
+        """The big archive's upload is under way: its temporary object holds more than 1 MB."""
+        for p in m["sftp_root"].rglob(".tmp-*app_files.tar.zst") if m["sftp_root"].exists() else []:
+            try:
+                if p.stat().st_size > (1 << 20):
+                    return True
+            except FileNotFoundError:  # renamed meanwhile
+                pass
+        return False
+
     def killer():
         while not stop.is_set():
-            if m["sftp_root"].exists() and any(".tmp-" in p.name for p in m["sftp_root"].rglob("*")):
+            if uploading():
                 m["sshd"].kill()
                 return
             time.sleep(0.005)
@@ -205,9 +215,22 @@ def test_sftp_server_killed_mid_upload_fails_cleanly_and_the_retry_succeeds(mult
         t.join(5)
         m["sshd"].start()
     assert "offsite" in str(info.value)
-    # nothing on the SFTP target looks complete: no manifest, and every visible object is whole
-    offsite = _open(m, "offsite")
-    assert Catalog(offsite, "fmr-test").snapshots == {}
+    sid = "weekly-20260705T010000Z"
+    # the other targets committed it (the run failed only for offsite)
+    for name in ("local", "cloud"):
+        assert list(Catalog(_open(m, name), "fmr-test").snapshots) == [sid], name
+    # the server died in the middle of an upload: its temporary object is on the disk ...
+    on_disk = [p for p in m["sftp_root"].rglob("*") if p.is_file()]
+    assert any(p.name.startswith(".tmp-") for p in on_disk), on_disk
+    # ... but nothing on the SFTP target looks complete: no manifest, no temporary object visible, and every
+    # visible object is whole (it decrypts, authenticated, to the primary's bytes)
+    offsite, local = _open(m, "offsite"), _open(m, "local")
+    assert Catalog(offsite, "fmr-test").snapshots == {} and not offsite.exists(f"snapshots/{sid}.json")
+    visible = [i.key for i in offsite.list("")]
+    assert not any(".tmp-" in k for k in visible)
+    assert len(visible) == len([p for p in on_disk if not p.name.startswith(".tmp-")])
+    for key in visible:
+        assert offsite.get_bytes(key) == local.get_bytes(key), key
     # the retry of the same run (same logical date) completes the copy; everything verifies
     snap, p = run_backup(m["cfg"], "weekly", logical_date="2026-07-05T01:00:00Z", resolver=m["resolver"])
     assert p.already_committed
