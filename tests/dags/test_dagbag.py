@@ -9,13 +9,13 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
+
 pytestmark = pytest.mark.airflow
 
-ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
 TIERS = {"daily": "incremental", "weekly": "full", "monthly": "full"}  # include/backups.local.yaml
 ALL_IDS = {f"backup_{t}" for t in TIERS} | {"backup_manual"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -15,11 +14,11 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.checker import verify
 from backups.storage import open_storage
+from tests.helpers import ROOT
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401 - fixture
 from tests.unit.storage.test_sftp import sshd  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.airflow
-ROOT = Path(__file__).resolve().parents[2]
 OFFSITE_KEY = "5eC7e7" * 10 + "abcd"  # 64 hex digits
 
 

@@ -26,12 +26,11 @@ import pytest
 from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.snapshot import run_backup
-from tests.helpers import app_tree, db_rows
+from tests.helpers import ROOT, app_tree, db_rows
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401  (session fixture: moto's S3 server)
 
 pytestmark = pytest.mark.airflow
 
-ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
 DAG_ID = "restore_snapshot"
 WEEKLY = "weekly-20260104T010000Z"

@@ -4,7 +4,6 @@ what the rules no longer keep (chains intact)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,9 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.snapshot import run_backup
 from backups.storage import open_storage
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.airflow
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bag():

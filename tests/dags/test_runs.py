@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import email
 import json
-import socket
 import threading
 import time
 from datetime import UTC, datetime
@@ -25,11 +24,10 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.restorer import restore
 from backups.storage import open_storage
-from tests.helpers import app_tree, db_rows
+from tests.helpers import ROOT, app_tree, db_rows, free_port
 
 pytestmark = pytest.mark.airflow
 
-ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "dags"
 
 
@@ -217,12 +215,6 @@ def test_manual_approval_gate_answered(airflow_db, app, choice):
     assert list(doc["sources"]) == ["app_db"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def smtp_sink(monkeypatch):
     from aiosmtpd.controller import Controller
@@ -236,7 +228,7 @@ def smtp_sink(monkeypatch):
             return "250 OK"
 
     sink = Sink()
-    port = _free_port()
+    port = free_port()
     ctl = Controller(sink, hostname="127.0.0.1", port=port)
     ctl.start()
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({

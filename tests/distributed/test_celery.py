@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, free_port
+
 VENV_BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(method: str, url: str, body: dict | None = None) -> dict:
@@ -80,7 +74,7 @@ def celery_cluster(tmp_path):
     text = text.replace('schedule: "0 2 * * 1-6"', "schedule: null").replace('schedule: "0 1 * * 0",  ', "schedule: null,")
     text = text.replace('schedule: "0 3 1 * *"', "schedule: null")
     cfg.write_text(text)
-    port = _free_port()
+    port = free_port()
     conn = f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
@@ -103,7 +97,7 @@ def celery_cluster(tmp_path):
         "AIRFLOW__API__SECRET_KEY": uuid.uuid4().hex,
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'include'}",
         "BACKUP_CONFIG": str(cfg),
         "FMR_HOME": str(home),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from backups.demo import fmr
 from backups.engine.snapshot import run_backup
-from tests.helpers import app_tree, db_rows
+from tests.helpers import ROOT, app_tree, db_rows
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "format.md"
+DOC = ROOT / "docs" / "format.md"
 
 
 def _doc_blocks() -> list[str]:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import write_config
+from tests.helpers import subprocess_env, write_config
 
 CLI = [sys.executable, "-c", "import sys; from backups.cli import main; sys.exit(main(sys.argv[1:]))"]
 
 
 def run(*args, env=None):
-    e = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})}
+    e = subprocess_env(**(env or {}))
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e)
 
 
@@ -80,7 +79,7 @@ def test_cli_does_not_import_airflow_or_gx(tmp_path):
         "bad = [m for m in ('airflow', 'great_expectations', 'pandas', 'boto3') if m in sys.modules]; "
         "print('HEAVY', bad, file=sys.stderr); sys.exit(rc or (9 if bad else 0))"
     )
-    e = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    e = subprocess_env()
     for args in (["backup", "--tier", "weekly"], ["restore", "latest", "--target", str(tmp_path / "o")], ["list"]):
         p = subprocess.run([sys.executable, "-c", code, "--config", cfg, *args], capture_output=True, text=True, env=e)
         assert p.returncode == 0, p.stderr

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from backups.config import DEFAULT_CONFIG, load_config, parse_config
 from backups.errors import ConfigError
+from tests.helpers import ROOT
 
 ENV = {"FMR_HOME": "/srv/fmr", "BACKUP_ROOT": "/srv/backups"}
 LOCAL_CONFIG = DEFAULT_CONFIG.with_name("backups.local.yaml")
@@ -115,7 +114,7 @@ def test_postgres_needs_exactly_one_of_dsn_or_conn_id():
 
 
 def test_core_library_never_imports_airflow():
-    root = Path(__file__).resolve().parents[2] / "include" / "backups"
+    root = ROOT / "include" / "backups"
     offenders = []
     for py in root.rglob("*.py"):
         if "orchestration" in py.parts:
