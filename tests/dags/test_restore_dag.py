@@ -159,31 +159,19 @@ def test_partial_restore_one_glob_and_one_table(airflow_db, app):
     assert verified["validation"]["app_db"]["success"] is True
 
 
-def _hitl_detail(dr):
-    from airflow.models.hitl import HITLDetail
-    from airflow.models.taskinstance import TaskInstance as TI
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    with create_session() as s:
-        ti = s.scalar(select(TI).where(TI.dag_id == DAG_ID, TI.run_id == dr.run_id, TI.task_id == "approve_restore"))
-        d = s.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
-        return {"subject": d.subject, "body": d.body}
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("choice", ["Approve", "Reject"])
-def test_approval_gate_answered(airflow_db, app, choice):
-    from tests.dags.test_runs import _auto_respond
-
+def test_approval_gate_answered(airflow_db, app, approver, choice):
     target = app["tmp"] / f"approved-{choice}"
-    responder = _auto_respond(DAG_ID, "approve_restore", [choice], {"note": "incident 42"})
+    responder = approver(DAG_ID, "approve_restore", [choice], {"note": "incident 42"})
     dr = _dag().test(run_conf={"target": str(target), "sources": ["app_files"]})
-    responder.join(5)
+    answer = responder.join(5)
+    assert (answer["responded_by"]["name"], answer["chosen_options"]) == ("olga.ops", [choice])
     states = _states(dr)
     assert dr.state == "success", states
     assert states["approve_restore"] == "success"
-    hitl = _hitl_detail(dr)
+    hitl = responder.detail
+    assert hitl["task_instance"]["dag_run_id"] == dr.run_id and hitl["options"] == ["Approve", "Reject"]
     assert hitl["subject"] == f"Restore {WEEKLY} from local into {target}?"
     assert "* sources: app_files" in hitl["body"] and "currently missing (will be created)" in hitl["body"]
     if choice == "Reject":  # nothing thawed, nothing written
@@ -192,7 +180,7 @@ def test_approval_gate_answered(airflow_db, app, choice):
         return
     assert {states[t] for t in TASKS[2:]} == {"success"}
     doc = json.loads((target / "RESTORE_REPORT.json").read_text())
-    assert doc["approval"]["by"] == "Olga Ops" and doc["approval"]["choice"] == "Approve"
+    assert doc["approval"]["by"] == "olga.ops" and doc["approval"]["choice"] == "Approve"
     assert doc["approval"]["note"] == "incident 42"
 
 

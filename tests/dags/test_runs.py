@@ -3,7 +3,7 @@
 * backup_weekly (full) then, after a day of application activity, backup_daily (incremental on top of it);
   restoring the daily snapshot gives back exactly the source tree and database;
 * backup_manual without the approval gate, on two of three storages: replicated, verified, reported;
-* backup_manual through the approval gate, answered the way the UI / REST API answers it;
+* backup_manual through the approval gate, answered through Airflow's REST API (tests/dags/approvals.py);
 * a missing source: check_system_state fails at once with the reason, the failure notifiers fire (log
   summary to the listeners, e-mail through an SMTP sink).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import email
 import json
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,49 +152,16 @@ def test_manual_without_approval_two_of_three_storages(airflow_db, app, monkeypa
     assert list(spare.list("")) == []
 
 
-def _auto_respond(dag_id: str, task_id: str, chosen: list[str], params_input: dict, timeout: float = 120.0):
-    """Answer a Human-in-the-loop task the way the API does (write the response, resume the task)."""
-
-    def run() -> None:
-        from airflow._shared.timezones import timezone
-        from airflow.models.hitl import HITLDetail
-        from airflow.models.taskinstance import TaskInstance as TI
-        from airflow.models.trigger import handle_event_submit
-        from airflow.triggers.base import TriggerEvent
-        from airflow.utils.session import create_session
-        from airflow.utils.state import TaskInstanceState
-        from sqlalchemy import select
-
-        end = time.time() + timeout
-        while time.time() < end:
-            with create_session() as s:
-                ti = s.scalar(select(TI).where(TI.dag_id == dag_id, TI.task_id == task_id,
-                                               TI.state == TaskInstanceState.AWAITING_INPUT))
-                if ti is not None:
-                    d = s.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
-                    d.responded_by = {"id": "ops-lead", "name": "Olga Ops"}
-                    d.responded_at = timezone.utcnow()
-                    d.chosen_options = chosen
-                    d.params_input = params_input
-                    s.add(d)
-                    handle_event_submit(TriggerEvent(d.as_resume_event_payload()), task_instance=ti, session=s)
-                    return
-            time.sleep(0.3)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("choice", ["Approve", "Reject"])
-def test_manual_approval_gate_answered(airflow_db, app, choice):
+def test_manual_approval_gate_answered(airflow_db, app, approver, choice):
     dag = _bag().dags["backup_manual"]
     day = 4 if choice == "Approve" else 5
-    responder = _auto_respond("backup_manual", "approve_backup", [choice], {"note": "ok for tonight"})
+    responder = approver("backup_manual", "approve_backup", [choice], {"note": "ok for tonight"})
     dr = dag.test(logical_date=datetime(2026, 2, day, 9, 0, tzinfo=UTC),
                   run_conf={"sources": ["app_db"], "storages": ["local"], "comment": "schema change"})
-    responder.join(5)
+    answer = responder.join(5)
+    assert (answer["responded_by"]["name"], answer["chosen_options"]) == ("olga.ops", [choice])
     states = _states(dr)
     assert dr.state == "success", states
     assert states["approve_backup"] == "success"
@@ -210,7 +176,7 @@ def test_manual_approval_gate_answered(airflow_db, app, choice):
         return
     assert states["backup.extract_config[0]"] == "skipped"  # app_files not chosen
     doc = json.loads(storage.get_bytes(f"reports/manual/{sid}.json"))
-    assert doc["approval"]["by"] == "Olga Ops" and doc["approval"]["choice"] == "Approve"
+    assert doc["approval"]["by"] == "olga.ops" and doc["approval"]["choice"] == "Approve"
     assert doc["approval"]["note"] == "ok for tonight"
     assert list(doc["sources"]) == ["app_db"]
 

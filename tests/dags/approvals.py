@@ -1,0 +1,90 @@
+"""Answer a human-in-the-loop task through Airflow's public REST API, the way an operator's script or the UI does.
+
+``dag.test()`` runs the DAG in this process and waits forever for a human answer, so a background thread plays
+the human: it logs in as a configured user (``POST /auth/token``, the simple auth manager), waits until the task
+is awaiting input (``GET /api/v2/dags/{dag}/dagRuns/~/hitlDetails``) and answers it
+(``PATCH /api/v2/dags/{dag}/dagRuns/{run}/taskInstances/{task}/{map_index}/hitlDetails``). The API app runs in
+process (``airflow.api_fastapi.app.create_app`` behind an HTTP test client): no server, no port, no internals.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+USER, PASSWORD = "olga.ops", "approve-in-tests-only"
+
+
+@dataclass
+class Responder:
+    """The background answer: ``join()`` it after ``dag.test()``. ``detail`` is the request as the API listed it
+    (subject, body, options, params, task instance), ``answer`` the API's reply to the response."""
+
+    thread: threading.Thread
+    detail: dict = field(default_factory=dict)
+    answer: dict = field(default_factory=dict)
+    error: list[str] = field(default_factory=list)
+
+    def join(self, timeout: float = 5.0) -> dict:
+        self.thread.join(timeout)
+        assert not self.error, self.error[0]
+        assert self.answer, "the approval was never answered through the API"
+        return self.answer
+
+
+@pytest.fixture
+def approver(tmp_path, monkeypatch):
+    """``approver(dag_id, task_id, ["Approve"], {"note": ...})`` starts a thread answering as user olga.ops."""
+    passwords = tmp_path / "simple_auth_manager_passwords.json"
+    passwords.write_text(json.dumps({USER: PASSWORD}))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{USER}:admin")
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
+    return _start
+
+
+def _client():
+    from airflow.api_fastapi.app import create_app
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(apps="core"))
+    reply = client.post("/auth/token", json={"username": USER, "password": PASSWORD})
+    assert reply.status_code == 201, reply.text
+    client.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
+    return client
+
+
+def _start(dag_id: str, task_id: str, chosen: list[str], params_input: dict, timeout: float = 120.0) -> Responder:
+    client = _client()  # in the test's thread: a login failure fails the test at once
+    responder = Responder(threading.Thread(daemon=True, target=lambda: _answer(responder, client, dag_id, task_id,
+                                                                               chosen, params_input, timeout)))
+    responder.thread.start()
+    return responder
+
+
+def _answer(responder: Responder, client, dag_id: str, task_id: str, chosen: list[str], params_input: dict,
+            timeout: float) -> None:
+    end = time.time() + timeout
+    try:
+        while time.time() < end:
+            listing = client.get(f"/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails",
+                                 params={"task_id": task_id, "response_received": False})
+            assert listing.status_code == 200, listing.text
+            waiting = listing.json()["hitl_details"]
+            if waiting:
+                responder.detail.update(waiting[0])
+                ti = waiting[0]["task_instance"]
+                url = (f"/api/v2/dags/{dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/{task_id}/"
+                       f"{ti['map_index']}/hitlDetails")
+                reply = client.patch(url, json={"chosen_options": chosen, "params_input": params_input})
+                assert reply.status_code == 200, reply.text
+                responder.answer.update(reply.json())
+                return
+            time.sleep(0.3)
+        responder.error.append(f"{dag_id}.{task_id} never awaited input within {timeout:.0f} s")
+    except Exception as exc:  # reported by join() in the test's thread
+        responder.error.append(f"{type(exc).__name__}: {exc}")
