@@ -14,6 +14,7 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.checker import verify
 from backups.storage import open_storage
+from tests.dags.common import load_dags, task_states
 from tests.helpers import ROOT
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401 - fixture
 from tests.unit.storage.test_sftp import sshd  # noqa: F401 - fixture
@@ -49,15 +50,11 @@ def _secrets() -> list[str]:
 
 
 def test_weekly_fans_out_to_every_target_and_never_logs_secrets(airflow_db, prod, capfd, caplog):
-    from airflow.dag_processing.dagbag import DagBag
-
     from backups.orchestration.connections import AirflowResolver
 
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert bag.import_errors == {}
-    dag = bag.dags["backup_weekly"]
+    dag = load_dags().dags["backup_weekly"]
     dr = dag.test(logical_date=datetime(2026, 8, 2, 1, 0, tzinfo=UTC))
-    states = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dr.get_task_instances()}
+    states = task_states(dr)
     assert dr.state == "success", states
     assert [states[f"backup.upload[{i}]"] for i in range(3)] == ["success"] * 3
     cfg = load_config()

@@ -26,12 +26,12 @@ import pytest
 from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.snapshot import run_backup
+from tests.dags.common import load_dags, task_states
 from tests.helpers import ROOT, app_tree, db_rows
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401  (session fixture: moto's S3 server)
 
 pytestmark = pytest.mark.airflow
 
-DAGS = ROOT / "dags"
 DAG_ID = "restore_snapshot"
 WEEKLY = "weekly-20260104T010000Z"
 TASKS = ["locate", "approve_restore", "wait_for_archive", "restore", "verify_restored", "report"]
@@ -41,15 +41,7 @@ EDGES = {("locate", "approve_restore"), ("approve_restore", "wait_for_archive"),
 
 
 def _dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag.dags[DAG_ID]
-
-
-def _states(dr) -> dict[str, str]:
-    return {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+    return load_dags().dags[DAG_ID]
 
 
 def _xcom(dr, task_id: str):
@@ -115,7 +107,7 @@ def test_restore_latest_equals_source_verified_and_reported(airflow_db, app, mon
     monkeypatch.setattr(notifiers, "LISTENERS", [calls.append])
     target = app["tmp"] / "restored"
     dr = _dag().test(run_conf={"target": str(target), "require_approval": False})
-    states = _states(dr)
+    states = task_states(dr)
     assert dr.state == "success", states
     assert states["approve_restore"] == "skipped"
     assert {states[t] for t in TASKS if t != "approve_restore"} == {"success"}
@@ -148,7 +140,7 @@ def test_partial_restore_one_glob_and_one_table(airflow_db, app):
     conf = {"target": str(target), "snapshot": WEEKLY, "storage": "local", "sources": ["app_files", "app_db"],
             "include": ["config/**"], "tables": ["robots"], "require_approval": False}
     dr = _dag().test(run_conf=conf)
-    assert dr.state == "success", _states(dr)
+    assert dr.state == "success", task_states(dr)
     want = {k: v for k, v in app_tree(app["home"]).items() if k.split(os.sep)[0] == "config"}
     assert want and app_tree(target / "app_files") == want
     rows = db_rows(app["home"] / "app.db")
@@ -167,7 +159,7 @@ def test_approval_gate_answered(airflow_db, app, approver, choice):
     dr = _dag().test(run_conf={"target": str(target), "sources": ["app_files"]})
     answer = responder.join(5)
     assert (answer["responded_by"]["name"], answer["chosen_options"]) == ("olga.ops", [choice])
-    states = _states(dr)
+    states = task_states(dr)
     assert dr.state == "success", states
     assert states["approve_restore"] == "success"
     hitl = responder.detail
@@ -193,7 +185,7 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
     calls: list[dict] = []
     monkeypatch.setattr(notifiers, "LISTENERS", [calls.append])
     dr = _dag().test(run_conf={"target": str(target), "require_approval": False})
-    states = _states(dr)
+    states = task_states(dr)
     assert dr.state == "failed"
     assert (states["locate"], states["restore"], states["verify_restored"], states["report"]) == (
         "success", "failed", "upstream_failed", "upstream_failed")
@@ -205,7 +197,7 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
 
     dr = _dag().test(run_conf={"target": str(target), "require_approval": False, "force": True,
                                "sources": ["app_db"]})
-    assert dr.state == "success", _states(dr)
+    assert dr.state == "success", task_states(dr)
     assert sorted(p.name for p in target.iterdir()) == ["RESTORE_REPORT.json", "RESTORE_REPORT.md", "app_db", "keep.txt"]
     assert db_rows(target / "app_db" / "app.db") == db_rows(app["home"] / "app.db")
 
@@ -341,7 +333,7 @@ def test_restore_from_glacier_defers_and_dag_test_runs_the_trigger(airflow_db, g
     target = glacier["tmp"] / "from-glacier"
     dr = _dag().test(run_conf={"target": str(target), "storage": "glacier", "sources": ["app_files"],
                                "require_approval": False})
-    states = _states(dr)
+    states = task_states(dr)
     assert dr.state == "success", states
     loc = _xcom(dr, "locate")
     assert (loc["storage"], loc["archive"]) == ("glacier", True)

@@ -12,21 +12,14 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.snapshot import run_backup
 from backups.storage import open_storage
+from tests.dags.common import load_dags
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.airflow
 
 
-def _bag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    assert bag.import_errors == {}
-    return bag
-
-
 def test_structure():
-    dag = _bag().dags["backup_retention"]
+    dag = load_dags().dags["backup_retention"]
     assert {t.task_id for t in dag.tasks} == {"prune", "report"}
     assert dag.max_active_runs == 1 and "retention" in dag.tags and dag.schedule is not None
     assert "keep_daily=14" in dag.doc_md
@@ -42,7 +35,7 @@ def test_dry_run_then_prune(airflow_db, tmp_path, monkeypatch):
     cfg = load_config()
     for week in range(3):
         run_backup(cfg, "weekly", logical_date=(datetime(2026, 3, 1, 1, tzinfo=UTC) + timedelta(weeks=week)).isoformat())
-    dag = _bag().dags["backup_retention"]
+    dag = load_dags().dags["backup_retention"]
     dr = dag.test(logical_date=datetime(2026, 3, 20, 4, 30, tzinfo=UTC), run_conf={"dry_run": True})
     assert dr.state == "success"
     storage = open_storage(cfg, "local")

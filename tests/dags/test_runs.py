@@ -23,24 +23,10 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.restorer import restore
 from backups.storage import open_storage
+from tests.dags.common import load_dags, task_states
 from tests.helpers import ROOT, app_tree, db_rows, free_port
 
 pytestmark = pytest.mark.airflow
-
-DAGS = ROOT / "dags"
-
-
-def _bag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS))
-    assert bag.import_errors == {}
-    return bag
-
-
-def _states(dr) -> dict[str, str]:
-    return {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
-            for ti in dr.get_task_instances()}
 
 
 @pytest.fixture
@@ -68,12 +54,12 @@ def _asset_events(uri: str) -> list[dict]:
 
 
 def test_weekly_then_daily_end_to_end_restore_equals_source(airflow_db, app):
-    bag = _bag()
+    bag = load_dags()
     dr = bag.dags["backup_weekly"].test(logical_date=datetime(2026, 1, 4, 1, 0, tzinfo=UTC))
-    assert dr.state == "success", _states(dr)
+    assert dr.state == "success", task_states(dr)
     fmr.mutate(app["home"], seed=5, fraction=0.05)
     dr = bag.dags["backup_daily"].test(logical_date=datetime(2026, 1, 5, 2, 0, tzinfo=UTC))
-    states = _states(dr)
+    states = task_states(dr)
     assert dr.state == "success", states
     assert states["backup.extract_data[0]"] == states["backup.extract_config[0]"] == "success"
     assert states["post_backup.cleanup"] == "success"
@@ -123,11 +109,11 @@ def _multi_config(app, monkeypatch, extra: str = "", home: Path | None = None) -
 
 def test_manual_without_approval_two_of_three_storages(airflow_db, app, monkeypatch):
     _multi_config(app, monkeypatch)
-    dag = _bag().dags["backup_manual"]
+    dag = load_dags().dags["backup_manual"]
     conf = {"backup_type": "full", "sources": ["app_db", "app_files"], "storages": ["offsite", "local"],
             "comment": "before the firmware roll-out", "require_approval": False}
     dr = dag.test(logical_date=datetime(2026, 2, 3, 10, 30, tzinfo=UTC), run_conf=conf)
-    states = _states(dr)
+    states = task_states(dr)
     assert dr.state == "success", states
     assert states["approve_backup"] == "skipped"
     assert states["backup.extract_data[1]"] == "skipped"  # system_state: not chosen
@@ -155,14 +141,14 @@ def test_manual_without_approval_two_of_three_storages(airflow_db, app, monkeypa
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("choice", ["Approve", "Reject"])
 def test_manual_approval_gate_answered(airflow_db, app, approver, choice):
-    dag = _bag().dags["backup_manual"]
+    dag = load_dags().dags["backup_manual"]
     day = 4 if choice == "Approve" else 5
     responder = approver("backup_manual", "approve_backup", [choice], {"note": "ok for tonight"})
     dr = dag.test(logical_date=datetime(2026, 2, day, 9, 0, tzinfo=UTC),
                   run_conf={"sources": ["app_db"], "storages": ["local"], "comment": "schema change"})
     answer = responder.join(5)
     assert (answer["responded_by"]["name"], answer["chosen_options"]) == ("olga.ops", [choice])
-    states = _states(dr)
+    states = task_states(dr)
     assert dr.state == "success", states
     assert states["approve_backup"] == "success"
     cfg = load_config()
@@ -211,10 +197,10 @@ def test_missing_source_fails_check_system_state_and_notifies(airflow_db, app, m
     _multi_config(app, monkeypatch, extra="notify_email: [ops@example.com]\n", home=missing)
     calls: list[dict] = []
     monkeypatch.setattr(notifiers, "LISTENERS", [calls.append])
-    dag = _bag().dags["backup_daily"]
+    dag = load_dags().dags["backup_daily"]
     started = time.monotonic()
     dr = dag.test(logical_date=datetime(2026, 3, 2, 2, 0, tzinfo=UTC))
-    states = _states(dr)
+    states = task_states(dr)
     assert dr.state == "failed"
     assert states["pre_backup.check_system_state"] == "failed"
     assert states["pre_backup.prepare_environment"] == "upstream_failed"
