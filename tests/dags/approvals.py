@@ -25,6 +25,7 @@ class Responder:
     (subject, body, options, params, task instance), ``answer`` the API's reply to the response."""
 
     thread: threading.Thread
+    chosen: list[str]
     detail: dict = field(default_factory=dict)
     answer: dict = field(default_factory=dict)
     error: list[str] = field(default_factory=list)
@@ -33,6 +34,7 @@ class Responder:
         self.thread.join(timeout)
         assert not self.error, self.error[0]
         assert self.answer, "the approval was never answered through the API"
+        assert (self.answer["responded_by"]["name"], self.answer["chosen_options"]) == (USER, self.chosen)
         return self.answer
 
 
@@ -61,7 +63,8 @@ def _client():
 def _start(dag_id: str, task_id: str, chosen: list[str], params_input: dict, timeout: float = 120.0) -> Responder:
     client = _client()  # in the test's thread: a login failure fails the test at once
     responder = Responder(threading.Thread(daemon=True, target=lambda: _answer(responder, client, dag_id, task_id,
-                                                                               chosen, params_input, timeout)))
+                                                                               chosen, params_input, timeout)),
+                          chosen)
     responder.thread.start()
     return responder
 
