@@ -282,7 +282,11 @@ class _IndexWriters:
         if e[0] == "f":
             self.files += 1
             self.bytes += e[1]
-            self.out["sums"][0].write(f"{e[5]}  {path}\n".encode("utf-8", "surrogateescape"))
+            if "\\" in path or "\n" in path or "\r" in path:  # escaped exactly as GNU sha256sum does
+                esc = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+                self.out["sums"][0].write(f"\\{e[5]}  {esc}\n".encode("utf-8", "surrogateescape"))
+            else:
+                self.out["sums"][0].write(f"{e[5]}  {path}\n".encode("utf-8", "surrogateescape"))
 
     def delete(self, path: str) -> None:
         self.out["deleted"][0].write(path.encode("utf-8", "surrogateescape") + b"\n")
