@@ -380,13 +380,25 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
         with zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, closefd=False) as zr:
             z = PrefetchReader(zr, CHUNK)
             try:
+                last_key: list[str] | None = None
+                last_sym = None
                 for m, data in tarstream.iter_members(z, CHUNK):
                     name = safe_member(m.name)
                     if m.islnk():
                         safe_member(m.linkname)
+                    key = order_key(name)
+                    if last_key is not None and key <= last_key:
+                        if key == last_key:
+                            raise RefusedError(f"archive {obj['key']} holds {m.name!r} twice; refusing to restore it")
+                        raise IntegrityError(f"{storage.name}: archive {obj['key']} is out of order at {m.name!r}",
+                                             hint="restore from another storage; run `backupctl verify --read-data`")
+                    last_key = key
+                    if last_sym is not None and name.startswith(last_sym):  # descendants follow their ancestor
+                        raise RefusedError(f"archive member {m.name!r} goes through a symlink of the same archive; refusing")
+                    if m.issym():
+                        last_sym = name + "/"
                     if w is None or not m.isfile():
                         continue
-                    key = order_key(name)
                     while w is not None and order_key(w[0]) < key:
                         raise missing(w[0])
                     if w is None or w[0] != name:
