@@ -103,6 +103,7 @@ def order_key(path: str) -> list[str]:
 
 
 _TYPES = frozenset("fdl")
+_new = tuple.__new__  # builds an IndexEntry without the Python-level NamedTuple constructor (hot path)
 _REPAIR = "run `backupctl verify --read-data`; restore from another storage"
 
 
@@ -122,7 +123,7 @@ def iter_index(storage: Storage, obj: dict[str, Any]) -> Iterator[tuple[str, Ind
                 for n, line in enumerate(io.TextIOWrapper(z, encoding="utf-8", errors="surrogateescape"), 1):
                     d = json.loads(line)
                     p = d["p"]
-                    e = IndexEntry(d["t"], d["s"], d["m"], d["mode"], d["i"], d.get("h"), d.get("l"), d["in"])
+                    e = _new(IndexEntry, (d["t"], d["s"], d["m"], d["mode"], d["i"], d.get("h"), d.get("l"), d["in"]))
                     if (e.type not in _TYPES or type(e.size) is not int or type(e.mtime_ns) is not int
                             or type(e.mode) is not int or not isinstance(e.snap, str)
                             or not (e.link is None or isinstance(e.link, str))

@@ -117,6 +117,8 @@ class _Tree:
     def __init__(self, root: Path) -> None:
         self.root = os.open(root, _DIR_FLAGS)
         self.stack: list[tuple[str, int]] = [("", self.root)]
+        #: what to do with the descriptor of a directory left behind (closed later while a writer may still use it)
+        self.retire: Callable[[int], None] = os.close
 
     def dir(self, rel: str, create: bool = True) -> int:
         """The descriptor of directory ``rel`` (``""``: the root), created (mode 0o777 & umask) if missing."""
@@ -127,7 +129,7 @@ class _Tree:
         while len(stack) > 1 and not rel.startswith(stack[-1][0] + "/"):
             if stack[-1][0] == rel:
                 return stack[-1][1]
-            os.close(stack.pop()[1])
+            self.retire(stack.pop()[1])
         cur, fd = stack[-1]
         if cur == rel:
             return fd
@@ -291,13 +293,10 @@ class _Writers:
 
     @staticmethod
     def _write(dir_fd: int, name: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
-        try:
-            if hashlib.sha256(content).hexdigest() != sha:
-                raise error
-            # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
-            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
+        if hashlib.sha256(content).hexdigest() != sha:
+            raise error
+        # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
+        fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             view = memoryview(content)
             while view:
@@ -308,7 +307,7 @@ class _Writers:
             os.close(fd)
 
     def submit(self, dir_fd: int, name: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
-        """Write ``name`` in ``dir_fd`` (a descriptor the writer owns and closes)."""
+        """Write ``name`` in ``dir_fd`` (which must stay open until then: see :meth:`close_later`)."""
         self.budget.acquire()
 
         def run() -> None:
@@ -320,6 +319,16 @@ class _Writers:
         self.futures.append(self.pool.submit(run))
         if len(self.futures) >= 256:
             self._reap(len(self.futures) // 2)
+
+    def close_later(self, fds: list[int]) -> None:
+        """Close directory descriptors after the writes queued so far (one writer thread: tasks run in order).
+        ``fds`` is emptied when done; whatever is left in it after :meth:`close` was never closed."""
+
+        def run() -> None:
+            while fds:
+                os.close(fds.pop())
+
+        self.pool.submit(run)
 
     def _reap(self, n: int) -> None:
         done, self.futures = self.futures[:n], self.futures[n:]
@@ -372,6 +381,9 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                               hint="the stored object is damaged: run `backupctl verify --read-data` and restore from another storage")
 
     writers = _Writers()
+    retired: list[int] = []  # directories the tree left while writes in them may still be queued
+    batches: list[list[int]] = []
+    tree.retire = retired.append
     w = next(wanted, None)
     # Every restored file is checked against its SHA-256 in the (checksum-verified) index, so the archive's own
     # object hash is not recomputed here: that is `verify --read-data`'s job. Member names are only matched
@@ -408,8 +420,12 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                     try:
                         if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
                             content = data.read_all()
-                            writers.submit(os.dup(pfd), fname, content, e.mode, e.mtime_ns, e.sha256, damaged(name))
+                            writers.submit(pfd, fname, content, e.mode, e.mtime_ns, e.sha256, damaged(name))
                             progress.advance(len(content))
+                            if retired:
+                                batches.append(retired[:])
+                                retired.clear()
+                                writers.close_later(batches[-1])
                         else:
                             if _write_large(pfd, fname, data, m.size, progress) != e.sha256:
                                 raise damaged(name)
@@ -435,6 +451,10 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
             finally:
                 z.close()
                 writers.close()
+                tree.retire = os.close
+                for fds in (*batches, retired):  # not closed by the writer (a failure cancelled its tasks)
+                    for fd in fds:
+                        os.close(fd)
     if w is not None:
         raise missing(w[0])
     for _ in wanted:  # drain: the index stream checks its own SHA-256 at the end
