@@ -2,23 +2,24 @@
 
 Algorithm (kopia's restore shape: the restorer resolves and streams, the target only receives):
 
-1. Resolve the chain (full → … → the snapshot) from the manifests; every manifest is checksum-verified.
+1. Resolve the chain (full → … → the snapshot) from the manifests; every manifest is checksum-verified and its
+   source names checked against the configuration's safe-name rule.
 2. For each selected source, load the snapshot's index — the complete state — and keep the entries that match
-   ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``).
-3. Read each needed archive once, oldest first, as a stream (zstd → tar). Every member name is checked:
-   absolute paths and ``..`` are refused (RefusedError). Only members whose names equal a wanted index path are
-   written (members of older archives below a path whose type changed since are simply not wanted), under a
-   private ``.<source>.partial-*`` directory, hashed as they are written and compared with the index.
-
-Confinement does not depend on the archive format: every index path is validated when the index is read (no
-absolute path, no ``.``/``..``/empty component, no duplicate, nothing below a non-directory), source names are
-validated when the manifest is read, and every entry is created through directory descriptors opened one
-component at a time with ``O_NOFOLLOW`` (:class:`_Tree`), so nothing is ever created or written through a symlink.
-
-4. Hard links are linked once their files are written; symlinks are created last; then directory modes and times.
+   ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``). Every index path
+   is validated as it is read (no absolute path, no ``.``/``..``/empty component, no duplicate, nothing below a
+   non-directory, hard links only to such paths): see :func:`~backups.engine.archiver.iter_index`.
+3. Read each needed archive once, oldest first, as a stream (zstd → tar). Every member name is checked
+   (absolute paths, ``..``, duplicates and members below a symlink of the same archive are refused), but only
+   members whose names equal a wanted index path are written — members of older archives below a path whose
+   type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, hashed
+   as they are written and compared with the index.
+4. Hard links are linked once their files are written; symlinks are created last; then directory modes and
+   times. Every entry is created through directory descriptors opened one component at a time with
+   ``O_NOFOLLOW`` (:class:`_Tree`), so nothing is ever created or written through a symlink, whatever the
+   repository says, and paths longer than PATH_MAX work.
 5. Only when every wanted file was found and matched is the partial directory renamed to ``<target>/<source>``.
-   Any failure removes it: a restore either completes or leaves nothing that looks complete.
-"""
+   Any failure removes it: a restore either completes or leaves nothing that looks complete. ``--force`` also
+   removes the partial directories of a killed restore of that source."""
 
 from __future__ import annotations
 
@@ -246,7 +247,8 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
             except OSError:
                 raise IntegrityError(f"hard link {path!r} -> {first!r}: {first!r} is not a file restored from {snap.id}",
                                      hint="run `backupctl verify --read-data`; restore from another storage") from None
-            out.files += 1
+            out.files += 1  # the same (verified) content under another name
+            out.verified += 1
         for path, e in wanted_links.items():  # symlinks last: nothing is ever written through one
             pfd, name = tree.parent(path)
             try:
