@@ -302,3 +302,57 @@ def test_force_rerun_removes_leftovers_of_a_killed_restore(env):
     engine_restore_force(storage, cat, cat.get(snap.id), target, force=True)
     assert sorted(p.name for p in target.iterdir()) == [".other.partial-keep", SOURCE]
     assert Path(target / SOURCE / "a").read_text() == "a"
+
+
+# ------------------------------------------------------------------------------------------------ 1. no write through a symlink
+def test_restore_tree_never_writes_through_a_symlink_planted_in_its_way(tmp_path):
+    """The creation layer itself, with a symlink planted where the restore expects a directory or a new file (as a
+    racing process could): it refuses, and nothing appears outside."""
+    from backups.engine.restorer import _FILE_FLAGS, _Tree
+    from backups.errors import RefusedError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(outside, root / "a")
+    (root / "file").write_text("f")
+    tree = _Tree(root)
+    try:
+        with pytest.raises(RefusedError, match="'a' is a symlink or a file"):
+            tree.dir("a/b")
+        with pytest.raises(RefusedError, match="'file' is a symlink or a file"):
+            tree.dir("file/x")
+        pfd, name = tree.parent("c/new")
+        os.symlink(outside / "target", name, dir_fd=pfd)
+        with pytest.raises(OSError):  # O_EXCL | O_NOFOLLOW: an existing name, symlink or not, is never opened
+            os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+    finally:
+        tree.close()
+    assert list(outside.iterdir()) == []
+
+
+def test_restore_into_a_planted_symlink_is_refused(env, monkeypatch):
+    """A symlink appears inside the partial directory between the directories pass and the files pass."""
+    from backups.engine import restorer
+    from backups.errors import RefusedError
+
+    (env["root"] / "d").mkdir()
+    (env["root"] / "d" / "x").write_text("x")
+    snap = _snap(env, "full", 0)
+    outside = env["tmp"] / "outside"
+    outside.mkdir()
+    real = restorer._extract_archive
+
+    def plant(storage, obj, wanted, tree, out, progress):
+        tree.dir("")  # leave every directory, then swap d for a symlink
+        partial = Path(f"/proc/self/fd/{tree.root}").resolve()
+        shutil.rmtree(partial / "d")
+        os.symlink(outside, partial / "d")
+        return real(storage, obj, wanted, tree, out, progress)
+
+    monkeypatch.setattr(restorer, "_extract_archive", plant)
+    with pytest.raises(RefusedError, match="'d' is a symlink"):
+        engine_restore(env["repo"], snap.id, env["tmp"] / "out")
+    assert list(outside.iterdir()) == []
+    assert list((env["tmp"] / "out").iterdir()) == []
