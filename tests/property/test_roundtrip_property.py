@@ -155,7 +155,9 @@ def _coarse(fp: dict[str, tuple]) -> dict[str, tuple]:
 def test_every_snapshot_of_any_history_restores_exactly(data):
     with tempfile.TemporaryDirectory(prefix="prop-") as t:
         tmp = Path(t)
-        repo, states = _run_history(data, tmp, snapshots=data.draw(st.integers(2, 4), label="snapshots"), ops_between=6)
+        long = settings().max_examples >= 1000  # the "long" profile also draws longer histories
+        repo, states = _run_history(data, tmp, snapshots=data.draw(st.integers(2, 6 if long else 4), label="snapshots"),
+                                    ops_between=10 if long else 6)
         for n, (sid, want) in enumerate(states.items()):
             got = fingerprint(engine_restore(repo, sid, tmp / f"r{n}"))
             assert got == want, sid
