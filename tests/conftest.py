@@ -36,3 +36,15 @@ def airflow_db():
 
     db.resetdb()
     yield
+
+
+# Hypothesis profiles (tests/property): "default" keeps make test fast; `--hypothesis-profile=long` searches deeper.
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
+
+_PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]  # no slow 'explain' phase
+
+settings.register_profile("default", max_examples=300, deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow], phases=_PHASES)
+settings.register_profile("long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=_PHASES)
+settings.load_profile("default")
+settings.register_profile("quick", max_examples=20, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow], phases=_PHASES)

@@ -21,6 +21,13 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "backups.yaml"
 ENV_CONFIG = "BACKUP_CONFIG"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = r"^[a-z][a-z0-9_]{0,62}$"
+#: the one safe-name rule for source, storage and tier names: checked when the configuration is loaded and again
+#: when a manifest is read (a source name becomes a directory of the restore target)
+SAFE_NAME = re.compile(_NAME)
+
+
+def is_safe_name(name: object) -> bool:
+    return isinstance(name, str) and SAFE_NAME.fullmatch(name) is not None
 
 
 class _Strict(BaseModel):

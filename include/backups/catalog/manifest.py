@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .. import FORMAT_VERSION, __version__
-from ..errors import IntegrityError, NotFoundError, ObjectNotFound
+from ..config import is_safe_name
+from ..errors import IntegrityError, NotFoundError, ObjectNotFound, RefusedError
 from ..storage.base import Storage
 
 ID_RE = re.compile(r"^(?P<tier>[a-z][a-z0-9_]{0,62})-(?P<ts>\d{8}T\d{6}Z)$")
@@ -74,6 +75,15 @@ def unseal(raw: bytes, where: str) -> dict[str, Any]:
             f"manifest {where} fails its checksum: it was modified or damaged",
             hint="restore from another storage or an older snapshot",
         )
+    sources = doc.get("sources")
+    if not isinstance(sources, dict):
+        raise IntegrityError(f"manifest {where} has no sources mapping", hint="restore from another storage or an older snapshot")
+    for name in sources:
+        if not is_safe_name(name):
+            raise RefusedError(
+                f"manifest {where} names a source {name!r}, which is not a safe name (lowercase letters, digits and _): "
+                "it could make a restore write outside its target; refusing to use this snapshot",
+                hint="the repository was tampered with: restore from another storage")
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise IntegrityError(
             f"manifest {where} has format_version {doc['format_version']}; this backupctl reads up to {FORMAT_VERSION}",
@@ -149,14 +159,17 @@ class Catalog:
         self.storage = storage
         self.snapshots: dict[str, Snapshot] = {}
         self.broken: dict[str, str] = {}
+        self.refused: set[str] = set()  #: broken because unsafe (exit 7), not damaged
         for info in storage.list("snapshots/"):
             if not info.key.endswith(".json"):
                 continue
             sid = info.key[len("snapshots/") : -len(".json")]
             try:
                 doc = unseal(storage.get_bytes(info.key), f"{info.key} on {storage.name}")
-            except IntegrityError as exc:
+            except (IntegrityError, RefusedError) as exc:
                 self.broken[sid] = exc.message
+                if isinstance(exc, RefusedError):
+                    self.refused.add(sid)
                 continue
             if application and doc.get("application") != application:
                 continue
@@ -176,7 +189,8 @@ class Catalog:
         if ref in self.snapshots:
             return self.snapshots[ref]
         if ref in self.broken:
-            raise IntegrityError(self.broken[ref], hint="restore from another storage or an older snapshot")
+            cls = RefusedError if ref in self.refused else IntegrityError
+            raise cls(self.broken[ref], hint="restore from another storage or an older snapshot")
         raise NotFoundError(f"no snapshot {ref!r} on storage {self.storage.name}", hint="`backupctl list` shows the ids")
 
     def chain_of(self, snap: Snapshot) -> list[Snapshot]:
@@ -185,7 +199,8 @@ class Catalog:
         for sid in snap.chain:
             if sid not in self.snapshots:
                 if sid in self.broken:
-                    raise IntegrityError(f"snapshot {snap.id} needs {sid}, whose manifest is damaged: {self.broken[sid]}")
+                    cls = RefusedError if sid in self.refused else IntegrityError
+                    raise cls(f"snapshot {snap.id} needs {sid}, whose manifest is damaged: {self.broken[sid]}")
                 raise IntegrityError(
                     f"snapshot {snap.id} needs {sid}, which is missing from storage {self.storage.name}",
                     hint="restore from another storage, or choose a snapshot whose chain is complete (`backupctl verify --all`)",

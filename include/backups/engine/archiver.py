@@ -18,21 +18,23 @@ the source fails and nothing is committed (the written objects are orphans, invi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import zstandard
 
 from ..catalog.manifest import object_key
-from ..errors import IntegrityError, SourceError
+from ..errors import IntegrityError, RefusedError, SourceError
 from ..sources.base import Entry, SourceReader
 from ..storage.base import Storage
 from ..storage.util import HashingReader, ThreadedHashingSink
@@ -44,8 +46,34 @@ CHUNK = 1 << 20
 PARALLEL_HASH_MIN = 4 << 20  #: files at least this large are hashed on a helper thread while being compressed
 ZSTD_LEVEL = 3
 
-# index entry as a tuple in memory: (type, size, mtime_ns, mode, ino, sha256, link, in)
-IndexEntry = tuple[str, int, int, int, int, str | None, str | None, str]
+class IndexEntry(NamedTuple):
+    """One index line in memory (a tuple: cheap to build and compare)."""
+
+    type: str  #: "f" file (a hard link when ``link`` is set), "d" directory, "l" symlink
+    size: int
+    mtime_ns: int
+    mode: int
+    ino: int
+    sha256: str | None
+    link: str | None  #: symlink target; for a file, the path of the earlier file it is a hard link to
+    snap: str  #: id of the snapshot whose archive holds the bytes (``in``)
+
+
+def unsafe_path(path: Any) -> str | None:
+    """Why ``path`` cannot be a path inside a source (None when it can): relative, no empty, ``.`` or ``..``
+    component, no NUL. Every path a restore creates passes this first (cheap: string tests only)."""
+    if not isinstance(path, str) or not path:
+        return "it is empty or not a string"
+    if path[0] == "/":
+        return "it is absolute"
+    if "\x00" in path:
+        return "it contains a NUL byte"
+    if "//" in path or path[-1] == "/":
+        return "it has an empty component"
+    if (path in (".", "..") or path.startswith(("./", "../")) or path.endswith(("/.", "/.."))
+            or "/./" in path or "/../" in path):
+        return "it has a '.' or '..' component"
+    return None
 
 
 def compressor(threads: int = -1) -> zstandard.ZstdCompressor:
@@ -74,25 +102,53 @@ def order_key(path: str) -> list[str]:
     return path.split("/")
 
 
+_TYPES = frozenset("fdl")
+_new = tuple.__new__  # builds an IndexEntry without the Python-level NamedTuple constructor (hot path)
+_REPAIR = "run `backupctl verify --read-data`; restore from another storage"
+
+
 def iter_index(storage: Storage, obj: dict[str, Any]) -> Iterator[tuple[str, IndexEntry]]:
-    """Stream an index object in its (canonical) order, checking order and, at the end, its SHA-256."""
+    """Stream an index object in its (canonical) order, checking order and, at the end, its SHA-256.
+
+    A damaged index (bad zstd, bad JSON, wrong fields, out of order) is an IntegrityError; an entry whose path
+    could escape (absolute, ``..``), a duplicate, or an entry below a non-directory is a RefusedError."""
     last: list[str] | None = None
-    with storage.open_read(obj["key"]) as raw:
-        hr = HashingReader(raw)
-        with zstandard.ZstdDecompressor().stream_reader(hr, closefd=False) as z:
-            for line in io.TextIOWrapper(z, encoding="utf-8", errors="surrogateescape"):
-                d = json.loads(line)
-                key = order_key(d["p"])
-                if last is not None and key <= last:
-                    raise IntegrityError(f"{storage.name}: index {obj['key']} is out of order at {d['p']!r}",
-                                         hint="run `backupctl verify --read-data`; restore from another storage")
-                last = key
-                yield d["p"], (d["t"], d["s"], d["m"], d["mode"], d["i"], d.get("h"), d.get("l"), d["in"])
-        while hr.read(CHUNK):
-            pass
+    last_path, last_type = "", "d"
+    key_name = obj.get("key") if isinstance(obj, dict) else None
+    where = f"{storage.name}: index {key_name}"
+    try:
+        with storage.open_read(obj["key"]) as raw:
+            hr = HashingReader(raw)
+            with zstandard.ZstdDecompressor().stream_reader(hr, closefd=False) as z:
+                for n, line in enumerate(io.TextIOWrapper(z, encoding="utf-8", errors="surrogateescape"), 1):
+                    d = json.loads(line)
+                    p = d["p"]
+                    e = _new(IndexEntry, (d["t"], d["s"], d["m"], d["mode"], d["i"], d.get("h"), d.get("l"), d["in"]))
+                    if (e.type not in _TYPES or type(e.size) is not int or type(e.mtime_ns) is not int
+                            or type(e.mode) is not int or not isinstance(e.snap, str)
+                            or not (e.link is None or isinstance(e.link, str))
+                            or not (e.sha256 is None or isinstance(e.sha256, str))):
+                        raise IntegrityError(f"{where}: line {n} is not a valid entry", hint=_REPAIR)
+                    why = unsafe_path(p)
+                    if why is not None:
+                        raise RefusedError(f"{where}: entry {p!r} would escape the restore target ({why}); refusing")
+                    if e.type == "f" and e.link is not None and unsafe_path(e.link) is not None:
+                        raise RefusedError(f"{where}: hard link {p!r} -> {e.link!r} would escape the restore target; refusing")
+                    key = order_key(p)
+                    if last is not None and key <= last:
+                        if key == last:
+                            raise RefusedError(f"{where}: duplicate entry {p!r}; refusing to restore it")
+                        raise IntegrityError(f"{where} is out of order at {p!r}", hint=_REPAIR)
+                    if last_type != "d" and p.startswith(last_path + "/"):
+                        raise RefusedError(f"{where}: entry {p!r} goes through {last_path!r}, which is not a directory; refusing")
+                    last, last_path, last_type = key, p, e.type
+                    yield p, e
+            while hr.read(CHUNK):
+                pass
+    except (ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError) as exc:  # JSONDecodeError is a ValueError
+        raise IntegrityError(f"{where} is damaged ({exc.__class__.__name__}: {exc})", hint=_REPAIR) from None
     if hr.hexdigest() != obj["sha256"]:
-        raise IntegrityError(f"{storage.name}: index {obj['key']} does not match its SHA-256 in the manifest",
-                             hint="run `backupctl verify --read-data`; restore from another storage")
+        raise IntegrityError(f"{where} does not match its SHA-256 in the manifest", hint=_REPAIR)
 
 
 @contextmanager
@@ -149,6 +205,10 @@ class _TarStream:
 
     def add_meta(self, e: Entry) -> None:
         self._open().write(_tarinfo(e, 0))
+        self.members += 1
+
+    def add_hardlink(self, e: Entry, target: str) -> None:
+        self._open().write(tarstream.header(e.path, "h", e.mode, e.mtime_ns // 1_000_000_000, 0, target))
         self.members += 1
 
     def add_file(self, e: Entry, fh: BinaryIO, size: int, progress: Progress) -> tuple[str, bool]:
@@ -223,7 +283,11 @@ class _IndexWriters:
         if e[0] == "f":
             self.files += 1
             self.bytes += e[1]
-            self.out["sums"][0].write(f"{e[5]}  {path}\n".encode("utf-8", "surrogateescape"))
+            if "\\" in path or "\n" in path or "\r" in path:  # escaped exactly as GNU sha256sum does
+                esc = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+                self.out["sums"][0].write(f"\\{e[5]}  {esc}\n".encode("utf-8", "surrogateescape"))
+            else:
+                self.out["sums"][0].write(f"{e[5]}  {path}\n".encode("utf-8", "surrogateescape"))
 
     def delete(self, path: str) -> None:
         self.out["deleted"][0].write(path.encode("utf-8", "surrogateescape") + b"\n")
@@ -262,6 +326,7 @@ def backup_source(
         idx = _IndexWriters(stack, storage, snap_id, reader.name)
         nxt = next(parent_iter, None)
         last: list[str] | None = None
+        primaries: dict[tuple[int, int], tuple[str, IndexEntry, bool]] = {}  # (dev, ino) -> first path, entry, stored now
         for e in prep.entries:
             key = order_key(e.path)
             if last is not None and key <= last:
@@ -274,38 +339,70 @@ def backup_source(
             if nxt is not None and nxt[0] == e.path:
                 prev = nxt[1]
                 nxt = next(parent_iter, None)
-            if prev is not None and prev[0] == e.type and prev[3] == e.mode:
-                if e.type == "f" and detection == "meta" and prev[1] == e.size and prev[2] == e.mtime_ns and prev[4] == e.ino:
+                if prev.type != e.type:  # a type change is a deletion then a new entry (the by-hand restore needs it)
+                    idx.delete(e.path)
+                    prev = None
+            if e.type == "f" and e.nlink > 1:
+                first = primaries.get((e.dev, e.ino))
+                if first is not None:  # a hard link to a file stored (or referenced) above
+                    ppath, pe, pstored = first
+                    ent = IndexEntry("f", pe.size, pe.mtime_ns, pe.mode, e.ino, pe.sha256, ppath, pe.snap)
+                    if pstored or prev is None or prev.link != ppath:
+                        tar.add_hardlink(e, ppath)  # the by-hand restore (tar) needs it again when the file changed
+                    idx.add(e.path, ent)
+                    continue
+            if prev is not None and prev.mode == e.mode:
+                if (e.type == "f" and detection == "meta" and prev.link is None and prev.size == e.size
+                        and prev.mtime_ns == e.mtime_ns and prev.ino == e.ino):
                     idx.add(e.path, prev)
+                    if e.nlink > 1:
+                        primaries[(e.dev, e.ino)] = (e.path, prev, False)
                     progress.skip(e.size)
                     continue
-                if e.type in "dl" and prev[2] == e.mtime_ns and prev[6] == e.link:
-                    idx.add(e.path, (*prev[:4], e.ino, prev[5], prev[6], prev[7]))
+                if e.type in "dl" and prev.mtime_ns == e.mtime_ns and prev.link == e.link:
+                    idx.add(e.path, prev._replace(ino=e.ino))
                     continue
             if e.type != "f":
                 tar.add_meta(e)
-                idx.add(e.path, (e.type, 0, e.mtime_ns, e.mode, e.ino, None, e.link, snap_id))
+                idx.add(e.path, IndexEntry(e.type, 0, e.mtime_ns, e.mode, e.ino, None, e.link, snap_id))
                 continue
             try:
-                fh = open(e.fs_path, "rb", buffering=0)  # noqa: SIM115 - closed below
+                fd = e.open()
             except OSError as exc:
+                if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:  # gone, or replaced by a symlink
+                    warnings.append(f"{e.path}: file removed before we read it")
+                    log.warning("source %s: %r: file removed before we read it", reader.name, e.path)
+                    if prev is not None:
+                        idx.delete(e.path)
+                    continue
                 prep.unreadable.append(f"{e.path} ({exc.strerror})")
                 if prev is not None:  # keep the last good version rather than losing the file from the snapshot
                     idx.add(e.path, prev)
                 continue
-            with fh:
-                size = os.fstat(fh.fileno()).st_size
-                if detection == "checksum" and prev is not None and prev[0] == "f" and prev[3] == e.mode and prev[1] == size:
+            with open(fd, "rb", buffering=0, closefd=True) as fh:
+                st = os.fstat(fd)
+                size = st.st_size
+                e.mtime_ns, e.mode, e.ino = st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino  # what is read
+                if (detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
+                        and prev.mode == e.mode and prev.size == size):
                     sha = _hash_open(fh)
-                    if sha == prev[5]:
-                        idx.add(e.path, ("f", size, e.mtime_ns, e.mode, e.ino, sha, None, prev[7]))
+                    if sha == prev.sha256:
+                        ent = IndexEntry("f", size, e.mtime_ns, e.mode, e.ino, sha, None, prev.snap)
+                        idx.add(e.path, ent)
+                        if e.nlink > 1:
+                            primaries[(e.dev, e.ino)] = (e.path, ent, False)
                         progress.skip(size)
                         continue
                     fh.seek(0)
                 sha, short = tar.add_file(e, fh, size, progress)
-            if short:
+                after = os.fstat(fd)
+            if short or after.st_mtime_ns != st.st_mtime_ns or after.st_size != size:
                 warnings.append(f"{e.path}: changed while being read; stored as read")
-            idx.add(e.path, ("f", size, e.mtime_ns, e.mode, e.ino, sha, None, snap_id))
+                log.warning("source %s: %r changed while being read; stored as read", reader.name, e.path)
+            ent = IndexEntry("f", size, e.mtime_ns, e.mode, e.ino, sha, None, snap_id)
+            idx.add(e.path, ent)
+            if e.nlink > 1:
+                primaries[(e.dev, e.ino)] = (e.path, ent, True)
             stored += 1
             progress.file_done()
         while nxt is not None:
@@ -316,7 +413,7 @@ def backup_source(
             if on_unreadable == "fail":
                 raise SourceError(
                     f"source {reader.name}: {len(prep.unreadable)} path(s) could not be read:\n    {listing}",
-                    hint=f"fix their permissions, exclude them, or set sources.{reader.name}.on_unreadable: warn")
+                    hint=f"give the backup user read access to them, exclude them, or set sources.{reader.name}.on_unreadable: warn")
             warnings.append(f"{len(prep.unreadable)} unreadable path(s) skipped (previous version kept where there was one): "
                             + "; ".join(prep.unreadable[:20]))
         tar.close()

@@ -2,28 +2,38 @@
 
 Algorithm (kopia's restore shape: the restorer resolves and streams, the target only receives):
 
-1. Resolve the chain (full → … → the snapshot) from the manifests; every manifest is checksum-verified.
+1. Resolve the chain (full → … → the snapshot) from the manifests; every manifest is checksum-verified and its
+   source names checked against the configuration's safe-name rule.
 2. For each selected source, load the snapshot's index — the complete state — and keep the entries that match
-   ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``).
-3. Read each needed archive once, oldest first, as a stream (zstd → tar). Every member name is checked before
-   anything else: absolute paths, ``..`` and paths through a symlink are refused (RefusedError), whatever the
-   index says. Wanted members are written under a private ``.<source>.partial-*`` directory, hashed as they
-   are written and compared with the index; the whole object's SHA-256 is compared with the manifest.
-4. Symlinks are created last (nothing is ever written through one), then modes and times are applied.
+   ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``). Every index path
+   is validated as it is read (no absolute path, no ``.``/``..``/empty component, no duplicate, nothing below a
+   non-directory, hard links only to such paths): see :func:`~backups.engine.archiver.iter_index`.
+3. Read each needed archive once, oldest first, as a stream (zstd → tar). Every member name is checked
+   (absolute paths, ``..``, duplicates and members below a symlink of the same archive are refused), but only
+   members whose names equal a wanted index path are written — members of older archives below a path whose
+   type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, hashed
+   as they are written and compared with the index.
+4. Hard links are linked once their files are written; symlinks are created last; then directory modes and
+   times. Every entry is created through directory descriptors opened one component at a time with
+   ``O_NOFOLLOW`` (:class:`_Tree`), so nothing is ever created or written through a symlink, whatever the
+   repository says, and paths longer than PATH_MAX work.
 5. Only when every wanted file was found and matched is the partial directory renamed to ``<target>/<source>``.
-   Any failure removes it: a restore either completes or leaves nothing that looks complete.
-"""
+   Any failure removes it: a restore either completes or leaves nothing that looks complete. ``--force`` also
+   removes the partial directories of a killed restore of that source."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +41,7 @@ from typing import Any
 import zstandard
 
 from ..catalog.manifest import Catalog, Snapshot
+from ..config import is_safe_name
 from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError
 from ..sources.files import matches
 from ..storage.base import Storage
@@ -55,7 +66,7 @@ class SourceRestore:
 
 def safe_member(name: str) -> str:
     """Normalised relative member name, or RefusedError for anything that could escape the target."""
-    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
+    if not name or name.startswith("/") or "\x00" in name:
         raise RefusedError(f"archive member {name!r} has an absolute or invalid path; refusing to restore it")
     norm = posixpath.normpath(name.rstrip("/"))
     if norm in ("", ".") or norm.startswith("../") or norm == ".." or "/../" in f"/{name}/":
@@ -79,75 +90,178 @@ def check_target(target: Path, force: bool) -> None:
 
 
 def _prepare_target(target: Path, source: str, force: bool) -> tuple[Path, Path]:
+    if not is_safe_name(source):  # also checked when the manifest is read: this is the last line of defence
+        raise RefusedError(f"source name {source!r} is not a safe name; refusing to restore it")
     final = target / source
     if (final.exists() or final.is_symlink()) and not force:
         raise RefusedError(f"restore target {final} already exists", hint="pass --force to replace it")
     target.mkdir(parents=True, exist_ok=True)
+    if force:  # leftovers of a killed restore of this source (a failing restore removes its own)
+        for leftover in target.iterdir():
+            if leftover.name.startswith((f".{source}.partial-", f".{source}.old-")) and not leftover.is_symlink():
+                log.info("removing %s, left by an interrupted restore", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{source}.partial-", dir=target))
     return final, partial
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Tree:
+    """Creates entries below one root directory through directory descriptors (``openat``): every directory is
+    opened one component at a time with ``O_NOFOLLOW``, so nothing is ever created or written through a symlink
+    (a symlink or a file in the way is a RefusedError), and paths of any total length work. The open directories
+    are the chain from the root to the last one used (entries come in canonical order), so few are open."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.open(root, _DIR_FLAGS)
+        self.stack: list[tuple[str, int]] = [("", self.root)]
+        #: what to do with the descriptor of a directory left behind (closed later while a writer may still use it)
+        self.retire: Callable[[int], None] = os.close
+
+    def dir(self, rel: str, create: bool = True) -> int:
+        """The descriptor of directory ``rel`` (``""``: the root), created (mode 0o777 & umask) if missing."""
+        stack = self.stack
+        top = stack[-1][0]
+        if top == rel:
+            return stack[-1][1]
+        while len(stack) > 1 and not rel.startswith(stack[-1][0] + "/"):
+            if stack[-1][0] == rel:
+                return stack[-1][1]
+            self.retire(stack.pop()[1])
+        cur, fd = stack[-1]
+        if cur == rel:
+            return fd
+        for part in (rel[len(cur) + 1 :] if cur else rel).split("/"):
+            cur = f"{cur}/{part}" if cur else part
+            if create:
+                with suppress(FileExistsError):
+                    os.mkdir(part, dir_fd=fd)
+            try:
+                fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+                    raise RefusedError(f"{cur!r} is a symlink or a file in the restore target, not a directory; "
+                                       "refusing to write through it") from None
+                raise
+            stack.append((cur, fd))
+        return fd
+
+    def parent(self, rel: str) -> tuple[int, str]:
+        """(descriptor of the parent directory, last component) of ``rel``."""
+        parent, _, name = rel.rpartition("/")
+        return self.dir(parent), name
+
+    def close(self) -> None:
+        for _, fd in self.stack:
+            os.close(fd)
+        self.stack = []
 
 
 def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: str, target: Path, *,
                    includes: list[str] | None = None, force: bool = False, progress: Progress | None = None,
                    finish: Callable[[Path], dict[str, Any]] | None = None) -> SourceRestore:
-    """Restore one source. Memory holds only directories and symlinks; files are streamed and merged."""
+    """Restore one source. Memory holds only directories, symlinks and hard links; files are streamed and merged."""
     if source not in snap.sources:
         raise NotFoundError(f"snapshot {snap.id} has no source {source!r}", hint=f"it has: {', '.join(sorted(snap.sources))}")
     rec = snap.sources[source]
     chain = {s.id: s for s in catalog.chain_of(snap)}
     idx_obj = rec["objects"]["index"]
     select = _selector(includes)
-    # pass 1 over the index: directories and symlinks (few) are kept; files are only counted per archive
+    # pass 1 over the index: directories, symlinks and hard links (few) are kept; files are only counted per archive
     dirs: dict[str, IndexEntry] = {}
     links: dict[str, IndexEntry] = {}
+    hardlinks: dict[str, str] = {}  # selected hard link -> the path it links to
+    alias: dict[str, str] = {}  # file not selected itself -> the first selected hard link to it, which gets its bytes
     needed_dirs: set[str] = set()
     per_snap: dict[str, int] = defaultdict(int)
     for path, e in iter_index(storage, idx_obj):
-        if e[0] == "d":
+        if e.type == "d":
             dirs[path] = e
-        elif e[0] == "l":
+        elif e.type == "l":
             links[path] = e
         if not select(path):
             continue
-        if e[0] == "f":
-            per_snap[e[7]] += 1
+        if e.type == "f":
+            if e.link is None:
+                per_snap[e.snap] += 1
+            else:
+                hardlinks[path] = e.link
+                if not select(e.link) and e.link not in alias:
+                    alias[e.link] = path
+                    per_snap[e.snap] += 1
         parent = path.rpartition("/")[0]
         while parent and parent not in needed_dirs:
             needed_dirs.add(parent)
             parent = parent.rpartition("/")[0]
-        if e[0] == "d":
+        if e.type == "d":
             needed_dirs.add(path)
     wanted_dirs = {p: e for p, e in dirs.items() if p in needed_dirs}
     wanted_links = {p: e for p, e in links.items() if select(p)}
-    if includes and not (per_snap or wanted_dirs or wanted_links):
+    if includes and not (per_snap or wanted_dirs or wanted_links or hardlinks):
         raise NotFoundError(f"no path of source {source} in {snap.id} matches {includes}", hint="check the globs with `backupctl show`")
+    for sid in per_snap:
+        if sid not in chain:
+            raise IntegrityError(f"index of {source} in {snap.id} names snapshot {sid!r}, which is not in its chain",
+                                 hint="run `backupctl verify --read-data`; restore from another storage")
     final, partial = _prepare_target(target, source, force)
     progress = progress or Progress.null()
     out = SourceRestore(source, rec["kind"], str(final))
+    tree = _Tree(partial)
     try:
-        real_root = os.path.realpath(partial)
         for path in wanted_dirs:  # canonical order: parents first
-            d = partial / path
-            d.mkdir(parents=True, exist_ok=True)
-            if not os.path.realpath(d).startswith(real_root + os.sep):
-                raise RefusedError(f"directory {path!r} resolves outside the restore target; refusing")
+            tree.dir(path)
         for sid in snap.chain:
             if not per_snap.get(sid):
                 continue
-            obj = chain[sid].sources[source]["objects"]["archive"]
+            obj = chain[sid].sources.get(source, {}).get("objects", {}).get("archive")
             if obj is None:
                 raise IntegrityError(f"snapshot {sid} should hold {per_snap[sid]} file(s) of {source} but has no archive")
-            wanted = ((p, e) for p, e in iter_index(storage, idx_obj) if e[0] == "f" and e[7] == sid and select(p))
-            _extract_archive(storage, obj, wanted, set(links), partial, real_root, out, progress)
+
+            def wanted(sid: str = sid) -> Iterator[tuple[str, str, IndexEntry]]:
+                for p, e in iter_index(storage, idx_obj):
+                    if e.type == "f" and e.snap == sid and e.link is None:
+                        if select(p):
+                            yield p, p, e
+                        elif p in alias:
+                            yield p, alias[p], e
+
+            _extract_archive(storage, obj, wanted(), tree, out, progress)
+        for path, first in hardlinks.items():  # after every file is written, before any symlink exists
+            src = first if select(first) else alias[first]
+            try:
+                if src == path:
+                    st = os.stat(tree.parent(path)[1], dir_fd=tree.parent(path)[0], follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise FileNotFoundError
+                    continue
+                sfd, sname = tree.parent(src)
+                sfd = os.dup(sfd)
+                try:
+                    dfd, dname = tree.parent(path)
+                    os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+                finally:
+                    os.close(sfd)
+            except OSError:
+                raise IntegrityError(f"hard link {path!r} -> {first!r}: {first!r} is not a file restored from {snap.id}",
+                                     hint="run `backupctl verify --read-data`; restore from another storage") from None
+            out.files += 1  # the same (verified) content under another name
+            out.verified += 1
         for path, e in wanted_links.items():  # symlinks last: nothing is ever written through one
-            dest = partial / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(e[6], dest)
-            os.utime(dest, ns=(e[2], e[2]), follow_symlinks=False)
+            pfd, name = tree.parent(path)
+            try:
+                os.symlink(e.link, name, dir_fd=pfd)
+            except FileExistsError:
+                raise RefusedError(f"symlink {path!r} would replace another entry of the restore; refusing") from None
+            os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
         for path in sorted(wanted_dirs, key=lambda p: -p.count("/")):
             e = wanted_dirs[path]
-            os.chmod(partial / path, e[3])
-            os.utime(partial / path, ns=(e[2], e[2]))
+            fd = tree.dir(path, create=False)
+            os.fchmod(fd, e.mode)
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        tree.close()
         if finish is not None:  # partial database restores happen before the result becomes visible
             out.extra.update(finish(partial))
         if final.exists() or final.is_symlink():
@@ -156,12 +270,15 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
             shutil.rmtree(old)
         os.replace(partial, final)
     except BaseException:
+        if tree.stack:
+            tree.close()
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return out
 
 
 SMALL_FILE = 1 << 20
+_ZEROS = bytes(CHUNK)
 
 
 class _Writers:
@@ -177,11 +294,11 @@ class _Writers:
         self.futures: list[Any] = []
 
     @staticmethod
-    def _write(dest: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
+    def _write(dir_fd: int, name: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
         if hashlib.sha256(content).hexdigest() != sha:
             raise error
         # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             view = memoryview(content)
             while view:
@@ -191,18 +308,29 @@ class _Writers:
         finally:
             os.close(fd)
 
-    def submit(self, dest: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
+    def submit(self, dir_fd: int, name: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
+        """Write ``name`` in ``dir_fd`` (which must stay open until then: see :meth:`close_later`)."""
         self.budget.acquire()
 
         def run() -> None:
             try:
-                self._write(dest, content, mode, mtime_ns, sha, error)
+                self._write(dir_fd, name, content, mode, mtime_ns, sha, error)
             finally:
                 self.budget.release()
 
         self.futures.append(self.pool.submit(run))
         if len(self.futures) >= 256:
             self._reap(len(self.futures) // 2)
+
+    def close_later(self, fds: list[int]) -> None:
+        """Close directory descriptors after the writes queued so far (one writer thread: tasks run in order).
+        ``fds`` is emptied when done; whatever is left in it after :meth:`close` was never closed."""
+
+        def run() -> None:
+            while fds:
+                os.close(fds.pop())
+
+        self.pool.submit(run)
 
     def _reap(self, n: int) -> None:
         done, self.futures = self.futures[:n], self.futures[n:]
@@ -216,20 +344,35 @@ class _Writers:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tuple[str, IndexEntry]], links: set[str],
-                     partial: Path, real_root: str, out: SourceRestore, progress: Progress) -> None:
-    """Merge one archive's members with the wanted files it holds (both in canonical order)."""
-    safe_dirs: set[str] = {""}
-    base = str(partial)
+def _write_large(dir_fd: int, name: str, data: tarstream.MemberReader, size: int, progress: Progress) -> str:
+    """Stream one large member into a new file; all-zero chunks become holes (sparse files come back sparse)."""
+    h = hashlib.sha256()
+    fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        hole = False
+        while chunk := data.read(CHUNK):
+            h.update(chunk)
+            if len(chunk) == CHUNK and chunk == _ZEROS:
+                os.lseek(fd, CHUNK, os.SEEK_CUR)
+                hole = True
+            else:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+            progress.advance(len(chunk))
+        if hole:
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
 
-    def ensure_dir(rel: str) -> None:
-        if rel in safe_dirs:
-            return
-        d = os.path.join(base, rel)
-        os.makedirs(d, exist_ok=True)
-        if not os.path.realpath(d).startswith(real_root + os.sep):
-            raise RefusedError(f"archive path {rel!r} resolves outside the restore target; refusing")
-        safe_dirs.add(rel)
+
+def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tuple[str, str, IndexEntry]],
+                     tree: _Tree, out: SourceRestore, progress: Progress) -> None:
+    """Merge one archive's members with the wanted files it holds (both in canonical order).
+
+    ``wanted`` yields (member path, path to write, entry): the two differ only for a file whose bytes go to a
+    hard link to it (when ``--include`` selected the link but not the file)."""
 
     def missing(path: str) -> IntegrityError:
         return IntegrityError(f"{path}: not found in archive {obj['key']} where the index says it is",
@@ -240,51 +383,64 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                               hint="the stored object is damaged: run `backupctl verify --read-data` and restore from another storage")
 
     writers = _Writers()
+    retired: list[int] = []  # directories the tree left while writes in them may still be queued
+    batches: list[list[int]] = []
+    tree.retire = retired.append
     w = next(wanted, None)
     # Every restored file is checked against its SHA-256 in the (checksum-verified) index, so the archive's own
-    # object hash is not recomputed here: that is `verify --read-data`'s job.
+    # object hash is not recomputed here: that is `verify --read-data`'s job. Member names are only matched
+    # against the (validated) index paths; every member name is still checked so a crafted archive is refused.
     with storage.open_read(obj["key"]) as raw:
         with zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, closefd=False) as zr:
             z = PrefetchReader(zr, CHUNK)
             try:
+                last_key: list[str] | None = None
+                last_sym = None
                 for m, data in tarstream.iter_members(z, CHUNK):
                     name = safe_member(m.name)
-                    parent = name.rpartition("/")[0]
-                    if parent and parent not in safe_dirs:
-                        parts = parent.split("/")
-                        for i in range(1, len(parts) + 1):
-                            if "/".join(parts[:i]) in links:
-                                raise RefusedError(f"archive member {m.name!r} goes through a symlink; refusing to restore it")
                     if m.islnk():
-                        raise RefusedError(f"archive member {m.name!r} is a hard link; this format never writes them, refusing")
+                        safe_member(m.linkname)
+                    key = order_key(name)
+                    if last_key is not None and key <= last_key:
+                        if key == last_key:
+                            raise RefusedError(f"archive {obj['key']} holds {m.name!r} twice; refusing to restore it")
+                        raise IntegrityError(f"{storage.name}: archive {obj['key']} is out of order at {m.name!r}",
+                                             hint="restore from another storage; run `backupctl verify --read-data`")
+                    last_key = key
+                    if last_sym is not None and name.startswith(last_sym):  # descendants follow their ancestor
+                        raise RefusedError(f"archive member {m.name!r} goes through a symlink of the same archive; refusing")
+                    if m.issym():
+                        last_sym = name + "/"
                     if w is None or not m.isfile():
                         continue
-                    key = order_key(name)
                     while w is not None and order_key(w[0]) < key:
                         raise missing(w[0])
                     if w is None or w[0] != name:
                         continue
-                    path, e = w
-                    ensure_dir(parent)
-                    dest = os.path.join(base, name)
-                    if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
-                        content = data.read_all()
-                        writers.submit(dest, content, e[3], e[2], e[5], damaged(name))
-                        progress.advance(len(content))
-                    else:
-                        h = hashlib.sha256()
-                        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-                        with os.fdopen(fd, "wb") as fh:
-                            while chunk := data.read(CHUNK):
-                                h.update(chunk)
-                                fh.write(chunk)
-                                progress.advance(len(chunk))
-                            os.chmod(fd, e[3])
-                        if h.hexdigest() != e[5]:
-                            raise damaged(name)
-                        os.utime(dest, ns=(e[2], e[2]))
+                    _, dest, e = w
+                    pfd, fname = tree.parent(dest)
+                    try:
+                        if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
+                            content = data.read_all()
+                            writers.submit(pfd, fname, content, e.mode, e.mtime_ns, e.sha256, damaged(name))
+                            progress.advance(len(content))
+                            if retired:
+                                batches.append(retired[:])
+                                retired.clear()
+                                writers.close_later(batches[-1])
+                        else:
+                            if _write_large(pfd, fname, data, m.size, progress) != e.sha256:
+                                raise damaged(name)
+                            fd = os.open(fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                            try:
+                                os.fchmod(fd, e.mode)
+                                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                            finally:
+                                os.close(fd)
+                    except FileExistsError:
+                        raise RefusedError(f"{dest!r} is written twice by this restore; refusing") from None
                     out.files += 1
-                    out.bytes += e[1]
+                    out.bytes += e.size
                     out.verified += 1
                     w = next(wanted, None)
                 writers.finish()
@@ -297,6 +453,10 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
             finally:
                 z.close()
                 writers.close()
+                tree.retire = os.close
+                for fds in (*batches, retired):  # not closed by the writer (a failure cancelled its tasks)
+                    for fd in fds:
+                        os.close(fd)
     if w is not None:
         raise missing(w[0])
     for _ in wanted:  # drain: the index stream checks its own SHA-256 at the end

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
-TYPES = {"f": b"0", "d": b"5", "l": b"2"}
+TYPES = {"f": b"0", "d": b"5", "l": b"2", "h": b"1"}  # h: hard link to ``link`` (an earlier member)
 
 
 def _octal(value: int, width: int) -> bytes:
@@ -61,7 +61,7 @@ def _pax(path: str, kind: str, mode: int, mtime: int, size: int, link: str) -> b
     ti = tarfile.TarInfo(path)
     ti.mtime, ti.mode, ti.size = mtime, mode, size if kind == "f" else 0
     ti.uname = ti.gname = ""
-    ti.type = {"f": tarfile.REGTYPE, "d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE}[kind]
+    ti.type = {"f": tarfile.REGTYPE, "d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE, "h": tarfile.LNKTYPE}[kind]
     ti.linkname = link
     return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 

@@ -30,19 +30,35 @@ class Entry:
     mode: int  #: permission bits
     ino: int
     link: str | None = None
-    fs_path: str = ""  #: absolute path to read the content from
+    fs_path: str = ""  #: path to read the content from: absolute, or a name relative to ``dir_fd``
+    dir_fd: int | None = None  #: open directory ``fs_path`` is relative to (valid while the entry is processed)
+    nlink: int = 1  #: hard-link count (files with more than one link are stored once, then as hard links)
+    dev: int = 0  #: device number (with ``ino``, identifies hard links)
 
     @classmethod
-    def from_stat(cls, rel: str, fs_path: str, st: os.stat_result) -> Entry | None:
+    def from_stat(cls, rel: str, fs_path: str, st: os.stat_result, dir_fd: int | None = None) -> Entry | None:
+        """The entry for a stat result, or None for sockets, FIFOs and device nodes (see :func:`special_kind`)."""
         if stat.S_ISREG(st.st_mode):
             kind, link, size = "f", None, st.st_size
         elif stat.S_ISDIR(st.st_mode):
             kind, link, size = "d", None, 0
         elif stat.S_ISLNK(st.st_mode):
-            kind, link, size = "l", os.readlink(fs_path), 0
+            kind, link, size = "l", os.readlink(fs_path, dir_fd=dir_fd), 0
         else:
-            return None  # sockets, fifos, devices are not application data
-        return cls(rel, kind, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino, link, fs_path)
+            return None
+        return cls(rel, kind, size, st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino, link, fs_path, dir_fd,
+                   st.st_nlink if kind == "f" else 1, st.st_dev)
+
+    def open(self) -> int:
+        """A read-only descriptor of the file's content; never follows a symlink (it may have been swapped in)."""
+        return os.open(self.fs_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+
+
+def special_kind(st: os.stat_result) -> str:
+    """A readable name for a file type that is not backed up."""
+    m = st.st_mode
+    return ("FIFO" if stat.S_ISFIFO(m) else "socket" if stat.S_ISSOCK(m) else "character device" if stat.S_ISCHR(m)
+            else "block device" if stat.S_ISBLK(m) else "special file")
 
 
 @dataclass
@@ -86,8 +102,10 @@ def walk_staging(root: Path) -> Iterator[Entry]:
             if de.is_dir(follow_symlinks=False):
                 yield from walk(rel)
                 continue
-            e = Entry.from_stat(rel, de.path, de.stat(follow_symlinks=False))
+            st = de.stat(follow_symlinks=False)
+            e = Entry.from_stat(rel, de.path, st)
             if e is not None:
+                e.nlink = 1  # dump files are never hard links of each other
                 yield e
 
     yield from walk("")

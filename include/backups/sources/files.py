@@ -4,11 +4,13 @@ Globs are matched against the path relative to ``root``: ``*`` stays inside one 
 directories (``config/**`` is everything under config/, ``**/*.tmp`` any .tmp file at any depth). Directories
 are recorded when they contain an included entry, so their permissions and times are restored too.
 Unreadable files are collected, not silently skipped: the snapshot fails with the list unless
-``on_unreadable: warn``.
+``on_unreadable: warn``. Files that vanish while the backup runs (rotated logs, deleted uploads) and sockets,
+FIFOs and device nodes are skipped with a warning in the manifest and the log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -17,11 +19,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import SourceError
-from .base import Entry, Prepared, SourceReader
+from .base import Entry, Prepared, SourceReader, special_kind
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=256)
 def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a glob: ``*`` and ``?`` stay inside one directory, ``**`` crosses directories, ``\\x`` matches
+    ``x`` literally (``\\*``, ``\\?``, ``\\\\``); every other character, newlines included, matches itself."""
     i, out = 0, []
     while i < len(pattern):
         c = pattern[i]
@@ -37,10 +43,18 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
         elif c == "?":
             out.append("[^/]")
             i += 1
+        elif c == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
         else:
             out.append(re.escape(c))
             i += 1
-    return re.compile("".join(out) + r"\Z")
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+def glob_escape(path: str) -> str:
+    """A glob that matches exactly ``path`` (its ``*``, ``?`` and ``\\`` taken literally)."""
+    return re.sub(r"([*?\\])", r"\\\1", path)
 
 
 def matches(path: str, patterns: list[str] | tuple[str, ...]) -> bool:
@@ -72,24 +86,31 @@ class FilesSource(SourceReader):
 
     def estimate(self) -> int:
         total = 0
-        for e in self._scan([]):
+        for e in self._scan([], []):
             total += e.size
         return total
 
     def _included(self, rel: str) -> bool:
         return matches(rel, self.include) and not matches(rel, self.exclude)
 
-    def _scan(self, unreadable: list[str]) -> Iterator[Entry]:
+    def _scan(self, unreadable: list[str], warnings: list[str]) -> Iterator[Entry]:
         """Included entries in canonical order (by path components; a directory right before its contents).
 
         A directory is emitted when it matches the include globs itself, or just before the first included
-        entry below it (so its permissions and times come back on restore)."""
+        entry below it (so its permissions and times come back on restore). The tree is walked with directory
+        descriptors (``openat``), so paths of any total length work and no symlink is ever followed; an entry's
+        ``dir_fd`` stays open until the consumer asks for the next entry. Entries that vanish while the tree is
+        walked and sockets, FIFOs and device nodes are reported in ``warnings``."""
         pending: list[Entry] = []  # ancestors not emitted yet
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-        def walk(rel_dir: str) -> Iterator[Entry]:
-            full_dir = os.path.join(self.root, rel_dir) if rel_dir else str(self.root)
+        def vanished(rel: str) -> None:
+            warnings.append(f"{rel}: file removed before we read it")
+            log.warning("source %s: %r: file removed before we read it", self.name, rel)
+
+        def walk(dfd: int, rel_dir: str) -> Iterator[Entry]:
             try:
-                with os.scandir(full_dir) as it:
+                with os.scandir(dfd) as it:
                     items = sorted(it, key=lambda d: d.name)
             except OSError as exc:
                 unreadable.append(f"{rel_dir or '.'}/ ({exc.strerror})")
@@ -97,35 +118,60 @@ class FilesSource(SourceReader):
             for de in items:
                 rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                 try:
-                    e = Entry.from_stat(rel, de.path, de.stat(follow_symlinks=False))
+                    st = de.stat(follow_symlinks=False)
+                    e = Entry.from_stat(rel, de.name, st, dfd)
+                except FileNotFoundError:
+                    vanished(rel)
+                    continue
                 except OSError as exc:
                     unreadable.append(f"{rel} ({exc.strerror})")
                     continue
-                if e is None or matches(rel, self.exclude):
+                if matches(rel, self.exclude):
+                    continue
+                if e is None:
+                    if self._included(rel):
+                        msg = f"{rel}: {special_kind(st)} skipped (sockets, FIFOs and device nodes are not backed up)"
+                        warnings.append(msg)
+                        log.warning("source %s: %s", self.name, msg)
                     continue
                 if e.type == "d":
-                    if self._included(rel):
-                        yield from pending
-                        pending.clear()
-                        yield e
-                        yield from walk(rel)
-                    else:
-                        pending.append(e)
-                        yield from walk(rel)
-                        if pending and pending[-1] is e:
-                            pending.pop()
+                    try:
+                        sub = os.open(de.name, flags, dir_fd=dfd)
+                    except FileNotFoundError:
+                        vanished(rel)
+                        continue
+                    except OSError as exc:
+                        unreadable.append(f"{rel}/ ({exc.strerror})")
+                        continue
+                    try:
+                        if self._included(rel):
+                            yield from pending
+                            pending.clear()
+                            yield e
+                            yield from walk(sub, rel)
+                        else:
+                            pending.append(e)
+                            yield from walk(sub, rel)
+                            if pending and pending[-1] is e:
+                                pending.pop()
+                    finally:
+                        os.close(sub)
                 elif self._included(rel):
                     yield from pending
                     pending.clear()
                     yield e
 
-        yield from walk("")
+        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield from walk(root, "")
+        finally:
+            os.close(root)
 
     @contextmanager
     def prepare(self, staging: Path) -> Iterator[Prepared]:
         self.check()
         prepared = Prepared(entries=iter(()))
-        prepared.entries = self._scan(prepared.unreadable)
+        prepared.entries = self._scan(prepared.unreadable, prepared.warnings)
         yield prepared
 
 
