@@ -277,8 +277,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .engine.retention import apply_prune, plan_prune
+    from .engine.retention import prune_storage
     from .storage import open_storage
 
     cfg, resolver = _load(args)
@@ -287,18 +286,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for n in names:
         storage = open_storage(cfg, n, resolver, read_only=args.dry_run)
         storage.check()
-        cat = Catalog(storage, cfg.application)
-        plan = plan_prune(cfg, storage, cat)
-        if not args.dry_run:
-            apply_prune(storage, cat, plan)
-        results.append(plan)
+        results.append(prune_storage(cfg, storage, dry_run=args.dry_run))
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "storages": [r.to_dict() for r in results]}, indent=1))
         return 0
     verb = "would forget" if args.dry_run else "forgot"
     for r in results:
         print(f"{r.storage}: keep {len(r.keep)}, {verb} {len(r.forget)}: {', '.join(r.forget) or '-'}; "
-              f"orphans {len(r.orphans)}" + ("" if args.dry_run else f"; removed {r.deleted_objects} object(s), {_mb(r.deleted_bytes)}"))
+              f"orphans {len(r.orphans)}, temp objects {len(r.temps)}" + ("" if args.dry_run else f"; removed {r.deleted_objects} object(s), {_mb(r.deleted_bytes)}"))
         if args.verbose:
             for sid, why in r.keep.items():
                 print(f"  keep {sid}: {', '.join(why)}")

@@ -17,6 +17,7 @@ from ..errors import RefusedError, TransientStorageError
 from .base import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
+LOCKS_PREFIX = "locks/"
 
 
 class _Wrapper(Storage):
@@ -54,6 +55,12 @@ class _Wrapper(Storage):
     def restore_request(self, key: str, days: int = 1) -> bool:
         return self.inner.restore_request(key, days)
 
+    def temps(self) -> Iterator[ObjectInfo]:
+        return self.inner.temps()
+
+    def remove_temp(self, key: str) -> None:
+        self.inner.remove_temp(key)
+
     def unwrap(self) -> Storage:
         inner = self.inner
         while isinstance(inner, _Wrapper):
@@ -62,13 +69,23 @@ class _Wrapper(Storage):
 
 
 class ReadOnlyStorage(_Wrapper):
+    """Refuses every write and delete of repository data. Lock objects (``locks/``) are the one exception: a
+    reader (restore, verify, a drill) holds a shared lock so that a prune waits for it (restic does the same)."""
+
     def _refuse(self, what: str, key: str) -> RefusedError:
         return RefusedError(f"{self.name}: opened read-only, refusing to {what} {key}")
 
     def open_write(self, key: str):  # type: ignore[override]
+        if key.startswith(LOCKS_PREFIX):
+            return self.inner.open_write(key)
         raise self._refuse("write", key)
 
     def delete(self, key: str) -> None:
+        if key.startswith(LOCKS_PREFIX):
+            return self.inner.delete(key)
+        raise self._refuse("delete", key)
+
+    def remove_temp(self, key: str) -> None:
         raise self._refuse("delete", key)
 
     def check(self) -> None:
