@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,8 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
         s = open_storage(cfg, name, resolver, read_only=read_only)
         s.check()
         return s
-    errors = []
+    errors: list[str] = []
+    kinds: set[type] = set()
     for n in cfg.storages:
         try:
             s = open_storage(cfg, n, resolver, read_only=read_only)
@@ -51,7 +53,13 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
             return s
         except BackupError as exc:
             errors.append(f"{n}: {exc.message}")
+            kinds.add(type(exc))
             log.warning("storage %s unavailable: %s", n, exc.message)
+    from .errors import EncryptionError
+
+    if EncryptionError in kinds:  # a key problem is the thing to fix, whatever else failed (exit 8)
+        raise EncryptionError("no storage can be read:\n  " + "\n  ".join(errors),
+                              hint="set the encryption key the repository was written with (see the message above)")
     raise StorageError("no storage is reachable:\n  " + "\n  ".join(errors), hint="check the storages section and the network")
 
 
@@ -174,11 +182,23 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    cfg, resolver = _load(args)
+    storage, cat, snap = _storage_with(cfg, resolver, args.storage, args.snapshot, args.tier)
+    with _shared_lock(cfg, storage, "restore"):
+        return _restore(args, cfg, storage, cat, snap)
+
+
+def _shared_lock(cfg: Any, storage: Any, operation: str):
+    """A shared repository lock (a prune waits for it; it waits for a running prune)."""
+    from .repository import Repository, repo_scope
+
+    return Repository(storage, cfg).lock(repo_scope(), exclusive=False, operation=operation)
+
+
+def _restore(args: argparse.Namespace, cfg: Any, storage: Any, cat: Any, snap: Any) -> int:
     from .engine.progress import Progress
     from .engine.restorer import restore
 
-    cfg, resolver = _load(args)
-    storage, cat, snap = _storage_with(cfg, resolver, args.storage, args.snapshot, args.tier)
     if storage.archive:
         from .engine.thaw import needed_keys, wait_readable
 
@@ -203,8 +223,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .engine.checker import verify
     from .errors import ConfigError
     from .storage import open_storage
 
@@ -218,24 +236,45 @@ def cmd_verify(args: argparse.Namespace) -> int:
             storage = open_storage(cfg, n, resolver, read_only=True)
             storage.check()
         except BackupError as exc:
-            if args.storage:
+            from .errors import EncryptionError
+
+            if args.storage or isinstance(exc, EncryptionError):  # a key problem: exit 8 in every command
                 raise
             unreachable.append(f"{n}: unreachable: {exc.message}")
             continue
-        cat = Catalog(storage, cfg.application)
-        if args.all:
-            snaps = None
-        else:
-            ref = args.snapshot or "latest"
-            if ref == "latest" and not cat.ordered(args.tier) and not args.storage:
-                continue
-            snaps = [cat.get(ref, args.tier)]
-        if storage.archive and args.read_data:
-            from .engine.thaw import wait_readable
+        with _shared_lock(cfg, storage, "verify"):
+            report = _verify_one(args, storage, cfg)
+        if report is not None:
+            reports.append((storage, report))
+    return _verify_print(args, reports, unreachable)
 
-            keys = [o["key"] for s in (snaps or cat.ordered()) for c in cat.chain_of(s) for o in c.objects()]
-            wait_readable(storage, keys)
-        reports.append((storage, verify(storage, cat, snaps, read_data=args.read_data, include_broken=args.all)))
+
+def _verify_one(args: argparse.Namespace, storage: Any, cfg: Any) -> Any:
+    from .catalog import Catalog
+    from .engine.checker import verify
+
+    cat = Catalog(storage, cfg.application)
+    if args.all:
+        snaps = None
+    else:
+        ref = args.snapshot or "latest"
+        if ref == "latest" and not cat.ordered(args.tier) and not args.storage:
+            return None
+        snaps = [cat.get(ref, args.tier)]
+    if storage.archive and args.read_data:
+        from .engine.thaw import wait_readable
+
+        keys = [o["key"] for s in (snaps or cat.ordered()) for c in cat.chain_of(s) for o in c.objects()]
+        wait_readable(storage, keys)
+    report = verify(storage, cat, snaps, read_data=args.read_data, include_broken=args.all)
+    if args.all:  # data/<id>/ without a manifest and no lock covering it: a lost commit marker
+        from .repository import Repository
+
+        report.problems += Repository(storage, cfg).unexplained_data()
+    return report
+
+
+def _verify_print(args: argparse.Namespace, reports: list[Any], unreachable: list[str]) -> int:
     ok = all(r.ok for _, r in reports) and not unreachable
     if args.json:
         print(json.dumps({"ok": ok, "storages": [r.to_dict() for _, r in reports], "unreachable": unreachable}, indent=1))
@@ -267,12 +306,43 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "snapshots": len(snaps), "latest": last.id if last else None,
                     "finished_at": last.doc["finished_at"] if last else None,
                     "age": _age(last.doc["finished_at"]) if last else None})
+    from .repository import Repository
+
+    locks = Repository(storage, cfg).locks.report()
     if args.json:
-        print(json.dumps({"storage": storage.name, "tiers": out, "corrupt": sorted(cat.broken)}, indent=1))
+        print(json.dumps({"storage": storage.name, "tiers": out, "corrupt": sorted(cat.broken), "locks": locks}, indent=1))
         return 0
     print(f"storage: {storage.describe()}")
     print(_table([[o["tier"], o["type"], o["schedule"] or "-", o["snapshots"], o["latest"] or "never", o["age"] or "-"] for o in out],
                  ["tier", "type", "schedule", "snapshots", "latest", "age"]))
+    if locks:
+        print("\nlocks:")
+        print(_table([[lk["state"].upper(), "exclusive" if lk["exclusive"] else "shared", lk["scope"], lk["operation"],
+                       lk["host"], lk["pid"], lk["run"] or "-", f"{lk['heartbeat_age_seconds']:.0f}s"] for lk in locks],
+                     ["state", "kind", "scope", "operation", "host", "pid", "run", "heartbeat"]))
+        if any(lk["state"] != "live" for lk in locks):
+            print("stale or dead locks: remove them with `backupctl unlock --stale`", file=sys.stderr)
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from .repository import Repository
+    from .storage import open_storage
+
+    cfg, resolver = _load(args)
+    names = [args.storage] if args.storage else list(cfg.storages)
+    out = []
+    for n in names:
+        storage = open_storage(cfg, n, resolver)
+        storage.check()
+        for lk in Repository(storage, cfg).locks.unlock(everything=args.all):
+            out.append({"storage": n, "key": lk.key, "lock": lk.describe()})
+    if args.json:
+        print(json.dumps({"removed": out}, indent=1))
+        return 0
+    for o in out:
+        print(f"{o['storage']}: removed {o['lock']}")
+    print(f"removed {len(out)} lock(s)" + ("" if args.all else " (stale or dead only; --all removes live ones too)"))
     return 0
 
 
@@ -380,6 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prune)
 
+    ul = sub.add_parser("unlock", help="remove stale locks (or, with --all, every lock)",
+                        description="Remove locks whose holder is gone: dead processes of this host and locks of any "
+                                    "host whose heartbeat is older than locks.stale_after_seconds (--stale, the default). "
+                                    "--all removes every lock: only when you are sure no backup, prune, restore or verify "
+                                    "runs (a holder whose lock was removed aborts before committing).")
+    ul.add_argument("--stale", action="store_true", help="remove stale and dead locks (the default)")
+    ul.add_argument("--all", action="store_true", help="remove every lock, live ones included")
+    ul.add_argument("--storage")
+    ul.add_argument("--json", action="store_true")
+    ul.set_defaults(func=cmd_unlock)
+
     ec = sub.add_parser("exit-codes", help="print the documented exit codes")
     ec.set_defaults(func=cmd_exit_codes)
     return p
@@ -397,6 +478,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backupctl: interrupted; nothing was committed for the running snapshot", file=sys.stderr)
         return 130
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = exc.filename or "a local file (staging or restore target)"
+        free = ""
+        try:
+            import shutil
+
+            free = f"; {shutil.disk_usage(os.path.dirname(str(exc.filename)) or '.').free / 1e6:,.1f} MB free there" if exc.filename else ""
+        except OSError:
+            pass
+        print(f"backupctl: error: no space left on device while writing {where}{free}\n  fix: free space (or point "
+              "BACKUP_STAGING / the target at a bigger disk) and re-run; nothing was committed", file=sys.stderr)
+        return StorageError.exit_code
     except BrokenPipeError:
         return 0
 

@@ -140,6 +140,18 @@ class Repository:
         out.temps = [t for t in self.storage.temps() if now - (t.mtime or now) > grace_seconds]
         return out
 
+    def unexplained_data(self) -> list[str]:
+        """Problems for ``verify --all``: data/<id>/ sets without a manifest that no lock covers — a deleted or
+        lost manifest, or the leftover of a crashed run (``prune`` removes those past the grace period)."""
+        locks = self.locks.list()
+        out = []
+        for sid, objs in sorted(self.uncommitted().items()):
+            if any(overlap(lk.scope, snapshot_scope(sid)) for lk in locks):
+                continue
+            out.append(f"data/{sid}/: {len(objs)} object(s) but no manifest snapshots/{sid}.json (a deleted manifest, "
+                       "or the leftover of an interrupted run: prune removes it after the grace period)")
+        return out
+
     def remove_object(self, key: str) -> int:
         """Delete one object; returns its size (0 when it was already gone)."""
         try:
