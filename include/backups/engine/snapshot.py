@@ -177,7 +177,8 @@ def owned_staging(source: str) -> Iterator[str]:
 
 def clean_staging(cfg: Config, grace_seconds: float) -> list[str]:
     """Remove staging folders (``backup-<source>-*`` in BACKUP_STAGING or the system temp dir) of dead runs:
-    their owner's process is gone (same host), or they are older than the grace period. Returns what went."""
+    their owner's process is gone (this host), or — another host's, or without an owner file — they are older
+    than the grace period (at least 10 minutes without an owner file). Returns what went."""
     import json
     import tempfile
 
@@ -202,8 +203,13 @@ def clean_staging(cfg: Config, grace_seconds: float) -> list[str]:
                 owner = json.load(fh)
         except (OSError, ValueError):
             owner = None  # an old-style folder (or one whose owner file was never written): aged only
-        dead = owner is not None and owner.get("host") == HOST and not pid_alive(int(owner.get("pid", 0)), owner.get("pid_start"))
-        if dead or age > grace_seconds:
+        if owner is not None and owner.get("host") == HOST:  # ours: removed exactly when its process is gone
+            dead = not pid_alive(int(owner.get("pid", 0)), owner.get("pid_start"))
+            old = False
+        else:  # another host's, or without an owner file (old-style, or just being created): by age only
+            dead = False
+            old = age > (grace_seconds if owner is not None else max(grace_seconds, 600.0))
+        if dead or old:
             shutil.rmtree(e.path, ignore_errors=True)
             log.warning("removed the staging folder %s of a dead run (%s)", e.path,
                         "its process is gone" if dead else f"older than {grace_seconds / 3600:.0f}h")

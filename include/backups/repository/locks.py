@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 LOCKS = "locks/"
 HOST = socket.gethostname()
+#: keys of the locks this process holds right now (a lock of this pid that is not here was abandoned, e.g. its
+#: release failed while the storage was down: it is removed like a dead process's)
+_HELD: set[str] = set()
 
 
 def _now() -> datetime:
@@ -179,6 +182,8 @@ class Locks:
         """``live``, ``dead`` (this host, process gone: removable automatically) or ``stale`` (old heartbeat)."""
         if lk.host == HOST and lk.pid and not pid_alive(lk.pid, lk.pid_start):
             return "dead"
+        if lk.host == HOST and lk.pid == os.getpid() and lk.key not in _HELD:
+            return "dead"
         if lk.age(now) > self.stale_after:
             return "stale"
         return "live"
@@ -193,7 +198,8 @@ class Locks:
             earlier_try = (st == "stale" and mine is not None and other_try is not None
                            and other_try[0] == mine[0] and other_try[1] < mine[1])
             if lk.key != me and (st == "dead" or earlier_try):
-                why = "its process is gone" if st == "dead" else "it belongs to an earlier try of this Airflow task"
+                why = ("it belongs to an earlier try of this Airflow task" if st != "dead" else
+                       "it was abandoned by this process" if lk.pid == os.getpid() else "its process is gone")
                 log.warning("%s: removing lock %s: %s", self.storage.name, lk.describe(), why)
                 self._remove(lk.key)
                 continue
@@ -242,8 +248,12 @@ class Locks:
             if not blocking:
                 held = HeldLock(self, scope, exclusive, operation)
                 held.write()
-                blocking = [lk for lk in self._sweep(self.list(), held.key)
-                            if lk.key != held.key and lk.conflicts(scope, exclusive)]
+                try:
+                    blocking = [lk for lk in self._sweep(self.list(), held.key)
+                                if lk.key != held.key and lk.conflicts(scope, exclusive)]
+                except BaseException:
+                    held.remove()  # never leave a lock behind that nobody holds
+                    raise
                 if not blocking:
                     held.start()
                     if waited_for is not None:
@@ -287,14 +297,12 @@ class HeldLock:
 
     def write(self) -> None:
         key = f"{LOCKS}{uuid.uuid4().hex}.json"
+        _HELD.add(key)
         try:
             self.locks.storage.put_bytes(key, self._info(key).to_json())
-        except RefusedError:
-            raise
-        except TransientStorageError:
-            raise
-        except StorageError as exc:
-            if self.exclusive:
+        except BaseException as exc:
+            _HELD.discard(key)
+            if not isinstance(exc, StorageError) or isinstance(exc, RefusedError | TransientStorageError) or self.exclusive:
                 raise
             # read-only credentials: a reader proceeds without a lock (restic --no-lock); prune cannot see it
             log.warning("%s: cannot write a shared lock (%s); continuing without one", self.locks.storage.name, exc.message)
@@ -330,8 +338,14 @@ class HeldLock:
                 log.error("%s: %s", self.locks.storage.name, self.lost)
                 return
             new = f"{LOCKS}{uuid.uuid4().hex}.json"
-            self.locks.storage.put_bytes(new, self._info(new).to_json())
+            _HELD.add(new)
+            try:
+                self.locks.storage.put_bytes(new, self._info(new).to_json())
+            except BaseException:
+                _HELD.discard(new)
+                raise
             old, self.key = self.key, new
+            _HELD.discard(old)
             self.locks._remove(old)
             self._last_ok = time.monotonic()
 
@@ -355,6 +369,7 @@ class HeldLock:
 
     def remove(self) -> None:
         if self.key:
+            _HELD.discard(self.key)
             try:
                 self.locks._remove(self.key)
             except BackupError as exc:  # a stale lock of a finished run: `unlock --stale` removes it later
