@@ -241,3 +241,149 @@ def test_old_logical_date_backup_racing_prune(repo):
     FIGURES["faults injected"] += 1
     repo.check()
     assert "weekly-20250105T010000Z" in repo.committed
+
+
+# ---- remote storages: the connection is cut while a lock is held and while the snapshot commits -------------
+class _Remote:
+    """A primary on a real server that can be cut and brought back: SFTP (sshd) or S3 (a moto server)."""
+
+    def __init__(self, kind: str, tmp: Path, sshd=None) -> None:
+        self.kind, self.tmp, self.sshd = kind, tmp, sshd
+        self.moto = None
+        if kind == "s3":
+            from moto.server import ThreadedMotoServer
+
+            self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+            self.moto.start()
+            self.port = self.moto.get_host_and_port()[1]
+            self.url = f"http://127.0.0.1:{self.port}"
+            from tests.unit.storage.test_s3 import make_client
+
+            with contextlib.suppress(Exception):  # moto keeps buckets in-process across servers
+                make_client(self.url).create_bucket(Bucket="faults")
+
+    def storage_yaml(self) -> str:
+        if self.kind == "s3":
+            import uuid
+
+            return f"  remote: {{type: s3, conn_id: backup_s3, bucket: faults, prefix: r{uuid.uuid4().hex[:10]}}}\n"
+        return f'  remote: {{type: sftp, conn_id: backup_sftp, path: "{self.tmp}/sftp"}}\n'
+
+    def cut(self) -> None:
+        if self.kind == "s3":
+            self.moto.stop()
+        else:
+            self.sshd.kill()
+
+    def restore(self) -> None:
+        if self.kind == "s3":
+            from moto.server import ThreadedMotoServer
+
+            self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self.moto.start()  # moto keeps its state in this process: the bucket is still there
+        else:
+            self.sshd.start()
+
+    # the resolver protocol
+    def s3_client(self, conn_id: str):
+        from tests.unit.storage.test_s3 import make_client
+
+        return make_client(self.url, connect_timeout=1, read_timeout=5)
+
+    def sftp_client_factory(self, conn_id: str):
+        return self.sshd.factory()
+
+    def secret(self, conn_id: str) -> str:
+        raise AssertionError("not used")
+
+    def postgres_dsn(self, conn_id: str) -> str:
+        raise AssertionError("not used")
+
+
+@pytest.fixture(params=["sftp", "s3"])
+def remote(request, tmp_path):
+    if request.param == "sftp":
+        from tests.unit.storage.test_sftp import SSHD, Sshd
+
+        if not SSHD:
+            pytest.skip("OpenSSH sshd not found")
+        (tmp_path / "sshd").mkdir()
+        server = Sshd(tmp_path / "sshd")
+        server.start()
+        yield _Remote("sftp", tmp_path, sshd=server)
+        server.kill()
+    else:
+        pytest.importorskip("moto.server")
+        r = _Remote("s3", tmp_path)
+        yield r
+        r.moto.stop()
+
+
+@pytest.mark.parametrize("when", ["lock refresh", "commit"])
+def test_connection_cut_while_locked_and_while_committing(remote, tmp_path, when):
+    import threading
+
+    from backups.catalog import Catalog
+    from backups.config import load_config
+    from backups.engine.checker import verify
+    from backups.engine.restorer import restore
+    from backups.engine.snapshot import run_backup
+    from backups.errors import BackupError
+    from backups.storage import open_storage
+    from tests.helpers import write_config
+
+    app = make_app(tmp_path / "app", scale=0.1, seed=SEED)
+    with open(app["home"] / "uploads" / "big.bin", "wb") as fh:
+        fh.write(os.urandom(12 << 20))
+    cfg_path = write_config(tmp_path / "r.yaml", app["home"], app["root"], extra_storages=remote.storage_yaml(),
+                            tier_storages="remote")
+    cfg_path.write_text(cfg_path.read_text() + "locks: {wait_seconds: 20, stale_after_seconds: 1, refresh_seconds: 0.2}\n")
+    cfg = load_config(cfg_path)
+    st = open_storage(cfg, "remote", remote)
+    expected = (_files(app["home"] / "uploads"), db_rows(app["home"] / "app.db"))
+
+    def trigger() -> bool:
+        try:
+            keys = [o.key for o in st.list("")]
+        except BackupError:
+            return False
+        if when == "lock refresh":
+            return any(k.startswith("locks/") for k in keys)
+        return sum(k.endswith(".part.json") for k in keys) == 3  # every source extracted: the commit is next
+
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["snap"] = run_backup(cfg, "weekly", logical_date="2026-05-03T01:00:00Z", resolver=remote)[0]
+        except BackupError as exc:
+            outcome["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and t.is_alive() and not trigger():
+        time.sleep(0.01)
+    remote.cut()
+    FIGURES["connection cuts"] += 1
+    time.sleep(1.5)  # longer than stale_after: a holder that lost its heartbeat must not commit on it
+    remote.restore()
+    t.join(120)
+    assert not t.is_alive()
+    # whatever happened, the storage holds no half snapshot; the retry of the same run commits it
+    st = open_storage(cfg, "remote", remote)
+    cat = Catalog(st, "fmr-test")
+    if "error" in outcome:
+        assert cat.snapshots == {} or verify(st, cat, read_data=True).ok
+    snap, _ = run_backup(cfg, "weekly", logical_date="2026-05-03T01:00:00Z", resolver=remote)
+    cat = Catalog(st, "fmr-test")
+    assert list(cat.snapshots) == [snap.id] and verify(st, cat, read_data=True).ok
+    FIGURES["snapshot checks (verify --read-data)"] += 1
+    restore(st, cat, snap, tmp_path / "out")
+    assert (_files(tmp_path / "out" / "app_files" / "uploads"), db_rows(tmp_path / "out" / "app_db" / "app.db")) == expected
+    FIGURES["snapshots restored and compared"] += 1
+    from backups.repository import Repository
+
+    with Repository(st, cfg).lock("repo", exclusive=True, operation="test"):  # sweeps locks of the killed attempt
+        pass
+    assert list(st.list("locks/")) == []

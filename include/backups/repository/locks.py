@@ -289,6 +289,7 @@ class HeldLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_ok = time.monotonic()
+        self._storage = locks.storage  # the refresh thread's own instance (an SFTP session is not shareable)
 
     def _info(self, key: str) -> LockInfo:
         pid = os.getpid()
@@ -314,6 +315,7 @@ class HeldLock:
         if self.unlocked:
             return
         self._last_ok = time.monotonic()
+        self._storage = self.locks.storage.for_thread()
         self._thread = threading.Thread(target=self._refresh_loop, name=f"lock-refresh {self.scope}", daemon=True)
         self._thread.start()
 
@@ -329,50 +331,67 @@ class HeldLock:
                     self.lost = f"no heartbeat for {silent:.0f}s (storage unreachable)"
 
     def refresh(self) -> None:
-        """Write a new lock object with a fresh heartbeat, then remove the old one (objects are immutable)."""
+        """Write a new lock object with a fresh heartbeat, then remove the old one (objects are immutable).
+        Network I/O happens outside the mutex, so a hung connection never blocks :meth:`check` or release."""
+        cur = self.key
+        if self.lost or not cur or self._stop.is_set():
+            return
+        st = self._storage
+        if not st.exists(cur):
+            if self.key == cur:
+                self.lost = f"lock {cur} was removed by someone else (backupctl unlock?)"
+                log.error("%s: %s", st.name, self.lost)
+            return
+        new = f"{LOCKS}{uuid.uuid4().hex}.json"
+        _HELD.add(new)
+        try:
+            st.put_bytes(new, self._info(new).to_json())
+        except BaseException:
+            _HELD.discard(new)
+            raise
         with self._mutex:
-            if self.lost or not self.key:
-                return
-            if not self.locks.storage.exists(self.key):
-                self.lost = f"lock {self.key} was removed by someone else (backupctl unlock?)"
-                log.error("%s: %s", self.locks.storage.name, self.lost)
-                return
-            new = f"{LOCKS}{uuid.uuid4().hex}.json"
-            _HELD.add(new)
-            try:
-                self.locks.storage.put_bytes(new, self._info(new).to_json())
-            except BaseException:
-                _HELD.discard(new)
-                raise
-            old, self.key = self.key, new
-            _HELD.discard(old)
-            self.locks._remove(old)
+            released = self.key != cur
+            if not released:
+                self.key = new
+        old = new if released else cur  # released meanwhile: the new object is not wanted either
+        _HELD.discard(old)
+        try:
+            st.delete(old)
+        except BackupError as exc:  # swept later as abandoned by this process
+            log.warning("%s: could not remove the lock object %s: %s", st.name, old, exc.message)
+        if not released:
             self._last_ok = time.monotonic()
 
     def check(self) -> None:
         """Raise :class:`LockedError` unless this lock still exists (call right before committing/deleting)."""
         if self.unlocked:
             return
-        with self._mutex:
-            if self.lost is None:
-                try:
-                    present = self.locks.storage.exists(self.key)
-                except BackupError as exc:
-                    raise LockedError(f"{self.locks.storage.name}: cannot confirm the {self.scope} lock before "
-                                      f"committing ({exc.message}); aborting", hint="re-run when the storage is back") from None
-                if not present:
-                    self.lost = f"lock {self.key} was removed by someone else (backupctl unlock?)"
-            if self.lost:
-                raise LockedError(f"{self.locks.storage.name}: the {self.scope} lock of this {self.operation} is lost: "
-                                  f"{self.lost}; aborting before committing anything",
-                                  hint="re-run: a new run takes a new lock and cleans up what this one left")
+        for _ in range(3):
+            key = self.key
+            if self.lost or not key:
+                break
+            try:
+                present = self.locks.storage.exists(key)
+            except BackupError as exc:
+                raise LockedError(f"{self.locks.storage.name}: cannot confirm the {self.scope} lock before "
+                                  f"committing ({exc.message}); aborting", hint="re-run when the storage is back") from None
+            if present:
+                if self.lost is None:
+                    return
+                break
+            if self.key == key:  # not replaced by a refresh meanwhile: really gone
+                self.lost = f"lock {key} was removed by someone else (backupctl unlock?)"
+                break
+        raise LockedError(f"{self.locks.storage.name}: the {self.scope} lock of this {self.operation} is lost: "
+                          f"{self.lost or 'released'}; aborting before committing anything",
+                          hint="re-run: a new run takes a new lock and cleans up what this one left")
 
     def remove(self) -> None:
         if self.key:
             _HELD.discard(self.key)
             try:
                 self.locks._remove(self.key)
-            except BackupError as exc:  # a stale lock of a finished run: `unlock --stale` removes it later
+            except BackupError as exc:  # a stale lock of a finished run: swept or `unlock --stale` removes it later
                 log.warning("%s: could not remove lock %s: %s", self.locks.storage.name, self.key, exc.message)
 
     def release(self) -> None:
@@ -382,6 +401,10 @@ class HeldLock:
         with self._mutex:
             self.remove()
             self.key = ""
+        if self._storage is not self.locks.storage:
+            close = getattr(self._storage.unwrap() if hasattr(self._storage, "unwrap") else self._storage, "close", None)
+            if close is not None and (self._thread is None or not self._thread.is_alive()):
+                close()
 
     def __enter__(self) -> HeldLock:
         return self

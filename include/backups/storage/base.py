@@ -152,6 +152,11 @@ class Storage(ABC):
         """Ask an archive backend to make ``key`` readable; True when it is readable now."""
         return True
 
+    def for_thread(self) -> Storage:
+        """An instance another thread may use while this one is busy (a lock's heartbeat thread): ``self`` when
+        ``thread_safe``, else an independent one (its own connection)."""
+        return self
+
     # ---- leftovers of killed writers --------------------------------------------------------------------
     def temps(self) -> Iterator[ObjectInfo]:
         """In-progress objects left by killed writers (``.tmp-*`` names; keys relative to the root, with mtime).

@@ -299,6 +299,15 @@ class EncryptedStorage(Storage):
     def restore_request(self, key: str, days: int = 1) -> bool:
         return self.inner.restore_request(key, days)
 
+    def for_thread(self) -> Storage:
+        if self.thread_safe:
+            return self
+        import copy
+
+        twin = copy.copy(self)  # same key and cipher (AESGCM is stateless), the inner's own connection
+        twin.inner = self.inner.for_thread()
+        return twin
+
     def temps(self) -> Iterator[ObjectInfo]:
         return self.inner.temps()
 

@@ -39,6 +39,10 @@ class SftpStorage(Storage):
     def from_config(cls, sc: Any, name: str, resolver: Any) -> SftpStorage:
         return cls(resolver.sftp_client_factory(sc.conn_id), sc.path, name=name, conn_id=sc.conn_id)
 
+    def for_thread(self) -> SftpStorage:
+        """A second instance with its own SSH session: one paramiko SFTP session must not be shared."""
+        return SftpStorage(self.connect, self.base, name=self.name, conn_id=self.conn_id)
+
     def describe(self) -> str:
         return f"{self.name} (sftp {self.base}" + (f" via connection {self.conn_id})" if self.conn_id else ")")
 

@@ -65,6 +65,15 @@ class _Wrapper(Storage):
     def remove_temp(self, key: str) -> None:
         self.inner.remove_temp(key)
 
+    def for_thread(self) -> Storage:
+        if self.thread_safe:
+            return self
+        import copy
+
+        twin = copy.copy(self)
+        twin.inner = self.inner.for_thread()
+        return twin
+
     def unwrap(self) -> Storage:
         inner = self.inner
         while isinstance(inner, _Wrapper):
