@@ -444,7 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="apply the tiers' retention and remove orphaned objects",
                         description="Forget snapshots the tiers' retention rules no longer keep (never one that a kept "
                                     "snapshot's chain needs; manifest first, then objects) and remove objects left by "
-                                    "interrupted runs (older than 2 days). On every storage unless --storage.")
+                                    "interrupted runs and temp objects of killed writers, once their modification time is older than "
+                                    "locks.orphan_grace_hours (48 h) and no lock covers them. Holds the repository's exclusive "
+                                    "lock (waits for running backups, restores and verifies). On every storage unless --storage.")
     pr.add_argument("--storage")
     pr.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
     pr.add_argument("--json", action="store_true")
