@@ -121,11 +121,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from .repository import Repository
 
     cfg, resolver = _load(args)
     storage = _storage(cfg, resolver, args.storage)
-    cat = Catalog(storage, cfg.application)
+    cat = Repository(storage, cfg).catalog
     snaps = [s.summary() for s in cat.ordered(args.tier)]
     broken = [{"id": sid, "status": "corrupt", "error": msg} for sid, msg in sorted(cat.broken.items())]
     if args.json:
@@ -143,11 +143,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from .repository import Repository
 
     cfg, resolver = _load(args)
     storage = _storage(cfg, resolver, args.storage)
-    cat = Catalog(storage, cfg.application)
+    cat = Repository(storage, cfg).catalog
     snap = cat.get(args.snapshot, args.tier)
     chain = cat.chain_of(snap)
     if args.json:
@@ -185,6 +185,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     cfg, resolver = _load(args)
     storage, cat, snap = _storage_with(cfg, resolver, args.storage, args.snapshot, args.tier)
     with _shared_lock(cfg, storage, "restore"):
+        from .repository import Repository
+
+        cat = Repository(storage, cfg).catalog  # re-read under the lock: a prune may have run before we got it
+        snap = cat.get(snap.id)
         return _restore(args, cfg, storage, cat, snap)
 
 
@@ -250,10 +254,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _verify_one(args: argparse.Namespace, storage: Any, cfg: Any) -> Any:
-    from .catalog import Catalog
     from .engine.checker import verify
+    from .repository import Repository
 
-    cat = Catalog(storage, cfg.application)
+    repo = Repository(storage, cfg)
+    cat = repo.catalog
     if args.all:
         snaps = None
     else:
@@ -293,11 +298,11 @@ def _verify_print(args: argparse.Namespace, reports: list[Any], unreachable: lis
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from .repository import Repository
 
     cfg, resolver = _load(args)
     storage = _storage(cfg, resolver, args.storage)
-    cat = Catalog(storage, cfg.application)
+    cat = Repository(storage, cfg).catalog
     out = []
     for tier in cfg.tiers:
         snaps = cat.ordered(tier)

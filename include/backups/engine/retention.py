@@ -139,6 +139,8 @@ def apply_prune(storage: Storage, catalog: Catalog, plan: PrunePlan, *, lock: An
         plan.deleted_objects += 1
         log.info("%s: removed temp object %s", storage.name, t)
     for sid in plan.forget:
+        if lock is not None:
+            lock.check()  # right before each deletion: a prune whose lock was removed stops here
         storage.delete(manifest_key(sid))
         log.info("%s: forgot %s (manifest removed)", storage.name, sid)
     for sid in [*plan.forget, *plan.orphans]:
