@@ -53,8 +53,10 @@ def _with_locks(app, extra: str) -> Path:
 def test_problem3_two_runs_of_one_id_never_corrupt_it(app):
     """Started 0.6 s apart with a file rewritten in between: the second waits for the id lock, then finds the
     snapshot committed; the snapshot verifies byte for byte and restores."""
-    _big(app)
+    _big(app, 8)
     cfg_path = _with_locks(app, "locks: {wait_seconds: 120}\n")
+    # a source that takes 2 s keeps the first run extracting while the second starts (as a big database would)
+    cfg_path.write_text(cfg_path.read_text().replace('["echo", "fmr-state"]', '["sh", "-c", "sleep 2; echo fmr-state"]'))
     first = _spawn(cfg_path, "backup", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
     time.sleep(0.6)
     (app["home"] / "config" / "settings.yaml").write_text("rewritten: true\n")
@@ -72,16 +74,18 @@ def test_problem3_two_runs_of_one_id_never_corrupt_it(app):
 
 
 def test_problem1_prune_waits_for_a_running_incremental_and_keeps_its_parent(app):
+    """keep_last 1: the incremental of 03-07 builds on the OLDER weekly (03-01), which the policy drops once the
+    incremental is not there to need it. A prune run while it extracts must wait, then keep the parent."""
     cfg_path = _with_locks(app, "locks: {wait_seconds: 120}\n")
     cfg_path.write_text(cfg_path.read_text().replace('storages: [local]}', 'storages: [local], retention: {keep_last: 1}}'))
     cfg = load_config(cfg_path)
     run_backup(cfg, "weekly", logical_date="2026-03-01T01:00:00Z")
     run_backup(cfg, "weekly", logical_date="2026-03-08T01:00:00Z")
-    _big(app)
-    inc = _spawn(cfg_path, "backup", "--tier", "daily", "--logical-date", "2026-03-09T02:00:00Z")
-    locks = app["root"] / "local" / "locks"
+    cfg_path.write_text(cfg_path.read_text().replace('["echo", "fmr-state"]', '["sh", "-c", "sleep 2; echo fmr-state"]'))
+    inc = _spawn(cfg_path, "backup", "--tier", "daily", "--logical-date", "2026-03-07T02:00:00Z")
+    data = app["root"] / "local" / "data" / "daily-20260307T020000Z"
     deadline = time.time() + 30
-    while time.time() < deadline and not (locks.exists() and any(locks.iterdir())):
+    while time.time() < deadline and not data.exists():
         time.sleep(0.02)
     rc, out, err = _cli("--config", str(cfg_path), "prune")  # waits for the backup's shared lock
     _, inc_err = inc.communicate(timeout=180)
@@ -89,11 +93,13 @@ def test_problem1_prune_waits_for_a_running_incremental_and_keeps_its_parent(app
     assert rc == 0, err
     cat = Catalog(LocalStorage(app["root"] / "local"), "fmr-test")
     daily = cat.get("latest", "daily")
-    assert daily.parent == "weekly-20260308T010000Z" and daily.parent in cat.snapshots
+    assert daily.parent == "weekly-20260301T010000Z" and daily.parent in cat.snapshots
     rc, out, _ = _cli("--config", str(cfg_path), "verify", "--all")
     assert rc == 0, out
     rc, _, err = _cli("--config", str(cfg_path), "restore", daily.id, "--target", str(app["tmp"] / "r"))
     assert rc == 0, err
+    rc, _, err = _cli("--config", str(cfg_path), "prune")  # the next prune still keeps the chain the daily needs
+    assert rc == 0 and "weekly-20260301T010000Z" in Catalog(LocalStorage(app["root"] / "local"), "fmr-test").snapshots
 
 
 def test_problem1_prune_that_cannot_wait_fails_with_exit_9_naming_the_holder(app):
