@@ -195,3 +195,24 @@ def test_problem5_missing_or_wrong_key_is_exit_8_in_every_command(app, monkeypat
     monkeypatch.delenv("FMR_KEY")
     rc, _, err = _cli("--config", str(cfg_path), *args)
     assert rc == 8 and "FMR_KEY is not set" in err, err
+
+
+def test_problem5_unknown_postgres_table_is_not_found_like_sqlite(app, pg_db):
+    import psycopg
+
+    with psycopg.connect(pg_db["dsn"]) as c:
+        c.execute("CREATE TABLE fleet (id serial PRIMARY KEY, name text)")
+        c.execute("INSERT INTO fleet (name) SELECT 'r' || g FROM generate_series(1, 50) g")
+    cfg_path = write_config(app["tmp"] / "pg.yaml", app["home"], app["root"],
+                            extra_sources=f'  fleet_db: {{type: postgres, dsn: "{pg_db["dsn"]}"}}\n',
+                            tier_sources="fleet_db, app_db")
+    run_backup(load_config(cfg_path), "weekly", logical_date="2026-02-01T01:00:00Z")
+    target = pg_db["make"]("target")
+    rc, out, err = _cli("--config", str(cfg_path), "restore", "latest", "--source", "fleet_db", "--table", "no_such_table",
+                        "--pg-target", target, "--target", str(app["tmp"] / "r1"))
+    assert rc == 3 and "no_such_table" in err and "not in the backed-up database" in err and "fleet" in err, err
+    with psycopg.connect(target) as c:  # nothing was loaded
+        assert c.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
+    rc, _, err = _cli("--config", str(cfg_path), "restore", "latest", "--source", "app_db", "--table", "no_such_table",
+                      "--target", str(app["tmp"] / "r2"))
+    assert rc == 3 and "not in the backed-up database" in err, err
