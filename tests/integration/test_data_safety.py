@@ -170,6 +170,20 @@ def test_problem5_full_disk_is_exit_5_with_free_space_and_nothing_half_written(a
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_problem5_full_staging_disk_is_exit_5_naming_the_staging_folder(app, monkeypatch):
+    mnt = app["tmp"] / "staging"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], check=True)
+    try:
+        monkeypatch.setenv("BACKUP_STAGING", str(mnt))
+        rc, _, err = _cli("--config", str(app["config_path"]), "backup", "--tier", "weekly")
+        assert rc == 5 and f"no space left on device while staging app_db in {mnt}" in err and "MB free" in err, err
+        assert list(mnt.iterdir()) == []  # the staging folder went with the failure
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 def test_problem5_verify_all_finds_a_deleted_manifest(app):
     run_backup(app["cfg"], "weekly", logical_date="2026-03-01T01:00:00Z")
     run_backup(app["cfg"], "weekly", logical_date="2026-03-08T01:00:00Z")

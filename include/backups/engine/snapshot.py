@@ -25,7 +25,7 @@ from typing import Any
 
 from ..catalog.manifest import Catalog, Snapshot, manifest_key, new_manifest, now_iso, seal, snapshot_id
 from ..config import Config
-from ..errors import ConfigError, IntegrityError, NotFoundError, ObjectNotFound, RefusedError, StorageError
+from ..errors import ConfigError, IntegrityError, NotFoundError, ObjectNotFound, RefusedError, SourceError, StorageError
 from ..sources import open_source
 from ..storage import Storage, open_storage
 from ..storage.util import HashingReader
@@ -217,6 +217,16 @@ def clean_staging(cfg: Config, grace_seconds: float) -> list[str]:
     return removed
 
 
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC, however it surfaced (an OSError, or SQLite's / a dump tool's "disk is full" in a SourceError)."""
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = getattr(exc, "message", str(exc)).lower()
+    return "disk is full" in text or "no space left on device" in text
+
+
 def clear_uncommitted(storage: Storage, snap_id: str, source: str) -> int:
     """Remove what an earlier, failed attempt of ``snap_id`` left for ``source`` (caller holds the id lock and
     has checked that the snapshot is not committed). Returns the number of objects removed."""
@@ -260,9 +270,18 @@ def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: An
     prog = progress or Progress(f"{source}", None)
     try:
         with owned_staging(source) as staging:
-            rec = backup_source(storage, p.snapshot_id, reader, parent_obj, parent_for_source,
-                                on_unreadable=getattr(sc, "on_unreadable", "fail"), checksum=checksum, progress=prog,
-                                staging_root=staging)
+            try:
+                rec = backup_source(storage, p.snapshot_id, reader, parent_obj, parent_for_source,
+                                    on_unreadable=getattr(sc, "on_unreadable", "fail"), checksum=checksum, progress=prog,
+                                    staging_root=staging)
+            except (OSError, SourceError) as exc:
+                if not _disk_full(exc):
+                    raise
+                free = shutil.disk_usage(staging).free
+                raise StorageError(f"no space left on device while staging {source} in {os.path.dirname(staging)} "
+                                   f"({free / 1e6:,.1f} MB free)",
+                                   hint="free space there, or point BACKUP_STAGING at a disk with room for a database "
+                                   "dump, then re-run; nothing was committed") from None
     finally:
         if progress is None:
             prog.close()
