@@ -174,6 +174,35 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         self._call("deleting", key, self.client.delete_object, Key=self.prefix + check_key(key))
 
+    # ---- leftovers: unfinished multipart uploads of killed writers --------------------------------------
+    def temps(self) -> Iterator[ObjectInfo]:
+        """Multipart uploads never completed nor aborted (a killed writer), as ``<key>?uploadId=<id>``."""
+        out = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    rel = up["Key"][len(self.prefix):]
+                    out.append(ObjectInfo(f"{rel}?uploadId={up['UploadId']}", 0, up.get("StorageClass"), _ts(up.get("Initiated"))))
+        except Exception as exc:
+            if type(exc).__module__.startswith(("botocore", "urllib3")):
+                raise self._fail("listing multipart uploads", None, exc) from None
+            raise
+        return iter(sorted(out, key=lambda o: o.key))
+
+    def remove_temp(self, key: str) -> None:
+        rel, sep, upload_id = key.partition("?uploadId=")
+        if not sep or not upload_id:
+            raise StorageError(f"{self.name}: {key} is not an unfinished multipart upload")
+        try:
+            self._call("aborting multipart upload", rel, self.client.abort_multipart_upload,
+                       Key=self.prefix + check_key(rel), UploadId=upload_id)
+        except ObjectNotFound:
+            pass
+        except StorageError as exc:
+            if "NoSuchUpload" not in exc.message:  # already completed or aborted
+                raise
+
     # ---- extras -----------------------------------------------------------------------------------------
     def check(self) -> None:
         self._call("checking bucket", None, self.client.head_bucket)
