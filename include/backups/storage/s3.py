@@ -14,7 +14,7 @@
   Messages name the storage, bucket and key, never a credential.
 * GLACIER / DEEP_ARCHIVE: reading an un-restored object raises a clear error; :meth:`S3Storage.restore_request`
   asks S3 for a temporary copy. Manifests (``snapshots/``) are always written as STANDARD so listing and chain
-  resolution never wait for a restore.
+  resolution never wait for a restore; so are lock objects (``locks/``).
 
 boto3 is not imported here: the client comes from the :class:`~backups.storage.Resolver`.
 """
@@ -37,6 +37,7 @@ PART = 8 << 20
 MIN_PART = 5 << 20  # S3's minimum size for every part but the last
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 MANIFEST_PREFIX = "snapshots/"
+STANDARD_PREFIXES = (MANIFEST_PREFIX, "locks/")  # read on every run: never in an archive class
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException"}
@@ -117,7 +118,7 @@ class S3Storage(Storage):
 
     # ---- the five operations --------------------------------------------------------------------------
     def _extra(self, key: str) -> dict[str, str]:
-        cls = "STANDARD" if key.startswith(MANIFEST_PREFIX) else self.storage_class
+        cls = "STANDARD" if key.startswith(STANDARD_PREFIXES) else self.storage_class
         return {**self._sse, **({"StorageClass": cls} if cls != "STANDARD" else {})}
 
     @contextmanager

@@ -181,6 +181,15 @@ def test_manifests_are_always_standard(client):
     assert s.get_bytes("snapshots/daily-20260101T020000Z.json") == b"{}"
 
 
+def test_lock_objects_are_standard_so_an_archive_storage_can_be_locked(client):
+    from backups.repository.locks import Locks
+
+    s = fresh(client, storage_class="GLACIER")
+    with Locks(s, wait_seconds=0).acquire("repo", exclusive=True, operation="prune"):
+        assert [o.storage_class for o in s.list("locks/")] == ["STANDARD"]
+        assert len(Locks(s).list()) == 1  # readable without a restore request
+
+
 def test_sse_is_requested(client):
     s = fresh(client, sse="AES256")
     s.put_bytes("k", b"v")
