@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..catalog.manifest import Catalog, Snapshot, manifest_key
+from ..repository import data_prefix, report_prefix
 from ..storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -144,11 +145,11 @@ def apply_prune(storage: Storage, catalog: Catalog, plan: PrunePlan, *, lock: An
         storage.delete(manifest_key(sid))
         log.info("%s: forgot %s (manifest removed)", storage.name, sid)
     for sid in [*plan.forget, *plan.orphans]:
-        for info in list(storage.list(f"data/{sid}/")):
+        for info in list(storage.list(data_prefix(sid))):
             storage.delete(info.key)
             plan.deleted_objects += 1
             plan.deleted_bytes += info.size
-        for info in list(storage.list(f"reports/{sid.rsplit('-', 1)[0]}/{sid}.")):
+        for info in list(storage.list(report_prefix(sid))):
             storage.delete(info.key)
     log.info("%s: pruned %d snapshot(s), %d orphan set(s) and %d temp object(s): %d object(s), %.1f MB", storage.name,
              len(plan.forget), len(plan.orphans), len(plan.temps), plan.deleted_objects, plan.deleted_bytes / 1e6)

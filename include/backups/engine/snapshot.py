@@ -231,7 +231,9 @@ def clear_uncommitted(storage: Storage, snap_id: str, source: str) -> int:
     """Remove what an earlier, failed attempt of ``snap_id`` left for ``source`` (caller holds the id lock and
     has checked that the snapshot is not committed). Returns the number of objects removed."""
     n = 0
-    for info in list(storage.list(f"data/{snap_id}/{source}.")):
+    from ..repository import data_prefix
+
+    for info in list(storage.list(data_prefix(snap_id, source))):
         storage.delete(info.key)
         n += 1
     if n:

@@ -580,7 +580,9 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
 
 def report_key(snapshot_id: str, ext: str) -> str:
     """reports/<tier>/<snapshot id>.<ext> (the tier is the id's prefix: reports/manual/… for backup_manual)."""
-    return f"reports/{snapshot_id.rsplit('-', 1)[0]}/{snapshot_id}.{ext}"
+    from ..repository import report_key as key
+
+    return key(snapshot_id, ext)
 
 
 def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[str, Any], markdown: str,
@@ -624,7 +626,9 @@ def cleanup(cfg: Config | None, plan: dict[str, Any] | None, dag_id: str, run_id
             committed = st.exists(manifest_key(plan["snapshot_id"]))
             out["committed"] = committed
             if not committed:
-                left = list(st.list(f"data/{plan['snapshot_id']}/"))
+                from ..repository import data_prefix
+
+                left = list(st.list(data_prefix(plan["snapshot_id"])))
                 out["uncommitted_objects"] = len(left)
                 if left:
                     log.warning("%s was not committed: %d object(s), %s, stay on %s for a retry of this run (a snapshot "

@@ -26,12 +26,26 @@ from ..storage.base import ObjectInfo, Storage
 from .locks import LOCKS, HeldLock, LockInfo, Locks, overlap
 
 __all__ = ["Repository", "Leftovers", "Locks", "HeldLock", "LockInfo", "LOCKS", "manifest_key", "object_key",
-           "repo_scope", "snapshot_scope"]
+           "data_prefix", "report_key", "report_prefix", "repo_scope", "snapshot_scope"]
 
 log = logging.getLogger(__name__)
 
 DATA = "data/"
 SNAPSHOTS = "snapshots/"
+
+
+def data_prefix(snap_id: str, source: str | None = None) -> str:
+    """``data/<id>/`` (every object of a snapshot) or ``data/<id>/<source>.`` (those of one source)."""
+    return f"{DATA}{snap_id}/" + (f"{source}." if source else "")
+
+
+def report_key(snap_id: str, ext: str) -> str:
+    """``reports/<tier>/<id>.<ext>`` (the tier is the id's prefix: reports/manual/… for backup_manual)."""
+    return f"{report_prefix(snap_id)}{ext}"
+
+
+def report_prefix(snap_id: str) -> str:
+    return f"reports/{snap_id.rsplit('-', 1)[0]}/{snap_id}."
 
 
 def repo_scope() -> str:
