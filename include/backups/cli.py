@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,7 +44,8 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
         s = open_storage(cfg, name, resolver, read_only=read_only)
         s.check()
         return s
-    errors = []
+    errors: list[str] = []
+    kinds: set[type] = set()
     for n in cfg.storages:
         try:
             s = open_storage(cfg, n, resolver, read_only=read_only)
@@ -51,7 +53,13 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
             return s
         except BackupError as exc:
             errors.append(f"{n}: {exc.message}")
+            kinds.add(type(exc))
             log.warning("storage %s unavailable: %s", n, exc.message)
+    from .errors import EncryptionError
+
+    if EncryptionError in kinds:  # a key problem is the thing to fix, whatever else failed (exit 8)
+        raise EncryptionError("no storage can be read:\n  " + "\n  ".join(errors),
+                              hint="set the encryption key the repository was written with (see the message above)")
     raise StorageError("no storage is reachable:\n  " + "\n  ".join(errors), hint="check the storages section and the network")
 
 
@@ -113,11 +121,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from .repository import Repository
 
     cfg, resolver = _load(args)
     storage = _storage(cfg, resolver, args.storage)
-    cat = Catalog(storage, cfg.application)
+    cat = Repository(storage, cfg).catalog
     snaps = [s.summary() for s in cat.ordered(args.tier)]
     broken = [{"id": sid, "status": "corrupt", "error": msg} for sid, msg in sorted(cat.broken.items())]
     if args.json:
@@ -135,11 +143,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from .repository import Repository
 
     cfg, resolver = _load(args)
     storage = _storage(cfg, resolver, args.storage)
-    cat = Catalog(storage, cfg.application)
+    cat = Repository(storage, cfg).catalog
     snap = cat.get(args.snapshot, args.tier)
     chain = cat.chain_of(snap)
     if args.json:
@@ -174,11 +182,27 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    cfg, resolver = _load(args)
+    storage, cat, snap = _storage_with(cfg, resolver, args.storage, args.snapshot, args.tier)
+    with _shared_lock(cfg, storage, "restore"):
+        from .repository import Repository
+
+        cat = Repository(storage, cfg).catalog  # re-read under the lock: a prune may have run before we got it
+        snap = cat.get(snap.id)
+        return _restore(args, cfg, storage, cat, snap)
+
+
+def _shared_lock(cfg: Any, storage: Any, operation: str):
+    """A shared repository lock (a prune waits for it; it waits for a running prune)."""
+    from .repository import Repository, repo_scope
+
+    return Repository(storage, cfg).lock(repo_scope(), exclusive=False, operation=operation)
+
+
+def _restore(args: argparse.Namespace, cfg: Any, storage: Any, cat: Any, snap: Any) -> int:
     from .engine.progress import Progress
     from .engine.restorer import restore
 
-    cfg, resolver = _load(args)
-    storage, cat, snap = _storage_with(cfg, resolver, args.storage, args.snapshot, args.tier)
     if storage.archive:
         from .engine.thaw import needed_keys, wait_readable
 
@@ -203,8 +227,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .engine.checker import verify
     from .errors import ConfigError
     from .storage import open_storage
 
@@ -218,24 +240,46 @@ def cmd_verify(args: argparse.Namespace) -> int:
             storage = open_storage(cfg, n, resolver, read_only=True)
             storage.check()
         except BackupError as exc:
-            if args.storage:
+            from .errors import EncryptionError
+
+            if args.storage or isinstance(exc, EncryptionError):  # a key problem: exit 8 in every command
                 raise
             unreachable.append(f"{n}: unreachable: {exc.message}")
             continue
-        cat = Catalog(storage, cfg.application)
-        if args.all:
-            snaps = None
-        else:
-            ref = args.snapshot or "latest"
-            if ref == "latest" and not cat.ordered(args.tier) and not args.storage:
-                continue
-            snaps = [cat.get(ref, args.tier)]
-        if storage.archive and args.read_data:
-            from .engine.thaw import wait_readable
+        with _shared_lock(cfg, storage, "verify"):
+            report = _verify_one(args, storage, cfg)
+        if report is not None:
+            reports.append((storage, report))
+    return _verify_print(args, reports, unreachable)
 
-            keys = [o["key"] for s in (snaps or cat.ordered()) for c in cat.chain_of(s) for o in c.objects()]
-            wait_readable(storage, keys)
-        reports.append((storage, verify(storage, cat, snaps, read_data=args.read_data, include_broken=args.all)))
+
+def _verify_one(args: argparse.Namespace, storage: Any, cfg: Any) -> Any:
+    from .engine.checker import verify
+    from .repository import Repository
+
+    repo = Repository(storage, cfg)
+    cat = repo.catalog
+    if args.all:
+        snaps = None
+    else:
+        ref = args.snapshot or "latest"
+        if ref == "latest" and not cat.ordered(args.tier) and not args.storage:
+            return None
+        snaps = [cat.get(ref, args.tier)]
+    if storage.archive and args.read_data:
+        from .engine.thaw import wait_readable
+
+        keys = [o["key"] for s in (snaps or cat.ordered()) for c in cat.chain_of(s) for o in c.objects()]
+        wait_readable(storage, keys)
+    report = verify(storage, cat, snaps, read_data=args.read_data, include_broken=args.all)
+    if args.all:  # data/<id>/ without a manifest and no lock covering it: a lost commit marker
+        from .repository import Repository
+
+        report.problems += Repository(storage, cfg).unexplained_data()
+    return report
+
+
+def _verify_print(args: argparse.Namespace, reports: list[Any], unreachable: list[str]) -> int:
     ok = all(r.ok for _, r in reports) and not unreachable
     if args.json:
         print(json.dumps({"ok": ok, "storages": [r.to_dict() for _, r in reports], "unreachable": unreachable}, indent=1))
@@ -254,11 +298,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
+    from .repository import Repository
 
     cfg, resolver = _load(args)
     storage = _storage(cfg, resolver, args.storage)
-    cat = Catalog(storage, cfg.application)
+    cat = Repository(storage, cfg).catalog
     out = []
     for tier in cfg.tiers:
         snaps = cat.ordered(tier)
@@ -267,18 +311,48 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "snapshots": len(snaps), "latest": last.id if last else None,
                     "finished_at": last.doc["finished_at"] if last else None,
                     "age": _age(last.doc["finished_at"]) if last else None})
+    from .repository import Repository
+
+    locks = Repository(storage, cfg).locks.report()
     if args.json:
-        print(json.dumps({"storage": storage.name, "tiers": out, "corrupt": sorted(cat.broken)}, indent=1))
+        print(json.dumps({"storage": storage.name, "tiers": out, "corrupt": sorted(cat.broken), "locks": locks}, indent=1))
         return 0
     print(f"storage: {storage.describe()}")
     print(_table([[o["tier"], o["type"], o["schedule"] or "-", o["snapshots"], o["latest"] or "never", o["age"] or "-"] for o in out],
                  ["tier", "type", "schedule", "snapshots", "latest", "age"]))
+    if locks:
+        print("\nlocks:")
+        print(_table([[lk["state"].upper(), "exclusive" if lk["exclusive"] else "shared", lk["scope"], lk["operation"],
+                       lk["host"], lk["pid"], lk["run"] or "-", f"{lk['heartbeat_age_seconds']:.0f}s"] for lk in locks],
+                     ["state", "kind", "scope", "operation", "host", "pid", "run", "heartbeat"]))
+        if any(lk["state"] != "live" for lk in locks):
+            print("stale or dead locks: remove them with `backupctl unlock --stale`", file=sys.stderr)
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from .repository import Repository
+    from .storage import open_storage
+
+    cfg, resolver = _load(args)
+    names = [args.storage] if args.storage else list(cfg.storages)
+    out = []
+    for n in names:
+        storage = open_storage(cfg, n, resolver)
+        storage.check()
+        for lk in Repository(storage, cfg).locks.unlock(everything=args.all):
+            out.append({"storage": n, "key": lk.key, "lock": lk.describe()})
+    if args.json:
+        print(json.dumps({"removed": out}, indent=1))
+        return 0
+    for o in out:
+        print(f"{o['storage']}: removed {o['lock']}")
+    print(f"removed {len(out)} lock(s)" + ("" if args.all else " (stale or dead only; --all removes live ones too)"))
     return 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .catalog import Catalog
-    from .engine.retention import apply_prune, plan_prune
+    from .engine.retention import prune_storage
     from .storage import open_storage
 
     cfg, resolver = _load(args)
@@ -287,18 +361,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for n in names:
         storage = open_storage(cfg, n, resolver, read_only=args.dry_run)
         storage.check()
-        cat = Catalog(storage, cfg.application)
-        plan = plan_prune(cfg, storage, cat)
-        if not args.dry_run:
-            apply_prune(storage, cat, plan)
-        results.append(plan)
+        results.append(prune_storage(cfg, storage, dry_run=args.dry_run))
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "storages": [r.to_dict() for r in results]}, indent=1))
         return 0
     verb = "would forget" if args.dry_run else "forgot"
     for r in results:
         print(f"{r.storage}: keep {len(r.keep)}, {verb} {len(r.forget)}: {', '.join(r.forget) or '-'}; "
-              f"orphans {len(r.orphans)}" + ("" if args.dry_run else f"; removed {r.deleted_objects} object(s), {_mb(r.deleted_bytes)}"))
+              f"orphans {len(r.orphans)}, temp objects {len(r.temps)}" + ("" if args.dry_run else f"; removed {r.deleted_objects} object(s), {_mb(r.deleted_bytes)}"))
         if args.verbose:
             for sid, why in r.keep.items():
                 print(f"  keep {sid}: {', '.join(why)}")
@@ -379,11 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="apply the tiers' retention and remove orphaned objects",
                         description="Forget snapshots the tiers' retention rules no longer keep (never one that a kept "
                                     "snapshot's chain needs; manifest first, then objects) and remove objects left by "
-                                    "interrupted runs (older than 2 days). On every storage unless --storage.")
+                                    "interrupted runs and temp objects of killed writers, once their modification time is older than "
+                                    "locks.orphan_grace_hours (48 h) and no lock covers them. Holds the repository's exclusive "
+                                    "lock (waits for running backups, restores and verifies). On every storage unless --storage.")
     pr.add_argument("--storage")
     pr.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_prune)
+
+    ul = sub.add_parser("unlock", help="remove stale locks (or, with --all, every lock)",
+                        description="Remove locks whose holder is gone: dead processes of this host and locks of any "
+                                    "host whose heartbeat is older than locks.stale_after_seconds (--stale, the default). "
+                                    "--all removes every lock: only when you are sure no backup, prune, restore or verify "
+                                    "runs (a holder whose lock was removed aborts before committing).")
+    ul.add_argument("--stale", action="store_true", help="remove stale and dead locks (the default)")
+    ul.add_argument("--all", action="store_true", help="remove every lock, live ones included")
+    ul.add_argument("--storage")
+    ul.add_argument("--json", action="store_true")
+    ul.set_defaults(func=cmd_unlock)
 
     ec = sub.add_parser("exit-codes", help="print the documented exit codes")
     ec.set_defaults(func=cmd_exit_codes)
@@ -402,6 +485,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backupctl: interrupted; nothing was committed for the running snapshot", file=sys.stderr)
         return 130
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = exc.filename or "a local file (staging or restore target)"
+        free = ""
+        try:
+            import shutil
+
+            free = f"; {shutil.disk_usage(os.path.dirname(str(exc.filename)) or '.').free / 1e6:,.1f} MB free there" if exc.filename else ""
+        except OSError:
+            pass
+        print(f"backupctl: error: no space left on device while writing {where}{free}\n  fix: free space (or point "
+              "BACKUP_STAGING / the target at a bigger disk) and re-run; nothing was committed", file=sys.stderr)
+        return StorageError.exit_code
     except BrokenPipeError:
         return 0
 

@@ -152,6 +152,26 @@ class Tier(_Strict):
         return value
 
 
+class Locks(_Strict):
+    """Repository locks (see docs/format.md, "Lock objects") and leftover cleanup."""
+
+    #: how long a run waits for a conflicting lock before failing with exit 9 (LockedError)
+    wait_seconds: float = Field(default=600.0, ge=0)
+    #: a lock whose heartbeat is older than this is stale (other host: reported, removed by `backupctl unlock`)
+    stale_after_seconds: float = Field(default=1800.0, gt=0)
+    #: how often a holder refreshes its lock's heartbeat (must be well below stale_after_seconds)
+    refresh_seconds: float = Field(default=300.0, gt=0)
+    #: uncommitted objects, temp objects and staging folders younger than this are never removed
+    orphan_grace_hours: float = Field(default=48.0, ge=0)
+
+    @model_validator(mode="after")
+    def _refresh_below_stale(self) -> Locks:
+        if self.refresh_seconds * 2 > self.stale_after_seconds:
+            raise ValueError(f"refresh_seconds ({self.refresh_seconds}) must be at most half of stale_after_seconds "
+                             f"({self.stale_after_seconds}), or live locks would look stale")
+        return self
+
+
 class Config(_Strict):
     application: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
     sources: dict[Annotated[str, Field(pattern=_NAME)], Source] = Field(min_length=1)
@@ -159,6 +179,7 @@ class Config(_Strict):
     tiers: dict[Annotated[str, Field(pattern=_NAME)], Tier] = Field(min_length=1)
     notify_email: list[str] = Field(default_factory=list)
     owner: str = "data-engineering"
+    locks: Locks = Field(default_factory=Locks)
 
     @model_validator(mode="after")
     def _references(self) -> Config:

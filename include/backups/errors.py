@@ -64,10 +64,23 @@ class RefusedError(BackupError):
     exit_code = 7
 
 
+class ObjectExistsError(RefusedError):
+    """Creating an object whose key already exists with other bytes (objects are never overwritten) (exit 7)."""
+
+
 class EncryptionError(BackupError):
     """A key is missing or wrong, or authenticated decryption failed (exit 8)."""
 
     exit_code = 8
+
+
+class LockedError(BackupError):
+    """The repository (or the snapshot id) is locked by another run; waited and gave up (exit 9).
+
+    Retryable: in Airflow the task fails and its retry tries again. The message names the holder (host, pid,
+    run, age); a lock whose holder is gone is removed automatically (same host) or by ``backupctl unlock``."""
+
+    exit_code = 9
 
 
 EXIT_CODES = {
@@ -78,7 +91,8 @@ EXIT_CODES = {
     4: "integrity failure: stored data or a manifest does not match its checksums",
     5: "storage unreachable or failing",
     6: "a source could not be read (unreadable files, failing command or dump)",
-    7: "refused to protect data (non-empty restore target, unsafe archive member)",
+    7: "refused to protect data (non-empty restore target, unsafe archive member, an object that exists)",
     8: "encryption key missing or wrong",
+    9: "locked: another run holds a conflicting lock on the repository or snapshot (retry later, or `backupctl unlock`)",
     130: "interrupted",
 }

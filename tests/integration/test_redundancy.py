@@ -80,6 +80,7 @@ def test_fan_out_verify_damage_and_restore_from_another_target(multi):
     # damage one object on the cloud target: verify names it; restore from another target still works
     cloud = _open(m, "cloud")
     victim = inc.sources["app_files"]["objects"]["archive"]["key"]
+    cloud.delete(victim)  # objects are never overwritten: damage = replace by hand
     cloud.put_bytes(victim, b"tampered")
     report = verify(cloud, Catalog(cloud, "fmr-test"), read_data=True)
     assert not report.ok and any(victim in p for p in report.problems)

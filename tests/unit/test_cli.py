@@ -18,7 +18,7 @@ def run(*args, env=None):
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e)
 
 
-@pytest.mark.parametrize("cmd", [[], ["backup"], ["list"], ["show"], ["restore"], ["verify"], ["status"]])
+@pytest.mark.parametrize("cmd", [[], ["backup"], ["list"], ["show"], ["restore"], ["verify"], ["status"], ["unlock"]])
 def test_help_everywhere(cmd):
     p = run(*cmd, "--help")
     assert p.returncode == 0 and "usage: backupctl" in p.stdout
@@ -89,7 +89,7 @@ def test_cli_does_not_import_airflow_or_gx(tmp_path):
 def test_exit_codes_documented():
     p = run("exit-codes")
     assert p.returncode == 0
-    for code in ("0", "2", "3", "4", "5", "6", "7", "8"):
+    for code in ("0", "2", "3", "4", "5", "6", "7", "8", "9"):
         assert any(line.strip().startswith(code) for line in p.stdout.splitlines())
 
 
@@ -122,3 +122,33 @@ def test_unusable_staging_directory_is_a_clear_error(tmp_path):
     p = run("--config", cfg, "backup", "--tier", "weekly", env={"BACKUP_STAGING": str(blocker / "staging")})
     assert p.returncode == 2 and "BACKUP_STAGING" in p.stderr and "fix:" in p.stderr
     assert json.loads(run("--config", cfg, "list", "--json").stdout)["snapshots"] == []
+
+
+def test_status_reports_stale_locks_and_unlock_removes_them(tmp_path):
+    """A lock of another host with an old heartbeat blocks, is reported by status, and goes with unlock."""
+    from datetime import UTC, datetime, timedelta
+
+    from backups.demo import fmr
+
+    fmr.generate(tmp_path / "home", scale=0.2)
+    cfg = write_config(tmp_path / "c.yaml", tmp_path / "home", tmp_path / "repo")
+    cfg.write_text(cfg.read_text() + "locks: {wait_seconds: 0}\n")
+    locks = tmp_path / "repo" / "local" / "locks"
+    locks.mkdir(parents=True)
+    old = (datetime.now(UTC) - timedelta(hours=3)).isoformat()
+    (locks / "0123abcd.json").write_text(json.dumps({
+        "lock_format": 1, "scope": "repo", "exclusive": True, "operation": "prune", "host": "worker-7", "pid": 99,
+        "run": "backup_retention/scheduled__2026-11-29/prune try 1", "created": old, "heartbeat": old}))
+    p = run("--config", str(cfg), "backup", "--tier", "weekly")
+    assert p.returncode == 9 and "worker-7" in p.stderr and "STALE" in p.stderr and "backupctl unlock --stale" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = run("--config", str(cfg), "status")
+    assert p.returncode == 0 and "STALE" in p.stdout and "worker-7" in p.stdout and "unlock --stale" in p.stderr
+    p = run("--config", str(cfg), "status", "--json")
+    assert [lk["state"] for lk in json.loads(p.stdout)["locks"]] == ["stale"]
+    p = run("--config", str(cfg), "unlock", "--stale")
+    assert p.returncode == 0 and "removed 1 lock(s)" in p.stdout and "worker-7" in p.stdout
+    assert not locks.exists()  # the last lock object went (and with it the empty folder)
+    p = run("--config", str(cfg), "backup", "--tier", "weekly")
+    assert p.returncode == 0, p.stderr
+    assert not locks.exists()

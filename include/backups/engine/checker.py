@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..catalog.manifest import Catalog, Snapshot
+from ..catalog.manifest import Catalog, Snapshot, manifest_key
 from ..errors import BackupError, ObjectNotFound
 from ..storage.base import Storage
 from .archiver import CHUNK
@@ -62,7 +62,7 @@ def verify(storage: Storage, catalog: Catalog, snaps: list[Snapshot] | None = No
            include_broken: bool = True) -> VerifyReport:
     report = VerifyReport(storage.name, read_data=read_data)
     if include_broken:
-        report.problems += [f"snapshots/{sid}.json: {msg}" for sid, msg in sorted(catalog.broken.items())]
+        report.problems += [f"{manifest_key(sid)}: {msg}" for sid, msg in sorted(catalog.broken.items())]
     todo = snaps if snaps is not None else catalog.ordered()
     seen: set[str] = set()
     for snap in todo:

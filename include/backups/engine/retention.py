@@ -10,8 +10,13 @@ Chains are never broken: every snapshot in the chain of a kept snapshot is kept,
 
 Deleting a snapshot removes its manifest **first**, then its objects: an interrupted prune leaves orphans (no
 manifest, so not a snapshot), never a snapshot with missing objects. Orphans — objects under ``data/<id>/`` with
-no manifest — are removed only when their logical date is older than ``orphan_grace`` (a backup that is still
-running has no manifest yet).
+no manifest — and ``.tmp-*`` objects of killed writers are removed only when their newest object's
+**modification time** is older than ``locks.orphan_grace_hours`` (never by the snapshot's logical date: a
+backfill of an old date writes new objects), and never while any lock covers their snapshot id.
+
+A prune holds the repository's exclusive lock (:func:`prune_storage`): it waits for running backups, restores
+and verifies (their shared locks), and none of them starts while it runs. It checks that its lock still exists
+right before it deletes anything.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..catalog.manifest import ID_RE, Catalog, Snapshot, manifest_key
+from ..catalog.manifest import Catalog, Snapshot, manifest_key
+from ..repository import data_prefix, report_prefix
 from ..storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -40,11 +46,14 @@ class PrunePlan:
     keep: dict[str, list[str]] = field(default_factory=dict)  #: snapshot id -> reasons
     forget: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)  #: snapshot ids whose objects have no manifest
+    temps: list[str] = field(default_factory=list)  #: temp objects of killed writers, past the grace period
+    kept_orphans: list[str] = field(default_factory=list)  #: uncommitted ids kept (young, or covered by a lock)
     deleted_objects: int = 0
     deleted_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"storage": self.storage, "keep": self.keep, "forget": self.forget, "orphans": self.orphans,
+                "temps": self.temps, "kept_orphans": self.kept_orphans,
                 "deleted_objects": self.deleted_objects, "deleted_bytes": self.deleted_bytes}
 
 
@@ -74,7 +83,7 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None]) -> dic
 
 
 def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | None = None,
-               orphan_grace: timedelta = timedelta(days=2)) -> PrunePlan:
+               orphan_grace: timedelta | None = None) -> PrunePlan:
     plan = PrunePlan(storage.name)
     by_tier: dict[str, list[Snapshot]] = {}
     for s in catalog.ordered():
@@ -94,37 +103,54 @@ def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | 
                 keep.setdefault(dep, []).append(f"needed by {sid}")
     plan.keep = {sid: keep[sid] for sid in sorted(keep)}
     plan.forget = [s.id for s in catalog.ordered() if s.id not in keep]
-    # orphans: data/<id>/ without a manifest (an interrupted backup or prune), past the grace period
-    now = now or datetime.now(UTC)
-    # any manifest, of any application sharing this storage, protects its objects
-    manifests = {i.key[len("snapshots/"):-len(".json")] for i in storage.list("snapshots/") if i.key.endswith(".json")}
-    ids = set()
-    for info in storage.list("data/"):
-        sid = info.key.split("/", 2)[1]
-        if sid not in manifests:
-            ids.add(sid)
-    for sid in sorted(ids):
-        m = ID_RE.match(sid)
-        if m is None:
-            continue
-        when = datetime.strptime(m.group("ts"), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-        if now - when > orphan_grace:
-            plan.orphans.append(sid)
+    # orphans: data/<id>/ without a manifest (an interrupted backup or prune) and temp objects, aged by their
+    # objects' modification time and never while a lock covers them
+    from ..repository import Repository
+
+    repo = Repository(storage, cfg)
+    if orphan_grace is None:
+        lc = getattr(cfg, "locks", None)
+        orphan_grace = timedelta(hours=lc.orphan_grace_hours if lc is not None else 48.0)
+    left = repo.leftovers(orphan_grace.total_seconds(), now=(now or datetime.now(UTC)).timestamp())
+    plan.orphans = sorted(left.orphans)
+    plan.temps = [t.key for t in left.temps]
+    plan.kept_orphans = sorted(left.young + left.locked)
     return plan
 
 
-def apply_prune(storage: Storage, catalog: Catalog, plan: PrunePlan) -> PrunePlan:
-    """Forget the planned snapshots (manifest first) and remove orphans; returns the plan with counts."""
+def prune_storage(cfg: Any, storage: Storage, *, dry_run: bool = False, now: datetime | None = None) -> PrunePlan:
+    """Plan and apply the prune of one storage under its exclusive repository lock (a dry run: a shared one)."""
+    from ..repository import Repository, repo_scope
+
+    repo = Repository(storage, cfg)
+    with repo.lock(repo_scope(), exclusive=not dry_run, operation="prune") as held:
+        plan = plan_prune(cfg, storage, repo.catalog, now=now)
+        if not dry_run:
+            apply_prune(storage, repo.catalog, plan, lock=held)
+    return plan
+
+
+def apply_prune(storage: Storage, catalog: Catalog, plan: PrunePlan, *, lock: Any = None) -> PrunePlan:
+    """Forget the planned snapshots (manifest first) and remove orphans and temp objects; returns the plan with
+    counts. ``lock`` (the exclusive repository lock) is checked right before anything is deleted."""
+    if lock is not None:
+        lock.check()
+    for t in plan.temps:
+        storage.remove_temp(t)
+        plan.deleted_objects += 1
+        log.info("%s: removed temp object %s", storage.name, t)
     for sid in plan.forget:
+        if lock is not None:
+            lock.check()  # right before each deletion: a prune whose lock was removed stops here
         storage.delete(manifest_key(sid))
         log.info("%s: forgot %s (manifest removed)", storage.name, sid)
     for sid in [*plan.forget, *plan.orphans]:
-        for info in list(storage.list(f"data/{sid}/")):
+        for info in list(storage.list(data_prefix(sid))):
             storage.delete(info.key)
             plan.deleted_objects += 1
             plan.deleted_bytes += info.size
-        for info in list(storage.list(f"reports/{sid.rsplit('-', 1)[0]}/{sid}.")):
+        for info in list(storage.list(report_prefix(sid))):
             storage.delete(info.key)
-    log.info("%s: pruned %d snapshot(s) and %d orphan set(s): %d object(s), %.1f MB", storage.name, len(plan.forget),
-             len(plan.orphans), plan.deleted_objects, plan.deleted_bytes / 1e6)
+    log.info("%s: pruned %d snapshot(s), %d orphan set(s) and %d temp object(s): %d object(s), %.1f MB", storage.name,
+             len(plan.forget), len(plan.orphans), len(plan.temps), plan.deleted_objects, plan.deleted_bytes / 1e6)
     return plan

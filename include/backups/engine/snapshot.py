@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ..catalog.manifest import Catalog, Snapshot, manifest_key, new_manifest, now_iso, seal, snapshot_id
 from ..config import Config
-from ..errors import ConfigError, IntegrityError, ObjectNotFound, StorageError
+from ..errors import ConfigError, IntegrityError, NotFoundError, ObjectNotFound, RefusedError, SourceError, StorageError
 from ..sources import open_source
 from ..storage import Storage, open_storage
 from ..storage.util import HashingReader
@@ -150,17 +153,117 @@ def staging_root() -> str | None:
     return path
 
 
+OWNER_FILE = ".backup-owner.json"
+
+
+@contextmanager
+def owned_staging(source: str) -> Iterator[str]:
+    """A private staging folder ``backup-<source>-*`` with an owner file (host, pid, start), removed on exit.
+    Staging folders of dead runs are removed by :func:`clean_staging` at the start of the next backup."""
+    import json
+    import tempfile
+
+    from ..repository.locks import HOST, _pid_start
+
+    root = staging_root()
+    path = tempfile.mkdtemp(prefix=f"backup-{source}-", dir=root)
+    try:
+        with open(os.path.join(path, OWNER_FILE), "w") as fh:
+            json.dump({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()), "created": time.time()}, fh)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_staging(cfg: Config, grace_seconds: float) -> list[str]:
+    """Remove staging folders (``backup-<source>-*`` in BACKUP_STAGING or the system temp dir) of dead runs:
+    their owner's process is gone (this host), or — another host's, or without an owner file — they are older
+    than the grace period (at least 10 minutes without an owner file). Returns what went."""
+    import json
+    import tempfile
+
+    from ..repository.locks import HOST, pid_alive
+
+    root = staging_root() or tempfile.gettempdir()
+    removed = []
+    prefixes = tuple(f"backup-{name}-" for name in cfg.sources)
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for e in entries:
+        if not e.name.startswith(prefixes) or not e.is_dir(follow_symlinks=False):
+            continue
+        try:
+            age = time.time() - e.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(e.path, OWNER_FILE)) as fh:
+                owner = json.load(fh)
+        except (OSError, ValueError):
+            owner = None  # an old-style folder (or one whose owner file was never written): aged only
+        if owner is not None and owner.get("host") == HOST:  # ours: removed exactly when its process is gone
+            dead = not pid_alive(int(owner.get("pid", 0)), owner.get("pid_start"))
+            old = False
+        else:  # another host's, or without an owner file (old-style, or just being created): by age only
+            dead = False
+            old = age > (grace_seconds if owner is not None else max(grace_seconds, 600.0))
+        if dead or old:
+            shutil.rmtree(e.path, ignore_errors=True)
+            log.warning("removed the staging folder %s of a dead run (%s)", e.path,
+                        "its process is gone" if dead else f"older than {grace_seconds / 3600:.0f}h")
+            removed.append(e.path)
+    return removed
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC, however it surfaced (an OSError, or SQLite's / a dump tool's "disk is full" in a SourceError)."""
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = getattr(exc, "message", str(exc)).lower()
+    return "disk is full" in text or "no space left on device" in text
+
+
+def clear_uncommitted(storage: Storage, snap_id: str, source: str) -> int:
+    """Remove what an earlier, failed attempt of ``snap_id`` left for ``source`` (caller holds the id lock and
+    has checked that the snapshot is not committed). Returns the number of objects removed."""
+    n = 0
+    from ..repository import data_prefix
+
+    for info in list(storage.list(data_prefix(snap_id, source))):
+        storage.delete(info.key)
+        n += 1
+    if n:
+        log.warning("%s: removed %d object(s) an earlier attempt of %s left for %s", storage.name, n, snap_id, source)
+    return n
+
+
 def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: Any = None, checksum: bool = False,
-            progress: Progress | None = None) -> dict[str, Any]:
-    """Back up one source of the plan into ``storage``; returns a small summary (XCom-sized)."""
+            progress: Progress | None = None, catalog: Catalog | None = None) -> dict[str, Any]:
+    """Back up one source of the plan into ``storage``; returns a small summary (XCom-sized).
+
+    The caller holds the exclusive lock of the snapshot id (or of id + source). An uncommitted leftover of an
+    earlier attempt of the same id and source (an Airflow retry) is removed first; a committed snapshot is an
+    error (its objects are never rewritten)."""
     from .archiver import backup_source
 
+    if storage.exists(manifest_key(p.snapshot_id)):
+        raise RefusedError(f"{storage.name}: snapshot {p.snapshot_id} is already committed; not extracting {source} again",
+                           hint="nothing to do: a committed snapshot is never rewritten")
+    clear_uncommitted(storage, p.snapshot_id, source)
     reader = open_source(cfg, source, resolver)
     parent_obj = None
     parent_for_source = None
     if p.parent:
-        catalog = Catalog(storage, cfg.application)
-        par = catalog.get(p.parent)
+        catalog = catalog or Catalog(storage, cfg.application)
+        try:
+            par = catalog.get(p.parent)
+        except NotFoundError:
+            raise IntegrityError(f"{storage.name}: the parent {p.parent} of {p.snapshot_id} is gone (removed by a prune "
+                                 "since the plan was made?)", hint="re-run the backup: a new plan picks a parent that exists") from None
         if source in par.sources:
             parent_obj = par.sources[source]["objects"]["index"]
             parent_for_source = par.id
@@ -168,9 +271,19 @@ def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: An
     t0 = time.monotonic()
     prog = progress or Progress(f"{source}", None)
     try:
-        rec = backup_source(storage, p.snapshot_id, reader, parent_obj, parent_for_source,
-                            on_unreadable=getattr(sc, "on_unreadable", "fail"), checksum=checksum, progress=prog,
-                            staging_root=staging_root())
+        with owned_staging(source) as staging:
+            try:
+                rec = backup_source(storage, p.snapshot_id, reader, parent_obj, parent_for_source,
+                                    on_unreadable=getattr(sc, "on_unreadable", "fail"), checksum=checksum, progress=prog,
+                                    staging_root=staging)
+            except (OSError, SourceError) as exc:
+                if not _disk_full(exc):
+                    raise
+                free = shutil.disk_usage(staging).free
+                raise StorageError(f"no space left on device while staging {source} in {os.path.dirname(staging)} "
+                                   f"({free / 1e6:,.1f} MB free)",
+                                   hint="free space there, or point BACKUP_STAGING at a disk with room for a database "
+                                   "dump, then re-run; nothing was committed") from None
     finally:
         if progress is None:
             prog.close()
@@ -184,12 +297,23 @@ def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: An
             "seconds": rec_seconds, "warnings": len(rec["warnings"])}
 
 
-def commit(cfg: Config, p: Plan, storage: Storage, *, seconds: dict[str, float] | None = None) -> Snapshot:
-    """Assemble the per-source records into the manifest and write it last. Idempotent for a retry."""
+def commit(cfg: Config, p: Plan, storage: Storage, *, seconds: dict[str, float] | None = None,
+           locks: list[Any] | None = None) -> Snapshot:
+    """Assemble the per-source records into the manifest and write it last. Idempotent for a retry.
+
+    The caller holds the snapshot id's exclusive lock; ``locks`` are checked right before the manifest is
+    written (a holder whose lock was removed never commits). The parent's chain must still be committed."""
     key = manifest_key(p.snapshot_id)
     if storage.exists(key):
         return Catalog(storage, cfg.application).get(p.snapshot_id)
     sources = {name: load_part(storage, p.snapshot_id, name) for name in p.sources}
+    if p.parent:
+        catalog = Catalog(storage, cfg.application)
+        missing = [sid for sid in p.chain[:-1] if sid not in catalog.snapshots]
+        if missing:
+            raise IntegrityError(f"{storage.name}: cannot commit {p.snapshot_id}: its chain needs {', '.join(missing)}, "
+                                 "which no longer exist (removed by a prune while this backup ran?)",
+                                 hint="re-run the backup: a new plan picks a parent that exists")
     objects = [o for rec in sources.values() for o in rec["objects"].values() if o]
     for obj in objects:  # every object must be there, whole, before the commit marker
         try:
@@ -226,6 +350,8 @@ def commit(cfg: Config, p: Plan, storage: Storage, *, seconds: dict[str, float] 
             "warnings": sum(len(r["warnings"]) for r in sources.values()),
         },
     )
+    for held in locks or []:
+        held.check()
     storage.put_bytes(key, seal(doc))
     log.info("committed %s (%s) on %s: %d files, %.1f MB stored", p.snapshot_id, p.type, storage.name,
              doc["totals"]["files"], doc["totals"]["stored_bytes"] / 1e6)
@@ -247,7 +373,7 @@ def copy_object(src: Storage, dst: Storage, obj: dict[str, Any]) -> int:
     return hr.size
 
 
-def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage) -> int:
+def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage, *, locks: list[Any] | None = None) -> int:
     """Copy a committed snapshot (and any missing part of its chain) to ``dst``; manifest last. Returns bytes.
 
     Objects already on ``dst`` with the right size are kept (an interrupted copy resumes). Each manifest is
@@ -266,11 +392,14 @@ def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage) -> int:
             try:
                 if dst.stat(obj["key"]).size == obj["size"]:
                     continue
+                dst.delete(obj["key"])  # an uncommitted, damaged leftover of an interrupted copy (no manifest)
             except ObjectNotFound:
                 pass
             copied += copy_object(src, dst, obj)
         doc = unseal(src.get_bytes(manifest_key(s.id)), f"{manifest_key(s.id)} on {src.name}")
         doc["key_fingerprint"] = dst.key_fingerprint
+        for held in locks or []:
+            held.check()
         dst.put_bytes(manifest_key(s.id), seal(doc))
         log.info("replicated %s from %s to %s", s.id, src.name, dst.name)
     return copied
@@ -302,13 +431,38 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
     match, is skipped for this run; the snapshot is committed everywhere else, and the run then fails naming it
     (the next run back-fills what it missed).
     """
-    from ..errors import BackupError
+
+    from ..repository import Repository
 
     names = storages or list(cfg.tier(tier).storages)
     opened = {n: open_storage(cfg, n, resolver) for n in names}
     primary = opened[names[0]]
-    p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
-             sources=sources, storages=names, comment=comment)
+    repo = Repository(primary, cfg)
+    sid = snapshot_id(tier, parse_logical_date(logical_date))
+    clean_staging(cfg, cfg.locks.orphan_grace_hours * 3600)
+    with repo.backup_lock(sid) as held:
+        # under the id's exclusive lock: what is committed is decided here, once (a second run of the same id
+        # waits, then finds it committed)
+        p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
+                 sources=sources, storages=names, comment=comment)
+        snap, healthy, failures = _extract_and_commit(cfg, p, primary, opened, names, held, resolver, checksum)
+    # replication reads only committed objects (a shared lock keeps prune away); each target takes its own locks
+    if healthy:
+        with repo.lock("repo", exclusive=False, operation="replicate"):
+            _replicate_all(cfg, p, primary, opened, healthy, failures)
+    if failures:
+        kinds = {type(f) for f in failures}
+        kind = kinds.pop() if len(kinds) == 1 else StorageError
+        raise kind(f"{p.snapshot_id} is committed on {primary.name} but not on every storage:\n  "
+                   + "\n  ".join(f.message for f in failures),
+                   hint="fix the storage (or key) and re-run: missing copies are back-filled by the next run")
+    return snap, p
+
+
+def _extract_and_commit(cfg: Config, p: Plan, primary: Storage, opened: dict[str, Storage], names: list[str],
+                        held: list[Any], resolver: Any, checksum: bool) -> tuple[Snapshot, list[str], list[Any]]:
+    from ..errors import BackupError
+
     failures: list[BackupError] = []
     healthy = []
     for n in names[1:]:
@@ -333,11 +487,20 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
                        for name in p.sources]
             for fut in futures:
                 fut.result()
-    snap = commit(cfg, p, primary)
+    snap = commit(cfg, p, primary, locks=held)
+    return snap, healthy, failures
+
+
+def _replicate_all(cfg: Config, p: Plan, primary: Storage, opened: dict[str, Storage], healthy: list[str],
+                   failures: list[Any]) -> None:
+    from ..errors import BackupError
 
     def copy_to(n: str) -> None:
-        replicate(cfg, p.snapshot_id, primary, opened[n])
-        filled = backfill(cfg, primary, opened[n])
+        from ..repository import Repository
+
+        with Repository(opened[n], cfg).backup_lock(p.snapshot_id, operation="replicate") as held:
+            replicate(cfg, p.snapshot_id, primary, opened[n], locks=held)
+            filled = backfill(cfg, primary, opened[n])
         if filled:
             log.info("back-filled %d snapshot(s) on %s: %s", len(filled), n, ", ".join(filled))
 
@@ -355,10 +518,3 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
                 log.error("copy of %s to %s failed: %s", p.snapshot_id, n, exc.message)
             elif exc is not None:
                 raise exc
-    if failures:
-        kinds = {type(f) for f in failures}
-        kind = kinds.pop() if len(kinds) == 1 else StorageError
-        raise kind(f"{p.snapshot_id} is committed on {primary.name} but not on every storage:\n  "
-                   + "\n  ".join(f.message for f in failures),
-                   hint="fix the storage (or key) and re-run: missing copies are back-filled by the next run")
-    return snap, p

@@ -251,15 +251,18 @@ def run_restore(cfg: Config, loc: dict[str, Any], opts: RestoreOptions, resolver
                 pg_dsn: str | None = None) -> dict[str, Any]:
     from ..engine.progress import Progress
     from ..engine.restorer import restore
+    from ..repository import Repository
 
-    st, cat, snap = _open(cfg, loc, resolver)
+    st = open_storage(cfg, loc["storage"], resolver, read_only=True)
     t0 = time.monotonic()
-    progress = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"], interval=10.0, tty=False)
-    try:
-        results = restore(st, cat, snap, Path(opts.target), sources=loc["sources"], includes=opts.includes,
-                          tables=opts.tables, force=opts.force, pg_target=pg_dsn, progress=progress)
-    finally:
-        progress.close()
+    with Repository(st, cfg).lock("repo", exclusive=False, operation="restore"):  # a prune waits for it
+        st, cat, snap = _open(cfg, loc, resolver)
+        progress = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"], interval=10.0, tty=False)
+        try:
+            results = restore(st, cat, snap, Path(opts.target), sources=loc["sources"], includes=opts.includes,
+                              tables=opts.tables, force=opts.force, pg_target=pg_dsn, progress=progress)
+        finally:
+            progress.close()
     seconds = round(time.monotonic() - t0, 3)
     out = {r.source: {"kind": r.kind, "path": r.path, "files": r.files, "bytes": r.bytes, "verified": r.verified,
                       **({"extra": r.extra} if r.extra else {})} for r in results}

@@ -49,8 +49,7 @@ def build_retention_dag(cfg: Config) -> DAG:
     with dag:
         @task(task_id="prune", **({"pool": POOL} if POOL else {}))
         def prune(storage: str) -> dict[str, Any]:
-            from ..catalog import Catalog
-            from ..engine.retention import apply_prune, plan_prune
+            from ..engine.retention import prune_storage
             from ..storage import open_storage
 
             dry = bool(get_current_context()["params"].get("dry_run"))
@@ -59,13 +58,10 @@ def build_retention_dag(cfg: Config) -> DAG:
                 resolver = steps.resolver_for(cfg_)
                 st = open_storage(cfg_, storage, resolver, read_only=dry)
                 st.check()
-                cat = Catalog(st, cfg_.application)
-                plan = plan_prune(cfg_, st, cat)
-                steps.log.info("%s: keep %d, %s %d: %s; orphans %d", storage, len(plan.keep),
-                               "would forget" if dry else "forget", len(plan.forget), ", ".join(plan.forget) or "-",
-                               len(plan.orphans))
-                if not dry:
-                    apply_prune(st, cat, plan)
+                plan = prune_storage(cfg_, st, dry_run=dry)  # under the exclusive repository lock
+                steps.log.info("%s: keep %d, %s %d: %s; orphans %d, temp objects %d", storage, len(plan.keep),
+                               "would forget" if dry else "forgot", len(plan.forget), ", ".join(plan.forget) or "-",
+                               len(plan.orphans), len(plan.temps))
             except FAIL_FAST as exc:
                 raise AirflowFailException(str(exc)) from None
             except BackupError:

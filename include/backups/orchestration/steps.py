@@ -264,11 +264,15 @@ def extract_source(cfg: Config, plan: dict[str, Any], source: str, scratch: Path
     if p.already_committed:
         log.info("%s is already committed: nothing to extract for %s", p.snapshot_id, source)
         return {"source": source, "skipped": "already committed"}
+    from ..repository import Repository
+
     primary = open_storage(cfg, p.storages[0], resolver)
     progress = Progress(f"{p.snapshot_id} {source}", estimate or None, interval=5.0, tty=False)
     log.info("extracting %s (%s) into %s", source, cfg.sources[source].type, primary.describe())
     try:
-        with _staging_env(scratch):
+        # shared repo lock + exclusive lock on id + source: parallel extracts of other sources do not wait
+        with Repository(primary, cfg).backup_lock(p.snapshot_id, source, operation="extract"), _staging_env(scratch):
+            snapshot.clean_staging(cfg, cfg.locks.orphan_grace_hours * 3600)
             out = snapshot.extract(cfg, p, source, primary, resolver=resolver, progress=progress)
     finally:
         progress.close()
@@ -278,10 +282,12 @@ def extract_source(cfg: Config, plan: dict[str, Any], source: str, scratch: Path
 def commit_snapshot(cfg: Config, plan: dict[str, Any], resolver: Any = None) -> dict[str, Any]:
     """Write the manifest on the primary storage — last, it is the commit marker."""
     from ..engine import snapshot
+    from ..repository import Repository
 
     p = _plan(plan)
     primary = open_storage(cfg, p.storages[0], resolver)
-    snap = snapshot.commit(cfg, p, primary)
+    with Repository(primary, cfg).backup_lock(p.snapshot_id, operation="commit") as held:
+        snap = snapshot.commit(cfg, p, primary, locks=held)
     d = snap.doc
     return {"snapshot_id": snap.id, "type": snap.type, "parent": snap.parent, "chain": snap.chain,
             "storage": primary.name, "files": d["totals"]["files"], "bytes": d["totals"]["bytes"],
@@ -312,8 +318,12 @@ def upload_to(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = N
     src = open_storage(cfg, primary_name, resolver, read_only=True)
     dst = open_storage(cfg, storage, resolver)
     log.info("replicating %s from %s to %s", p.snapshot_id, src.describe(), dst.describe())
-    copied = snapshot.replicate(cfg, p.snapshot_id, src, dst)
-    filled = snapshot.backfill(cfg, src, dst)  # snapshots this storage missed while it was down
+    from ..repository import Repository
+
+    with Repository(src, cfg).lock("repo", exclusive=False, operation="replicate"), \
+            Repository(dst, cfg).backup_lock(p.snapshot_id, operation="replicate") as held:
+        copied = snapshot.replicate(cfg, p.snapshot_id, src, dst, locks=held)
+        filled = snapshot.backfill(cfg, src, dst)  # snapshots this storage missed while it was down
     if filled:
         log.info("back-filled %d snapshot(s) %s missed: %s", len(filled), storage, ", ".join(filled))
     seconds = round(time.monotonic() - t0, 3)
@@ -570,7 +580,9 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
 
 def report_key(snapshot_id: str, ext: str) -> str:
     """reports/<tier>/<snapshot id>.<ext> (the tier is the id's prefix: reports/manual/… for backup_manual)."""
-    return f"reports/{snapshot_id.rsplit('-', 1)[0]}/{snapshot_id}.{ext}"
+    from ..repository import report_key as key
+
+    return key(snapshot_id, ext)
 
 
 def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[str, Any], markdown: str,
@@ -579,8 +591,10 @@ def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[s
     keys = []
     for name in storages:
         st = open_storage(cfg, name, resolver)
-        st.put_bytes(report_key(snapshot_id, "json"), (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode())
-        st.put_bytes(report_key(snapshot_id, "md"), markdown.encode())
+        for key, data in ((report_key(snapshot_id, "json"), (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode()),
+                          (report_key(snapshot_id, "md"), markdown.encode())):
+            st.delete(key)  # a report is replaced by a re-run's (objects are never overwritten: delete, then create)
+            st.put_bytes(key, data)
         keys.append(f"{name}:{report_key(snapshot_id, 'json')}")
     log.info("result document stored: %s", ", ".join(keys))
     return keys
@@ -612,7 +626,9 @@ def cleanup(cfg: Config | None, plan: dict[str, Any] | None, dag_id: str, run_id
             committed = st.exists(manifest_key(plan["snapshot_id"]))
             out["committed"] = committed
             if not committed:
-                left = list(st.list(f"data/{plan['snapshot_id']}/"))
+                from ..repository import data_prefix
+
+                left = list(st.list(data_prefix(plan["snapshot_id"])))
                 out["uncommitted_objects"] = len(left)
                 if left:
                     log.warning("%s was not committed: %d object(s), %s, stay on %s for a retry of this run (a snapshot "

@@ -74,6 +74,12 @@ def open_storage(cfg: Any, name: str, resolver: Resolver | None = None, *, read_
         storage = RetryingStorage(SftpStorage.from_config(sc, name, resolver))
     else:  # pragma: no cover - the config model forbids it
         raise ConfigError(f"storage {name}: unknown type {sc.type!r}")
+    import os
+
+    if os.environ.get("BACKUPS_FAULT"):  # the fault-injection suite (tests/faults) only
+        from .wrappers import FaultInjectingStorage
+
+        storage = FaultInjectingStorage(storage, os.environ["BACKUPS_FAULT"])
     if getattr(sc, "encryption", None) is not None:
         from .crypto import EncryptedStorage, load_key
 

@@ -7,6 +7,12 @@ contract suite in ``tests/unit/storage/contract.py`` checks them):
 
 * a writer makes its object visible only when it is closed without error (temp name then rename, or a
   completed multipart upload); an exception inside the ``with`` block leaves nothing visible;
+* objects are **created, never overwritten**: closing a writer whose key already exists raises
+  :class:`~backups.errors.ObjectExistsError` and leaves the existing object untouched — unless the existing
+  bytes are identical to the new ones, which is a no-op (an idempotent retry). Local disks use ``link(2)``
+  (atomic ``EEXIST``), SFTP a plain SFTP ``rename`` (refuses an existing target), S3 ``If-None-Match: *``;
+* ``stat``/``list`` report ``mtime`` (seconds since the epoch) where the backend knows it: orphans and temp
+  leftovers are aged by it;
 * ``list`` never shows an in-progress object;
 * a missing key raises :class:`~backups.errors.ObjectNotFound`; a retryable fault raises
   :class:`~backups.errors.TransientStorageError`; anything else :class:`~backups.errors.StorageError`.
@@ -21,7 +27,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ..errors import StorageError
+from ..errors import ObjectExistsError, StorageError
 
 CHUNK = 1 << 20
 _KEY = re.compile(r"^(?!/)(?!.*//)(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9._\-/]+$")
@@ -34,6 +40,30 @@ class ObjectInfo:
     size: int
     #: storage class for archive-aware backends ("STANDARD", "GLACIER", ...); None when not applicable
     storage_class: str | None = None
+    #: last modification, seconds since the epoch (None when the backend cannot tell)
+    mtime: float | None = None
+
+
+def exists_error(storage: str, key: str) -> ObjectExistsError:
+    return ObjectExistsError(
+        f"{storage}: object {key} already exists with other content; objects are never overwritten",
+        hint="another run wrote this key (two runs of one snapshot id?); check `backupctl status` for locks and "
+        "re-run: a re-run removes its own uncommitted leftovers under its lock")
+
+
+def same_content(storage: Storage, key: str, sha256: str, size: int) -> bool:
+    """True when the object ``key`` holds exactly ``size`` bytes hashing to ``sha256``."""
+    import hashlib
+
+    h, n = hashlib.sha256(), 0
+    try:
+        with storage.open_read(key) as fh:
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+    except StorageError:
+        return False
+    return n == size and h.hexdigest() == sha256
 
 
 def check_key(key: str) -> str:
@@ -121,3 +151,19 @@ class Storage(ABC):
     def restore_request(self, key: str, days: int = 1) -> bool:
         """Ask an archive backend to make ``key`` readable; True when it is readable now."""
         return True
+
+    def for_thread(self) -> Storage:
+        """An instance another thread may use while this one is busy (a lock's heartbeat thread): ``self`` when
+        ``thread_safe``, else an independent one (its own connection)."""
+        return self
+
+    # ---- leftovers of killed writers --------------------------------------------------------------------
+    def temps(self) -> Iterator[ObjectInfo]:
+        """In-progress objects left by killed writers (``.tmp-*`` names; keys relative to the root, with mtime).
+        Backends whose writes leave nothing visible (memory, S3: an unfinished multipart upload is not an
+        object) have none."""
+        return iter(())
+
+    def remove_temp(self, key: str) -> None:
+        """Remove one leftover reported by :meth:`temps`."""
+        raise StorageError(f"{self.name}: no temp objects on this storage")

@@ -1,8 +1,14 @@
-"""Local-disk storage: one file per key under a root directory, written to a temp name then renamed."""
+"""Local-disk storage: one file per key under a root directory, written to a temp name then hard-linked.
+
+The final name is created with ``link(tmp, final)``, which fails atomically with ``EEXIST`` when the key exists:
+objects are never overwritten (identical bytes are accepted as an idempotent retry). File systems without
+hard links fall back to a check then ``rename`` (not atomic against a concurrent writer of the same key; the
+locks serialise those)."""
 
 from __future__ import annotations
 
 import errno
+import filecmp
 import os
 import shutil
 import uuid
@@ -12,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import ObjectNotFound, StorageError
-from .base import TEMP_MARK, ObjectInfo, Storage, check_key
+from .base import TEMP_MARK, ObjectInfo, Storage, check_key, exists_error
 
 
 def _fsync_dir(path: Path) -> None:
@@ -41,8 +47,11 @@ class LocalStorage(Storage):
         return self.root / check_key(key)
 
     def _fail(self, what: str, key: str, exc: OSError) -> StorageError:
-        if exc.errno == errno.ENOSPC:
-            return StorageError(f"{self.name}: no space left on device while {what} {key}", hint=f"free space under {self.root}")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = self.free_bytes()
+            left = f" ({free / 1e6:,.1f} MB free)" if free is not None else ""
+            return StorageError(f"{self.name}: no space left on device while {what} {key}{left}",
+                                hint=f"free space under {self.root} (prune old snapshots, or grow the disk), then re-run")
         return StorageError(f"{self.name}: {what} {key} failed: {exc.strerror or exc}", hint=f"check permissions on {self.root}")
 
     @contextmanager
@@ -59,14 +68,34 @@ class LocalStorage(Storage):
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
-            os.replace(tmp, path)
+            self._link(tmp, path, key)
             _fsync_dir(path.parent)
         except BaseException as exc:
-            fh.close()
+            try:
+                fh.close()  # may raise again (ENOSPC flushing the buffer): the first error is the one to report
+            except OSError:
+                pass
             tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise self._fail("writing", key, exc) from None
             raise
+        tmp.unlink(missing_ok=True)
+
+    def _link(self, tmp: Path, path: Path, key: str) -> None:
+        """Give ``tmp`` the final name without ever replacing an existing object."""
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if not filecmp.cmp(tmp, path, shallow=False):
+                raise exists_error(self.name, key) from None
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                raise
+            if path.exists():  # no hard links on this file system: check, then rename
+                if not filecmp.cmp(tmp, path, shallow=False):
+                    raise exists_error(self.name, key) from None
+                return
+            os.rename(tmp, path)
 
     @contextmanager
     def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[BinaryIO]:
@@ -94,7 +123,7 @@ class LocalStorage(Storage):
             raise ObjectNotFound(f"{self.name}: object {key} is missing") from None
         except OSError as exc:
             raise self._fail("stat of", key, exc) from None
-        return ObjectInfo(key, st.st_size)
+        return ObjectInfo(key, st.st_size, mtime=st.st_mtime)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.exists():
@@ -115,7 +144,8 @@ class LocalStorage(Storage):
                 key = fn if rel_dir == "." else f"{rel_dir}/{fn}"
                 if key.startswith(prefix):
                     try:
-                        out.append(ObjectInfo(key, os.stat(os.path.join(dirpath, fn)).st_size))
+                        st = os.stat(os.path.join(dirpath, fn))
+                        out.append(ObjectInfo(key, st.st_size, mtime=st.st_mtime))
                     except FileNotFoundError:
                         continue
         out.sort(key=lambda o: o.key)
@@ -150,7 +180,28 @@ class LocalStorage(Storage):
             p = p.parent
         return shutil.disk_usage(p).free
 
+    def temps(self) -> Iterator[ObjectInfo]:
+        """In-progress files left by a killed writer (for cleanup), with their mtime."""
+        if not self.root.exists():
+            return
+        for p in sorted(self.root.rglob(f"{TEMP_MARK}*")):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            if p.is_file():
+                yield ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, mtime=st.st_mtime)
+
+    def remove_temp(self, key: str) -> None:
+        path = self.root / key
+        if TEMP_MARK not in path.name or not path.is_relative_to(self.root) or ".." in Path(key).parts:
+            raise StorageError(f"{self.name}: {key} is not a temp object")
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._fail("deleting", key, exc) from None
+
     def orphan_temps(self) -> Iterator[Path]:
-        """In-progress files left by a killed writer (for cleanup)."""
-        if self.root.exists():
-            yield from self.root.rglob(f"{TEMP_MARK}*")
+        """In-progress files left by a killed writer (paths; see :meth:`temps`)."""
+        for info in self.temps():
+            yield self.root / info.key

@@ -3,31 +3,41 @@
 * ``open_write`` buffers ``part_size`` bytes (8 MiB) at a time; an object smaller than one part is sent with a
   single ``put_object`` on close, a larger one as a multipart upload that is completed on a clean exit and
   aborted on an exception, so a partial object is never visible (S3 shows nothing until completion).
+* objects are created, never overwritten: ``put_object`` and ``complete_multipart_upload`` carry
+  ``If-None-Match: *`` (AWS S3 since 2024-08, MinIO, moto); an existing key answers 412 and the writer then
+  accepts only identical bytes, else raises :class:`ObjectExistsError`. A server that rejects the header as not
+  implemented gets a ``head_object`` check before the write instead (not atomic against a concurrent writer of
+  the same key; the repository locks serialise those) — logged once per storage.
 * ``open_read`` streams ``get_object`` (with ``Range`` for partial reads).
 * botocore errors are classified: 404 / NoSuchKey → :class:`ObjectNotFound`; 5xx, throttling and connection
   errors → :class:`TransientStorageError` (``RetryingStorage`` retries them); anything else → :class:`StorageError`.
   Messages name the storage, bucket and key, never a credential.
 * GLACIER / DEEP_ARCHIVE: reading an un-restored object raises a clear error; :meth:`S3Storage.restore_request`
   asks S3 for a temporary copy. Manifests (``snapshots/``) are always written as STANDARD so listing and chain
-  resolution never wait for a restore.
+  resolution never wait for a restore; so are lock objects (``locks/``).
 
 boto3 is not imported here: the client comes from the :class:`~backups.storage.Resolver`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFound, StorageError, TransientStorageError
-from .base import ObjectInfo, Storage, check_key
+from .base import ObjectInfo, Storage, check_key, exists_error, same_content
+
+log = logging.getLogger(__name__)
 
 PART = 8 << 20
 MIN_PART = 5 << 20  # S3's minimum size for every part but the last
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 MANIFEST_PREFIX = "snapshots/"
+STANDARD_PREFIXES = (MANIFEST_PREFIX, "locks/")  # read on every run: never in an archive class
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException"}
@@ -44,6 +54,7 @@ class S3Storage(Storage):
         self.client, self.bucket, self.name, self.conn_id = client, bucket, name, conn_id
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.storage_class, self.part_size = storage_class, part_size
+        self.conditional_writes = True  #: If-None-Match on writes; False after the server said it cannot
         self.archive = storage_class in ARCHIVE_CLASSES
         self._sse: dict[str, str] = {}
         if sse:
@@ -107,7 +118,7 @@ class S3Storage(Storage):
 
     # ---- the five operations --------------------------------------------------------------------------
     def _extra(self, key: str) -> dict[str, str]:
-        cls = "STANDARD" if key.startswith(MANIFEST_PREFIX) else self.storage_class
+        cls = "STANDARD" if key.startswith(STANDARD_PREFIXES) else self.storage_class
         return {**self._sse, **({"StorageClass": cls} if cls != "STANDARD" else {})}
 
     @contextmanager
@@ -143,7 +154,7 @@ class S3Storage(Storage):
 
     def stat(self, key: str) -> ObjectInfo:
         head = self._call("stat of", key, self.client.head_object, Key=self.prefix + check_key(key))
-        return ObjectInfo(key, int(head["ContentLength"]), head.get("StorageClass") or "STANDARD")
+        return ObjectInfo(key, int(head["ContentLength"]), head.get("StorageClass") or "STANDARD", _ts(head.get("LastModified")))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         out: list[ObjectInfo] = []
@@ -153,7 +164,8 @@ class S3Storage(Storage):
                 for obj in page.get("Contents", []):
                     rel = obj["Key"][len(self.prefix):]
                     if rel and not rel.endswith("/"):
-                        out.append(ObjectInfo(rel, int(obj["Size"]), obj.get("StorageClass") or "STANDARD"))
+                        out.append(ObjectInfo(rel, int(obj["Size"]), obj.get("StorageClass") or "STANDARD",
+                                              _ts(obj.get("LastModified"))))
         except Exception as exc:
             if type(exc).__module__.startswith(("botocore", "urllib3")):
                 raise self._fail("listing", prefix, exc) from None
@@ -162,6 +174,35 @@ class S3Storage(Storage):
 
     def delete(self, key: str) -> None:
         self._call("deleting", key, self.client.delete_object, Key=self.prefix + check_key(key))
+
+    # ---- leftovers: unfinished multipart uploads of killed writers --------------------------------------
+    def temps(self) -> Iterator[ObjectInfo]:
+        """Multipart uploads never completed nor aborted (a killed writer), as ``<key>?uploadId=<id>``."""
+        out = []
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for up in page.get("Uploads", []):
+                    rel = up["Key"][len(self.prefix):]
+                    out.append(ObjectInfo(f"{rel}?uploadId={up['UploadId']}", 0, up.get("StorageClass"), _ts(up.get("Initiated"))))
+        except Exception as exc:
+            if type(exc).__module__.startswith(("botocore", "urllib3")):
+                raise self._fail("listing multipart uploads", None, exc) from None
+            raise
+        return iter(sorted(out, key=lambda o: o.key))
+
+    def remove_temp(self, key: str) -> None:
+        rel, sep, upload_id = key.partition("?uploadId=")
+        if not sep or not upload_id:
+            raise StorageError(f"{self.name}: {key} is not an unfinished multipart upload")
+        try:
+            self._call("aborting multipart upload", rel, self.client.abort_multipart_upload,
+                       Key=self.prefix + check_key(rel), UploadId=upload_id)
+        except ObjectNotFound:
+            pass
+        except StorageError as exc:
+            if "NoSuchUpload" not in exc.message:  # already completed or aborted
+                raise
 
     # ---- extras -----------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -194,6 +235,10 @@ class _RangePastEnd(StorageError):
     pass
 
 
+def _ts(value: Any) -> float | None:
+    return value.timestamp() if hasattr(value, "timestamp") else None
+
+
 class _MultipartWriter:
     """Multipart upload with bounded concurrency: at most ``CONCURRENCY`` parts (of ``part_size`` bytes each) are
     in flight, so memory stays bounded while uploads overlap with producing the next part."""
@@ -208,8 +253,12 @@ class _MultipartWriter:
         self.sent = 0
         self.inflight: list[Any] = []
         self.pool: Any = None
+        self.sha = hashlib.sha256()
+        self.size = 0
 
     def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
         self.buf += data
         # S3 allows 10 000 parts: parts grow by part_size every 1000 (8 MiB parts → objects up to ~440 GB)
         while len(self.buf) >= (size := self.s3.part_size * (1 + self.sent // 1000)):
@@ -246,14 +295,40 @@ class _MultipartWriter:
     def commit(self) -> None:
         s3 = self.s3
         if self.upload_id is None:
-            s3._call("writing", self.key, s3.client.put_object, Key=self.full, Body=bytes(self.buf), **s3._extra(self.key))
+            self._create(s3.client.put_object, Body=bytes(self.buf), **s3._extra(self.key))
             return
         if self.buf or not self.sent:
             self._send_part(bytes(self.buf))
         self._drain()
         parts = sorted(self.parts, key=lambda p: p["PartNumber"])
-        s3._call("writing", self.key, s3.client.complete_multipart_upload, Key=self.full, UploadId=self.upload_id,
-                 MultipartUpload={"Parts": parts})
+        self._create(s3.client.complete_multipart_upload, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+        self.upload_id = None
+
+    def _create(self, fn: Any, **kw: Any) -> None:
+        """One create-only request (If-None-Match: *); an existing key is accepted only with identical bytes."""
+        s3 = self.s3
+        if not s3.conditional_writes and s3.exists(self.key):
+            self._existing()
+            return
+        try:
+            s3._call("writing", self.key, fn, Key=self.full, **({"IfNoneMatch": "*"} if s3.conditional_writes else {}), **kw)
+        except StorageError as exc:
+            if "PreconditionFailed" in exc.message or " 412" in exc.message:
+                self._existing()
+                return
+            if s3.conditional_writes and ("NotImplemented" in exc.message or " 501" in exc.message):
+                log.warning("%s: the S3 server does not support conditional writes (If-None-Match); objects are "
+                            "checked before writing instead (locks serialise writers)", s3.name)
+                s3.conditional_writes = False
+                self._create(fn, **kw)
+                return
+            raise
+
+    def _existing(self) -> None:
+        if self.upload_id is not None:
+            self.abort()
+        if not same_content(self.s3, self.key, self.sha.hexdigest(), self.size):
+            raise exists_error(self.s3.name, self.key)
 
     def abort(self) -> None:
         if self.pool is not None:

@@ -1,8 +1,10 @@
 """SFTP storage: one file per key under a base directory on an SSH server (paramiko ``SFTPClient``).
 
-* Writes stream to ``<dir>/.tmp-<uuid>-<name>`` in the object's directory, the size is checked, then
-  ``posix_rename`` replaces the final name atomically: no partial file ever has a final name, and ``list``
-  skips temp names (a killed upload leaves an invisible orphan for the cleanup step, see :meth:`orphan_temps`).
+* Writes stream to ``<dir>/.tmp-<uuid>-<name>`` in the object's directory, the size is checked, then a plain
+  SFTP ``rename`` gives it the final name: no partial file ever has a final name, and ``list`` skips temp names
+  (a killed upload leaves an invisible orphan for the cleanup step, see :meth:`temps`). Plain SFTP rename
+  (unlike OpenSSH's ``posix-rename``) refuses an existing target — OpenSSH's server does it with
+  ``link(2)`` + ``unlink(2)``, atomically — so objects are never overwritten (identical bytes are accepted).
 * Reads stream with paramiko's ``prefetch`` in bounded windows (8 MiB), so an object is never held in memory.
 * Connections come from a factory (``resolver.sftp_client_factory(conn_id)``: host-key checking is the
   factory's job). A dropped connection is detected (the SSH transport is no longer active), dropped, and
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import posixpath
 import stat as stat_mod
 import threading
@@ -21,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ..errors import BackupError, ObjectNotFound, StorageError, TransientStorageError
-from .base import TEMP_MARK, ObjectInfo, Storage, check_key
+from .base import TEMP_MARK, ObjectInfo, Storage, check_key, exists_error, same_content
 
 WINDOW = 8 << 20
 
@@ -35,6 +38,10 @@ class SftpStorage(Storage):
     @classmethod
     def from_config(cls, sc: Any, name: str, resolver: Any) -> SftpStorage:
         return cls(resolver.sftp_client_factory(sc.conn_id), sc.path, name=name, conn_id=sc.conn_id)
+
+    def for_thread(self) -> SftpStorage:
+        """A second instance with its own SSH session: one paramiko SFTP session must not be shared."""
+        return SftpStorage(self.connect, self.base, name=self.name, conn_id=self.conn_id)
 
     def describe(self) -> str:
         return f"{self.name} (sftp {self.base}" + (f" via connection {self.conn_id})" if self.conn_id else ")")
@@ -133,10 +140,21 @@ class SftpStorage(Storage):
             fh.close()
             if sftp.stat(tmp).st_size != writer.size:  # errors of pipelined writes surface here
                 raise OSError(f"size mismatch after upload ({writer.size} bytes sent)")
-            _replace(sftp, tmp, path)
         except Exception as exc:
             self._discard(sftp, fh, tmp)
             raise self._fail("writing", key, exc) from None
+        try:
+            sftp.rename(tmp, path)  # plain SFTP rename: fails when the target exists
+        except Exception as exc:
+            self._discard(sftp, fh, tmp)
+            if not _alive(sftp):
+                raise self._fail("writing", key, exc) from None
+            try:
+                sftp.stat(path)
+            except Exception:  # noqa: BLE001 - the target does not exist: the rename failed for another reason
+                raise self._fail("writing", key, exc) from None
+            if not same_content(self, key, writer.sha.hexdigest(), writer.size):
+                raise exists_error(self.name, key) from None
 
     @staticmethod
     def _discard(sftp: Any, fh: Any, tmp: str) -> None:
@@ -166,9 +184,9 @@ class SftpStorage(Storage):
             raise self._fail("stat of", key, exc) from None
         if stat_mod.S_ISDIR(st.st_mode or 0):
             raise ObjectNotFound(f"{self.name}: object {key} is missing (a directory has that name)")
-        return ObjectInfo(key, st.st_size or 0)
+        return ObjectInfo(key, st.st_size or 0, mtime=st.st_mtime)
 
-    def _walk(self, start: str, temps: bool) -> Iterator[tuple[str, int]]:
+    def _walk(self, start: str, temps: bool) -> Iterator[tuple[str, int, float | None]]:
         sftp = self._client()
         try:
             entries = sftp.listdir_attr(start)
@@ -181,12 +199,13 @@ class SftpStorage(Storage):
             if stat_mod.S_ISDIR(e.st_mode or 0):
                 yield from self._walk(full, temps)
             elif e.filename.startswith(TEMP_MARK) == temps:
-                yield posixpath.relpath(full, self.base), e.st_size or 0
+                yield posixpath.relpath(full, self.base), e.st_size or 0, e.st_mtime
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         try:
-            found = [ObjectInfo(k, n) for k, n in self._walk(posixpath.join(self.base, base), False) if k.startswith(prefix)]
+            found = [ObjectInfo(k, n, mtime=m) for k, n, m in self._walk(posixpath.join(self.base, base), False)
+                     if k.startswith(prefix)]
         except Exception as exc:
             raise self._fail("listing", prefix or "/", exc) from None
         return iter(sorted(found, key=lambda o: o.key))
@@ -214,22 +233,27 @@ class SftpStorage(Storage):
         except Exception as exc:
             raise self._fail("creating base directory", self.base, exc) from None
 
+    def temps(self) -> Iterator[ObjectInfo]:
+        """In-progress files left by killed writers (keys relative to the base, with mtime), for cleanup."""
+        try:
+            found = list(self._walk(self.base, True))
+        except Exception as exc:
+            raise self._fail("listing", "/", exc) from None
+        return iter([ObjectInfo(k, n, mtime=m) for k, n, m in found])
+
+    def remove_temp(self, key: str) -> None:
+        if TEMP_MARK not in posixpath.basename(key) or ".." in key.split("/") or key.startswith("/"):
+            raise StorageError(f"{self.name}: {key} is not a temp object")
+        try:
+            self._client().remove(posixpath.join(self.base, key))
+        except Exception as exc:
+            err = self._fail("deleting", key, exc)
+            if not isinstance(err, ObjectNotFound):
+                raise err from None
+
     def orphan_temps(self) -> Iterator[str]:
-        """Paths (relative to the base) of in-progress files left by killed writers, for cleanup."""
-        yield from (k for k, _ in self._walk(self.base, True))
-
-
-def _replace(sftp: Any, tmp: str, path: str) -> None:
-    try:
-        sftp.posix_rename(tmp, path)  # OpenSSH's posix-rename@openssh.com: atomic overwrite
-    except OSError as exc:
-        if "unsupported" not in str(exc).lower():
-            raise
-        try:  # servers without the extension: plain SFTP rename refuses to overwrite
-            sftp.remove(path)
-        except FileNotFoundError:
-            pass
-        sftp.rename(tmp, path)
+        """Paths (relative to the base) of in-progress files left by killed writers (see :meth:`temps`)."""
+        yield from (o.key for o in self.temps())
 
 
 def _alive(sftp: Any) -> bool:
@@ -247,12 +271,14 @@ class _File:
         self.store, self.key, self.fh, self.pos, self.end = store, key, fh, pos, end
         self.window_end = pos
         self.size = 0
+        self.sha = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
         try:
             self.fh.write(data)
         except Exception as exc:
             raise self.store._fail("writing", self.key, exc) from None
+        self.sha.update(data)
         self.size += len(data)
         return len(data)
 

@@ -3,6 +3,10 @@
 * :class:`ReadOnlyStorage` — refuses writes and deletes; the test-restore and drill paths open storage with it.
 * :class:`RetryingStorage` — retries :class:`TransientStorageError` with exponential backoff.
 * :class:`MeteredStorage` — counts bytes read and written and the seconds spent.
+* :class:`FaultInjectingStorage` — for the fault-injection suite only: ``BACKUPS_FAULT=kill:N`` SIGKILLs the
+  process at its N-th object write (before the object is created), ``kill-after:N`` right after it was
+  created, ``enospc:N`` fails the N-th write with ``ENOSPC``. ``open_storage`` adds it only when the variable
+  is set.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from ..errors import RefusedError, TransientStorageError
 from .base import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
+LOCKS_PREFIX = "locks/"
 
 
 class _Wrapper(Storage):
@@ -54,6 +59,21 @@ class _Wrapper(Storage):
     def restore_request(self, key: str, days: int = 1) -> bool:
         return self.inner.restore_request(key, days)
 
+    def temps(self) -> Iterator[ObjectInfo]:
+        return self.inner.temps()
+
+    def remove_temp(self, key: str) -> None:
+        self.inner.remove_temp(key)
+
+    def for_thread(self) -> Storage:
+        if self.thread_safe:
+            return self
+        import copy
+
+        twin = copy.copy(self)
+        twin.inner = self.inner.for_thread()
+        return twin
+
     def unwrap(self) -> Storage:
         inner = self.inner
         while isinstance(inner, _Wrapper):
@@ -62,13 +82,23 @@ class _Wrapper(Storage):
 
 
 class ReadOnlyStorage(_Wrapper):
+    """Refuses every write and delete of repository data. Lock objects (``locks/``) are the one exception: a
+    reader (restore, verify, a drill) holds a shared lock so that a prune waits for it (restic does the same)."""
+
     def _refuse(self, what: str, key: str) -> RefusedError:
         return RefusedError(f"{self.name}: opened read-only, refusing to {what} {key}")
 
     def open_write(self, key: str):  # type: ignore[override]
+        if key.startswith(LOCKS_PREFIX):
+            return self.inner.open_write(key)
         raise self._refuse("write", key)
 
     def delete(self, key: str) -> None:
+        if key.startswith(LOCKS_PREFIX):
+            return self.inner.delete(key)
+        raise self._refuse("delete", key)
+
+    def remove_temp(self, key: str) -> None:
         raise self._refuse("delete", key)
 
     def check(self) -> None:
@@ -137,6 +167,54 @@ class _Counting:
         data = self.raw.read(n)
         setattr(self.meter, self.attr, getattr(self.meter, self.attr) + len(data))
         return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.raw, name)
+
+
+class FaultInjectingStorage(_Wrapper):
+    """Injected crash points and full disks at the N-th object write of this process (see the module doc)."""
+
+    def __init__(self, inner: Storage, spec: str) -> None:
+        super().__init__(inner)
+        mode, _, n = spec.partition(":")
+        if mode not in ("kill", "kill-after", "enospc") or not n.isdigit():
+            from ..errors import ConfigError
+
+            raise ConfigError(f"BACKUPS_FAULT={spec!r} is not kill:N, kill-after:N or enospc:N")
+        self.mode, self.at = mode, int(n)
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:  # type: ignore[override]
+        import errno
+        import os
+        import signal
+
+        global _WRITES
+        _WRITES += 1
+        hit = _WRITES == self.at
+        with self.inner.open_write(key) as fh:
+            if hit and self.mode == "enospc":
+                yield _Failing(fh, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))  # type: ignore[misc]
+            else:
+                yield fh
+            if hit and self.mode == "kill":
+                log.warning("fault injection: SIGKILL before creating %s (write %d)", key, _WRITES)
+                os.kill(os.getpid(), signal.SIGKILL)
+        if hit and self.mode == "kill-after":
+            log.warning("fault injection: SIGKILL after creating %s (write %d)", key, _WRITES)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_WRITES = 0  # object writes of this process, across storages (the N of BACKUPS_FAULT)
+
+
+class _Failing:
+    def __init__(self, raw: BinaryIO, exc: OSError) -> None:
+        self.raw, self.exc = raw, exc
+
+    def write(self, data: bytes) -> int:
+        raise self.exc
 
     def __getattr__(self, name: str):
         return getattr(self.raw, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime, timedelta
 
 from backups.catalog import Catalog
@@ -63,11 +65,18 @@ def test_orphans_are_removed_after_the_grace_period_only(app):
     run_backup(cfg, "weekly", logical_date="2026-01-04T01:00:00Z")
     storage = LocalStorage(app["root"] / "local")
     storage.put_bytes("data/weekly-20260101T010000Z/app_db.tar.zst", b"left by a killed run")
-    storage.put_bytes("data/weekly-20260104T020000Z/app_db.tar.zst", b"a run still in progress")
+    # an OLD logical date whose objects were just written (a backfill still running): aged by mtime, kept
+    storage.put_bytes("data/weekly-20250104T020000Z/app_db.tar.zst", b"a run still in progress")
+    (storage.root / "data" / "weekly-20260101T010000Z" / ".tmp-dead-app_db.sums.zst").write_bytes(b"partial")
+    three_days = time.time() - 3 * 86400
+    for p in (storage.root / "data" / "weekly-20260101T010000Z").iterdir():
+        os.utime(p, (three_days, three_days))
     cat = Catalog(storage, "fmr-test")
-    plan = plan_prune(cfg, storage, cat, now=datetime(2026, 1, 5, 0, 0, tzinfo=UTC))
-    assert plan.orphans == ["weekly-20260101T010000Z"]
+    plan = plan_prune(cfg, storage, cat)
+    assert plan.orphans == ["weekly-20260101T010000Z"] and plan.kept_orphans == ["weekly-20250104T020000Z"]
+    assert plan.temps == ["data/weekly-20260101T010000Z/.tmp-dead-app_db.sums.zst"]
     apply_prune(storage, cat, plan)
     assert not storage.exists("data/weekly-20260101T010000Z/app_db.tar.zst")
-    assert storage.exists("data/weekly-20260104T020000Z/app_db.tar.zst")
+    assert list(storage.temps()) == []
+    assert storage.exists("data/weekly-20250104T020000Z/app_db.tar.zst")
     assert Catalog(storage, "fmr-test").get("weekly-20260104T010000Z")

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from backups.errors import ObjectNotFound, StorageError
+from backups.errors import ObjectExistsError, ObjectNotFound, StorageError
 
 
 class StorageContract:
@@ -38,10 +38,37 @@ class StorageContract:
         with storage.open_read("r.bin", offset=10, length=20) as fh:
             assert fh.read() == (bytes(range(256)) * 4)[10:30]
 
-    def test_overwrite_replaces(self, storage):
+    def test_existing_object_is_never_overwritten(self, storage):
         storage.put_bytes("o.bin", b"one")
-        storage.put_bytes("o.bin", b"two-two")
-        assert storage.get_bytes("o.bin") == b"two-two"
+        with pytest.raises(ObjectExistsError, match="o.bin already exists"):
+            storage.put_bytes("o.bin", b"two-two")
+        assert storage.get_bytes("o.bin") == b"one"
+        assert [o.key for o in storage.list("")] == ["o.bin"]  # no temp or partial object left visible
+
+    def test_identical_rewrite_is_an_idempotent_retry(self, storage):
+        data = os.urandom(self.big_size)
+        storage.put_bytes("same.bin", data)
+        storage.put_bytes("same.bin", data)
+        assert storage.get_bytes("same.bin") == data
+
+    def test_concurrent_creates_of_one_key_one_wins(self, storage):
+        """Two writers open the same key at once: the first to close creates it, the second fails cleanly."""
+        with pytest.raises(ObjectExistsError):
+            with storage.open_write("race.bin") as a:
+                a.write(b"A" * 70_000)
+                with storage.open_write("race.bin") as b:
+                    b.write(b"B" * 50_000)
+        assert storage.get_bytes("race.bin") == b"B" * 50_000
+        assert [o.key for o in storage.list("")] == ["race.bin"]
+        assert [t.key for t in storage.temps()] == []
+
+    def test_mtime_is_reported(self, storage):
+        import time
+
+        before = time.time()
+        storage.put_bytes("m/x", b"1")
+        for info in (storage.stat("m/x"), *storage.list("m/")):
+            assert info.mtime is not None and before - 5 < info.mtime < time.time() + 5
 
     def test_missing_key_is_not_found(self, storage):
         with pytest.raises(ObjectNotFound):
@@ -70,7 +97,7 @@ class StorageContract:
         assert not storage.exists("half/written.bin")
         assert [o.key for o in storage.list("half/")] == []
 
-    def test_failed_overwrite_keeps_old_object(self, storage):
+    def test_failed_write_over_existing_keeps_old_object(self, storage):
         storage.put_bytes("keep.bin", b"old")
         with pytest.raises(RuntimeError):
             with storage.open_write("keep.bin") as fh:

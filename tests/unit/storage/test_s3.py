@@ -181,6 +181,15 @@ def test_manifests_are_always_standard(client):
     assert s.get_bytes("snapshots/daily-20260101T020000Z.json") == b"{}"
 
 
+def test_lock_objects_are_standard_so_an_archive_storage_can_be_locked(client):
+    from backups.repository.locks import Locks
+
+    s = fresh(client, storage_class="GLACIER")
+    with Locks(s, wait_seconds=0).acquire("repo", exclusive=True, operation="prune"):
+        assert [o.storage_class for o in s.list("locks/")] == ["STANDARD"]
+        assert len(Locks(s).list()) == 1  # readable without a restore request
+
+
 def test_sse_is_requested(client):
     s = fresh(client, sse="AES256")
     s.put_bytes("k", b"v")
@@ -198,3 +207,14 @@ def test_from_config_uses_resolver(client):
     sc = S3Cfg(type="s3", bucket=BUCKET, prefix="/cfg/x/", storage_class="STANDARD_IA")
     s = S3Storage.from_config(sc, "offsite", Resolver())
     assert (s.prefix, s.storage_class, s.describe()) == ("cfg/x/", "STANDARD_IA", "offsite (s3://backups/cfg/x/)")
+
+
+def test_unfinished_multipart_uploads_are_temps_and_can_be_removed(client):
+    s = fresh(client)
+    full = s.prefix + "data/x/app.tar.zst"
+    up = client.create_multipart_upload(Bucket=BUCKET, Key=full)["UploadId"]  # a writer killed mid-upload
+    temps = list(s.temps())
+    assert [t.key for t in temps] == [f"data/x/app.tar.zst?uploadId={up}"] and temps[0].mtime is not None
+    assert list(s.list("")) == []  # never visible as an object
+    s.remove_temp(temps[0].key)
+    assert list(s.temps()) == []
