@@ -189,7 +189,21 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
         cat = Repository(storage, cfg).catalog  # re-read under the lock: a prune may have run before we got it
         snap = cat.get(snap.id)
-        return _restore(args, cfg, storage, cat, snap)
+        try:
+            return _restore(args, cfg, storage, cat, snap)
+        except OSError as exc:
+            import errno
+            import shutil
+
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            target = Path(args.target)
+            while not target.exists() and target != target.parent:
+                target = target.parent
+            raise StorageError(f"no space left on device while restoring {snap.id} into {args.target} "
+                               f"({shutil.disk_usage(target).free / 1e6:,.1f} MB free)",
+                               hint="free space there or restore into a bigger disk (the snapshot's size: "
+                               f"{snap.doc['totals']['bytes'] / 1e6:,.1f} MB)") from None
 
 
 def _shared_lock(cfg: Any, storage: Any, operation: str):

@@ -184,6 +184,20 @@ def test_problem5_full_staging_disk_is_exit_5_naming_the_staging_folder(app, mon
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a small tmpfs")
+def test_problem5_full_restore_target_is_exit_5_naming_it(app):
+    run_backup(app["cfg"], "weekly", logical_date="2026-03-01T01:00:00Z")
+    mnt = app["tmp"] / "target"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], check=True)
+    try:
+        rc, _, err = _cli("--config", str(app["config_path"]), "restore", "latest", "--target", str(mnt / "out"))
+        assert rc == 5 and f"no space left on device while restoring weekly-20260301T010000Z into {mnt}" in err, err
+        assert "MB free" in err and "Traceback" not in err
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 def test_problem5_verify_all_finds_a_deleted_manifest(app):
     run_backup(app["cfg"], "weekly", logical_date="2026-03-01T01:00:00Z")
     run_backup(app["cfg"], "weekly", logical_date="2026-03-08T01:00:00Z")

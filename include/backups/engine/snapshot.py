@@ -88,7 +88,7 @@ def _usable(catalog: Catalog, snap: Snapshot) -> str | None:
 
 def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, type_override: str | None = None,
          storage: Storage | None = None, resolver: Any = None, sources: list[str] | None = None,
-         storages: list[str] | None = None, comment: str = "") -> Plan:
+         storages: list[str] | None = None, comment: str = "", catalog: Catalog | None = None) -> Plan:
     t = cfg.tier(tier)
     ld = parse_logical_date(logical_date)
     sid = snapshot_id(tier, ld)
@@ -104,7 +104,7 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
         if s not in cfg.sources:
             raise ConfigError(f"unknown source {s!r}", hint=f"use one of: {', '.join(sorted(cfg.sources))}")
     primary = storage or open_storage(cfg, storage_names[0], resolver)
-    catalog = Catalog(primary, cfg.application)
+    catalog = catalog or Catalog(primary, cfg.application)
     existing = catalog.snapshots.get(sid)
     if existing is not None:
         d = existing.doc
@@ -298,7 +298,7 @@ def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: An
 
 
 def commit(cfg: Config, p: Plan, storage: Storage, *, seconds: dict[str, float] | None = None,
-           locks: list[Any] | None = None) -> Snapshot:
+           locks: list[Any] | None = None, catalog: Catalog | None = None) -> Snapshot:
     """Assemble the per-source records into the manifest and write it last. Idempotent for a retry.
 
     The caller holds the snapshot id's exclusive lock; ``locks`` are checked right before the manifest is
@@ -308,7 +308,7 @@ def commit(cfg: Config, p: Plan, storage: Storage, *, seconds: dict[str, float] 
         return Catalog(storage, cfg.application).get(p.snapshot_id)
     sources = {name: load_part(storage, p.snapshot_id, name) for name in p.sources}
     if p.parent:
-        catalog = Catalog(storage, cfg.application)
+        catalog = catalog or Catalog(storage, cfg.application)
         missing = [sid for sid in p.chain[:-1] if sid not in catalog.snapshots]
         if missing:
             raise IntegrityError(f"{storage.name}: cannot commit {p.snapshot_id}: its chain needs {', '.join(missing)}, "
@@ -444,8 +444,9 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
         # under the id's exclusive lock: what is committed is decided here, once (a second run of the same id
         # waits, then finds it committed)
         p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
-                 sources=sources, storages=names, comment=comment)
-        snap, healthy, failures = _extract_and_commit(cfg, p, primary, opened, names, held, resolver, checksum)
+                 sources=sources, storages=names, comment=comment, catalog=repo.catalog)
+        snap, healthy, failures = _extract_and_commit(cfg, p, primary, opened, names, held, resolver, checksum,
+                                                      repo.catalog)
     # replication reads only committed objects (a shared lock keeps prune away); each target takes its own locks
     if healthy:
         with repo.lock("repo", exclusive=False, operation="replicate"):
@@ -460,7 +461,10 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
 
 
 def _extract_and_commit(cfg: Config, p: Plan, primary: Storage, opened: dict[str, Storage], names: list[str],
-                        held: list[Any], resolver: Any, checksum: bool) -> tuple[Snapshot, list[str], list[Any]]:
+                        held: list[Any], resolver: Any, checksum: bool,
+                        catalog: Catalog) -> tuple[Snapshot, list[str], list[Any]]:
+    """Under the id's exclusive lock and the shared repository lock (prune cannot run): the catalog loaded once
+    for the plan stays true for the whole run."""
     from ..errors import BackupError
 
     failures: list[BackupError] = []
@@ -483,11 +487,11 @@ def _extract_and_commit(cfg: Config, p: Plan, primary: Storage, opened: dict[str
 
         workers = min(2, len(p.sources)) if primary.thread_safe else 1  # one SFTP session is not thread-safe
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
-            futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum)
+            futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum, catalog=catalog)
                        for name in p.sources]
             for fut in futures:
                 fut.result()
-    snap = commit(cfg, p, primary, locks=held)
+    snap = commit(cfg, p, primary, locks=held, catalog=catalog)
     return snap, healthy, failures
 
 

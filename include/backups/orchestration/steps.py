@@ -187,6 +187,9 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dic
             st = open_storage(cfg, name, resolver)
             st.check()
             free[name] = st.free_bytes()
+            from ..repository import Repository
+
+            Repository(st, cfg).locks.report()  # stale locks: a warning in this task's log (monitoring)
         except BackupError as exc:
             if i == 0:  # the primary receives the extraction: without it there is no backup at all
                 problems.append((_problem("storage", name, kind, exc), _retryable(kind, exc)))

@@ -224,10 +224,6 @@ class Locks:
                         "heartbeat_age_seconds": round(lk.age(), 1), "state": st})
         return out
 
-    def covered(self, scope: str) -> bool:
-        """True when any lock (live or not) overlaps ``scope`` (prune never touches what a lock covers)."""
-        return any(overlap(lk.scope, scope) for lk in self.list())
-
     def unlock(self, *, everything: bool = False) -> list[LockInfo]:
         """Remove dead and stale locks (``everything``: every lock). Returns what was removed."""
         removed = []
