@@ -9,6 +9,7 @@ process (``airflow.api_fastapi.app.create_app`` behind an HTTP test client): no 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -60,7 +61,7 @@ def _client():
     return client
 
 
-def _start(dag_id: str, task_id: str, chosen: list[str], params_input: dict, timeout: float = 120.0) -> Responder:
+def _start(dag_id: str, task_id: str, chosen: list[str], params_input: dict, timeout: float = 180.0) -> Responder:
     client = _client()  # in the test's thread: a login failure fails the test at once
     responder = Responder(threading.Thread(daemon=True, target=lambda: _answer(responder, client, dag_id, task_id,
                                                                                chosen, params_input, timeout)),
@@ -91,3 +92,21 @@ def _answer(responder: Responder, client, dag_id: str, task_id: str, chosen: lis
         responder.error.append(f"{dag_id}.{task_id} never awaited input within {timeout:.0f} s")
     except Exception as exc:  # reported by join() in the test's thread
         responder.error.append(f"{type(exc).__name__}: {exc}")
+    _release_waiting(client, dag_id)
+
+
+def _release_waiting(client, dag_id: str, timeout: float = 600.0) -> None:
+    """No proper answer was given: reject whatever of ``dag_id`` awaits input (now or within ``timeout``), so that
+    ``dag.test()`` (which waits for a human forever) returns and ``join()`` reports the responder's error instead
+    of the test hanging."""
+    end = time.time() + timeout
+    with contextlib.suppress(Exception):
+        while time.time() < end:
+            listing = client.get(f"/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails", params={"response_received": False})
+            for d in listing.json()["hitl_details"]:
+                ti = d["task_instance"]
+                choice = "Reject" if "Reject" in d["options"] else d["options"][0]
+                client.patch(f"/api/v2/dags/{dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/"
+                             f"{ti['map_index']}/hitlDetails", json={"chosen_options": [choice], "params_input": {}})
+                return
+            time.sleep(0.5)
