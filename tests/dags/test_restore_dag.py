@@ -19,7 +19,6 @@ import json
 import os
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
