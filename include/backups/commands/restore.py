@@ -220,12 +220,20 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn: str | None = None) -> Prerequisites:
+def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn: str | None = None, *,
+                        validate: bool = True) -> Prerequisites:
     """The target (not the root, not in a repository, a directory, empty unless ``force``, enough free space for
-    the whole sources) and the PostgreSQL target (answers). Nothing is written. RefusedError / SourceError."""
+    the whole sources), the PostgreSQL target (answers) and, when databases are to be validated, Great
+    Expectations (installed; not imported here). Nothing is written. ConfigError / RefusedError / SourceError."""
+    import importlib.util
+
     from ..engine.restorer import check_target
 
     guard_target(cfg, req.target)
+    if validate and any(k in DB_KINDS for k in loc.kinds.values()) and importlib.util.find_spec("great_expectations") is None:
+        raise ConfigError("restore: the restored databases are to be validated, but Great Expectations is not installed",
+                          hint="install the validation extra (pip install 'fmr-backups[validation]'), or pass "
+                               "--no-validate (every restored file is still re-hashed)")
     target = Path(req.target)
     check_target(target, req.force)
     free = shutil.disk_usage(_existing_parent(target)).free
@@ -683,7 +691,7 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
     t0 = time.monotonic()
     req = check_request(cfg, req)
     loc = locate(cfg, req, resolver)
-    check_prerequisites(cfg, req, loc, pg_dsn)
+    check_prerequisites(cfg, req, loc, pg_dsn, validate=validate)
     wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds)
     restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty)
     verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
