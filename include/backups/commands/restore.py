@@ -140,9 +140,9 @@ class Location:
     chain_bytes: int
     sources: list[str]
     kinds: dict[str, str]
-    source_bytes: int
     target: str
     target_state: str
+    source_bytes: int = 0  #: the chosen sources' size as backed up (the free-space check)
     skipped_storages: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
