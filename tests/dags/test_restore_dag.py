@@ -326,3 +326,19 @@ def test_restore_from_glacier_defers_and_dag_test_runs_the_trigger(airflow_db, g
     wait = _xcom(dr, "wait_for_archive")
     assert wait["archive"] is True and wait["deferred"] is True and wait["keys"] == loc["objects"]
     assert app_tree(target / "app_files") == app_tree(glacier["home"])
+
+
+def test_cli_restore_from_glacier_waits_for_the_thaw_and_reports_it(glacier, capsys):
+    """The CLI door runs the command's own thaw step (request the restores, poll) before restoring."""
+    from backups.cli import main
+
+    target = glacier["tmp"] / "cli-from-glacier"
+    rc = main(["restore", WEEKLY, "--storage", "glacier", "--source", "app_files", "--target", str(target),
+               "--poll-seconds", "0.01"])
+    assert rc == 0, capsys.readouterr().err
+    assert set(glacier["checks"].values()) == {2}  # every key: not readable on the first poll, readable on the second
+    assert app_tree(target / "app_files") == app_tree(glacier["home"])
+    doc = json.loads((target / "RESTORE_REPORT.json").read_text())
+    assert doc["snapshot"]["storage"] == "glacier" and doc["snapshot"]["archive"] is True
+    assert doc["archive_wait"]["archive"] is True and doc["archive_wait"]["keys"] == doc["snapshot"]["objects"]
+    assert "made readable after" in (target / "RESTORE_REPORT.md").read_text()
