@@ -5,7 +5,7 @@ Graph::
 
     locate → approve_restore → wait_for_archive → restore → verify_restored → report
 
-* ``locate`` — the named storage, or the first one (config order) that is reachable and holds the snapshot with
+* ``locate`` — ``commands.restore.locate``: the named storage, or the first one (config order) that is reachable and holds the snapshot with
   its whole chain (every object present with its size). Checks the params against the snapshot. Small XCom:
   storage, snapshot id, chain, archive or not, object count, the sources to restore, the target's state.
 * ``approve_restore`` — Airflow's ``ApprovalOperator`` (skipped when ``require_approval`` is false). It comes
@@ -13,21 +13,22 @@ Graph::
   said yes. Reject (or no answer in 24 h) skips everything after it.
 * ``wait_for_archive`` — :class:`~backups.orchestration.archive.WaitForArchiveSensor`: at once for non-archive
   storage; otherwise requests the S3 restores and defers to the triggerer until every object is readable.
-* ``restore`` — :func:`backups.engine.restorer.restore` from the storage opened read-only; every file's SHA-256
+* ``restore`` — ``check_prerequisites`` (target, free space, PostgreSQL target) then ``run_restore``:
+  :func:`backups.engine.restorer.restore` from the storage opened read-only; every file's SHA-256
   is checked while it is written, a source only appears when complete, a non-empty target is refused without
   ``force``. Any library error fails the task at once with its message (a retry would only meet a half-filled
   target).
-* ``verify_restored`` — reads the restored tree back: every regular file re-hashed against the snapshot's index,
+* ``verify_restored`` — ``verify_restore`` reads the restored tree back: every regular file re-hashed against the snapshot's index,
   no unexpected file in a ``files`` source; the Great Expectations suite on restored SQLite databases (and on the
   PostgreSQL target database when one was given).
-* ``report`` — ``RESTORE_REPORT.json`` and ``RESTORE_REPORT.md`` written into the target directory (the backup
+* ``report`` — ``build_report`` / ``write_report``: ``RESTORE_REPORT.json`` and ``.md`` (the CLI's too) written into the target directory (the backup
   repository may be read-only for restores), and logged.
 
 The target directory is the DAG's output: ``restore``, ``verify_restored`` and ``report`` must run on the host
 that owns it. With LocalExecutor that is always true; on Celery/Kubernetes set :data:`TARGET_QUEUE` to a queue
-served only by that host (or use a shared mount). The work is done by the steps of :mod:`backups.commands.restore` (the
-same ones ``backupctl restore`` runs); the ``@task`` adapters here only read the params/XCom, call one step, push
-its ``to_dict()`` and map library errors to Airflow's fail semantics.
+served only by that host (or use a shared mount). The work is done by the steps of
+:mod:`backups.commands.restore` (the same ones ``backupctl restore`` runs); the ``@task`` adapters here only read
+the params/XCom, call one step, push its ``to_dict()`` and map library errors to Airflow's fail semantics.
 """
 
 from __future__ import annotations
