@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -61,14 +60,6 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
         raise EncryptionError("no storage can be read:\n  " + "\n  ".join(errors),
                               hint="set the encryption key the repository was written with (see the message above)")
     raise StorageError("no storage is reachable:\n  " + "\n  ".join(errors), hint="check the storages section and the network")
-
-
-def _storage_with(cfg: Any, resolver: Any, name: str | None, ref: str, tier: str | None):
-    """The named storage, or the first one (config order) that is reachable and holds ``ref`` with its whole chain."""
-    from .engine.locate import find_snapshot
-
-    storage, cat, snap, _ = find_snapshot(cfg, ref, tier, storage=name, resolver=resolver)
-    return storage, cat, snap
 
 
 def _age(iso: str) -> str:
@@ -182,28 +173,32 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore, re-hash what was written, validate the databases (unless --no-validate) and write
+    RESTORE_REPORT.md/.json into the target: the steps of :mod:`backups.commands.restore`, as the DAG runs them."""
+    from .commands.restore import RestoreRequest, restore_snapshot
+
     cfg, resolver = _load(args)
-    storage, cat, snap = _storage_with(cfg, resolver, args.storage, args.snapshot, args.tier)
-    with _shared_lock(cfg, storage, "restore"):
-        from .repository import Repository
-
-        cat = Repository(storage, cfg).catalog  # re-read under the lock: a prune may have run before we got it
-        snap = cat.get(snap.id)
-        try:
-            return _restore(args, cfg, storage, cat, snap)
-        except OSError as exc:
-            import errno
-            import shutil
-
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            target = Path(args.target)
-            while not target.exists() and target != target.parent:
-                target = target.parent
-            raise StorageError(f"no space left on device while restoring {snap.id} into {args.target} "
-                               f"({shutil.disk_usage(target).free / 1e6:,.1f} MB free)",
-                               hint="free space there or restore into a bigger disk (the snapshot's size: "
-                               f"{snap.doc['totals']['bytes'] / 1e6:,.1f} MB)") from None
+    req = RestoreRequest(target=os.path.abspath(args.target), snapshot=args.snapshot, tier=args.tier,
+                         storage=args.storage, sources=args.source, includes=args.include, tables=args.table,
+                         force=args.force, pg_target_name="--pg-target" if args.pg_target else None)
+    out = restore_snapshot(cfg, req, resolver, pg_dsn=args.pg_target, validate=not args.no_validate,
+                           poll_seconds=args.poll_seconds)
+    if args.json:
+        print(json.dumps(out.to_dict(), indent=1, default=str))
+        return 0
+    r, v = out.restored, out.verified
+    print(f"restored {r.snapshot_id} from {r.storage} into {r.target}")
+    print(_table([[n, s.kind, s.files, _mb(s.bytes), s.verified, v.files.get(n, {}).get("files_checked", "-"), s.path]
+                  for n, s in r.sources.items()], ["source", "kind", "files", "size", "sha256 ok", "re-hashed", "path"]))
+    for n, s in r.sources.items():
+        for k, val in (s.extra or {}).items():
+            print(f"{n}: {k}: {val}")
+    for n, res in v.validation.items():
+        stats = res.get("statistics") or {}
+        print(f"{n}: " + (f"not validated ({res.get('skipped')})" if res.get("success") is None else
+                          f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations met"))
+    print(f"report: {', '.join(out.report_paths)}")
+    return 0
 
 
 def _shared_lock(cfg: Any, storage: Any, operation: str):
@@ -211,33 +206,6 @@ def _shared_lock(cfg: Any, storage: Any, operation: str):
     from .repository import Repository, repo_scope
 
     return Repository(storage, cfg).lock(repo_scope(), exclusive=False, operation=operation)
-
-
-def _restore(args: argparse.Namespace, cfg: Any, storage: Any, cat: Any, snap: Any) -> int:
-    from .engine.progress import Progress
-    from .engine.restorer import restore
-
-    if storage.archive:
-        from .engine.thaw import needed_keys, wait_readable
-
-        wait_readable(storage, needed_keys(cat, snap), poll_seconds=args.poll_seconds)
-    prog = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"])
-    try:
-        results = restore(storage, cat, snap, Path(args.target), sources=args.source or None, includes=args.include or None,
-                          tables=args.table or None, force=args.force, pg_target=args.pg_target, progress=prog)
-    finally:
-        prog.close()
-    if args.json:
-        print(json.dumps({"snapshot": snap.id, "storage": storage.name,
-                          "sources": [r.__dict__ for r in results]}, indent=1, default=str))
-        return 0
-    print(f"restored {snap.id} from {storage.name} into {args.target}")
-    print(_table([[r.source, r.kind, r.files, _mb(r.bytes), r.verified, r.path] for r in results],
-                 ["source", "kind", "files", "size", "sha256 ok", "path"]))
-    for r in results:
-        for k, v in r.extra.items():
-            print(f"{r.source}: {k}: {v}")
-    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -432,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("restore", help="restore a snapshot into a directory",
                        description="Restore each source to TARGET/<source>/ (files under their paths, the SQLite database "
-                                   "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/').")
+                                   "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/'), re-hash "
+                                   "every written file against the snapshot, validate the databases with Great "
+                                   "Expectations and write RESTORE_REPORT.md/.json into TARGET.")
     r.add_argument("snapshot", help="snapshot id or 'latest'")
     r.add_argument("--tier", help="with 'latest': newest of this tier")
     r.add_argument("--target", required=True, help="directory to restore into (must be empty unless --force)")
@@ -443,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", help="restore from this storage (default: the first healthy one)")
     r.add_argument("--force", action="store_true", help="restore into a non-empty target, replacing restored sources")
     r.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between restore-status polls")
+    r.add_argument("--no-validate", action="store_true",
+                   help="skip the Great Expectations suite on restored databases (files are still re-hashed)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_restore)
 

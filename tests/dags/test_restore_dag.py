@@ -2,7 +2,7 @@
 
 * the DAG parses, follows the conventions, has the expected graph and form;
 * a whole snapshot restored under ``dag.test()`` (gate off) equals the source tree and database; verified, reported;
-* a partial restore (one glob of a files source, one table of the database);
+* a partial restore (one glob of a files source, one table of the database); the form checked by the adapter;
 * a non-empty target without ``force`` fails ``restore`` at once with the library's message and writes nothing;
   with ``force`` the same run succeeds;
 * S3 GLACIER through moto's server: the trigger (``asyncio.run`` on ``run()``) requests the restores and fires once
@@ -19,7 +19,6 @@ import json
 import os
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -201,32 +200,20 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
     assert db_rows(target / "app_db" / "app.db") == db_rows(app["home"] / "app.db")
 
 
-def test_verify_restored_catches_a_changed_missing_or_extra_file(app):
-    """The task bodies without Airflow's runner: restore, damage the result, verification lists every problem."""
-    from backups.errors import ConfigError, IntegrityError, RefusedError
+def test_request_from_the_form_is_checked(app):
+    """The form's adapter: the command's checks, with the DAG's param names mapped."""
+    from backups.errors import ConfigError, RefusedError
     from backups.orchestration import restore_dag as rd
 
     cfg = load_config()
     with pytest.raises(RefusedError, match="inside the repository of storage local"):
-        rd.options(cfg, {"target": str(app["root"] / "local" / "r")})
-    with pytest.raises(ConfigError, match="params.target is required"):
-        rd.options(cfg, {"target": ""})
-    opts = rd.options(cfg, {"target": str(app["tmp"] / "r"), "sources": ["app_files"]})
-    loc = rd.locate(cfg, opts)
-    restored = rd.run_restore(cfg, loc, opts)
-    assert rd.verify_restored(cfg, loc, restored, opts)["files"]["app_files"]["problems"] == 0
-    root = Path(restored["sources"]["app_files"]["path"])
-    changed, gone = sorted(p for p in root.rglob("*.json") if p.is_file())[:2]
-    changed.write_text("{}")
-    gone.unlink()
-    (root / "config" / "intruder.yaml").write_text("x: 1")
-    with pytest.raises(IntegrityError) as ei:
-        rd.verify_restored(cfg, loc, restored, opts)
-    msg = str(ei.value)
-    assert "3 problem(s)" in msg
-    assert f"app_files/{changed.relative_to(root)}: content differs from the snapshot" in msg
-    assert f"app_files/{gone.relative_to(root)}: missing" in msg
-    assert "app_files/config/intruder.yaml: not in the snapshot" in msg
+        rd.request_from_params(cfg, {"target": str(app["root"] / "local" / "r")})
+    with pytest.raises(ConfigError, match="no target directory given"):
+        rd.request_from_params(cfg, {"target": ""})
+    req = rd.request_from_params(cfg, {"target": str(app["tmp"] / "r") + "/", "sources": ["app_files", " "],
+                                       "include": [], "pg_target_conn_id": "", "tier": ""})
+    assert (req.target, req.sources, req.includes, req.pg_target_name, req.tier, req.snapshot) == (
+        str(app["tmp"] / "r"), ["app_files"], None, None, None, "latest")
 
 
 # ------------------------------------------------------------------------------------------------ archive
@@ -339,3 +326,19 @@ def test_restore_from_glacier_defers_and_dag_test_runs_the_trigger(airflow_db, g
     wait = _xcom(dr, "wait_for_archive")
     assert wait["archive"] is True and wait["deferred"] is True and wait["keys"] == loc["objects"]
     assert app_tree(target / "app_files") == app_tree(glacier["home"])
+
+
+def test_cli_restore_from_glacier_waits_for_the_thaw_and_reports_it(glacier, capsys):
+    """The CLI door runs the command's own thaw step (request the restores, poll) before restoring."""
+    from backups.cli import main
+
+    target = glacier["tmp"] / "cli-from-glacier"
+    rc = main(["restore", WEEKLY, "--storage", "glacier", "--source", "app_files", "--target", str(target),
+               "--poll-seconds", "0.01"])
+    assert rc == 0, capsys.readouterr().err
+    assert set(glacier["checks"].values()) == {2}  # every key: not readable on the first poll, readable on the second
+    assert app_tree(target / "app_files") == app_tree(glacier["home"])
+    doc = json.loads((target / "RESTORE_REPORT.json").read_text())
+    assert doc["snapshot"]["storage"] == "glacier" and doc["snapshot"]["archive"] is True
+    assert doc["archive_wait"]["archive"] is True and doc["archive_wait"]["keys"] == doc["snapshot"]["objects"]
+    assert "made readable after" in (target / "RESTORE_REPORT.md").read_text()

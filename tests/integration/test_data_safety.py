@@ -18,6 +18,7 @@ from backups.catalog import Catalog
 from backups.cli import main
 from backups.config import load_config
 from backups.engine.snapshot import OWNER_FILE, clean_staging, run_backup
+from backups.errors import StorageError
 from backups.storage import LocalStorage
 
 from ..helpers import write_config
@@ -191,9 +192,19 @@ def test_problem5_full_restore_target_is_exit_5_naming_it(app):
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], check=True)
     try:
+        # the free-space pre-check refuses before anything is written
         rc, _, err = _cli("--config", str(app["config_path"]), "restore", "latest", "--target", str(mnt / "out"))
-        assert rc == 5 and f"no space left on device while restoring weekly-20260301T010000Z into {mnt}" in err, err
-        assert "MB free" in err and "Traceback" not in err
+        assert rc == 5 and "not enough space" in err and f"free at {mnt}" in err and "Traceback" not in err, err
+        assert list(mnt.iterdir()) == []
+        # a disk that fills while the restore writes (the pre-check passed, or its estimate was low)
+        from backups.commands.restore import RestoreRequest, locate, run_restore
+
+        req = RestoreRequest(target=str(mnt / "out"), snapshot="latest")
+        with pytest.raises(StorageError) as err:
+            run_restore(app["cfg"], req, locate(app["cfg"], req))
+        msg = str(err.value)
+        assert f"no space left on device while restoring weekly-20260301T010000Z into {mnt}" in msg and "MB free" in msg
+        assert not (mnt / "out").exists() or list((mnt / "out").iterdir()) == []  # the partial restore was removed
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 

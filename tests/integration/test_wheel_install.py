@@ -100,7 +100,13 @@ tiers:
     out = _cli(wheel_venv, tmp_path, *c, "backup", "--tier", "daily", "--logical-date", "2026-03-02T02:00:00Z").stdout
     assert "type=incremental" in out and "parent=weekly-20260301T010000Z" in out
     _cli(wheel_venv, tmp_path, *c, "verify", "--all", "--read-data")
-    _cli(wheel_venv, tmp_path, *c, "restore", "latest", "--target", str(tmp_path / "restored"))
+    # Great Expectations is an extra: without it a restore that would validate a database is refused up front
+    nogx = _cli(wheel_venv, tmp_path, *c, "restore", "latest", "--target", str(tmp_path / "restored"), check=False)
+    assert nogx.returncode == 2 and "Great Expectations is not installed" in nogx.stderr, nogx.stderr
+    assert "--no-validate" in nogx.stderr and "Traceback" not in nogx.stderr
+    assert not (tmp_path / "restored").exists()
+    _cli(wheel_venv, tmp_path, *c, "restore", "latest", "--target", str(tmp_path / "restored"), "--no-validate")
+    assert "validation turned off" in (tmp_path / "restored" / "RESTORE_REPORT.md").read_text()
     assert (tmp_path / "restored" / "app_files" / "config" / "fleet.yaml").read_text() == "robots: 13\n"
     rows = sqlite3.connect(tmp_path / "restored" / "app_db" / "app.db").execute("SELECT name FROM robots ORDER BY id")
     assert [r[0] for r in rows] == ["r1", "r2"]

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def needed_keys(catalog: Catalog, snap: Snapshot) -> list[str]:
+    """Every object key a restore of ``snap`` reads: the objects of each snapshot of its chain."""
     return [o["key"] for s in catalog.chain_of(snap) for o in s.objects()]
 
 
@@ -30,6 +31,8 @@ def pending(storage: Storage, keys: Iterable[str], days: int = 2) -> list[str]:
 
 
 def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60.0, timeout_seconds: float = 48 * 3600) -> None:
+    """Request the restores of ``keys`` and poll every ``poll_seconds`` until all are readable (at once for a
+    storage that is not an archive); StorageError after ``timeout_seconds``."""
     if not storage.archive:
         return
     start = time.monotonic()

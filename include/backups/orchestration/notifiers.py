@@ -149,3 +149,8 @@ def dag_success_callbacks(cfg: Any) -> list[Any]:
 
 def dag_failure_callbacks(cfg: Any) -> list[Any]:
     return [BackupNotifier("dag_failure")]
+
+
+def mail_notifiers(cfg: Any, subject: str, html: str) -> list[Any]:
+    """E-mail notifiers (Jinja-templated subject/body) to ``cfg.notify_email``; none when it is empty."""
+    return _mail(cfg, subject, html)

@@ -1,0 +1,718 @@
+"""The restore command: one implementation for ``backupctl restore`` and the ``restore_snapshot`` DAG.
+
+Steps, each taking typed inputs and returning a typed, JSON-able result (``to_dict()``); errors are only those of
+:mod:`backups.errors`:
+
+1. :func:`check_request` — the request (snapshot, target, sources, …) against the configuration.
+2. :func:`locate` — the storage to read from: the named one, or the first (config order) that is reachable and
+   holds the snapshot with its whole chain; what a thaw of an archive storage needs (objects, bytes).
+3. :func:`check_prerequisites` — the target (not ``/``, not inside a local repository, a directory, empty
+   unless ``force``, enough free space) and the PostgreSQL target database (reachable).
+4. :func:`wait_for_archive` — archive storages: request the S3 restores and wait (the DAG uses its deferrable
+   sensor instead).
+5. :func:`run_restore` — :func:`backups.engine.restorer.restore` (every write goes through it: SHA-256 checked,
+   a source appears only when complete) under the repository's shared lock.
+6. :func:`verify_restore` — the restored tree read back: every regular file re-hashed against the snapshot's
+   index, no stray file in a ``files`` source; the Great Expectations suite on restored databases (GX is imported
+   only here, and only when ``validate`` is true and a database was restored).
+7. :func:`build_report` / :func:`write_report` — ``RESTORE_REPORT.json`` and ``.md`` in the target directory; the
+   same content from both doors except who asked, the approval and timings (:class:`RunInfo`).
+
+:func:`restore_snapshot` runs 1-7 in order (the CLI door). The DAG runs them as separate tasks, passing the
+``to_dict()`` results through XCom and rebuilding them with ``from_dict``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError, SourceError, StorageError
+
+log = logging.getLogger("backups.commands.restore")
+
+REPORT_NAME = "RESTORE_REPORT"
+DB_KINDS = ("sqlite", "postgres")
+#: PostgreSQL dumps restored as files are validated in a scratch database on this server (a DSN in the
+#: environment, or the connection of that name through the resolver); without one that validation is skipped.
+PG_SCRATCH_CONN = "backup_pg_scratch"
+PG_SCRATCH_ENV = "BACKUP_PG_SCRATCH_DSN"
+CHUNK = 1 << 20
+
+
+def format_mb(n: int | float | None) -> str:
+    """``12.3 MB`` (``?`` for an unknown size)."""
+    return "?" if n is None else f"{n / 1e6:,.1f} MB"
+
+
+# ------------------------------------------------------------------------------------------------ request
+@dataclass
+class RestoreRequest:
+    """What to restore and where. ``pg_target_name`` names the PostgreSQL target for the report (an Airflow
+    connection id, or ``command line`` for the CLI's DSN) — the DSN itself never enters a result."""
+
+    target: str
+    snapshot: str = "latest"
+    tier: str | None = None
+    storage: str | None = None
+    sources: list[str] | None = None
+    includes: list[str] | None = None
+    tables: list[str] | None = None
+    force: bool = False
+    pg_target_name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RestoreRequest:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+
+
+def _clean_list(value: Any) -> list[str] | None:
+    items = [str(v).strip() for v in (value or []) if str(v).strip()]
+    return items or None
+
+
+def check_request(cfg: Config, req: RestoreRequest) -> RestoreRequest:
+    """The request checked against the config and normalised (absolute target, empty lists as None).
+    ConfigError / RefusedError name the option and the fix."""
+    target = str(req.target or "").strip()
+    if not target:
+        raise ConfigError("restore: no target directory given (--target / params.target)",
+                          hint="give the directory to restore into (an absolute path), e.g. /srv/restore/2026-03-01")
+    if not os.path.isabs(target):
+        raise ConfigError(f"restore: target {target!r} is not an absolute path",
+                          hint="give an absolute directory path, e.g. /srv/restore/2026-03-01")
+    if req.storage and req.storage not in cfg.storages:
+        raise ConfigError(f"restore: unknown storage {req.storage!r}",
+                          hint=f"choose from: {', '.join(cfg.storages)} (or leave it empty for the first healthy one)")
+    sources = _clean_list(req.sources)
+    unknown = [s for s in sources or [] if s not in cfg.sources]
+    if unknown:
+        raise ConfigError(f"restore: unknown source {unknown[0]!r}",
+                          hint=f"choose from: {', '.join(cfg.sources)} (or leave it empty for all)")
+    out = RestoreRequest(target=os.path.normpath(target), snapshot=str(req.snapshot or "latest").strip(),
+                         tier=req.tier or None, storage=req.storage or None, sources=sources,
+                         includes=_clean_list(req.includes), tables=_clean_list(req.tables), force=bool(req.force),
+                         pg_target_name=req.pg_target_name or None)
+    guard_target(cfg, out.target)
+    return out
+
+
+def guard_target(cfg: Config, target: str) -> None:
+    """Refuse the filesystem root and anything inside a local backup repository."""
+    real = Path(os.path.realpath(target))
+    if real == Path("/"):
+        raise RefusedError("restore: refusing to restore into the filesystem root", hint="give a dedicated directory")
+    for name, sc in cfg.storages.items():
+        if sc.type == "local":
+            repo = Path(os.path.realpath(sc.path))
+            if real == repo or real.is_relative_to(repo):
+                raise RefusedError(f"restore: target {target} is inside the repository of storage {name} ({sc.path})",
+                                   hint="restore somewhere outside the backup repository")
+
+
+# ------------------------------------------------------------------------------------------------ locate
+@dataclass
+class Location:
+    """Where the snapshot is read from, and what the restore of the chosen sources needs."""
+
+    snapshot_id: str
+    tier: str
+    type: str
+    logical_date: str
+    chain: list[str]
+    storage: str
+    storage_type: str
+    archive: bool
+    objects: int
+    chain_bytes: int
+    sources: list[str]
+    kinds: dict[str, str]
+    target: str
+    target_state: str
+    source_bytes: int = 0  #: the chosen sources' size as backed up (the free-space check)
+    skipped_storages: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Location:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def target_state(target: str) -> str:
+    """``missing (will be created)``, ``empty``, ``not empty (N entries)`` or ``not a directory``."""
+    p = Path(target)
+    if not p.exists():
+        return "missing (will be created)"
+    if not p.is_dir():
+        return "not a directory"
+    n = sum(1 for _ in p.iterdir())
+    return "empty" if n == 0 else f"not empty ({n} entries)"
+
+
+def locate(cfg: Config, req: RestoreRequest, resolver: Any = None) -> Location:
+    """The storage to restore from (``req.storage``, or the first reachable one holding the whole chain) and the
+    snapshot, checked against the request (sources present, tables/includes/PostgreSQL target applicable)."""
+    from ..engine.locate import find_snapshot
+    from ..engine.thaw import needed_keys
+
+    st, cat, snap, skipped = find_snapshot(cfg, req.snapshot, req.tier, storage=req.storage, resolver=resolver)
+    chosen = req.sources or sorted(snap.sources)
+    absent = [s for s in chosen if s not in snap.sources]
+    if absent:
+        raise NotFoundError(f"snapshot {snap.id} has no source {absent[0]!r}", hint=f"it has: {', '.join(sorted(snap.sources))}")
+    kinds = {n: snap.sources[n]["kind"] for n in chosen}
+    if req.tables and not any(k in DB_KINDS for k in kinds.values()):
+        raise ConfigError("restore: tables apply to sqlite and postgres sources only",
+                          hint="add a database source to the sources, or clear the tables")
+    if req.includes and "files" not in kinds.values():
+        raise ConfigError("restore: include globs apply to files sources only",
+                          hint="add a files source to the sources, or clear the include globs")
+    if req.pg_target_name and "postgres" not in kinds.values():
+        raise ConfigError("restore: a PostgreSQL target is set but no postgres source is restored",
+                          hint="clear it, or add the postgres source to the sources")
+    chain = cat.chain_of(snap)
+    keys = needed_keys(cat, snap)
+    loc = Location(snapshot_id=snap.id, tier=snap.tier, type=snap.type, logical_date=snap.doc["logical_date"],
+                   chain=list(snap.chain), storage=st.name, storage_type=cfg.storages[st.name].type,
+                   archive=bool(st.archive), objects=len(keys),
+                   chain_bytes=sum(o["size"] for s in chain for o in s.objects()), sources=chosen, kinds=kinds,
+                   source_bytes=sum(int(snap.sources[n].get("bytes") or 0) for n in chosen), target=req.target,
+                   target_state=target_state(req.target), skipped_storages=skipped)
+    log.info("restore %s (%s, chain %s) from %s%s into %s (%s): sources %s", snap.id, snap.type, " -> ".join(snap.chain),
+             st.name, f" (archive: {len(keys)} object(s) to thaw)" if st.archive else "", req.target,
+             loc.target_state, ", ".join(chosen))
+    if loc.target_state.startswith("not empty") and not req.force:
+        log.warning("the target %s is not empty and force is off: the restore will refuse it", req.target)
+    return loc
+
+
+# ------------------------------------------------------------------------------------------------ prerequisites
+@dataclass
+class Prerequisites:
+    target: str
+    target_state: str
+    free_bytes: int
+    needed_bytes: int
+    pg_target: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn: str | None = None, *,
+                        validate: bool = True) -> Prerequisites:
+    """The target (not the root, not in a repository, a directory, empty unless ``force``, enough free space for
+    the whole sources), the PostgreSQL target (answers) and, when databases are to be validated, Great
+    Expectations (installed; not imported here). Nothing is written. ConfigError / RefusedError / SourceError."""
+    import importlib.util
+
+    from ..engine.restorer import check_target
+
+    guard_target(cfg, req.target)
+    if validate and any(k in DB_KINDS for k in loc.kinds.values()) and importlib.util.find_spec("great_expectations") is None:
+        raise ConfigError("restore: the restored databases are to be validated, but Great Expectations is not installed",
+                          hint="install the validation extra (pip install 'fmr-backups[validation]'), or pass "
+                               "--no-validate (every restored file is still re-hashed)")
+    target = Path(req.target)
+    check_target(target, req.force)
+    free = shutil.disk_usage(_existing_parent(target)).free
+    needed = 0 if (req.includes or req.tables) else loc.source_bytes  # a selection: its size is not known up front
+    if needed > free:
+        raise StorageError(f"restore: not enough space: {format_mb(needed)} to restore but only {format_mb(free)} free at {target}",
+                           hint="free space or restore to a bigger disk (or only some sources / include globs)")
+    pg_state = None
+    if pg_dsn:
+        import psycopg
+
+        try:
+            with psycopg.connect(pg_dsn, connect_timeout=10):
+                pass
+        except psycopg.Error as exc:
+            name = req.pg_target_name or "the PostgreSQL target"
+            raise SourceError(f"restore: cannot connect to the PostgreSQL target ({name}): "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+                              hint="check the target database's host, port, user and that it exists") from None
+        pg_state = "reachable"
+    return Prerequisites(target=req.target, target_state=target_state(req.target), free_bytes=free, needed_bytes=needed,
+                         pg_target=pg_state)
+
+
+# ------------------------------------------------------------------------------------------------ thaw
+@dataclass
+class ArchiveWait:
+    storage: str
+    archive: bool
+    keys: int
+    deferred: bool = False
+    waited_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_seconds: float = 60.0) -> ArchiveWait:
+    """Archive storages: request the restores of every object of the chain and wait until all are readable."""
+    from ..catalog import Catalog
+    from ..engine.thaw import needed_keys, wait_readable
+    from ..storage import open_storage
+
+    st = open_storage(cfg, loc.storage, resolver, read_only=True)
+    if not st.archive:
+        return ArchiveWait(storage=loc.storage, archive=False, keys=0)
+    cat = Catalog(st, cfg.application)
+    keys = needed_keys(cat, cat.get(loc.snapshot_id))
+    t0 = time.monotonic()
+    wait_readable(st, keys, poll_seconds=poll_seconds)
+    return ArchiveWait(storage=loc.storage, archive=True, keys=len(keys),
+                       waited_seconds=round(time.monotonic() - t0, 1))
+
+
+# ------------------------------------------------------------------------------------------------ restore
+@dataclass
+class RestoredSource:
+    kind: str
+    path: str
+    files: int
+    bytes: int
+    verified: int
+    extra: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+
+@dataclass
+class RestoreResult:
+    snapshot_id: str
+    storage: str
+    target: str
+    sources: dict[str, RestoredSource]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"snapshot_id": self.snapshot_id, "storage": self.storage, "target": self.target,
+                "sources": {n: r.to_dict() for n, r in self.sources.items()}, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RestoreResult:
+        return cls(snapshot_id=d["snapshot_id"], storage=d["storage"], target=d["target"], seconds=d["seconds"],
+                   sources={n: RestoredSource(**r) for n, r in d["sources"].items()})
+
+
+def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None, pg_dsn: str | None = None, *,
+                tty: bool | None = False) -> RestoreResult:
+    """Restore the located snapshot's sources into the target through :func:`backups.engine.restorer.restore`,
+    holding the repository's shared lock (a prune waits for it) and re-reading the catalog under it."""
+    from ..engine.progress import Progress
+    from ..engine.restorer import restore
+    from ..repository import Repository, repo_scope
+    from ..storage import open_storage
+
+    st = open_storage(cfg, loc.storage, resolver, read_only=True)
+    t0 = time.monotonic()
+    repo = Repository(st, cfg)
+    with repo.lock(repo_scope(), exclusive=False, operation="restore"):
+        cat = repo.catalog
+        snap = cat.get(loc.snapshot_id)
+        progress = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"], interval=10.0, tty=tty)
+        try:
+            results = restore(st, cat, snap, Path(req.target), sources=loc.sources, includes=req.includes,
+                              tables=req.tables, force=req.force, pg_target=pg_dsn, progress=progress)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise StorageError(f"no space left on device while restoring {snap.id} into {req.target} "
+                               f"({format_mb(shutil.disk_usage(_existing_parent(Path(req.target))).free)} free)",
+                               hint="free space there or restore into a bigger disk (the snapshot's size: "
+                               f"{format_mb(snap.doc['totals']['bytes'])})") from None
+        finally:
+            progress.close()
+    seconds = round(time.monotonic() - t0, 3)
+    out = {r.source: RestoredSource(kind=r.kind, path=r.path, files=r.files, bytes=r.bytes, verified=r.verified,
+                                    extra=r.extra or None) for r in results}
+    log.info("restored %s from %s into %s in %.1fs: %s", snap.id, st.name, req.target, seconds,
+             "; ".join(f"{n}: {r.files} files, {format_mb(r.bytes)}" for n, r in out.items()))
+    return RestoreResult(snapshot_id=snap.id, storage=st.name, target=req.target, sources=out, seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------------------ verify
+def include_selector(includes: list[str] | None) -> Callable[[str], bool]:
+    """The restorer's selection: a glob matches a path, and ``dir/**`` also selects ``dir`` itself."""
+    from ..sources.files import matches
+
+    if not includes:
+        return lambda p: True
+    dir_globs = [g for g in includes if g.endswith("/**")]
+    return lambda p: matches(p, includes) or any(matches(p + "/x", [g]) for g in dir_globs)
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """(hex SHA-256, size) of a file, read in 1 MiB chunks."""
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return h.hexdigest(), n
+
+
+def regular_files(root: Path) -> Iterator[str]:
+    """Relative POSIX paths of the regular files (not symlinks) below ``root``."""
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            full = os.path.join(dirpath, f)
+            if os.path.isfile(full) and not os.path.islink(full):
+                yield os.path.relpath(full, root).replace(os.sep, "/")
+
+
+def hash_check(storage: Any, rec: dict[str, Any], root: Path, select: Callable[[str], bool], skip: set[str],
+               strict: bool) -> tuple[dict[str, int], list[str]]:
+    """Every selected regular file of the index re-hashed on disk; ``strict``: no other regular file allowed."""
+    from ..engine.archiver import iter_index
+
+    checked = nbytes = 0
+    expected: set[str] = set()
+    problems: list[str] = []
+    for path, e in iter_index(storage, rec["objects"]["index"]):
+        if e[0] != "f" or not select(path):
+            continue
+        expected.add(path)
+        if path in skip:
+            continue
+        try:
+            digest, size = sha256_file(root / path)
+        except FileNotFoundError:
+            problems.append(f"{path}: missing")
+            continue
+        if digest != e[5] or size != e[1]:
+            problems.append(f"{path}: content differs from the snapshot (SHA-256 {digest[:12]}…, index {str(e[5])[:12]}…)")
+            continue
+        checked += 1
+        nbytes += size
+    if strict:
+        problems += [f"{p}: not in the snapshot" for p in sorted(set(regular_files(root)) - expected)]
+    return {"files_checked": checked, "bytes_checked": nbytes, "files_expected": len(expected)}, problems
+
+
+def pg_scratch_dsn(resolver: Any = None) -> str | None:
+    """A server where scratch databases may be created: $BACKUP_PG_SCRATCH_DSN, else the ``backup_pg_scratch``
+    connection through ``resolver``; None when neither is configured."""
+    if os.environ.get(PG_SCRATCH_ENV):
+        return os.environ[PG_SCRATCH_ENV]
+    if resolver is None:
+        return None
+    try:
+        return resolver.postgres_dsn(PG_SCRATCH_CONN)
+    except Exception:  # not configured: PostgreSQL validation is skipped with a clear log line
+        return None
+
+
+def validate_pg_dump(dump_dir: Path, tables: dict[str, Any], admin_dsn: str, label: str) -> dict[str, Any]:
+    """Load a directory-format dump into a new scratch database, validate it (GX), drop the database."""
+    import uuid
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from ..engine.databases import pg_restore
+    from ..validation import validate_postgres
+
+    name = f"fmr_validate_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        target = make_conninfo(admin_dsn, dbname=name)
+        pg_restore(dump_dir, target, None)
+        return validate_postgres(target, tables, raise_on_failure=False, label=label)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def validate_restored(snap: Any, restored: dict[str, Path], scratch_dsn: str | None) -> dict[str, Any]:
+    """GX on every restored database source (whole restores); a JSON-safe dict per source, failures collected.
+    A PostgreSQL dump is loaded into a scratch database on ``scratch_dsn``; without one it is skipped."""
+    from ..validation import validate_sqlite
+
+    out: dict[str, Any] = {}
+    for name, path in sorted(restored.items()):
+        rec = snap.sources[name]
+        details = rec["details"]
+        if rec["kind"] == "sqlite":
+            out[name] = validate_sqlite(path / details["database"], details["tables"], raise_on_failure=False)
+        elif rec["kind"] == "postgres":
+            if scratch_dsn is None:
+                log.warning("%s (postgres): not validated — no scratch database; set %s (or the connection %s) to a "
+                            "server where databases may be created", name, PG_SCRATCH_ENV, PG_SCRATCH_CONN)
+                out[name] = {"database": name, "success": None, "skipped": f"no scratch database ({PG_SCRATCH_CONN})"}
+                continue
+            out[name] = validate_pg_dump(path / "dump", details["tables"], scratch_dsn, f"{name} ({details.get('database')})")
+    return out
+
+
+def compact_validation(results: dict[str, Any]) -> dict[str, Any]:
+    """Per database: success, statistics and the failures (the per-expectation list stays in the log)."""
+    return {n: {k: r.get(k) for k in ("database", "success", "skipped", "statistics", "failures", "seconds") if k in r}
+            for n, r in results.items()}
+
+
+def _validate_db(snap: Any, name: str, path: Path, req: RestoreRequest, pg_dsn: str | None,
+                 scratch_dsn: str | None) -> dict[str, Any] | None:
+    rec = snap.sources[name]
+    tables = rec["details"].get("tables") or {}
+    if req.tables:
+        tables = {t: d for t, d in tables.items() if t in req.tables or t.split(".")[-1] in req.tables}
+    if rec["kind"] == "sqlite":
+        from ..validation import validate_sqlite
+
+        return validate_sqlite(path / rec["details"]["database"], tables, raise_on_failure=False)
+    if rec["kind"] == "postgres":
+        if pg_dsn:
+            from ..validation import validate_postgres
+
+            return validate_postgres(pg_dsn, tables, raise_on_failure=False, label=f"{name} (target database)")
+        if not req.tables:
+            return validate_restored(snap, {name: path}, scratch_dsn)[name]
+        return {"database": name, "success": None, "skipped": "tables chosen without a PostgreSQL target"}
+    return None
+
+
+@dataclass
+class Verification:
+    snapshot_id: str
+    target: str
+    ok: bool
+    files: dict[str, dict[str, Any]]
+    validation: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verification:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: RestoreResult, resolver: Any = None,
+                   pg_dsn: str | None = None, *, validate: bool = True, scratch_dsn: str | None = None) -> Verification:
+    """Read the restored tree back: re-hash every regular file against the snapshot's index; with ``validate``,
+    run the GX suite on the databases (``validation`` then says ``skipped`` per database otherwise). Every problem
+    is collected; IntegrityError lists them."""
+    from ..catalog import Catalog
+    from ..storage import open_storage
+
+    st = open_storage(cfg, loc.storage, resolver, read_only=True)
+    snap = Catalog(st, cfg.application).get(loc.snapshot_id)
+    t0 = time.monotonic()
+    files: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    validation: dict[str, Any] = {}
+    for name, r in restored.sources.items():
+        rec, root = snap.sources[name], Path(r.path)
+        if not root.is_dir():
+            problems.append(f"{name}: {root} does not exist on this host (restore, verification and report must run "
+                            "on the host that owns the target)")
+            continue
+        kind = rec["kind"]
+        skip = {rec["details"]["database"]} if kind == "sqlite" and req.tables else set()  # reduced: GX checks it
+        stats, found = hash_check(st, rec, root, include_selector(req.includes) if kind == "files" else (lambda p: True),
+                                  skip, strict=kind == "files")
+        files[name] = {"kind": kind, **stats, "problems": len(found)}
+        problems += [f"{name}/{p}" for p in found]
+        if kind not in DB_KINDS:
+            continue
+        if not validate:
+            validation[name] = {"database": name, "success": None, "skipped": "validation turned off"}
+            continue
+        res = _validate_db(snap, name, root, req, pg_dsn, scratch_dsn)
+        if res is not None:
+            validation[name] = res
+            if res.get("success") is False:
+                problems += [f"{name}: {f}" for f in res.get("failures", [])]
+    seconds = round(time.monotonic() - t0, 3)
+    if problems:
+        raise IntegrityError(f"verification of the restore of {snap.id} into {req.target} failed: {len(problems)} "
+                             "problem(s):\n  - " + "\n  - ".join(problems[:30]),
+                             hint="do not use this restore; run `backupctl verify --read-data` on the storage, then "
+                                  "restore again (force) or from another storage")
+    log.info("restore of %s verified in %.1fs: %d file(s) re-hashed; %s", snap.id, seconds,
+             sum(f["files_checked"] for f in files.values()),
+             ", ".join(f"{n}: " + ("skipped" if v.get("success") is None else
+                                   f"{v['statistics']['successful_expectations']}/{v['statistics']['evaluated_expectations']}"
+                                   " expectations met") for n, v in validation.items()) or "no database")
+    return Verification(snapshot_id=snap.id, target=req.target, ok=True, files=files,
+                        validation=compact_validation(validation), seconds=seconds)
+
+
+# ------------------------------------------------------------------------------------------------ report
+@dataclass
+class RunInfo:
+    """Who ran the restore and how: the run-specific part of the report (differs between the two doors)."""
+
+    door: str  # "cli" or the DAG id
+    run_id: str
+    requested_by: str
+    approval: dict[str, Any]
+    run_seconds: float | None = None
+    archive_wait: dict[str, Any] | None = None
+
+
+#: report fields that differ from run to run and between the doors (the both-doors test ignores them)
+RUN_SPECIFIC = ("dag_id", "run_id", "requested_by", "approval", "archive_wait", "durations", "finished_at")
+
+
+def approval_from_hitl(detail: dict[str, Any] | None) -> dict[str, Any]:
+    """The report's approval block from an Airflow HITL answer (None: the gate was off)."""
+    if not detail:
+        return {"by": None, "choice": "not required", "note": "require_approval was false"}
+    who = detail.get("responded_by_user") or {}
+    return {"by": who.get("name") or who.get("id") or "unknown", "at": str(detail.get("responded_at")),
+            "choice": (detail.get("chosen_options") or ["?"])[0], "note": (detail.get("params_input") or {}).get("note", "")}
+
+
+def cli_run_info(run_seconds: float | None = None, archive_wait: dict[str, Any] | None = None) -> RunInfo:
+    """The CLI door: requested by the OS user; there is no approval gate."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return RunInfo(door="cli", run_id=f"cli-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}",
+                   requested_by=user, approval={"by": None, "choice": "not required (CLI)", "note": ""},
+                   run_seconds=run_seconds, archive_wait=archive_wait)
+
+
+@dataclass
+class RestoreReport:
+    doc: dict[str, Any]
+    markdown: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"doc": self.doc, "markdown": self.markdown}
+
+
+def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, verified: Verification,
+                 run: RunInfo) -> RestoreReport:
+    """``RESTORE_REPORT`` as a JSON document and Markdown: the snapshot, where from and to, what was restored,
+    re-hashed and validated; who asked and the approval."""
+    params = {**req.to_dict(), "sources": loc.sources}
+    approved = run.approval
+    doc = {"kind": "restore-result", "dag_id": run.door, "run_id": run.run_id, "requested_by": run.requested_by or "unknown",
+           "approval": approved, "params": params,
+           "snapshot": {k: getattr(loc, k) for k in (
+               "snapshot_id", "tier", "type", "logical_date", "chain", "storage", "storage_type", "archive", "objects")},
+           "target": restored.target, "archive_wait": run.archive_wait,
+           "sources": {n: r.to_dict() for n, r in restored.sources.items()},
+           "verification": verified.to_dict(),
+           "durations": {"restore_seconds": restored.seconds, "verify_seconds": verified.seconds,
+                         "run_seconds": run.run_seconds},
+           "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "status": "success"}
+    md = [f"# Restore of {loc.snapshot_id}", "",
+          f"* into: `{restored.target}`",
+          f"* from storage: `{loc.storage}` ({loc.storage_type}" + (", archive" if loc.archive else "") + ")",
+          f"* snapshot: {loc.type}, tier {loc.tier}, logical date {loc.logical_date}, chain " + " -> ".join(loc.chain),
+          f"* requested by: **{doc['requested_by']}** (run `{run.run_id}`)",
+          f"* approval: {approved['choice']}" + (f" by **{approved['by']}** at {approved.get('at')}" if approved.get("by") else "")
+          + (f" — {approved['note']}" if approved.get("note") else ""),
+          f"* options: include {req.includes or 'all'}, tables {req.tables or 'all'}, force {req.force}"
+          + (f", PostgreSQL target {req.pg_target_name}" if req.pg_target_name else ""), ""]
+    if run.archive_wait and run.archive_wait.get("archive"):
+        md += [f"Archived objects: {run.archive_wait.get('keys')} made readable after "
+               f"{run.archive_wait.get('waited_seconds')} s.", ""]
+    md += ["| source | kind | files | size | SHA-256 checked on restore | re-hashed after | path |",
+           "|---|---|---|---|---|---|---|"]
+    for n, r in restored.sources.items():
+        v = verified.files.get(n, {})
+        md.append(f"| {n} | {r.kind} | {r.files} | {format_mb(r.bytes)} | {r.verified} | "
+                  f"{v.get('files_checked', '-')} | `{r.path}` |")
+    md += ["", "## Data validation (Great Expectations)", ""]
+    for n, v in verified.validation.items():
+        stats = v.get("statistics") or {}
+        md.append(f"* {n}: " + (f"skipped ({v.get('skipped')})" if v.get("success") is None else
+                                f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations met"))
+    if not verified.validation:
+        md.append("* no database source restored")
+    md += ["", f"Restore took {restored.seconds} s, verification {verified.seconds} s; the run {run.run_seconds} s.", ""]
+    return RestoreReport(doc=doc, markdown="\n".join(md))
+
+
+def write_report(target: str, report: RestoreReport) -> list[str]:
+    """``RESTORE_REPORT.json`` / ``.md`` in the target directory, each written to a temp name then renamed."""
+    paths = []
+    for ext, text in (("json", json.dumps(report.doc, indent=1, sort_keys=True, default=str) + "\n"),
+                      ("md", report.markdown)):
+        final = Path(target) / f"{REPORT_NAME}.{ext}"
+        tmp = final.with_name(f".{final.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, final)
+        paths.append(str(final))
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ all steps
+@dataclass
+class RestoreOutcome:
+    """Everything one restore produced (the CLI prints it; ``--json`` prints ``to_dict()``)."""
+
+    location: Location
+    restored: RestoreResult
+    verified: Verification
+    report: RestoreReport
+    report_paths: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"location": self.location.to_dict(), "restored": self.restored.to_dict(),
+                "verified": self.verified.to_dict(), "report": self.report_paths}
+
+
+def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, pg_dsn: str | None = None,
+                     validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None) -> RestoreOutcome:
+    """Every step in order, as the CLI runs them: check, locate, prerequisites, thaw, restore, verify, report.
+    Raises the first step's BackupError; the report is written only after a verified restore."""
+    t0 = time.monotonic()
+    req = check_request(cfg, req)
+    loc = locate(cfg, req, resolver)
+    check_prerequisites(cfg, req, loc, pg_dsn, validate=validate)
+    wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds)
+    restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty)
+    verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
+                              scratch_dsn=pg_scratch_dsn(resolver) if validate else None)
+    report = build_report(req, loc, restored, verified,
+                          cli_run_info(round(time.monotonic() - t0, 1), wait.to_dict()))
+    paths = write_report(req.target, report)
+    return RestoreOutcome(location=loc, restored=restored, verified=verified, report=report, report_paths=paths)
+
+
+__all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",
+           "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
+           "approval_from_hitl", "build_report", "check_prerequisites", "check_request", "cli_run_info",
+           "compact_validation", "format_mb", "guard_target", "hash_check", "include_selector", "locate",
+           "pg_scratch_dsn", "regular_files", "restore_snapshot", "run_restore", "sha256_file", "target_state",
+           "validate_pg_dump", "validate_restored", "verify_restore", "wait_for_archive", "write_report"]

@@ -1,0 +1,171 @@
+"""The restore command's steps (:mod:`backups.commands.restore`) without Airflow, and ``backupctl restore`` on
+top of them: the request checks, the prerequisites, the read-back verification catching damage, and the CLI
+writing the verified report (GX only when databases are validated, ``--no-validate`` skipping it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backups.cli import main
+from backups.commands import restore as rc
+from backups.engine.snapshot import run_backup
+from backups.errors import ConfigError, IntegrityError, RefusedError, SourceError, StorageError
+from tests.helpers import app_tree, db_rows, make_app, subprocess_env
+
+WEEKLY = "weekly-20260104T010000Z"
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path))
+    a = make_app(tmp_path, scale=0.2, seed=5)
+    run_backup(a["cfg"], "weekly", logical_date="2026-01-04T01:00:00Z")
+    return a
+
+
+@pytest.mark.parametrize(("change", "error", "text"), [
+    ({"target": ""}, ConfigError, "no target directory given"),
+    ({"target": "relative/dir"}, ConfigError, "is not an absolute path"),
+    ({"target": "/"}, RefusedError, "filesystem root"),
+    ({"target": "{root}/local/inside"}, RefusedError, "inside the repository of storage local"),
+    ({"storage": "nowhere"}, ConfigError, "unknown storage 'nowhere'"),
+    ({"sources": ["app_db", "nope"]}, ConfigError, "unknown source 'nope'"),
+])
+def test_check_request_refuses_bad_requests(app, change, error, text):
+    fields = {"target": str(app["tmp"] / "out"), **change}
+    fields["target"] = fields["target"].format(root=app["root"])
+    with pytest.raises(error, match=text) as ei:
+        rc.check_request(app["cfg"], rc.RestoreRequest(**fields))
+    assert ei.value.hint  # every refusal says how to fix it
+
+
+def test_check_request_normalises(app):
+    req = rc.check_request(app["cfg"], rc.RestoreRequest(target=str(app["tmp"] / "x") + "//", sources=[" ", "app_db"],
+                                                         includes=[], tables=None, snapshot=" latest "))
+    assert (req.target, req.sources, req.includes, req.snapshot) == (str(app["tmp"] / "x"), ["app_db"], None, "latest")
+    assert rc.RestoreRequest.from_dict(req.to_dict()) == req
+
+
+@pytest.mark.parametrize(("change", "text"), [
+    ({"sources": ["system_state"], "tables": ["robots"]}, "tables apply to sqlite and postgres sources only"),
+    ({"sources": ["app_db"], "includes": ["config/**"]}, "include globs apply to files sources only"),
+    ({"sources": ["app_db"], "pg_target_name": "pg"}, "no postgres source is restored"),
+])
+def test_locate_checks_the_request_against_the_snapshot(app, change, text):
+    with pytest.raises(ConfigError, match=text):
+        rc.locate(app["cfg"], rc.RestoreRequest(target=str(app["tmp"] / "o"), **change))
+
+
+def test_prerequisites_refuse_a_busy_target_a_full_disk_and_a_dead_pg_target(app, monkeypatch):
+    cfg = app["cfg"]
+    busy = app["tmp"] / "busy"
+    busy.mkdir()
+    (busy / "keep").write_text("x")
+    req = rc.RestoreRequest(target=str(busy))
+    loc = rc.locate(cfg, req)
+    assert loc.target_state == "not empty (1 entries)" and loc.source_bytes > 0
+    with pytest.raises(RefusedError, match="is not empty"):
+        rc.check_prerequisites(cfg, req, loc)
+    ok = rc.check_prerequisites(cfg, rc.RestoreRequest(target=str(busy), force=True), loc)
+    assert ok.needed_bytes == loc.source_bytes and ok.free_bytes > ok.needed_bytes
+
+    fresh = rc.RestoreRequest(target=str(app["tmp"] / "new" / "deeper"))
+    real = rc.shutil.disk_usage
+    monkeypatch.setattr(rc.shutil, "disk_usage", lambda p: real(p)._replace(free=loc.source_bytes - 1))
+    with pytest.raises(StorageError, match="to restore but only") as ei:
+        rc.check_prerequisites(cfg, fresh, loc)
+    assert "bigger disk" in ei.value.hint
+    monkeypatch.setattr(rc.shutil, "disk_usage", real)
+    with pytest.raises(SourceError, match="cannot connect to the PostgreSQL target") as ei:
+        rc.check_prerequisites(cfg, fresh, loc, "postgresql://u:pw-secret@127.0.0.1:1/none")
+    assert "pw-secret" not in str(ei.value)
+    assert not (app["tmp"] / "new").exists()  # nothing written by the checks
+
+
+def test_verify_restore_catches_a_changed_missing_or_extra_file(app):
+    cfg = app["cfg"]
+    req = rc.check_request(cfg, rc.RestoreRequest(target=str(app["tmp"] / "r"), sources=["app_files"]))
+    loc = rc.locate(cfg, req)
+    restored = rc.run_restore(cfg, req, loc)
+    assert rc.RestoreResult.from_dict(restored.to_dict()) == restored
+    assert rc.verify_restore(cfg, req, loc, restored).files["app_files"]["problems"] == 0
+    root = Path(restored.sources["app_files"].path)
+    changed, gone = sorted(p for p in root.rglob("*.json") if p.is_file())[:2]
+    changed.write_text("{}")
+    gone.unlink()
+    (root / "config" / "intruder.yaml").write_text("x: 1")
+    with pytest.raises(IntegrityError) as ei:
+        rc.verify_restore(cfg, req, loc, restored)
+    msg = str(ei.value)
+    assert "3 problem(s)" in msg
+    assert f"app_files/{changed.relative_to(root)}: content differs from the snapshot" in msg
+    assert f"app_files/{gone.relative_to(root)}: missing" in msg
+    assert "app_files/config/intruder.yaml: not in the snapshot" in msg
+
+
+def test_verify_restore_fails_on_a_damaged_database(app):
+    """GX catches what the file hashes cannot see when a table was chosen: a row deleted after the restore."""
+    import sqlite3
+
+    cfg = app["cfg"]
+    req = rc.check_request(cfg, rc.RestoreRequest(target=str(app["tmp"] / "t"), sources=["app_db"], tables=["robots"]))
+    loc = rc.locate(cfg, req)
+    restored = rc.run_restore(cfg, req, loc)
+    assert rc.verify_restore(cfg, req, loc, restored).validation["app_db"]["success"] is True
+    with sqlite3.connect(Path(restored.sources["app_db"].path) / "app.db") as c:
+        c.execute("DELETE FROM robots WHERE rowid IN (SELECT rowid FROM robots LIMIT 1)")
+    with pytest.raises(IntegrityError, match="app_db: .*robots"):
+        rc.verify_restore(cfg, req, loc, restored)
+    skipped = rc.verify_restore(cfg, req, loc, restored, validate=False)  # the hashes alone do not see it
+    assert skipped.validation["app_db"] == {"database": "app_db", "success": None, "skipped": "validation turned off"}
+
+
+def test_cli_restore_verifies_validates_and_reports(app, capsys):
+    target = app["tmp"] / "cli"
+    assert main(["--config", str(app["config_path"]), "restore", WEEKLY, "--target", str(target), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verified"]["ok"] and out["verified"]["validation"]["app_db"]["success"] is True
+    assert app_tree(target / "app_files") == app_tree(app["home"])
+    assert db_rows(target / "app_db" / "app.db") == db_rows(app["home"] / "app.db")
+    doc = json.loads((target / "RESTORE_REPORT.json").read_text())
+    assert doc["dag_id"] == "cli" and doc["approval"]["choice"] == "not required (CLI)"
+    assert doc["requested_by"] and doc["requested_by"] != "unknown"
+    assert doc["snapshot"]["snapshot_id"] == WEEKLY and doc["status"] == "success"
+    assert doc["verification"]["files"]["app_files"]["files_checked"] == doc["sources"]["app_files"]["files"] > 5
+    md = (target / "RESTORE_REPORT.md").read_text()
+    assert md.startswith(f"# Restore of {WEEKLY}") and "approval: not required (CLI)" in md and "expectations met" in md
+    assert sorted(out["report"]) == [str(target / "RESTORE_REPORT.json"), str(target / "RESTORE_REPORT.md")]
+
+
+def test_cli_restore_refusal_writes_nothing(app, capsys):
+    target = app["tmp"] / "busy"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    assert main(["--config", str(app["config_path"]), "restore", WEEKLY, "--target", str(target)]) == 7
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "is not empty" in err and "--force" in err
+    assert sorted(p.name for p in target.iterdir()) == ["keep"]
+
+
+def test_cli_restore_without_airflow_imports_gx_only_to_validate(app):
+    code = ("import sys; sys.modules['airflow'] = None; "  # Airflow unimportable: the disaster-day door
+            "from backups.cli import main; rc = main(sys.argv[1:]); "
+            "print('GX', 'great_expectations' in sys.modules, sys.modules.get('airflow') is not None, file=sys.stderr); sys.exit(rc)")
+    base = [sys.executable, "-c", code, "--config", str(app["config_path"]), "restore", WEEKLY]
+    p = subprocess.run([*base, "--target", str(app["tmp"] / "a"), "--no-validate"], capture_output=True, text=True,
+                       env=subprocess_env())
+    assert p.returncode == 0, p.stderr
+    assert "GX False False" in p.stderr and "app_db: not validated (validation turned off)" in p.stdout
+    assert "validation turned off" in (app["tmp"] / "a" / "RESTORE_REPORT.md").read_text()
+    p = subprocess.run([*base, "--target", str(app["tmp"] / "b"), "--source", "app_files"], capture_output=True,
+                       text=True, env=subprocess_env())
+    assert p.returncode == 0 and "GX False False" in p.stderr, p.stderr  # no database restored: GX not needed
+    p = subprocess.run([*base, "--target", str(app["tmp"] / "c"), "--source", "app_db"], capture_output=True, text=True,
+                       env=subprocess_env())
+    assert p.returncode == 0 and "GX True False" in p.stderr, p.stderr
+    assert "expectations met" in p.stdout
