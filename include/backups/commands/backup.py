@@ -1,0 +1,556 @@
+"""The backup command, step by step (no Airflow import): ``backupctl backup`` runs the steps in a row, the ``@task`` adapters in
+:mod:`backups.orchestration.dags` pass context values in (logical date, params, run id) and map errors.
+
+Each step resolves what it needs from the config, calls the engine, and returns a small JSON-safe dict — the
+only thing that travels between tasks (XCom). Nothing a step writes on local disk is read by another step:
+data moves through the backup storages only, so the DAGs run unchanged on Celery or Kubernetes workers.
+
+Order of a run: check_system_state → prepare_environment (the plan) → extract (one call per source, into the
+primary storage) → commit (manifest last, on the primary) → upload (per storage: verify the primary, replicate
+to the others) → check_integrity (per storage) / validate_data / test_restore → completion summary → cleanup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..catalog.manifest import Catalog, manifest_key
+from ..config import Config, Tier, load_config
+from ..errors import (
+    BackupError,
+    ConfigError,
+    IntegrityError,
+    SourceError,
+    StorageError,
+    SystemStateError,
+    TransientStorageError,
+)
+from ..sources import open_source
+from ..storage import open_storage
+from .base import mb
+from .validate import DB_KINDS, compact_results, raise_failed, validate_restored
+
+log = logging.getLogger("backups.commands.backup")
+
+#: the synthetic tier of the ``backup_manual`` DAG (snapshot ids ``manual-<timestamp>``; retention: keep all)
+MANUAL_TIER = "manual"
+#: source kinds extracted by ``backup.extract_data``; every other kind (files) goes to ``backup.extract_config``
+DATA_KINDS = ("sqlite", "postgres", "command")
+
+
+# ------------------------------------------------------------------------------------------------ config
+def with_manual_tier(cfg: Config) -> Config:
+    """The config plus the synthetic ``manual`` tier (all sources, all storages, keep everything)."""
+    if MANUAL_TIER in cfg.tiers:
+        raise ConfigError(f"tiers.{MANUAL_TIER}: the tier name {MANUAL_TIER!r} is reserved for the backup_manual DAG",
+                          hint="rename the tier (e.g. 'on_demand')")
+    tier = Tier(type="full", schedule=None, sources=list(cfg.sources), storages=list(cfg.storages),
+                description="on-demand backups from the backup_manual DAG")
+    return cfg.model_copy(update={"tiers": {**cfg.tiers, MANUAL_TIER: tier}})
+
+
+def runtime_config(tier: str) -> Config:
+    """The config as a task sees it (read again on the worker; ``$BACKUP_CONFIG`` or the shipped file)."""
+    cfg = load_config()
+    return with_manual_tier(cfg) if tier == MANUAL_TIER else cfg
+
+
+def resolver_for(cfg: Config) -> Any:
+    """The connection resolver the config needs (see :mod:`backups.connections`); None without any conn_id."""
+    from ..connections import resolver_for as registered
+
+    return registered(cfg)
+
+
+@dataclass
+class Selection:
+    """What one run backs up: the tier's definition, or the backup_manual form."""
+
+    tier: str
+    type: str | None
+    sources: list[str]
+    storages: list[str]
+    comment: str = ""
+
+
+def selection(cfg: Config, tier: str, params: dict[str, Any] | None = None) -> Selection:
+    """What ``tier`` backs up; for the manual tier, the sources/storages/type chosen in ``params`` (the DAG form)."""
+    if tier != MANUAL_TIER:
+        t = cfg.tiers[tier]
+        return Selection(tier, None, list(t.sources), list(t.storages))
+    params = params or {}
+    chosen: dict[str, list[str]] = {}
+    for key, known in (("sources", cfg.sources), ("storages", cfg.storages)):
+        names = list(params.get(key) or known)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ConfigError(f"backup_manual: params.{key}: unknown {key[:-1]} {unknown[0]!r}",
+                              hint=f"choose from: {', '.join(known)}")
+        chosen[key] = [n for n in known if n in names]  # config order: the first storage is the primary
+    typ = params.get("backup_type") or "full"
+    return Selection(MANUAL_TIER, typ, chosen["sources"], chosen["storages"], str(params.get("comment") or ""))
+
+
+# ------------------------------------------------------------------------------------------------ scratch
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", part)[:120] or "_"
+
+
+def scratch_root() -> Path:
+    """Where tasks keep temporary files on a worker: ``$BACKUP_STAGING`` or the system temp dir."""
+    return Path(os.environ.get("BACKUP_STAGING") or tempfile.gettempdir()) / "fmr-backups"
+
+
+def run_scratch(dag_id: str, run_id: str) -> Path:
+    """The scratch directory of one run on this worker (its tasks' private dirs live under it)."""
+    return scratch_root() / _safe(dag_id) / _safe(run_id)
+
+
+@contextlib.contextmanager
+def task_scratch(dag_id: str, run_id: str, label: str) -> Iterator[Path]:
+    """A private temporary directory for one task try, removed when the task ends (even on failure)."""
+    base = run_scratch(dag_id, run_id)
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{_safe(label)}-", dir=base) as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def _staging_env(path: Path) -> Iterator[None]:
+    """Point the engine's dump staging (``BACKUP_STAGING``) into the task's scratch directory."""
+    old = os.environ.get("BACKUP_STAGING")
+    os.environ["BACKUP_STAGING"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("BACKUP_STAGING", None)
+        else:
+            os.environ["BACKUP_STAGING"] = old
+
+
+# ------------------------------------------------------------------------------------------------ pre_backup
+def _problem(what: str, name: str, kind: str, exc: BackupError) -> str:
+    """``source app_db (sqlite): <message>`` without repeating the name, fix hint indented under it."""
+    msg = str(exc)
+    for lead in (f"{what} {name}: ", f"{name}: "):
+        msg = msg.removeprefix(lead)
+    return f"{what} {name} ({kind}): " + msg.replace("\n  fix:", "\n    fix:")
+
+
+def _retryable(kind: str, exc: BackupError) -> bool:
+    """Network-side problems may heal (a restarting server); local state (a missing file) will not."""
+    if isinstance(exc, TransientStorageError):
+        return True
+    return kind in ("postgres", "s3", "sftp") and isinstance(exc, SourceError | StorageError)
+
+
+def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dict[str, Any]:
+    """Every source readable, every storage reachable with room for the estimated size; all problems at once."""
+    problems: list[tuple[str, bool]] = []
+    estimates: dict[str, int] = {}
+    for name in sel.sources:
+        kind = cfg.sources[name].type
+        try:
+            src = open_source(cfg, name, resolver)
+            src.check()
+            estimates[name] = int(src.estimate())
+            log.info("source %s (%s): readable, about %s", name, kind, mb(estimates[name]))
+        except BackupError as exc:
+            problems.append((_problem("source", name, kind, exc), _retryable(kind, exc)))
+    total = sum(estimates.values())
+    free: dict[str, int | None] = {}
+    unavailable: dict[str, str] = {}
+    for i, name in enumerate(sel.storages):
+        kind = cfg.storages[name].type
+        try:
+            st = open_storage(cfg, name, resolver)
+            st.check()
+            free[name] = st.free_bytes()
+        except BackupError as exc:
+            if i == 0:  # the primary receives the extraction: without it there is no backup at all
+                problems.append((_problem("storage", name, kind, exc), _retryable(kind, exc)))
+            else:  # a copy target: back up anyway; its upload task fails (the run goes red) and the next run back-fills
+                unavailable[name] = exc.message
+                log.warning("%s — the backup goes ahead on the other storages; upload[%s] will fail and the next run "
+                            "back-fills the copy", _problem("storage", name, kind, exc), name)
+            continue
+        room = free[name]
+        if room is not None and room < total:
+            problems.append((f"storage {name} ({kind}): only {mb(room)} free, the sources hold about {mb(total)} "
+                             "(a full snapshot needs at most that much)", False))
+        else:
+            log.info("storage %s (%s): reachable, %s free", name, kind, mb(room) if room is not None else "unknown")
+    if problems:
+        retryable = all(r for _, r in problems)
+        lines = "\n  - ".join(p for p, _ in problems)
+        raise SystemStateError(
+            f"system state check failed for the {sel.tier} backup ({len(problems)} problem(s)):\n  - {lines}",
+            hint="the task retries (a server may be restarting)" if retryable
+            else "fix the configuration or the host, then clear this task; retrying as is would not help",
+            retryable=retryable)
+    log.info("system ready: %d source(s), about %s to read, %d storage(s)", len(estimates), mb(total), len(free))
+    return {"estimates": estimates, "estimated_bytes": total, "free_bytes": free, "unavailable": unavailable}
+
+
+def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | str, state: dict[str, Any],
+                        resolver: Any = None) -> dict[str, Any]:
+    """The plan: snapshot id from the logical date, parent and chain, estimated size (XCom: small dicts)."""
+    from ..engine import snapshot
+
+    primary = open_storage(cfg, sel.storages[0], resolver)
+    p = snapshot.plan(cfg, sel.tier, logical_date, type_override=sel.type, storage=primary, resolver=resolver,
+                      sources=sel.sources, storages=sel.storages, comment=sel.comment)
+    p.estimated_bytes = int(state.get("estimated_bytes") or 0)
+    if p.already_committed:
+        log.info("snapshot %s is already committed on %s: later steps only verify it", p.snapshot_id, primary.name)
+    else:
+        log.info("plan: %s (%s%s), parent %s, chain of %d, about %s from %s into %s", p.snapshot_id, p.type,
+                 f", requested {p.requested_type}: {p.promoted_reason}" if p.promoted_reason else "",
+                 p.parent or "-", len(p.chain), mb(p.estimated_bytes), ", ".join(p.sources), ", ".join(p.storages))
+    kinds = {n: cfg.sources[n].type for n in p.sources}
+    return {
+        "plan": p.to_dict(),
+        "data_sources": [n for n in p.sources if kinds[n] in DATA_KINDS],
+        "file_sources": [n for n in p.sources if kinds[n] not in DATA_KINDS],
+        "storages": list(p.storages),
+        "estimates": {n: int(state.get("estimates", {}).get(n, 0)) for n in p.sources},
+    }
+
+
+def start_message(plan: dict[str, Any]) -> str:
+    """One line announcing the planned run (the start notification)."""
+    return (f"backup {plan['snapshot_id']} starting: {plan['type']}"
+            + (f" (requested {plan['requested_type']}: {plan['promoted_reason']})" if plan.get("promoted_reason") else "")
+            + f", parent {plan['parent'] or '-'}, sources {', '.join(plan['sources'])}, storages "
+            + f"{', '.join(plan['storages'])}, about {mb(plan.get('estimated_bytes'))}"
+            + (f", comment: {plan['comment']}" if plan.get("comment") else "")
+            + (" — already committed, nothing to extract" if plan.get("already_committed") else ""))
+
+
+# ------------------------------------------------------------------------------------------------ backup
+def _plan(plan: dict[str, Any]):
+    from ..engine.snapshot import Plan
+
+    return Plan.from_dict(dict(plan))
+
+
+def extract_source(cfg: Config, plan: dict[str, Any], source: str, scratch: Path, resolver: Any = None,
+                   estimate: int | None = None) -> dict[str, Any]:
+    """Back up one source into the primary storage (objects + part record); idempotent for a retry."""
+    from ..engine import snapshot
+    from ..engine.progress import Progress
+
+    p = _plan(plan)
+    if p.already_committed:
+        log.info("%s is already committed: nothing to extract for %s", p.snapshot_id, source)
+        return {"source": source, "skipped": "already committed"}
+    from ..repository import Repository
+
+    primary = open_storage(cfg, p.storages[0], resolver)
+    progress = Progress(f"{p.snapshot_id} {source}", estimate or None, interval=5.0, tty=False)
+    log.info("extracting %s (%s) into %s", source, cfg.sources[source].type, primary.describe())
+    try:
+        # shared repo lock + exclusive lock on id + source: parallel extracts of other sources do not wait
+        with Repository(primary, cfg).backup_lock(p.snapshot_id, source, operation="extract"), _staging_env(scratch):
+            snapshot.clean_staging(cfg, cfg.locks.orphan_grace_hours * 3600)
+            out = snapshot.extract(cfg, p, source, primary, resolver=resolver, progress=progress)
+    finally:
+        progress.close()
+    return out
+
+
+def commit_snapshot(cfg: Config, plan: dict[str, Any], resolver: Any = None) -> dict[str, Any]:
+    """Write the manifest on the primary storage — last, it is the commit marker."""
+    from ..engine import snapshot
+    from ..repository import Repository
+
+    p = _plan(plan)
+    primary = open_storage(cfg, p.storages[0], resolver)
+    with Repository(primary, cfg).backup_lock(p.snapshot_id, operation="commit") as held:
+        snap = snapshot.commit(cfg, p, primary, locks=held)
+    d = snap.doc
+    return {"snapshot_id": snap.id, "type": snap.type, "parent": snap.parent, "chain": snap.chain,
+            "storage": primary.name, "files": d["totals"]["files"], "bytes": d["totals"]["bytes"],
+            "stored_bytes": d["totals"]["stored_bytes"], "objects": d["totals"]["objects"],
+            "duration_seconds": d.get("duration_seconds"), "already_committed": bool(p.already_committed)}
+
+
+def upload_to(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = None) -> dict[str, Any]:
+    """Primary: check every object of the chain is there. Other storages: replicate (SHA-256 checked, manifest last)."""
+    from ..engine import snapshot
+
+    p = _plan(plan)
+    t0 = time.monotonic()
+    primary_name = p.storages[0]
+    if storage == primary_name:
+        st = open_storage(cfg, storage, resolver, read_only=True)
+        cat = Catalog(st, cfg.application)
+        snap = cat.get(p.snapshot_id)
+        missing = cat.missing_objects(snap)
+        if missing:
+            raise IntegrityError(f"{storage}: {len(missing)} object(s) of {snap.id}'s chain are missing or short: "
+                                 + "; ".join(missing[:10]), hint="re-run the backup (clear the backup group)")
+        objects = list(snap.objects())
+        log.info("%s is the primary: %s committed there with %d object(s), %s", storage, snap.id, len(objects),
+                 mb(sum(o["size"] for o in objects)))
+        return {"storage": storage, "role": "primary", "objects": len(objects),
+                "bytes": sum(o["size"] for o in objects), "seconds": round(time.monotonic() - t0, 3)}
+    src = open_storage(cfg, primary_name, resolver, read_only=True)
+    dst = open_storage(cfg, storage, resolver)
+    log.info("replicating %s from %s to %s", p.snapshot_id, src.describe(), dst.describe())
+    from ..repository import Repository
+
+    with Repository(src, cfg).lock("repo", exclusive=False, operation="replicate"), \
+            Repository(dst, cfg).backup_lock(p.snapshot_id, operation="replicate") as held:
+        copied = snapshot.replicate(cfg, p.snapshot_id, src, dst, locks=held)
+        filled = snapshot.backfill(cfg, src, dst)  # snapshots this storage missed while it was down
+    if filled:
+        log.info("back-filled %d snapshot(s) %s missed: %s", len(filled), storage, ", ".join(filled))
+    seconds = round(time.monotonic() - t0, 3)
+    log.info("replicated %s to %s: %s copied in %.1fs", p.snapshot_id, storage, mb(copied), seconds)
+    return {"storage": storage, "role": "replica", "copied_bytes": copied, "seconds": seconds, "backfilled": filled}
+
+
+# ------------------------------------------------------------------------------------------------ verify
+def check_integrity(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = None) -> dict[str, Any]:
+    """What landed on ``storage``: every object of the new snapshot re-read and SHA-256 checked; the rest of
+    its chain (manifests, presence and sizes) checked structurally."""
+    from ..engine.checker import object_problem, verify
+
+    p = _plan(plan)
+    t0 = time.monotonic()
+    st = open_storage(cfg, storage, resolver, read_only=True)
+    cat = Catalog(st, cfg.application)
+    snap = cat.get(p.snapshot_id)
+    structure = verify(st, cat, [snap], read_data=False, include_broken=False)
+    problems = list(structure.problems)
+    hashed = hashed_bytes = 0
+    for obj in snap.objects():
+        problem = object_problem(st, obj, read_data=True)
+        hashed += 1
+        hashed_bytes += obj["size"]
+        if problem:
+            problems.append(f"{snap.id}: {problem}")
+    seconds = round(time.monotonic() - t0, 3)
+    report = {"storage": storage, "ok": not problems, "snapshot_id": snap.id, "objects_hashed": hashed,
+              "bytes_hashed": hashed_bytes, "chain_objects": structure.objects, "problems": problems[:20],
+              "seconds": seconds}
+    if problems:
+        raise IntegrityError(f"integrity check of {snap.id} on {storage} failed ({len(problems)} problem(s)):\n  - "
+                             + "\n  - ".join(problems[:20]),
+                             hint="re-run the upload for this storage (clear backup.upload), then check again")
+    log.info("integrity of %s on %s: %d object(s), %s re-hashed, chain of %d object(s) present, in %.1fs",
+             snap.id, storage, hashed, mb(hashed_bytes), structure.objects, seconds)
+    return report
+
+
+def validate_data(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: Any = None) -> dict[str, Any]:
+    """Great Expectations on the backed-up databases: restored (read-only storage) into this task's scratch dir."""
+    from ..engine.restorer import restore
+
+    p = _plan(plan)
+    st = open_storage(cfg, p.storages[0], resolver, read_only=True)
+    cat = Catalog(st, cfg.application)
+    snap = cat.get(p.snapshot_id)
+    dbs = [n for n in sorted(snap.sources) if snap.sources[n]["kind"] in DB_KINDS]
+    if not dbs:
+        log.info("%s has no database source: nothing to validate", snap.id)
+        return {"snapshot_id": snap.id, "storage": st.name, "databases": {}, "skipped": "no database source"}
+    t0 = time.monotonic()
+    results = restore(st, cat, snap, scratch / "restore", sources=dbs)
+    validated = validate_restored(snap, {r.source: Path(r.path) for r in results}, resolver)
+    for name, r in validated.items():
+        log.info("validation of %s: %s", name, "skipped" if r.get("success") is None else
+                 f"{r['statistics']['successful_expectations']}/{r['statistics']['evaluated_expectations']} met")
+    raise_failed("data validation", snap.id, validated)
+    return {"snapshot_id": snap.id, "storage": st.name, "databases": compact_results(validated),
+            "seconds": round(time.monotonic() - t0, 3)}
+
+
+def test_restore(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: Any = None) -> dict[str, Any]:
+    """Restore the whole chain from the last storage of the run (a replica when there is one), read-only, into
+    this task's scratch dir: every file SHA-256 checked by the restorer, then the same GX suite on the databases."""
+    from ..engine.restorer import restore
+
+    p = _plan(plan)
+    t0 = time.monotonic()
+    st = open_storage(cfg, p.storages[-1], resolver, read_only=True)
+    cat = Catalog(st, cfg.application)
+    snap = cat.get(p.snapshot_id)
+    chain = [s.id for s in cat.chain_of(snap)]
+    log.info("test restore of %s (chain %s) from %s", snap.id, " -> ".join(chain), st.describe())
+    results = restore(st, cat, snap, scratch / "restore")
+    sources = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
+    validated = validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS}, resolver)
+    raise_failed("test restore", snap.id, validated)
+    seconds = round(time.monotonic() - t0, 3)
+    log.info("test restore of %s OK: %d file(s), %s, all SHA-256 verified, in %.1fs", snap.id,
+             sum(s["files"] for s in sources.values()), mb(sum(s["bytes"] for s in sources.values())), seconds)
+    return {"snapshot_id": snap.id, "storage": st.name, "chain": chain, "sources": sources,
+            "validation": compact_results(validated), "seconds": seconds}
+
+
+# ------------------------------------------------------------------------------------------------ post_backup
+def completion_summary(cfg: Config, plan: dict[str, Any], committed: dict[str, Any], integrity: list[dict[str, Any]],
+                       validation: dict[str, Any], restore_test: dict[str, Any], extracts: list[dict[str, Any] | None],
+                       uploads: list[dict[str, Any] | None], run_seconds: float | None,
+                       resolver: Any = None) -> dict[str, Any]:
+    """id, type, sizes, durations and checks of the run (read from the committed manifest + the tasks' XComs)."""
+    p = _plan(plan)
+    st = open_storage(cfg, p.storages[0], resolver, read_only=True)
+    snap = Catalog(st, cfg.application).get(p.snapshot_id)
+    d = snap.doc
+    seconds = {e["source"]: e.get("seconds") for e in extracts if e and "source" in e}
+    sources = {n: {"kind": r["kind"], "files": r["files"], "bytes": r["bytes"], "stored_files": r["stored_files"],
+                   "stored_bytes": r["stored_bytes"], "deleted": r["deleted"], "warnings": len(r["warnings"]),
+                   "extract_seconds": seconds.get(n)} for n, r in sorted(d["sources"].items())}
+    return {
+        "snapshot_id": snap.id, "application": cfg.application, "tier": d["tier"], "type": d["type"],
+        "requested_type": d["requested_type"], "promoted_reason": d.get("promoted_reason"), "parent": d.get("parent"),
+        "chain": d["chain"], "logical_date": d["logical_date"], "comment": d.get("comment", ""),
+        "storages": list(p.storages), "sources": sources, "totals": d["totals"],
+        "durations": {"snapshot_seconds": d.get("duration_seconds"), "run_seconds": run_seconds,
+                      "upload_seconds": {u["storage"]: u.get("seconds") for u in uploads if u}},
+        "checks": {
+            "integrity": {i["storage"]: {"ok": i["ok"], "objects_hashed": i["objects_hashed"],
+                                         "bytes_hashed": i["bytes_hashed"]} for i in integrity if i},
+            "validation": validation.get("databases", {}),
+            "restore_test": {"storage": restore_test.get("storage"), "files": sum(
+                s["files"] for s in restore_test.get("sources", {}).values()), "validation": restore_test.get("validation")},
+        },
+        "status": "success",
+    }
+
+
+def summary_text(s: dict[str, Any]) -> str:
+    """The completion summary for humans (task log, CLI)."""
+    lines = [f"backup {s['snapshot_id']} completed: {s['type']}"
+             + (f" (requested {s['requested_type']}: {s['promoted_reason']})" if s.get("promoted_reason") else "")
+             + f", parent {s['parent'] or '-'}, chain of {len(s['chain'])}",
+             f"  totals: {s['totals']['files']} files, {mb(s['totals']['bytes'])}, stored {mb(s['totals']['stored_bytes'])}"
+             f" in {s['totals']['objects']} object(s); snapshot took {s['durations']['snapshot_seconds']}s"]
+    for n, r in s["sources"].items():
+        lines.append(f"  source {n} ({r['kind']}): {r['files']} files, {mb(r['bytes'])}, stored {r['stored_files']} "
+                     f"({mb(r['stored_bytes'])}), {r['deleted']} deleted, {r['warnings']} warning(s), "
+                     f"{r['extract_seconds']}s")
+    for name, i in s["checks"]["integrity"].items():
+        lines.append(f"  integrity on {name}: {'OK' if i['ok'] else 'FAILED'} ({i['objects_hashed']} objects re-hashed)")
+    for name, v in s["checks"]["validation"].items():
+        stats = v.get("statistics") or {}
+        lines.append(f"  validation of {name}: " + ("skipped" if v.get("success") is None else
+                     f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations met"))
+    rt = s["checks"]["restore_test"]
+    lines.append(f"  test restore from {rt['storage']}: {rt['files']} files restored and verified")
+    return "\n".join(lines)
+
+
+def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requested_by: str | None,
+                  approval: dict[str, Any] | None, params: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The result document of a backup_manual run: who asked, who approved, what was taken, checks and results."""
+    if approval:
+        who = approval.get("responded_by_user") or {}
+        approved = {"by": who.get("name") or who.get("id") or "unknown", "at": str(approval.get("responded_at")),
+                    "choice": (approval.get("chosen_options") or ["?"])[0], "note": (approval.get("params_input") or {}).get("note", "")}
+    else:
+        approved = {"by": None, "choice": "not required", "note": "require_approval was false"}
+    doc = {"kind": "manual-backup-result", "dag_id": dag_id, "run_id": run_id,
+           "requested_by": requested_by or "unknown", "approval": approved, "params": params, **summary}
+    s = summary
+    md = [f"# Manual backup {s['snapshot_id']}", "",
+          f"* requested by: **{doc['requested_by']}** (run `{run_id}`)",
+          f"* comment: {s.get('comment') or '-'}",
+          f"* approval: {approved['choice']}" + (f" by **{approved['by']}** at {approved.get('at')}" if approved["by"] else "")
+          + (f" — {approved['note']}" if approved.get("note") else ""),
+          f"* type: {s['type']}" + (f" (requested {s['requested_type']}: {s['promoted_reason']})" if s.get("promoted_reason") else "")
+          + f", parent {s['parent'] or '-'}, chain {' -> '.join(s['chain'])}",
+          f"* storages: {', '.join(s['storages'])}", "",
+          "## What was taken", "", "| source | kind | files | size | stored | stored size |", "|---|---|---|---|---|---|"]
+    for n, r in s["sources"].items():
+        md.append(f"| {n} | {r['kind']} | {r['files']} | {mb(r['bytes'])} | {r['stored_files']} | {mb(r['stored_bytes'])} |")
+    md += ["", "## Checks and results", ""]
+    for name, i in s["checks"]["integrity"].items():
+        md.append(f"* integrity on {name}: {'OK' if i['ok'] else 'FAILED'} ({i['objects_hashed']} objects, "
+                  f"{mb(i['bytes_hashed'])} re-hashed)")
+    for name, v in s["checks"]["validation"].items():
+        stats = v.get("statistics") or {}
+        md.append(f"* data validation of {name} (Great Expectations): " + ("skipped" if v.get("success") is None else
+                  f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations met"))
+    rt = s["checks"]["restore_test"]
+    md.append(f"* test restore from {rt['storage']}: {rt['files']} files restored, all SHA-256 verified")
+    md += ["", f"Snapshot took {s['durations']['snapshot_seconds']} s; run took {s['durations']['run_seconds']} s.", ""]
+    return doc, "\n".join(md)
+
+
+def report_key(snapshot_id: str, ext: str) -> str:
+    """reports/<tier>/<snapshot id>.<ext> (the tier is the id's prefix: reports/manual/… for backup_manual)."""
+    from ..repository import report_key as key
+
+    return key(snapshot_id, ext)
+
+
+def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[str, Any], markdown: str,
+                 resolver: Any = None) -> list[str]:
+    """Store the result document (JSON + Markdown) next to the snapshot on every storage of the run."""
+    keys = []
+    for name in storages:
+        st = open_storage(cfg, name, resolver)
+        for key, data in ((report_key(snapshot_id, "json"), (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode()),
+                          (report_key(snapshot_id, "md"), markdown.encode())):
+            st.delete(key)  # a report is replaced by a re-run's (objects are never overwritten: delete, then create)
+            st.put_bytes(key, data)
+        keys.append(f"{name}:{report_key(snapshot_id, 'json')}")
+    log.info("result document stored: %s", ", ".join(keys))
+    return keys
+
+
+def cleanup(cfg: Config | None, plan: dict[str, Any] | None, dag_id: str, run_id: str, resolver: Any = None,
+            *, stale_after_seconds: float = 2 * 86400) -> dict[str, Any]:
+    """Remove this run's scratch on this worker (each task already removed its own) and stale scratch of earlier
+    runs of the DAG; report (never delete) uncommitted objects, which a retry of the run reuses."""
+    removed: list[str] = []
+    here = run_scratch(dag_id, run_id)
+    if here.exists():
+        shutil.rmtree(here, ignore_errors=True)
+        removed.append(str(here))
+    parent = here.parent
+    if parent.is_dir():
+        now = time.time()
+        for old in parent.iterdir():
+            try:
+                if old.is_dir() and now - old.stat().st_mtime > stale_after_seconds:
+                    shutil.rmtree(old, ignore_errors=True)
+                    removed.append(str(old))
+            except OSError:
+                continue
+    out: dict[str, Any] = {"removed": removed}
+    if cfg is not None and plan is not None:
+        try:
+            st = open_storage(cfg, plan["storages"][0], resolver, read_only=True)
+            committed = st.exists(manifest_key(plan["snapshot_id"]))
+            out["committed"] = committed
+            if not committed:
+                from ..repository import data_prefix
+
+                left = list(st.list(data_prefix(plan["snapshot_id"])))
+                out["uncommitted_objects"] = len(left)
+                if left:
+                    log.warning("%s was not committed: %d object(s), %s, stay on %s for a retry of this run (a snapshot "
+                                "without a manifest does not exist for restores; retention removes such leftovers)",
+                                plan["snapshot_id"], len(left), mb(sum(o.size for o in left)), st.name)
+        except BackupError as exc:
+            log.warning("cleanup could not inspect the primary storage: %s", exc.message)
+    log.info("cleanup: removed %d scratch dir(s)", len(removed))
+    return out
