@@ -240,6 +240,31 @@ def start_message(plan: dict[str, Any]) -> str:
             + (" — already committed, nothing to extract" if plan.get("already_committed") else ""))
 
 
+# ------------------------------------------------------------------------------------------------ in one process
+def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
+               sources: list[str] | None = None, storages: list[str] | None = None, checksum: bool = False,
+               comment: str = "", resolver: Any = None) -> dict[str, Any]:
+    """The whole backup in one process (``backupctl backup``): the DAG's :func:`check_system_state` first (every
+    source readable, the primary reachable with room for the estimate), then plan, extract, commit and replicate
+    (:func:`backups.engine.snapshot.run_backup`). Returns the snapshot's summary plus ``plan`` and ``system_state``;
+    raises SystemStateError before anything is written when the system is not ready."""
+    from ..engine import snapshot
+    from ..errors import NotFoundError
+
+    t = cfg.tier(tier)
+    for kind, names, known in (("source", sources, cfg.sources), ("storage", storages, cfg.storages)):
+        for name in names or []:
+            if name not in known:
+                raise NotFoundError(f"no {kind} named {name!r}", hint=f"use one of: {', '.join(known)}")
+    sel = Selection(tier, type_override, list(sources or t.sources), list(storages or t.storages), comment)
+    state = check_system_state(cfg, sel, resolver)
+    snap, p = snapshot.run_backup(cfg, tier, logical_date=logical_date, type_override=type_override,
+                                  storages=storages, resolver=resolver, checksum=checksum, sources=sources,
+                                  comment=comment)
+    return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
+            "storages": p.storages, "system_state": state, "manifest": snap.doc}
+
+
 # ------------------------------------------------------------------------------------------------ backup
 def _plan(plan: dict[str, Any]):
     from ..engine.snapshot import Plan
