@@ -15,6 +15,7 @@ DAGs do not depend on the package being pip-installed.
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -33,6 +34,8 @@ def registered_resolver(name: str = DEFAULT) -> Any:
                                "local storages / a dsn instead of conn_id")
     try:
         factory = found[0].load()
+        for module in getattr(factory, "requires", ()):  # what its methods import lazily must be importable now
+            import_module(module)
     except ImportError as exc:
         raise ConfigError(f"the config names connection ids (conn_id), resolved through Airflow, which cannot be "
                           f"imported ({exc.name or exc})",
