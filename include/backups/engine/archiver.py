@@ -178,14 +178,6 @@ def _tarinfo(e: Entry, size: int) -> bytes:
     return tarstream.header(e.path, e.type, e.mode, e.mtime_ns // 1_000_000_000, size, e.link or "")
 
 
-def hash_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class _TarStream:
     """Appends members to a zstd-compressed tar object, opened lazily on the first stored member."""
 

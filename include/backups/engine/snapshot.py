@@ -133,13 +133,6 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
                 source_names, storage_names, reason, None, comment)
 
 
-def estimate(cfg: Config, p: Plan, resolver: Any = None) -> int:
-    total = 0
-    for name in p.sources:
-        total += open_source(cfg, name, resolver).estimate()
-    return total
-
-
 def staging_root() -> str | None:
     """``$BACKUP_STAGING`` (created if missing), where database dumps are staged; None: the system temp dir."""
     path = os.environ.get("BACKUP_STAGING")

@@ -13,10 +13,10 @@ from ..errors import ConfigError
 from .base import ObjectInfo, Storage
 from .local import LocalStorage
 from .memory import MemoryStorage
-from .wrappers import MeteredStorage, ReadOnlyStorage, RetryingStorage
+from .wrappers import ReadOnlyStorage, RetryingStorage
 
 __all__ = [
-    "ObjectInfo", "Storage", "LocalStorage", "MemoryStorage", "MeteredStorage", "ReadOnlyStorage",
+    "ObjectInfo", "Storage", "LocalStorage", "MemoryStorage", "ReadOnlyStorage",
     "RetryingStorage", "Resolver", "open_storage",
 ]
 

@@ -72,12 +72,8 @@ def check_key(key: str) -> str:
     return key
 
 
-class Writer(BinaryIO):  # pragma: no cover - protocol only
-    """A binary file object returned by :meth:`Storage.open_write` (context manager; commit on clean exit)."""
-
-
 class Storage(ABC):
-    """Abstract storage. Implementations: local, s3, sftp, memory; wrappers: retrying, read-only, metered."""
+    """Abstract storage. Implementations: local, s3, sftp, memory; wrappers: retrying, read-only, fault-injecting."""
 
     #: the configured storage name (``storages:`` key); used in messages, never a credential
     name: str = "storage"
