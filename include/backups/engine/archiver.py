@@ -36,7 +36,7 @@ import zstandard
 from ..catalog.manifest import object_key
 from ..errors import IntegrityError, RefusedError, SourceError
 from ..sources.base import Entry, SourceReader
-from ..storage.base import Storage
+from ..storage.base import Storage, sha256_of
 from ..storage.util import HashingReader, ThreadedHashingSink
 from . import tarstream
 from .progress import Progress
@@ -433,10 +433,7 @@ def backup_source(
 
 
 def _hash_open(fh: BinaryIO) -> str:
-    h = hashlib.sha256()
-    while chunk := fh.read(CHUNK):
-        h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(fh)[0]
 
 
 def save_part(storage: Storage, snap_id: str, source: str, record: dict[str, Any]) -> str:
