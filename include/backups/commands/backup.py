@@ -519,6 +519,27 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
     return doc, "\n".join(md)
 
 
+def complete_run(cfg: Config, plan: dict[str, Any], committed: dict[str, Any], integrity: list[dict[str, Any]],
+                 validation: dict[str, Any], restore_test: dict[str, Any], extracts: list[dict[str, Any] | None],
+                 uploads: list[dict[str, Any] | None], *, run_seconds: float | None, dag_id: str, run_id: str,
+                 manual: dict[str, Any] | None = None, resolver: Any = None) -> dict[str, Any]:
+    """The end of a run: :func:`completion_summary`, logged, and its result document stored next to the snapshot
+    on every storage of the run. ``manual`` (requested_by, approval, params) makes it the backup_manual document."""
+    summary = completion_summary(cfg, plan, committed, integrity, validation, restore_test, extracts, uploads,
+                                 run_seconds, resolver)
+    log.info("%s", summary_text(summary))
+    if manual is not None:
+        doc, md = manual_report(summary, dag_id=dag_id, run_id=run_id, requested_by=manual.get("requested_by"),
+                                approval=manual.get("approval"), params=manual.get("params") or {})
+        summary["report"] = write_report(cfg, plan["storages"], plan["snapshot_id"], doc, md, resolver)
+        summary["requested_by"], summary["approval"] = doc["requested_by"], doc["approval"]
+    else:
+        md = f"# Backup {summary['snapshot_id']}\n\n```\n{summary_text(summary)}\n```\n"
+        summary["report"] = write_report(cfg, plan["storages"], plan["snapshot_id"],
+                                         {"kind": "backup-result", **summary}, md, resolver)
+    return summary
+
+
 def report_key(snapshot_id: str, ext: str) -> str:
     """reports/<tier>/<snapshot id>.<ext> (the tier is the id's prefix: reports/manual/… for backup_manual)."""
     from ..repository import report_key as key

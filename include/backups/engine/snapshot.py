@@ -89,6 +89,10 @@ def _usable(catalog: Catalog, snap: Snapshot) -> str | None:
 def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, type_override: str | None = None,
          storage: Storage | None = None, resolver: Any = None, sources: list[str] | None = None,
          storages: list[str] | None = None, comment: str = "") -> Plan:
+    """What one backup of ``tier`` at ``logical_date`` will be: the snapshot id (tier + logical date), the type
+    (the tier's or ``type_override``; promoted to full when no usable parent exists, with the reason), the parent
+    and chain read from ``storage``'s catalog, the sources and storages. Reads only; ``already_committed`` is set
+    when that id is committed already (a re-run then only verifies)."""
     t = cfg.tier(tier)
     ld = parse_logical_date(logical_date)
     sid = snapshot_id(tier, ld)

@@ -35,6 +35,8 @@ START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 RETRIES = 2
 RETRY_DELAY = timedelta(minutes=5)
 PLAN_TASK = "pre_backup.prepare_environment"
+#: the backup_manual form fields kept in its result document
+MANUAL_PARAMS = ("backup_type", "sources", "storages", "comment", "require_approval")
 
 
 def asset_uri(cfg: Config, tier: str) -> str:
@@ -280,22 +282,13 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             checks = ti.xcom_pull(task_ids=["verify.check_integrity"]) or []
             begun = getattr(dag_run, "start_date", None)
             run_seconds = round((datetime.now(UTC) - begun).total_seconds(), 1) if begun else None
-            summary = steps.completion_summary(cfg_, plan, committed, [c for c in checks if c], validation, restore_test,
-                                               list(extracts), list(uploads), run_seconds, resolver)
-            steps.log.info("%s", steps.summary_text(summary))
-            if manual:
-                approval = ti.xcom_pull(task_ids="approve_backup", map_indexes=-1)
-                doc, md = steps.manual_report(
-                    summary, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
-                    requested_by=getattr(dag_run, "triggering_user_name", None), approval=approval,
-                    params={k: ctx["params"].get(k) for k in ("backup_type", "sources", "storages", "comment",
-                                                               "require_approval")})
-                summary["report"] = steps.write_report(cfg_, plan["storages"], plan["snapshot_id"], doc, md, resolver)
-                summary["requested_by"], summary["approval"] = doc["requested_by"], doc["approval"]
-            else:
-                md = f"# Backup {summary['snapshot_id']}\n\n```\n{steps.summary_text(summary)}\n```\n"
-                summary["report"] = steps.write_report(cfg_, plan["storages"], plan["snapshot_id"],
-                                                       {"kind": "backup-result", **summary}, md, resolver)
+            summary = steps.complete_run(
+                cfg_, plan, committed, [c for c in checks if c], validation, restore_test, list(extracts), list(uploads),
+                run_seconds=run_seconds, resolver=resolver, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
+                manual=None if not manual else {
+                    "requested_by": getattr(dag_run, "triggering_user_name", None),
+                    "approval": ti.xcom_pull(task_ids="approve_backup", map_indexes=-1),
+                    "params": {k: ctx["params"].get(k) for k in MANUAL_PARAMS}})
             notifiers.publish("backup_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
             return summary
 
