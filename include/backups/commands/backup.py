@@ -198,9 +198,10 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dic
         lines = "\n  - ".join(p for p, _ in problems)
         raise SystemStateError(
             f"system state check failed for the {sel.tier} backup ({len(problems)} problem(s)):\n  - {lines}",
-            hint="the task retries (a server may be restarting)" if retryable
-            else "fix the configuration or the host, then clear this task; retrying as is would not help",
-            retryable=retryable)
+            hint="retry later (a server may be restarting; a DAG task retries by itself)" if retryable
+            else "fix the configuration or the host, then run the backup again (a DAG task: clear it); retrying "
+                 "as is would not help",
+            retryable=retryable, storage_only=all(p.startswith("storage ") for p, _ in problems))
     log.info("system ready: %d source(s), about %s to read, %d storage(s)", len(estimates), mb(total), len(free))
     return {"estimates": estimates, "estimated_bytes": total, "free_bytes": free, "unavailable": unavailable}
 
