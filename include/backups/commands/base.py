@@ -6,11 +6,9 @@ import dataclasses
 from typing import Any
 
 from ..config import Config, load_config
+from ..engine.progress import mb
 
-
-def mb(n: int | float | None) -> str:
-    """``12.3 MB`` (``?`` when the size is unknown)."""
-    return "?" if n is None else f"{n / 1e6:,.1f} MB"
+__all__ = ["Result", "config_and_resolver", "mb"]
 
 
 @dataclasses.dataclass
