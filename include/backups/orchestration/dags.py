@@ -2,8 +2,9 @@
 
 One factory (:func:`build_backup_dag`) wires the same task graph for both; the manual DAG adds a
 ``Param`` form and a human approval gate in front. Task bodies are thin adapters: read the context, call one
-step of :mod:`backups.commands.backup`, return its small dict (errors mapped by :func:`.adapters.task_errors`). Nothing heavy is imported here (the
-engine, GX, boto3, paramiko, psycopg load inside the task bodies), so a DAG file parses in milliseconds.
+step of :mod:`backups.commands.backup`, return its small dict; errors are mapped by
+:func:`backups.orchestration.adapters.task_errors`. Nothing heavy is imported here (the engine, GX, boto3,
+paramiko, psycopg load inside the steps), so a DAG file parses in milliseconds.
 
 Graph (group.task)::
 
