@@ -160,13 +160,13 @@ def owned_staging(source: str) -> Iterator[str]:
     import json
     import tempfile
 
-    from ..repository.locks import HOST, _pid_start
+    from ..repository.locks import HOST, pid_start
 
     root = staging_root()
     path = tempfile.mkdtemp(prefix=f"backup-{source}-", dir=root)
     try:
         with open(os.path.join(path, OWNER_FILE), "w") as fh:
-            json.dump({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()), "created": time.time()}, fh)
+            json.dump({"host": HOST, "pid": os.getpid(), "pid_start": pid_start(os.getpid()), "created": time.time()}, fh)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
