@@ -62,3 +62,18 @@ def test_the_decorator_keeps_the_signature_task_maps_over():
 def test_system_state_exit_codes():
     assert SystemStateError("full", storage_only=True).exit_code == 5
     assert SystemStateError("source gone").exit_code == 6
+
+
+def test_every_task_adapter_of_the_backup_and_retention_dags_maps_errors():
+    from tests.dags.common import load_dags
+
+    bag = load_dags()
+    checked = 0
+    for dag_id in ("backup_daily", "backup_manual", "backup_retention"):
+        for t in bag.dags[dag_id].tasks:
+            fn = getattr(t, "python_callable", None)
+            if fn is None or t.task_id == "approve_backup":
+                continue
+            assert fn.__code__.co_filename.endswith("contextlib.py") and fn.__wrapped__, (dag_id, t.task_id)
+            checked += 1
+    assert checked >= 25
