@@ -14,9 +14,9 @@ try:
 except ImportError:  # Astro-style project: the package lives in <project>/include
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
+from backups.commands.backup import MANUAL_TIER  # noqa: E402
 from backups.config import load_config  # noqa: E402
 from backups.orchestration.dags import build_backup_dag  # noqa: E402
-from backups.orchestration.steps import MANUAL_TIER  # noqa: E402
 
 _dag = build_backup_dag(load_config(), MANUAL_TIER)
 globals()[_dag.dag_id] = _dag

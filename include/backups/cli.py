@@ -15,24 +15,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__
+from .commands.base import mb
 from .errors import EXIT_CODES, BackupError, StorageError
 
 log = logging.getLogger("backups")
 
 
-def _resolver(cfg: Any) -> Any:
-    if cfg.needs_airflow():
-        from .orchestration.connections import AirflowResolver
-
-        return AirflowResolver()
-    return None
-
-
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from .config import load_config
+    """The config and its connection resolver (injected: :mod:`backups.connections`; never the Airflow layer)."""
+    from .commands.base import config_and_resolver
 
-    cfg = load_config(args.config)
-    return cfg, _resolver(cfg)
+    return config_and_resolver(args.config)
 
 
 def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = True):
@@ -81,32 +74,27 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
-
-
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_backup(args: argparse.Namespace) -> int:
-    from .engine.snapshot import run_backup
+    from .commands.backup import run_backup
 
     cfg, resolver = _load(args)
     storages = [args.storage] if args.storage else None
-    snap, p = run_backup(cfg, args.tier, logical_date=args.logical_date, type_override=args.type, storages=storages,
-                         resolver=resolver, checksum=args.checksum, sources=args.source or None, comment=args.comment or "")
-    d = snap.doc
+    out = run_backup(cfg, args.tier, logical_date=args.logical_date, type_override=args.type, storages=storages,
+                     resolver=resolver, checksum=args.checksum, sources=args.source or None, comment=args.comment or "")
+    d = out.pop("manifest")
     if args.json:
-        print(json.dumps({**snap.summary(), "already_committed": p.already_committed,
-                          "promoted_reason": d.get("promoted_reason"), "storages": p.storages}, indent=1))
+        print(json.dumps(out, indent=1))
         return 0
-    if p.already_committed:
-        print(f"{snap.id} was already committed (same tier and logical date); nothing to do")
+    if out["already_committed"]:
+        print(f"{out['id']} was already committed (same tier and logical date); nothing to do")
         return 0
     if d.get("promoted_reason"):
         print(f"warning: {d['requested_type']} promoted to full: {d['promoted_reason']}", file=sys.stderr)
-    rows = [[n, r["kind"], r["files"], _mb(r["bytes"]), r["stored_files"], _mb(r["stored_bytes"]), r["deleted"], len(r["warnings"])]
+    rows = [[n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], mb(r["stored_bytes"]), r["deleted"], len(r["warnings"])]
             for n, r in sorted(d["sources"].items())]
-    print(f"snapshot {snap.id}  type={d['type']}  parent={d.get('parent') or '-'}  storages={','.join(p.storages)}  "
-          f"{d['duration_seconds']:.1f}s  stored {_mb(d['totals']['stored_bytes'])}")
+    print(f"snapshot {out['id']}  type={d['type']}  parent={d.get('parent') or '-'}  storages={','.join(out['storages'])}  "
+          f"{d['duration_seconds']:.1f}s  stored {mb(d['totals']['stored_bytes'])}")
     print(_table(rows, ["source", "kind", "files", "size", "stored", "stored size", "deleted", "warnings"]))
     return 0
 
@@ -123,7 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps({"storage": storage.name, "snapshots": snaps, "corrupt": broken}, indent=1))
         return 0
     rows = [[s["id"], s["tier"], s["type"], s["parent"] or "-", s["started_at"][:19], s["finished_at"][:19],
-             ",".join(s["sources"]), s["files"], _mb(s["bytes"]), _mb(s["stored_bytes"]), s["status"]] for s in snaps]
+             ",".join(s["sources"]), s["files"], mb(s["bytes"]), mb(s["stored_bytes"]), s["status"]] for s in snaps]
     rows += [[b["id"], "?", "?", "?", "?", "?", "?", "?", "?", "?", "CORRUPT"] for b in broken]
     print(f"storage: {storage.describe()}")
     print(_table(rows, ["id", "tier", "type", "parent", "started", "finished", "sources", "files", "size", "stored", "status"])
@@ -155,7 +143,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         extra = ""
         if "tables" in det:
             extra = ", ".join(f"{t}={v['rows']}" for t, v in sorted(det["tables"].items()))
-        rows.append([n, r["kind"], r["files"], _mb(r["bytes"]), r["stored_files"], r["deleted"], extra[:80]])
+        rows.append([n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], r["deleted"], extra[:80]])
     print(_table(rows, ["source", "kind", "files", "size", "stored", "deleted", "tables (rows)"]))
     for n, r in sorted(d["sources"].items()):
         for w in r["warnings"]:
@@ -188,7 +176,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 0
     r, v = out.restored, out.verified
     print(f"restored {r.snapshot_id} from {r.storage} into {r.target}")
-    print(_table([[n, s.kind, s.files, _mb(s.bytes), s.verified, v.files.get(n, {}).get("files_checked", "-"), s.path]
+    print(_table([[n, s.kind, s.files, mb(s.bytes), s.verified, v.files.get(n, {}).get("files_checked", "-"), s.path]
                   for n, s in r.sources.items()], ["source", "kind", "files", "size", "sha256 ok", "re-hashed", "path"]))
     for n, s in r.sources.items():
         for k, val in (s.extra or {}).items():
@@ -209,74 +197,22 @@ def _shared_lock(cfg: Any, storage: Any, operation: str):
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .storage import open_storage
+    from .commands.verify import verify
 
     cfg, resolver = _load(args)
-    if args.snapshot and args.all:
-        raise ConfigError("give a SNAPSHOT or --all, not both")
-    names = [args.storage] if args.storage else list(cfg.storages)
-    reports, unreachable = [], []
-    for n in names:
-        try:
-            storage = open_storage(cfg, n, resolver, read_only=True)
-            storage.check()
-        except BackupError as exc:
-            from .errors import EncryptionError
-
-            if args.storage or isinstance(exc, EncryptionError):  # a key problem: exit 8 in every command
-                raise
-            unreachable.append(f"{n}: unreachable: {exc.message}")
-            continue
-        with _shared_lock(cfg, storage, "verify"):
-            report = _verify_one(args, storage, cfg)
-        if report is not None:
-            reports.append((storage, report))
-    return _verify_print(args, reports, unreachable)
-
-
-def _verify_one(args: argparse.Namespace, storage: Any, cfg: Any) -> Any:
-    from .engine.checker import verify
-    from .repository import Repository
-
-    repo = Repository(storage, cfg)
-    cat = repo.catalog
-    if args.all:
-        snaps = None
-    else:
-        ref = args.snapshot or "latest"
-        if ref == "latest" and not cat.ordered(args.tier) and not args.storage:
-            return None
-        snaps = [cat.get(ref, args.tier)]
-    if storage.archive and args.read_data:
-        from .engine.thaw import wait_readable
-
-        keys = [o["key"] for s in (snaps or cat.ordered()) for c in cat.chain_of(s) for o in c.objects()]
-        wait_readable(storage, keys)
-    report = verify(storage, cat, snaps, read_data=args.read_data, include_broken=args.all)
-    if args.all:  # data/<id>/ without a manifest and no lock covering it: a lost commit marker
-        from .repository import Repository
-
-        report.problems += Repository(storage, cfg).unexplained_data()
-    return report
-
-
-def _verify_print(args: argparse.Namespace, reports: list[Any], unreachable: list[str]) -> int:
-    ok = all(r.ok for _, r in reports) and not unreachable
+    result = verify(cfg, [args.storage] if args.storage else None, snapshot=args.snapshot, tier=args.tier,
+                    every=args.all, read_data=args.read_data, resolver=resolver)
     if args.json:
-        print(json.dumps({"ok": ok, "storages": [r.to_dict() for _, r in reports], "unreachable": unreachable}, indent=1))
-        return 0 if ok else 4
+        print(json.dumps(result.to_dict(), indent=1))
+        return 0 if result.ok else 4
     mode = "read-data (every byte re-hashed)" if args.read_data else "structure (presence and sizes)"
-    for storage, report in reports:
-        print(f"verify {mode} on {storage.describe()}: {len(report.snapshots)} snapshot(s), "
-              f"{report.objects} object(s), {_mb(report.bytes)}")
-        for p in report.problems:
-            print(f"  PROBLEM [{storage.name}] {p}")
-    for u in unreachable:
-        print(f"  PROBLEM {u}")
-    problems = sum(len(r.problems) for _, r in reports) + len(unreachable)
-    print("OK" if ok else f"FAILED: {problems} problem(s)")
-    return 0 if ok else 4
+    for r in result.storages:
+        print(f"verify {mode} on {r['describe']}: {len(r['snapshots'])} snapshot(s), {r['objects']} object(s), "
+              f"{mb(r['bytes'])}")
+    for p in result.problems:
+        print(f"  PROBLEM {p}")
+    print("OK" if result.ok else f"FAILED: {len(result.problems)} problem(s)")
+    return 0 if result.ok else 4
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -334,26 +270,24 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .engine.retention import prune_storage
-    from .storage import open_storage
+    from .commands.prune import prune
 
     cfg, resolver = _load(args)
-    names = [args.storage] if args.storage else list(cfg.storages)
-    results = []
-    for n in names:
-        storage = open_storage(cfg, n, resolver, read_only=args.dry_run)
-        storage.check()
-        results.append(prune_storage(cfg, storage, dry_run=args.dry_run))
+    result = prune(cfg, [args.storage] if args.storage else None, dry_run=args.dry_run, resolver=resolver)
     if args.json:
-        print(json.dumps({"dry_run": args.dry_run, "storages": [r.to_dict() for r in results]}, indent=1))
-        return 0
-    verb = "would forget" if args.dry_run else "forgot"
-    for r in results:
-        print(f"{r.storage}: keep {len(r.keep)}, {verb} {len(r.forget)}: {', '.join(r.forget) or '-'}; "
-              f"orphans {len(r.orphans)}, temp objects {len(r.temps)}" + ("" if args.dry_run else f"; removed {r.deleted_objects} object(s), {_mb(r.deleted_bytes)}"))
-        if args.verbose:
-            for sid, why in r.keep.items():
-                print(f"  keep {sid}: {', '.join(why)}")
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        verb = "would forget" if args.dry_run else "forgot"
+        for r in result.storages:
+            print(f"{r['storage']}: keep {len(r['keep'])}, {verb} {len(r['forget'])}: {', '.join(r['forget']) or '-'}; "
+                  f"orphans {len(r['orphans'])}, temp objects {len(r['temps'])}"
+                  + ("" if args.dry_run else f"; removed {r['deleted_objects']} object(s), {mb(r['deleted_bytes'])}"))
+            if args.verbose:
+                for sid, why in r["keep_reasons"].items():
+                    print(f"  keep {sid}: {', '.join(why)}")
+    error = result.error()
+    if error is not None:
+        raise error
     return 0
 
 

@@ -83,6 +83,30 @@ class LockedError(BackupError):
     exit_code = 9
 
 
+class SystemStateError(BackupError):
+    """The system is not ready for a backup (a source unreadable, a storage unreachable or full) (exit 6).
+
+    ``retryable`` tells whether waiting could fix it (a restarting server) or not (a missing file, a full disk):
+    the DAG retries the former and fails the latter at once. Exit 6 when a source is the problem, 5 when only
+    storages are (unreachable, or without room)."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, hint: str | None = None, retryable: bool = False,
+                 storage_only: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.retryable = retryable
+        self.exit_code = StorageError.exit_code if storage_only else SourceError.exit_code
+
+
+class ValidationFailedError(IntegrityError):
+    """Restored data failed its checks (Great Expectations); ``result`` holds the outcome as a dict (exit 4)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, result: dict | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = dict(result or {})
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the log)",

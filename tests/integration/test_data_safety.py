@@ -164,7 +164,8 @@ def test_problem5_full_disk_is_exit_5_with_free_space_and_nothing_half_written(a
         cfg_path = write_config(app["tmp"] / "full.yaml", app["home"], mnt)
         rc, _, err = _cli("--config", str(cfg_path), "backup", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
         assert rc == 5, err
-        assert "no space left on device while writing" in err and "MB free" in err and "Traceback" not in err
+        # the system-state pre-check (the DAG's, now also backupctl's) refuses before anything is written
+        assert "storage local (local): only" in err and "MB free" in err and "Traceback" not in err
         assert not list((mnt / "local").rglob(".tmp-*")) and not (mnt / "local" / "snapshots").exists()
         assert not list((mnt / "local" / "locks").glob("*"))
     finally:

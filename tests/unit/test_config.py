@@ -123,4 +123,8 @@ def test_core_library_never_imports_airflow():
             s = line.strip()
             if s.startswith(("import airflow", "from airflow")):
                 offenders.append(f"{py.relative_to(root)}: {s}")
+            # the core never depends on the Airflow layer (connections arrive as an injected resolver)
+            if s.startswith(("from .orchestration", "from ..orchestration", "from backups.orchestration",
+                             "import backups.orchestration")):
+                offenders.append(f"{py.relative_to(root)}: {s}")
     assert offenders == []

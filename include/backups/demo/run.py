@@ -21,7 +21,8 @@ from pathlib import Path
 from . import fmr
 
 
-def _files(root: Path) -> dict[str, str]:
+def file_hashes(root: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of every file under root (to compare a restore with the live data)."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
@@ -30,7 +31,8 @@ def _files(root: Path) -> dict[str, str]:
     return out
 
 
-def _rows(db: Path) -> dict[str, int]:
+def table_hashes(db: Path) -> dict[str, int]:
+    """table -> digest of its rows, of a SQLite database (to compare a restore with the live data)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
@@ -78,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     restore(storage, cat, newest, target)
     restore_s = time.monotonic() - t0
-    same_files = _files(target / "app_files") == _files(home)
-    same_db = _rows(target / "app_db" / "app.db") == _rows(home / "app.db")
+    same_files = file_hashes(target / "app_files") == file_hashes(home)
+    same_db = table_hashes(target / "app_db" / "app.db") == table_hashes(home / "app.db")
     report = verify(storage, cat, read_data=True)
     print()
     print(f"{'snapshot':<26} {'type':<13} {'parent':<26} {'files':>6} {'stored':>6} {'MB':>7} {'secs':>6}")

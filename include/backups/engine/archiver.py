@@ -36,7 +36,7 @@ import zstandard
 from ..catalog.manifest import object_key
 from ..errors import IntegrityError, RefusedError, SourceError
 from ..sources.base import Entry, SourceReader
-from ..storage.base import Storage
+from ..storage.base import Storage, sha256_of
 from ..storage.util import HashingReader, ThreadedHashingSink
 from . import tarstream
 from .progress import Progress
@@ -176,14 +176,6 @@ def _record(key: str, hw: ThreadedHashingSink) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ tar writing
 def _tarinfo(e: Entry, size: int) -> bytes:
     return tarstream.header(e.path, e.type, e.mode, e.mtime_ns // 1_000_000_000, size, e.link or "")
-
-
-def hash_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _TarStream:
@@ -441,10 +433,7 @@ def backup_source(
 
 
 def _hash_open(fh: BinaryIO) -> str:
-    h = hashlib.sha256()
-    while chunk := fh.read(CHUNK):
-        h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(fh)[0]
 
 
 def save_part(storage: Storage, snap_id: str, source: str, record: dict[str, Any]) -> str:

@@ -8,15 +8,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog.manifest import Catalog, Snapshot, manifest_key
 from ..errors import BackupError, ObjectNotFound
-from ..storage.base import Storage
-from .archiver import CHUNK
+from ..storage.base import Storage, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +47,9 @@ def object_problem(storage: Storage, obj: dict[str, Any], read_data: bool) -> st
     if size != obj["size"]:
         return f"{obj['key']}: size {size}, manifest says {obj['size']}"
     if read_data:
-        h = hashlib.sha256()
         with storage.open_read(obj["key"]) as fh:
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
-        if h.hexdigest() != obj["sha256"]:
+            digest, _ = sha256_of(fh)
+        if digest != obj["sha256"]:
             return f"{obj['key']}: SHA-256 mismatch (content altered or damaged)"
     return None
 

@@ -9,8 +9,9 @@ import time
 log = logging.getLogger("backups.progress")
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
+def mb(n: int | float | None) -> str:
+    """``12.3 MB`` (``?`` when the size is unknown) — the one size format of logs, reports and the CLI."""
+    return "?" if n is None else f"{n / 1e6:,.1f} MB"
 
 
 class Progress:
@@ -59,9 +60,9 @@ class Progress:
         if now - self._last >= self.interval:
             self._last = now
             rate = self.done / max(now - self._start, 1e-6)
-            total = f" of ~{_mb(self.total)}" if self.total else ""
-            log.info("%s: %s read%s (%s unchanged), %d files stored, %s/s", self.label, _mb(self.done), total,
-                     _mb(self.skipped), self.files, _mb(rate))
+            total = f" of ~{mb(self.total)}" if self.total else ""
+            log.info("%s: %s read%s (%s unchanged), %d files stored, %s/s", self.label, mb(self.done), total,
+                     mb(self.skipped), self.files, mb(rate))
 
     def close(self) -> None:
         if self._bar is not None:

@@ -466,6 +466,10 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
 def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *, sources: list[str] | None = None,
             includes: list[str] | None = None, tables: list[str] | None = None, force: bool = False,
             pg_target: str | None = None, progress: Progress | None = None) -> list[SourceRestore]:
+    """Restore ``snap`` (its whole chain, newest version of each path) from ``storage`` into ``target/<source>/``,
+    every file SHA-256 checked against the manifest while written. ``sources``/``includes``/``tables`` narrow
+    what is restored; a non-empty target is refused unless ``force``; ``pg_target`` loads PostgreSQL dumps into
+    that database. Returns one :class:`SourceRestore` per source."""
     names = sources or sorted(snap.sources)
     for n in names:
         if n not in snap.sources:

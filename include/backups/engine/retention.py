@@ -84,6 +84,9 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None]) -> dic
 
 def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | None = None,
                orphan_grace: timedelta | None = None) -> PrunePlan:
+    """What a prune of ``storage`` would do, without changing anything: the snapshots each tier's rules keep
+    (with the reasons, chains of kept snapshots included), the ones to forget, and the orphaned / temp objects
+    older than ``orphan_grace`` (default ``locks.orphan_grace_hours``) at ``now`` and not covered by a lock."""
     plan = PrunePlan(storage.name)
     by_tier: dict[str, list[Snapshot]] = {}
     for s in catalog.ordered():

@@ -89,6 +89,10 @@ def _usable(catalog: Catalog, snap: Snapshot) -> str | None:
 def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, type_override: str | None = None,
          storage: Storage | None = None, resolver: Any = None, sources: list[str] | None = None,
          storages: list[str] | None = None, comment: str = "", catalog: Catalog | None = None) -> Plan:
+    """What one backup of ``tier`` at ``logical_date`` will be: the snapshot id (tier + logical date), the type
+    (the tier's or ``type_override``; promoted to full when no usable parent exists, with the reason), the parent
+    and chain read from ``storage``'s catalog, the sources and storages. Reads only; ``already_committed`` is set
+    when that id is committed already (a re-run then only verifies)."""
     t = cfg.tier(tier)
     ld = parse_logical_date(logical_date)
     sid = snapshot_id(tier, ld)
@@ -133,13 +137,6 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
                 source_names, storage_names, reason, None, comment)
 
 
-def estimate(cfg: Config, p: Plan, resolver: Any = None) -> int:
-    total = 0
-    for name in p.sources:
-        total += open_source(cfg, name, resolver).estimate()
-    return total
-
-
 def staging_root() -> str | None:
     """``$BACKUP_STAGING`` (created if missing), where database dumps are staged; None: the system temp dir."""
     path = os.environ.get("BACKUP_STAGING")
@@ -163,13 +160,13 @@ def owned_staging(source: str) -> Iterator[str]:
     import json
     import tempfile
 
-    from ..repository.locks import HOST, _pid_start
+    from ..repository.locks import HOST, pid_start
 
     root = staging_root()
     path = tempfile.mkdtemp(prefix=f"backup-{source}-", dir=root)
     try:
         with open(os.path.join(path, OWNER_FILE), "w") as fh:
-            json.dump({"host": HOST, "pid": os.getpid(), "pid_start": _pid_start(os.getpid()), "created": time.time()}, fh)
+            json.dump({"host": HOST, "pid": os.getpid(), "pid_start": pid_start(os.getpid()), "created": time.time()}, fh)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)

@@ -33,7 +33,11 @@ def _missing(conn_id: str) -> ConfigError:
 
 
 class AirflowResolver:
-    """Implements ``backups.storage.Resolver`` with Airflow hooks and connections."""
+    """Implements ``backups.storage.Resolver`` with Airflow hooks and connections (registered for the core in
+    pyproject.toml's ``backups.resolvers`` entry points; see :mod:`backups.connections`)."""
+
+    #: imported lazily by the methods; checked by :func:`backups.connections.registered_resolver` when loaded
+    requires = ("airflow.sdk",)
 
     def s3_client(self, conn_id: str) -> Any:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook

@@ -2,8 +2,9 @@
 
 One factory (:func:`build_backup_dag`) wires the same task graph for both; the manual DAG adds a
 ``Param`` form and a human approval gate in front. Task bodies are thin adapters: read the context, call one
-function of :mod:`backups.orchestration.steps`, return its small dict. Nothing heavy is imported here (the
-engine, GX, boto3, paramiko, psycopg load inside the task bodies), so a DAG file parses in milliseconds.
+step of :mod:`backups.commands.backup`, return its small dict; errors are mapped by
+:func:`backups.orchestration.adapters.task_errors`. Nothing heavy is imported here (the engine, GX, boto3,
+paramiko, psycopg load inside the steps), so a DAG file parses in milliseconds.
 
 Graph (group.task)::
 
@@ -16,29 +17,27 @@ Graph (group.task)::
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, teardown
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
+from ..commands import backup as steps
+from ..commands.backup import MANUAL_TIER
 from ..config import Config
-from ..errors import BackupError, ConfigError, EncryptionError, IntegrityError, NotFoundError, RefusedError
-from . import notifiers, steps
-from .steps import MANUAL_TIER
+from ..errors import BackupError
+from . import notifiers
+from .adapters import FAIL_FAST, POOL, io_pool_args, runtime, task_errors
+
+__all__ = ["FAIL_FAST", "POOL", "START_DATE", "build_backup_dag", "default_args"]
 
 START_DATE = datetime(2024, 1, 1, tzinfo=UTC)
 RETRIES = 2
 RETRY_DELAY = timedelta(minutes=5)
-#: pool for the heavy I/O tasks (extraction, uploads, restores), defined in airflow_settings.yaml and created by
-#: `make airflow-settings` (Astro loads it on `astro dev start`). The scheduler does not run a task whose pool
-#: does not exist: create it in every deployment (`airflow pools set backup_io 2 "backup I/O"`).
-POOL: str | None = "backup_io"
-#: errors that a retry cannot fix: the task fails at once with the message (and the failure notifier fires)
-FAIL_FAST = (ConfigError, NotFoundError, IntegrityError, RefusedError, EncryptionError)
 PLAN_TASK = "pre_backup.prepare_environment"
+#: the backup_manual form fields kept in its result document
+MANUAL_PARAMS = ("backup_type", "sources", "storages", "comment", "require_approval")
 
 
 def asset_uri(cfg: Config, tier: str) -> str:
@@ -50,12 +49,9 @@ def default_args(cfg: Config) -> dict[str, Any]:
             "max_retry_delay": timedelta(minutes=30), "on_failure_callback": notifiers.task_failure_callbacks(cfg)}
 
 
-def _heavy() -> dict[str, Any]:
-    return {"pool": POOL} if POOL else {}
-
-
 # ------------------------------------------------------------------------------------------------ docs
-def _where(sc: Any) -> str:
+def storage_description(sc: Any) -> str:
+    """Where a storage keeps the snapshots, for the DAG docs."""
     if sc.type == "local":
         where = f"local directory `{sc.path}`"
     elif sc.type == "s3":
@@ -65,7 +61,8 @@ def _where(sc: Any) -> str:
     return where + (", encrypted client-side" if getattr(sc, "encryption", None) else "")
 
 
-def _what(sc: Any) -> str:
+def source_description(sc: Any) -> str:
+    """What a source backs up, for the DAG docs."""
     if sc.type == "files":
         what = f"files under `{sc.root}` ({', '.join(sc.include)}" + (f"; except {', '.join(sc.exclude)}" if sc.exclude else "") + ")"
     elif sc.type == "sqlite":
@@ -84,9 +81,9 @@ def tier_doc(cfg: Config, tier: str) -> str:
         lines += [t.description, ""]
     lines += [f"**Type:** {t.type} · **schedule:** `{t.schedule or 'none (trigger by hand)'}` (UTC) · "
               f"**retention:** {t.retention.describe()}", "", "**Backs up:**", ""]
-    lines += [f"* `{n}`: {_what(cfg.sources[n])}" for n in t.sources]
+    lines += [f"* `{n}`: {source_description(cfg.sources[n])}" for n in t.sources]
     lines += ["", "**Stored on** (the first is the primary, where extraction writes; the others receive a verified copy):", ""]
-    lines += [f"* `{n}`: {_where(cfg.storages[n])}" for n in t.storages]
+    lines += [f"* `{n}`: {storage_description(cfg.storages[n])}" for n in t.storages]
     lines += ["", f"Each committed snapshot emits the asset `{asset_uri(cfg, tier)}`. Every run verifies what landed on "
               "each storage (SHA-256), validates the databases with Great Expectations and test-restores the chain. "
               "See docs/dags.md."]
@@ -104,7 +101,7 @@ def manual_doc(cfg: Config) -> str:
         f"the scheduled tiers and a result document (who asked, who approved, what was taken, checks) is stored as "
         f"`reports/manual/<snapshot_id>.json` and `.md` on every chosen storage. Asset: `{asset_uri(cfg, MANUAL_TIER)}`.",
         "", "**Sources:** " + ", ".join(f"`{n}` ({s.type})" for n, s in cfg.sources.items()),
-        "", "**Storages:** " + ", ".join(f"`{n}`: {_where(s)}" for n, s in cfg.storages.items())])
+        "", "**Storages:** " + ", ".join(f"`{n}`: {storage_description(s)}" for n, s in cfg.storages.items())])
 
 
 def manual_params(cfg: Config) -> dict[str, Param]:
@@ -125,22 +122,8 @@ def manual_params(cfg: Config) -> dict[str, Param]:
 
 
 # ------------------------------------------------------------------------------------------------ adapters
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Errors a retry cannot fix fail the task at once (AirflowFailException) with the library's message."""
-    try:
-        yield
-    except FAIL_FAST as exc:
-        raise AirflowFailException(str(exc)) from None
-
-
 def _ctx() -> Any:
     return get_current_context()
-
-
-def _runtime(tier: str) -> tuple[Config, Any]:
-    cfg = steps.runtime_config(tier)
-    return cfg, steps.resolver_for(cfg)
 
 
 def build_backup_dag(cfg: Config, tier: str) -> DAG:
@@ -166,37 +149,34 @@ def build_backup_dag(cfg: Config, tier: str) -> DAG:
         on_failure_callback=notifiers.dag_failure_callbacks(cfg),
     )
     with dag:
-        _wire(cfg, tier, manual, asset)
+        add_backup_tasks(cfg, tier, manual, asset)
     return dag
 
 
-def _wire(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
+def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
+    """The task graph of a backup DAG (inside its ``with dag:``): thin adapters over :mod:`backups.commands.backup`."""
     app = cfg.application
     candidates = cfg.tiers[tier]  # the manual tier lists every source and storage
 
     with TaskGroup("pre_backup", tooltip="sources readable, storages reachable with room; the plan") as pre:
 
         @task(task_id="check_system_state", trigger_rule=TriggerRule.NONE_FAILED if manual else TriggerRule.ALL_SUCCESS)
+        @task_errors()
         def check_system_state() -> dict[str, Any]:
-            cfg_, resolver = _runtime(tier)
+            cfg_, resolver = runtime(tier)
             sel = steps.selection(cfg_, tier, _ctx()["params"])
-            try:
-                with _errors():
-                    return steps.check_system_state(cfg_, sel, resolver)
-            except steps.SystemStateError as exc:
-                if exc.retryable:
-                    raise
-                raise AirflowFailException(str(exc)) from None
+            return steps.check_system_state(cfg_, sel, resolver)
 
         @task(task_id="prepare_environment", multiple_outputs=True)
+        @task_errors()
         def prepare_environment(state: dict[str, Any]) -> dict[str, Any]:
             ctx = _ctx()
-            cfg_, resolver = _runtime(tier)
+            cfg_, resolver = runtime(tier)
             logical = ctx.get("logical_date") or ctx["dag_run"].run_after
-            with _errors():
-                return steps.prepare_environment(cfg_, steps.selection(cfg_, tier, ctx["params"]), logical, state, resolver)
+            return steps.prepare_environment(cfg_, steps.selection(cfg_, tier, ctx["params"]), logical, state, resolver)
 
         @task(task_id="notify_start")
+        @task_errors()
         def notify_start(plan: dict[str, Any]) -> str:
             msg = steps.start_message(plan)
             steps.log.info("%s", msg)
@@ -211,14 +191,15 @@ def _wire(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
     with TaskGroup("backup", tooltip="extract every source into the primary storage, commit, copy to the others"):
 
         def _extract(task_id: str):
-            @task(task_id=task_id, map_index_template="{{ source_name }}", **_heavy())
+            @task(task_id=task_id, map_index_template="{{ source_name }}", **io_pool_args())
+            @task_errors()
             def extract(plan: dict[str, Any], estimates: dict[str, int], source: str) -> dict[str, Any]:
                 ctx = _ctx()
                 ctx["source_name"] = source  # type: ignore[typeddict-unknown-key]
                 if source not in plan["sources"]:
                     raise AirflowSkipException(f"source {source} is not part of this run")
-                cfg_, resolver = _runtime(tier)
-                with _errors(), steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], f"extract-{source}") as scratch:
+                cfg_, resolver = runtime(tier)
+                with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], f"extract-{source}") as scratch:
                     return steps.extract_source(cfg_, plan, source, scratch, resolver, estimates.get(source))
 
             return extract
@@ -232,10 +213,10 @@ def _wire(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
 
         # skipped extractions (not chosen, or nothing to map) must not skip the commit
         @task(task_id="commit", outlets=[asset], trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        @task_errors()
         def commit(plan: dict[str, Any]) -> dict[str, Any]:
-            cfg_, resolver = _runtime(tier)
-            with _errors():
-                info = steps.commit_snapshot(cfg_, plan, resolver)
+            cfg_, resolver = runtime(tier)
+            info = steps.commit_snapshot(cfg_, plan, resolver)
             _ctx()["outlet_events"][asset].extra = {
                 "snapshot_id": info["snapshot_id"], "type": info["type"], "parent": info["parent"],
                 "storages": list(plan["storages"]), "application": app, "tier": tier}
@@ -245,40 +226,42 @@ def _wire(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
         started >> [extract_data, extract_config]
         [extract_data, extract_config] >> committed
 
-        @task(task_id="upload", map_index_template="{{ storage_name }}", **_heavy())
+        @task(task_id="upload", map_index_template="{{ storage_name }}", **io_pool_args())
+        @task_errors()
         def upload(plan: dict[str, Any], committed: dict[str, Any], storage: str) -> dict[str, Any]:
             _ctx()["storage_name"] = storage  # type: ignore[typeddict-unknown-key]
             if storage not in plan["storages"]:
                 raise AirflowSkipException(f"storage {storage} is not part of this run")
-            cfg_, resolver = _runtime(tier)
-            with _errors():
-                return steps.upload_to(cfg_, plan, storage, resolver)
+            cfg_, resolver = runtime(tier)
+            return steps.upload_to(cfg_, plan, storage, resolver)
 
         uploaded = upload.partial(plan=prep["plan"], committed=committed).expand(storage=list(candidates.storages))
 
     with TaskGroup("verify", tooltip="checksums on every storage, Great Expectations, test restore"):
 
         @task(task_id="check_integrity", map_index_template="{{ storage_name }}", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        @task_errors()
         def check_integrity(plan: dict[str, Any], storage: str) -> dict[str, Any]:
             _ctx()["storage_name"] = storage  # type: ignore[typeddict-unknown-key]
             if storage not in plan["storages"]:
                 raise AirflowSkipException(f"storage {storage} is not part of this run")
-            cfg_, resolver = _runtime(tier)
-            with _errors():
-                return steps.check_integrity(cfg_, plan, storage, resolver)
+            cfg_, resolver = runtime(tier)
+            return steps.check_integrity(cfg_, plan, storage, resolver)
 
-        @task(task_id="validate_data", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **_heavy())
+        @task(task_id="validate_data", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **io_pool_args())
+        @task_errors()
         def validate_data(plan: dict[str, Any]) -> dict[str, Any]:
             ctx = _ctx()
-            cfg_, resolver = _runtime(tier)
-            with _errors(), steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "validate") as scratch:
+            cfg_, resolver = runtime(tier)
+            with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "validate") as scratch:
                 return steps.validate_data(cfg_, plan, scratch, resolver)
 
-        @task(task_id="test_restore", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **_heavy())
+        @task(task_id="test_restore", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **io_pool_args())
+        @task_errors()
         def test_restore(plan: dict[str, Any]) -> dict[str, Any]:
             ctx = _ctx()
-            cfg_, resolver = _runtime(tier)
-            with _errors(), steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "restore") as scratch:
+            cfg_, resolver = runtime(tier)
+            with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "restore") as scratch:
                 return steps.test_restore(cfg_, plan, scratch, resolver)
 
         integrity = check_integrity.partial(plan=prep["plan"]).expand(storage=list(candidates.storages))
@@ -289,33 +272,24 @@ def _wire(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
     with TaskGroup("post_backup", tooltip="summary (and the manual result document); cleanup"):
 
         @task(task_id="notify_completion", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        @task_errors()
         def notify_completion(plan: dict[str, Any], committed: dict[str, Any], validation: dict[str, Any],
                               restore_test: dict[str, Any]) -> dict[str, Any]:
             ctx = _ctx()
             ti, dag_run = ctx["ti"], ctx["dag_run"]
-            cfg_, resolver = _runtime(tier)
+            cfg_, resolver = runtime(tier)
             extracts = ti.xcom_pull(task_ids=["backup.extract_data", "backup.extract_config"]) or []
             uploads = ti.xcom_pull(task_ids=["backup.upload"]) or []
             checks = ti.xcom_pull(task_ids=["verify.check_integrity"]) or []
             begun = getattr(dag_run, "start_date", None)
             run_seconds = round((datetime.now(UTC) - begun).total_seconds(), 1) if begun else None
-            with _errors():
-                summary = steps.completion_summary(cfg_, plan, committed, [c for c in checks if c], validation, restore_test,
-                                                   list(extracts), list(uploads), run_seconds, resolver)
-                steps.log.info("%s", steps.summary_text(summary))
-                if manual:
-                    approval = ti.xcom_pull(task_ids="approve_backup", map_indexes=-1)
-                    doc, md = steps.manual_report(
-                        summary, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
-                        requested_by=getattr(dag_run, "triggering_user_name", None), approval=approval,
-                        params={k: ctx["params"].get(k) for k in ("backup_type", "sources", "storages", "comment",
-                                                                   "require_approval")})
-                    summary["report"] = steps.write_report(cfg_, plan["storages"], plan["snapshot_id"], doc, md, resolver)
-                    summary["requested_by"], summary["approval"] = doc["requested_by"], doc["approval"]
-                else:
-                    md = f"# Backup {summary['snapshot_id']}\n\n```\n{steps.summary_text(summary)}\n```\n"
-                    summary["report"] = steps.write_report(cfg_, plan["storages"], plan["snapshot_id"],
-                                                           {"kind": "backup-result", **summary}, md, resolver)
+            summary = steps.complete_run(
+                cfg_, plan, committed, [c for c in checks if c], validation, restore_test, list(extracts), list(uploads),
+                run_seconds=run_seconds, resolver=resolver, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
+                manual=None if not manual else {
+                    "requested_by": getattr(dag_run, "triggering_user_name", None),
+                    "approval": ti.xcom_pull(task_ids="approve_backup", map_indexes=-1),
+                    "params": {k: ctx["params"].get(k) for k in MANUAL_PARAMS}})
             notifiers.publish("backup_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
             return summary
 
@@ -323,11 +297,12 @@ def _wire(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
         integrity >> done
 
         @teardown
+        @task_errors()
         def cleanup() -> dict[str, Any]:
             ctx = _ctx()
             plan = (ctx["ti"].xcom_pull(task_ids=PLAN_TASK, key="plan", map_indexes=-1) or None)
             try:
-                cfg_, resolver = _runtime(tier)
+                cfg_, resolver = runtime(tier)
             except BackupError:
                 cfg_, resolver = None, None
             return steps.cleanup(cfg_, plan, ctx["dag"].dag_id, ctx["run_id"], resolver)

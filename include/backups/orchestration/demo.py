@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
     from ..catalog.manifest import snapshot_id
     from ..config import load_config
     from ..demo import fmr
-    from ..demo.run import _files, _rows
+    from ..demo.run import file_hashes, table_hashes
     from ..engine.restorer import restore
     from ..storage import open_storage
 
@@ -146,8 +146,8 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
     newest = cat.get("latest")
     target = base / "restore"
     restore(storage, cat, newest, target)
-    same_files = _files(target / "app_files") == _files(base / "fmr")
-    same_db = _rows(target / "app_db" / "app.db") == _rows(base / "fmr" / "app.db")
+    same_files = file_hashes(target / "app_files") == file_hashes(base / "fmr")
+    same_db = table_hashes(target / "app_db" / "app.db") == table_hashes(base / "fmr" / "app.db")
     print()
     print(f"{'snapshot':<26} {'type':<12} {'parent':<26} {'files':>6} {'stored':>6} {'stored MB':>9}")
     for s in cat.ordered():

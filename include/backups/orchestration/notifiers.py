@@ -125,14 +125,14 @@ def _smtp_class() -> type:
     return BackupSmtpNotifier
 
 
-def _mail(cfg: Any, subject: str, html: str) -> list[Any]:
+def mail_notifiers(cfg: Any, subject: str, html: str) -> list[Any]:
     if not cfg.notify_email:
         return []
     return [_smtp_class()(to=list(cfg.notify_email), subject=subject, html_content=html)]
 
 
 def task_failure_callbacks(cfg: Any) -> list[Any]:
-    return [BackupNotifier("task_failure"), *_mail(
+    return [BackupNotifier("task_failure"), *mail_notifiers(
         cfg, "[backup] {{ dag.dag_id }}: {{ ti.task_id }} failed",
         "<p>Backup task <b>{{ ti.task_id }}</b> of <b>{{ dag.dag_id }}</b> failed (run {{ run_id }}, try "
         "{{ ti.try_number }}).</p><pre>{{ exception | e }}</pre>"
@@ -141,7 +141,7 @@ def task_failure_callbacks(cfg: Any) -> list[Any]:
 
 
 def dag_success_callbacks(cfg: Any) -> list[Any]:
-    return [BackupNotifier("dag_success"), *_mail(
+    return [BackupNotifier("dag_success"), *mail_notifiers(
         cfg, "[backup] {{ dag.dag_id }} succeeded",
         "<p>Backup run {{ run_id }} of <b>{{ dag.dag_id }}</b> succeeded: committed, replicated, verified, "
         f"validated and test-restored. Application {cfg.application}.</p>")]
@@ -151,6 +151,3 @@ def dag_failure_callbacks(cfg: Any) -> list[Any]:
     return [BackupNotifier("dag_failure")]
 
 
-def mail_notifiers(cfg: Any, subject: str, html: str) -> list[Any]:
-    """E-mail notifiers (Jinja-templated subject/body) to ``cfg.notify_email``; none when it is empty."""
-    return _mail(cfg, subject, html)

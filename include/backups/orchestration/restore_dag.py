@@ -33,22 +33,20 @@ the params/XCom, call one step, push its ``to_dict()`` and map library errors to
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
 
 from ..commands import restore as restore_command
+from ..commands.backup import MANUAL_TIER, resolver_for
 from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RestoreResult, RunInfo, Verification
 from ..config import Config, load_config
 from ..errors import BackupError
 from . import notifiers
-from .dags import FAIL_FAST, POOL, START_DATE, default_args
-from .steps import MANUAL_TIER, resolver_for
+from .adapters import POOL, task_errors
+from .dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.restore")
 
@@ -149,19 +147,10 @@ def restore_doc(cfg: Config) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the DAG
-@contextlib.contextmanager
-def fail_on(kinds: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Library errors of these kinds fail the task at once (no retry), with their message."""
-    try:
-        yield
-    except kinds as exc:
-        raise AirflowFailException(str(exc)) from None
-
-
 def _runtime() -> tuple[Config, Any, RestoreRequest, Any]:
     ctx = get_current_context()
     cfg = load_config()
-    with fail_on((BackupError,)):
+    with task_errors(fail_fast=(BackupError,)):
         req = request_from_params(cfg, ctx["params"])
     return cfg, resolver_for(cfg), req, ctx
 
@@ -202,7 +191,7 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     @task(task_id=LOCATE_TASK)
     def locate_task() -> dict[str, Any]:
         cfg, resolver, req, _ctx = _runtime()
-        with fail_on(FAIL_FAST):
+        with task_errors():
             return restore_command.locate(cfg, req, resolver).to_dict()
 
     loc_ref = "ti.xcom_pull(task_ids='" + LOCATE_TASK + "')"
@@ -245,7 +234,7 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         cfg, resolver, req, _ctx = _runtime()
         location = Location.from_dict(loc)
         # every library error fails at once: a retry would only meet the half-filled target and be refused
-        with fail_on((BackupError,)):
+        with task_errors(fail_fast=(BackupError,)):
             pg_dsn = pg_target_dsn(req)
             restore_command.check_prerequisites(cfg, req, location, pg_dsn)
             return restore_command.run_restore(cfg, req, location, resolver, pg_dsn).to_dict()
@@ -254,7 +243,7 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     def verify_task(loc: dict[str, Any], restored: dict[str, Any]) -> dict[str, Any]:
         cfg, resolver, req, _ctx = _runtime()
         location = Location.from_dict(loc)
-        with fail_on(FAIL_FAST):
+        with task_errors():
             return restore_command.verify_restore(cfg, req, location, RestoreResult.from_dict(restored), resolver,
                                                   pg_target_dsn(req), scratch_dsn=scratch_dsn(location)).to_dict()
 

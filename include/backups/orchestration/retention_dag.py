@@ -2,7 +2,7 @@
 
 One mapped ``prune[storage]`` task per storage (each retryable on its own), so a storage that is down does not
 stop the others. Rules, chain protection and orphan cleanup are the library's
-(:mod:`backups.engine.retention`); the DAG only adapts them. ``dry_run`` (a Param) shows what would go.
+(:mod:`backups.commands.prune`, the same as ``backupctl prune``); the DAG only adapts them. ``dry_run`` (a Param) shows what would go.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
 
+from ..commands.prune import prune_one
 from ..config import Config
-from ..errors import BackupError
-from . import notifiers, steps
-from .dags import FAIL_FAST, POOL, START_DATE, default_args
+from . import notifiers
+from .adapters import io_pool_args, runtime, task_errors
+from .dags import START_DATE, default_args
 
 DAG_ID = "backup_retention"
 SCHEDULE = "30 4 * * *"  #: daily, after the nightly backups
@@ -47,36 +47,18 @@ def build_retention_dag(cfg: Config) -> DAG:
         on_failure_callback=notifiers.dag_failure_callbacks(cfg),
     )
     with dag:
-        @task(task_id="prune", **({"pool": POOL} if POOL else {}))
+        @task(task_id="prune", **io_pool_args())
+        @task_errors()
         def prune(storage: str) -> dict[str, Any]:
-            from ..engine.retention import prune_storage
-            from ..storage import open_storage
-
-            dry = bool(get_current_context()["params"].get("dry_run"))
-            try:
-                cfg_ = steps.runtime_config(DAG_ID)
-                resolver = steps.resolver_for(cfg_)
-                st = open_storage(cfg_, storage, resolver, read_only=dry)
-                st.check()
-                plan = prune_storage(cfg_, st, dry_run=dry)  # under the exclusive repository lock
-                steps.log.info("%s: keep %d, %s %d: %s; orphans %d, temp objects %d", storage, len(plan.keep),
-                               "would forget" if dry else "forgot", len(plan.forget), ", ".join(plan.forget) or "-",
-                               len(plan.orphans), len(plan.temps))
-            except FAIL_FAST as exc:
-                raise AirflowFailException(str(exc)) from None
-            except BackupError:
-                raise  # storage trouble: retried
-            out = plan.to_dict()
-            out["keep"] = sorted(out["keep"])  # ids only in XCom
-            return out
+            cfg_, resolver = runtime(DAG_ID)
+            # an unreachable storage raises: this task is retried, the other storages' tasks go on
+            return prune_one(cfg_, storage, dry_run=bool(get_current_context()["params"].get("dry_run")),
+                             resolver=resolver)
 
         @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
+        @task_errors()
         def report(results: list[dict[str, Any]]) -> dict[str, Any]:
             done = [r for r in results if r]
-            for r in done:
-                steps.log.info("%s: kept %d, forgot %d, orphans %d, %d object(s) / %.1f MB removed", r["storage"],
-                               len(r["keep"]), len(r["forget"]), len(r["orphans"]), r["deleted_objects"],
-                               r["deleted_bytes"] / 1e6)
             return {"storages": len(done), "forgot": sum(len(r["forget"]) for r in done)}
 
         report(prune.expand(storage=sorted(cfg.storages)))

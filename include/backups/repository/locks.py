@@ -54,7 +54,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _pid_start(pid: int) -> str | None:
+def pid_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (Linux), to tell a reused pid from the lock's holder."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -80,7 +80,7 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
             return False
     except (OSError, IndexError):
         pass
-    return start is None or _pid_start(pid) in (None, start)
+    return start is None or pid_start(pid) in (None, start)
 
 
 def run_identity() -> str | None:
@@ -290,7 +290,7 @@ class HeldLock:
     def _info(self, key: str) -> LockInfo:
         pid = os.getpid()
         return LockInfo(key, self.scope, self.exclusive, self.operation, HOST, pid, run_identity(), self.created,
-                        _now().isoformat(timespec="milliseconds"), _pid_start(pid))
+                        _now().isoformat(timespec="milliseconds"), pid_start(pid))
 
     def write(self) -> None:
         key = f"{LOCKS}{uuid.uuid4().hex}.json"

@@ -173,7 +173,3 @@ class FilesSource(SourceReader):
         prepared = Prepared(entries=iter(()))
         prepared.entries = self._scan(prepared.unreadable, prepared.warnings)
         yield prepared
-
-
-def sort_key(e: Entry) -> str:
-    return e.path

@@ -2,7 +2,7 @@
 
 Backends that need credentials (s3, sftp) get them from a :class:`Resolver`; the library's default resolver
 cannot resolve Airflow connections (it would need Airflow) — the DAGs and, when a config names a ``conn_id``,
-the CLI pass :class:`backups.orchestration.connections.AirflowResolver` instead.
+the CLI get one from :func:`backups.connections.resolver_for` (injected, registered by the Airflow layer).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from ..errors import ConfigError
 from .base import ObjectInfo, Storage
 from .local import LocalStorage
 from .memory import MemoryStorage
-from .wrappers import MeteredStorage, ReadOnlyStorage, RetryingStorage
+from .wrappers import ReadOnlyStorage, RetryingStorage
 
 __all__ = [
-    "ObjectInfo", "Storage", "LocalStorage", "MemoryStorage", "MeteredStorage", "ReadOnlyStorage",
+    "ObjectInfo", "Storage", "LocalStorage", "MemoryStorage", "ReadOnlyStorage",
     "RetryingStorage", "Resolver", "open_storage",
 ]
 

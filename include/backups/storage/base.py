@@ -51,19 +51,25 @@ def exists_error(storage: str, key: str) -> ObjectExistsError:
         "re-run: a re-run removes its own uncommitted leftovers under its lock")
 
 
-def same_content(storage: Storage, key: str, sha256: str, size: int) -> bool:
-    """True when the object ``key`` holds exactly ``size`` bytes hashing to ``sha256``."""
+def sha256_of(fh: BinaryIO) -> tuple[str, int]:
+    """SHA-256 (hex) and length of everything left in the binary file object ``fh``, read in chunks."""
     import hashlib
 
     h, n = hashlib.sha256(), 0
+    while chunk := fh.read(CHUNK):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def same_content(storage: Storage, key: str, sha256: str, size: int) -> bool:
+    """True when the object ``key`` holds exactly ``size`` bytes hashing to ``sha256``."""
     try:
         with storage.open_read(key) as fh:
-            while chunk := fh.read(CHUNK):
-                h.update(chunk)
-                n += len(chunk)
+            digest, n = sha256_of(fh)
     except StorageError:
         return False
-    return n == size and h.hexdigest() == sha256
+    return n == size and digest == sha256
 
 
 def check_key(key: str) -> str:
@@ -72,12 +78,8 @@ def check_key(key: str) -> str:
     return key
 
 
-class Writer(BinaryIO):  # pragma: no cover - protocol only
-    """A binary file object returned by :meth:`Storage.open_write` (context manager; commit on clean exit)."""
-
-
 class Storage(ABC):
-    """Abstract storage. Implementations: local, s3, sftp, memory; wrappers: retrying, read-only, metered."""
+    """Abstract storage. Implementations: local, s3, sftp, memory; wrappers: retrying, read-only, fault-injecting."""
 
     #: the configured storage name (``storages:`` key); used in messages, never a credential
     name: str = "storage"

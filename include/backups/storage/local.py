@@ -130,6 +130,8 @@ class LocalStorage(Storage):
             if self._create:
                 return iter(())
             raise StorageError(f"{self.name}: directory {self.root} does not exist", hint="create it or fix storages.*.path")
+        if not self.root.is_dir():
+            raise StorageError(f"{self.name}: {self.root} is not a directory", hint="fix storages.*.path")
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = self.root / base if base else self.root
         out: list[ObjectInfo] = []

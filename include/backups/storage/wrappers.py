@@ -2,7 +2,6 @@
 
 * :class:`ReadOnlyStorage` — refuses writes and deletes; the test-restore and drill paths open storage with it.
 * :class:`RetryingStorage` — retries :class:`TransientStorageError` with exponential backoff.
-* :class:`MeteredStorage` — counts bytes read and written and the seconds spent.
 * :class:`FaultInjectingStorage` — for the fault-injection suite only: ``BACKUPS_FAULT=kill:N`` SIGKILLs the
   process at its N-th object write (before the object is created), ``kill-after:N`` right after it was
   created, ``enospc:N`` fails the N-th write with ``ENOSPC``. ``open_storage`` adds it only when the variable
@@ -131,45 +130,6 @@ class RetryingStorage(_Wrapper):
 
     def delete(self, key: str) -> None:
         self._retry(f"delete {key}", lambda: self.inner.delete(key))
-
-
-class MeteredStorage(_Wrapper):
-    def __init__(self, inner: Storage) -> None:
-        super().__init__(inner)
-        self.bytes_written = 0
-        self.bytes_read = 0
-        self.seconds = 0.0
-
-    @contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:  # type: ignore[override]
-        t0 = time.monotonic()
-        with self.inner.open_write(key) as fh:
-            yield _Counting(fh, self, "bytes_written")  # type: ignore[misc]
-        self.seconds += time.monotonic() - t0
-
-    @contextmanager
-    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[BinaryIO]:  # type: ignore[override]
-        t0 = time.monotonic()
-        with self.inner.open_read(key, offset, length) as fh:
-            yield _Counting(fh, self, "bytes_read")  # type: ignore[misc]
-        self.seconds += time.monotonic() - t0
-
-
-class _Counting:
-    def __init__(self, raw: BinaryIO, meter: MeteredStorage, attr: str) -> None:
-        self.raw, self.meter, self.attr = raw, meter, attr
-
-    def write(self, data: bytes) -> int:
-        setattr(self.meter, self.attr, getattr(self.meter, self.attr) + len(data))
-        return self.raw.write(data)
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        setattr(self.meter, self.attr, getattr(self.meter, self.attr) + len(data))
-        return data
-
-    def __getattr__(self, name: str):
-        return getattr(self.raw, name)
 
 
 class FaultInjectingStorage(_Wrapper):

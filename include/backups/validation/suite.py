@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import IntegrityError, SourceError
+from ..errors import IntegrityError, SourceError, ValidationFailedError
 
 log = logging.getLogger(__name__)
 
@@ -190,17 +190,16 @@ def _finish(label: str, tables_details: dict[str, Any], present: set[str], resul
     return out
 
 
-def validation_error(result: dict[str, Any]) -> IntegrityError:
-    """The IntegrityError for a failed validation result (``.result`` keeps the dict)."""
+def validation_error(result: dict[str, Any]) -> ValidationFailedError:
+    """The error for a failed validation result (an IntegrityError; ``.result`` keeps the dict)."""
     lines = "\n  - ".join(result["failures"][:30])
     more = f"\n  … and {len(result['failures']) - 30} more" if len(result["failures"]) > 30 else ""
-    exc = IntegrityError(
+    return ValidationFailedError(
         f"data validation of {result['database']} failed: {len(result['failures'])} check(s) failed:\n  - {lines}{more}",
         hint="the backed-up database does not match what the source reported; do not rely on this snapshot "
              "(re-run the backup, then `backupctl verify --read-data`)",
+        result=result,
     )
-    exc.result = result  # type: ignore[attr-defined]
-    return exc
 
 
 # ------------------------------------------------------------------------------------------------ runners

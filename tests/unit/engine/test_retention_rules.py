@@ -6,6 +6,7 @@ No Airflow, about a second.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -149,6 +150,10 @@ def test_orphans_only_after_the_grace_period(fulls, tmp_path, case):
     for info in LocalStorage(repo).list(""):  # a private copy of the repository
         storage.put_bytes(info.key, LocalStorage(repo).get_bytes(info.key))
     storage.put_bytes(f"data/{leftover}/notes.tar.zst", b"left by a killed run")
+    # the grace is measured on the objects' modification time: date the leftover as its id says (an old one if none)
+    stamp = leftover.split("-", 1)[-1]
+    written = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC) if "T" in stamp else datetime(2025, 1, 1, tzinfo=UTC)
+    os.utime(tmp_path / "copy" / "data" / leftover / "notes.tar.zst", (written.timestamp(), written.timestamp()))
     now = datetime(2026, 1, 3, 0, 0, tzinfo=UTC)
     plan = plan_prune(cfg, storage, Catalog(storage, "keep-test"), now=now, orphan_grace=timedelta(days=2))
     assert plan.orphans == ([leftover] if is_orphan else [])

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 import pytest
 
 from backups.catalog import Catalog
+from backups.commands import backup as steps
 from backups.config import load_config
 from backups.demo import fmr
-from backups.errors import ConfigError
-from backups.orchestration import steps
+from backups.errors import ConfigError, SystemStateError
 from backups.storage import open_storage
 from backups.storage.local import LocalStorage
 from tests.helpers import write_config
@@ -49,14 +49,14 @@ def test_a_tier_named_manual_is_refused(env):
 def test_system_state_reports_every_problem_and_whether_a_retry_helps(env, monkeypatch):
     cfg = env["cfg"]
     (env["home"] / "app.db").unlink()
-    with pytest.raises(steps.SystemStateError) as info:
+    with pytest.raises(SystemStateError) as info:
         steps.check_system_state(cfg, steps.selection(cfg, "daily"))
     assert info.value.retryable is False
     assert "source app_db (sqlite): SQLite database" in str(info.value) and "fix sources.app_db.path" in str(info.value)
 
     fmr.generate(env["home"], scale=0.2, seed=4)
     monkeypatch.setattr(LocalStorage, "free_bytes", lambda self: 1000)
-    with pytest.raises(steps.SystemStateError, match=r"storage local \(local\): only 0.0 MB free") as info:
+    with pytest.raises(SystemStateError, match=r"storage local \(local\): only 0.0 MB free") as info:
         steps.check_system_state(cfg, steps.selection(cfg, "daily"))
     assert info.value.retryable is False
 
@@ -65,7 +65,7 @@ def test_unreachable_postgres_is_retryable(env, tmp_path):
     path = write_config(tmp_path / "pg.yaml", env["home"], env["root"], tier_sources="app_db, pg",
                         extra_sources='  pg: {type: postgres, dsn: "host=127.0.0.1 port=1 user=x dbname=x"}\n')
     cfg = load_config(path)
-    with pytest.raises(steps.SystemStateError, match="source pg \\(postgres\\): cannot connect") as info:
+    with pytest.raises(SystemStateError, match="source pg \\(postgres\\): cannot connect") as info:
         steps.check_system_state(cfg, steps.selection(cfg, "daily"))
     assert info.value.retryable is True
 

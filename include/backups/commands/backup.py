@@ -1,4 +1,4 @@
-"""The work of every backup-DAG task, as plain functions (no Airflow import): the ``@task`` adapters in
+"""The backup command, step by step (no Airflow import): ``backupctl backup`` runs the steps in a row, the ``@task`` adapters in
 :mod:`backups.orchestration.dags` pass context values in (logical date, params, run id) and map errors.
 
 Each step resolves what it needs from the config, calls the engine, and returns a small JSON-safe dict — the
@@ -28,24 +28,26 @@ from typing import Any
 
 from ..catalog.manifest import Catalog, manifest_key
 from ..config import Config, Tier, load_config
-from ..errors import BackupError, ConfigError, IntegrityError, SourceError, StorageError, TransientStorageError
+from ..errors import (
+    BackupError,
+    ConfigError,
+    IntegrityError,
+    SourceError,
+    StorageError,
+    SystemStateError,
+    TransientStorageError,
+)
 from ..sources import open_source
 from ..storage import open_storage
+from .base import mb
+from .validate import DB_KINDS, compact_results, raise_failed, validate_restored
 
-log = logging.getLogger("backups.orchestration")
+log = logging.getLogger("backups.commands.backup")
 
 #: the synthetic tier of the ``backup_manual`` DAG (snapshot ids ``manual-<timestamp>``; retention: keep all)
 MANUAL_TIER = "manual"
 #: source kinds extracted by ``backup.extract_data``; every other kind (files) goes to ``backup.extract_config``
 DATA_KINDS = ("sqlite", "postgres", "command")
-DB_KINDS = ("sqlite", "postgres")
-#: Airflow connection of a PostgreSQL server where validation may create scratch databases (optional)
-PG_SCRATCH_CONN = "backup_pg_scratch"
-PG_SCRATCH_ENV = "BACKUP_PG_SCRATCH_DSN"
-
-
-def _mb(n: int | float | None) -> str:
-    return "?" if n is None else f"{n / 1e6:,.1f} MB"
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -66,12 +68,10 @@ def runtime_config(tier: str) -> Config:
 
 
 def resolver_for(cfg: Config) -> Any:
-    """The Airflow connection resolver when the config names a ``conn_id``; None otherwise."""
-    if cfg.needs_airflow():
-        from .connections import AirflowResolver
+    """The connection resolver the config needs (see :mod:`backups.connections`); None without any conn_id."""
+    from ..connections import resolver_for as registered
 
-        return AirflowResolver()
-    return None
+    return registered(cfg)
 
 
 @dataclass
@@ -86,6 +86,7 @@ class Selection:
 
 
 def selection(cfg: Config, tier: str, params: dict[str, Any] | None = None) -> Selection:
+    """What ``tier`` backs up; for the manual tier, the sources/storages/type chosen in ``params`` (the DAG form)."""
     if tier != MANUAL_TIER:
         t = cfg.tiers[tier]
         return Selection(tier, None, list(t.sources), list(t.storages))
@@ -113,6 +114,7 @@ def scratch_root() -> Path:
 
 
 def run_scratch(dag_id: str, run_id: str) -> Path:
+    """The scratch directory of one run on this worker (its tasks' private dirs live under it)."""
     return scratch_root() / _safe(dag_id) / _safe(run_id)
 
 
@@ -140,16 +142,6 @@ def _staging_env(path: Path) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------ pre_backup
-class SystemStateError(BackupError):
-    """The system is not ready for a backup. ``retryable`` tells whether waiting could fix it."""
-
-    exit_code = 6
-
-    def __init__(self, message: str, *, hint: str | None = None, retryable: bool = False) -> None:
-        super().__init__(message, hint=hint)
-        self.retryable = retryable
-
-
 def _problem(what: str, name: str, kind: str, exc: BackupError) -> str:
     """``source app_db (sqlite): <message>`` without repeating the name, fix hint indented under it."""
     msg = str(exc)
@@ -175,7 +167,7 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dic
             src = open_source(cfg, name, resolver)
             src.check()
             estimates[name] = int(src.estimate())
-            log.info("source %s (%s): readable, about %s", name, kind, _mb(estimates[name]))
+            log.info("source %s (%s): readable, about %s", name, kind, mb(estimates[name]))
         except BackupError as exc:
             problems.append((_problem("source", name, kind, exc), _retryable(kind, exc)))
     total = sum(estimates.values())
@@ -200,19 +192,20 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dic
             continue
         room = free[name]
         if room is not None and room < total:
-            problems.append((f"storage {name} ({kind}): only {_mb(room)} free, the sources hold about {_mb(total)} "
+            problems.append((f"storage {name} ({kind}): only {mb(room)} free, the sources hold about {mb(total)} "
                              "(a full snapshot needs at most that much)", False))
         else:
-            log.info("storage %s (%s): reachable, %s free", name, kind, _mb(room) if room is not None else "unknown")
+            log.info("storage %s (%s): reachable, %s free", name, kind, mb(room) if room is not None else "unknown")
     if problems:
         retryable = all(r for _, r in problems)
         lines = "\n  - ".join(p for p, _ in problems)
         raise SystemStateError(
             f"system state check failed for the {sel.tier} backup ({len(problems)} problem(s)):\n  - {lines}",
-            hint="the task retries (a server may be restarting)" if retryable
-            else "fix the configuration or the host, then clear this task; retrying as is would not help",
-            retryable=retryable)
-    log.info("system ready: %d source(s), about %s to read, %d storage(s)", len(estimates), _mb(total), len(free))
+            hint="retry later (a server may be restarting; a DAG task retries by itself)" if retryable
+            else "fix the configuration or the host, then run the backup again (a DAG task: clear it); retrying "
+                 "as is would not help",
+            retryable=retryable, storage_only=all(p.startswith("storage ") for p, _ in problems))
+    log.info("system ready: %d source(s), about %s to read, %d storage(s)", len(estimates), mb(total), len(free))
     return {"estimates": estimates, "estimated_bytes": total, "free_bytes": free, "unavailable": unavailable}
 
 
@@ -230,7 +223,7 @@ def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | st
     else:
         log.info("plan: %s (%s%s), parent %s, chain of %d, about %s from %s into %s", p.snapshot_id, p.type,
                  f", requested {p.requested_type}: {p.promoted_reason}" if p.promoted_reason else "",
-                 p.parent or "-", len(p.chain), _mb(p.estimated_bytes), ", ".join(p.sources), ", ".join(p.storages))
+                 p.parent or "-", len(p.chain), mb(p.estimated_bytes), ", ".join(p.sources), ", ".join(p.storages))
     kinds = {n: cfg.sources[n].type for n in p.sources}
     return {
         "plan": p.to_dict(),
@@ -242,12 +235,38 @@ def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | st
 
 
 def start_message(plan: dict[str, Any]) -> str:
+    """One line announcing the planned run (the start notification)."""
     return (f"backup {plan['snapshot_id']} starting: {plan['type']}"
             + (f" (requested {plan['requested_type']}: {plan['promoted_reason']})" if plan.get("promoted_reason") else "")
             + f", parent {plan['parent'] or '-'}, sources {', '.join(plan['sources'])}, storages "
-            + f"{', '.join(plan['storages'])}, about {_mb(plan.get('estimated_bytes'))}"
+            + f"{', '.join(plan['storages'])}, about {mb(plan.get('estimated_bytes'))}"
             + (f", comment: {plan['comment']}" if plan.get("comment") else "")
             + (" — already committed, nothing to extract" if plan.get("already_committed") else ""))
+
+
+# ------------------------------------------------------------------------------------------------ in one process
+def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
+               sources: list[str] | None = None, storages: list[str] | None = None, checksum: bool = False,
+               comment: str = "", resolver: Any = None) -> dict[str, Any]:
+    """The whole backup in one process (``backupctl backup``): the DAG's :func:`check_system_state` first (every
+    source readable, the primary reachable with room for the estimate), then plan, extract, commit and replicate
+    (:func:`backups.engine.snapshot.run_backup`). Returns the snapshot's summary plus ``plan`` and ``system_state``;
+    raises SystemStateError before anything is written when the system is not ready."""
+    from ..engine import snapshot
+    from ..errors import NotFoundError
+
+    t = cfg.tier(tier)
+    for kind, names, known in (("source", sources, cfg.sources), ("storage", storages, cfg.storages)):
+        for name in names or []:
+            if name not in known:
+                raise NotFoundError(f"no {kind} named {name!r}", hint=f"use one of: {', '.join(known)}")
+    sel = Selection(tier, type_override, list(sources or t.sources), list(storages or t.storages), comment)
+    state = check_system_state(cfg, sel, resolver)
+    snap, p = snapshot.run_backup(cfg, tier, logical_date=logical_date, type_override=type_override,
+                                  storages=storages, resolver=resolver, checksum=checksum, sources=sources,
+                                  comment=comment)
+    return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
+            "storages": p.storages, "system_state": state, "manifest": snap.doc}
 
 
 # ------------------------------------------------------------------------------------------------ backup
@@ -315,7 +334,7 @@ def upload_to(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = N
                                  + "; ".join(missing[:10]), hint="re-run the backup (clear the backup group)")
         objects = list(snap.objects())
         log.info("%s is the primary: %s committed there with %d object(s), %s", storage, snap.id, len(objects),
-                 _mb(sum(o["size"] for o in objects)))
+                 mb(sum(o["size"] for o in objects)))
         return {"storage": storage, "role": "primary", "objects": len(objects),
                 "bytes": sum(o["size"] for o in objects), "seconds": round(time.monotonic() - t0, 3)}
     src = open_storage(cfg, primary_name, resolver, read_only=True)
@@ -330,7 +349,7 @@ def upload_to(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = N
     if filled:
         log.info("back-filled %d snapshot(s) %s missed: %s", len(filled), storage, ", ".join(filled))
     seconds = round(time.monotonic() - t0, 3)
-    log.info("replicated %s to %s: %s copied in %.1fs", p.snapshot_id, storage, _mb(copied), seconds)
+    log.info("replicated %s to %s: %s copied in %.1fs", p.snapshot_id, storage, mb(copied), seconds)
     return {"storage": storage, "role": "replica", "copied_bytes": copied, "seconds": seconds, "backfilled": filled}
 
 
@@ -363,86 +382,8 @@ def check_integrity(cfg: Config, plan: dict[str, Any], storage: str, resolver: A
                              + "\n  - ".join(problems[:20]),
                              hint="re-run the upload for this storage (clear backup.upload), then check again")
     log.info("integrity of %s on %s: %d object(s), %s re-hashed, chain of %d object(s) present, in %.1fs",
-             snap.id, storage, hashed, _mb(hashed_bytes), structure.objects, seconds)
+             snap.id, storage, hashed, mb(hashed_bytes), structure.objects, seconds)
     return report
-
-
-def _pg_scratch_dsn(resolver: Any) -> str | None:
-    if os.environ.get(PG_SCRATCH_ENV):
-        return os.environ[PG_SCRATCH_ENV]
-    try:
-        if resolver is None:
-            from .connections import AirflowResolver
-
-            resolver = AirflowResolver()
-        return resolver.postgres_dsn(PG_SCRATCH_CONN)
-    except Exception:  # not configured: PostgreSQL validation is skipped with a clear log line
-        return None
-
-
-def _validate_pg_dump(dump_dir: Path, details: dict[str, Any], admin_dsn: str, label: str) -> dict[str, Any]:
-    """Load a directory-format dump into a new scratch database, validate it, drop the database."""
-    import uuid
-
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    from ..engine.databases import pg_restore
-    from ..validation import validate_postgres
-
-    name = f"fmr_validate_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        target = make_conninfo(admin_dsn, dbname=name)
-        pg_restore(dump_dir, target, None)
-        return validate_postgres(target, details, raise_on_failure=False, label=label)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _validate_restored(snap: Any, restored: dict[str, Path], resolver: Any) -> dict[str, Any]:
-    """GX on every restored database source; a JSON-safe dict per source (failures collected, not raised)."""
-    from ..validation import validate_sqlite
-
-    out: dict[str, Any] = {}
-    for name, path in sorted(restored.items()):
-        rec = snap.sources[name]
-        details = rec["details"]
-        if rec["kind"] == "sqlite":
-            res = validate_sqlite(path / details["database"], details["tables"], raise_on_failure=False)
-        elif rec["kind"] == "postgres":
-            admin = _pg_scratch_dsn(resolver)
-            if admin is None:
-                log.warning("%s (postgres): not validated — no scratch database; define the Airflow connection %s "
-                            "(or %s) pointing at a server where databases may be created", name, PG_SCRATCH_CONN,
-                            PG_SCRATCH_ENV)
-                out[name] = {"database": name, "success": None, "skipped": f"no scratch database ({PG_SCRATCH_CONN})"}
-                continue
-            res = _validate_pg_dump(path / "dump", details["tables"], admin, f"{name} ({details.get('database')})")
-        else:
-            continue
-        out[name] = res
-    return out
-
-
-def _compact(results: dict[str, Any]) -> dict[str, Any]:
-    """Per database: success, statistics and the failures (the per-expectation list stays in the task log)."""
-    return {n: {k: r.get(k) for k in ("database", "success", "skipped", "statistics", "failures", "seconds") if k in r}
-            for n, r in results.items()}
-
-
-def _raise_failed(what: str, snap_id: str, results: dict[str, Any]) -> None:
-    failed = {n: r for n, r in results.items() if r.get("success") is False}
-    if not failed:
-        return
-    lines = [f"{n}: {f}" for n, r in failed.items() for f in r["failures"]]
-    exc = IntegrityError(f"{what} of {snap_id} failed: {len(lines)} check(s) failed:\n  - " + "\n  - ".join(lines[:30]),
-                         hint="the backed-up data does not match what the source reported; do not rely on this "
-                              "snapshot; re-run the backup and `backupctl verify --read-data`")
-    exc.result = results  # type: ignore[attr-defined]
-    raise exc
 
 
 def validate_data(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: Any = None) -> dict[str, Any]:
@@ -459,12 +400,12 @@ def validate_data(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: An
         return {"snapshot_id": snap.id, "storage": st.name, "databases": {}, "skipped": "no database source"}
     t0 = time.monotonic()
     results = restore(st, cat, snap, scratch / "restore", sources=dbs)
-    validated = _validate_restored(snap, {r.source: Path(r.path) for r in results}, resolver)
+    validated = validate_restored(snap, {r.source: Path(r.path) for r in results}, resolver)
     for name, r in validated.items():
         log.info("validation of %s: %s", name, "skipped" if r.get("success") is None else
                  f"{r['statistics']['successful_expectations']}/{r['statistics']['evaluated_expectations']} met")
-    _raise_failed("data validation", snap.id, validated)
-    return {"snapshot_id": snap.id, "storage": st.name, "databases": _compact(validated),
+    raise_failed("data validation", snap.id, validated)
+    return {"snapshot_id": snap.id, "storage": st.name, "databases": compact_results(validated),
             "seconds": round(time.monotonic() - t0, 3)}
 
 
@@ -482,13 +423,13 @@ def test_restore(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: Any
     log.info("test restore of %s (chain %s) from %s", snap.id, " -> ".join(chain), st.describe())
     results = restore(st, cat, snap, scratch / "restore")
     sources = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
-    validated = _validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS}, resolver)
-    _raise_failed("test restore", snap.id, validated)
+    validated = validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS}, resolver)
+    raise_failed("test restore", snap.id, validated)
     seconds = round(time.monotonic() - t0, 3)
     log.info("test restore of %s OK: %d file(s), %s, all SHA-256 verified, in %.1fs", snap.id,
-             sum(s["files"] for s in sources.values()), _mb(sum(s["bytes"] for s in sources.values())), seconds)
+             sum(s["files"] for s in sources.values()), mb(sum(s["bytes"] for s in sources.values())), seconds)
     return {"snapshot_id": snap.id, "storage": st.name, "chain": chain, "sources": sources,
-            "validation": _compact(validated), "seconds": seconds}
+            "validation": compact_results(validated), "seconds": seconds}
 
 
 # ------------------------------------------------------------------------------------------------ post_backup
@@ -524,14 +465,15 @@ def completion_summary(cfg: Config, plan: dict[str, Any], committed: dict[str, A
 
 
 def summary_text(s: dict[str, Any]) -> str:
+    """The completion summary for humans (task log, CLI)."""
     lines = [f"backup {s['snapshot_id']} completed: {s['type']}"
              + (f" (requested {s['requested_type']}: {s['promoted_reason']})" if s.get("promoted_reason") else "")
              + f", parent {s['parent'] or '-'}, chain of {len(s['chain'])}",
-             f"  totals: {s['totals']['files']} files, {_mb(s['totals']['bytes'])}, stored {_mb(s['totals']['stored_bytes'])}"
+             f"  totals: {s['totals']['files']} files, {mb(s['totals']['bytes'])}, stored {mb(s['totals']['stored_bytes'])}"
              f" in {s['totals']['objects']} object(s); snapshot took {s['durations']['snapshot_seconds']}s"]
     for n, r in s["sources"].items():
-        lines.append(f"  source {n} ({r['kind']}): {r['files']} files, {_mb(r['bytes'])}, stored {r['stored_files']} "
-                     f"({_mb(r['stored_bytes'])}), {r['deleted']} deleted, {r['warnings']} warning(s), "
+        lines.append(f"  source {n} ({r['kind']}): {r['files']} files, {mb(r['bytes'])}, stored {r['stored_files']} "
+                     f"({mb(r['stored_bytes'])}), {r['deleted']} deleted, {r['warnings']} warning(s), "
                      f"{r['extract_seconds']}s")
     for name, i in s["checks"]["integrity"].items():
         lines.append(f"  integrity on {name}: {'OK' if i['ok'] else 'FAILED'} ({i['objects_hashed']} objects re-hashed)")
@@ -566,11 +508,11 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
           f"* storages: {', '.join(s['storages'])}", "",
           "## What was taken", "", "| source | kind | files | size | stored | stored size |", "|---|---|---|---|---|---|"]
     for n, r in s["sources"].items():
-        md.append(f"| {n} | {r['kind']} | {r['files']} | {_mb(r['bytes'])} | {r['stored_files']} | {_mb(r['stored_bytes'])} |")
+        md.append(f"| {n} | {r['kind']} | {r['files']} | {mb(r['bytes'])} | {r['stored_files']} | {mb(r['stored_bytes'])} |")
     md += ["", "## Checks and results", ""]
     for name, i in s["checks"]["integrity"].items():
         md.append(f"* integrity on {name}: {'OK' if i['ok'] else 'FAILED'} ({i['objects_hashed']} objects, "
-                  f"{_mb(i['bytes_hashed'])} re-hashed)")
+                  f"{mb(i['bytes_hashed'])} re-hashed)")
     for name, v in s["checks"]["validation"].items():
         stats = v.get("statistics") or {}
         md.append(f"* data validation of {name} (Great Expectations): " + ("skipped" if v.get("success") is None else
@@ -579,6 +521,27 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
     md.append(f"* test restore from {rt['storage']}: {rt['files']} files restored, all SHA-256 verified")
     md += ["", f"Snapshot took {s['durations']['snapshot_seconds']} s; run took {s['durations']['run_seconds']} s.", ""]
     return doc, "\n".join(md)
+
+
+def complete_run(cfg: Config, plan: dict[str, Any], committed: dict[str, Any], integrity: list[dict[str, Any]],
+                 validation: dict[str, Any], restore_test: dict[str, Any], extracts: list[dict[str, Any] | None],
+                 uploads: list[dict[str, Any] | None], *, run_seconds: float | None, dag_id: str, run_id: str,
+                 manual: dict[str, Any] | None = None, resolver: Any = None) -> dict[str, Any]:
+    """The end of a run: :func:`completion_summary`, logged, and its result document stored next to the snapshot
+    on every storage of the run. ``manual`` (requested_by, approval, params) makes it the backup_manual document."""
+    summary = completion_summary(cfg, plan, committed, integrity, validation, restore_test, extracts, uploads,
+                                 run_seconds, resolver)
+    log.info("%s", summary_text(summary))
+    if manual is not None:
+        doc, md = manual_report(summary, dag_id=dag_id, run_id=run_id, requested_by=manual.get("requested_by"),
+                                approval=manual.get("approval"), params=manual.get("params") or {})
+        summary["report"] = write_report(cfg, plan["storages"], plan["snapshot_id"], doc, md, resolver)
+        summary["requested_by"], summary["approval"] = doc["requested_by"], doc["approval"]
+    else:
+        md = f"# Backup {summary['snapshot_id']}\n\n```\n{summary_text(summary)}\n```\n"
+        summary["report"] = write_report(cfg, plan["storages"], plan["snapshot_id"],
+                                         {"kind": "backup-result", **summary}, md, resolver)
+    return summary
 
 
 def report_key(snapshot_id: str, ext: str) -> str:
@@ -636,7 +599,7 @@ def cleanup(cfg: Config | None, plan: dict[str, Any] | None, dag_id: str, run_id
                 if left:
                     log.warning("%s was not committed: %d object(s), %s, stay on %s for a retry of this run (a snapshot "
                                 "without a manifest does not exist for restores; retention removes such leftovers)",
-                                plan["snapshot_id"], len(left), _mb(sum(o.size for o in left)), st.name)
+                                plan["snapshot_id"], len(left), mb(sum(o.size for o in left)), st.name)
         except BackupError as exc:
             log.warning("cleanup could not inspect the primary storage: %s", exc.message)
     log.info("cleanup: removed %d scratch dir(s)", len(removed))

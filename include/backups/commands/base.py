@@ -1,0 +1,28 @@
+"""What every command shares: the result base class, the config as a run sees it, sizes for humans."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..config import Config, load_config
+from ..engine.progress import mb
+
+__all__ = ["Result", "config_and_resolver", "mb"]
+
+
+@dataclasses.dataclass
+class Result:
+    """Base of command results: a dataclass that travels as a JSON-able dict (XCom, ``--json``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_and_resolver(path: str | None = None, resolver: Any = None) -> tuple[Config, Any]:
+    """The config (``path``, ``$BACKUP_CONFIG`` or the shipped file) and the resolver its ``conn_id`` need:
+    ``resolver`` when the caller injects one, else :func:`backups.connections.resolver_for`."""
+    from ..connections import resolver_for
+
+    cfg = load_config(path)
+    return cfg, resolver if resolver is not None else resolver_for(cfg)

@@ -1,0 +1,80 @@
+"""The verify command: check stored snapshots — structure (manifests, presence and sizes of every object of
+their chains) or, with ``read_data``, every stored byte re-hashed (SHA-256).
+
+``backupctl verify`` calls :func:`verify`; the backup DAGs' ``verify.check_integrity`` task uses the same
+checker on the snapshot it just wrote (:func:`backups.commands.backup.check_integrity`). An unreachable
+storage is recorded and fails the result (exit 4), the others are still verified (see :mod:`.storages`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Result
+from .storages import each_storage
+
+
+@dataclass
+class VerifyResult(Result):
+    """The per-storage reports (:meth:`backups.engine.checker.VerifyReport.to_dict`) and unreachable storages."""
+
+    read_data: bool
+    storages: list[dict[str, Any]] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unreachable and all(not s["problems"] for s in self.storages)
+
+    @property
+    def problems(self) -> list[str]:
+        return ([f"[{s['storage']}] {p}" for s in self.storages for p in s["problems"]]
+                + [f"{n}: unreachable: {m}" for n, m in self.unreachable.items()])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "read_data": self.read_data, "storages": self.storages,
+                "unreachable": [f"{n}: unreachable: {m}" for n, m in self.unreachable.items()]}
+
+
+def verify(cfg: Any, names: list[str] | None = None, *, snapshot: str | None = None, tier: str | None = None,
+           every: bool = False, read_data: bool = False, resolver: Any = None) -> VerifyResult:
+    """Verify ``snapshot`` (default ``latest``, of ``tier``) or, with ``every``, every snapshot and the data left
+    without a manifest, on the storages ``names`` (default: every configured one). Under a shared lock per storage."""
+    from ..repository import Repository, repo_scope
+
+    if snapshot and every:
+        raise ConfigError("give a SNAPSHOT or --all, not both")
+    out = VerifyResult(read_data=read_data)
+    for storage in each_storage(cfg, names, resolver, out.unreachable):
+        repo = Repository(storage, cfg)
+        with repo.lock(repo_scope(), exclusive=False, operation="verify"):
+            report = _verify_storage(repo, storage, snapshot=snapshot, tier=tier, every=every, read_data=read_data,
+                                     skip_empty=names is None)
+        if report is not None:
+            out.storages.append({"storage": storage.name, "describe": storage.describe(), **report.to_dict()})
+    return out
+
+
+def _verify_storage(repo: Any, storage: Any, *, snapshot: str | None, tier: str | None, every: bool, read_data: bool,
+                    skip_empty: bool) -> Any:
+    from ..engine.checker import verify as check
+
+    cat = repo.catalog
+    if every:
+        snaps = None
+    else:
+        ref = snapshot or "latest"
+        if ref == "latest" and not cat.ordered(tier) and skip_empty:
+            return None  # a storage without any snapshot of the tier yet: nothing to verify there
+        snaps = [cat.get(ref, tier)]
+    if storage.archive and read_data:
+        from ..engine.thaw import wait_readable
+
+        keys = [o["key"] for s in (snaps or cat.ordered()) for c in cat.chain_of(s) for o in c.objects()]
+        wait_readable(storage, keys)
+    report = check(storage, cat, snaps, read_data=read_data, include_broken=every)
+    if every:  # data/<id>/ without a manifest and no lock covering it: a lost commit marker
+        report.problems += repo.unexplained_data()
+    return report
