@@ -40,7 +40,7 @@ from ..errors import (
 from ..sources import open_source
 from ..storage import open_storage
 from .base import mb
-from .validate import DB_KINDS, compact_results, raise_failed, validate_restored
+from .validate import DB_KINDS, compact_results, pg_scratch_dsn, raise_failed, validate_restored
 
 log = logging.getLogger("backups.commands.backup")
 
@@ -400,7 +400,7 @@ def validate_data(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: An
         return {"snapshot_id": snap.id, "storage": st.name, "databases": {}, "skipped": "no database source"}
     t0 = time.monotonic()
     results = restore(st, cat, snap, scratch / "restore", sources=dbs)
-    validated = validate_restored(snap, {r.source: Path(r.path) for r in results}, resolver)
+    validated = validate_restored(snap, {r.source: Path(r.path) for r in results}, pg_scratch_dsn(resolver))
     for name, r in validated.items():
         log.info("validation of %s: %s", name, "skipped" if r.get("success") is None else
                  f"{r['statistics']['successful_expectations']}/{r['statistics']['evaluated_expectations']} met")
@@ -423,7 +423,8 @@ def test_restore(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: Any
     log.info("test restore of %s (chain %s) from %s", snap.id, " -> ".join(chain), st.describe())
     results = restore(st, cat, snap, scratch / "restore")
     sources = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
-    validated = validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS}, resolver)
+    validated = validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS},
+                                  pg_scratch_dsn(resolver))
     raise_failed("test restore", snap.id, validated)
     seconds = round(time.monotonic() - t0, 3)
     log.info("test restore of %s OK: %d file(s), %s, all SHA-256 verified, in %.1fs", snap.id,

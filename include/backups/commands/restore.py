@@ -25,7 +25,6 @@ Steps, each taking typed inputs and returning a typed, JSON-able result (``to_di
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -38,22 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..engine.progress import mb
 from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError, SourceError, StorageError
+from ..storage.base import sha256_of
+from .validate import DB_KINDS, compact_results, pg_scratch_dsn, validate_restored
 
 log = logging.getLogger("backups.commands.restore")
 
 REPORT_NAME = "RESTORE_REPORT"
-DB_KINDS = ("sqlite", "postgres")
-#: PostgreSQL dumps restored as files are validated in a scratch database on this server (a DSN in the
-#: environment, or the connection of that name through the resolver); without one that validation is skipped.
-PG_SCRATCH_CONN = "backup_pg_scratch"
-PG_SCRATCH_ENV = "BACKUP_PG_SCRATCH_DSN"
-CHUNK = 1 << 20
-
-
-def format_mb(n: int | float | None) -> str:
-    """``12.3 MB`` (``?`` for an unknown size)."""
-    return "?" if n is None else f"{n / 1e6:,.1f} MB"
 
 
 # ------------------------------------------------------------------------------------------------ request
@@ -240,7 +231,7 @@ def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn:
     free = shutil.disk_usage(_existing_parent(target)).free
     needed = 0 if (req.includes or req.tables) else loc.source_bytes  # a selection: its size is not known up front
     if needed > free:
-        raise StorageError(f"restore: not enough space: {format_mb(needed)} to restore but only {format_mb(free)} free at {target}",
+        raise StorageError(f"restore: not enough space: {mb(needed)} to restore but only {mb(free)} free at {target}",
                            hint="free space or restore to a bigger disk (or only some sources / include globs)")
     pg_state = None
     if pg_dsn:
@@ -347,16 +338,16 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise StorageError(f"no space left on device while restoring {snap.id} into {req.target} "
-                               f"({format_mb(shutil.disk_usage(_existing_parent(Path(req.target))).free)} free)",
+                               f"({mb(shutil.disk_usage(_existing_parent(Path(req.target))).free)} free)",
                                hint="free space there or restore into a bigger disk (the snapshot's size: "
-                               f"{format_mb(snap.doc['totals']['bytes'])})") from None
+                               f"{mb(snap.doc['totals']['bytes'])})") from None
         finally:
             progress.close()
     seconds = round(time.monotonic() - t0, 3)
     out = {r.source: RestoredSource(kind=r.kind, path=r.path, files=r.files, bytes=r.bytes, verified=r.verified,
                                     extra=r.extra or None) for r in results}
     log.info("restored %s from %s into %s in %.1fs: %s", snap.id, st.name, req.target, seconds,
-             "; ".join(f"{n}: {r.files} files, {format_mb(r.bytes)}" for n, r in out.items()))
+             "; ".join(f"{n}: {r.files} files, {mb(r.bytes)}" for n, r in out.items()))
     return RestoreResult(snapshot_id=snap.id, storage=st.name, target=req.target, sources=out, seconds=seconds)
 
 
@@ -372,14 +363,9 @@ def include_selector(includes: list[str] | None) -> Callable[[str], bool]:
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
-    """(hex SHA-256, size) of a file, read in 1 MiB chunks."""
-    h, n = hashlib.sha256(), 0
+    """(hex SHA-256, size) of a file."""
     with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-            n += len(chunk)
-    return h.hexdigest(), n
-
+        return sha256_of(fh)
 
 def regular_files(root: Path) -> Iterator[str]:
     """Relative POSIX paths of the regular files (not symlinks) below ``root``."""
@@ -417,68 +403,6 @@ def hash_check(storage: Any, rec: dict[str, Any], root: Path, select: Callable[[
     if strict:
         problems += [f"{p}: not in the snapshot" for p in sorted(set(regular_files(root)) - expected)]
     return {"files_checked": checked, "bytes_checked": nbytes, "files_expected": len(expected)}, problems
-
-
-def pg_scratch_dsn(resolver: Any = None) -> str | None:
-    """A server where scratch databases may be created: $BACKUP_PG_SCRATCH_DSN, else the ``backup_pg_scratch``
-    connection through ``resolver``; None when neither is configured."""
-    if os.environ.get(PG_SCRATCH_ENV):
-        return os.environ[PG_SCRATCH_ENV]
-    if resolver is None:
-        return None
-    try:
-        return resolver.postgres_dsn(PG_SCRATCH_CONN)
-    except Exception:  # not configured: PostgreSQL validation is skipped with a clear log line
-        return None
-
-
-def validate_pg_dump(dump_dir: Path, tables: dict[str, Any], admin_dsn: str, label: str) -> dict[str, Any]:
-    """Load a directory-format dump into a new scratch database, validate it (GX), drop the database."""
-    import uuid
-
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    from ..engine.databases import pg_restore
-    from ..validation import validate_postgres
-
-    name = f"fmr_validate_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        target = make_conninfo(admin_dsn, dbname=name)
-        pg_restore(dump_dir, target, None)
-        return validate_postgres(target, tables, raise_on_failure=False, label=label)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def validate_restored(snap: Any, restored: dict[str, Path], scratch_dsn: str | None) -> dict[str, Any]:
-    """GX on every restored database source (whole restores); a JSON-safe dict per source, failures collected.
-    A PostgreSQL dump is loaded into a scratch database on ``scratch_dsn``; without one it is skipped."""
-    from ..validation import validate_sqlite
-
-    out: dict[str, Any] = {}
-    for name, path in sorted(restored.items()):
-        rec = snap.sources[name]
-        details = rec["details"]
-        if rec["kind"] == "sqlite":
-            out[name] = validate_sqlite(path / details["database"], details["tables"], raise_on_failure=False)
-        elif rec["kind"] == "postgres":
-            if scratch_dsn is None:
-                log.warning("%s (postgres): not validated — no scratch database; set %s (or the connection %s) to a "
-                            "server where databases may be created", name, PG_SCRATCH_ENV, PG_SCRATCH_CONN)
-                out[name] = {"database": name, "success": None, "skipped": f"no scratch database ({PG_SCRATCH_CONN})"}
-                continue
-            out[name] = validate_pg_dump(path / "dump", details["tables"], scratch_dsn, f"{name} ({details.get('database')})")
-    return out
-
-
-def compact_validation(results: dict[str, Any]) -> dict[str, Any]:
-    """Per database: success, statistics and the failures (the per-expectation list stays in the log)."""
-    return {n: {k: r.get(k) for k in ("database", "success", "skipped", "statistics", "failures", "seconds") if k in r}
-            for n, r in results.items()}
 
 
 def _validate_db(snap: Any, name: str, path: Path, req: RestoreRequest, pg_dsn: str | None,
@@ -567,7 +491,7 @@ def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: Re
                                    f"{v['statistics']['successful_expectations']}/{v['statistics']['evaluated_expectations']}"
                                    " expectations met") for n, v in validation.items()) or "no database")
     return Verification(snapshot_id=snap.id, target=req.target, ok=True, files=files,
-                        validation=compact_validation(validation), seconds=seconds)
+                        validation=compact_results(validation), seconds=seconds)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -650,7 +574,7 @@ def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, ve
            "|---|---|---|---|---|---|---|"]
     for n, r in restored.sources.items():
         v = verified.files.get(n, {})
-        md.append(f"| {n} | {r.kind} | {r.files} | {format_mb(r.bytes)} | {r.verified} | "
+        md.append(f"| {n} | {r.kind} | {r.files} | {mb(r.bytes)} | {r.verified} | "
                   f"{v.get('files_checked', '-')} | `{r.path}` |")
     md += ["", "## Data validation (Great Expectations)", ""]
     for n, v in verified.validation.items():
@@ -713,6 +637,6 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
 __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",
            "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
            "approval_from_hitl", "build_report", "check_prerequisites", "check_request", "cli_run_info",
-           "compact_validation", "format_mb", "guard_target", "hash_check", "include_selector", "locate",
-           "pg_scratch_dsn", "regular_files", "restore_snapshot", "run_restore", "sha256_file", "target_state",
-           "validate_pg_dump", "validate_restored", "verify_restore", "wait_for_archive", "write_report"]
+           "guard_target", "hash_check", "include_selector", "locate",
+           "regular_files", "restore_snapshot", "run_restore", "sha256_file", "target_state",
+           "verify_restore", "wait_for_archive", "write_report"]

@@ -20,16 +20,14 @@ PG_SCRATCH_CONN = "backup_pg_scratch"
 PG_SCRATCH_ENV = "BACKUP_PG_SCRATCH_DSN"
 
 
-def pg_scratch_dsn(resolver: Any) -> str | None:
-    """Where PostgreSQL dumps are loaded for validation: ``$BACKUP_PG_SCRATCH_DSN`` or the connection
-    ``backup_pg_scratch`` (through ``resolver``, else the registered one); None when neither is configured."""
+def pg_scratch_dsn(resolver: Any = None) -> str | None:
+    """Where PostgreSQL dumps are loaded for validation: ``$BACKUP_PG_SCRATCH_DSN``, else the connection
+    ``backup_pg_scratch`` through ``resolver`` (the DAGs pass Airflow's); None when neither is configured."""
     if os.environ.get(PG_SCRATCH_ENV):
         return os.environ[PG_SCRATCH_ENV]
+    if resolver is None:
+        return None
     try:
-        if resolver is None:
-            from ..connections import registered_resolver
-
-            resolver = registered_resolver()
         return resolver.postgres_dsn(PG_SCRATCH_CONN)
     except Exception:  # not configured: PostgreSQL validation is skipped with a clear log line
         return None
@@ -57,8 +55,10 @@ def validate_pg_dump(dump_dir: Path, details: dict[str, Any], admin_dsn: str, la
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def validate_restored(snap: Any, restored: dict[str, Path], resolver: Any) -> dict[str, Any]:
-    """GX on every restored database source; a JSON-safe dict per source (failures collected, not raised)."""
+def validate_restored(snap: Any, restored: dict[str, Path], scratch_dsn: str | None) -> dict[str, Any]:
+    """GX on every restored database source; a JSON-safe dict per source (failures collected, not raised).
+    A PostgreSQL dump is loaded into a scratch database on ``scratch_dsn`` (:func:`pg_scratch_dsn`); without one
+    it is reported as skipped."""
     from ..validation import validate_sqlite
 
     out: dict[str, Any] = {}
@@ -66,19 +66,14 @@ def validate_restored(snap: Any, restored: dict[str, Path], resolver: Any) -> di
         rec = snap.sources[name]
         details = rec["details"]
         if rec["kind"] == "sqlite":
-            res = validate_sqlite(path / details["database"], details["tables"], raise_on_failure=False)
+            out[name] = validate_sqlite(path / details["database"], details["tables"], raise_on_failure=False)
         elif rec["kind"] == "postgres":
-            admin = pg_scratch_dsn(resolver)
-            if admin is None:
-                log.warning("%s (postgres): not validated — no scratch database; define the Airflow connection %s "
-                            "(or %s) pointing at a server where databases may be created", name, PG_SCRATCH_CONN,
-                            PG_SCRATCH_ENV)
+            if scratch_dsn is None:
+                log.warning("%s (postgres): not validated — no scratch database; define the connection %s (or %s) "
+                            "pointing at a server where databases may be created", name, PG_SCRATCH_CONN, PG_SCRATCH_ENV)
                 out[name] = {"database": name, "success": None, "skipped": f"no scratch database ({PG_SCRATCH_CONN})"}
                 continue
-            res = validate_pg_dump(path / "dump", details["tables"], admin, f"{name} ({details.get('database')})")
-        else:
-            continue
-        out[name] = res
+            out[name] = validate_pg_dump(path / "dump", details["tables"], scratch_dsn, f"{name} ({details.get('database')})")
     return out
 
 

@@ -42,6 +42,7 @@ from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
 from ..commands import restore as restore_command
 from ..commands.backup import MANUAL_TIER, resolver_for
 from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RestoreResult, RunInfo, Verification
+from ..commands.validate import pg_scratch_dsn
 from ..config import Config, load_config
 from ..errors import BackupError
 from . import notifiers
@@ -89,7 +90,7 @@ def scratch_dsn(loc: Location) -> str | None:
         return None
     from .connections import AirflowResolver
 
-    return restore_command.pg_scratch_dsn(AirflowResolver())
+    return pg_scratch_dsn(AirflowResolver())
 
 
 def restore_params(cfg: Config) -> dict[str, Param]:
