@@ -149,7 +149,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         for w in r["warnings"]:
             print(f"warning {n}: {w}")
     if args.files:
-        from .engine.archiver import iter_index
+        from .repository.index import iter_index
 
         for n in sorted(d["sources"]):
             print(f"\n{n}:")

@@ -379,7 +379,7 @@ def regular_files(root: Path) -> Iterator[str]:
 def hash_check(storage: Any, rec: dict[str, Any], root: Path, select: Callable[[str], bool], skip: set[str],
                strict: bool) -> tuple[dict[str, int], list[str]]:
     """Every selected regular file of the index re-hashed on disk; ``strict``: no other regular file allowed."""
-    from ..engine.archiver import iter_index
+    from ..repository.index import iter_index
 
     checked = nbytes = 0
     expected: set[str] = set()

@@ -7,7 +7,7 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
 2. For each selected source, load the snapshot's index — the complete state — and keep the entries that match
    ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``). Every index path
    is validated as it is read (no absolute path, no ``.``/``..``/empty component, no duplicate, nothing below a
-   non-directory, hard links only to such paths): see :func:`~backups.engine.archiver.iter_index`.
+   non-directory, hard links only to such paths): see :func:`~backups.repository.index.iter_index`.
 3. Read each needed archive once, oldest first, as a stream (zstd → tar). Every member name is checked
    (absolute paths, ``..``, duplicates and members below a symlink of the same archive are refused), but only
    members whose names equal a wanted index path are written — members of older archives below a path whose
@@ -43,11 +43,12 @@ import zstandard
 from ..catalog.manifest import Catalog, Snapshot
 from ..config import is_safe_name
 from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError
+from ..repository.index import IndexEntry, iter_index, order_key
 from ..sources.files import matches
 from ..storage.base import Storage
 from ..storage.util import PrefetchReader
 from . import tarstream
-from .archiver import CHUNK, IndexEntry, iter_index, order_key
+from .archiver import CHUNK
 from .progress import Progress
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ Layout (docs/format.md)::
     locks/<uuid>.json       lock objects (see :mod:`backups.repository.locks`)
 
 The engine, the CLI and the DAG steps go through a :class:`Repository` to list ``data/``, to take locks and
-to find leftovers; the key builders live in :mod:`backups.catalog.manifest` (re-exported here).
+to find leftovers, and read indexes (:mod:`backups.repository.index`); the key builders live in
+:mod:`backups.catalog.manifest` (re-exported here).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from typing import Any
 from ..catalog.manifest import ID_RE, Catalog, manifest_key, object_key
 from ..errors import ObjectNotFound
 from ..storage.base import ObjectInfo, Storage
+from .index import IndexEntry, iter_index
 from .locks import LOCKS, HeldLock, LockInfo, Locks, overlap
 
-__all__ = ["Repository", "Leftovers", "Locks", "HeldLock", "LockInfo", "LOCKS", "manifest_key", "object_key",
+__all__ = ["Repository", "IndexEntry", "iter_index", "Leftovers", "Locks", "HeldLock", "LockInfo", "LOCKS", "manifest_key", "object_key",
            "data_prefix", "report_key", "report_prefix", "repo_scope", "snapshot_scope"]
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,11 @@ class Repository:
         """data/<id>/ sets without a manifest (an interrupted or running backup, or an interrupted prune)."""
         manifests = self.manifest_ids()
         return {sid: objs for sid, objs in self.data_sets().items() if sid not in manifests}
+
+    # ---- index I/O --------------------------------------------------------------------------------------
+    def index(self, obj: dict[str, Any]) -> Iterator[tuple[str, IndexEntry]]:
+        """The typed entries of one index object (a source's record ``objects.index``), validated as they stream."""
+        return iter_index(self.storage, obj)
 
     # ---- locks ------------------------------------------------------------------------------------------
     @contextmanager
