@@ -74,9 +74,9 @@ def _run(cfg, tier, when, scratch):
     sel = steps.selection(cfg, tier)
     state = steps.check_system_state(cfg, sel)
     prep = steps.prepare_environment(cfg, sel, when, state)
-    extracts = [steps.extract_source(cfg, prep["plan"], s, scratch) for s in prep["plan"]["sources"]]
-    committed = steps.commit_snapshot(cfg, prep["plan"])
-    uploads = [steps.upload_to(cfg, prep["plan"], s) for s in prep["storages"]]
+    extracts = [steps.extract_source(cfg, prep.plan, s, scratch) for s in prep.plan.sources]
+    committed = steps.commit_snapshot(cfg, prep.plan)
+    uploads = [steps.upload_to(cfg, prep.plan, s) for s in prep.storages]
     return prep, extracts, committed, uploads
 
 
@@ -87,15 +87,16 @@ def test_a_rerun_of_a_committed_run_only_verifies(env, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     prep, extracts, committed, uploads = _run(cfg, "weekly", when, scratch)
-    assert committed["snapshot_id"] == "weekly-20260405T010000Z" and not committed["already_committed"]
-    assert [u["role"] for u in uploads] == ["primary", "replica"] and uploads[1]["copied_bytes"] > 0
+    assert committed.snapshot_id == "weekly-20260405T010000Z" and not committed.already_committed
+    assert [u.role for u in uploads] == ["primary", "replica"] and uploads[1].copied_bytes > 0
     prep2, extracts2, committed2, uploads2 = _run(cfg, "weekly", when, scratch)  # e.g. the run is cleared
-    assert prep2["plan"]["already_committed"] is True
-    assert all(e.get("skipped") == "already committed" for e in extracts2)
-    assert committed2["snapshot_id"] == committed["snapshot_id"] and committed2["already_committed"]
-    assert uploads2[1]["copied_bytes"] == 0
+    assert prep2.plan.already_committed is True
+    assert all(e.skipped == "already committed" for e in extracts2)
+    assert all(e.to_dict() == {"source": e.source, "skipped": "already committed"} for e in extracts2)
+    assert committed2.snapshot_id == committed.snapshot_id and committed2.already_committed
+    assert uploads2[1].copied_bytes == 0
     for s in ("local", "offsite"):
-        assert steps.check_integrity(cfg, prep2["plan"], s)["ok"]
+        assert steps.check_integrity(cfg, prep2.plan, s).ok
 
 
 def test_cleanup_removes_scratch_and_keeps_uncommitted_objects_for_a_retry(env, tmp_path, monkeypatch):
@@ -106,14 +107,14 @@ def test_cleanup_removes_scratch_and_keeps_uncommitted_objects_for_a_retry(env, 
     prep = steps.prepare_environment(cfg, sel, datetime(2026, 4, 6, 2, 0, tzinfo=UTC),
                                      steps.check_system_state(cfg, sel))
     with steps.task_scratch("backup_daily", "run-1", "extract-app_db") as scratch:
-        steps.extract_source(cfg, prep["plan"], "app_db", scratch)
+        steps.extract_source(cfg, prep.plan, "app_db", scratch)
         (scratch / "leftover").write_text("x")
     assert steps.run_scratch("backup_daily", "run-1").is_dir()  # the task removed its own dir, not the run's
-    out = steps.cleanup(cfg, prep["plan"], "backup_daily", "run-1")
+    out = steps.cleanup(cfg, prep.plan, "backup_daily", "run-1")
     assert not steps.run_scratch("backup_daily", "run-1").exists()
-    assert out["committed"] is False and out["uncommitted_objects"] > 0
+    assert out.committed is False and out.uncommitted_objects > 0
     primary = open_storage(cfg, "local")
-    assert list(primary.list(f"data/{prep['plan']['snapshot_id']}/"))  # still there: a retry reuses them
+    assert list(primary.list(f"data/{prep.plan.snapshot_id}/"))  # still there: a retry reuses them
 
 
 def test_a_copy_target_that_is_down_does_not_stop_the_backup_and_is_backfilled(env, tmp_path):
@@ -126,7 +127,7 @@ def test_a_copy_target_that_is_down_does_not_stop_the_backup_and_is_backfilled(e
     cfg = load_config(down)
     sel = steps.selection(cfg, "weekly")
     state = steps.check_system_state(cfg, sel)
-    assert list(state["unavailable"]) == ["offsite"]
+    assert list(state.unavailable) == ["offsite"]
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     with pytest.raises(Exception, match="offsite"):
@@ -136,6 +137,26 @@ def test_a_copy_target_that_is_down_does_not_stop_the_backup_and_is_backfilled(e
     up = load_config(write_config(tmp_path / "up.yaml", env["home"], env["root"], tier_storages="local, offsite",
                                   extra_storages=f'  offsite: {{type: local, path: "{tmp_path}/offsite"}}\n'))
     _, _, _, uploads = _run(up, "weekly", datetime(2026, 4, 12, 1, 0, tzinfo=UTC), scratch)
-    assert uploads[1]["backfilled"] == ["weekly-20260405T010000Z"]
+    assert uploads[1].backfilled == ["weekly-20260405T010000Z"]
     offsite = Catalog(open_storage(up, "offsite"), up.application)
     assert [s.id for s in offsite.ordered()] == ["weekly-20260405T010000Z", "weekly-20260412T010000Z"]
+
+
+def test_step_results_travel_as_the_same_dicts_and_come_back_typed(env, tmp_path):
+    """What a task pushes (``to_dict()``) has exactly the keys the next task reads; ``from_dict`` rebuilds the result."""
+    cfg = load_config(write_config(tmp_path / "two.yaml", env["home"], env["root"], tier_storages="local, offsite",
+                                   extra_storages=f'  offsite: {{type: local, path: "{env["root"]}/offsite"}}\n'))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    prep, extracts, committed, uploads = _run(cfg, "weekly", datetime(2026, 4, 5, 1, 0, tzinfo=UTC), scratch)
+    pushed = prep.to_dict()
+    assert set(pushed) == {"plan", "data_sources", "file_sources", "storages", "estimates"}
+    assert isinstance(pushed["plan"], dict) and pushed["plan"]["snapshot_id"] == committed.snapshot_id
+    assert steps.PreparedRun.from_dict(pushed) == prep
+    assert set(uploads[0].to_dict()) == {"storage", "role", "objects", "bytes", "seconds"}
+    assert set(uploads[1].to_dict()) == {"storage", "role", "copied_bytes", "seconds", "backfilled"}
+    assert set(extracts[0].to_dict()) == {"source", "files", "bytes", "stored_bytes", "seconds", "warnings"}
+    for result in (*extracts, committed, *uploads):
+        assert type(result).from_dict(result.to_dict()) == result
+    integrity = steps.check_integrity(cfg, prep.plan, "offsite")
+    assert steps.IntegrityResult.from_dict(integrity.to_dict()) == integrity and integrity.ok

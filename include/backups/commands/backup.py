@@ -1,8 +1,9 @@
 """The backup command, step by step (no Airflow import): ``backupctl backup`` runs the steps in a row, the ``@task`` adapters in
 :mod:`backups.orchestration.dags` pass context values in (logical date, params, run id) and map errors.
 
-Each step resolves what it needs from the config, calls the engine, and returns a small JSON-safe dict — the
-only thing that travels between tasks (XCom). Nothing a step writes on local disk is read by another step:
+Each step resolves what it needs from the config, calls the engine, and returns a small typed result (a
+:class:`~backups.commands.base.Result` dataclass); its ``to_dict()`` is the only thing that travels between tasks
+(XCom), and ``X.from_dict()`` turns a pulled XCom back into the typed input of a later step. Nothing a step writes on local disk is read by another step:
 data moves through the backup storages only, so the DAGs run unchanged on Celery or Kubernetes workers.
 
 Order of a run: check_system_state → prepare_environment (the plan) → extract (one call per source, into the
@@ -21,10 +22,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..catalog.manifest import Catalog, manifest_key
 from ..config import Config, Tier, load_config
@@ -39,8 +40,11 @@ from ..errors import (
 )
 from ..sources import open_source
 from ..storage import open_storage
-from .base import mb
+from .base import Result, mb
 from .validate import DB_KINDS, compact_results, pg_scratch_dsn, raise_failed, validate_restored
+
+if TYPE_CHECKING:
+    from ..engine.snapshot import Plan
 
 log = logging.getLogger("backups.commands.backup")
 
@@ -103,6 +107,177 @@ def selection(cfg: Config, tier: str, params: dict[str, Any] | None = None) -> S
     return Selection(MANUAL_TIER, typ, chosen["sources"], chosen["storages"], str(params.get("comment") or ""))
 
 
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class StepResult(Result):
+    """A step's result whose optional fields (``OPTIONAL``) are left out of :meth:`to_dict` when unset, so the
+    XCom payload holds exactly the keys the step produced."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        return {k: v for k, v in out.items() if not (k in self.OPTIONAL and v is None)}
+
+
+@dataclass
+class SystemState(StepResult):
+    """``check_system_state``: estimated bytes per source, free bytes per storage, copy targets that are down."""
+
+    estimates: dict[str, int]
+    estimated_bytes: int
+    free_bytes: dict[str, int | None]
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedRun(StepResult):
+    """``prepare_environment``: the plan and what the extract tasks are mapped over (XCom: one key per field)."""
+
+    plan: Plan
+    data_sources: list[str]
+    file_sources: list[str]
+    storages: list[str]
+    estimates: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "data_sources": list(self.data_sources),
+                "file_sources": list(self.file_sources), "storages": list(self.storages),
+                "estimates": dict(self.estimates)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreparedRun:
+        return cls(plan=as_plan(d["plan"]), data_sources=list(d["data_sources"]), file_sources=list(d["file_sources"]),
+                   storages=list(d["storages"]), estimates=dict(d["estimates"]))
+
+
+@dataclass
+class ExtractResult(StepResult):
+    """``extract_source``: what one source stored (:func:`backups.engine.snapshot.extract`), or why it was skipped."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("files", "bytes", "stored_bytes", "seconds", "warnings", "skipped")
+    source: str
+    files: int | None = None
+    bytes: int | None = None
+    stored_bytes: int | None = None
+    seconds: float | None = None
+    warnings: int | None = None
+    skipped: str | None = None
+
+
+@dataclass
+class CommitResult(StepResult):
+    """``commit_snapshot``: the committed snapshot's identity and totals."""
+
+    snapshot_id: str
+    type: str
+    parent: str | None
+    chain: list[str]
+    storage: str
+    files: int
+    bytes: int
+    stored_bytes: int
+    objects: int
+    duration_seconds: float | None
+    already_committed: bool
+
+
+@dataclass
+class UploadResult(StepResult):
+    """``upload_to``: the primary's presence check (objects, bytes) or a replica's copy (copied_bytes, backfilled)."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("objects", "bytes", "copied_bytes", "backfilled")
+    storage: str
+    role: str
+    seconds: float
+    objects: int | None = None
+    bytes: int | None = None
+    copied_bytes: int | None = None
+    backfilled: list[str] | None = None
+
+
+@dataclass
+class IntegrityResult(StepResult):
+    """``check_integrity``: what was re-hashed on one storage and the problems found (the step raises on any)."""
+
+    storage: str
+    ok: bool
+    snapshot_id: str
+    objects_hashed: int
+    bytes_hashed: int
+    chain_objects: int
+    problems: list[str]
+    seconds: float
+
+
+@dataclass
+class ValidationResult(StepResult):
+    """``validate_data``: Great Expectations results per database (compact form), or why nothing was validated."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("skipped", "seconds")
+    snapshot_id: str
+    storage: str
+    databases: dict[str, Any]
+    skipped: str | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class RestoreTestResult(StepResult):
+    """``test_restore``: the chain restored from the run's last storage, per-source counts and validation."""
+
+    snapshot_id: str
+    storage: str
+    chain: list[str]
+    sources: dict[str, dict[str, Any]]
+    validation: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class CompletionSummary(StepResult):
+    """``completion_summary`` / ``complete_run``: the run's summary; ``report`` (result document keys) and, for
+    backup_manual, ``requested_by`` and ``approval`` are set by :func:`complete_run`."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("report", "requested_by", "approval")
+    snapshot_id: str
+    application: str
+    tier: str
+    type: str
+    requested_type: str
+    promoted_reason: str | None
+    parent: str | None
+    chain: list[str]
+    logical_date: str
+    comment: str
+    storages: list[str]
+    sources: dict[str, dict[str, Any]]
+    totals: dict[str, Any]
+    durations: dict[str, Any]
+    checks: dict[str, Any]
+    status: str = "success"
+    report: list[str] | None = None
+    requested_by: str | None = None
+    approval: dict[str, Any] | None = None
+
+
+@dataclass
+class CleanupResult(StepResult):
+    """``cleanup``: scratch dirs removed; whether the snapshot was committed and, if not, the objects left for a retry."""
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("committed", "uncommitted_objects")
+    removed: list[str] = field(default_factory=list)
+    committed: bool | None = None
+    uncommitted_objects: int | None = None
+
+
+def as_plan(plan: Plan | dict[str, Any]) -> Plan:
+    """A :class:`~backups.engine.snapshot.Plan` (as is) or its ``to_dict()`` form (an XCom) turned back into one."""
+    from ..engine.snapshot import Plan
+
+    return plan if isinstance(plan, Plan) else Plan.from_dict(dict(plan))
+
+
 # ------------------------------------------------------------------------------------------------ scratch
 def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", part)[:120] or "_"
@@ -157,7 +332,7 @@ def _retryable(kind: str, exc: BackupError) -> bool:
     return kind in ("postgres", "s3", "sftp") and isinstance(exc, SourceError | StorageError)
 
 
-def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dict[str, Any]:
+def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> SystemState:
     """Every source readable, every storage reachable with room for the estimated size; all problems at once."""
     problems: list[tuple[str, bool]] = []
     estimates: dict[str, int] = {}
@@ -206,18 +381,18 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> dic
                  "as is would not help",
             retryable=retryable, storage_only=all(p.startswith("storage ") for p, _ in problems))
     log.info("system ready: %d source(s), about %s to read, %d storage(s)", len(estimates), mb(total), len(free))
-    return {"estimates": estimates, "estimated_bytes": total, "free_bytes": free, "unavailable": unavailable}
+    return SystemState(estimates=estimates, estimated_bytes=total, free_bytes=free, unavailable=unavailable)
 
 
-def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | str, state: dict[str, Any],
-                        resolver: Any = None) -> dict[str, Any]:
+def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | str, state: SystemState,
+                        resolver: Any = None) -> PreparedRun:
     """The plan: snapshot id from the logical date, parent and chain, estimated size (XCom: small dicts)."""
     from ..engine import snapshot
 
     primary = open_storage(cfg, sel.storages[0], resolver)
     p = snapshot.plan(cfg, sel.tier, logical_date, type_override=sel.type, storage=primary, resolver=resolver,
                       sources=sel.sources, storages=sel.storages, comment=sel.comment)
-    p.estimated_bytes = int(state.get("estimated_bytes") or 0)
+    p.estimated_bytes = int(state.estimated_bytes or 0)
     if p.already_committed:
         log.info("snapshot %s is already committed on %s: later steps only verify it", p.snapshot_id, primary.name)
     else:
@@ -225,23 +400,24 @@ def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | st
                  f", requested {p.requested_type}: {p.promoted_reason}" if p.promoted_reason else "",
                  p.parent or "-", len(p.chain), mb(p.estimated_bytes), ", ".join(p.sources), ", ".join(p.storages))
     kinds = {n: cfg.sources[n].type for n in p.sources}
-    return {
-        "plan": p.to_dict(),
-        "data_sources": [n for n in p.sources if kinds[n] in DATA_KINDS],
-        "file_sources": [n for n in p.sources if kinds[n] not in DATA_KINDS],
-        "storages": list(p.storages),
-        "estimates": {n: int(state.get("estimates", {}).get(n, 0)) for n in p.sources},
-    }
+    return PreparedRun(
+        plan=p,
+        data_sources=[n for n in p.sources if kinds[n] in DATA_KINDS],
+        file_sources=[n for n in p.sources if kinds[n] not in DATA_KINDS],
+        storages=list(p.storages),
+        estimates={n: int((state.estimates or {}).get(n, 0)) for n in p.sources},
+    )
 
 
-def start_message(plan: dict[str, Any]) -> str:
+def start_message(plan: Plan) -> str:
     """One line announcing the planned run (the start notification)."""
-    return (f"backup {plan['snapshot_id']} starting: {plan['type']}"
-            + (f" (requested {plan['requested_type']}: {plan['promoted_reason']})" if plan.get("promoted_reason") else "")
-            + f", parent {plan['parent'] or '-'}, sources {', '.join(plan['sources'])}, storages "
-            + f"{', '.join(plan['storages'])}, about {mb(plan.get('estimated_bytes'))}"
-            + (f", comment: {plan['comment']}" if plan.get("comment") else "")
-            + (" — already committed, nothing to extract" if plan.get("already_committed") else ""))
+    p = as_plan(plan)
+    return (f"backup {p.snapshot_id} starting: {p.type}"
+            + (f" (requested {p.requested_type}: {p.promoted_reason})" if p.promoted_reason else "")
+            + f", parent {p.parent or '-'}, sources {', '.join(p.sources)}, storages "
+            + f"{', '.join(p.storages)}, about {mb(p.estimated_bytes)}"
+            + (f", comment: {p.comment}" if p.comment else "")
+            + (" — already committed, nothing to extract" if p.already_committed else ""))
 
 
 # ------------------------------------------------------------------------------------------------ in one process
@@ -266,26 +442,20 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
                                   storages=storages, resolver=resolver, checksum=checksum, sources=sources,
                                   comment=comment)
     return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
-            "storages": p.storages, "system_state": state, "manifest": snap.doc}
+            "storages": p.storages, "system_state": state.to_dict(), "manifest": snap.doc}
 
 
 # ------------------------------------------------------------------------------------------------ backup
-def _plan(plan: dict[str, Any]):
-    from ..engine.snapshot import Plan
-
-    return Plan.from_dict(dict(plan))
-
-
-def extract_source(cfg: Config, plan: dict[str, Any], source: str, scratch: Path, resolver: Any = None,
-                   estimate: int | None = None) -> dict[str, Any]:
+def extract_source(cfg: Config, plan: Plan, source: str, scratch: Path, resolver: Any = None,
+                   estimate: int | None = None) -> ExtractResult:
     """Back up one source into the primary storage (objects + part record); idempotent for a retry."""
     from ..engine import snapshot
     from ..engine.progress import Progress
 
-    p = _plan(plan)
+    p = as_plan(plan)
     if p.already_committed:
         log.info("%s is already committed: nothing to extract for %s", p.snapshot_id, source)
-        return {"source": source, "skipped": "already committed"}
+        return ExtractResult(source=source, skipped="already committed")
     from ..repository import Repository
 
     primary = open_storage(cfg, p.storages[0], resolver)
@@ -298,30 +468,30 @@ def extract_source(cfg: Config, plan: dict[str, Any], source: str, scratch: Path
             out = snapshot.extract(cfg, p, source, primary, resolver=resolver, progress=progress)
     finally:
         progress.close()
-    return out
+    return ExtractResult(**out)
 
 
-def commit_snapshot(cfg: Config, plan: dict[str, Any], resolver: Any = None) -> dict[str, Any]:
+def commit_snapshot(cfg: Config, plan: Plan, resolver: Any = None) -> CommitResult:
     """Write the manifest on the primary storage — last, it is the commit marker."""
     from ..engine import snapshot
     from ..repository import Repository
 
-    p = _plan(plan)
+    p = as_plan(plan)
     primary = open_storage(cfg, p.storages[0], resolver)
     with Repository(primary, cfg).backup_lock(p.snapshot_id, operation="commit") as held:
         snap = snapshot.commit(cfg, p, primary, locks=held)
     d = snap.doc
-    return {"snapshot_id": snap.id, "type": snap.type, "parent": snap.parent, "chain": snap.chain,
-            "storage": primary.name, "files": d["totals"]["files"], "bytes": d["totals"]["bytes"],
-            "stored_bytes": d["totals"]["stored_bytes"], "objects": d["totals"]["objects"],
-            "duration_seconds": d.get("duration_seconds"), "already_committed": bool(p.already_committed)}
+    return CommitResult(snapshot_id=snap.id, type=snap.type, parent=snap.parent, chain=snap.chain,
+                        storage=primary.name, files=d["totals"]["files"], bytes=d["totals"]["bytes"],
+                        stored_bytes=d["totals"]["stored_bytes"], objects=d["totals"]["objects"],
+                        duration_seconds=d.get("duration_seconds"), already_committed=bool(p.already_committed))
 
 
-def upload_to(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = None) -> dict[str, Any]:
+def upload_to(cfg: Config, plan: Plan, storage: str, resolver: Any = None) -> UploadResult:
     """Primary: check every object of the chain is there. Other storages: replicate (SHA-256 checked, manifest last)."""
     from ..engine import snapshot
 
-    p = _plan(plan)
+    p = as_plan(plan)
     t0 = time.monotonic()
     primary_name = p.storages[0]
     if storage == primary_name:
@@ -335,8 +505,8 @@ def upload_to(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = N
         objects = list(snap.objects())
         log.info("%s is the primary: %s committed there with %d object(s), %s", storage, snap.id, len(objects),
                  mb(sum(o["size"] for o in objects)))
-        return {"storage": storage, "role": "primary", "objects": len(objects),
-                "bytes": sum(o["size"] for o in objects), "seconds": round(time.monotonic() - t0, 3)}
+        return UploadResult(storage=storage, role="primary", objects=len(objects),
+                            bytes=sum(o["size"] for o in objects), seconds=round(time.monotonic() - t0, 3))
     src = open_storage(cfg, primary_name, resolver, read_only=True)
     dst = open_storage(cfg, storage, resolver)
     log.info("replicating %s from %s to %s", p.snapshot_id, src.describe(), dst.describe())
@@ -350,16 +520,16 @@ def upload_to(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = N
         log.info("back-filled %d snapshot(s) %s missed: %s", len(filled), storage, ", ".join(filled))
     seconds = round(time.monotonic() - t0, 3)
     log.info("replicated %s to %s: %s copied in %.1fs", p.snapshot_id, storage, mb(copied), seconds)
-    return {"storage": storage, "role": "replica", "copied_bytes": copied, "seconds": seconds, "backfilled": filled}
+    return UploadResult(storage=storage, role="replica", copied_bytes=copied, seconds=seconds, backfilled=filled)
 
 
 # ------------------------------------------------------------------------------------------------ verify
-def check_integrity(cfg: Config, plan: dict[str, Any], storage: str, resolver: Any = None) -> dict[str, Any]:
+def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None) -> IntegrityResult:
     """What landed on ``storage``: every object of the new snapshot re-read and SHA-256 checked; the rest of
     its chain (manifests, presence and sizes) checked structurally."""
     from ..engine.checker import object_problem, verify
 
-    p = _plan(plan)
+    p = as_plan(plan)
     t0 = time.monotonic()
     st = open_storage(cfg, storage, resolver, read_only=True)
     cat = Catalog(st, cfg.application)
@@ -374,9 +544,9 @@ def check_integrity(cfg: Config, plan: dict[str, Any], storage: str, resolver: A
         if problem:
             problems.append(f"{snap.id}: {problem}")
     seconds = round(time.monotonic() - t0, 3)
-    report = {"storage": storage, "ok": not problems, "snapshot_id": snap.id, "objects_hashed": hashed,
-              "bytes_hashed": hashed_bytes, "chain_objects": structure.objects, "problems": problems[:20],
-              "seconds": seconds}
+    report = IntegrityResult(storage=storage, ok=not problems, snapshot_id=snap.id, objects_hashed=hashed,
+                             bytes_hashed=hashed_bytes, chain_objects=structure.objects, problems=problems[:20],
+                             seconds=seconds)
     if problems:
         raise IntegrityError(f"integrity check of {snap.id} on {storage} failed ({len(problems)} problem(s)):\n  - "
                              + "\n  - ".join(problems[:20]),
@@ -386,18 +556,18 @@ def check_integrity(cfg: Config, plan: dict[str, Any], storage: str, resolver: A
     return report
 
 
-def validate_data(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: Any = None) -> dict[str, Any]:
+def validate_data(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None) -> ValidationResult:
     """Great Expectations on the backed-up databases: restored (read-only storage) into this task's scratch dir."""
     from ..engine.restorer import restore
 
-    p = _plan(plan)
+    p = as_plan(plan)
     st = open_storage(cfg, p.storages[0], resolver, read_only=True)
     cat = Catalog(st, cfg.application)
     snap = cat.get(p.snapshot_id)
     dbs = [n for n in sorted(snap.sources) if snap.sources[n]["kind"] in DB_KINDS]
     if not dbs:
         log.info("%s has no database source: nothing to validate", snap.id)
-        return {"snapshot_id": snap.id, "storage": st.name, "databases": {}, "skipped": "no database source"}
+        return ValidationResult(snapshot_id=snap.id, storage=st.name, databases={}, skipped="no database source")
     t0 = time.monotonic()
     results = restore(st, cat, snap, scratch / "restore", sources=dbs)
     validated = validate_restored(snap, {r.source: Path(r.path) for r in results}, pg_scratch_dsn(resolver))
@@ -405,16 +575,16 @@ def validate_data(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: An
         log.info("validation of %s: %s", name, "skipped" if r.get("success") is None else
                  f"{r['statistics']['successful_expectations']}/{r['statistics']['evaluated_expectations']} met")
     raise_failed("data validation", snap.id, validated)
-    return {"snapshot_id": snap.id, "storage": st.name, "databases": compact_results(validated),
-            "seconds": round(time.monotonic() - t0, 3)}
+    return ValidationResult(snapshot_id=snap.id, storage=st.name, databases=compact_results(validated),
+                            seconds=round(time.monotonic() - t0, 3))
 
 
-def test_restore(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: Any = None) -> dict[str, Any]:
+def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None) -> RestoreTestResult:
     """Restore the whole chain from the last storage of the run (a replica when there is one), read-only, into
     this task's scratch dir: every file SHA-256 checked by the restorer, then the same GX suite on the databases."""
     from ..engine.restorer import restore
 
-    p = _plan(plan)
+    p = as_plan(plan)
     t0 = time.monotonic()
     st = open_storage(cfg, p.storages[-1], resolver, read_only=True)
     cat = Catalog(st, cfg.application)
@@ -429,40 +599,40 @@ def test_restore(cfg: Config, plan: dict[str, Any], scratch: Path, resolver: Any
     seconds = round(time.monotonic() - t0, 3)
     log.info("test restore of %s OK: %d file(s), %s, all SHA-256 verified, in %.1fs", snap.id,
              sum(s["files"] for s in sources.values()), mb(sum(s["bytes"] for s in sources.values())), seconds)
-    return {"snapshot_id": snap.id, "storage": st.name, "chain": chain, "sources": sources,
-            "validation": compact_results(validated), "seconds": seconds}
+    return RestoreTestResult(snapshot_id=snap.id, storage=st.name, chain=chain, sources=sources,
+                             validation=compact_results(validated), seconds=seconds)
 
 
 # ------------------------------------------------------------------------------------------------ post_backup
-def completion_summary(cfg: Config, plan: dict[str, Any], committed: dict[str, Any], integrity: list[dict[str, Any]],
-                       validation: dict[str, Any], restore_test: dict[str, Any], extracts: list[dict[str, Any] | None],
-                       uploads: list[dict[str, Any] | None], run_seconds: float | None,
-                       resolver: Any = None) -> dict[str, Any]:
+def completion_summary(cfg: Config, plan: Plan, committed: CommitResult, integrity: list[IntegrityResult],
+                       validation: ValidationResult, restore_test: RestoreTestResult,
+                       extracts: list[ExtractResult | None], uploads: list[UploadResult | None],
+                       run_seconds: float | None, resolver: Any = None) -> CompletionSummary:
     """id, type, sizes, durations and checks of the run (read from the committed manifest + the tasks' XComs)."""
-    p = _plan(plan)
+    p = as_plan(plan)
     st = open_storage(cfg, p.storages[0], resolver, read_only=True)
     snap = Catalog(st, cfg.application).get(p.snapshot_id)
     d = snap.doc
-    seconds = {e["source"]: e.get("seconds") for e in extracts if e and "source" in e}
+    seconds = {e.source: e.seconds for e in extracts if e}
     sources = {n: {"kind": r["kind"], "files": r["files"], "bytes": r["bytes"], "stored_files": r["stored_files"],
                    "stored_bytes": r["stored_bytes"], "deleted": r["deleted"], "warnings": len(r["warnings"]),
                    "extract_seconds": seconds.get(n)} for n, r in sorted(d["sources"].items())}
-    return {
-        "snapshot_id": snap.id, "application": cfg.application, "tier": d["tier"], "type": d["type"],
-        "requested_type": d["requested_type"], "promoted_reason": d.get("promoted_reason"), "parent": d.get("parent"),
-        "chain": d["chain"], "logical_date": d["logical_date"], "comment": d.get("comment", ""),
-        "storages": list(p.storages), "sources": sources, "totals": d["totals"],
-        "durations": {"snapshot_seconds": d.get("duration_seconds"), "run_seconds": run_seconds,
-                      "upload_seconds": {u["storage"]: u.get("seconds") for u in uploads if u}},
-        "checks": {
-            "integrity": {i["storage"]: {"ok": i["ok"], "objects_hashed": i["objects_hashed"],
-                                         "bytes_hashed": i["bytes_hashed"]} for i in integrity if i},
-            "validation": validation.get("databases", {}),
-            "restore_test": {"storage": restore_test.get("storage"), "files": sum(
-                s["files"] for s in restore_test.get("sources", {}).values()), "validation": restore_test.get("validation")},
+    return CompletionSummary(
+        snapshot_id=snap.id, application=cfg.application, tier=d["tier"], type=d["type"],
+        requested_type=d["requested_type"], promoted_reason=d.get("promoted_reason"), parent=d.get("parent"),
+        chain=d["chain"], logical_date=d["logical_date"], comment=d.get("comment", ""),
+        storages=list(p.storages), sources=sources, totals=d["totals"],
+        durations={"snapshot_seconds": d.get("duration_seconds"), "run_seconds": run_seconds,
+                   "upload_seconds": {u.storage: u.seconds for u in uploads if u}},
+        checks={
+            "integrity": {i.storage: {"ok": i.ok, "objects_hashed": i.objects_hashed,
+                                      "bytes_hashed": i.bytes_hashed} for i in integrity if i},
+            "validation": validation.databases,
+            "restore_test": {"storage": restore_test.storage, "files": sum(
+                s["files"] for s in restore_test.sources.values()), "validation": restore_test.validation},
         },
-        "status": "success",
-    }
+        status="success",
+    )
 
 
 def summary_text(s: dict[str, Any]) -> str:
@@ -524,24 +694,27 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
     return doc, "\n".join(md)
 
 
-def complete_run(cfg: Config, plan: dict[str, Any], committed: dict[str, Any], integrity: list[dict[str, Any]],
-                 validation: dict[str, Any], restore_test: dict[str, Any], extracts: list[dict[str, Any] | None],
-                 uploads: list[dict[str, Any] | None], *, run_seconds: float | None, dag_id: str, run_id: str,
-                 manual: dict[str, Any] | None = None, resolver: Any = None) -> dict[str, Any]:
+def complete_run(cfg: Config, plan: Plan, committed: CommitResult, integrity: list[IntegrityResult],
+                 validation: ValidationResult, restore_test: RestoreTestResult, extracts: list[ExtractResult | None],
+                 uploads: list[UploadResult | None], *, run_seconds: float | None, dag_id: str, run_id: str,
+                 manual: dict[str, Any] | None = None, resolver: Any = None) -> CompletionSummary:
     """The end of a run: :func:`completion_summary`, logged, and its result document stored next to the snapshot
     on every storage of the run. ``manual`` (requested_by, approval, params) makes it the backup_manual document."""
-    summary = completion_summary(cfg, plan, committed, integrity, validation, restore_test, extracts, uploads,
+    p = as_plan(plan)
+    summary = completion_summary(cfg, p, committed, integrity, validation, restore_test, extracts, uploads,
                                  run_seconds, resolver)
-    log.info("%s", summary_text(summary))
+    text = summary_text(summary.to_dict())
+    log.info("%s", text)
     if manual is not None:
-        doc, md = manual_report(summary, dag_id=dag_id, run_id=run_id, requested_by=manual.get("requested_by"),
-                                approval=manual.get("approval"), params=manual.get("params") or {})
-        summary["report"] = write_report(cfg, plan["storages"], plan["snapshot_id"], doc, md, resolver)
-        summary["requested_by"], summary["approval"] = doc["requested_by"], doc["approval"]
+        doc, md = manual_report(summary.to_dict(), dag_id=dag_id, run_id=run_id,
+                                requested_by=manual.get("requested_by"), approval=manual.get("approval"),
+                                params=manual.get("params") or {})
+        summary.report = write_report(cfg, p.storages, p.snapshot_id, doc, md, resolver)
+        summary.requested_by, summary.approval = doc["requested_by"], doc["approval"]
     else:
-        md = f"# Backup {summary['snapshot_id']}\n\n```\n{summary_text(summary)}\n```\n"
-        summary["report"] = write_report(cfg, plan["storages"], plan["snapshot_id"],
-                                         {"kind": "backup-result", **summary}, md, resolver)
+        md = f"# Backup {summary.snapshot_id}\n\n```\n{text}\n```\n"
+        summary.report = write_report(cfg, p.storages, p.snapshot_id,
+                                      {"kind": "backup-result", **summary.to_dict()}, md, resolver)
     return summary
 
 
@@ -567,8 +740,8 @@ def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[s
     return keys
 
 
-def cleanup(cfg: Config | None, plan: dict[str, Any] | None, dag_id: str, run_id: str, resolver: Any = None,
-            *, stale_after_seconds: float = 2 * 86400) -> dict[str, Any]:
+def cleanup(cfg: Config | None, plan: Plan | None, dag_id: str, run_id: str, resolver: Any = None,
+            *, stale_after_seconds: float = 2 * 86400) -> CleanupResult:
     """Remove this run's scratch on this worker (each task already removed its own) and stale scratch of earlier
     runs of the DAG; report (never delete) uncommitted objects, which a retry of the run reuses."""
     removed: list[str] = []
@@ -586,21 +759,22 @@ def cleanup(cfg: Config | None, plan: dict[str, Any] | None, dag_id: str, run_id
                     removed.append(str(old))
             except OSError:
                 continue
-    out: dict[str, Any] = {"removed": removed}
+    out = CleanupResult(removed=removed)
     if cfg is not None and plan is not None:
+        p = as_plan(plan)
         try:
-            st = open_storage(cfg, plan["storages"][0], resolver, read_only=True)
-            committed = st.exists(manifest_key(plan["snapshot_id"]))
-            out["committed"] = committed
+            st = open_storage(cfg, p.storages[0], resolver, read_only=True)
+            committed = st.exists(manifest_key(p.snapshot_id))
+            out.committed = committed
             if not committed:
                 from ..repository import data_prefix
 
-                left = list(st.list(data_prefix(plan["snapshot_id"])))
-                out["uncommitted_objects"] = len(left)
+                left = list(st.list(data_prefix(p.snapshot_id)))
+                out.uncommitted_objects = len(left)
                 if left:
                     log.warning("%s was not committed: %d object(s), %s, stay on %s for a retry of this run (a snapshot "
                                 "without a manifest does not exist for restores; retention removes such leftovers)",
-                                plan["snapshot_id"], len(left), mb(sum(o.size for o in left)), st.name)
+                                p.snapshot_id, len(left), mb(sum(o.size for o in left)), st.name)
         except BackupError as exc:
             log.warning("cleanup could not inspect the primary storage: %s", exc.message)
     log.info("cleanup: removed %d scratch dir(s)", len(removed))

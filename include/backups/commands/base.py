@@ -18,6 +18,11 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        """The result back from its :meth:`to_dict` form (an XCom pulled by a later task); unknown keys are ignored."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
 
 def config_and_resolver(path: str | None = None, resolver: Any = None) -> tuple[Config, Any]:
     """The config (``path``, ``$BACKUP_CONFIG`` or the shipped file) and the resolver its ``conn_id`` need:

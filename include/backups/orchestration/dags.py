@@ -2,7 +2,8 @@
 
 One factory (:func:`build_backup_dag`) wires the same task graph for both; the manual DAG adds a
 ``Param`` form and a human approval gate in front. Task bodies are thin adapters: read the context, call one
-step of :mod:`backups.commands.backup`, return its small dict; errors are mapped by
+step of :mod:`backups.commands.backup` (typed inputs rebuilt from XCom with ``X.from_dict()``), push its result's
+``to_dict()``; errors are mapped by
 :func:`backups.orchestration.adapters.task_errors`. Nothing heavy is imported here (the engine, GX, boto3,
 paramiko, psycopg load inside the steps), so a DAG file parses in milliseconds.
 
@@ -165,7 +166,7 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
         def check_system_state() -> dict[str, Any]:
             cfg_, resolver = runtime(tier)
             sel = steps.selection(cfg_, tier, _ctx()["params"])
-            return steps.check_system_state(cfg_, sel, resolver)
+            return steps.check_system_state(cfg_, sel, resolver).to_dict()
 
         @task(task_id="prepare_environment", multiple_outputs=True)
         @task_errors()
@@ -173,12 +174,13 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             ctx = _ctx()
             cfg_, resolver = runtime(tier)
             logical = ctx.get("logical_date") or ctx["dag_run"].run_after
-            return steps.prepare_environment(cfg_, steps.selection(cfg_, tier, ctx["params"]), logical, state, resolver)
+            return steps.prepare_environment(cfg_, steps.selection(cfg_, tier, ctx["params"]), logical,
+                                             steps.SystemState.from_dict(state), resolver).to_dict()
 
         @task(task_id="notify_start")
         @task_errors()
         def notify_start(plan: dict[str, Any]) -> str:
-            msg = steps.start_message(plan)
+            msg = steps.start_message(steps.as_plan(plan))
             steps.log.info("%s", msg)
             notifiers.publish("backup_start", {"dag_id": _ctx()["dag"].dag_id, "run_id": _ctx()["run_id"],
                                                "snapshot_id": plan["snapshot_id"], "message": msg, "plan": plan})
@@ -200,7 +202,8 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
                     raise AirflowSkipException(f"source {source} is not part of this run")
                 cfg_, resolver = runtime(tier)
                 with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], f"extract-{source}") as scratch:
-                    return steps.extract_source(cfg_, plan, source, scratch, resolver, estimates.get(source))
+                    return steps.extract_source(cfg_, steps.as_plan(plan), source, scratch, resolver,
+                                                estimates.get(source)).to_dict()
 
             return extract
 
@@ -216,11 +219,11 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
         @task_errors()
         def commit(plan: dict[str, Any]) -> dict[str, Any]:
             cfg_, resolver = runtime(tier)
-            info = steps.commit_snapshot(cfg_, plan, resolver)
+            info = steps.commit_snapshot(cfg_, steps.as_plan(plan), resolver)
             _ctx()["outlet_events"][asset].extra = {
-                "snapshot_id": info["snapshot_id"], "type": info["type"], "parent": info["parent"],
+                "snapshot_id": info.snapshot_id, "type": info.type, "parent": info.parent,
                 "storages": list(plan["storages"]), "application": app, "tier": tier}
-            return info
+            return info.to_dict()
 
         committed = commit(prep["plan"])
         started >> [extract_data, extract_config]
@@ -233,7 +236,7 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             if storage not in plan["storages"]:
                 raise AirflowSkipException(f"storage {storage} is not part of this run")
             cfg_, resolver = runtime(tier)
-            return steps.upload_to(cfg_, plan, storage, resolver)
+            return steps.upload_to(cfg_, steps.as_plan(plan), storage, resolver).to_dict()
 
         uploaded = upload.partial(plan=prep["plan"], committed=committed).expand(storage=list(candidates.storages))
 
@@ -246,7 +249,7 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             if storage not in plan["storages"]:
                 raise AirflowSkipException(f"storage {storage} is not part of this run")
             cfg_, resolver = runtime(tier)
-            return steps.check_integrity(cfg_, plan, storage, resolver)
+            return steps.check_integrity(cfg_, steps.as_plan(plan), storage, resolver).to_dict()
 
         @task(task_id="validate_data", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **io_pool_args())
         @task_errors()
@@ -254,7 +257,7 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             ctx = _ctx()
             cfg_, resolver = runtime(tier)
             with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "validate") as scratch:
-                return steps.validate_data(cfg_, plan, scratch, resolver)
+                return steps.validate_data(cfg_, steps.as_plan(plan), scratch, resolver).to_dict()
 
         @task(task_id="test_restore", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **io_pool_args())
         @task_errors()
@@ -262,7 +265,7 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             ctx = _ctx()
             cfg_, resolver = runtime(tier)
             with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "restore") as scratch:
-                return steps.test_restore(cfg_, plan, scratch, resolver)
+                return steps.test_restore(cfg_, steps.as_plan(plan), scratch, resolver).to_dict()
 
         integrity = check_integrity.partial(plan=prep["plan"]).expand(storage=list(candidates.storages))
         validated = validate_data(prep["plan"])
@@ -284,14 +287,19 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             begun = getattr(dag_run, "start_date", None)
             run_seconds = round((datetime.now(UTC) - begun).total_seconds(), 1) if begun else None
             summary = steps.complete_run(
-                cfg_, plan, committed, [c for c in checks if c], validation, restore_test, list(extracts), list(uploads),
+                cfg_, steps.as_plan(plan), steps.CommitResult.from_dict(committed),
+                [steps.IntegrityResult.from_dict(c) for c in checks if c], steps.ValidationResult.from_dict(validation),
+                steps.RestoreTestResult.from_dict(restore_test),
+                [steps.ExtractResult.from_dict(e) if e else None for e in extracts],
+                [steps.UploadResult.from_dict(u) if u else None for u in uploads],
                 run_seconds=run_seconds, resolver=resolver, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
                 manual=None if not manual else {
                     "requested_by": getattr(dag_run, "triggering_user_name", None),
                     "approval": ti.xcom_pull(task_ids="approve_backup", map_indexes=-1),
                     "params": {k: ctx["params"].get(k) for k in MANUAL_PARAMS}})
-            notifiers.publish("backup_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
-            return summary
+            result = summary.to_dict()
+            notifiers.publish("backup_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **result})
+            return result
 
         done = notify_completion(prep["plan"], committed, validated, restored)
         integrity >> done
@@ -305,7 +313,8 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
                 cfg_, resolver = runtime(tier)
             except BackupError:
                 cfg_, resolver = None, None
-            return steps.cleanup(cfg_, plan, ctx["dag"].dag_id, ctx["run_id"], resolver)
+            return steps.cleanup(cfg_, steps.as_plan(plan) if plan else None, ctx["dag"].dag_id, ctx["run_id"],
+                                 resolver).to_dict()
 
         # every task that uses scratch space is a direct upstream: cleanup starts only once they are all done
         [extract_data, extract_config, validated, restored, done] >> cleanup()
