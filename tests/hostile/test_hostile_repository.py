@@ -108,6 +108,16 @@ def rename_source(*names: str) -> Callable[[Path], None]:
     return craft
 
 
+def set_object_key(kind: str, key: str) -> Callable[[Path], None]:
+    """An object record of the manifest that points at another key (another snapshot's, or outside data/)."""
+    def craft(repo: Path) -> None:
+        doc = _manifest(repo)
+        doc["sources"][SOURCE]["objects"][kind]["key"] = key
+        _reseal(repo, doc)
+
+    return craft
+
+
 def _ti(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     ti = tarfile.TarInfo(name)
     ti.type, ti.linkname, ti.mode, ti.mtime = kind, link, 0o644, 1_700_000_000
@@ -128,6 +138,9 @@ CASES: dict[str, Callable[[Path], None]] = {
     "source-dot": rename_source("."),
     "source-empty": rename_source(""),
     "source-newline": rename_source("data\n"),
+    # object keys of the manifest (a snapshot's objects live under data/<its id>/ only)
+    "object-key-dotdot": set_object_key("index", "data/../../../etc/passwd"),
+    "object-key-other-snapshot": set_object_key("archive", "data/full-20250101T000000Z/files.tar.zst"),
     # index entries
     "index-symlink-dotdot": set_index(_entry("../../y", "l", link="/etc/passwd")),
     "index-file-through-symlink": set_index(_entry("sub", "l", link=f"../{CANARY}"), _entry("sub/x")),

@@ -84,6 +84,22 @@ def unseal(raw: bytes, where: str) -> dict[str, Any]:
                 f"manifest {where} names a source {name!r}, which is not a safe name (lowercase letters, digits and _): "
                 "it could make a restore write outside its target; refusing to use this snapshot",
                 hint="the repository was tampered with: restore from another storage")
+    sid = doc.get("id")
+    if not isinstance(sid, str) or ID_RE.match(sid) is None:
+        raise RefusedError(f"manifest {where} has an invalid snapshot id {sid!r}; refusing to use this snapshot",
+                           hint="the repository was tampered with: restore from another storage")
+    for name, rec in sources.items():  # a snapshot's objects live under its own keys, and nowhere else
+        objects = rec.get("objects") if isinstance(rec, dict) else None
+        if not isinstance(objects, dict):
+            raise IntegrityError(f"manifest {where}: source {name!r} has no objects mapping",
+                                 hint="restore from another storage or an older snapshot")
+        for kind, obj in objects.items():
+            if obj is not None and (kind not in _EXT or not isinstance(obj, dict)
+                                    or obj.get("key") != object_key(sid, name, kind)):
+                raise RefusedError(
+                    f"manifest {where}: object {kind!r} of source {name!r} has the key "
+                    f"{obj.get('key') if isinstance(obj, dict) else obj!r}, not {object_key(sid, name, kind) if kind in _EXT else '?'}; "
+                    "refusing to use this snapshot", hint="the repository was tampered with: restore from another storage")
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise IntegrityError(
             f"manifest {where} has format_version {doc['format_version']}; this backupctl reads up to {FORMAT_VERSION}",
