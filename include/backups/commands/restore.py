@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -362,18 +363,28 @@ def include_selector(includes: list[str] | None) -> Callable[[str], bool]:
     return lambda p: matches(p, includes) or any(matches(p + "/x", [g]) for g in dir_globs)
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """(hex SHA-256, size) of a file."""
-    with open(path, "rb") as fh:
+def sha256_file(root: Path, rel: str) -> tuple[str, int]:
+    """(hex SHA-256, size) of the regular file ``rel`` below ``root``, opened through directory descriptors with
+    ``O_NOFOLLOW`` (paths longer than PATH_MAX work; a symlink in the way is an OSError, never followed)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        *dirs, name = rel.split("/")
+        for part in dirs:
+            parent, fd = fd, os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(parent)
+        file_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+    with os.fdopen(file_fd, "rb") as fh:
         return sha256_of(fh)
 
+
 def regular_files(root: Path) -> Iterator[str]:
-    """Relative POSIX paths of the regular files (not symlinks) below ``root``."""
-    for dirpath, _dirs, files in os.walk(root):
+    """Relative POSIX paths of the regular files (not symlinks) below ``root`` (walked by directory descriptors)."""
+    for dirpath, _dirs, files, dir_fd in os.fwalk(root):
         for f in files:
-            full = os.path.join(dirpath, f)
-            if os.path.isfile(full) and not os.path.islink(full):
-                yield os.path.relpath(full, root).replace(os.sep, "/")
+            if stat.S_ISREG(os.stat(f, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                yield os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
 
 
 def hash_check(storage: Any, rec: dict[str, Any], root: Path, select: Callable[[str], bool], skip: set[str],
@@ -391,9 +402,12 @@ def hash_check(storage: Any, rec: dict[str, Any], root: Path, select: Callable[[
         if path in skip:
             continue
         try:
-            digest, size = sha256_file(root / path)
+            digest, size = sha256_file(root, path)
         except FileNotFoundError:
             problems.append(f"{path}: missing")
+            continue
+        except OSError as exc:  # a symlink or a non-directory where the snapshot has a directory
+            problems.append(f"{path}: not a regular file below {root} ({exc.strerror})")
             continue
         if digest != e[5] or size != e[1]:
             problems.append(f"{path}: content differs from the snapshot (SHA-256 {digest[:12]}…, index {str(e[5])[:12]}…)")

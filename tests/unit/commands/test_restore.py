@@ -169,3 +169,45 @@ def test_cli_restore_without_airflow_imports_gx_only_to_validate(app):
                        env=subprocess_env())
     assert p.returncode == 0 and "GX True False" in p.stderr, p.stderr
     assert "expectations met" in p.stdout
+
+
+def test_cli_restore_reverifies_paths_longer_than_path_max(tmp_path):
+    """The re-hash after a restore walks by directory descriptors: a path over 4 KiB verifies instead of failing
+    with ENAMETOOLONG, and a symlink swapped into the restored tree is reported, never followed."""
+    import os
+
+    from tests.property.tools import backupctl, files_config
+
+    root = tmp_path / "src"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY)
+    for _ in range(20):  # 20 × 250-byte components: about 5 KiB
+        os.mkdir("d" * 250, dir_fd=fd)
+        fd, old = os.open("d" * 250, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    f = os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    os.write(f, b"deep\n")
+    os.close(f)
+    os.close(fd)
+    files_config(tmp_path, root, tmp_path / "repo")
+    assert backupctl("backup", "--tier", "full", config=tmp_path / "backups.yaml").returncode == 0
+    proc = backupctl("restore", "latest", "--target", str(tmp_path / "out"), "--json", config=tmp_path / "backups.yaml")
+    assert proc.returncode == 0, proc.stderr
+    verified = json.loads(proc.stdout)["verified"]
+    assert verified["ok"] is True and next(iter(verified["files"].values()))["files_checked"] == 1
+    # a symlink planted where the snapshot has a directory is a problem, and is not followed
+    restored = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+    os.rename(restored / ("d" * 250), tmp_path / "moved")
+    os.symlink(tmp_path / "moved", restored / ("d" * 250))
+    _, problems = rc.hash_check(*_index_args(tmp_path, restored))
+    assert len(problems) == 1 and "not a regular file" in problems[0]
+
+
+def _index_args(tmp_path, restored):
+    from backups.catalog import Catalog
+    from backups.storage import LocalStorage
+    from tests.property.tools import APP, SOURCE
+
+    storage = LocalStorage(tmp_path / "repo")
+    snap = Catalog(storage, APP).get("latest")
+    return storage, snap.sources[SOURCE], restored, (lambda p: True), set(), True
