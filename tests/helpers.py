@@ -91,3 +91,27 @@ def make_app(tmp_path: Path, *, scale: float = 0.5, seed: int = 3) -> dict:
     fmr.generate(home, scale=scale, seed=seed)
     cfg_path = write_config(tmp_path / "backups.yaml", home, root)
     return {"home": home, "root": root, "config_path": cfg_path, "cfg": load_config(cfg_path), "tmp": tmp_path}
+
+
+class LoopbackResolver:
+    """The connection-resolver protocol (``backups.connections``) for the tests' loopback servers: a moto S3
+    server at ``s3_url`` and a real ``sshd``; ``s3_args`` go to the S3 client (timeouts, retries)."""
+
+    s3_args: dict = {}
+
+    def __init__(self, s3_url: str | None, sshd) -> None:
+        self.s3_url, self.sshd = s3_url, sshd
+
+    def s3_client(self, conn_id: str):
+        from tests.unit.storage.test_s3 import make_client
+
+        return make_client(self.s3_url, **self.s3_args)
+
+    def sftp_client_factory(self, conn_id: str):
+        return self.sshd.factory()
+
+    def secret(self, conn_id: str) -> str:
+        raise AssertionError("not used")
+
+    def postgres_dsn(self, conn_id: str) -> str:
+        raise AssertionError("not used")

@@ -38,7 +38,7 @@ import pytest
 
 from backups.cli import main
 from backups.demo import fmr
-from tests.helpers import db_rows, make_app, tree
+from tests.helpers import LoopbackResolver, db_rows, make_app, tree
 
 SEED = int(os.environ.get("FAULTS_SEED", "8"))
 LONG = os.environ.get("FAULTS_LONG") == "1"
@@ -244,11 +244,15 @@ def test_old_logical_date_backup_racing_prune(repo):
 
 
 # ---- remote storages: the connection is cut while a lock is held and while the snapshot commits -------------
-class _Remote:
-    """A primary on a real server that can be cut and brought back: SFTP (sshd) or S3 (a moto server)."""
+class _Remote(LoopbackResolver):
+    """A primary on a real server that can be cut and brought back: SFTP (sshd) or S3 (a moto server); it is
+    also the resolver of its connection."""
+
+    s3_args = {"connect_timeout": 1, "read_timeout": 5}
 
     def __init__(self, kind: str, tmp: Path, sshd=None) -> None:
-        self.kind, self.tmp, self.sshd = kind, tmp, sshd
+        super().__init__(None, sshd)
+        self.kind, self.tmp = kind, tmp
         self.moto = None
         if kind == "s3":
             from moto.server import ThreadedMotoServer
@@ -256,7 +260,7 @@ class _Remote:
             self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             self.moto.start()
             self.port = self.moto.get_host_and_port()[1]
-            self.url = f"http://127.0.0.1:{self.port}"
+            self.url = self.s3_url = f"http://127.0.0.1:{self.port}"
             from tests.unit.storage.test_s3 import make_client
 
             with contextlib.suppress(Exception):  # moto keeps buckets in-process across servers
@@ -283,21 +287,6 @@ class _Remote:
             self.moto.start()  # moto keeps its state in this process: the bucket is still there
         else:
             self.sshd.start()
-
-    # the resolver protocol
-    def s3_client(self, conn_id: str):
-        from tests.unit.storage.test_s3 import make_client
-
-        return make_client(self.url, connect_timeout=1, read_timeout=5)
-
-    def sftp_client_factory(self, conn_id: str):
-        return self.sshd.factory()
-
-    def secret(self, conn_id: str) -> str:
-        raise AssertionError("not used")
-
-    def postgres_dsn(self, conn_id: str) -> str:
-        raise AssertionError("not used")
 
 
 @pytest.fixture(params=["sftp", "s3"])

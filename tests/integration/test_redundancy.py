@@ -20,28 +20,14 @@ from backups.engine.restorer import restore
 from backups.engine.snapshot import run_backup
 from backups.errors import EncryptionError, StorageError
 from backups.storage import open_storage
-from tests.helpers import app_tree, db_rows, write_config
+from tests.helpers import LoopbackResolver, app_tree, db_rows, write_config
 from tests.unit.storage.test_s3 import BUCKET, make_client, s3_endpoint  # noqa: F401 - fixture
 from tests.unit.storage.test_sftp import sshd  # noqa: F401 - fixture
 
 KEY = "a1" * 32
 
 
-class Resolver:
-    def __init__(self, s3_url: str, server) -> None:
-        self.s3_url, self.sshd = s3_url, server
-
-    def s3_client(self, conn_id: str):
-        return make_client(self.s3_url)
-
-    def sftp_client_factory(self, conn_id: str):
-        return self.sshd.factory()
-
-    def secret(self, conn_id: str) -> str:
-        raise AssertionError("not used")
-
-    def postgres_dsn(self, conn_id: str) -> str:
-        raise AssertionError("not used")
+Resolver = LoopbackResolver
 
 
 @pytest.fixture
