@@ -663,7 +663,7 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
     if approval:
         who = approval.get("responded_by_user") or {}
         approved = {"by": who.get("name") or who.get("id") or "unknown", "at": str(approval.get("responded_at")),
-                    "choice": (approval.get("chosen_options") or ["?"])[0], "note": (approval.get("params_input") or {}).get("note", "")}
+                    "choice": (approval.get("chosen_options") or ["?"])[0], "note": (approval.get("params_input") or {}).get("note") or ""}
     else:
         approved = {"by": None, "choice": "not required", "note": "require_approval was false"}
     doc = {"kind": "manual-backup-result", "dag_id": dag_id, "run_id": run_id,

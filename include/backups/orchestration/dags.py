@@ -39,6 +39,8 @@ RETRY_DELAY = timedelta(minutes=5)
 PLAN_TASK = "pre_backup.prepare_environment"
 #: the backup_manual form fields kept in its result document
 MANUAL_PARAMS = ("backup_type", "sources", "storages", "comment", "require_approval")
+#: the backup_manual params a run cannot do without: none (every field is nullable or has a valid default)
+MANUAL_REQUIRED: tuple[str, ...] = ()
 
 
 def asset_uri(cfg: Config, tier: str) -> str:
@@ -111,12 +113,14 @@ def manual_params(cfg: Config) -> dict[str, Param]:
         "backup_type": Param("full", type="string", enum=["full", "differential", "incremental"], title="Backup type",
                              description="full: complete, restorable alone; differential: changes since the last full; "
                                          "incremental: changes since the last backup of any type"),
-        "sources": Param(sources, type="array", items={"type": "string", "enum": sources}, minItems=1, uniqueItems=True,
-                         examples=sources, title="Sources", description="What to back up"),
-        "storages": Param(storages, type="array", items={"type": "string", "enum": storages}, minItems=1,
+        "sources": Param(sources, type=["null", "array"], items={"type": "string", "enum": sources}, uniqueItems=True,
+                         examples=sources, title="Sources", description="What to back up; empty: every source"),
+        "storages": Param(storages, type=["null", "array"], items={"type": "string", "enum": storages},
                           uniqueItems=True, examples=storages, title="Storages",
-                          description="Where to store it (the first in config order is the primary)"),
-        "comment": Param("", type="string", title="Comment", description="Why this backup is taken (kept in the manifest)"),
+                          description="Where to store it (the first in config order is the primary); empty: every "
+                                      "storage"),
+        "comment": Param(None, type=["null", "string"], title="Comment",
+                         description="Optional: why this backup is taken (kept in the manifest and the result document)"),
         "require_approval": Param(True, type="boolean", title="Require approval",
                                   description="Ask a person to approve before anything runs (turn off for scripts)"),
     }
@@ -320,18 +324,21 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
         [extract_data, extract_config, validated, restored, done] >> cleanup()
 
     if manual:
-        from .approval import BackupApprovalOperator
+        from .approval import BackupApprovalOperator, note_param
 
         approve = BackupApprovalOperator(
             task_id="approve_backup",
-            subject="Approve a {{ params.backup_type }} backup of " + app
-                    + ": {{ params.sources | join(', ') }} → {{ params.storages | join(', ') }}?",
+            subject="Approve a {{ params.backup_type or 'full' }} backup of " + app
+                    + ": {{ (params.sources or []) | join(', ') or 'every source' }} → "
+                      "{{ (params.storages or []) | join(', ') or 'every storage' }}?",
             body="Requested by **{{ dag_run.triggering_user_name or 'unknown' }}** (run `{{ run_id }}`).\n\n"
-                 "* type: {{ params.backup_type }}\n* sources: {{ params.sources | join(', ') }}\n"
-                 "* storages: {{ params.storages | join(', ') }}\n* comment: {{ params.comment or '-' }}\n\n"
+                 "* type: {{ params.backup_type or 'full' }}\n"
+                 "* sources: {{ (params.sources or []) | join(', ') or 'every source' }}\n"
+                 "* storages: {{ (params.storages or []) | join(', ') or 'every storage' }}\n"
+                 "* comment: {{ params.comment or '-' }}\n\n"
                  "Approve to run it now; Reject (or no answer in 24 h) skips the backup.",
             defaults="Reject",
             response_timeout=timedelta(hours=24),
-            params={"note": Param("", type="string", title="Note", description="Optional note for the result document")},
+            params={"note": note_param("result document")},
         )
         approve >> pre
