@@ -34,19 +34,20 @@ the params/XCom, call one step, push its ``to_dict()`` and map library errors to
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
 
+from ..commands import notes
 from ..commands import restore as restore_command
 from ..commands.backup import MANUAL_TIER, resolver_for
 from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RestoreResult, RunInfo, Verification
 from ..commands.validate import pg_scratch_dsn
 from ..config import Config, load_config
 from ..errors import BackupError
-from . import notifiers
-from .adapters import POOL, task_errors
+from . import notifiers, run_notes
+from .adapters import POOL, run_seconds, task_errors
 from .dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.restore")
@@ -267,17 +268,17 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     def report_task(loc: dict[str, Any], restored: dict[str, Any], verified: dict[str, Any]) -> dict[str, Any]:
         _cfg, _resolver, req, ctx = _runtime()
         ti, dag_run = ctx["ti"], ctx["dag_run"]
-        begun = getattr(dag_run, "start_date", None)
         run = RunInfo(door=ctx["dag"].dag_id, run_id=ctx["run_id"],
                       requested_by=getattr(dag_run, "triggering_user_name", None) or "unknown",
                       approval=restore_command.approval_from_hitl(ti.xcom_pull(task_ids=APPROVE_TASK, map_indexes=-1)),
-                      run_seconds=round((datetime.now(UTC) - begun).total_seconds(), 1) if begun else None,
+                      run_seconds=run_seconds(dag_run),
                       archive_wait=ti.xcom_pull(task_ids=WAIT_TASK, map_indexes=-1))
         location = Location.from_dict(loc)
         report = restore_command.build_report(req, location, RestoreResult.from_dict(restored),
                                               Verification.from_dict(verified), run)
         paths = restore_command.write_report(req.target, report)
         log.info("restore report written to %s:\n%s", ", ".join(paths), report.markdown)
+        run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], notes.restore_note(report.doc, paths))
         notifiers.publish("restore_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], "report": paths,
                                                "snapshot_id": location.snapshot_id, "target": req.target})
         return {"report": paths, "snapshot_id": location.snapshot_id, "target": req.target}
