@@ -173,3 +173,15 @@ def test_notes_fit_airflows_limit():
     out = fit(text)
     assert len(out) <= MAX_NOTE and out.endswith("\n…") and text.startswith(out[:-2])
     assert fit("short") == "short"
+
+
+def test_a_failed_run_says_what_failed_in_its_note(airflow_db, app):
+    run_backup(load_config(), "weekly", logical_date="2026-01-04T01:00:00Z")
+    target = app["tmp"] / "busy"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    dr = load_dags().dags["restore_snapshot"].test(run_conf={"target": str(target), "require_approval": False})
+    assert dr.state == "failed"
+    note = run_note(dr)
+    assert note.startswith("**Failed** — task `restore`"), note
+    assert "not empty" in note and "```" in note and len(note) <= 1000
