@@ -35,6 +35,10 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backups.monitoring import STATUS_VARIABLE, status_dir, status_path
+from backups.monitoring.dashboard import SCRIPT_CSP_HASH, render_dashboard, render_empty
+from backups.monitoring.metrics import CONTENT_TYPE, render_prometheus
+
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/backups"
@@ -136,8 +140,6 @@ def _config() -> Any:
 
 def load_status() -> tuple[dict | None, str, str | None]:
     """(status or None, where it came from, why it is missing)."""
-    from backups.monitoring import STATUS_VARIABLE, status_path
-
     problem = None
     try:
         from airflow.models import Variable
@@ -168,8 +170,6 @@ def load_status() -> tuple[dict | None, str, str | None]:
 
 def _report_dir_allowed(path: Path) -> bool:
     """Reports are served only from the monitoring folder (status_dir), never from an arbitrary path."""
-    from backups.monitoring import status_dir
-
     try:
         root = status_dir(_config()).resolve()
         return path.resolve().is_relative_to(root)
@@ -211,16 +211,14 @@ async def _unauthenticated_browser_to_login(request: Request, exc: StarletteHTTP
 _SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
-    # framed only by the Airflow UI itself (same origin); no scripts on the page
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-    "frame-ancestors 'self'",
+    # framed only by the Airflow UI itself (same origin); the page's one script (UI links) allowed by its hash
+    "Content-Security-Policy": f"default-src 'none'; script-src {SCRIPT_CSP_HASH}; style-src 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'self'",
 }
 
 
 @app.get("/", response_class=HTMLResponse)
 def dashboard(request: Request, _user: UserDep) -> HTMLResponse:
-    from backups.monitoring.dashboard import render_dashboard, render_empty
-
     status, source, problem = load_status()
     if status is None:
         html = render_empty(reason=problem, ui_base="../", monitoring_dag=MONITORING_DAG)
@@ -243,8 +241,6 @@ def status_json(_user: UserDep) -> JSONResponse:
 
 @app.get("/metrics")
 def metrics(_access: MetricsAccessDep) -> Response:
-    from backups.monitoring.metrics import CONTENT_TYPE, render_prometheus
-
     status, _source, problem = load_status()
     if status is None:
         # no status yet: say so in a scrapeable way (an empty body would look like "all fine")

@@ -121,7 +121,10 @@ def test_a_logged_in_session_sees_the_page_with_the_stale_tier_red(client, statu
     assert 'data-tier="monthly" data-state="critical"' in r.text
     assert 'data-tier="daily" data-state="ok"' in r.text
     assert "from Variable backup_monitoring_status" in r.text
-    assert "frame-ancestors 'self'" in r.headers["content-security-policy"]
+    csp = r.headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";") if d.strip())
+    assert directives["frame-ancestors"] == "'self'" and directives["default-src"] == "'none'"
+    assert directives["script-src"].startswith("'sha256-") and "unsafe" not in directives["script-src"]
     assert client.get("/backups/status.json").json()["application"] == "fmr-test"
 
 

@@ -13,6 +13,8 @@ The page is laid out for the Airflow UI's iframe (relative links; the UI's views
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
 from datetime import UTC, datetime, timedelta
 from html import escape
@@ -151,6 +153,19 @@ li.problem-critical { color: var(--critical); } li.problem-warning { color: var(
 """
 
 
+#: Links into the Airflow UI open in the UI itself, not inside the iframe the UI shows this page in: the iframe is
+#: sandboxed without top navigation but same-origin, so the script changes the parent's history and lets its
+#: router follow (a plain link when the page is opened on its own). The page's only script; CSP allows it by hash.
+_SCRIPT = (
+    "document.addEventListener('click',function(ev){var a=ev.target.closest&&ev.target.closest('a[data-ui]');"
+    "if(!a||ev.button!==0||ev.ctrlKey||ev.metaKey||ev.shiftKey||window.top===window)return;"
+    "try{var u=new URL(a.href,location.href);if(u.origin!==window.top.location.origin)return;"
+    "window.top.history.pushState(null,'',u.pathname+u.search+u.hash);"
+    "window.top.dispatchEvent(new PopStateEvent('popstate',{state:null}));ev.preventDefault();}catch(e){}});"
+)
+SCRIPT_CSP_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode() + "'"
+
+
 def _badge(state: str) -> str:
     s = state if state in _LABEL else "unknown"
     return f'<span class="badge {s}">{_LABEL[s]}</span>'
@@ -160,7 +175,8 @@ def _page(title: str, body: str) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n"
+        f"<script>{_SCRIPT}</script>\n</body></html>\n"
     )
 
 
@@ -170,7 +186,7 @@ def render_empty(*, reason: str | None = None, ui_base: str = "../", monitoring_
     body = (
         "<h1>Backups</h1>"
         '<div class="empty" id="empty-state"><h2>No monitoring status yet</h2>'
-        f"<p>The dashboard reads the status that the <a href=\"{_e(dag)}\"><code>{_e(monitoring_dag)}</code></a> "
+        f"<p>The dashboard reads the status that the <a data-ui href=\"{_e(dag)}\"><code>{_e(monitoring_dag)}</code></a> "
         "DAG writes. Unpause and trigger it (it runs every 30 minutes), then reload this page.</p>"
         "<p>Without Airflow's scheduler, <code>backupctl status --json</code> writes the same status file "
         "on this machine.</p>"
@@ -218,7 +234,7 @@ def render_dashboard(
     if source:
         meta.append(f"from {_e(source)}")
     parts.append(f'<div class="meta">{" · ".join(meta)}</div>')
-    links = [f'<a href="{_e(ui_base)}dags/{_q(monitoring_dag)}/runs">monitoring runs</a>']
+    links = [f'<a data-ui href="{_e(ui_base)}dags/{_q(monitoring_dag)}/runs">monitoring runs</a>']
     for kind, label in (("html", "status report"), ("json", "report JSON")):
         if reports_href and reports_href.get(kind):
             links.append(f'<a href="{_e(reports_href[kind])}">{label}</a>')
@@ -312,7 +328,8 @@ def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
     newest = t.get("newest_id")
     if newest:
         snap = f"<code>{_e(newest)}</code>"
-        detail = " · ".join(x for x in (_e(t.get("newest_type") or ""), _e(_when(t.get("newest_logical_date")))) if x)
+        logical = _when(t.get("newest_logical_date")) if t.get("newest_logical_date") else ""
+        detail = " · ".join(_e(x) for x in (t.get("newest_type") or "", logical) if x)
         snap += f'<div class="small">{detail}</div>' if detail else ""
     else:
         snap = "<em>no snapshot</em>"
@@ -333,7 +350,7 @@ def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
         when = _e(_when(run.get(at_key) or run.get("end")))
         if dag_id:
             href = f"{ui_base}dags/{_q(dag_id)}/runs/{_q(run['run_id'])}"
-            return (f'<a href="{_e(href)}" title="{_e(run["run_id"])}">{label or "run"}</a>'
+            return (f'<a data-ui href="{_e(href)}" title="{_e(run["run_id"])}">{label or "run"}</a>'
                     f'<div class="small">{when}</div>')
         return f'{label or _e(run["run_id"])}<div class="small">{when}</div>'
 
@@ -345,7 +362,7 @@ def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
         ver_cell = "never"
     name_cell = _e(name)
     if runs_href:
-        name_cell += f'<div class="small"><a href="{_e(runs_href)}">{_e(dag_id)}</a></div>'
+        name_cell += f'<div class="small"><a data-ui href="{_e(runs_href)}">{_e(dag_id)}</a></div>'
     return (
         f'<tr class="state-{_e(state)}" data-tier="{_e(name)}" data-state="{_e(state)}">'
         f'<td class="tier-name">{name_cell}</td><td>{_badge(state)}</td><td>{snap}</td>'

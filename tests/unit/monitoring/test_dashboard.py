@@ -114,7 +114,7 @@ def test_user_data_is_escaped_everywhere():
                               "report": evil})
     doc["storages"][0].update(storage=evil, error=evil, type=evil)
     html = render_dashboard(doc, now=NOW)
-    assert "<script" not in html
+    assert html.count("<script") == 1  # the page's own (see the CSP test), none from the data
     assert not re.search(r"<img\b", html)
     assert "&lt;script&gt;" in html
     # ids in URLs are percent-encoded, not just HTML-escaped
@@ -162,3 +162,16 @@ def test_garbage_fields_do_not_break_the_page():
 def test_formatters():
     assert human_bytes(None) == "—" and human_bytes(512) == "512 B" and human_bytes(1536) == "1.5 KiB"
     assert human_seconds(59) == "59s" and human_seconds(3 * 3600 + 60) == "3h 01m" and human_seconds(2 * DAY) == "2d 0h"
+
+
+def test_the_pages_only_script_is_the_one_the_csp_hash_allows():
+    import base64
+    import hashlib
+
+    from backups.monitoring.dashboard import SCRIPT_CSP_HASH
+
+    for html in (render_dashboard(_status([_tier("daily", 60)]), now=NOW), render_empty()):
+        scripts = re.findall(r"<script>(.*?)</script>", html, re.S)
+        assert len(scripts) == 1 and html.count("<script") == 1
+        digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
+        assert SCRIPT_CSP_HASH == f"'sha256-{digest}'"
