@@ -149,6 +149,7 @@ tr.state-ok td.tier-name { border-left: 4px solid var(--ok); }
 .banner.warning { background: var(--warning-bg); color: var(--warning); }
 .banner.critical { background: var(--critical-bg); color: var(--critical); }
 .empty { padding: 24px; border: 1px dashed var(--line); border-radius: 6px; max-width: 760px; }
+.run-bad { color: var(--critical); font-weight: 600; }
 li.problem-critical { color: var(--critical); } li.problem-warning { color: var(--warning); }
 """
 
@@ -346,13 +347,14 @@ def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
     def run_link(run: Any, at_key: str) -> str:
         if not isinstance(run, dict) or not run.get("run_id"):
             return "—"
-        label = _e(run.get("state") or "") if at_key == "start" else ""
+        state = str(run.get("state") or "") if at_key == "start" else "failed"
+        css = "run-bad" if state in ("failed", "upstream_failed") else "run"
+        label = f'<span class="{css}">{_e(state or "run")}</span>'
         when = _e(_when(run.get(at_key) or run.get("end")))
         if dag_id:
             href = f"{ui_base}dags/{_q(dag_id)}/runs/{_q(run['run_id'])}"
-            return (f'<a data-ui href="{_e(href)}" title="{_e(run["run_id"])}">{label or "run"}</a>'
-                    f'<div class="small">{when}</div>')
-        return f'{label or _e(run["run_id"])}<div class="small">{when}</div>'
+            return f'<a data-ui href="{_e(href)}" title="{_e(run["run_id"])}">{label}</a><div class="small">{when}</div>'
+        return f'{label}<div class="small">{when}</div>'
 
     ver = t.get("last_verification")
     if isinstance(ver, dict):

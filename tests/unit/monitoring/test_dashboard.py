@@ -175,3 +175,12 @@ def test_the_pages_only_script_is_the_one_the_csp_hash_allows():
         assert len(scripts) == 1 and html.count("<script") == 1
         digest = base64.b64encode(hashlib.sha256(scripts[0].encode()).digest()).decode()
         assert SCRIPT_CSP_HASH == f"'sha256-{digest}'"
+
+
+def test_a_failed_last_run_and_the_last_failure_are_marked():
+    tier = _tier("daily", 60, last_failure={"run_id": "manual__f", "at": _iso(NOW), "url": None})
+    tier["last_run"]["state"] = "failed"
+    html = render_dashboard(_status([tier]), now=NOW)
+    assert html.count('<span class="run-bad">failed</span>') == 2
+    ok = render_dashboard(_status([_tier("daily", 60)]), now=NOW)
+    assert '<span class="run">success</span>' in ok and "run-bad\">" not in ok
