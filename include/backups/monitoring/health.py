@@ -96,7 +96,9 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
                               f"storage {name}: the last verification ({last.get('at')}) found {last.get('problems')} "
                               "problem(s): run `backupctl verify --all --read-data`"))
             at = parse_iso(good.get("at"))
-            if at is None or (now - at).total_seconds() > mon.verify_within_days * DAY:
+            oldest = parse_iso(s.get("oldest_committed_at"))
+            held_long = oldest is None or (now - oldest).total_seconds() > mon.verify_within_days * DAY
+            if held_long and (at is None or (now - at).total_seconds() > mon.verify_within_days * DAY):
                 out.append(_p(f"verify-overdue:{name}", "warning",
                               f"storage {name}: no successful read-data verification within {mon.verify_within_days:g} "
                               f"days (last: {good.get('at') or 'never'})"))

@@ -84,7 +84,7 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
     sc = cfg.storages[name]
     entry: dict[str, Any] = {"storage": name, "type": sc.type, "reachable": False, "writable": None, "used_bytes": None,
                              "free_bytes": None, "snapshots": 0, "error": None, "describe": None, "locks": [],
-                             "objects": None, "corrupt": []}
+                             "objects": None, "corrupt": [], "oldest_committed_at": None}
     try:
         storage = open_storage(cfg, name, resolver)
         entry["describe"] = storage.describe()
@@ -99,6 +99,7 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
         entry["error"] = f"{exc.__class__.__name__}: {exc}"
         return entry, None
     entry["snapshots"] = len(catalog.snapshots)
+    entry["oldest_committed_at"] = min((s.doc["finished_at"] for s in catalog.snapshots.values()), default=None)
     entry["corrupt"] = sorted(catalog.broken)
     try:
         used = count = 0
@@ -217,6 +218,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         "last_drill": last_drill(cfg),
         "problems": [],
         "reports": {"html": None, "json": None},
+        "locks": [{"storage": s["storage"], **lk} for s in storages for lk in s.get("locks") or []],
     }
     doc["_tables"] = _table_rows(snaps)
     return doc
