@@ -325,7 +325,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_exit_codes(args: argparse.Namespace) -> int:
+    from .errors import CHECK_EXIT_CODES
+
     for code, meaning in EXIT_CODES.items():
+        print(f"{code:>4}  {meaning}")
+    print("\nbackupctl status --check (Nagios plugin codes):")
+    for code, meaning in CHECK_EXIT_CODES.items():
         print(f"{code:>4}  {meaning}")
     return 0
 
