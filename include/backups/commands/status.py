@@ -10,14 +10,14 @@ status could not be built: invalid configuration, an internal error).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..monitoring import status_path
 from ..monitoring.alerts import load_state
 from ..monitoring.health import annotate, evaluate, overall_state
 from ..monitoring.status import build_status, published
-from ..monitoring.store import now_utc, read_json
+from ..monitoring.store import now_utc, parse_iso, read_json
 from .base import Result
 
 #: Nagios plugin return codes of ``backupctl status --check``
@@ -42,7 +42,7 @@ class StatusResult(Result):
         s = self.status
         keys = [p["key"] for p in s["problems"]]
         what = f"{len(keys)} problem(s): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}" if keys else "all tiers fresh"
-        perf = " ".join(f"{t['tier']}_age={t['age_seconds'] if t['age_seconds'] is not None else 'U'}s;"
+        perf = " ".join(f"{t['tier']}_age={str(t['age_seconds']) + 's' if t['age_seconds'] is not None else 'U'};"
                         f"{t['rpo_seconds'] or ''};{2 * t['rpo_seconds'] if t['rpo_seconds'] else ''}"
                         for t in s["tiers"])
         return f"BACKUP {CHECK_NAMES[self.check_code]} - {what} | {perf}"
@@ -73,5 +73,24 @@ def status(cfg: Any, resolver: Any = None, *, now: datetime | None = None, write
     """The whole status in one call (``backupctl status``)."""
     now = now or now_utc()
     doc = collect(cfg, resolver, now=now, write_probe=write_probe, airflow_runs=airflow_runs)
-    problems = evaluate(cfg, doc, now=now) + list(extra_problems or [])
+    problems = evaluate(cfg, doc, now=now) + list(extra_problems or []) + airflow_problems(cfg, now)
     return StatusResult(finish(cfg, doc, problems, now=now))
+
+
+#: problems only the DAG can see (Airflow's metadata): the CLI repeats them from the last status the DAG wrote
+AIRFLOW_KEYS = ("dag-missing:", "dag-import-error:", "dag-paused:", "run-missed:", "run-failed:", "schedules-unverified")
+#: ... when that status is at most this old
+CARRY_OVER = timedelta(hours=6)
+
+
+def airflow_problems(cfg: Any, now: datetime) -> list[dict[str, Any]]:
+    """The schedule problems of the last status written by ``backup_monitoring`` (when recent), marked as such."""
+    prev = read_json(status_path(cfg), None)
+    if not isinstance(prev, dict):
+        return []
+    at = parse_iso(prev.get("generated_at"))
+    if at is None or now - at > CARRY_OVER:
+        return []
+    return [{"key": p["key"], "severity": p["severity"], "summary": f"{p['summary']} (seen by backup_monitoring at "
+             f"{prev['generated_at']})"} for p in prev.get("problems") or []
+            if isinstance(p, dict) and str(p.get("key", "")).startswith(AIRFLOW_KEYS)]

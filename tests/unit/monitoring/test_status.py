@@ -231,3 +231,39 @@ def test_status_check_exit_codes(tmp_path, app):
     assert p.returncode == 3 and p.stdout.startswith("BACKUP UNKNOWN") and "monitoring.rpo_hours.hourly" in p.stdout
     p = _cli(bad, "status")
     assert p.returncode == 2 and "monitoring.rpo_hours.hourly" in p.stderr  # without --check: the usual exit 2
+
+
+def test_webhook_payload_is_slack_compatible_for_slack_hooks():
+    from backups.monitoring.alerts import webhook_payload
+
+    state, messages = transition(_Cfg(), [{"key": "stale:daily", "severity": "warning", "summary": "old"}], {})
+    assert webhook_payload(messages[0], "https://hooks.slack.com/services/T0/B0/X") == {"text": messages[0]["text"]}
+    generic = webhook_payload(messages[0], "http://127.0.0.1:9/hook")
+    assert generic["kind"] == "alert" and generic["keys"] == ["stale:daily"] and "stale:daily" in generic["text"]
+
+
+def test_schedule_checks_from_api_answers():
+    from backups.monitoring.schedules import check_schedules
+
+    now = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+    ok_run = {"dag_run_id": "scheduled__2026-03-04T02:00:00+00:00", "dag_id": "backup_daily", "state": "success",
+              "run_type": "scheduled", "run_after": "2026-03-04T02:00:00+00:00", "start_date": "2026-03-04T02:00:05+00:00",
+              "end_date": "2026-03-04T02:03:00+00:00"}
+    failed = {**ok_run, "dag_run_id": "manual__1", "run_type": "manual", "state": "failed",
+              "run_after": "2026-03-04T09:00:00+00:00"}
+    data = {"base_url": "http://af", "import_errors": [{"filename": "dags/backup_tiers.py", "stack_trace": "boom"}], "dags": {
+        "backup_daily": {"dag": {"is_paused": False, "has_import_errors": False}, "runs": [failed, ok_run]},
+        "backup_weekly": {"dag": {"is_paused": False, "has_import_errors": False,
+                                  "next_dagrun_run_after": "2026-02-22T01:00:00+00:00"},
+                          "runs": [{**ok_run, "run_after": "2026-02-22T01:00:00+00:00"}]},
+        "backup_monthly": {"dag": None, "runs": []},
+        "backup_manual": {"dag": {"is_paused": True, "has_import_errors": True}, "runs": []}}}
+    tiers = {"backup_daily": "0 2 * * 1-6", "backup_weekly": "0 1 * * 0", "backup_monthly": "0 3 1 * *",
+             "backup_manual": None}
+    out = check_schedules(tiers, data, now=now)
+    keys = {p["key"] for p in out["problems"]}
+    assert keys == {"run-failed:backup_daily", "run-missed:backup_weekly", "dag-missing:backup_monthly",
+                    "dag-import-error:backup_manual"}  # a paused manual DAG is fine: it has no schedule
+    assert out["runs"]["backup_daily"]["last_failure"]["run_id"] == "manual__1"
+    assert out["runs"]["backup_daily"]["last_run"]["url"] == "http://af/dags/backup_daily/runs/manual__1"
+    assert out["runs"]["backup_weekly"]["missed"] == "2026-03-01T01:00:00+00:00"
