@@ -163,7 +163,7 @@ def build_monitoring_dag(cfg: Config) -> DAG:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        default_args={**default_args(cfg), "retries": 1, "retry_delay": timedelta(minutes=2)},
+        default_args={**default_args(cfg), "retry_delay": timedelta(minutes=2)},
         tags=["backup", "monitoring"],
         doc_md=_doc(cfg),
     )
