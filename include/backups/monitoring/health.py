@@ -133,7 +133,7 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
                     out.append(_p(f"anomaly-duration:{tier}", "warning",
                                   f"tier {tier}: {newest['id']} took {newest['duration_seconds']:.0f}s, the median of "
                                   f"the previous {len(durs)} is {dmed:.0f}s (factor {factor:g})"))
-        if t.get("promoted_reason") and t.get("requested_type") not in (None, "full") and t["snapshots"] > 1:
+        if t.get("promoted_unexpectedly"):
             out.append(_p(f"promoted:{tier}", "warning",
                           f"tier {tier}: {t['newest_id']} was requested as {t['requested_type']} but promoted to full: "
                           f"{t['promoted_reason']}"))

@@ -180,6 +180,11 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
             if rec and (last_ver is None or (parse_iso(rec.get("at")) or now) > (parse_iso(last_ver["at"]) or now)):
                 last_ver = {"at": rec.get("at"), "ok": bool(rec.get("ok")), "storage": sto,
                             "read_data": bool(rec.get("read_data"))}
+        unexpected = False
+        if newest is not None and newest.doc.get("promoted_reason"):
+            req = newest.doc.get("requested_type")
+            unexpected = any(s.logical_date < newest.logical_date and (req == "incremental" or s.type == "full")
+                             for s in snaps.values())
         tiers.append({
             "tier": tier, "dag_id": dag_id,
             "schedule": cfg.tiers[tier].schedule if tier in cfg.tiers else None,
@@ -190,6 +195,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
             "newest_committed_at": iso(committed),
             "requested_type": newest.doc.get("requested_type") if newest else None,
             "promoted_reason": newest.doc.get("promoted_reason") if newest else None,
+            "promoted_unexpectedly": unexpected,  # an earlier snapshot could have been its parent
             "age_seconds": round(age, 1) if age is not None else None,
             "rpo_seconds": rpo,
             "overdue": overdue,

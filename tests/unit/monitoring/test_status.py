@@ -267,3 +267,16 @@ def test_schedule_checks_from_api_answers():
     assert out["runs"]["backup_daily"]["last_failure"]["run_id"] == "manual__1"
     assert out["runs"]["backup_daily"]["last_run"]["url"] == "http://af/dags/backup_daily/runs/manual__1"
     assert out["runs"]["backup_weekly"]["missed"] == "2026-03-01T01:00:00+00:00"
+
+
+def test_an_unexpected_promotion_to_full_is_an_anomaly(tmp_path, app):
+    cfg = load_config(make_cfg(tmp_path, app))
+    run_backup(cfg, "daily", logical_date="2026-03-02T02:00:00+00:00")  # the first: promoted, as expected
+    assert not any(p["key"].startswith("promoted:") for p in status(cfg).to_dict()["problems"])
+    run_backup(cfg, "daily", logical_date="2026-03-03T02:00:00+00:00", type_override="incremental")
+    for data in (tmp_path / "repo" / "local" / "data").glob("daily-*/app_db.index.zst"):
+        data.chmod(0o644)
+        data.write_bytes(b"damaged")  # no earlier snapshot can be a parent any more: the next one is promoted
+    run_backup(cfg, "daily", logical_date="2026-03-04T02:00:00+00:00")
+    problems = {p["key"]: p for p in status(cfg).to_dict()["problems"]}
+    assert "promoted:daily" in problems and "promoted to full" in problems["promoted:daily"]["summary"]
