@@ -280,3 +280,20 @@ def test_an_unexpected_promotion_to_full_is_an_anomaly(tmp_path, app):
     run_backup(cfg, "daily", logical_date="2026-03-04T02:00:00+00:00")
     problems = {p["key"]: p for p in status(cfg).to_dict()["problems"]}
     assert "promoted:daily" in problems and "promoted to full" in problems["promoted:daily"]["summary"]
+
+
+def test_size_and_duration_anomalies_against_the_recent_median(tmp_path, app):
+    cfg = load_config(make_cfg(tmp_path, app))
+
+    def doc(sizes, durations):
+        hist = [{"id": f"daily-{i}", "logical_date": f"2026-03-0{i + 1}T02:00:00+00:00", "size_bytes": s,
+                 "duration_seconds": d} for i, (s, d) in enumerate(zip(sizes, durations, strict=True))]
+        tier = {"tier": "daily", "rpo_seconds": None, "history": hist, "newest_id": hist[-1]["id"], "state": "ok",
+                "storages": [], "expected_storages": []}
+        return {"generated_at": "2026-03-09T00:00:00+00:00", "tiers": [tier], "storages": [], "last_drill": None}
+
+    keys = lambda d: {p["key"] for p in evaluate(cfg, d)}  # noqa: E731
+    assert keys(doc([100, 110, 90, 105], [10, 12, 11, 13])) == set()
+    assert keys(doc([100, 110, 90, 400], [10, 12, 11, 13])) == {"anomaly-size:daily"}  # 4x the median
+    assert keys(doc([100, 110, 90, 20], [10, 12, 11, 13])) == {"anomaly-size:daily"}  # a fifth of it
+    assert keys(doc([100, 110, 90, 100], [10, 12, 11, 40])) == {"anomaly-duration:daily"}
