@@ -120,7 +120,7 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
         entry["locks"] = repo.locks.report()
     except Exception as exc:  # noqa: BLE001
         log.warning("monitoring: cannot list the locks of %s: %s", name, exc)
-    if write_probe:
+    if write_probe and not storage.archive:  # no probe into an archive class (minimum storage charges)
         key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         try:
             storage.put_bytes(key, b"backup monitoring write probe\n")
