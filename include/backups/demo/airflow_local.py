@@ -1,0 +1,342 @@
+"""A local Airflow for ``make airflow`` and the browser tests: the four components as one process group.
+
+Plain Python, no Airflow import (it runs the ``airflow`` CLI of this environment):
+
+* :func:`metadata_db` — the metadata database: PostgreSQL ``<name>`` on 127.0.0.1:5432 when that server answers
+  (the database is created if missing), otherwise SQLite in ``AIRFLOW_HOME``. SQLite serialises every write: with
+  four components writing, a UI request can meet "database is locked" (a 500 on trigger / unpause, a run left
+  queued); PostgreSQL has no such limit.
+* :func:`start` — ``airflow db migrate``, then ``api-server``, ``scheduler``, ``dag-processor`` and ``triggerer``
+  in one new process group (their workers and log servers inherit it), logs in ``AIRFLOW_HOME/logs/<component>.log``
+  and the group's id in ``AIRFLOW_HOME/airflow-local.pid``.
+* :func:`wait_healthy` — until ``/api/v2/monitor/health`` reports every component healthy (a component that
+  exits meanwhile is reported with the tail of its log).
+* :func:`stop` — SIGTERM to the group, SIGKILL after a grace period, then every remaining process whose
+  environment has this ``AIRFLOW_HOME`` (a child that left the group); returns what could not be stopped.
+
+Command line (the Makefile): ``python -m backups.demo.airflow_local {db-url,start,stop,status}``; the
+environment (``AIRFLOW_HOME``, ``AIRFLOW__API__PORT``, ...) is the caller's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+PIDFILE = "airflow-local.pid"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+
+
+class LocalAirflowError(RuntimeError):
+    """The local Airflow could not be started (the message says which component and shows its log's tail)."""
+
+
+# ------------------------------------------------------------------------------------------- metadata DB
+def pg_reachable(host: str = PG_HOST, port: int = PG_PORT, timeout: float = 2.0) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pg_admin(host: str, port: int, user: str):
+    import psycopg
+
+    return psycopg.connect(host=host, port=port, user=user, dbname="postgres", autocommit=True, connect_timeout=5)
+
+
+def ensure_pg_database(name: str, host: str = PG_HOST, port: int = PG_PORT, user: str = PG_USER) -> str:
+    """Create PostgreSQL database ``name`` when missing; its SQLAlchemy URL (psycopg 3 driver)."""
+    from psycopg import sql
+
+    with _pg_admin(host, port, user) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return f"postgresql+psycopg://{user}@{host}:{port}/{name}"
+
+
+def drop_pg_database(name: str, host: str = PG_HOST, port: int = PG_PORT, user: str = PG_USER) -> None:
+    """Drop database ``name`` (ending its sessions first); nothing when it does not exist."""
+    from psycopg import sql
+
+    with _pg_admin(host, port, user) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                     (name,))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def metadata_db(home: Path, name: str = "airflow_demo") -> str:
+    """PostgreSQL ``name`` on 127.0.0.1:5432 when it answers (created if missing), else SQLite in ``home``."""
+    if pg_reachable():
+        try:
+            return ensure_pg_database(name)
+        except Exception as exc:  # noqa: BLE001 - a server we may not use (auth, permissions): fall back, say why
+            print(f"PostgreSQL on {PG_HOST}:{PG_PORT} is not usable ({exc}); using SQLite", file=sys.stderr)
+    return f"sqlite:///{home / 'airflow.db'}"
+
+
+# ------------------------------------------------------------------------------------------- environment
+def airflow_env(home: Path, *, port: int, db_url: str, project: Path, dags: Path | None = None,
+                plugins: Path | None = None, base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a loopback Airflow on ``port`` for this project (the caller adds BACKUP_CONFIG & co.)."""
+    env = dict(os.environ if base is None else base)
+    venv_bin = str(Path(sys.executable).parent)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags or project / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins or project / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "PYTHONPATH": os.pathsep.join([str(project), str(project / "include")]),
+        "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
+    })
+    env.update(extra)
+    return env
+
+
+# ------------------------------------------------------------------------------------------- processes
+@dataclass
+class LocalAirflow:
+    home: Path
+    pgid: int
+    url: str
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def log(self, component: str) -> Path:
+        return self.home / "logs" / f"{component}.log"
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def migrate(env: Mapping[str, str]) -> None:
+    home = Path(env["AIRFLOW_HOME"])
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    log = home / "logs" / "db-migrate.log"
+    with log.open("wb") as out:
+        rc = subprocess.run(["airflow", "db", "migrate"], env=dict(env), stdout=out, stderr=subprocess.STDOUT).returncode
+    if rc:
+        raise LocalAirflowError(f"`airflow db migrate` failed (exit {rc}); {log}:\n{_tail(log)}")
+
+
+def start(env: Mapping[str, str], components: tuple[str, ...] = COMPONENTS) -> LocalAirflow:
+    """Migrate the metadata DB and start ``components`` in one new process group; the pidfile holds its id."""
+    home = Path(env["AIRFLOW_HOME"])
+    pidfile = home / PIDFILE
+    if pidfile.exists() and status(home):
+        raise LocalAirflowError(f"an Airflow of {home} is already running (pidfile {pidfile}); stop it first "
+                                "(`make airflow-stop`)")
+    migrate(env)
+    procs: dict[str, subprocess.Popen] = {}
+    pgid = 0
+    for name in components:
+        with (home / "logs" / f"{name}.log").open("ab") as out:
+            # the first component leads a new group, the others join it (same session: setpgid allows it)
+            p = subprocess.Popen(["airflow", name], env=dict(env), stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, process_group=pgid)
+        pgid = pgid or p.pid
+        procs[name] = p
+    pidfile.write_text(json.dumps({"pgid": pgid, "pids": {n: p.pid for n, p in procs.items()}}) + "\n")
+    return LocalAirflow(home, pgid, env["AIRFLOW__API__BASE_URL"], procs)
+
+
+def wait_healthy(af: LocalAirflow, timeout: float = 180.0) -> dict:
+    """Wait until the health endpoint reports every component healthy; the last health document."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        for name, p in af.procs.items():
+            if p.poll() is not None:
+                raise LocalAirflowError(f"airflow {name} exited with {p.returncode}; {af.log(name)}:\n{_tail(af.log(name))}")
+        try:
+            with urllib.request.urlopen(f"{af.url}/api/v2/monitor/health", timeout=5) as resp:
+                last = json.load(resp)
+            if all((last.get(k) or {}).get("status") == "healthy"
+                   for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+                return last
+        except (OSError, urllib.error.URLError, ValueError):
+            pass
+        time.sleep(1.0)
+    raise LocalAirflowError(f"Airflow at {af.url} not healthy after {timeout:.0f} s (last health: {last}); "
+                            f"logs in {af.home / 'logs'}")
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, pgid) of every process."""
+    table = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            table[int(d.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def processes_of(home: Path, pgid: int | None = None) -> list[int]:
+    """The processes of this home's Airflow: ``airflow`` processes whose environment has AIRFLOW_HOME=home or that
+    belong to process group ``pgid`` (renamed ones such as ``airflow worker -- ...`` may no longer show their
+    environment), and every descendant of those (a task's ``pg_dump``). Never this process or its ancestors (a
+    shell that exported the same AIRFLOW_HOME)."""
+    needle = f"AIRFLOW_HOME={home}".encode()
+    table = _proc_table()
+    mine, pid = set(), os.getpid()
+    while pid > 1 and pid not in mine:
+        mine.add(pid)
+        pid = table.get(pid, (1, 0))[0]
+    found = set()
+    for pid, (_, group) in table.items():
+        proc = Path("/proc") / str(pid)
+        try:
+            if b"airflow" not in proc.joinpath("cmdline").read_bytes():
+                continue
+            if (pgid and group == pgid) or needle in proc.joinpath("environ").read_bytes().split(b"\0"):
+                found.add(pid)
+        except OSError:
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found - mine)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _pidfile_group(home: Path) -> int | None:
+    try:
+        return int(json.loads((home / PIDFILE).read_text())["pgid"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+
+
+def status(home: Path) -> list[int]:
+    """The running processes of this home's Airflow (empty: not running)."""
+    return processes_of(home, _pidfile_group(home))
+
+
+def stop(home: Path, grace: float = 30.0) -> list[int]:
+    """Stop everything the pidfile's group and this AIRFLOW_HOME run; the pids that survived even SIGKILL."""
+    pidfile = home / PIDFILE
+    pgid = _pidfile_group(home)
+    table = _proc_table()
+    if pgid and not any(table.get(pid, (0, 0))[1] == pgid for pid in processes_of(home, pgid)):
+        pgid = None  # a stale pidfile: that group id may belong to someone else by now
+    if pgid and _group_alive(pgid):
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.5)
+        if _group_alive(pgid):
+            os.killpg(pgid, signal.SIGKILL)
+    # stragglers that left the group (or a run started without the pidfile)
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 3.0)):
+        left = processes_of(home, pgid)
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and processes_of(home, pgid):
+            time.sleep(0.3)
+    pidfile.unlink(missing_ok=True)
+    return processes_of(home, pgid)
+
+
+def password(home: Path, user: str = "admin") -> str | None:
+    """The simple auth manager's password of ``user`` (generated on the API server's first start)."""
+    try:
+        return json.loads((home / PASSWORDS_FILE).read_text()).get(user)
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run this project's local Airflow (see `make airflow`)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    db = sub.add_parser("db-url", help="print the metadata DB URL (PostgreSQL airflow_demo when reachable, "
+                                       "created if missing; else SQLite in AIRFLOW_HOME)")
+    db.add_argument("--name", default="airflow_demo")
+    st = sub.add_parser("start", help="migrate, start the components in the background, wait until healthy")
+    st.add_argument("--timeout", type=float, default=180.0)
+    sub.add_parser("stop", help="stop every process of this AIRFLOW_HOME")
+    sub.add_parser("status", help="list the running processes of this AIRFLOW_HOME")
+    args = ap.parse_args(argv)
+    home = Path(os.environ.get("AIRFLOW_HOME") or ".").resolve()
+    if args.cmd == "db-url":
+        home.mkdir(parents=True, exist_ok=True)
+        print(metadata_db(home, args.name))
+        return 0
+    if args.cmd == "stop":
+        running = status(home)
+        if not running:
+            print(f"no Airflow of {home} is running")
+        left = stop(home)
+        if left:
+            print(f"could not stop: {left}", file=sys.stderr)
+            return 1
+        if running:
+            print(f"stopped {len(running)} process(es) of {home}")
+        return 0
+    if args.cmd == "status":
+        pids = status(home)
+        print(f"{len(pids)} process(es) of {home}: {' '.join(map(str, pids))}" if pids else f"no Airflow of {home} is running")
+        return 0 if pids else 3
+    try:
+        af = start(os.environ)
+        print(f"starting {', '.join(COMPONENTS)} (process group {af.pgid}, logs in {home / 'logs'}) ...", flush=True)
+        wait_healthy(af, args.timeout)
+    except LocalAirflowError as exc:
+        print(f"AIRFLOW FAILED: {exc}", file=sys.stderr)
+        stop(home)
+        return 1
+    db_url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    print(f"Airflow UI:  {af.url}   (metadata DB: {db_url.split('://')[0].split('+')[0]}"
+          f"{'' if db_url.startswith('postgresql') else ' - SQLite: one writer at a time, see README'})")
+    print(f"Log in:      user 'admin', password '{password(home) or '?'}'  (kept in {home / PASSWORDS_FILE})")
+    print("Stop it:     make airflow-stop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""The "Backups" dashboard page: a pure function from the status document to one self-contained HTML page.
+
+The Airflow plugin (``plugins/backups_dashboard.py``) serves it; this module imports nothing from Airflow so it is
+unit-tested on its own. Everything that comes from the status document (tier, storage and snapshot names, error
+messages, problem summaries) is user data and is escaped; URLs are built here from ids, never taken from the
+document.
+
+Freshness is recomputed at render time from ``newest_committed_at`` and ``rpo_seconds`` — a monitoring DAG that
+stopped writing must not leave the page green — and combined with the document's own tier state (the worse wins):
+green when the age is within the RPO, amber when it is past the RPO, red past twice the RPO or with no snapshot.
+The page is laid out for the Airflow UI's iframe (relative links; the UI's views are under ``ui_base``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from datetime import UTC, datetime, timedelta
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+STATES = ("ok", "warning", "critical")
+_RANK = {s: i for i, s in enumerate(STATES)}
+_LABEL = {"ok": "OK", "warning": "WARNING", "critical": "CRITICAL", "unknown": "n/a"}
+
+#: the status document is itself flagged when it is older than this (the monitoring DAG runs every 30 min)
+STALE_STATUS_AFTER = timedelta(hours=2)
+
+
+# ---- small formatters -----------------------------------------------------------------------------------------
+
+def _e(value: Any) -> str:
+    return escape("" if value is None else str(value), quote=True)
+
+
+def _q(value: Any) -> str:
+    return quote(str(value), safe="")
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def human_bytes(n: Any) -> str:
+    if n is None or isinstance(n, bool) or not isinstance(n, (int, float)):
+        return "—"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} PiB"  # pragma: no cover
+
+
+def human_seconds(s: Any) -> str:
+    if s is None or isinstance(s, bool) or not isinstance(s, (int, float)):
+        return "—"
+    if math.isinf(s):
+        return "never"
+    s = float(s)
+    sign = "-" if s < 0 else ""
+    s = abs(s)
+    if s < 60:
+        return f"{sign}{s:.0f}s" if s >= 10 or s == int(s) else f"{sign}{s:.1f}s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    d, h = divmod(h, 24)
+    if d:
+        return f"{sign}{d}d {h}h"
+    if h:
+        return f"{sign}{h}h {m:02d}m"
+    return f"{sign}{m}m {sec:02d}s"
+
+
+def _when(value: Any) -> str:
+    dt = parse_time(value)
+    if dt is None:
+        return "—"
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _worse(a: str, b: str) -> str:
+    if a not in _RANK:
+        return b if b in _RANK else a
+    if b not in _RANK:
+        return a
+    return a if _RANK[a] >= _RANK[b] else b
+
+
+def freshness(tier: dict, now: datetime) -> tuple[str, float | None]:
+    """(state, age_seconds at ``now``) of a tier: ok / warning / critical, or "unknown" without an RPO."""
+    committed = parse_time(tier.get("newest_committed_at"))
+    age: float | None
+    if committed is not None:
+        age = max(0.0, (now - committed).total_seconds())
+    else:
+        age = tier.get("age_seconds") if isinstance(tier.get("age_seconds"), (int, float)) else None
+    rpo = tier.get("rpo_seconds")
+    has_snapshot = bool(tier.get("newest_id")) or committed is not None
+    if not isinstance(rpo, (int, float)) or isinstance(rpo, bool) or rpo <= 0 or math.isinf(rpo):
+        computed = "unknown"  # no RPO (a manual tier): no freshness verdict
+    elif not has_snapshot or age is None:
+        computed = "critical"
+    elif age > 2 * rpo:
+        computed = "critical"
+    elif age > rpo:
+        computed = "warning"
+    else:
+        computed = "ok"
+    doc_state = tier.get("state")
+    return _worse(computed, doc_state if doc_state in _RANK else "unknown"), age
+
+
+# ---- the page -----------------------------------------------------------------------------------------------
+
+_CSS = """
+:root { --ok:#2e7d32; --ok-bg:#e8f5e9; --warning:#b26a00; --warning-bg:#fff4e0; --critical:#c62828;
+        --critical-bg:#fdecea; --unknown:#555; --unknown-bg:#f1f1f1; --line:#d9d9d9; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 16px; color: #1b1b1b;
+       background: #fff; }
+h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 22px 0 8px; }
+.meta { color: #555; margin-bottom: 8px; } .meta a { margin-right: 12px; }
+table { border-collapse: collapse; width: 100%; } th, td { text-align: left; padding: 6px 8px;
+        border-bottom: 1px solid var(--line); vertical-align: top; }
+th { font-weight: 600; background: #fafafa; } td.num { text-align: right; white-space: nowrap; }
+.badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; font-size: 12px;
+         color: #fff; }
+.badge.ok { background: var(--ok); } .badge.warning { background: var(--warning); }
+.badge.critical { background: var(--critical); } .badge.unknown { background: var(--unknown); }
+tr.state-ok td.age { background: var(--ok-bg); color: var(--ok); }
+tr.state-warning td.age { background: var(--warning-bg); color: var(--warning); font-weight: 600; }
+tr.state-critical td.age { background: var(--critical-bg); color: var(--critical); font-weight: 600; }
+tr.state-critical td.tier-name { border-left: 4px solid var(--critical); }
+tr.state-warning td.tier-name { border-left: 4px solid var(--warning); }
+tr.state-ok td.tier-name { border-left: 4px solid var(--ok); }
+.bar { height: 4px; background: #e0e0e0; border-radius: 2px; margin-top: 3px; min-width: 80px; }
+.bar > span { display: block; height: 4px; border-radius: 2px; background: currentColor; }
+.small { font-size: 12px; color: #555; } code { font-size: 12px; }
+.banner { padding: 8px 12px; border-radius: 4px; margin: 8px 0; }
+.banner.warning { background: var(--warning-bg); color: var(--warning); }
+.banner.critical { background: var(--critical-bg); color: var(--critical); }
+.empty { padding: 24px; border: 1px dashed var(--line); border-radius: 6px; max-width: 760px; }
+li.problem-critical { color: var(--critical); } li.problem-warning { color: var(--warning); }
+"""
+
+
+#: Links into the Airflow UI open in the UI itself, not inside the iframe the UI shows this page in: the iframe is
+#: sandboxed without top navigation but same-origin, so the script changes the parent's history and lets its
+#: router follow (a plain link when the page is opened on its own). The page's only script; CSP allows it by hash.
+_SCRIPT = (
+    "document.addEventListener('click',function(ev){var a=ev.target.closest&&ev.target.closest('a[data-ui]');"
+    "if(!a||ev.button!==0||ev.ctrlKey||ev.metaKey||ev.shiftKey||window.top===window)return;"
+    "try{var u=new URL(a.href,location.href);if(u.origin!==window.top.location.origin)return;"
+    "window.top.history.pushState(null,'',u.pathname+u.search+u.hash);"
+    "window.top.dispatchEvent(new PopStateEvent('popstate',{state:null}));ev.preventDefault();}catch(e){}});"
+)
+SCRIPT_CSP_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode() + "'"
+
+
+def _badge(state: str) -> str:
+    s = state if state in _LABEL else "unknown"
+    return f'<span class="badge {s}">{_LABEL[s]}</span>'
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n"
+        f"<script>{_SCRIPT}</script>\n</body></html>\n"
+    )
+
+
+def render_empty(*, reason: str | None = None, ui_base: str = "../", monitoring_dag: str = "backup_monitoring") -> str:
+    """The page shown when no status document exists yet."""
+    dag = f"{ui_base}dags/{_q(monitoring_dag)}"
+    body = (
+        "<h1>Backups</h1>"
+        '<div class="empty" id="empty-state"><h2>No monitoring status yet</h2>'
+        f"<p>The dashboard reads the status that the <a data-ui href=\"{_e(dag)}\"><code>{_e(monitoring_dag)}</code></a> "
+        "DAG writes. Unpause and trigger it (it runs every 30 minutes), then reload this page.</p>"
+        "<p>Without Airflow's scheduler, <code>backupctl status --json</code> writes the same status file "
+        "on this machine.</p>"
+        + (f'<p class="small">Details: {_e(reason)}</p>' if reason else "")
+        + "</div>"
+    )
+    return _page("Backups — no status", body)
+
+
+def render_dashboard(
+    status: dict | None,
+    *,
+    now: datetime | None = None,
+    ui_base: str = "../",
+    source: str | None = None,
+    reports_href: dict[str, str] | None = None,
+    metrics_href: str | None = "metrics",
+    monitoring_dag: str = "backup_monitoring",
+) -> str:
+    """The dashboard HTML for a status document (``None`` -> the empty state).
+
+    ``ui_base`` is the relative URL of the Airflow UI root seen from the page (DAG run links are
+    ``{ui_base}dags/<dag_id>/runs/<run_id>``); ``reports_href`` maps ``"html"``/``"json"`` to where the page can
+    link the reports (the plugin serves them); ``source`` says where the status was read from.
+    """
+    if not status or not isinstance(status, dict):
+        return render_empty(ui_base=ui_base, monitoring_dag=monitoring_dag)
+    now = now or datetime.now(UTC)
+    parts: list[str] = []
+    tiers = [t for t in status.get("tiers") or [] if isinstance(t, dict)]
+    storages = [s for s in status.get("storages") or [] if isinstance(s, dict)]
+    problems = [p for p in status.get("problems") or [] if isinstance(p, dict)]
+
+    tier_states = {id(t): freshness(t, now) for t in tiers}
+    overall = status.get("state") if status.get("state") in _RANK else "ok"
+    for st, _age in tier_states.values():
+        overall = _worse(overall, st)
+
+    app = status.get("application") or ""
+    parts.append(f"<h1>Backups{(' — ' + _e(app)) if app else ''} {_badge(overall)}</h1>")
+    gen = parse_time(status.get("generated_at"))
+    meta = [f"status generated {_e(_when(status.get('generated_at')))}"]
+    if gen is not None:
+        meta[0] += f" ({_e(human_seconds((now - gen).total_seconds()))} ago)"
+    if source:
+        meta.append(f"from {_e(source)}")
+    parts.append(f'<div class="meta">{" · ".join(meta)}</div>')
+    links = [f'<a data-ui href="{_e(ui_base)}dags/{_q(monitoring_dag)}/runs">monitoring runs</a>']
+    for kind, label in (("html", "status report"), ("json", "report JSON")):
+        if reports_href and reports_href.get(kind):
+            links.append(f'<a href="{_e(reports_href[kind])}">{label}</a>')
+    if metrics_href:
+        links.append(f'<a href="{_e(metrics_href)}">Prometheus metrics</a>')
+    parts.append(f'<div class="meta">{"".join(links)}</div>')
+    if gen is None or now - gen > STALE_STATUS_AFTER:
+        age_txt = "unknown age" if gen is None else human_seconds((now - gen).total_seconds()) + " old"
+        parts.append(
+            f'<div class="banner warning" id="stale-status">This status is {_e(age_txt)}: is the '
+            f"<code>{_e(monitoring_dag)}</code> DAG paused or failing? Ages below are recomputed for now.</div>"
+        )
+
+    # -- tiers
+    parts.append("<h2>Tiers</h2>")
+    if not tiers:
+        parts.append("<p>No tiers in the status.</p>")
+    else:
+        parts.append(
+            '<table id="tiers"><thead><tr><th>Tier</th><th>State</th><th>Newest snapshot</th>'
+            "<th>Age / RPO</th><th>Size</th><th>Duration</th><th>Storages</th><th>Last run</th>"
+            "<th>Last failure</th><th>Last verification</th></tr></thead><tbody>"
+        )
+        for t in tiers:
+            parts.append(_tier_row(t, *tier_states[id(t)], ui_base=ui_base))
+        parts.append("</tbody></table>")
+
+    # -- storages
+    parts.append("<h2>Storages</h2>")
+    if not storages:
+        parts.append("<p>No storages in the status.</p>")
+    else:
+        parts.append(
+            '<table id="storages"><thead><tr><th>Storage</th><th>Type</th><th>Reachable</th><th>Writable</th>'
+            '<th class="num">Used</th><th class="num">Free</th><th class="num">Snapshots</th><th>Error</th>'
+            "</tr></thead><tbody>"
+        )
+        for s in storages:
+            reach = s.get("reachable")
+            st = "ok" if reach else ("critical" if reach is False else "unknown")
+            writable = s.get("writable")
+            parts.append(
+                f'<tr class="state-{st}" data-storage="{_e(s.get("storage"))}">'
+                f'<td class="tier-name">{_e(s.get("storage"))}</td><td>{_e(s.get("type"))}</td>'
+                f"<td>{_badge(st) if reach is not None else '—'}</td>"
+                f"<td>{'yes' if writable else ('no' if writable is False else '—')}</td>"
+                f'<td class="num">{_e(human_bytes(s.get("used_bytes")))}</td>'
+                f'<td class="num">{_e(human_bytes(s.get("free_bytes")))}</td>'
+                f'<td class="num">{_e(s.get("snapshots", "—"))}</td>'
+                f'<td class="small">{_e(s.get("error") or "")}</td></tr>'
+            )
+        parts.append("</tbody></table>")
+
+    # -- last drill
+    parts.append("<h2>Last DR drill</h2>")
+    drill = status.get("last_drill")
+    if not isinstance(drill, dict):
+        parts.append('<p id="drill">No drill recorded.</p>')
+    else:
+        st = "ok" if drill.get("passed") else "critical"
+        report = drill.get("report")
+        parts.append(
+            f'<p id="drill">{_badge(st)} <code>{_e(drill.get("id"))}</code> at {_e(_when(drill.get("at")))} — '
+            f"RTO {_e(human_seconds(drill.get('rto_seconds')))}, RPO {_e(human_seconds(drill.get('rpo_seconds')))}"
+            + (f' · report: <code>{_e(report)}</code>' if report else "")
+            + "</p>"
+        )
+
+    # -- problems
+    parts.append(f"<h2>Open problems ({len(problems)})</h2>")
+    if not problems:
+        parts.append('<p id="problems">None.</p>')
+    else:
+        items = []
+        for p in problems:
+            sev = p.get("severity") if p.get("severity") in _RANK else "warning"
+            items.append(
+                f'<li class="problem-{sev}" data-key="{_e(p.get("key"))}">{_badge(sev)} {_e(p.get("summary"))} '
+                f'<span class="small">(<code>{_e(p.get("key"))}</code>, since {_e(_when(p.get("since")))}, '
+                f"{_e(p.get('runs', 1))} check(s))</span></li>"
+            )
+        parts.append(f'<ul id="problems">{"".join(items)}</ul>')
+
+    return _page(f"Backups — {_LABEL.get(overall, overall)}", "\n".join(parts))
+
+
+def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
+    name = t.get("tier")
+    dag_id = t.get("dag_id")
+    rpo = t.get("rpo_seconds")
+    newest = t.get("newest_id")
+    if newest:
+        snap = f"<code>{_e(newest)}</code>"
+        logical = _when(t.get("newest_logical_date")) if t.get("newest_logical_date") else ""
+        detail = " · ".join(_e(x) for x in (t.get("newest_type") or "", logical) if x)
+        snap += f'<div class="small">{detail}</div>' if detail else ""
+    else:
+        snap = "<em>no snapshot</em>"
+    if isinstance(rpo, (int, float)) and not isinstance(rpo, bool) and rpo > 0 and not math.isinf(rpo):
+        pct = 100.0 if age is None else min(100.0, 100.0 * age / (2 * rpo))
+        age_cell = (
+            f"{_e(human_seconds(age) if age is not None else 'never')} / {_e(human_seconds(rpo))}"
+            f'<div class="bar"><span style="width:{pct:.0f}%"></span></div>'
+        )
+    else:
+        age_cell = f"{_e(human_seconds(age) if age is not None else 'never')} / no RPO"
+    runs_href = f"{ui_base}dags/{_q(dag_id)}/runs" if dag_id else None
+
+    def run_link(run: Any, at_key: str) -> str:
+        if not isinstance(run, dict) or not run.get("run_id"):
+            return "—"
+        label = _e(run.get("state") or "") if at_key == "start" else ""
+        when = _e(_when(run.get(at_key) or run.get("end")))
+        if dag_id:
+            href = f"{ui_base}dags/{_q(dag_id)}/runs/{_q(run['run_id'])}"
+            return (f'<a data-ui href="{_e(href)}" title="{_e(run["run_id"])}">{label or "run"}</a>'
+                    f'<div class="small">{when}</div>')
+        return f'{label or _e(run["run_id"])}<div class="small">{when}</div>'
+
+    ver = t.get("last_verification")
+    if isinstance(ver, dict):
+        vst = "ok" if ver.get("ok") else "critical"
+        ver_cell = f'{_badge(vst)} <div class="small">{_e(_when(ver.get("at")))} on {_e(ver.get("storage"))}</div>'
+    else:
+        ver_cell = "never"
+    name_cell = _e(name)
+    if runs_href:
+        name_cell += f'<div class="small"><a data-ui href="{_e(runs_href)}">{_e(dag_id)}</a></div>'
+    return (
+        f'<tr class="state-{_e(state)}" data-tier="{_e(name)}" data-state="{_e(state)}">'
+        f'<td class="tier-name">{name_cell}</td><td>{_badge(state)}</td><td>{snap}</td>'
+        f'<td class="age">{age_cell}</td>'
+        f'<td class="num">{_e(human_bytes(t.get("size_bytes")))}</td>'
+        f'<td class="num">{_e(human_seconds(t.get("duration_seconds")))}</td>'
+        f'<td>{_e(", ".join(str(s) for s in t.get("storages") or []) or "—")}</td>'
+        f"<td>{run_link(t.get('last_run'), 'start')}</td><td>{run_link(t.get('last_failure'), 'at')}</td>"
+        f"<td>{ver_cell}</td></tr>"
+    )
