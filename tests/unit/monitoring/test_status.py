@@ -297,3 +297,15 @@ def test_size_and_duration_anomalies_against_the_recent_median(tmp_path, app):
     assert keys(doc([100, 110, 90, 400], [10, 12, 11, 13])) == {"anomaly-size:daily"}  # 4x the median
     assert keys(doc([100, 110, 90, 20], [10, 12, 11, 13])) == {"anomaly-size:daily"}  # a fifth of it
     assert keys(doc([100, 110, 90, 100], [10, 12, 11, 40])) == {"anomaly-duration:daily"}
+
+
+def test_low_free_space_and_corrupt_manifests_are_problems(tmp_path, app):
+    cfg = load_config(make_cfg(tmp_path, app, "monitoring: {min_free_percent: 15}\n"))
+    sto = {"storage": "local", "type": "local", "reachable": True, "writable": True, "used_bytes": 10,
+           "free_bytes": 10 * 10**9, "total_bytes": 100 * 10**9, "snapshots": 0, "error": None, "locks": [],
+           "corrupt": ["daily-20260301T020000Z"]}
+    doc = {"generated_at": "2026-03-09T00:00:00+00:00", "tiers": [], "storages": [sto], "last_drill": None}
+    problems = {p["key"]: p for p in evaluate(cfg, doc)}
+    assert set(problems) == {"storage-space:local", "corrupt:local"}
+    assert "10.0% free" in problems["storage-space:local"]["summary"]
+    assert problems["corrupt:local"]["severity"] == "critical"
