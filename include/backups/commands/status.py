@@ -83,13 +83,30 @@ AIRFLOW_KEYS = ("dag-missing:", "dag-import-error:", "dag-paused:", "run-missed:
 CARRY_OVER = timedelta(hours=6)
 
 
+def monitoring_silence(cfg: Any) -> timedelta:
+    """How old the DAG's last status may get before ``status`` reports ``monitoring-silent``: three monitoring
+    intervals, at least 2 hours."""
+    from ..monitoring.status import cron_max_gap_seconds
+
+    sched = cfg.monitoring.schedule
+    return max(timedelta(hours=2), timedelta(seconds=3 * cron_max_gap_seconds(sched)) if sched else timedelta(days=2))
+
+
 def airflow_problems(cfg: Any, now: datetime) -> list[dict[str, Any]]:
     """The schedule problems of the last status written by ``backup_monitoring`` (when recent), marked as such."""
     prev = read_json(status_path(cfg), None)
     if not isinstance(prev, dict):
         return []
     at = parse_iso(prev.get("generated_at"))
-    if at is None or now - at > CARRY_OVER:
+    if at is None:
+        return []
+    silent = monitoring_silence(cfg)
+    if now - at > silent:  # the DAG wrote a status once, and stopped: its scheduler (or the DAG) is down
+        return [{"key": "monitoring-silent", "severity": "warning",
+                 "summary": f"backup_monitoring last wrote the status at {prev['generated_at']}, more than "
+                            f"{silent.total_seconds() / 3600:.1f} h ago: is the Airflow scheduler running, the DAG "
+                            "unpaused?"}]
+    if now - at > CARRY_OVER:
         return []
     return [{"key": p["key"], "severity": p["severity"], "summary": f"{p['summary']} (seen by backup_monitoring at "
              f"{prev['generated_at']})"} for p in prev.get("problems") or []

@@ -309,3 +309,20 @@ def test_low_free_space_and_corrupt_manifests_are_problems(tmp_path, app):
     assert set(problems) == {"storage-space:local", "corrupt:local"}
     assert "10.0% free" in problems["storage-space:local"]["summary"]
     assert problems["corrupt:local"]["severity"] == "critical"
+
+
+def test_status_notices_when_the_monitoring_dag_went_silent(tmp_path, app):
+    from backups.monitoring.report import write_status
+
+    cfg = load_config(make_cfg(tmp_path, app))
+    for tier in ("weekly", "daily", "monthly"):
+        run_backup(cfg, tier)
+    doc = status(cfg).to_dict()
+    assert doc["problems"] == []
+    dag_doc = {**doc, "problems": [{"key": "dag-paused:backup_daily", "severity": "critical", "summary": "paused",
+                                    "since": doc["generated_at"], "runs": 1}]}
+    write_status(cfg, dag_doc)  # as the DAG's update_dashboard does
+    keys = [(p["key"], p["severity"]) for p in status(cfg).to_dict()["problems"]]
+    assert keys == [("dag-paused:backup_daily", "critical")]  # repeated from the DAG's last status
+    later = datetime.now(UTC) + timedelta(hours=3)
+    assert [p["key"] for p in status(cfg, now=later).to_dict()["problems"]] == ["monitoring-silent"]
