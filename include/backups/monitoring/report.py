@@ -59,30 +59,40 @@ def plots(status: dict[str, Any], history: list[dict[str, Any]] | None = None) -
         out[f"{what} over time per tier"] = _png(fig)
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
     names = [t["tier"] for t in tiers]
-    ages = [(t["age_seconds"] or 0) / 3600 for t in tiers]
-    rpos = [(t["rpo_seconds"] or 0) / 3600 for t in tiers]
-    ax.bar(names, ages, color=[_COLORS.get(t["state"], "#777") for t in tiers], label="age of newest snapshot")
-    ax.scatter(names, rpos, marker="_", s=900, color="black", label="RPO", zorder=3)
-    for i, t in enumerate(tiers):
-        if t["newest_id"] is None:
-            ax.text(i, 0, "never", ha="center", va="bottom", color=_COLORS["critical"] if t["rpo_seconds"] else "#555")
-    ax.set_ylabel("hours")
+    pcts, labels = [], []
+    for t in tiers:
+        rpo, age = t["rpo_seconds"], t["age_seconds"]
+        if not rpo:
+            pcts.append(0.0)
+            labels.append(f"{_h(age)} (no RPO)" if age is not None else "never (no RPO)")
+        elif age is None:
+            pcts.append(250.0)
+            labels.append("never")
+        else:
+            pcts.append(min(250.0, 100.0 * age / rpo))
+            labels.append(f"{_h(age)} of {_h(rpo)}")
+    bars = ax.bar(names, pcts, color=[_COLORS.get(t["state"], "#777") for t in tiers])
+    for bar, label in zip(bars, labels, strict=True):
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 4, label, ha="center", va="bottom", fontsize=8)
+    ax.axhline(100, color=_COLORS["warning"], linestyle="--", linewidth=1, label="RPO (overdue)")
+    ax.axhline(200, color=_COLORS["critical"], linestyle="--", linewidth=1, label="2 x RPO (critical)")
+    ax.set_ylim(0, 280)
+    ax.set_ylabel("age, % of the RPO")
     ax.set_title("Age of the newest snapshot vs RPO")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     out["Age vs RPO"] = _png(fig)
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
     st = status["storages"]
-    used = [(s["used_bytes"] or 0) / 1e9 for s in st]
-    free = [(s["free_bytes"] or 0) / 1e9 for s in st]
-    ax.bar([s["storage"] for s in st], used, color="#1565c0", label="used by backups")
-    if any(free):
-        ax.bar([s["storage"] for s in st], free, bottom=used, color="#c5cae9", label="free")
-    for i, s in enumerate(st):
-        if not s["reachable"]:
-            ax.text(i, 0, "unreachable", ha="center", va="bottom", color=_COLORS["critical"])
-    ax.set_ylabel("GB")
+    used = [(s["used_bytes"] or 0) / 1e6 for s in st]
+    bars = ax.bar([s["storage"] for s in st], used, color="#1565c0")
+    for bar, s in zip(bars, st, strict=True):
+        note = ("unreachable" if not s["reachable"] else
+                f"{_mb(s['used_bytes'])}" + (f", {s['free_bytes'] / 1e9:,.1f} GB free" if s["free_bytes"] is not None else ""))
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), note, ha="center", va="bottom", fontsize=8,
+                color=_COLORS["critical"] if not s["reachable"] else "black")
+    ax.set_ylabel("MB used by backups")
+    ax.set_ylim(0, max(used + [1.0]) * 1.25)
     ax.set_title("Storage usage per storage")
-    ax.legend(loc="best", fontsize=8)
     out["Storage usage per storage"] = _png(fig)
     if history and len(history) >= 2:
         fig, ax = plt.subplots(figsize=(7.5, 3.2))

@@ -187,7 +187,7 @@ def _monitoring_summary(bag: Any) -> bool:
     reports = doc.get("reports") or {}
     print()
     print(f"status report:           {reports.get('html') or '-'} (and status.json, history.jsonl)")
-    print("dashboard:               make airflow, then open http://127.0.0.1:8080 and choose Backups in the menu "
+    print("dashboard:               make airflow, then open http://127.0.0.1:8080 and choose Browse > Backups "
           "(the monthly tier is red: the demo runs only weekly and daily)")
     return dr.state == "success"
 
