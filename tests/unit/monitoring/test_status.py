@@ -326,3 +326,22 @@ def test_status_notices_when_the_monitoring_dag_went_silent(tmp_path, app):
     assert keys == [("dag-paused:backup_daily", "critical")]  # repeated from the DAG's last status
     later = datetime.now(UTC) + timedelta(hours=3)
     assert [p["key"] for p in status(cfg, now=later).to_dict()["problems"]] == ["monitoring-silent"]
+
+
+@pytest.mark.parametrize(("block", "needle"), [
+    ("monitoring: {schedule: 'every hour'}", "monitoring.schedule: 'every hour' is not a 5-field cron"),
+    ("monitoring: {rpo_hours: {yearly: 9000}}", "monitoring.rpo_hours.yearly: unknown tier 'yearly'"),
+    ("monitoring: {rpo_hours: {daily: 0}}", "monitoring.rpo_hours.daily: Input should be greater than 0"),
+    ("monitoring: {alerts: {webhook: {}}}", "monitoring.alerts.webhook.conn_id: required key is missing"),
+    ("monitoring: {alerts: {escalate_after: 0}}", "monitoring.alerts.escalate_after: Input should be greater than or equal to 1"),
+    ("monitoring: {max_shrink_percent: 120}", "monitoring.max_shrink_percent: Input should be less than or equal to 100"),
+    ("monitoring: {alerts: {emails: [a@b]}}", "monitoring.alerts.emails: unknown key"),
+])
+def test_monitoring_config_errors_name_the_key(block, needle):
+    from backups.config import parse_config
+    from backups.errors import ConfigError
+
+    text = (Path(__file__).resolve().parents[3] / "include" / "backups.local.yaml").read_text() + block + "\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "c.yaml", env={"FMR_HOME": "/h", "BACKUP_ROOT": "/r"})
+    assert err.value.exit_code == 2 and f"c.yaml: {needle}" in str(err.value)
