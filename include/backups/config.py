@@ -173,7 +173,7 @@ class Locks(_Strict):
 
 
 # --------------------------------------------------------------------------------------------------- monitoring
-def _check_cron(value: str | None) -> str | None:
+def _monitoring_cron(value: str | None) -> str | None:
     if value is None:
         return None
     from croniter import croniter
@@ -217,7 +217,7 @@ class Monitoring(_Strict):
     airflow_api_conn_id: str = "airflow_api"
     alerts: Alerts = Field(default_factory=Alerts)
 
-    _cron = field_validator("schedule")(classmethod(lambda cls, v: _check_cron(v)))
+    _cron = field_validator("schedule")(classmethod(lambda cls, v: _monitoring_cron(v)))
 
 
 class Config(_Strict):
