@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from . import __version__
@@ -53,17 +52,6 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
         raise EncryptionError("no storage can be read:\n  " + "\n  ".join(errors),
                               hint="set the encryption key the repository was written with (see the message above)")
     raise StorageError("no storage is reachable:\n  " + "\n  ".join(errors), hint="check the storages section and the network")
-
-
-def _age(iso: str) -> str:
-    secs = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
-    if secs < 120:
-        return f"{secs:.0f}s"
-    if secs < 7200:
-        return f"{secs / 60:.0f}m"
-    if secs < 172800:
-        return f"{secs / 3600:.1f}h"
-    return f"{secs / 86400:.1f}d"
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -215,37 +203,82 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 4
 
 
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds / 3600:.1f}h" if seconds < 172800 else f"{seconds / 86400:.1f}d"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    from .repository import Repository
+    """Every tier (manual included) and every storage, numeric ages against the RPO, problems. ``--check``: exit
+    with the Nagios code of the overall state (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN when it cannot be built)."""
+    from .commands.status import CHECK_UNKNOWN
+
+    try:
+        return _status(args)
+    except BackupError as exc:
+        if not args.check:
+            raise
+        print(f"BACKUP UNKNOWN - {exc.message}")
+        print(f"backupctl: error: {exc}", file=sys.stderr)
+        return CHECK_UNKNOWN
+    except Exception as exc:  # noqa: BLE001 - a monitor must get UNKNOWN, not a traceback's exit 1
+        if not args.check:
+            raise
+        print(f"BACKUP UNKNOWN - internal error: {exc.__class__.__name__}: {exc}")
+        log.exception("status failed")
+        return CHECK_UNKNOWN
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .commands.status import status
 
     cfg, resolver = _load(args)
-    storage = _storage(cfg, resolver, args.storage)
-    cat = Repository(storage, cfg).catalog
-    out = []
-    for tier in cfg.tiers:
-        snaps = cat.ordered(tier)
-        last = snaps[-1] if snaps else None
-        out.append({"tier": tier, "type": cfg.tiers[tier].type, "schedule": cfg.tiers[tier].schedule,
-                    "snapshots": len(snaps), "latest": last.id if last else None,
-                    "finished_at": last.doc["finished_at"] if last else None,
-                    "age": _age(last.doc["finished_at"]) if last else None})
-    from .repository import Repository
+    if args.storage:
+        if args.storage not in cfg.storages:
+            from .errors import NotFoundError
 
-    locks = Repository(storage, cfg).locks.report()
+            raise NotFoundError(f"no storage named {args.storage!r}", hint=f"use one of: {', '.join(sorted(cfg.storages))}")
+        cfg = cfg.model_copy(update={"storages": {args.storage: cfg.storages[args.storage]}})
+    result = status(cfg, resolver)
+    doc = result.to_dict()
+    if args.prometheus:
+        from .monitoring.metrics import render_prometheus, write_textfile
+
+        write_textfile(args.prometheus, render_prometheus(doc))
     if args.json:
-        print(json.dumps({"storage": storage.name, "tiers": out, "corrupt": sorted(cat.broken), "locks": locks}, indent=1))
-        return 0
-    print(f"storage: {storage.describe()}")
-    print(_table([[o["tier"], o["type"], o["schedule"] or "-", o["snapshots"], o["latest"] or "never", o["age"] or "-"] for o in out],
-                 ["tier", "type", "schedule", "snapshots", "latest", "age"]))
+        print(json.dumps(doc, indent=1, default=str))
+        return result.check_code if args.check else 0
+    if args.check:
+        print(result.check_line())
+    print(f"backups of {doc['application']}: {doc['state'].upper()}  (generated {doc['generated_at']})")
+    print(_table([[t["tier"], t["schedule"] or "manual", t["snapshots"], t["newest_id"] or "never",
+                   t["newest_type"] or "-", _hours(t["age_seconds"]), _hours(t["rpo_seconds"]),
+                   "OVERDUE" if t["overdue"] else "no", mb(t["size_bytes"]) if t["size_bytes"] is not None else "-",
+                   f"{t['duration_seconds']:.1f}s" if t["duration_seconds"] is not None else "-",
+                   (t["last_failure"] or {}).get("at") or "-", t["state"].upper()] for t in doc["tiers"]],
+                 ["tier", "schedule", "snapshots", "newest", "type", "age", "rpo", "overdue", "size", "duration",
+                  "last failure", "state"]))
+    print()
+    print(_table([[s["storage"], s["type"], "yes" if s["reachable"] else "NO",
+                   "-" if s["writable"] is None else "yes" if s["writable"] else "NO",
+                   mb(s["used_bytes"]) if s["used_bytes"] is not None else "-",
+                   mb(s["free_bytes"]) if s["free_bytes"] is not None else "-", s["snapshots"],
+                   (s["error"] or s["describe"] or "")[:90]] for s in doc["storages"]],
+                 ["storage", "type", "reachable", "writable", "used", "free", "snapshots", "where / error"]))
+    locks = doc.get("locks") or []
     if locks:
         print("\nlocks:")
-        print(_table([[lk["state"].upper(), "exclusive" if lk["exclusive"] else "shared", lk["scope"], lk["operation"],
-                       lk["host"], lk["pid"], lk["run"] or "-", f"{lk['heartbeat_age_seconds']:.0f}s"] for lk in locks],
-                     ["state", "kind", "scope", "operation", "host", "pid", "run", "heartbeat"]))
+        print(_table([[lk["storage"], lk["state"].upper(), "exclusive" if lk["exclusive"] else "shared", lk["scope"],
+                       lk["operation"], lk["host"], lk["pid"], lk["run"] or "-", f"{lk['heartbeat_age_seconds']:.0f}s"]
+                      for lk in locks], ["storage", "state", "kind", "scope", "operation", "host", "pid", "run", "heartbeat"]))
         if any(lk["state"] != "live" for lk in locks):
             print("stale or dead locks: remove them with `backupctl unlock --stale`", file=sys.stderr)
-    return 0
+    if doc["problems"]:
+        print("\nproblems:")
+        for p in doc["problems"]:
+            print(f"  {p['severity'].upper():<8} {p['key']}: {p['summary']}")
+    return result.check_code if args.check else 0
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
@@ -293,7 +326,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_exit_codes(args: argparse.Namespace) -> int:
+    from .errors import CHECK_EXIT_CODES
+
     for code, meaning in EXIT_CODES.items():
+        print(f"{code:>4}  {meaning}")
+    print("\nbackupctl status --check (Nagios plugin codes):")
+    for code, meaning in CHECK_EXIT_CODES.items():
         print(f"{code:>4}  {meaning}")
     return 0
 
@@ -362,9 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_verify)
 
-    st = sub.add_parser("status", help="newest snapshot per tier and its age")
-    st.add_argument("--storage")
-    st.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="every tier and storage: newest snapshot, age vs RPO, sizes, problems",
+                        description="Every tier (manual included) and every storage: the newest snapshot, its age "
+                                    "against the tier's RPO (monitoring.rpo_hours, default two cron intervals), an "
+                                    "overdue flag, sizes, storage reachability and usage, and the open problems. "
+                                    "--check exits with Nagios codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
+    st.add_argument("--storage", help="only this storage")
+    st.add_argument("--json", action="store_true", help="the status document (see backups.monitoring)")
+    st.add_argument("--check", action="store_true",
+                    help="exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (for cron, Nagios/Icinga and other monitors)")
+    st.add_argument("--prometheus", metavar="FILE", help="also write the metrics to FILE (node_exporter textfile, atomic)")
     st.set_defaults(func=cmd_status)
 
     pr = sub.add_parser("prune", help="apply the tiers' retention and remove orphaned objects",

@@ -174,6 +174,54 @@ class Locks(_Strict):
         return self
 
 
+# --------------------------------------------------------------------------------------------------- monitoring
+def _monitoring_cron(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from croniter import croniter
+
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
+    return value
+
+
+class WebhookAlert(_Strict):
+    """A JSON POST through an Airflow HTTP connection (Slack-compatible ``{"text": ...}`` for hooks.slack.com)."""
+
+    conn_id: str = Field(min_length=1)
+
+
+class Alerts(_Strict):
+    """Where the ``backup_monitoring`` DAG sends alerts (see README, "Monitoring")."""
+
+    email: list[str] = Field(default_factory=list)
+    webhook: WebhookAlert | None = None
+    #: a problem still open after this many consecutive monitoring runs goes to the escalation recipients
+    escalate_after: int = Field(default=3, ge=1)
+    escalation_email: list[str] = Field(default_factory=list)
+
+
+class Monitoring(_Strict):
+    """The ``monitoring:`` block: freshness (RPO), anomaly thresholds, recency of checks, alerts."""
+
+    schedule: str | None = "*/30 * * * *"
+    #: tier -> hours; a tier not listed gets 2 intervals of its cron (the largest gap between two runs)
+    rpo_hours: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    max_shrink_percent: float = Field(default=20.0, gt=0, le=100)
+    size_anomaly_factor: float = Field(default=3.0, gt=1)
+    verify_within_days: float = Field(default=7.0, gt=0)
+    drill_within_days: float = Field(default=35.0, gt=0)
+    #: a local storage (or its disk) with less free space than this percentage is a warning
+    min_free_percent: float = Field(default=10.0, ge=0, lt=100)
+    #: where status.json, the reports, their history and the alert state live (default: see monitoring.status_dir)
+    status_dir: str | None = None
+    #: HTTP connection to Airflow's REST API (host http://host:port, login/password) for schedule verification
+    airflow_api_conn_id: str = "airflow_api"
+    alerts: Alerts = Field(default_factory=Alerts)
+
+    _cron = field_validator("schedule")(classmethod(lambda cls, v: _monitoring_cron(v)))
+
+
 class Config(_Strict):
     application: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
     sources: dict[Annotated[str, Field(pattern=_NAME)], Source] = Field(min_length=1)
@@ -185,9 +233,14 @@ class Config(_Strict):
     #: retention of the backup_manual DAG's snapshots (tier "manual"): by default the 10 newest and every one within
     #: 90 days of the newest; an explicit ``{}`` keeps them all
     manual_retention: Retention = Field(default_factory=lambda: Retention(keep_last=10, keep_within_days=90))
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        for tier_name in self.monitoring.rpo_hours:
+            if tier_name not in self.tiers and tier_name != "manual":
+                raise _RefError(f"monitoring.rpo_hours.{tier_name}",
+                                f"unknown tier {tier_name!r}; defined tiers: {', '.join(sorted([*self.tiers, 'manual']))}")
         for tier_name, tier in self.tiers.items():
             for i, src in enumerate(tier.sources):
                 if src not in self.sources:

@@ -120,3 +120,12 @@ EXIT_CODES = {
     9: "locked: another run holds a conflicting lock on the repository or snapshot (retry later, or `backupctl unlock`)",
     130: "interrupted",
 }
+
+#: ``backupctl status --check`` only: Nagios plugin codes (they replace the table above for that command, so
+#: cron jobs and monitors — Nagios, Icinga, Zabbix, Sensu — read them without a wrapper)
+CHECK_EXIT_CODES = {
+    0: "OK: every scheduled tier within its RPO, every storage reachable and writable, no open problem",
+    1: "WARNING: a tier past its RPO, or another warning (verification or drill overdue, anomaly, stale lock, low space)",
+    2: "CRITICAL: a tier past twice its RPO or without any snapshot, a storage unreachable or read-only, or another critical problem",
+    3: "UNKNOWN: the status could not be built (invalid configuration, internal error)",
+}

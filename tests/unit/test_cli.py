@@ -66,7 +66,7 @@ def test_backup_list_show_restore_verify_status_json(tmp_path):
     p = run("--config", cfg, "verify", "--all", "--read-data", "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["ok"] is True
     status = json.loads(run("--config", cfg, "status", "--json").stdout)
-    assert {t["tier"]: t["snapshots"] for t in status["tiers"]} == {"daily": 1, "weekly": 1, "monthly": 0}
+    assert {t["tier"]: t["snapshots"] for t in status["tiers"]} == {"daily": 1, "weekly": 1, "monthly": 0, "manual": 0}
 
 
 def test_cli_does_not_import_airflow_or_gx(tmp_path):

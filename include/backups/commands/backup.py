@@ -545,6 +545,9 @@ def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None)
         if problem:
             problems.append(f"{snap.id}: {problem}")
     seconds = round(time.monotonic() - t0, 3)
+    from ..monitoring.store import record_verification  # the new snapshot, re-hashed: a read-data verification
+
+    record_verification(cfg, storage, ok=not problems, read_data=True, snapshots=[snap.id], problems=len(problems))
     report = IntegrityResult(storage=storage, ok=not problems, snapshot_id=snap.id, objects_hashed=hashed,
                              bytes_hashed=hashed_bytes, chain_objects=structure.objects, problems=problems[:20],
                              seconds=seconds)

@@ -54,7 +54,17 @@ def verify(cfg: Any, names: list[str] | None = None, *, snapshot: str | None = N
                                      skip_empty=names is None)
         if report is not None:
             out.storages.append({"storage": storage.name, "describe": storage.describe(), **report.to_dict()})
+    _record(cfg, out)
     return out
+
+
+def _record(cfg: Any, out: VerifyResult) -> None:
+    """Remember each storage's verification for monitoring (``verify_within_days``); never fails the verify."""
+    from ..monitoring.store import record_verification
+
+    for s in out.storages:
+        record_verification(cfg, s["storage"], ok=not s["problems"], read_data=out.read_data,
+                            snapshots=list(s.get("snapshots") or []), problems=len(s["problems"]))
 
 
 def _verify_storage(repo: Any, storage: Any, *, snapshot: str | None, tier: str | None, every: bool, read_data: bool,

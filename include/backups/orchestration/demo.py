@@ -231,8 +231,32 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
     ok = same_files and same_db
     if landed is not None:
         ok = landed(cfg, run_ids) and ok
+    ok = _monitoring_summary(bag) and ok
     print("DEMO OK" if ok else "DEMO FAILED")
     return 0 if ok else 1
+
+
+def _monitoring_summary(bag: Any) -> bool:
+    """Run ``backup_monitoring`` once, print the status table (as ``backupctl status``) and where the reports and
+    the Backups page are. True when the monitoring run succeeded."""
+    from ..cli import main as backupctl
+    from ..config import load_config
+    from ..monitoring import status_path
+    from ..monitoring.store import read_json
+
+    print()
+    print("running backup_monitoring (status, health checks, reports, dashboard data) ...", flush=True)
+    dr = bag.get_dag("backup_monitoring").test(run_after=datetime.now(UTC))
+    print(f"  backup_monitoring: {dr.state}")
+    print()
+    backupctl(["-q", "status"])
+    doc = read_json(status_path(load_config()), {}) or {}
+    reports = doc.get("reports") or {}
+    print()
+    print(f"status report:           {reports.get('html') or '-'} (and status.json, history.jsonl)")
+    print("dashboard:               make airflow, then open http://127.0.0.1:8080 and choose Browse > Backups "
+          "(the monthly tier is red: the demo runs only weekly and daily)")
+    return dr.state == "success"
 
 
 if __name__ == "__main__":

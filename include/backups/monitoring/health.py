@@ -1,0 +1,188 @@
+"""Health checks: turn a status document into problems with stable keys.
+
+A problem is ``{"key", "severity": "warning" | "critical", "summary", "since", "runs"}``. The key names the
+check and its object (``stale:daily``, ``storage-unreachable:offsite``, ``shrink:daily:app_db.orders``) and never
+contains a value that changes from run to run, so the alert state machine (:mod:`.alerts`) recognises an open
+problem across runs. Checks:
+
+* freshness — a scheduled tier past its RPO (warning) or past 2 x RPO / without any snapshot (critical);
+* storages — unreachable (critical), not writable (critical), free space under ``min_free_percent`` (warning),
+  corrupt manifests (critical), locks that look stale or dead (warning);
+* verification recency — a storage holding snapshots without a successful read-data verification within
+  ``verify_within_days`` (warning), a failed last verification (critical);
+* drills — when a drill history exists: the last drill failed (critical) or none passed within
+  ``drill_within_days`` (warning);
+* anomalies — the newest snapshot's size or duration beyond ``size_anomaly_factor`` x the median of the tier's
+  previous snapshots (or size below median / factor); a source or table that shrank more than
+  ``max_shrink_percent`` since the tier's previous snapshot; a tier whose newest snapshot was promoted to full
+  although earlier snapshots existed (its parent was unusable);
+* replication — the newest snapshot of a tier missing from one of the tier's storages (warning).
+"""
+
+from __future__ import annotations
+
+from statistics import median
+from typing import Any
+
+from .status import MANUAL, worst
+from .store import iso, now_utc, parse_iso
+
+DAY = 86400.0
+
+
+def _p(key: str, severity: str, summary: str) -> dict[str, Any]:
+    return {"key": key, "severity": severity, "summary": summary}
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds / 3600:.1f} h" if seconds < 2 * DAY else f"{seconds / DAY:.1f} d"
+
+
+def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[str, Any]]:
+    """Every problem the status shows (without ``since``/``runs``: :func:`annotate` adds them)."""
+    mon = cfg.monitoring
+    now = now or parse_iso(status.get("generated_at")) or now_utc()
+    out: list[dict[str, Any]] = []
+    # ---- freshness
+    for t in status["tiers"]:
+        if t["rpo_seconds"] is None:
+            continue
+        tier = t["tier"]
+        if t["newest_id"] is None:
+            out.append(_p(f"stale:{tier}", "critical", f"tier {tier} has no snapshot at all (RPO {_hours(t['rpo_seconds'])})"))
+        elif t["state"] != "ok":
+            out.append(_p(f"stale:{tier}", t["state"],
+                          f"tier {tier}: newest snapshot {t['newest_id']} is {_hours(t['age_seconds'])} old, RPO "
+                          f"{_hours(t['rpo_seconds'])}" + (" (more than twice the RPO)" if t["state"] == "critical" else "")))
+        missing = [s for s in t.get("expected_storages", []) if s not in t["storages"]]
+        if t["newest_id"] and missing and tier != MANUAL:
+            reachable = {s["storage"] for s in status["storages"] if s["reachable"]}
+            gone = [s for s in missing if s in reachable]
+            if gone:
+                out.append(_p(f"replica-missing:{tier}", "warning",
+                              f"tier {tier}: newest snapshot {t['newest_id']} is not on storage(s) {', '.join(gone)}"))
+    # ---- storages
+    for s in status["storages"]:
+        name = s["storage"]
+        if not s["reachable"]:
+            out.append(_p(f"storage-unreachable:{name}", "critical", f"storage {name} is unreachable: {s['error']}"))
+            continue
+        if s["writable"] is False:
+            out.append(_p(f"storage-readonly:{name}", "critical", f"storage {name} is not writable: {s['error']}"))
+        total = s.get("total_bytes")
+        if s["free_bytes"] is not None and total:
+            pct = 100.0 * s["free_bytes"] / total
+            if pct < mon.min_free_percent:
+                out.append(_p(f"storage-space:{name}", "warning",
+                              f"storage {name}: {pct:.1f}% free ({s['free_bytes'] / 1e9:.2f} GB), under "
+                              f"{mon.min_free_percent:g}%"))
+        if s.get("corrupt"):
+            out.append(_p(f"corrupt:{name}", "critical",
+                          f"storage {name}: {len(s['corrupt'])} damaged manifest(s): {', '.join(s['corrupt'][:5])}"))
+        bad = [lk for lk in s.get("locks") or [] if lk.get("state") != "live"]
+        if bad:
+            lk = bad[0]
+            out.append(_p(f"lock-stale:{name}", "warning",
+                          f"storage {name}: {len(bad)} stale or dead lock(s), e.g. {lk['operation']} by {lk['host']} pid "
+                          f"{lk['pid']} (heartbeat {lk['heartbeat_age_seconds']:.0f}s old): `backupctl unlock --stale`"))
+        # ---- verification recency
+        if s["snapshots"]:
+            last = s.get("last_verification") or {}
+            good = s.get("last_read_data_ok") or {}
+            if last and not last.get("ok"):
+                out.append(_p(f"verify-failed:{name}", "critical",
+                              f"storage {name}: the last verification ({last.get('at')}) found {last.get('problems')} "
+                              "problem(s): run `backupctl verify --all --read-data`"))
+            at = parse_iso(good.get("at"))
+            oldest = parse_iso(s.get("oldest_committed_at"))
+            held_long = oldest is None or (now - oldest).total_seconds() > mon.verify_within_days * DAY
+            if held_long and (at is None or (now - at).total_seconds() > mon.verify_within_days * DAY):
+                out.append(_p(f"verify-overdue:{name}", "warning",
+                              f"storage {name}: no successful read-data verification within {mon.verify_within_days:g} "
+                              f"days (last: {good.get('at') or 'never'})"))
+    # ---- drills
+    drill = status.get("last_drill")
+    if drill is not None or getattr(cfg, "drill", None) is not None:
+        from .store import last_passed_drill
+
+        if drill is not None and not drill["passed"]:
+            out.append(_p("drill-failed", "critical", f"the last DR drill {drill['id']} ({drill['at']}) failed"))
+        passed = last_passed_drill(cfg)
+        at = parse_iso(passed.get("at")) if passed else None
+        if at is None or (now - at).total_seconds() > mon.drill_within_days * DAY:
+            out.append(_p("drill-overdue", "warning", f"no passed DR drill within {mon.drill_within_days:g} days "
+                                                      f"(last passed: {passed.get('at') if passed else 'never'})"))
+    # ---- anomalies
+    factor = mon.size_anomaly_factor
+    for t in status["tiers"]:
+        hist = t.get("history") or []
+        tier = t["tier"]
+        if len(hist) >= 3:
+            newest, before = hist[-1], hist[:-1][-10:]
+            med = median(h["size_bytes"] for h in before)
+            if med > 0 and (newest["size_bytes"] > factor * med or newest["size_bytes"] * factor < med):
+                out.append(_p(f"anomaly-size:{tier}", "warning",
+                              f"tier {tier}: {newest['id']} is {newest['size_bytes'] / 1e6:.1f} MB, the median of the "
+                              f"previous {len(before)} is {med / 1e6:.1f} MB (factor {factor:g})"))
+            durs = [h["duration_seconds"] for h in before if h.get("duration_seconds")]
+            if len(durs) >= 2 and newest.get("duration_seconds"):
+                dmed = median(durs)
+                if dmed > 0 and newest["duration_seconds"] > factor * max(dmed, 1.0):
+                    out.append(_p(f"anomaly-duration:{tier}", "warning",
+                                  f"tier {tier}: {newest['id']} took {newest['duration_seconds']:.0f}s, the median of "
+                                  f"the previous {len(durs)} is {dmed:.0f}s (factor {factor:g})"))
+        if t.get("promoted_unexpectedly"):
+            out.append(_p(f"promoted:{tier}", "warning",
+                          f"tier {tier}: {t['newest_id']} was requested as {t['requested_type']} but promoted to full: "
+                          f"{t['promoted_reason']}"))
+    out += shrink_problems(cfg, status.get("_tables") or {})
+    seen: set[str] = set()
+    unique = []
+    for p in out:
+        if p["key"] not in seen:
+            seen.add(p["key"])
+            unique.append(p)
+    return unique
+
+
+def shrink_problems(cfg: Any, tables: dict[str, Any]) -> list[dict[str, Any]]:
+    """A source (bytes) or a table (rows) that shrank more than ``max_shrink_percent`` between a tier's two newest
+    snapshots."""
+    limit = cfg.monitoring.max_shrink_percent
+    out = []
+    for tier, rec in sorted(tables.items()):
+        if len(rec.get("ids", [])) < 2:
+            continue
+        (old_id, new_id), (old, new) = rec["ids"], rec["sources"]
+        for src in sorted(set(old) & set(new)):
+            a, b = old[src].get("bytes"), new[src].get("bytes")
+            if a and b is not None and a > 0 and 100.0 * (a - b) / a > limit:
+                out.append(_p(f"shrink:{tier}:{src}", "warning",
+                              f"tier {tier}: source {src} shrank {100.0 * (a - b) / a:.0f}% ({a:,} -> {b:,} bytes) "
+                              f"from {old_id} to {new_id} (limit {limit:g}%)"))
+            for table in sorted(set(old[src]["tables"]) & set(new[src]["tables"])):
+                ra, rb = old[src]["tables"][table], new[src]["tables"][table]
+                if isinstance(ra, int) and isinstance(rb, int) and ra > 0 and 100.0 * (ra - rb) / ra > limit:
+                    out.append(_p(f"shrink:{tier}:{src}.{table}", "warning",
+                                  f"tier {tier}: table {table} of {src} shrank {100.0 * (ra - rb) / ra:.0f}% "
+                                  f"({ra:,} -> {rb:,} rows) from {old_id} to {new_id} (limit {limit:g}%)"))
+    return out
+
+
+def annotate(problems: list[dict[str, Any]], alert_state: dict[str, Any] | None, now: Any = None) -> list[dict[str, Any]]:
+    """Add ``since`` and ``runs`` from the alert state (a problem not yet in it: since now, first run)."""
+    open_ = (alert_state or {}).get("problems") or {}
+    stamp = iso(now or now_utc())
+    out = []
+    for p in problems:
+        known = open_.get(p["key"]) or {}
+        out.append({**p, "since": known.get("since") or stamp, "runs": int(known.get("runs") or 0) or 1})
+    return out
+
+
+def overall_state(status: dict[str, Any]) -> str:
+    return worst(*[t["state"] for t in status["tiers"]],
+                 *["critical" for s in status["storages"] if not s["reachable"]],
+                 *[p["severity"] for p in status.get("problems", [])])

@@ -1,0 +1,152 @@
+"""Schedule verification: every tier's DAG exists, is not paused, has no import error, and its last scheduled run
+happened when its cron says it should have — read from Airflow's own metadata through its public REST API.
+
+Why the REST API: in Airflow 3 a task cannot use the ORM, and the Task SDK's run queries
+(``get_dr_count``/``get_dagrun_state``) know nothing of paused DAGs or import errors. :class:`AirflowApi` is a
+small urllib client (no Airflow import): base URL and credentials come from an HTTP connection
+(``monitoring.airflow_api_conn_id``, host ``http://host:port``, login and password), a token from
+``POST /auth/token`` (no token is asked when login is empty: ``simple_auth_manager_all_admins``).
+
+:func:`check_schedules` is pure: it turns what the API returned into problems and per-DAG run facts.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import datetime, timedelta
+from typing import Any
+
+from .store import iso, now_utc, parse_iso
+
+#: a scheduled run may start this late after its cron time before it counts as missed
+GRACE = timedelta(minutes=30)
+
+
+class ApiError(Exception):
+    pass
+
+
+class AirflowApi:
+    def __init__(self, base_url: str, login: str | None = None, password: str | None = None, timeout: float = 20.0):
+        self.base = base_url.rstrip("/")
+        self.login, self.password, self.timeout = login, password, timeout
+        self._token: str | None = None
+
+    def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if auth and self.login:
+            headers["Authorization"] = f"Bearer {self.token()}"
+        req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - configured http(s) URL
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise ApiError(f"{method} {path}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ApiError(f"{method} {path}: {getattr(exc, 'reason', exc)}") from None
+
+    def token(self) -> str:
+        if self._token is None:
+            out = self._request("POST", "/auth/token", {"username": self.login, "password": self.password or ""},
+                                auth=False)
+            if not isinstance(out, dict) or "access_token" not in out:
+                raise ApiError("POST /auth/token: no access_token in the answer")
+            self._token = out["access_token"]
+        return self._token
+
+    def get(self, path: str, **params: Any) -> Any:
+        q = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
+        return self._request("GET", path + (f"?{q}" if q else ""))
+
+    def dag(self, dag_id: str) -> dict[str, Any] | None:
+        try:
+            return self.get(f"/api/v2/dags/{urllib.parse.quote(dag_id)}")
+        except ApiError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+
+    def runs(self, dag_id: str, limit: int = 25) -> list[dict[str, Any]]:
+        out = self.get(f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns", order_by="-run_after", limit=limit)
+        return list((out or {}).get("dag_runs") or [])
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        out = self.get("/api/v2/importErrors", limit=100)
+        return list((out or {}).get("import_errors") or [])
+
+    def collect(self, dag_ids: list[str]) -> dict[str, Any]:
+        """What :func:`check_schedules` needs: each DAG (or None), its recent runs, and the import errors."""
+        dags = {}
+        for d in dag_ids:
+            info = self.dag(d)
+            dags[d] = {"dag": info, "runs": self.runs(d) if info else []}
+        return {"dags": dags, "import_errors": self.import_errors(), "base_url": self.base}
+
+
+def _run_info(r: dict[str, Any], base: str | None) -> dict[str, Any]:
+    url = f"{base}/dags/{r.get('dag_id')}/runs/{urllib.parse.quote(str(r.get('dag_run_id') or r.get('run_id')))}" if base else None
+    return {"run_id": r.get("dag_run_id") or r.get("run_id"), "state": r.get("state"), "run_type": r.get("run_type"),
+            "logical_date": r.get("logical_date"), "start": r.get("start_date"), "end": r.get("end_date"), "url": url}
+
+
+def check_schedules(tiers: dict[str, str | None], api_data: dict[str, Any], *, now: datetime | None = None,
+                    ui_url: str | None = None) -> dict[str, Any]:
+    """``tiers``: dag_id -> cron (None: unscheduled). Returns ``{"problems": [...], "runs": {dag_id: {"last_run",
+    "last_failure", "is_paused", "missed"}}}``."""
+    from croniter import croniter
+
+    now = now or now_utc()
+    base = ui_url or api_data.get("base_url")
+    problems: list[dict[str, Any]] = []
+    runs_out: dict[str, Any] = {}
+    errors = api_data.get("import_errors") or []
+    for dag_id, cron in sorted(tiers.items()):
+        rec = (api_data.get("dags") or {}).get(dag_id) or {}
+        info, runs = rec.get("dag"), rec.get("runs") or []
+        if info is None:
+            err = next((e for e in errors if dag_id.removeprefix("backup_") in str(e.get("filename", ""))
+                        or "backup_tiers" in str(e.get("filename", ""))), None)
+            why = f": import error in {err.get('filename')}" if err else " (not parsed by Airflow)"
+            problems.append({"key": f"dag-missing:{dag_id}", "severity": "critical",
+                             "summary": f"DAG {dag_id} does not exist in Airflow{why}"})
+            continue
+        if info.get("has_import_errors"):
+            problems.append({"key": f"dag-import-error:{dag_id}", "severity": "critical",
+                             "summary": f"DAG {dag_id}: its file has an import error (Airflow runs the last good version)"})
+        if cron and info.get("is_paused"):
+            problems.append({"key": f"dag-paused:{dag_id}", "severity": "critical",
+                             "summary": f"DAG {dag_id} is paused: its backups ({cron}) do not run"})
+        last = runs[0] if runs else None
+        failed = next((r for r in runs if r.get("state") == "failed"), None)
+        scheduled = [r for r in runs if r.get("run_type") == "scheduled"]
+        entry = {"last_run": _run_info(last, base) if last else None,
+                 "last_failure": ({**_run_info(failed, base), "at": failed.get("end_date") or failed.get("start_date")}
+                                  if failed else None),
+                 "is_paused": bool(info.get("is_paused")), "missed": None}
+        if last is not None and last.get("state") == "failed":
+            problems.append({"key": f"run-failed:{dag_id}", "severity": "warning",
+                             "summary": f"DAG {dag_id}: the last run {last.get('dag_run_id')} failed"})
+        if cron and not info.get("is_paused"):
+            # the newest cron time that should have produced a run (its run starts after the interval it covers)
+            it = croniter(cron, now - GRACE)
+            expected = it.get_prev(datetime)
+            have = [parse_iso(r.get("run_after") or r.get("logical_date")) for r in scheduled]
+            have = [h for h in have if h is not None]
+            newest = max(have) if have else None
+            # a DAG added after that time is not late: Airflow's own next run is then later than it
+            next_after = parse_iso(info.get("next_dagrun_run_after"))
+            if (newest is None or newest < expected - timedelta(seconds=1)) and (
+                    next_after is None or next_after <= expected):
+                entry["missed"] = iso(expected)
+                problems.append({"key": f"run-missed:{dag_id}", "severity": "warning",
+                                 "summary": f"DAG {dag_id}: no scheduled run for {iso(expected)} ({cron}); newest "
+                                            f"scheduled run: {iso(newest) if newest else 'none'} (scheduler down?)"})
+        runs_out[dag_id] = entry
+    return {"problems": problems, "runs": runs_out}

@@ -1,0 +1,40 @@
+"""The monitoring status over remote storages (a real S3 endpoint: moto's server on loopback): every storage is
+probed — one that fails (a missing bucket) is reported and never takes the status down; an archive storage gets
+no write probe; sizes and snapshot counts come from each storage."""
+
+from __future__ import annotations
+
+from backups.commands.status import status
+from backups.config import load_config
+from backups.demo import fmr
+from backups.engine.snapshot import run_backup
+from tests.helpers import LoopbackResolver, write_config
+from tests.unit.storage.test_s3 import BUCKET, s3_endpoint  # noqa: F401 - fixture
+
+EXTRA = """\
+  cloud:   {{type: s3, conn_id: backup_s3, bucket: {bucket}, prefix: "mon-{n}"}}
+  gone:    {{type: s3, conn_id: backup_s3, bucket: no-such-bucket-{n}}}
+  archive: {{type: s3, conn_id: backup_s3, bucket: {bucket}, prefix: "mon-arch-{n}", storage_class: GLACIER}}
+"""
+
+
+def test_status_probes_every_remote_storage(tmp_path, s3_endpoint):  # noqa: F811
+    home = tmp_path / "home"
+    fmr.generate(home, scale=0.1, seed=4)
+    n = tmp_path.name.replace("_", "-").lower()[-20:]
+    path = write_config(tmp_path / "c.yaml", home, tmp_path / "repo", extra_storages=EXTRA.format(bucket=BUCKET, n=n),
+                        tier_storages="local, cloud")
+    cfg = load_config(path)
+    resolver = LoopbackResolver(s3_endpoint, None)
+    run_backup(cfg, "weekly", resolver=resolver)
+    doc = status(cfg, resolver).to_dict()
+    st = {s["storage"]: s for s in doc["storages"]}
+    assert st["cloud"]["reachable"] and st["cloud"]["writable"] is True and st["cloud"]["snapshots"] == 1
+    assert st["cloud"]["used_bytes"] > 0 and st["cloud"]["free_bytes"] is None
+    assert st["gone"]["reachable"] is False and st["gone"]["error"]
+    assert st["archive"]["reachable"] and st["archive"]["writable"] is None and st["archive"]["snapshots"] == 0
+    weekly = next(t for t in doc["tiers"] if t["tier"] == "weekly")
+    assert weekly["storages"] == ["local", "cloud"] and weekly["state"] == "ok"
+    keys = {p["key"] for p in doc["problems"]}
+    assert "storage-unreachable:gone" in keys and "replica-missing:weekly" not in keys
+    assert not any(k.startswith("storage-") and not k.endswith(":gone") for k in keys), keys
