@@ -163,12 +163,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore, re-hash what was written, validate the databases (unless --no-validate) and write
     RESTORE_REPORT.md/.json into the target: the steps of :mod:`backups.commands.restore`, as the DAG runs them."""
-    from .commands.restore import RestoreRequest, restore_snapshot
+    from .commands.restore import RestoreRequest, TablePlan, restore_snapshot
 
     cfg, resolver = _load(args)
     req = RestoreRequest(target=os.path.abspath(args.target), snapshot=args.snapshot, tier=args.tier,
                          storage=args.storage, sources=args.source, includes=args.include, tables=args.table,
-                         force=args.force, pg_target_name="--pg-target" if args.pg_target else None)
+                         force=args.force, pg_target_name="--pg-target" if args.pg_target else None,
+                         include_dependencies=args.with_dependencies)
     out = restore_snapshot(cfg, req, resolver, pg_dsn=args.pg_target, validate=not args.no_validate,
                            poll_seconds=args.poll_seconds)
     if args.json:
@@ -181,6 +182,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for n, s in r.sources.items():
         for k, val in (s.extra or {}).items():
             print(f"{n}: {k}: {val}")
+    for n, added in (TablePlan.from_dict(r.tables).added() if r.tables else {}).items():
+        print(f"{n}: dependencies restored with the tables (foreign keys): {', '.join(added)}")
     for n, res in v.validation.items():
         stats = res.get("statistics") or {}
         print(f"{n}: " + (f"not validated ({res.get('skipped')})" if res.get("success") is None else
@@ -343,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source", action="append", help="restore only this source (repeatable)")
     r.add_argument("--include", action="append", help="files sources: only paths matching this glob (repeatable)")
     r.add_argument("--table", action="append", help="database sources: only this table (repeatable)")
+    r.add_argument("--with-dependencies", action="store_true",
+                   help="with --table: also restore the tables they reference (foreign keys, transitively); without "
+                        "it a missing one stops the restore before anything is written (exit 7)")
     r.add_argument("--pg-target", help="postgres sources: load the dump into this database (DSN)")
     r.add_argument("--storage", help="restore from this storage (default: the first healthy one)")
     r.add_argument("--force", action="store_true", help="restore into a non-empty target, replacing restored sources")
