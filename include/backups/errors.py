@@ -120,3 +120,20 @@ EXIT_CODES = {
     9: "locked: another run holds a conflicting lock on the repository or snapshot (retry later, or `backupctl unlock`)",
     130: "interrupted",
 }
+
+
+def did_you_mean(word: str | None, choices: object) -> str:
+    """``did you mean 'daily'? `` when ``word`` is close to one of ``choices`` (difflib), else ``""`` — the start of
+    a hint for a misspelt tier, source, storage or snapshot id."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word or ""), [str(c) for c in choices], n=3, cutoff=0.6)  # type: ignore[attr-defined]
+    return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+
+
+def check_name(kind: str, name: str | None, choices: object, option: str) -> None:
+    """NotFoundError (exit 3) when ``name`` (given with ``option``) is not one of ``choices``, with a suggestion."""
+    known = sorted(str(c) for c in choices)  # type: ignore[attr-defined]
+    if name is not None and name not in known:
+        raise NotFoundError(f"{option}: no {kind} named {name!r}",
+                            hint=f"{did_you_mean(name, known)}{kind}s: {', '.join(known) or 'none configured'}")

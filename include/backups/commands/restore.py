@@ -39,7 +39,7 @@ from typing import Any
 
 from ..config import Config
 from ..engine.progress import mb
-from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError, SourceError, StorageError
+from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError, SourceError, StorageError, did_you_mean
 from ..storage.base import sha256_of
 from .validate import DB_KINDS, compact_results, pg_scratch_dsn, validate_restored
 
@@ -90,12 +90,14 @@ def check_request(cfg: Config, req: RestoreRequest) -> RestoreRequest:
                           hint="give an absolute directory path, e.g. /srv/restore/2026-03-01")
     if req.storage and req.storage not in cfg.storages:
         raise ConfigError(f"restore: unknown storage {req.storage!r}",
-                          hint=f"choose from: {', '.join(cfg.storages)} (or leave it empty for the first healthy one)")
+                          hint=f"{did_you_mean(req.storage, cfg.storages)}choose from: {', '.join(cfg.storages)} (or "
+                               "leave it empty for the first healthy one)")
     sources = _clean_list(req.sources)
     unknown = [s for s in sources or [] if s not in cfg.sources]
     if unknown:
         raise ConfigError(f"restore: unknown source {unknown[0]!r}",
-                          hint=f"choose from: {', '.join(cfg.sources)} (or leave it empty for all)")
+                          hint=f"{did_you_mean(unknown[0], cfg.sources)}choose from: {', '.join(cfg.sources)} (or leave "
+                               "it empty for all)")
     out = RestoreRequest(target=os.path.normpath(target), snapshot=str(req.snapshot or "latest").strip(),
                          tier=req.tier or None, storage=req.storage or None, sources=sources,
                          includes=_clean_list(req.includes), tables=_clean_list(req.tables), force=bool(req.force),
@@ -106,16 +108,23 @@ def check_request(cfg: Config, req: RestoreRequest) -> RestoreRequest:
 
 
 def guard_target(cfg: Config, target: str) -> None:
-    """Refuse the filesystem root and anything inside a local backup repository."""
+    """Refuse — even with ``force`` — the filesystem root, and a target that is a local storage's repository, lies
+    inside one or contains one (``force`` replaces what is in the target: it must never reach a repository)."""
     real = Path(os.path.realpath(target))
     if real == Path("/"):
-        raise RefusedError("restore: refusing to restore into the filesystem root", hint="give a dedicated directory")
+        raise RefusedError("restore: refusing to restore into the filesystem root /, even with --force",
+                           hint="give a new or empty dedicated directory, e.g. --target /srv/restore/$(date +%F)")
     for name, sc in cfg.storages.items():
         if sc.type == "local":
             repo = Path(os.path.realpath(sc.path))
             if real == repo or real.is_relative_to(repo):
-                raise RefusedError(f"restore: target {target} is inside the repository of storage {name} ({sc.path})",
-                                   hint="restore somewhere outside the backup repository")
+                where = "is the repository" if real == repo else "is inside the repository"
+                raise RefusedError(f"restore: target {target} {where} of storage {name} ({sc.path}); refused even "
+                                   "with --force", hint="restore somewhere outside the backup repository")
+            if repo.is_relative_to(real):
+                raise RefusedError(f"restore: target {target} contains the repository of storage {name} ({sc.path}); "
+                                   "refused even with --force",
+                                   hint="restore into a directory that holds no backup repository")
 
 
 # ------------------------------------------------------------------------------------------------ locate

@@ -99,14 +99,16 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
     requested = type_override or t.type
     if requested not in ("full", "differential", "incremental"):
         raise ConfigError(f"--type {requested!r} is not a backup type", hint="use full, differential or incremental")
+    from ..errors import did_you_mean
+
     storage_names = storages or list(t.storages)
     for s in storage_names:
         if s not in cfg.storages:
-            raise ConfigError(f"unknown storage {s!r}", hint=f"use one of: {', '.join(sorted(cfg.storages))}")
+            raise ConfigError(f"unknown storage {s!r}", hint=f"{did_you_mean(s, cfg.storages)}use one of: {', '.join(sorted(cfg.storages))}")
     source_names = sources or list(t.sources)
     for s in source_names:
         if s not in cfg.sources:
-            raise ConfigError(f"unknown source {s!r}", hint=f"use one of: {', '.join(sorted(cfg.sources))}")
+            raise ConfigError(f"unknown source {s!r}", hint=f"{did_you_mean(s, cfg.sources)}use one of: {', '.join(sorted(cfg.sources))}")
     primary = storage or open_storage(cfg, storage_names[0], resolver)
     catalog = catalog or Catalog(primary, cfg.application)
     existing = catalog.snapshots.get(sid)
