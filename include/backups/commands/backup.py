@@ -440,7 +440,7 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
     state = check_system_state(cfg, sel, resolver)
     snap, p = snapshot.run_backup(cfg, tier, logical_date=logical_date, type_override=type_override,
                                   storages=storages, resolver=resolver, checksum=checksum, sources=sources,
-                                  comment=comment)
+                                  comment=comment, estimated_bytes=state.estimated_bytes)
     return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
             "storages": p.storages, "system_state": state.to_dict(), "manifest": snap.doc}
 

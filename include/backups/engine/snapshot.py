@@ -423,8 +423,10 @@ def backfill(cfg: Config, src: Storage, dst: Storage, *, tier: str | None = None
 
 def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
                storages: list[str] | None = None, resolver: Any = None, checksum: bool = False,
-               sources: list[str] | None = None, comment: str = "") -> tuple[Snapshot, Plan]:
+               sources: list[str] | None = None, comment: str = "",
+               estimated_bytes: int | None = None) -> tuple[Snapshot, Plan]:
     """Plan, extract every source once into the primary storage, commit, then copy to the other storages.
+    ``estimated_bytes`` (the system-state check's estimate of the sources) gives the progress a percentage.
 
     The primary (first) storage must be healthy. Another storage that is down, or whose encryption key does not
     match, is skipped for this run; the snapshot is committed everywhere else, and the run then fails naming it
@@ -445,7 +447,7 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
         p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
                  sources=sources, storages=names, comment=comment, catalog=repo.catalog)
         snap, healthy, failures = _extract_and_commit(cfg, p, primary, opened, names, held, resolver, checksum,
-                                                      repo.catalog)
+                                                      repo.catalog, estimated_bytes)
     # replication reads only committed objects (a shared lock keeps prune away); each target takes its own locks
     if healthy:
         with repo.lock("repo", exclusive=False, operation="replicate"):
@@ -461,7 +463,7 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
 
 def _extract_and_commit(cfg: Config, p: Plan, primary: Storage, opened: dict[str, Storage], names: list[str],
                         held: list[Any], resolver: Any, checksum: bool,
-                        catalog: Catalog) -> tuple[Snapshot, list[str], list[Any]]:
+                        catalog: Catalog, estimated_bytes: int | None = None) -> tuple[Snapshot, list[str], list[Any]]:
     """Under the id's exclusive lock and the shared repository lock (prune cannot run): the catalog loaded once
     for the plan stays true for the whole run."""
     from ..errors import BackupError
@@ -485,11 +487,16 @@ def _extract_and_commit(cfg: Config, p: Plan, primary: Storage, opened: dict[str
         from concurrent.futures import ThreadPoolExecutor
 
         workers = min(2, len(p.sources)) if primary.thread_safe else 1  # one SFTP session is not thread-safe
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
-            futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum, catalog=catalog)
-                       for name in p.sources]
-            for fut in futures:
-                fut.result()
+        # one progress for the whole backup: on a terminal one bar with a percentage of the estimate
+        progress = Progress(f"backup {p.snapshot_id}", estimated_bytes or None)
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
+                futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum,
+                                       catalog=catalog, progress=progress) for name in p.sources]
+                for fut in futures:
+                    fut.result()
+        finally:
+            progress.close()
     snap = commit(cfg, p, primary, locks=held, catalog=catalog)
     return snap, healthy, failures
 

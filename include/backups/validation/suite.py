@@ -204,12 +204,21 @@ def validation_error(result: dict[str, Any]) -> ValidationFailedError:
 
 # ------------------------------------------------------------------------------------------------ runners
 def sqlite_tables(db_path: str | Path) -> set[str]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    # read-only and immutable: a WAL-mode database gets no -wal/-shm side file next to it (a restore target stays clean)
+    conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
     try:
         return {r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
     finally:
         conn.close()
+
+
+def sqlite_readonly_url(path: Path) -> str:
+    """A SQLAlchemy URL opening ``path`` read-only and immutable (no -wal/-shm file is created). The path is
+    percent-encoded twice: SQLAlchemy decodes the URL once, SQLite the ``file:`` URI once more."""
+    from urllib.parse import quote
+
+    return f"sqlite:///file:{quote(quote(str(path), safe='/'), safe='/')}?mode=ro&immutable=1&uri=true"
 
 
 def validate_sqlite(db_path: str | Path, tables_details: dict[str, dict[str, Any]], *,
@@ -226,7 +235,7 @@ def validate_sqlite(db_path: str | Path, tables_details: dict[str, dict[str, Any
         raise IntegrityError(f"{path.name} is not a readable SQLite database ({exc})",
                              hint="the restored database is damaged; run `backupctl verify --read-data`") from None
     ctx = _context()
-    datasource = ctx.data_sources.add_sqlite(name="restored", connection_string=f"sqlite:///{path}")
+    datasource = ctx.data_sources.add_sqlite(name="restored", connection_string=sqlite_readonly_url(path))
     results = _run_suite(ctx, datasource, tables_details, present & set(tables_details), path.name)
     return _finish(path.name, tables_details, present, results, started, raise_on_failure)
 
