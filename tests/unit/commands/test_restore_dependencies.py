@@ -65,6 +65,7 @@ def test_with_dependencies_restores_and_reports_them(app):
     out = rc.restore_snapshot(cfg, rc.RestoreRequest(target=str(target), sources=["app_db"], tables=["missions"],
                                                      include_dependencies=True))
     db = target / "app_db" / "app.db"
+    assert sorted(x.name for x in db.parent.iterdir()) == ["app.db"]  # no -wal/-shm left by the checks
     assert _tables(db) == {"missions", "robots"}
     with sqlite3.connect(db) as c:
         assert c.execute("PRAGMA foreign_key_check").fetchall() == []
