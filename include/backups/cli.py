@@ -387,7 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "it a missing one stops the restore before anything is written (exit 7)")
     r.add_argument("--pg-target", help="postgres sources: load the dump into this database (DSN)")
     r.add_argument("--storage", help="restore from this storage (default: the first healthy one)")
-    r.add_argument("--force", action="store_true", help="restore into a non-empty target, replacing restored sources")
+    r.add_argument("--force", action="store_true",
+                   help="restore into a non-empty target, replacing restored sources; with --table and --pg-target, "
+                        "replace chosen tables that hold rows there (one transaction). Never / or a repository")
     r.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between restore-status polls")
     r.add_argument("--no-validate", action="store_true",
                    help="skip the Great Expectations suite on restored databases (files are still re-hashed)")

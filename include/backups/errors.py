@@ -110,12 +110,13 @@ class ValidationFailedError(IntegrityError):
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the log)",
-    2: "invalid configuration or arguments",
+    2: "invalid configuration or arguments (also an ambiguous snapshot-id prefix)",
     3: "snapshot, tier, source, storage or object not found",
     4: "integrity failure: stored data or a manifest does not match its checksums",
     5: "storage unreachable or failing",
     6: "a source could not be read (unreadable files, failing command or dump)",
-    7: "refused to protect data (non-empty restore target, unsafe archive member, an object that exists)",
+    7: "refused to protect data (non-empty restore target, / or a repository as target, tables without their "
+       "foreign-key dependencies, unsafe archive member, an object that exists)",
     8: "encryption key missing or wrong",
     9: "locked: another run holds a conflicting lock on the repository or snapshot (retry later, or `backupctl unlock`)",
     130: "interrupted",

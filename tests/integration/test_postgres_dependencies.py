@@ -142,3 +142,29 @@ def test_forced_load_breaking_a_foreign_key_rolls_back(pg_app):
     assert _q(live, "SELECT count(*) FROM missions") == before == [(201,)]
     assert _q(live, "SELECT count(*) FROM pg_constraint WHERE conname = 'audit_mission_id_fkey'") == [(1,)]
     assert not (pg_app["tmp"] / "h" / "fleet_db").exists()  # the failed source is not left in the target
+
+
+def test_a_dump_that_cannot_be_read_completely_is_not_committed(dbs, tmp_path):
+    """pg_restore failing half-way (a table's data file gone) kills psql before its input ends: the
+    transaction never commits, the forced replacement leaves the target as it was."""
+    import subprocess
+
+    from backups.engine.databases import pg_load_tables
+    from backups.errors import SourceError
+    from backups.sources.postgres import find_tool
+
+    src, live = dbs("dump"), dbs("keep")
+    for dsn in (src, live):
+        with psycopg.connect(dsn) as c:
+            c.execute("CREATE TABLE fleet (id int PRIMARY KEY, name text)")
+            c.execute("INSERT INTO fleet SELECT g, 'r' || g FROM generate_series(1, 30) g")
+    dump = tmp_path / "dump"
+    subprocess.run([find_tool("pg_dump"), "-Fd", "-Z0", "-f", str(dump), src], check=True)
+    for f in dump.glob("*.dat"):
+        if f.name != "toc.dat":
+            f.unlink()
+    with psycopg.connect(live) as c:
+        c.execute("UPDATE fleet SET name = 'live'")
+    with pytest.raises(SourceError, match="pg_restore failed"):
+        pg_load_tables(dump, live, ["fleet"], force=True)
+    assert _q(live, "SELECT count(*), min(name) FROM fleet") == [(30, "live")]

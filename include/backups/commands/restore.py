@@ -6,11 +6,14 @@ Steps, each taking typed inputs and returning a typed, JSON-able result (``to_di
 1. :func:`check_request` — the request (snapshot, target, sources, …) against the configuration.
 2. :func:`locate` — the storage to read from: the named one, or the first (config order) that is reachable and
    holds the snapshot with its whole chain; what a thaw of an archive storage needs (objects, bytes).
-3. :func:`check_prerequisites` — the target (not ``/``, not inside a local repository, a directory, empty
+3. :func:`check_prerequisites` — the target (not ``/``, not in or around a local repository, a directory, empty
    unless ``force``, enough free space) and the PostgreSQL target database (reachable).
 4. :func:`wait_for_archive` — archive storages: request the S3 restores and wait (the DAG uses its deferrable
    sensor instead).
-5. :func:`run_restore` — :func:`backups.engine.restorer.restore` (every write goes through it: SHA-256 checked,
+5. :func:`plan_tables` — a table-level restore: the foreign keys read from the snapshot, the referenced tables
+   added (``include_dependencies``) or the restore refused before anything is written; a PostgreSQL target's
+   chosen tables that hold rows refused unless ``force``.
+   :func:`run_restore` — :func:`backups.engine.restorer.restore` (every write goes through it: SHA-256 checked,
    a source appears only when complete) under the repository's shared lock.
 6. :func:`verify_restore` — the restored tree read back: every regular file re-hashed against the snapshot's
    index, no stray file in a ``files`` source; the Great Expectations suite on restored databases (GX is imported
@@ -789,6 +792,6 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
 __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",
            "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
            "approval_from_hitl", "build_report", "check_prerequisites", "check_request", "cli_run_info",
-           "guard_target", "hash_check", "include_selector", "locate",
+           "guard_target", "hash_check", "include_selector", "locate", "plan_tables", "TablePlan",
            "regular_files", "restore_snapshot", "run_restore", "sha256_file", "target_state",
            "verify_restore", "wait_for_archive", "write_report"]

@@ -7,6 +7,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -204,15 +205,30 @@ class PgDumpSchema:
 def _pg_sql(dump_dir: Path, *extra: str) -> subprocess.Popen[str]:
     from ..sources.postgres import find_tool
 
-    return subprocess.Popen([find_tool("pg_restore"), "--no-owner", "--no-privileges", *extra, "-f", "-", str(dump_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                            errors="surrogateescape")
+    # stderr to a file: a pipe nobody reads while stdout is streamed could fill up and stall pg_restore
+    return _popen([find_tool("pg_restore"), "--no-owner", "--no-privileges", *extra, "-f", "-", str(dump_dir)],
+                  stdout=subprocess.PIPE)
+
+
+def _popen(cmd: list[str], **kw: Any) -> subprocess.Popen[str]:
+    """A text-mode child whose stderr goes to a temp file (read by :func:`_stderr`)."""
+    errlog = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stderr=errlog, text=True, encoding="utf-8", errors="surrogateescape", **kw)
+    proc.errlog = errlog  # type: ignore[attr-defined]
+    return proc
+
+
+def _stderr(proc: subprocess.Popen[str]) -> str:
+    fh: Any = getattr(proc, "errlog", None)
+    if fh is None:
+        return ""
+    fh.seek(0)
+    return fh.read().decode(errors="replace").strip()
 
 
 def _finish(proc: subprocess.Popen[str], what: str) -> None:
-    err = proc.stderr.read() if proc.stderr else ""
     if proc.wait() != 0:
-        raise SourceError(f"{what} failed (exit {proc.returncode}): {err.strip()[-600:]}",
+        raise SourceError(f"{what} failed (exit {proc.returncode}): {_stderr(proc)[-600:]}",
                           hint="the dump may be damaged: run `backupctl verify --read-data`")
 
 
@@ -304,26 +320,37 @@ def pg_load_tables(dump_dir: Path, target_dsn: str, tables: list[str], *, force:
         if " NOT VALID" not in definition:
             post.append(f"ALTER TABLE {rel} VALIDATE CONSTRAINT {qname};")
     conninfo, extra = split_dsn(target_dsn)
-    psql = subprocess.Popen([find_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                             f"--dbname={conninfo}", "--no-password", "-f", "-"],
-                            env={**os.environ, **extra}, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="surrogateescape")
+    psql = _popen([find_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                   f"--dbname={conninfo}", "--no-password", "-f", "-"],
+                  env={**os.environ, **extra}, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert psql.stdin is not None
     dump = _pg_sql(dump_dir)
-    assert psql.stdin is not None and dump.stdout is not None
+    assert dump.stdout is not None
+    # psql commits only when its input ends: until the epilogue is written, killing it rolls everything back
+    fed = False
     try:
         psql.stdin.write("\n".join(pre) + "\n")
         for line in schema.select(dump.stdout, set(tables)):
             psql.stdin.write(line)
+        _finish(dump, "pg_restore")  # a dump that could not be read completely must not be committed
         psql.stdin.write("\n".join(post) + "\n")
+        fed = True
     except BrokenPipeError:
-        pass  # psql stopped at an error: its message follows
+        pass  # psql stopped at an error (and rolled back): its message follows
     finally:
-        with contextlib.suppress(BrokenPipeError):
-            psql.stdin.close()
-    _finish(dump, "pg_restore")
-    err = psql.stderr.read() if psql.stderr else ""
-    if psql.wait() != 0:
-        msg = err.strip()[-800:]
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+        if fed:
+            with contextlib.suppress(BrokenPipeError):
+                psql.stdin.close()
+        elif psql.poll() is None:
+            psql.kill()  # the server rolls back the open transaction
+            with contextlib.suppress(OSError):
+                psql.stdin.close()
+    psql.wait()
+    if psql.returncode != 0:
+        msg = _stderr(psql)[-800:] or f"psql exit {psql.returncode}"
         if "violates foreign key constraint" in msg:
             raise IntegrityError(f"loading {', '.join(tables)} into the PostgreSQL target broke a foreign key; "
                                  f"rolled back, the target database is unchanged: {msg}",
