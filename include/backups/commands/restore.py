@@ -610,6 +610,12 @@ def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: Re
                                   skip, strict=kind == "files")
         files[name] = {"kind": kind, **stats, "problems": len(found)}
         problems += [f"{name}/{p}" for p in found]
+        if kind == "sqlite" and req.tables:  # a table-level restore: every kept foreign key must resolve
+            from ..engine.databases import sqlite_foreign_key_check
+
+            dangling = sqlite_foreign_key_check(root / rec["details"]["database"])
+            files[name]["foreign_key_check"] = "ok" if not dangling else dangling[:10]
+            problems += [f"{name}: foreign key check: {d}" for d in dangling[:10]]
         if kind not in DB_KINDS:
             continue
         if not validate:
@@ -718,7 +724,11 @@ def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, ve
         for n, s in plan.sources.items():
             md.append(f"* {n}: restored {', '.join(s['tables'])}; dependencies restored with them: "
                       + (", ".join(s["added"]) or "none needed")
-                      + (f"; already in the target database: {', '.join(s['in_target'])}" if s["in_target"] else ""))
+                      + (f"; already in the target database: {', '.join(s['in_target'])}" if s["in_target"] else "")
+                      + ("; foreign key check: " + str(verified.files[n]["foreign_key_check"])
+                         if "foreign_key_check" in verified.files.get(n, {}) else "")
+                      + ("; loaded in one transaction, constraints validated" if s["kind"] == "postgres"
+                         and req.pg_target_name else ""))
         md.append("")
     if run.archive_wait and run.archive_wait.get("archive"):
         md += [f"Archived objects: {run.archive_wait.get('keys')} made readable after "

@@ -130,6 +130,21 @@ def sqlite_foreign_keys(db: Path) -> dict[str, list[str]]:
         conn.close()
 
 
+def sqlite_foreign_key_check(db: Path) -> list[str]:
+    """``PRAGMA foreign_key_check`` on a SQLite database (read-only, immutable): one line per group of rows whose
+    foreign key points at a missing row or table (empty: every reference resolves)."""
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    try:
+        groups: dict[tuple[str, str], int] = {}
+        for table, _rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check"):
+            groups[(table, parent)] = groups.get((table, parent), 0) + 1
+    except sqlite3.Error as exc:  # a table referencing a table that is not there at all
+        return [str(exc)]
+    finally:
+        conn.close()
+    return [f"{n} row(s) of {t} reference missing rows of {p}" for (t, p), n in sorted(groups.items())]
+
+
 def _chunks(lines: Any) -> Any:
     """(header match or None, lines) per TOC entry of ``pg_restore -f -`` output; COPY data is never parsed."""
     header, buf, in_copy = None, [], False

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from backups.commands import restore as rc
 from backups.engine.databases import dependency_closure, sqlite_foreign_keys
 from backups.engine.snapshot import run_backup
-from backups.errors import NotFoundError, RefusedError
+from backups.errors import IntegrityError, NotFoundError, RefusedError
 from tests.helpers import make_app, subprocess_env
 
 WEEKLY = "weekly-20260104T010000Z"
@@ -67,11 +68,21 @@ def test_with_dependencies_restores_and_reports_them(app):
     db = target / "app_db" / "app.db"
     assert sorted(x.name for x in db.parent.iterdir()) == ["app.db"]  # no -wal/-shm left by the checks
     assert _tables(db) == {"missions", "robots"}
-    with sqlite3.connect(db) as c:
+    with closing(sqlite3.connect(db)) as c:
         assert c.execute("PRAGMA foreign_key_check").fetchall() == []
         assert c.execute("SELECT count(*) FROM missions").fetchone()[0] > 0
     assert out.restored.tables["sources"]["app_db"]["added"] == ["robots"]
     assert out.verified.validation["app_db"]["success"] is True
+    assert out.verified.files["app_db"]["foreign_key_check"] == "ok"
+    # the integrity check after a table-level restore sees a reference that no longer resolves
+    with closing(sqlite3.connect(db)) as c:
+        c.execute("PRAGMA foreign_keys = OFF")
+        c.execute("DELETE FROM robots WHERE id = (SELECT robot_id FROM missions LIMIT 1)")
+        c.commit()
+    req = rc.check_request(cfg, rc.RestoreRequest(target=str(target), sources=["app_db"], tables=["missions"],
+                                                  include_dependencies=True))
+    with pytest.raises(IntegrityError, match="app_db: foreign key check: .* row\\(s\\) of missions reference missing rows of robots"):
+        rc.verify_restore(cfg, req, out.location, out.restored, validate=False)
     doc = json.loads((target / "RESTORE_REPORT.json").read_text())
     assert doc["tables"]["sources"]["app_db"]["tables"] == ["missions", "robots"]
     assert "dependencies restored with them: robots" in (target / "RESTORE_REPORT.md").read_text()
