@@ -36,10 +36,10 @@ def _check_names(cfg: Any, args: argparse.Namespace) -> None:
     from .commands.backup import MANUAL_TIER
     from .errors import check_name
 
-    check_name("tier", getattr(args, "tier", None), {*cfg.tiers, MANUAL_TIER}, "--tier")
-    check_name("storage", getattr(args, "storage", None), cfg.storages, "--storage")
-    for name in getattr(args, "source", None) or []:
-        check_name("source", name, cfg.sources, "--source")
+    for kind, known in (("tier", {*cfg.tiers, MANUAL_TIER}), ("storage", cfg.storages), ("source", cfg.sources)):
+        given = getattr(args, kind, None)
+        for name in [given] if isinstance(given, str) else given or []:  # one value, or a repeatable option's list
+            check_name(kind, name, known, f"--{kind}")
 
 
 def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = True):

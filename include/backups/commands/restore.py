@@ -281,7 +281,8 @@ def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
                 continue
             unknown = [t for t in wanted if t not in refs]
             if unknown:
-                raise NotFoundError(f"restore: table(s) {', '.join(unknown)} not in source {name} of {snap.id}",
+                raise NotFoundError(f"restore: table(s) {', '.join(unknown)} not in the backed-up database of source "
+                                    f"{name} ({snap.id})",
                                     hint=f"its tables: {', '.join(sorted(refs))}")
             deps = dependency_closure(refs, wanted)
             state = pg_target_tables(pg_dsn, wanted + deps) if kind == "postgres" and pg_dsn else {}

@@ -53,7 +53,7 @@ def test_missing_dependency_refuses_before_writing(app):
     assert "--with-dependencies" in ei.value.hint and ei.value.exit_code == 7
     assert not target.exists()  # nothing in the target
     assert list((app["tmp"] / "staging").iterdir()) == []  # the staged copy is gone too
-    with pytest.raises(NotFoundError, match="table\\(s\\) nope not in source app_db"):
+    with pytest.raises(NotFoundError, match="table\\(s\\) nope not in the backed-up database of source app_db"):
         rc.plan_tables(cfg, rc.RestoreRequest(target=str(target), sources=["app_db"], tables=["nope"]), loc)
     # a table referencing nothing needs nothing
     plan = rc.plan_tables(cfg, rc.RestoreRequest(target=str(target), sources=["app_db"], tables=["robots"]), loc)
