@@ -71,7 +71,7 @@ def request_from_params(cfg: Config, params: dict[str, Any] | None) -> RestoreRe
     req = RestoreRequest(target=str(p.get("target") or "").strip(), snapshot=str(p.get("snapshot") or "latest"),
                          tier=str(p.get("tier") or "") or None, storage=str(p.get("storage") or "") or None,
                          sources=p.get("sources"), includes=p.get("include"), tables=p.get("tables"),
-                         force=bool(p.get("force") or False), pg_target_name=str(p.get("pg_target_conn_id") or "") or None,
+                         force=bool(p.get("force", False)), pg_target_name=str(p.get("pg_target_conn_id") or "") or None,
                          include_dependencies=bool(p.get("include_dependencies") or False))
     return restore_command.check_request(cfg, req)
 
