@@ -5,6 +5,7 @@ back. Databases are named ``bk_helper_b_*`` and dropped."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import psycopg
@@ -168,3 +169,43 @@ def test_a_dump_that_cannot_be_read_completely_is_not_committed(dbs, tmp_path):
     with pytest.raises(SourceError, match="pg_restore failed"):
         pg_load_tables(dump, live, ["fleet"], force=True)
     assert _q(live, "SELECT count(*), min(name) FROM fleet") == [(30, "live")]
+
+
+def test_odd_names_other_schemas_and_the_sql_file(dbs, tmp_path):
+    """Quoted names with spaces, a table in another schema, a trigger and a comment: the dump's entries are
+    attributed to the right tables, and ``tables.sql`` (no PostgreSQL target) loads into an empty database."""
+    import subprocess
+
+    from backups.engine.databases import dependency_closure, pg_dump_schema, pg_tables_sql
+    from backups.sources.postgres import find_tool
+
+    src, empty = dbs("odd"), dbs("sql")
+    with psycopg.connect(src) as c:
+        c.execute("CREATE SCHEMA ops")
+        c.execute('CREATE TABLE ops."Robot Fleet" (id int PRIMARY KEY, name text)')
+        c.execute('CREATE TABLE public."Mission Log" (id serial PRIMARY KEY, robot int REFERENCES ops."Robot Fleet"(id))')
+        c.execute("CREATE TABLE other (id int PRIMARY KEY)")
+        c.execute('COMMENT ON TABLE public."Mission Log" IS \'what the robots did\'')
+        c.execute("CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+        c.execute('CREATE TRIGGER t_touch BEFORE INSERT ON public."Mission Log" FOR EACH ROW EXECUTE FUNCTION touch()')
+        c.execute('INSERT INTO ops."Robot Fleet" SELECT g, \'r\' || g FROM generate_series(1, 5) g')
+        c.execute('INSERT INTO public."Mission Log" (robot) SELECT 1 + g % 5 FROM generate_series(1, 12) g')
+    dump = tmp_path / "src" / "dump"
+    dump.parent.mkdir()
+    subprocess.run([find_tool("pg_dump"), "-Fd", "-Z0", "-f", str(dump), src], check=True)
+    schema = pg_dump_schema(dump)
+    assert schema.tables == {"Mission Log": ["ops.Robot Fleet"], "ops.Robot Fleet": [], "other": []}
+    owners = {k[0]: v for k, v in schema.owner.items() if v == "Mission Log"}
+    assert {"TABLE", "CONSTRAINT", "FK CONSTRAINT", "TRIGGER", "COMMENT", "DEFAULT"} <= set(owners)
+    wanted = ["Mission Log", *dependency_closure(schema.tables, ["Mission Log"])]
+    pg_tables_sql(dump, wanted)
+    sql = (tmp_path / "src" / "tables.sql").read_text()
+    assert "other" not in re.findall(r"CREATE TABLE (\S+)", sql) and 'COPY ops."Robot Fleet"' in sql
+    with psycopg.connect(empty) as c:  # what the tables need besides themselves: the schema and the function
+        c.execute("CREATE SCHEMA ops")
+        c.execute("CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+    subprocess.run([find_tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-d", empty, "-f",
+                    str(tmp_path / "src" / "tables.sql")], check=True, capture_output=True)
+    assert _q(empty, 'SELECT count(*) FROM public."Mission Log"') == [(12,)]
+    assert _q(empty, "SELECT count(*) FROM pg_trigger WHERE tgname = 't_touch'") == [(1,)]
+    assert _q(empty, "SELECT to_regclass('public.other')") == [(None,)]
