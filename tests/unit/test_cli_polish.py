@@ -242,3 +242,30 @@ def test_restore_verification_leaves_no_sqlite_side_files(app):
     out = rc.restore_snapshot(app["cfg"], rc.RestoreRequest(target=str(target), snapshot=WEEKLY, sources=["app_db"]))
     assert out.verified.validation["app_db"]["success"] is True  # GX did read it
     assert sorted(x.name for x in (target / "app_db").iterdir()) == ["app.db"]
+
+
+def test_readonly_open_is_immutable_only_without_pending_wal(tmp_path):
+    """No side file from our reads of a clean database; a database with uncheckpointed WAL changes is still read
+    correctly (plain read-only), so verification never misses a change sitting in a -wal file."""
+    import sqlite3
+    from contextlib import closing
+
+    from backups.engine.databases import sqlite_ro_params
+    from backups.validation.suite import sqlite_tables
+
+    db = tmp_path / "x.db"
+    with closing(sqlite3.connect(db)) as c:
+        c.execute("PRAGMA journal_mode = wal")
+        c.execute("CREATE TABLE a (id int)")
+        c.commit()
+    assert sqlite_ro_params(db) == "mode=ro&immutable=1"
+    assert sqlite_tables(db) == {"a"} and sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
+    writer = sqlite3.connect(db)  # kept open: its change stays in x.db-wal
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("CREATE TABLE b (id int)")
+    writer.commit()
+    try:
+        assert sqlite_ro_params(db) == "mode=ro"
+        assert sqlite_tables(db) == {"a", "b"}
+    finally:
+        writer.close()

@@ -118,9 +118,18 @@ def _qual(m: re.Match[str], first: int = 1) -> str:
     return table_key(_unquote(m.group(first)), _unquote(m.group(first + 1)))
 
 
+def sqlite_ro_params(db: Path) -> str:
+    """The ``file:`` URI query that opens ``db`` read-only, and immutable — so that no ``-wal``/``-shm`` side file
+    is created next to it (a restore target stays as restored) — unless a non-empty ``-wal`` already holds changes
+    that are not in the main file yet (then a plain read-only open sees them)."""
+    wal = db.with_name(db.name + "-wal")
+    pending = wal.exists() and wal.stat().st_size > 0
+    return "mode=ro" if pending else "mode=ro&immutable=1"
+
+
 def sqlite_foreign_keys(db: Path) -> dict[str, list[str]]:
     """Every table of a SQLite database and the tables its foreign keys reference (read-only, immutable)."""
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?{sqlite_ro_params(db)}", uri=True)
     try:
         names = [r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
@@ -133,7 +142,7 @@ def sqlite_foreign_keys(db: Path) -> dict[str, list[str]]:
 def sqlite_foreign_key_check(db: Path) -> list[str]:
     """``PRAGMA foreign_key_check`` on a SQLite database (read-only, immutable): one line per group of rows whose
     foreign key points at a missing row or table (empty: every reference resolves)."""
-    conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    conn = sqlite3.connect(f"{db.resolve().as_uri()}?{sqlite_ro_params(db)}", uri=True)
     try:
         groups: dict[tuple[str, str], int] = {}
         for table, _rowid, parent, _fk in conn.execute("PRAGMA foreign_key_check"):

@@ -204,8 +204,10 @@ def validation_error(result: dict[str, Any]) -> ValidationFailedError:
 
 # ------------------------------------------------------------------------------------------------ runners
 def sqlite_tables(db_path: str | Path) -> set[str]:
-    # read-only and immutable: a WAL-mode database gets no -wal/-shm side file next to it (a restore target stays clean)
-    conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+    from ..engine.databases import sqlite_ro_params
+
+    # read-only (immutable when no WAL is pending): no -wal/-shm side file is left next to a restored database
+    conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?{sqlite_ro_params(Path(db_path))}", uri=True)
     try:
         return {r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
@@ -214,11 +216,13 @@ def sqlite_tables(db_path: str | Path) -> set[str]:
 
 
 def sqlite_readonly_url(path: Path) -> str:
-    """A SQLAlchemy URL opening ``path`` read-only and immutable (no -wal/-shm file is created). The path is
-    percent-encoded twice: SQLAlchemy decodes the URL once, SQLite the ``file:`` URI once more."""
+    """A SQLAlchemy URL opening ``path`` read-only (immutable when no WAL is pending: no -wal/-shm file is
+    created). The path is percent-encoded twice: SQLAlchemy decodes the URL once, SQLite the ``file:`` URI again."""
     from urllib.parse import quote
 
-    return f"sqlite:///file:{quote(quote(str(path), safe='/'), safe='/')}?mode=ro&immutable=1&uri=true"
+    from ..engine.databases import sqlite_ro_params
+
+    return f"sqlite:///file:{quote(quote(str(path), safe='/'), safe='/')}?{sqlite_ro_params(path)}&uri=true"
 
 
 def validate_sqlite(db_path: str | Path, tables_details: dict[str, dict[str, Any]], *,
