@@ -24,7 +24,21 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     """The config and its connection resolver (injected: :mod:`backups.connections`; never the Airflow layer)."""
     from .commands.base import config_and_resolver
 
-    return config_and_resolver(args.config)
+    cfg, resolver = config_and_resolver(args.config)
+    _check_names(cfg, args)
+    return cfg, resolver
+
+
+def _check_names(cfg: Any, args: argparse.Namespace) -> None:
+    """``--tier`` / ``--storage`` / ``--source`` against the config: a misspelt name is exit 3 with a suggestion
+    (``--tier dayly`` → did you mean 'daily'?) instead of an empty result further down."""
+    from .commands.backup import MANUAL_TIER
+    from .errors import check_name
+
+    for kind, known in (("tier", {*cfg.tiers, MANUAL_TIER}), ("storage", cfg.storages), ("source", cfg.sources)):
+        given = getattr(args, kind, None)
+        for name in [given] if isinstance(given, str) else given or []:  # one value, or a repeatable option's list
+            check_name(kind, name, known, f"--{kind}")
 
 
 def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = True):
@@ -59,7 +73,7 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*headers), fmt.format(*["-" * w for w in widths])]
     lines += [fmt.format(*[str(c) for c in r]) for r in rows]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -141,22 +155,34 @@ def cmd_show(args: argparse.Namespace) -> int:
 
         for n in sorted(d["sources"]):
             print(f"\n{n}:")
-            for path, e in iter_index(storage, d["sources"][n]["objects"]["index"]):
-                kind = {"f": "file", "d": "dir ", "l": "link"}[e[0]]
-                extra = f" -> {e[6]}" if e[0] == "l" else (f"  {e[1]:>12,}  in {e[7]}" if e[0] == "f" else "")
-                print(f"  {kind} {oct(e[3])[2:]:>4}  {path}{extra}")
+            for line in files_listing(iter_index(storage, d["sources"][n]["objects"]["index"]), d["chain"]):
+                print(line)
     return 0
+
+
+def files_listing(entries: Any, chain: list[str]) -> Any:
+    """``show --files`` lines in fixed columns: type, mode, size, the snapshot holding the bytes, path (the path
+    last, so a long one never shifts the others; a symlink's target after it)."""
+    width = max([len(c) for c in chain] + [len("in snapshot")])
+    yield f"  {'type':<4}  {'mode':>4}  {'size':>15}  {'in snapshot':<{width}}  path"
+    for path, e in entries:
+        kind = {"f": "file", "d": "dir", "l": "link"}.get(e[0], e[0])
+        size = f"{e[1]:,}" if e[0] == "f" else "-"
+        held = (e[7] or "-") if e[0] == "f" else "-"
+        target = f" -> {e[6]}" if e[0] == "l" else (f" (hard link to {e[6]})" if e[0] == "f" and e[6] else "")
+        yield f"  {kind:<4}  {oct(e[3])[2:]:>4}  {size:>15}  {held:<{width}}  {path}{target}"
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore, re-hash what was written, validate the databases (unless --no-validate) and write
     RESTORE_REPORT.md/.json into the target: the steps of :mod:`backups.commands.restore`, as the DAG runs them."""
-    from .commands.restore import RestoreRequest, restore_snapshot
+    from .commands.restore import RestoreRequest, TablePlan, restore_snapshot
 
     cfg, resolver = _load(args)
     req = RestoreRequest(target=os.path.abspath(args.target), snapshot=args.snapshot, tier=args.tier,
                          storage=args.storage, sources=args.source, includes=args.include, tables=args.table,
-                         force=args.force, pg_target_name="--pg-target" if args.pg_target else None)
+                         force=args.force, pg_target_name="--pg-target" if args.pg_target else None,
+                         include_dependencies=args.with_dependencies)
     out = restore_snapshot(cfg, req, resolver, pg_dsn=args.pg_target, validate=not args.no_validate,
                            poll_seconds=args.poll_seconds)
     if args.json:
@@ -169,6 +195,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for n, s in r.sources.items():
         for k, val in (s.extra or {}).items():
             print(f"{n}: {k}: {val}")
+    for n, added in (TablePlan.from_dict(r.tables).added() if r.tables else {}).items():
+        print(f"{n}: dependencies restored with the tables (foreign keys): {', '.join(added)}")
     for n, res in v.validation.items():
         stats = res.get("statistics") or {}
         print(f"{n}: " + (f"not validated ({res.get('skipped')})" if res.get("success") is None else
@@ -192,7 +220,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     every=args.all, read_data=args.read_data, resolver=resolver)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
-        return 0 if result.ok else 4
+        return _verify_exit(result)
     mode = "read-data (every byte re-hashed)" if args.read_data else "structure (presence and sizes)"
     for r in result.storages:
         print(f"verify {mode} on {r['describe']}: {len(r['snapshots'])} snapshot(s), {r['objects']} object(s), "
@@ -200,7 +228,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for p in result.problems:
         print(f"  PROBLEM {p}")
     print("OK" if result.ok else f"FAILED: {len(result.problems)} problem(s)")
-    return 0 if result.ok else 4
+    return _verify_exit(result)
+
+
+def _verify_exit(result: Any) -> int:
+    """0 when everything checked out; 4 when stored data has problems (whatever else); 5 when the only problem is
+    an unreachable storage (as the exit-code table says)."""
+    if result.ok:
+        return 0
+    if any(s["problems"] for s in result.storages):
+        return 4
+    return StorageError.exit_code
 
 
 def _hours(seconds: float | None) -> str:
@@ -364,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     sh = sub.add_parser("show", help="contents of a snapshot and the chain it needs")
-    sh.add_argument("snapshot", help="snapshot id or 'latest'")
+    sh.add_argument("snapshot", nargs="?", default="latest",
+                    help="snapshot id, a unique prefix of one, or 'latest' (the default)")
     sh.add_argument("--tier", help="with 'latest': newest of this tier")
     sh.add_argument("--storage")
     sh.add_argument("--files", action="store_true", help="also list every path of every source (and which snapshot holds it)")
@@ -376,15 +415,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/'), re-hash "
                                    "every written file against the snapshot, validate the databases with Great "
                                    "Expectations and write RESTORE_REPORT.md/.json into TARGET.")
-    r.add_argument("snapshot", help="snapshot id or 'latest'")
+    r.add_argument("snapshot", help="snapshot id, a unique prefix of one (daily-2026113), or 'latest'")
     r.add_argument("--tier", help="with 'latest': newest of this tier")
     r.add_argument("--target", required=True, help="directory to restore into (must be empty unless --force)")
     r.add_argument("--source", action="append", help="restore only this source (repeatable)")
     r.add_argument("--include", action="append", help="files sources: only paths matching this glob (repeatable)")
     r.add_argument("--table", action="append", help="database sources: only this table (repeatable)")
+    r.add_argument("--with-dependencies", action="store_true",
+                   help="with --table: also restore the tables they reference (foreign keys, transitively); without "
+                        "it a missing one stops the restore before anything is written (exit 7)")
     r.add_argument("--pg-target", help="postgres sources: load the dump into this database (DSN)")
     r.add_argument("--storage", help="restore from this storage (default: the first healthy one)")
-    r.add_argument("--force", action="store_true", help="restore into a non-empty target, replacing restored sources")
+    r.add_argument("--force", action="store_true",
+                   help="restore into a non-empty target, replacing restored sources; with --table and --pg-target, "
+                        "replace chosen tables that hold rows there (one transaction). Never / or a repository")
     r.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between restore-status polls")
     r.add_argument("--no-validate", action="store_true",
                    help="skip the Great Expectations suite on restored databases (files are still re-hashed)")
@@ -392,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_restore)
 
     v = sub.add_parser("verify", help="check stored snapshots")
-    v.add_argument("snapshot", nargs="?", help="snapshot id or 'latest' (default: latest)")
+    v.add_argument("snapshot", nargs="?", help="snapshot id, a unique prefix of one, or 'latest' (default: latest)")
     v.add_argument("--all", action="store_true", help="every snapshot, and report corrupt manifests")
     v.add_argument("--read-data", action="store_true", help="re-hash every stored byte (slow, thorough)")
     v.add_argument("--tier")
@@ -451,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("backupctl: interrupted; nothing was committed for the running snapshot", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `backupctl show --files | head`: the reader left; no traceback, no error at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except OSError as exc:
         import errno
 
@@ -467,8 +515,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backupctl: error: no space left on device while writing {where}{free}\n  fix: free space (or point "
               "BACKUP_STAGING / the target at a bigger disk) and re-run; nothing was committed", file=sys.stderr)
         return StorageError.exit_code
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -246,13 +246,13 @@ class Config(_Strict):
                 if src not in self.sources:
                     raise _RefError(
                         f"tiers.{tier_name}.sources.{i}",
-                        f"unknown source {src!r}; defined sources: {', '.join(sorted(self.sources))}",
+                        f"unknown source {src!r}; {_dym(src, self.sources)}defined sources: {', '.join(sorted(self.sources))}",
                     )
             for i, sto in enumerate(tier.storages):
                 if sto not in self.storages:
                     raise _RefError(
                         f"tiers.{tier_name}.storages.{i}",
-                        f"unknown storage {sto!r}; defined storages: {', '.join(sorted(self.storages))}",
+                        f"unknown storage {sto!r}; {_dym(sto, self.storages)}defined storages: {', '.join(sorted(self.storages))}",
                     )
         return self
 
@@ -261,7 +261,7 @@ class Config(_Strict):
         if name not in self.tiers:
             from .errors import NotFoundError
 
-            raise NotFoundError(f"no tier named {name!r}", hint=f"use one of: {', '.join(sorted(self.tiers))}")
+            raise NotFoundError(f"no tier named {name!r}", hint=f"{_dym(name, self.tiers)}use one of: {', '.join(sorted(self.tiers))}")
         return self.tiers[name]
 
     def needs_airflow(self) -> bool:
@@ -375,3 +375,9 @@ def _describe(exc: ValidationError, file: str) -> str:
             msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{file}: {key}: {msg}")
     return "invalid configuration\n  " + "\n  ".join(lines)
+
+
+def _dym(word: str, choices: Any) -> str:
+    from .errors import did_you_mean
+
+    return did_you_mean(word, choices)

@@ -110,12 +110,13 @@ class ValidationFailedError(IntegrityError):
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the log)",
-    2: "invalid configuration or arguments",
+    2: "invalid configuration or arguments (also an ambiguous snapshot-id prefix)",
     3: "snapshot, tier, source, storage or object not found",
     4: "integrity failure: stored data or a manifest does not match its checksums",
     5: "storage unreachable or failing",
     6: "a source could not be read (unreadable files, failing command or dump)",
-    7: "refused to protect data (non-empty restore target, unsafe archive member, an object that exists)",
+    7: "refused to protect data (non-empty restore target, / or a repository as target, tables without their "
+       "foreign-key dependencies, unsafe archive member, an object that exists)",
     8: "encryption key missing or wrong",
     9: "locked: another run holds a conflicting lock on the repository or snapshot (retry later, or `backupctl unlock`)",
     130: "interrupted",
@@ -129,3 +130,19 @@ CHECK_EXIT_CODES = {
     2: "CRITICAL: a tier past twice its RPO or without any snapshot, a storage unreachable or read-only, or another critical problem",
     3: "UNKNOWN: the status could not be built (invalid configuration, internal error)",
 }
+
+def did_you_mean(word: str | None, choices: object) -> str:
+    """``did you mean 'daily'? `` when ``word`` is close to one of ``choices`` (difflib), else ``""`` — the start of
+    a hint for a misspelt tier, source, storage or snapshot id."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word or ""), [str(c) for c in choices], n=3, cutoff=0.6)  # type: ignore[attr-defined]
+    return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+
+
+def check_name(kind: str, name: str | None, choices: object, option: str) -> None:
+    """NotFoundError (exit 3) when ``name`` (given with ``option``) is not one of ``choices``, with a suggestion."""
+    known = sorted(str(c) for c in choices)  # type: ignore[attr-defined]
+    if name is not None and name not in known:
+        raise NotFoundError(f"{option}: no {kind} named {name!r}",
+                            hint=f"{did_you_mean(name, known)}{kind}s: {', '.join(known) or 'none configured'}")

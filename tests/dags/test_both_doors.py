@@ -102,7 +102,7 @@ def test_unreachable_storage_is_treated_alike(airflow_db, doors, capsys, tmp_pat
         path.write_text(path.read_text().replace(
             "storages:\n", f'storages:\n  broken: {{type: local, path: "{blocker}"}}\n', 1))
     code, verified = cli(capsys, doors, "verify")
-    assert code == 4 and [u.split(":")[0] for u in verified["unreachable"]] == ["broken"]
+    assert code == 5 and [u.split(":")[0] for u in verified["unreachable"]] == ["broken"]  # only unreachable: exit 5
     capsys.readouterr()
     code = main(["--config", str(doors["config"]["cli"]), "prune", "--json"])
     out = capsys.readouterr()

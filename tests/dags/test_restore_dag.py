@@ -86,7 +86,7 @@ def test_restore_dag_parses_with_conventions_graph_and_form():
     assert isinstance(sensor, WaitForArchiveSensor) and sensor.deferrable and sensor.trigger_rule == "none_failed"
     p = dag.params
     assert set(p) == {"snapshot", "tier", "storage", "target", "sources", "include", "tables", "pg_target_conn_id",
-                      "force", "require_approval"}
+                      "force", "require_approval", "include_dependencies"}
     assert (p["snapshot"], p["storage"], p["force"], p["require_approval"], p["sources"]) == ("latest", None, False, True, None)
     assert p.get_param("storage").schema["enum"] == [None, "local"]
     assert "manual" in p.get_param("tier").schema["enum"]
@@ -198,6 +198,29 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
     assert dr.state == "success", task_states(dr)
     assert sorted(p.name for p in target.iterdir()) == ["RESTORE_REPORT.json", "RESTORE_REPORT.md", "app_db", "keep.txt"]
     assert db_rows(target / "app_db" / "app.db") == db_rows(app["home"] / "app.db")
+
+
+def test_table_dependencies_refused_then_included(airflow_db, app, monkeypatch):
+    """``missions`` references ``robots``: without ``include_dependencies`` the restore task fails at once naming
+    it and nothing is written; with it (or null from the form: off) robots comes along and the report says so."""
+    from backups.orchestration import notifiers
+
+    calls: list[dict] = []
+    monkeypatch.setattr(notifiers, "LISTENERS", [calls.append])
+    target = app["tmp"] / "fk"
+    conf = {"target": str(target), "sources": ["app_db"], "tables": ["missions"], "require_approval": False,
+            "include_dependencies": None}
+    dr = _dag().test(run_conf=conf)
+    assert dr.state == "failed" and task_states(dr)["restore"] == "failed"
+    assert not target.exists()
+    (failure,) = [c for c in calls if c["event"] == "task_failure"]
+    assert "robots (referenced by missions)" in failure["reason"] and "include_dependencies" in failure["reason"]
+    dr = _dag().test(run_conf={**conf, "include_dependencies": True})
+    assert dr.state == "success", task_states(dr)
+    rows = db_rows(app["home"] / "app.db")
+    assert db_rows(target / "app_db" / "app.db") == {t: rows[t] for t in ("missions", "robots")}
+    assert _xcom(dr, "restore")["tables"]["sources"]["app_db"]["added"] == ["robots"]
+    assert "dependencies restored with them: robots" in (target / "RESTORE_REPORT.md").read_text()
 
 
 def test_request_from_the_form_is_checked(app):

@@ -56,7 +56,7 @@ def test_backup_list_show_restore_verify_status_json(tmp_path):
     listing = json.loads(run("--config", cfg, "list", "--json").stdout)
     assert [s["type"] for s in listing["snapshots"]] == ["full", "differential"]
     files = run("--config", cfg, "show", "latest", "--files").stdout
-    assert "app_files:" in files and "config/app.yaml" in files and "in weekly-20260405T010000Z" in files
+    assert "app_files:" in files and "config/app.yaml" in files and "weekly-20260405T010000Z  config/app.yaml" in files
     shown = json.loads(run("--config", cfg, "show", "latest", "--json").stdout)
     assert [c["id"] for c in shown["chain_needed"]] == ["weekly-20260405T010000Z", "daily-20260406T020000Z"]
     p = run("--config", cfg, "restore", "latest", "--target", str(tmp_path / "out"))

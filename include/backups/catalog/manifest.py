@@ -199,15 +199,33 @@ class Catalog:
         if ref == "latest":
             snaps = self.ordered(tier)
             if not snaps:
+                from ..errors import did_you_mean
+
                 where = f" in tier {tier!r}" if tier else ""
-                raise NotFoundError(f"no snapshot{where} on storage {self.storage.name}", hint="run `backupctl backup --tier ...` first")
+                raise NotFoundError(f"no snapshot{where} on storage {self.storage.name}",
+                                    hint=(did_you_mean(tier, {s.tier for s in self.snapshots.values()}) if tier else "")
+                                    + "run `backupctl backup --tier ...` first")
             return snaps[-1]
         if ref in self.snapshots:
             return self.snapshots[ref]
         if ref in self.broken:
             cls = RefusedError if ref in self.refused else IntegrityError
             raise cls(self.broken[ref], hint="restore from another storage or an older snapshot")
-        raise NotFoundError(f"no snapshot {ref!r} on storage {self.storage.name}", hint="`backupctl list` shows the ids")
+        # a unique prefix of an id (restic/borg style: ``daily-2026113``); the exact id always wins (above)
+        ids = sorted({*self.snapshots, *self.broken})
+        found = [i for i in ids if i.startswith(ref)] if ref else []
+        if len(found) == 1:
+            return self.get(found[0])
+        if found:
+            from ..errors import ConfigError
+
+            shown = ", ".join(found[:10]) + (f", … ({len(found)} in all)" if len(found) > 10 else "")
+            raise ConfigError(f"snapshot id prefix {ref!r} is ambiguous on storage {self.storage.name}: it matches {shown}",
+                              hint="give more of the id (a unique prefix is enough; `backupctl list` shows the ids)")
+        from ..errors import did_you_mean
+
+        raise NotFoundError(f"no snapshot {ref!r} on storage {self.storage.name}",
+                            hint=did_you_mean(ref, ids) + "`backupctl list` shows the ids (a unique prefix is enough)")
 
     def chain_of(self, snap: Snapshot) -> list[Snapshot]:
         """The snapshots a restore of ``snap`` needs, full first."""

@@ -430,18 +430,18 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
     (:func:`backups.engine.snapshot.run_backup`). Returns the snapshot's summary plus ``plan`` and ``system_state``;
     raises SystemStateError before anything is written when the system is not ready."""
     from ..engine import snapshot
-    from ..errors import NotFoundError
+    from ..errors import NotFoundError, did_you_mean
 
     t = cfg.tier(tier)
     for kind, names, known in (("source", sources, cfg.sources), ("storage", storages, cfg.storages)):
         for name in names or []:
             if name not in known:
-                raise NotFoundError(f"no {kind} named {name!r}", hint=f"use one of: {', '.join(known)}")
+                raise NotFoundError(f"no {kind} named {name!r}", hint=f"{did_you_mean(name, known)}use one of: {', '.join(known)}")
     sel = Selection(tier, type_override, list(sources or t.sources), list(storages or t.storages), comment)
     state = check_system_state(cfg, sel, resolver)
     snap, p = snapshot.run_backup(cfg, tier, logical_date=logical_date, type_override=type_override,
                                   storages=storages, resolver=resolver, checksum=checksum, sources=sources,
-                                  comment=comment)
+                                  comment=comment, estimated_bytes=state.estimated_bytes)
     return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
             "storages": p.storages, "system_state": state.to_dict(), "manifest": snap.doc}
 

@@ -6,11 +6,14 @@ Steps, each taking typed inputs and returning a typed, JSON-able result (``to_di
 1. :func:`check_request` — the request (snapshot, target, sources, …) against the configuration.
 2. :func:`locate` — the storage to read from: the named one, or the first (config order) that is reachable and
    holds the snapshot with its whole chain; what a thaw of an archive storage needs (objects, bytes).
-3. :func:`check_prerequisites` — the target (not ``/``, not inside a local repository, a directory, empty
+3. :func:`check_prerequisites` — the target (not ``/``, not in or around a local repository, a directory, empty
    unless ``force``, enough free space) and the PostgreSQL target database (reachable).
 4. :func:`wait_for_archive` — archive storages: request the S3 restores and wait (the DAG uses its deferrable
    sensor instead).
-5. :func:`run_restore` — :func:`backups.engine.restorer.restore` (every write goes through it: SHA-256 checked,
+5. :func:`plan_tables` — a table-level restore: the foreign keys read from the snapshot, the referenced tables
+   added (``include_dependencies``) or the restore refused before anything is written; a PostgreSQL target's
+   chosen tables that hold rows refused unless ``force``.
+   :func:`run_restore` — :func:`backups.engine.restorer.restore` (every write goes through it: SHA-256 checked,
    a source appears only when complete) under the repository's shared lock.
 6. :func:`verify_restore` — the restored tree read back: every regular file re-hashed against the snapshot's
    index, no stray file in a ``files`` source; the Great Expectations suite on restored databases (GX is imported
@@ -39,7 +42,7 @@ from typing import Any
 
 from ..config import Config
 from ..engine.progress import mb
-from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError, SourceError, StorageError
+from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError, SourceError, StorageError, did_you_mean
 from ..storage.base import sha256_of
 from .validate import DB_KINDS, compact_results, pg_scratch_dsn, validate_restored
 
@@ -63,6 +66,7 @@ class RestoreRequest:
     tables: list[str] | None = None
     force: bool = False
     pg_target_name: str | None = None
+    include_dependencies: bool = False  #: tables: add the tables they reference (foreign keys), transitively
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,31 +93,41 @@ def check_request(cfg: Config, req: RestoreRequest) -> RestoreRequest:
                           hint="give an absolute directory path, e.g. /srv/restore/2026-03-01")
     if req.storage and req.storage not in cfg.storages:
         raise ConfigError(f"restore: unknown storage {req.storage!r}",
-                          hint=f"choose from: {', '.join(cfg.storages)} (or leave it empty for the first healthy one)")
+                          hint=f"{did_you_mean(req.storage, cfg.storages)}choose from: {', '.join(cfg.storages)} (or "
+                               "leave it empty for the first healthy one)")
     sources = _clean_list(req.sources)
     unknown = [s for s in sources or [] if s not in cfg.sources]
     if unknown:
         raise ConfigError(f"restore: unknown source {unknown[0]!r}",
-                          hint=f"choose from: {', '.join(cfg.sources)} (or leave it empty for all)")
+                          hint=f"{did_you_mean(unknown[0], cfg.sources)}choose from: {', '.join(cfg.sources)} (or leave "
+                               "it empty for all)")
     out = RestoreRequest(target=os.path.normpath(target), snapshot=str(req.snapshot or "latest").strip(),
                          tier=req.tier or None, storage=req.storage or None, sources=sources,
                          includes=_clean_list(req.includes), tables=_clean_list(req.tables), force=bool(req.force),
-                         pg_target_name=req.pg_target_name or None)
+                         pg_target_name=req.pg_target_name or None,
+                         include_dependencies=bool(req.include_dependencies))
     guard_target(cfg, out.target)
     return out
 
 
 def guard_target(cfg: Config, target: str) -> None:
-    """Refuse the filesystem root and anything inside a local backup repository."""
+    """Refuse — even with ``force`` — the filesystem root, and a target that is a local storage's repository, lies
+    inside one or contains one (``force`` replaces what is in the target: it must never reach a repository)."""
     real = Path(os.path.realpath(target))
     if real == Path("/"):
-        raise RefusedError("restore: refusing to restore into the filesystem root", hint="give a dedicated directory")
+        raise RefusedError("restore: refusing to restore into the filesystem root /, even with --force",
+                           hint="give a new or empty dedicated directory, e.g. --target /srv/restore/$(date +%F)")
     for name, sc in cfg.storages.items():
         if sc.type == "local":
             repo = Path(os.path.realpath(sc.path))
             if real == repo or real.is_relative_to(repo):
-                raise RefusedError(f"restore: target {target} is inside the repository of storage {name} ({sc.path})",
-                                   hint="restore somewhere outside the backup repository")
+                where = "is the repository" if real == repo else "is inside the repository"
+                raise RefusedError(f"restore: target {target} {where} of storage {name} ({sc.path}); refused even "
+                                   "with --force", hint="restore somewhere outside the backup repository")
+            if repo.is_relative_to(real):
+                raise RefusedError(f"restore: target {target} contains the repository of storage {name} ({sc.path}); "
+                                   "refused even with --force",
+                                   hint="restore into a directory that holds no backup repository")
 
 
 # ------------------------------------------------------------------------------------------------ locate
@@ -192,6 +206,115 @@ def locate(cfg: Config, req: RestoreRequest, resolver: Any = None) -> Location:
     if loc.target_state.startswith("not empty") and not req.force:
         log.warning("the target %s is not empty and force is off: the restore will refuse it", req.target)
     return loc
+
+
+# ------------------------------------------------------------------------------------------------ dependencies
+@dataclass
+class TablePlan:
+    """A table-level restore with its foreign-key dependencies, per database source: ``tables`` the final list,
+    ``added`` what the dependencies added, ``references`` the foreign-key graph read from the snapshot, ``in_target``
+    the referenced tables a PostgreSQL target already has (they satisfy the references without being restored)."""
+
+    requested: list[str]
+    include_dependencies: bool
+    sources: dict[str, dict[str, Any]]
+
+    def tables(self) -> dict[str, list[str]]:
+        return {n: list(s["tables"]) for n, s in self.sources.items()}
+
+    def added(self) -> dict[str, list[str]]:
+        return {n: list(s["added"]) for n, s in self.sources.items() if s["added"]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> TablePlan | None:
+        return None if not d else cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def _pg_key(t: str) -> str:
+    return t[len("public."):] if t.startswith("public.") else t
+
+
+def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None,
+                pg_dsn: str | None = None) -> TablePlan | None:
+    """For a table-level restore (``req.tables``): read each database source's foreign keys from the snapshot —
+    SQLite ``PRAGMA foreign_key_list`` on a staged copy of the database, PostgreSQL the dump's schema (its
+    ``toc.dat`` staged alone, see :mod:`backups.engine.databases`) — in a private staging directory
+    (``$BACKUP_STAGING`` or the system temp dir) that is removed again; nothing is written to the target.
+
+    With ``include_dependencies`` the referenced tables (transitively) are added. Without it a referenced table
+    that is not chosen (and, for a PostgreSQL target, does not exist there) refuses the restore (RefusedError,
+    exit 7) naming the missing tables and the fix. With a PostgreSQL target, chosen tables that hold rows there
+    refuse it unless ``force``. None when no tables were chosen."""
+    if not req.tables:
+        return None
+    import tempfile
+
+    from ..catalog import Catalog
+    from ..engine.databases import dependency_closure, pg_dump_schema, pg_target_tables, sqlite_foreign_keys
+    from ..engine.restorer import restore_source
+    from ..engine.snapshot import staging_root
+    from ..storage import open_storage
+
+    st = open_storage(cfg, loc.storage, resolver, read_only=True)
+    cat = Catalog(st, cfg.application)
+    snap = cat.get(loc.snapshot_id)
+    plan = TablePlan(requested=list(req.tables), include_dependencies=req.include_dependencies, sources={})
+    missing: list[str] = []
+    nonempty: list[str] = []
+    tmp = Path(tempfile.mkdtemp(prefix=".restore-plan-", dir=staging_root()))
+    try:
+        for name in loc.sources:
+            kind = loc.kinds[name]
+            if kind == "sqlite":
+                db = snap.sources[name]["details"]["database"]
+                restore_source(st, cat, snap, name, tmp, includes=[db])
+                refs = sqlite_foreign_keys(tmp / name / db)
+                wanted = list(dict.fromkeys(req.tables))
+            elif kind == "postgres":
+                restore_source(st, cat, snap, name, tmp, includes=["dump/toc.dat"])
+                refs = pg_dump_schema(tmp / name / "dump").tables
+                wanted = list(dict.fromkeys(_pg_key(t) for t in req.tables))
+            else:
+                continue
+            unknown = [t for t in wanted if t not in refs]
+            if unknown:
+                raise NotFoundError(f"restore: table(s) {', '.join(unknown)} not in the backed-up database of source "
+                                    f"{name} ({snap.id})",
+                                    hint=f"its tables: {', '.join(sorted(refs))}")
+            deps = dependency_closure(refs, wanted)
+            state = pg_target_tables(pg_dsn, wanted + deps) if kind == "postgres" and pg_dsn else {}
+            in_target = [t for t in deps if state.get(t) is not None]
+            if req.include_dependencies:
+                added = deps
+            else:
+                added = []
+                for t in deps:
+                    if t not in in_target:
+                        by = sorted(w for w in wanted if t in dependency_closure(refs, [w]))
+                        missing.append(f"{name}: {t} (referenced by {', '.join(by)})")
+            final = sorted(set(wanted) | set(added))
+            nonempty += [f"{name}: {t}" for t in final if state.get(t)]
+            plan.sources[name] = {"kind": kind, "tables": final, "added": added, "in_target": in_target,
+                                  "references": {t: refs[t] for t in final if refs.get(t)}}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if missing:
+        raise RefusedError("restore: the chosen tables reference tables that are not restored with them (foreign keys); "
+                           "nothing was written:\n  - " + "\n  - ".join(missing),
+                           hint="restore them too: add --with-dependencies (DAG: include_dependencies), or name them "
+                                "with --table / tables")
+    if nonempty and not req.force:
+        raise RefusedError("restore: the PostgreSQL target already holds rows in " + ", ".join(nonempty) +
+                           "; nothing was written",
+                           hint="restore into an empty or new database, or pass --force (DAG: force) to replace these "
+                                "tables in one transaction (constraints are validated; a failure rolls back)")
+    for name, s in plan.sources.items():
+        log.info("tables of %s: %s%s", name, ", ".join(s["tables"]),
+                 f" (dependencies added: {', '.join(s['added'])})" if s["added"] else "")
+    return plan
 
 
 # ------------------------------------------------------------------------------------------------ prerequisites
@@ -305,19 +428,21 @@ class RestoreResult:
     target: str
     sources: dict[str, RestoredSource]
     seconds: float
+    tables: dict[str, Any] | None = None  #: the TablePlan of a table-level restore (with the dependencies added)
 
     def to_dict(self) -> dict[str, Any]:
         return {"snapshot_id": self.snapshot_id, "storage": self.storage, "target": self.target,
-                "sources": {n: r.to_dict() for n, r in self.sources.items()}, "seconds": self.seconds}
+                "sources": {n: r.to_dict() for n, r in self.sources.items()}, "seconds": self.seconds,
+                "tables": self.tables}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RestoreResult:
         return cls(snapshot_id=d["snapshot_id"], storage=d["storage"], target=d["target"], seconds=d["seconds"],
-                   sources={n: RestoredSource(**r) for n, r in d["sources"].items()})
+                   sources={n: RestoredSource(**r) for n, r in d["sources"].items()}, tables=d.get("tables"))
 
 
 def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None, pg_dsn: str | None = None, *,
-                tty: bool | None = False) -> RestoreResult:
+                tty: bool | None = False, plan: TablePlan | None = None) -> RestoreResult:
     """Restore the located snapshot's sources into the target through :func:`backups.engine.restorer.restore`,
     holding the repository's shared lock (a prune waits for it) and re-reading the catalog under it."""
     from ..engine.progress import Progress
@@ -334,7 +459,8 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
         progress = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"], interval=10.0, tty=tty)
         try:
             results = restore(st, cat, snap, Path(req.target), sources=loc.sources, includes=req.includes,
-                              tables=req.tables, force=req.force, pg_target=pg_dsn, progress=progress)
+                              tables=plan.tables() if plan else req.tables, force=req.force, pg_target=pg_dsn,
+                              progress=progress)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -349,7 +475,8 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
                                     extra=r.extra or None) for r in results}
     log.info("restored %s from %s into %s in %.1fs: %s", snap.id, st.name, req.target, seconds,
              "; ".join(f"{n}: {r.files} files, {mb(r.bytes)}" for n, r in out.items()))
-    return RestoreResult(snapshot_id=snap.id, storage=st.name, target=req.target, sources=out, seconds=seconds)
+    return RestoreResult(snapshot_id=snap.id, storage=st.name, target=req.target, sources=out, seconds=seconds,
+                         tables=plan.to_dict() if plan else None)
 
 
 # ------------------------------------------------------------------------------------------------ verify
@@ -420,11 +547,12 @@ def hash_check(storage: Any, rec: dict[str, Any], root: Path, select: Callable[[
 
 
 def _validate_db(snap: Any, name: str, path: Path, req: RestoreRequest, pg_dsn: str | None,
-                 scratch_dsn: str | None) -> dict[str, Any] | None:
+                 scratch_dsn: str | None, chosen: list[str] | None = None) -> dict[str, Any] | None:
     rec = snap.sources[name]
     tables = rec["details"].get("tables") or {}
-    if req.tables:
-        tables = {t: d for t, d in tables.items() if t in req.tables or t.split(".")[-1] in req.tables}
+    chosen = chosen or req.tables
+    if chosen:
+        tables = {t: d for t, d in tables.items() if t in chosen or f"public.{t}" in chosen}
     if rec["kind"] == "sqlite":
         from ..validation import validate_sqlite
 
@@ -483,12 +611,20 @@ def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: Re
                                   skip, strict=kind == "files")
         files[name] = {"kind": kind, **stats, "problems": len(found)}
         problems += [f"{name}/{p}" for p in found]
+        if kind == "sqlite" and req.tables:  # a table-level restore: every kept foreign key must resolve
+            from ..engine.databases import sqlite_foreign_key_check
+
+            dangling = sqlite_foreign_key_check(root / rec["details"]["database"])
+            files[name]["foreign_key_check"] = "ok" if not dangling else dangling[:10]
+            problems += [f"{name}: foreign key check: {d}" for d in dangling[:10]]
         if kind not in DB_KINDS:
             continue
         if not validate:
             validation[name] = {"database": name, "success": None, "skipped": "validation turned off"}
             continue
-        res = _validate_db(snap, name, root, req, pg_dsn, scratch_dsn)
+        plan = TablePlan.from_dict(restored.tables)
+        res = _validate_db(snap, name, root, req, pg_dsn, scratch_dsn,
+                           plan.tables().get(name) if plan else None)
         if res is not None:
             validation[name] = res
             if res.get("success") is False:
@@ -580,7 +716,21 @@ def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, ve
           f"* approval: {approved['choice']}" + (f" by **{approved['by']}** at {approved.get('at')}" if approved.get("by") else "")
           + (f" — {approved['note']}" if approved.get("note") else ""),
           f"* options: include {req.includes or 'all'}, tables {req.tables or 'all'}, force {req.force}"
+          + (f", with dependencies {req.include_dependencies}" if req.tables else "")
           + (f", PostgreSQL target {req.pg_target_name}" if req.pg_target_name else ""), ""]
+    plan = TablePlan.from_dict(restored.tables)
+    if plan:
+        doc["tables"] = plan.to_dict()
+        md += ["## Tables and their dependencies (foreign keys)", ""]
+        for n, s in plan.sources.items():
+            md.append(f"* {n}: restored {', '.join(s['tables'])}; dependencies restored with them: "
+                      + (", ".join(s["added"]) or "none needed")
+                      + (f"; already in the target database: {', '.join(s['in_target'])}" if s["in_target"] else "")
+                      + ("; foreign key check: " + str(verified.files[n]["foreign_key_check"])
+                         if "foreign_key_check" in verified.files.get(n, {}) else "")
+                      + ("; loaded in one transaction, constraints validated" if s["kind"] == "postgres"
+                         and req.pg_target_name else ""))
+        md.append("")
     if run.archive_wait and run.archive_wait.get("archive"):
         md += [f"Archived objects: {run.archive_wait.get('keys')} made readable after "
                f"{run.archive_wait.get('waited_seconds')} s.", ""]
@@ -632,14 +782,16 @@ class RestoreOutcome:
 
 def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, pg_dsn: str | None = None,
                      validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None) -> RestoreOutcome:
-    """Every step in order, as the CLI runs them: check, locate, prerequisites, thaw, restore, verify, report.
+    """Every step in order, as the CLI runs them: check, locate, prerequisites, thaw, table plan (foreign keys),
+    restore, verify, report.
     Raises the first step's BackupError; the report is written only after a verified restore."""
     t0 = time.monotonic()
     req = check_request(cfg, req)
     loc = locate(cfg, req, resolver)
     check_prerequisites(cfg, req, loc, pg_dsn, validate=validate)
     wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds)
-    restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty)
+    plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
+    restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan)
     verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
                               scratch_dsn=pg_scratch_dsn(resolver) if validate else None)
     report = build_report(req, loc, restored, verified,
@@ -651,6 +803,6 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
 __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",
            "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
            "approval_from_hitl", "build_report", "check_prerequisites", "check_request", "cli_run_info",
-           "guard_target", "hash_check", "include_selector", "locate",
+           "guard_target", "hash_check", "include_selector", "locate", "plan_tables", "TablePlan",
            "regular_files", "restore_snapshot", "run_restore", "sha256_file", "target_state",
            "verify_restore", "wait_for_archive", "write_report"]

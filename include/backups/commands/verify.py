@@ -3,7 +3,8 @@ their chains) or, with ``read_data``, every stored byte re-hashed (SHA-256).
 
 ``backupctl verify`` calls :func:`verify`; the backup DAGs' ``verify.check_integrity`` task uses the same
 checker on the snapshot it just wrote (:func:`backups.commands.backup.check_integrity`). An unreachable
-storage is recorded and fails the result (exit 4), the others are still verified (see :mod:`.storages`).
+storage is recorded and fails the result (``backupctl verify`` exit 5; exit 4 when damaged data was found too), the
+others are still verified (see :mod:`.storages`).
 """
 
 from __future__ import annotations

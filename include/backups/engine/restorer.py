@@ -465,12 +465,13 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
 
 
 def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *, sources: list[str] | None = None,
-            includes: list[str] | None = None, tables: list[str] | None = None, force: bool = False,
-            pg_target: str | None = None, progress: Progress | None = None) -> list[SourceRestore]:
+            includes: list[str] | None = None, tables: list[str] | dict[str, list[str]] | None = None,
+            force: bool = False, pg_target: str | None = None, progress: Progress | None = None) -> list[SourceRestore]:
     """Restore ``snap`` (its whole chain, newest version of each path) from ``storage`` into ``target/<source>/``,
     every file SHA-256 checked against the manifest while written. ``sources``/``includes``/``tables`` narrow
-    what is restored; a non-empty target is refused unless ``force``; ``pg_target`` loads PostgreSQL dumps into
-    that database. Returns one :class:`SourceRestore` per source."""
+    what is restored (``tables`` as a dict: per database source, e.g. with the dependencies a plan added); a
+    non-empty target is refused unless ``force``; ``pg_target`` loads PostgreSQL dumps into that database (chosen
+    tables holding rows there are replaced only with ``force``). Returns one :class:`SourceRestore` per source."""
     names = sources or sorted(snap.sources)
     for n in names:
         if n not in snap.sources:
@@ -479,9 +480,12 @@ def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *,
         raise ConfigError("--table applies to sqlite and postgres sources only", hint="add --source with a database source")
     target = Path(target)
     check_target(target, force)
+    chosen = tables
+
     def one(n: str) -> SourceRestore:
         kind = snap.sources[n]["kind"]
         finish = None
+        tables = chosen.get(n, []) if isinstance(chosen, dict) else chosen
         if kind == "sqlite" and tables:
             from .databases import keep_sqlite_tables
 
@@ -493,7 +497,7 @@ def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *,
             from .databases import pg_restore
 
             def finish(p: Path) -> dict[str, Any]:
-                return pg_restore(p / "dump", pg_target, tables)
+                return pg_restore(p / "dump", pg_target, tables, force=force)
         r = restore_source(storage, catalog, snap, n, target, includes=includes if kind == "files" else None,
                            force=force, progress=progress, finish=finish)
         log.info("restored %s: %d files, %.1f MB, all SHA-256 verified, into %s", n, r.files, r.bytes / 1e6, r.path)

@@ -99,14 +99,16 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
     requested = type_override or t.type
     if requested not in ("full", "differential", "incremental"):
         raise ConfigError(f"--type {requested!r} is not a backup type", hint="use full, differential or incremental")
+    from ..errors import did_you_mean
+
     storage_names = storages or list(t.storages)
     for s in storage_names:
         if s not in cfg.storages:
-            raise ConfigError(f"unknown storage {s!r}", hint=f"use one of: {', '.join(sorted(cfg.storages))}")
+            raise ConfigError(f"unknown storage {s!r}", hint=f"{did_you_mean(s, cfg.storages)}use one of: {', '.join(sorted(cfg.storages))}")
     source_names = sources or list(t.sources)
     for s in source_names:
         if s not in cfg.sources:
-            raise ConfigError(f"unknown source {s!r}", hint=f"use one of: {', '.join(sorted(cfg.sources))}")
+            raise ConfigError(f"unknown source {s!r}", hint=f"{did_you_mean(s, cfg.sources)}use one of: {', '.join(sorted(cfg.sources))}")
     primary = storage or open_storage(cfg, storage_names[0], resolver)
     catalog = catalog or Catalog(primary, cfg.application)
     existing = catalog.snapshots.get(sid)
@@ -421,8 +423,10 @@ def backfill(cfg: Config, src: Storage, dst: Storage, *, tier: str | None = None
 
 def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
                storages: list[str] | None = None, resolver: Any = None, checksum: bool = False,
-               sources: list[str] | None = None, comment: str = "") -> tuple[Snapshot, Plan]:
+               sources: list[str] | None = None, comment: str = "",
+               estimated_bytes: int | None = None) -> tuple[Snapshot, Plan]:
     """Plan, extract every source once into the primary storage, commit, then copy to the other storages.
+    ``estimated_bytes`` (the system-state check's estimate of the sources) gives the progress a percentage.
 
     The primary (first) storage must be healthy. Another storage that is down, or whose encryption key does not
     match, is skipped for this run; the snapshot is committed everywhere else, and the run then fails naming it
@@ -443,7 +447,7 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
         p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
                  sources=sources, storages=names, comment=comment, catalog=repo.catalog)
         snap, healthy, failures = _extract_and_commit(cfg, p, primary, opened, names, held, resolver, checksum,
-                                                      repo.catalog)
+                                                      repo.catalog, estimated_bytes)
     # replication reads only committed objects (a shared lock keeps prune away); each target takes its own locks
     if healthy:
         with repo.lock("repo", exclusive=False, operation="replicate"):
@@ -459,7 +463,7 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
 
 def _extract_and_commit(cfg: Config, p: Plan, primary: Storage, opened: dict[str, Storage], names: list[str],
                         held: list[Any], resolver: Any, checksum: bool,
-                        catalog: Catalog) -> tuple[Snapshot, list[str], list[Any]]:
+                        catalog: Catalog, estimated_bytes: int | None = None) -> tuple[Snapshot, list[str], list[Any]]:
     """Under the id's exclusive lock and the shared repository lock (prune cannot run): the catalog loaded once
     for the plan stays true for the whole run."""
     from ..errors import BackupError
@@ -483,11 +487,16 @@ def _extract_and_commit(cfg: Config, p: Plan, primary: Storage, opened: dict[str
         from concurrent.futures import ThreadPoolExecutor
 
         workers = min(2, len(p.sources)) if primary.thread_safe else 1  # one SFTP session is not thread-safe
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
-            futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum, catalog=catalog)
-                       for name in p.sources]
-            for fut in futures:
-                fut.result()
+        # one progress for the whole backup: on a terminal one bar with a percentage of the estimate
+        progress = Progress(f"backup {p.snapshot_id}", estimated_bytes or None)
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
+                futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum,
+                                       catalog=catalog, progress=progress) for name in p.sources]
+                for fut in futures:
+                    fut.result()
+        finally:
+            progress.close()
     snap = commit(cfg, p, primary, locks=held, catalog=catalog)
     return snap, healthy, failures
 

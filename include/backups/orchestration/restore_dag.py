@@ -73,7 +73,8 @@ def request_from_params(cfg: Config, params: dict[str, Any] | None) -> RestoreRe
                          snapshot=str(p.get("snapshot") or "").strip() or "latest",
                          tier=str(p.get("tier") or "") or None, storage=str(p.get("storage") or "") or None,
                          sources=p.get("sources"), includes=p.get("include"), tables=p.get("tables"),
-                         force=bool(p.get("force", False)), pg_target_name=str(p.get("pg_target_conn_id") or "") or None)
+                         force=bool(p.get("force", False)), pg_target_name=str(p.get("pg_target_conn_id") or "") or None,
+                         include_dependencies=bool(p.get("include_dependencies") or False))
     return restore_command.check_request(cfg, req)
 
 
@@ -116,7 +117,8 @@ def restore_params(cfg: Config) -> dict[str, Param]:
                           description="A snapshot id (e.g. daily-20260105T020000Z, see `backupctl list`) or 'latest' "
                                       "(also when empty)"),
         "force": Param(False, type="boolean", title="Force",
-                       description="Replace TARGET/<source> when the target is not empty"),
+                       description="Replace TARGET/<source> when the target is not empty; with tables and a PostgreSQL "
+                                   "target connection: replace chosen tables that hold rows (one transaction)"),
         "require_approval": Param(True, type="boolean", title="Require approval",
                                   description="Ask a person to approve before anything is thawed or written"),
         "tier": Param(None, type=["null", "string"], enum=[None, *tiers], values_display={None: "any tier"},
@@ -139,6 +141,10 @@ def restore_params(cfg: Config) -> dict[str, Param]:
                                    description="An Airflow connection id (never a DSN with a password): load PostgreSQL "
                                                "dumps into that database; empty: leave the dump files in the target",
                                    section=ADVANCED),
+        "include_dependencies": Param(False, type=["null", "boolean"], title="Include dependencies",
+                                      description="With tables: also restore the tables they reference (foreign keys, "
+                                                  "transitively); off: a missing one stops the restore before anything "
+                                                  "is written", section=ADVANCED),
     }
 
 
@@ -254,7 +260,8 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         with task_errors(fail_fast=(BackupError,)):
             pg_dsn = pg_target_dsn(req)
             restore_command.check_prerequisites(cfg, req, location, pg_dsn)
-            return restore_command.run_restore(cfg, req, location, resolver, pg_dsn).to_dict()
+            plan = restore_command.plan_tables(cfg, req, location, resolver, pg_dsn)  # refuses before writing
+            return restore_command.run_restore(cfg, req, location, resolver, pg_dsn, plan=plan).to_dict()
 
     @task(task_id="verify_restored", **heavy)
     def verify_task(loc: dict[str, Any], restored: dict[str, Any]) -> dict[str, Any]:

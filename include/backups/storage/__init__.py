@@ -56,9 +56,10 @@ class NoAirflowResolver:
 def open_storage(cfg: Any, name: str, resolver: Resolver | None = None, *, read_only: bool = False) -> Storage:
     """Build the storage called ``name`` from the config (wrapped read-only when asked)."""
     if name not in cfg.storages:
-        from ..errors import NotFoundError
+        from ..errors import NotFoundError, did_you_mean
 
-        raise NotFoundError(f"no storage named {name!r}", hint=f"use one of: {', '.join(sorted(cfg.storages))}")
+        raise NotFoundError(f"no storage named {name!r}",
+                            hint=f"{did_you_mean(name, cfg.storages)}use one of: {', '.join(sorted(cfg.storages))}")
     sc = cfg.storages[name]
     resolver = resolver or NoAirflowResolver()
     storage: Storage

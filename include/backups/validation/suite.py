@@ -219,12 +219,25 @@ def validation_error(result: dict[str, Any]) -> ValidationFailedError:
 
 # ------------------------------------------------------------------------------------------------ runners
 def sqlite_tables(db_path: str | Path) -> set[str]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    from ..engine.databases import sqlite_ro_params
+
+    # read-only (immutable when no WAL is pending): no -wal/-shm side file is left next to a restored database
+    conn = sqlite3.connect(f"{Path(db_path).resolve().as_uri()}?{sqlite_ro_params(Path(db_path))}", uri=True)
     try:
         return {r[0] for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
     finally:
         conn.close()
+
+
+def sqlite_readonly_url(path: Path) -> str:
+    """A SQLAlchemy URL opening ``path`` read-only (immutable when no WAL is pending: no -wal/-shm file is
+    created). The path is percent-encoded twice: SQLAlchemy decodes the URL once, SQLite the ``file:`` URI again."""
+    from urllib.parse import quote
+
+    from ..engine.databases import sqlite_ro_params
+
+    return f"sqlite:///file:{quote(quote(str(path), safe='/'), safe='/')}?{sqlite_ro_params(path)}&uri=true"
 
 
 def validate_sqlite(db_path: str | Path, tables_details: dict[str, dict[str, Any]], *,
@@ -241,7 +254,7 @@ def validate_sqlite(db_path: str | Path, tables_details: dict[str, dict[str, Any
         raise IntegrityError(f"{path.name} is not a readable SQLite database ({exc})",
                              hint="the restored database is damaged; run `backupctl verify --read-data`") from None
     ctx = _context()
-    datasource = ctx.data_sources.add_sqlite(name="restored", connection_string=f"sqlite:///{path}")
+    datasource = ctx.data_sources.add_sqlite(name="restored", connection_string=sqlite_readonly_url(path))
     results = _run_suite(ctx, datasource, tables_details, present & set(tables_details), path.name)
     return _finish(path.name, tables_details, present, results, started, raise_on_failure)
 
