@@ -17,7 +17,7 @@ import pytest
 from backups.catalog.manifest import Catalog
 from backups.cli import files_listing, main
 from backups.engine.snapshot import run_backup
-from backups.errors import EXIT_CODES, ConfigError, NotFoundError
+from backups.errors import CHECK_EXIT_CODES, EXIT_CODES, ConfigError, NotFoundError
 from tests.helpers import ROOT, make_app, subprocess_env
 
 WEEKLY = "weekly-20260104T010000Z"
@@ -119,17 +119,25 @@ def test_restore_refuses_root_and_repository_even_with_force(app, where, ctl):
 
 
 # ------------------------------------------------------------------------------------------------ exit codes
-def test_readme_exit_code_table_matches_the_code():
-    """README's table and ``backupctl exit-codes`` list the same codes; each README meaning starts like the code's."""
-    text = (ROOT / "README.md").read_text()
-    rows = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", text, re.M))
-    assert sorted(int(c) for c in rows) == sorted(EXIT_CODES)
-    for code, meaning in EXIT_CODES.items():
+def _readme_table(text: str, header: str) -> dict[str, str]:
+    """The rows ``| code | meaning |`` of the README table whose header row starts with ``| <header> |``."""
+    block = text.split(f"| {header} |", 1)[1].split("\n\n", 1)[0]
+    return dict(re.findall(r"^\| (\d+) \| (.+?) \|$", block, re.M))
+
+
+@pytest.mark.parametrize("header, table", [("exit code", EXIT_CODES), ("`status --check` exit code", CHECK_EXIT_CODES)])
+def test_readme_exit_code_tables_match_the_code(header, table):
+    """README's tables and ``backupctl exit-codes`` list the same codes; each README meaning starts like the code's."""
+    rows = _readme_table((ROOT / "README.md").read_text(), header)
+    assert sorted(int(c) for c in rows) == sorted(table)
+    for code, meaning in table.items():
         words = lambda s: re.findall(r"[a-z]+", s.lower())[:3]  # noqa: E731
         assert words(rows[str(code)]) == words(meaning), (code, rows[str(code)], meaning)
     p = subprocess.run([sys.executable, "-m", "backups.cli", "exit-codes"], capture_output=True, text=True,
                        env=subprocess_env())
-    assert sorted(int(line.split()[0]) for line in p.stdout.splitlines()) == sorted(EXIT_CODES)
+    main_part, _, check_part = p.stdout.partition("backupctl status --check")
+    printed = main_part if table is EXIT_CODES else check_part.split("\n", 1)[1]
+    assert sorted(int(line.split()[0]) for line in printed.splitlines() if line.strip()) == sorted(table)
 
 
 def test_verify_exit_5_when_only_a_storage_is_unreachable_4_with_problems(app, ctl):
