@@ -114,7 +114,7 @@ def _runtime() -> tuple[Config, Any, Any]:
 def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
-    @task(task_id="plan", multiple_outputs=True)
+    @task(task_id="plan")
     def plan_task() -> dict[str, Any]:
         cfg, resolver, ctx = _runtime()
         p = dict(ctx["params"] or {})
@@ -124,36 +124,40 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
             plan = drill_command.plan_drill(cfg, DrillRequest(
                 storage=p.get("storage") or None, tiers=p.get("tiers") or None, started_at=datetime.now(UTC).isoformat(),
                 drill_id=drill_command.drill_id_for(when), door=ctx["dag"].dag_id, run_id=ctx["run_id"]), resolver)
-        return {"plan": plan.to_dict(), "tiers": plan.names}
+        return plan.to_dict()
 
     @task(task_id="isolate", **on_host)
-    def isolate_task(plan: dict[str, Any]) -> dict[str, Any]:
+    def isolate_task(plan: dict[str, Any]) -> list[dict[str, Any]]:
+        """One scratch slot per tier (the scratch description plus the tier): what ``restore_tier`` maps over."""
         cfg, resolver, _ctx = _runtime()
+        p = DrillPlan.from_dict(plan)
         with task_errors(fail_fast=(BackupError,)):
-            return drill_command.isolate(cfg, DrillPlan.from_dict(plan), resolver).to_dict()
+            scratch = drill_command.isolate(cfg, p, resolver).to_dict()
+        return [{**scratch, "tier": t} for t in p.names]
 
-    @task(task_id="restore_tier", map_index_template="{{ task.op_kwargs['tier'] }}", **heavy)
-    def restore_task(plan: dict[str, Any], scratch: dict[str, Any], tier: str) -> dict[str, Any]:
+    @task(task_id="restore_tier", map_index_template="{{ task.op_kwargs['slot']['tier'] }}", **heavy)
+    def restore_task(plan: dict[str, Any], slot: dict[str, Any]) -> dict[str, Any]:
         cfg, resolver, _ctx = _runtime()
-        return drill_command.restore_tier(cfg, DrillPlan.from_dict(plan), Scratch.from_dict(scratch), tier,
+        return drill_command.restore_tier(cfg, DrillPlan.from_dict(plan), Scratch.from_dict(slot), slot["tier"],
                                           resolver).to_dict()
 
-    @task(task_id="verify_tier", **on_host)
-    def verify_task(plan: dict[str, Any], scratch: dict[str, Any], restored: dict[str, Any]) -> dict[str, Any]:
+    @task(task_id="verify_tier", map_index_template="{{ task.op_kwargs['restored']['tier'] }}", **on_host)
+    def verify_task(plan: dict[str, Any], scratch: list[dict[str, Any]], restored: dict[str, Any]) -> dict[str, Any]:
         cfg, resolver, _ctx = _runtime()
-        return drill_command.verify_tier(cfg, DrillPlan.from_dict(plan), Scratch.from_dict(scratch),
+        return drill_command.verify_tier(cfg, DrillPlan.from_dict(plan), Scratch.from_dict(scratch[0]),
                                          TierRestore.from_dict(restored), resolver).to_dict()
 
     @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
-    def report_task(plan: dict[str, Any], scratch: dict[str, Any] | None = None, restores: Any = None,
-                    verifies: Any = None) -> dict[str, Any]:
+    def report_task(plan: dict[str, Any], restores: Any = None, verifies: Any = None) -> dict[str, Any]:
         cfg, _resolver, ctx = _runtime()
+        # pulled, not an argument: a setup task may only be followed by ALL_SUCCESS tasks (this one is ALL_DONE)
+        scratch = ctx["ti"].xcom_pull(task_ids="isolate")
         p = DrillPlan.from_dict(plan)
         rs = [TierRestore.from_dict(r) for r in (restores or []) if r]
         vs = [TierVerify.from_dict(v) for v in (verifies or []) if v]
         missing = [] if scratch else ["isolate failed: no scratch space (see its task log)"]
         verdict = drill_command.write_reports(cfg, drill_command.judge(
-            cfg, p, Scratch.from_dict(scratch) if scratch else None, rs, vs, extra_findings=missing))
+            cfg, p, Scratch.from_dict(scratch[0]) if scratch else None, rs, vs, extra_findings=missing))
         summary = {"drill_id": verdict.drill_id, "passed": verdict.passed, "rto_seconds": verdict.rto_seconds,
                    "rpo_seconds": verdict.rpo_seconds, "findings": verdict.findings, "reports": verdict.reports}
         log.info("drill %s %s; report %s\n%s", verdict.drill_id, "PASSED" if verdict.passed else "FAILED",
@@ -172,11 +176,11 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         return down.to_dict()
 
     planned = plan_task()
-    scratch = isolate_task(planned["plan"])
-    restores = restore_task.partial(plan=planned["plan"], scratch=scratch).expand(tier=planned["tiers"])
-    verifies = verify_task.partial(plan=planned["plan"], scratch=scratch).expand(restored=restores)
-    report = report_task(planned["plan"], scratch, restores, verifies)
-    down = teardown_task(planned["plan"])
+    scratch = isolate_task(planned)
+    restores = restore_task.partial(plan=planned).expand(slot=scratch)
+    verifies = verify_task.partial(plan=planned, scratch=scratch).expand(restored=restores)
+    report = report_task(planned, restores, verifies)
+    down = teardown_task(planned)
     report >> down
     down.as_teardown(setups=scratch)
 
