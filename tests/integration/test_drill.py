@@ -121,7 +121,7 @@ def test_missed_rpo_and_failing_smoke_query_fail_with_their_figures(backed_up):
     rpo = [f for f in v["findings"] if f.startswith("RPO target missed")]
     assert rpo and "2.0 h old" in rpo[0] and "target 1 h" in rpo[0]
     smoke_f = [f for f in v["findings"] if "too_many_robots" in f]
-    assert smoke_f and "expected <= 1" in smoke_f[0] and "result " in smoke_f[0]
+    assert smoke_f == ["daily: check too_many_robots failed: result 12, expected <= 1"]
     robots = next(c for c in v["tiers"][0]["checks"] if c["name"] == "too_many_robots")
     assert not robots["ok"]
     assert _scratch_empty(cfg)

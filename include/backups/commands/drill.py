@@ -55,7 +55,13 @@ from .restore import Location, RestoredSource, RestoreRequest, RestoreResult
 log = logging.getLogger("backups.commands.drill")
 
 RUNBOOK = "docs/disaster-recovery.md"
-RUNBOOK_URL = "https://github.com/fmr-v2/backups/blob/main/docs/disaster-recovery.md"
+
+
+def runbook_link() -> str:
+    """The runbook as a link for the reports: the file of this checkout when it is there (a ``file://`` URL),
+    else the path inside the project."""
+    here = Path(__file__).resolve().parents[3] / RUNBOOK
+    return here.as_uri() if here.is_file() else RUNBOOK
 HISTORY = "history.jsonl"
 #: the keys of a history line (the monitoring status reads them; keep them stable)
 HISTORY_KEYS = ("id", "at", "passed", "rto_seconds", "rpo_seconds", "report")
@@ -780,7 +786,7 @@ def render_markdown(v: DrillVerdict) -> str:
           f"(slowest tier), RPO {_dur(v.rpo_seconds)} (newest restorable data)",
           f"* next scheduled drill: {v.next_drill or 'none (manual: `backupctl drill` or trigger dr_drill)'}"
           + (f" (`{v.schedule}`)" if v.schedule else ""),
-          f"* runbook: [{RUNBOOK}]({RUNBOOK_URL})", ""]
+          f"* runbook: [{RUNBOOK}]({runbook_link()})", ""]
     md += ["## Findings", ""] + ([f"* {f}" for f in v.findings] or ["* none: every check passed and both targets were met"])
     md += ["", "## Tiers", "",
            "| tier | storage | snapshot | logical date | RTO | RPO | files | size | MB/s | result |",
@@ -882,7 +888,7 @@ td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:to
 <li>targets: RTO {t['rto_minutes']:g} min, RPO {t['rpo_hours']:g} h — measured: RTO {_dur(v.rto_seconds)} (slowest tier),
 RPO {_dur(v.rpo_seconds)} (newest restorable data)</li>
 <li>next scheduled drill: {e(v.next_drill or 'none (manual)')}</li>
-<li>runbook: <a href="{RUNBOOK_URL}">{RUNBOOK}</a></li></ul>
+<li>runbook: <a href="{e(runbook_link())}">{RUNBOOK}</a></li></ul>
 <h2>Findings</h2><ul>{findings}</ul>
 <h2>Tiers</h2><table><tr><th>tier</th><th>storage</th><th>snapshot</th><th>logical date</th><th>RTO</th><th>RPO</th>
 <th>files</th><th>size</th><th>MB/s</th><th>result</th></tr>{rows}</table>

@@ -35,7 +35,7 @@ from ..config import Config, load_config
 from ..errors import BackupError
 from . import notifiers
 from .adapters import POOL, task_errors
-from .dags import START_DATE
+from .dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.drill")
 
@@ -94,7 +94,9 @@ def build_drill_dag(cfg: Config) -> DAG:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        default_args={"owner": cfg.owner, "retries": 0, "on_failure_callback": failure},
+        # retries only for unexpected errors: every library error fails its task at once (AirflowFailException), a
+        # tier's failure is a finding, and a failed drill fails `report` without a retry
+        default_args={**default_args(cfg), "on_failure_callback": failure},
         tags=["drill", "disaster-recovery"],
         doc_md=drill_doc(cfg),
         params=drill_params(cfg),
@@ -153,8 +155,9 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         # pulled, not an argument: a setup task may only be followed by ALL_SUCCESS tasks (this one is ALL_DONE)
         scratch = ctx["ti"].xcom_pull(task_ids="isolate")
         p = DrillPlan.from_dict(plan)
-        rs = [TierRestore.from_dict(r) for r in (restores or []) if r]
-        vs = [TierVerify.from_dict(v) for v in (verifies or []) if v]
+        # a slice is one XCom query (iterating a lazy sequence probes one past its end and logs "XCom not found")
+        rs = [TierRestore.from_dict(r) for r in (restores[:] if restores is not None else []) if r]
+        vs = [TierVerify.from_dict(v) for v in (verifies[:] if verifies is not None else []) if v]
         missing = [] if scratch else ["isolate failed: no scratch space (see its task log)"]
         verdict = drill_command.write_reports(cfg, drill_command.judge(
             cfg, p, Scratch.from_dict(scratch[0]) if scratch else None, rs, vs, extra_findings=missing))
