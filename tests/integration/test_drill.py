@@ -216,3 +216,16 @@ def test_postgres_source_restores_into_scratch_database_and_teardown_drops_it(ap
     bad.write_text(bad.read_text().replace(f"  postgres: {{dsn: \"{pg_source}\"}}\n", ""))
     with pytest.raises(RefusedError, match="live database of source 'fleet_db'"):
         guard_scratch_server(load_config(bad))
+
+
+def test_newest_snapshot_with_an_incomplete_chain_is_passed_over(backed_up):
+    app = backed_up
+    newer, _ = run_backup(app["cfg"], "daily", logical_date=(datetime.now(UTC) - timedelta(hours=1)).isoformat())
+    gone = next((app["root"] / "local" / "data" / newer.id).glob("app_files.index.zst"))
+    gone.unlink()
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [daily]\n  rpo_hours: 26\n")
+    v = run_drill(load_config(path), DrillRequest()).verdict
+    tier = v["tiers"][0]
+    assert v["passed"] and tier["snapshot_id"] == app["daily"]  # the older daily, whose chain is complete
+    assert len(tier["passed_over"]) == 1 and tier["passed_over"][0].startswith(f"{newer.id}: 1 object(s)")
+    assert any(f.startswith("daily: newer snapshot passed over") and newer.id in f for f in v["findings"])

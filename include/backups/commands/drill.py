@@ -237,6 +237,9 @@ def _plan_tier(cfg: Config, req: DrillRequest, tier: str, resolver: Any) -> Tier
                 continue
             chosen = snap
             break
+        # damaged manifests of the tier newer than the chosen snapshot (ids sort by their logical date)
+        out.passed_over = [f"{sid}: manifest damaged: {msg}" for sid, msg in sorted(cat.broken.items(), reverse=True)
+                           if sid.startswith(f"{tier}-") and (chosen is None or sid > chosen.id)] + out.passed_over
         if chosen is None:
             why = f" ({len(out.passed_over)} incomplete: {out.passed_over[0]})" if out.passed_over else ""
             out.error = f"no restorable snapshot of tier {tier} on storage {storage}{why}"

@@ -9,8 +9,9 @@ Graph (each task calls one step of :mod:`backups.commands.drill`, the steps ``ba
 * ``plan`` — per tier the newest snapshot whose chain is complete on the drill storage (opened read-only). The
   drill id derives from the run (``drill-<run_after, UTC>``), so a cleared task works on the same scratch names.
 * ``isolate`` — the scratch directory and the ``drill_<run>_<tier>_<source>`` PostgreSQL databases.
-* ``restore_tier`` — archive storages: the thaw wait (only with ``drill.approve_archive``); the restore command's
-  ``run_restore`` (SHA-256 checked).
+* ``restore_tier`` — archive storages: the thaw wait (only with ``drill.approve_archive``; it polls inside the
+  task, holding a worker slot for the hours a GLACIER retrieval takes — drill from a non-archive storage where you
+  can); the restore command's ``run_restore`` (SHA-256 checked).
 * ``verify_tier`` — re-hash, Great Expectations with Data Docs, integrity, config files, ``drill.smoke``.
 * ``report`` — measure and judge (RTO/RPO per tier), write the Markdown/HTML/JSON reports and the history line;
   **fails the run** (and the failure notifier alerts) when a check failed or a target was missed.
