@@ -229,3 +229,16 @@ def test_newest_snapshot_with_an_incomplete_chain_is_passed_over(backed_up):
     assert v["passed"] and tier["snapshot_id"] == app["daily"]  # the older daily, whose chain is complete
     assert len(tier["passed_over"]) == 1 and tier["passed_over"][0].startswith(f"{newer.id}: 1 object(s)")
     assert any(f.startswith("daily: newer snapshot passed over") and newer.id in f for f in v["findings"])
+
+
+def test_data_docs_of_old_drills_are_pruned_reports_stay(tmp_path):
+    from backups.commands.drill import next_drill, prune_data_docs
+
+    ids = [f"drill-2026{m:02d}01T040000Z" for m in range(1, 13)] + ["drill-20270101T040000Z"]
+    for i in ids:
+        (tmp_path / f"{i}.datadocs" / "daily").mkdir(parents=True)
+        (tmp_path / f"{i}.md").write_text("report")
+    assert prune_data_docs(tmp_path, ids, keep=12) == ["drill-20260101T040000Z.datadocs"]
+    assert (tmp_path / "drill-20260101T040000Z.md").exists() and (tmp_path / "drill-20260201T040000Z.datadocs").is_dir()
+    assert next_drill("0 4 1 * *", datetime(2026, 12, 1, 5, tzinfo=UTC)) == "2027-01-01T04:00:00+00:00"
+    assert next_drill(None) is None

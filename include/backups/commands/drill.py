@@ -63,6 +63,8 @@ def runbook_link() -> str:
     here = Path(__file__).resolve().parents[3] / RUNBOOK
     return here.as_uri() if here.is_file() else RUNBOOK
 HISTORY = "history.jsonl"
+#: Great Expectations Data Docs (a few MB per database) are kept for this many of the newest drills
+KEEP_DATA_DOCS = 12
 #: the keys of a history line (the monitoring status reads them; keep them stable)
 HISTORY_KEYS = ("id", "at", "passed", "rto_seconds", "rpo_seconds", "report")
 CONFIG_EXTENSIONS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML"}
@@ -534,7 +536,7 @@ def run_smoke_sql(chk: Any, kind: str, where: str) -> tuple[bool, str]:
         import psycopg
 
         with psycopg.connect(where, connect_timeout=10) as conn:
-            conn.execute("SET default_transaction_read_only = on")
+            conn.execute("SET TRANSACTION READ ONLY")  # a smoke query only reads
             row = conn.execute(chk.sql).fetchone()
     return _compare(None if row is None else row[0], chk)
 
@@ -927,8 +929,20 @@ def write_reports(cfg: Config, verdict: DrillVerdict) -> DrillVerdict:
     if not any(h.get("id") == verdict.drill_id for h in earlier):
         with (out / HISTORY).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+    prune_data_docs(out, [h["id"] for h in history])
     log.info("drill %s %s: report %s", verdict.drill_id, "PASSED" if verdict.passed else "FAILED", verdict.reports["md"])
     return verdict
+
+
+def prune_data_docs(directory: Path, ids: list[str], keep: int = KEEP_DATA_DOCS) -> list[str]:
+    """Remove the Data Docs folders of all but the ``keep`` newest drills (the reports themselves stay)."""
+    kept = set(sorted(ids)[-keep:])
+    removed = []
+    for d in directory.glob("drill-*.datadocs"):
+        if d.is_dir() and not d.is_symlink() and d.name.removesuffix(".datadocs") not in kept:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------ 7. teardown
