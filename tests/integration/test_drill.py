@@ -242,3 +242,23 @@ def test_data_docs_of_old_drills_are_pruned_reports_stay(tmp_path):
     assert (tmp_path / "drill-20260101T040000Z.md").exists() and (tmp_path / "drill-20260201T040000Z.datadocs").is_dir()
     assert next_drill("0 4 1 * *", datetime(2026, 12, 1, 5, tzinfo=UTC)) == "2027-01-01T04:00:00+00:00"
     assert next_drill(None) is None
+
+
+def test_reports_are_also_stored_on_another_storage_never_overwritten(app, monkeypatch):
+    copy = app["tmp"] / "copy"
+    path = _config(app["tmp"], app["home"], app["root"], "  storage: local\n  tiers: [weekly]\n  rpo_hours: 26\n",
+                   extra_storages=f'  copy: {{type: local, path: "{copy}"}}\n', tier_storages="local, copy")
+    cfg = load_config(path)
+    run_backup(cfg, "weekly", logical_date=(datetime.now(UTC) - timedelta(hours=1)).isoformat())
+    v = run_drill(cfg, DrillRequest()).verdict
+    assert v["passed"], v["findings"]
+    key = f"reports/drill/{v['drill_id']}.md"
+    assert v["reports"]["stored"] == ", ".join(f"copy:reports/drill/{v['drill_id']}.{e}" for e in ("md", "html", "json"))
+    assert (copy / key).read_text() == Path(v["reports"]["md"]).read_text()
+    from backups.commands.drill import DrillVerdict, store_reports
+
+    again = DrillVerdict.from_dict(v)
+    again.reports = {**v["reports"], "md": str(app["tmp"] / "other.md")}
+    (app["tmp"] / "other.md").write_text("different")
+    store_reports(cfg, again)  # the same drill id again: the stored copy is kept, not overwritten
+    assert (copy / key).read_text() == Path(v["reports"]["md"]).read_text()

@@ -934,6 +934,36 @@ def write_reports(cfg: Config, verdict: DrillVerdict) -> DrillVerdict:
     return verdict
 
 
+def store_reports(cfg: Config, verdict: DrillVerdict, resolver: Any = None) -> list[str]:
+    """A copy of the reports in the repository of the first writable, non-archive storage other than the drills'
+    storages (and other than the local storage :func:`drill_dir` already lives in): ``reports/drill/<id>.*``.
+    Existing objects are never overwritten (a re-run of the same drill id keeps the first copy). Problems are
+    logged and returned as ``storage: problem``; they never fail the drill."""
+    from ..storage import open_storage
+
+    drilled = {t["storage"] for t in verdict.tiers}
+    here = drill_dir(cfg).resolve()
+    for name, sc in cfg.storages.items():
+        if name in drilled or getattr(sc, "storage_class", "STANDARD") in ("GLACIER", "DEEP_ARCHIVE"):
+            continue
+        if sc.type == "local" and here.is_relative_to(Path(sc.path).resolve()):
+            continue
+        stored: list[str] = []
+        try:
+            st = open_storage(cfg, name, resolver)
+            for ext in ("md", "html", "json"):
+                key = f"reports/drill/{verdict.drill_id}.{ext}"
+                if not st.exists(key):
+                    st.put_bytes(key, Path(verdict.reports[ext]).read_bytes())
+                stored.append(f"{name}:{key}")
+        except (BackupError, OSError) as exc:
+            log.warning("drill %s: could not store its reports on storage %s: %s", verdict.drill_id, name, exc)
+            return [f"{name}: {_first_line(exc)}"]
+        log.info("drill %s: reports also stored on %s", verdict.drill_id, ", ".join(stored))
+        return stored
+    return []
+
+
 def prune_data_docs(directory: Path, ids: list[str], keep: int = KEEP_DATA_DOCS) -> list[str]:
     """Remove the Data Docs folders of all but the ``keep`` newest drills (the reports themselves stay)."""
     kept = set(sorted(ids)[-keep:])
@@ -964,10 +994,12 @@ def teardown(cfg: Config, drill_id: str, resolver: Any = None) -> Teardown:
     if root.exists():
         shutil.rmtree(root, onerror=lambda _f, p, exc: problems.append(f"{p}: {exc[1]}"))
     removed = not root.exists()
-    try:
-        admin = admin_dsn(cfg, resolver)
-    except BackupError as exc:
-        admin, problems = None, [*problems, f"scratch server: {exc.message}"]
+    admin = None
+    if any(src.type == "postgres" for src in cfg.sources.values()):  # only they get scratch databases
+        try:
+            admin = admin_dsn(cfg, resolver)
+        except BackupError as exc:
+            problems.append(f"scratch server: {exc.message}")
     if admin:
         try:
             import psycopg
@@ -1019,6 +1051,7 @@ def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None
             down = teardown(cfg, plan.drill_id, resolver)
             extra += [f"teardown: {p}" for p in down.problems]
         verdict = write_reports(cfg, judge(cfg, plan, scratch, restores, verifies, extra_findings=extra))
+        verdict.reports["stored"] = ", ".join(store_reports(cfg, verdict, resolver))
     finally:
         if down is None:  # pragma: no cover - only when teardown itself raised unexpectedly
             teardown(cfg, plan.drill_id, resolver)
@@ -1037,5 +1070,5 @@ def failed_error(verdict: DrillVerdict | dict[str, Any]) -> DrillFailedError:
 
 __all__ = ["Check", "DrillOutcome", "DrillPlan", "DrillRequest", "DrillVerdict", "Scratch",
            "Teardown", "TierPlan", "TierRestore", "TierVerify", "check_request", "drill_dir", "drill_id_for",
-           "failed_error", "isolate", "judge", "plan_drill", "read_history", "restore_tier", "run_drill", "teardown",
+           "failed_error", "isolate", "judge", "plan_drill", "read_history", "restore_tier", "run_drill", "store_reports", "teardown",
            "verify_tier", "write_reports"]

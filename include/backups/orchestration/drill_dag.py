@@ -47,9 +47,11 @@ DRILL_QUEUE: str | None = None
 
 
 def _resolver(cfg: Config) -> Any:
+    """Airflow's connections, always: besides the storages' conn_id, the scratch PostgreSQL server may be the
+    ``backup_pg_scratch`` connection even when the config names no conn_id."""
     from .connections import AirflowResolver
 
-    return AirflowResolver() if cfg.needs_airflow() else None
+    return AirflowResolver()
 
 
 def drill_params(cfg: Config) -> dict[str, Param]:
@@ -152,7 +154,7 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
 
     @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
     def report_task(plan: dict[str, Any], restores: Any = None, verifies: Any = None) -> dict[str, Any]:
-        cfg, _resolver, ctx = _runtime()
+        cfg, resolver, ctx = _runtime()
         # pulled, not an argument: a setup task may only be followed by ALL_SUCCESS tasks (this one is ALL_DONE)
         scratch = ctx["ti"].xcom_pull(task_ids="isolate")
         p = DrillPlan.from_dict(plan)
@@ -162,6 +164,7 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         missing = [] if scratch else ["isolate failed: no scratch space (see its task log)"]
         verdict = drill_command.write_reports(cfg, drill_command.judge(
             cfg, p, Scratch.from_dict(scratch[0]) if scratch else None, rs, vs, extra_findings=missing))
+        verdict.reports["stored"] = ", ".join(drill_command.store_reports(cfg, verdict, resolver))
         summary = {"drill_id": verdict.drill_id, "passed": verdict.passed, "rto_seconds": verdict.rto_seconds,
                    "rpo_seconds": verdict.rpo_seconds, "findings": verdict.findings, "reports": verdict.reports}
         log.info("drill %s %s; report %s\n%s", verdict.drill_id, "PASSED" if verdict.passed else "FAILED",
