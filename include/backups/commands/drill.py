@@ -839,9 +839,12 @@ def history_chart(history: list[dict[str, Any]]) -> str | None:
         return None
     xs = [datetime.fromisoformat(h["at"]) for h in pts]
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(6, 3.2), sharex=True)
-    a1.plot(xs, [(h.get("rto_seconds") or 0) / 60 for h in pts], marker="o", color="#1f77b4")
+    def val(h: dict[str, Any], key: str, unit: float) -> float:  # a drill that restored nothing: a gap, not 0
+        return float("nan") if h.get(key) is None else h[key] / unit
+
+    a1.plot(xs, [val(h, "rto_seconds", 60) for h in pts], marker="o", color="#1f77b4")
     a1.set_ylabel("RTO (min)")
-    a2.plot(xs, [(h.get("rpo_seconds") or 0) / 3600 for h in pts], marker="o", color="#ff7f0e")
+    a2.plot(xs, [val(h, "rpo_seconds", 3600) for h in pts], marker="o", color="#ff7f0e")
     a2.set_ylabel("RPO (h)")
     for a, key in ((a1, "rto_minutes"), (a2, "rpo_hours")):
         target = pts[-1].get(key)
@@ -850,7 +853,16 @@ def history_chart(history: list[dict[str, Any]]) -> str | None:
         for x, h in zip(xs, pts, strict=True):
             if not h.get("passed"):
                 a.axvline(x, color="#d62728", alpha=0.15)
-    fig.autofmt_xdate()
+    from datetime import timedelta
+
+    import matplotlib.dates as mdates
+
+    if len(xs) == 1 or xs[0] == xs[-1]:  # one drill: a readable day around it, not years of empty axis
+        a2.set_xlim(xs[0] - timedelta(days=1), xs[-1] + timedelta(days=1))
+    locator = mdates.AutoDateLocator()
+    a2.xaxis.set_major_locator(locator)
+    a2.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    a1.set_title("drills: RTO (slowest tier) and RPO (newest restorable data); dashed: targets", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
