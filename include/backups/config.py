@@ -174,8 +174,8 @@ class Locks(_Strict):
         return self
 
 
-# --------------------------------------------------------------------------------------------------- monitoring
-def _monitoring_cron(value: str | None) -> str | None:
+# --------------------------------------------------------------------------------------------------- monitoring, drill
+def _check_cron(value: str | None) -> str | None:
     if value is None:
         return None
     from croniter import croniter
@@ -219,7 +219,79 @@ class Monitoring(_Strict):
     airflow_api_conn_id: str = "airflow_api"
     alerts: Alerts = Field(default_factory=Alerts)
 
-    _cron = field_validator("schedule")(classmethod(lambda cls, v: _monitoring_cron(v)))
+    _cron = field_validator("schedule")(classmethod(lambda cls, v: _check_cron(v)))
+
+class SmokeCheck(_Strict):
+    """One application check of a disaster-recovery drill: a SQL query against a restored database source (its
+    first column of the first row compared with ``expect``, or bounded by ``min`` / ``max``), or a command run in
+    the restored tree (exit 0 = pass) with a timeout."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    source: str | None = None
+    sql: str | None = None
+    expect: str | int | float | bool | None = None
+    min: float | None = None
+    max: float | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
+    timeout_seconds: int = Field(default=60, gt=0, le=3600)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _kind(self) -> SmokeCheck:
+        if bool(self.sql) == bool(self.command):
+            raise ValueError("give exactly one of 'sql' (a query on a restored database) or 'command' (run in the "
+                             "restored tree)")
+        if self.sql:
+            if not self.source:
+                raise ValueError("a 'sql' check needs 'source': the database source it queries")
+            if self.expect is None and self.min is None and self.max is None:
+                raise ValueError("a 'sql' check needs 'expect' (an exact value) or 'min' / 'max' (bounds)")
+            if self.expect is not None and (self.min is not None or self.max is not None):
+                raise ValueError("give either 'expect' or 'min' / 'max', not both")
+        elif self.expect is not None or self.min is not None or self.max is not None:
+            raise ValueError("'expect', 'min' and 'max' apply to 'sql' checks; a command passes when it exits 0")
+        return self
+
+
+class DrillPostgres(_Strict):
+    """The PostgreSQL server where a drill creates its scratch databases (``drill_<run>_<tier>``): an admin
+    connection (an Airflow connection id, or a libpq DSN) — never the live database of a source."""
+
+    conn_id: str | None = None
+    dsn: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DrillPostgres:
+        if bool(self.dsn) == bool(self.conn_id):
+            raise ValueError("give exactly one of 'dsn' (a libpq connection string) or 'conn_id' (an Airflow connection)")
+        return self
+
+
+class Drill(_Strict):
+    """Disaster-recovery drills (``backupctl drill``, the ``dr_drill`` DAG; README "Disaster-recovery drills")."""
+
+    #: cron (UTC) of the dr_drill DAG; null: manual only
+    schedule: str | None = None
+    #: the storage to drill from (the copy you would use in a disaster); null: the last storage of each tier
+    storage: str | None = None
+    #: the tiers to drill; null: every tier
+    tiers: list[str] | None = Field(default=None, min_length=1)
+    #: restore + verification of a tier must finish within this
+    rto_minutes: float = Field(default=60.0, gt=0)
+    #: the newest restorable data must be at most this old at drill start
+    rpo_hours: float = Field(default=26.0, gt=0)
+    smoke: list[SmokeCheck] = Field(default_factory=list)
+    #: scratch server for postgres sources (without it their dumps are restored as files and not loaded)
+    postgres: DrillPostgres | None = None
+    #: archive (GLACIER) storages: thaw without a person's approval (retrievals are billed)
+    approve_archive: bool = False
+    #: where scratch restores go (a fresh drill-<id> folder below it); null: the system temp directory
+    scratch_dir: str | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return _check_cron(value)
 
 
 class Config(_Strict):
@@ -234,6 +306,7 @@ class Config(_Strict):
     #: 90 days of the newest; an explicit ``{}`` keeps them all
     manual_retention: Retention = Field(default_factory=lambda: Retention(keep_last=10, keep_within_days=90))
     monitoring: Monitoring = Field(default_factory=Monitoring)
+    drill: Drill | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -254,7 +327,43 @@ class Config(_Strict):
                         f"tiers.{tier_name}.storages.{i}",
                         f"unknown storage {sto!r}; {_dym(sto, self.storages)}defined storages: {', '.join(sorted(self.storages))}",
                     )
+        if self.drill is not None:
+            self._check_drill(self.drill)
         return self
+
+    def _check_drill(self, drill: Drill) -> None:
+        if drill.storage is not None and drill.storage not in self.storages:
+            raise _RefError("drill.storage", f"unknown storage {drill.storage!r}; defined storages: "
+                                             f"{', '.join(sorted(self.storages))}")
+        for i, t in enumerate(drill.tiers or []):
+            if t not in self.tiers:
+                raise _RefError(f"drill.tiers.{i}", f"unknown tier {t!r}; defined tiers: {', '.join(sorted(self.tiers))}")
+        if drill.storage is not None:
+            for t in drill.tiers or list(self.tiers):
+                if drill.storage not in self.tiers[t].storages:
+                    raise _RefError("drill.storage", f"tier {t!r} does not write to storage {drill.storage!r} (its "
+                                                     f"storages: {', '.join(self.tiers[t].storages)}); choose a storage "
+                                                     "every drilled tier writes to, or list only those tiers")
+        for i, chk in enumerate(drill.smoke):
+            if chk.source is not None:
+                if chk.source not in self.sources:
+                    raise _RefError(f"drill.smoke.{i}.source", f"unknown source {chk.source!r}; defined sources: "
+                                                              f"{', '.join(sorted(self.sources))}")
+                if chk.sql and self.sources[chk.source].type not in ("sqlite", "postgres"):
+                    raise _RefError(f"drill.smoke.{i}.source", f"source {chk.source!r} is a "
+                                                              f"{self.sources[chk.source].type} source; a 'sql' check "
+                                                              "needs a sqlite or postgres source")
+        names = [c.name for c in drill.smoke]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise _RefError("drill.smoke", f"smoke check names must be unique; repeated: {', '.join(dup)}")
+        pg = drill.postgres
+        if pg is not None and pg.dsn:
+            for name, src in self.sources.items():
+                if src.type == "postgres" and src.dsn and same_database(pg.dsn, src.dsn):
+                    raise _RefError("drill.postgres.dsn", f"the scratch server DSN points at the live database of "
+                                                          f"source {name!r}; give an admin DSN (e.g. dbname=postgres) "
+                                                          "of a server where the drill may create databases")
 
     # convenience ---------------------------------------------------------------------------------
     def tier(self, name: str) -> Tier:
@@ -267,6 +376,8 @@ class Config(_Strict):
     def needs_airflow(self) -> bool:
         """True when a source or storage names an Airflow connection (the CLI then imports Airflow)."""
         objs: list[Any] = [*self.sources.values(), *self.storages.values()]
+        if self.drill is not None and self.drill.postgres is not None:
+            objs.append(self.drill.postgres)
         for obj in objs:
             if getattr(obj, "conn_id", None):
                 return True
@@ -274,6 +385,26 @@ class Config(_Strict):
             if enc is not None and enc.key_conn_id:
                 return True
         return False
+
+
+def same_database(a: str, b: str) -> bool:
+    """True when two libpq DSNs name the same database (host, port and dbname; defaults as libpq applies them)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return a == b
+    try:
+        da, db = conninfo_to_dict(a), conninfo_to_dict(b)
+    except Exception:
+        return a == b
+
+    def key(d: dict[str, Any]) -> tuple[str, str, str]:
+        host = str(d.get("host") or "localhost")
+        host = "localhost" if host in ("127.0.0.1", "::1", "/var/run/postgresql", "/tmp") else host
+        user = str(d.get("user") or "")
+        return host, str(d.get("port") or "5432"), str(d.get("dbname") or user or "postgres")
+
+    return key(da) == key(db)
 
 
 class _RefError(ValueError):
@@ -356,7 +487,8 @@ def _describe(exc: ValidationError, file: str) -> str:
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
         # drop the discriminator tag pydantic inserts for unions ("sources.app_db.sqlite.path")
-        loc = [p for p in loc if p not in {"sqlite", "files", "command", "postgres", "local", "s3", "sftp"}]
+        loc = [p for i, p in enumerate(loc) if not (p in {"sqlite", "files", "command", "postgres", "local", "s3", "sftp"}
+                                                    and i >= 2 and loc[i - 2] in ("sources", "storages"))]
         key = ".".join(loc) or "(top level)"
         ctx_err = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_err, _RefError):

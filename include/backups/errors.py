@@ -107,6 +107,13 @@ class ValidationFailedError(IntegrityError):
         self.result = dict(result or {})
 
 
+class DrillFailedError(BackupError):
+    """A disaster-recovery drill ran and failed: a check failed or an RTO/RPO target was missed (exit 10).
+    The message lists the findings; the drill's report (Markdown/HTML/JSON) holds the details."""
+
+    exit_code = 10
+
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the log)",
@@ -119,6 +126,7 @@ EXIT_CODES = {
        "foreign-key dependencies, unsafe archive member, an object that exists)",
     8: "encryption key missing or wrong",
     9: "locked: another run holds a conflicting lock on the repository or snapshot (retry later, or `backupctl unlock`)",
+    10: "disaster-recovery drill failed: a check failed or an RTO/RPO target was missed (see the drill report)",
     130: "interrupted",
 }
 

@@ -27,9 +27,13 @@ tiers:
 
 
 def test_embedded_default_is_the_verbatim_config():
+    """The foundation config verbatim, followed by the drill block (issue 10) and nothing else."""
     body = "".join(line + "\n" for line in LOCAL_CONFIG.read_text().splitlines() if not line.startswith("#"))
-    assert body == VERBATIM
-    assert parse_config(VERBATIM, "verbatim.yaml", env=ENV) == load_config(LOCAL_CONFIG, env=ENV)
+    head, sep, _drill = body.partition("drill:\n")
+    assert head == VERBATIM and sep
+    cfg = load_config(LOCAL_CONFIG, env=ENV)
+    assert cfg.drill is not None and cfg.drill.tiers == ["daily", "weekly"] and len(cfg.drill.smoke) == 4
+    assert parse_config(VERBATIM, "verbatim.yaml", env=ENV) == cfg.model_copy(update={"drill": None})
 
 
 def test_production_config_fans_out_to_cloud_offsite_and_archive():

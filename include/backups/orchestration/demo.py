@@ -231,9 +231,41 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
     ok = same_files and same_db
     if landed is not None:
         ok = landed(cfg, run_ids) and ok
+    ok = _drill(cfg, bag, run_ids) and ok
     ok = _monitoring_summary(bag) and ok
     print("DEMO OK" if ok else "DEMO FAILED")
     return 0 if ok else 1
+
+
+def _drill(cfg: Any, bag: Any, runs: list[tuple[str, str]]) -> bool:
+    """Run ``dr_drill`` with ``dag.test()`` on the tiers just backed up that the drill storage holds; print the
+    verdict and the report path. True when the drill passed."""
+    from ..commands.drill import drill_dir, settings
+
+    d = settings(cfg)
+    tiers = [t for t, _sid in runs if (not d.tiers or t in d.tiers)
+             and (d.storage or cfg.tiers[t].storages[-1]) in cfg.tiers[t].storages]
+    print()
+    print(f"running dr_drill (disaster-recovery drill of {', '.join(tiers)}) ...", flush=True)
+    t0 = time.monotonic()
+    dr = bag.get_dag("dr_drill").test(run_conf={"tiers": tiers}, run_after=datetime.now(UTC))
+    print(f"  dr_drill: {dr.state} in {time.monotonic() - t0:.1f}s")
+    try:
+        v = json.loads((drill_dir(cfg) / "latest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        print("  no drill report was written (see the task states above)")
+        return False
+    for t in v["tiers"]:
+        rto = "-" if t["rto_seconds"] is None else f"{t['rto_seconds']:.1f}s"
+        rpo = "-" if t["rpo_seconds"] is None else f"{t['rpo_seconds'] / 3600:.1f}h"
+        print(f"    {t['tier']:<8} {t['snapshot_id'] or '-':<26} RTO {rto:>7}  RPO {rpo:>6}  "
+              f"{sum(c['ok'] for c in t['checks'])}/{len(t['checks'])} checks  {'pass' if t['passed'] else 'FAIL'}")
+    for f in v["findings"]:
+        print(f"    finding: {f}")
+    print(f"drill verdict:           {'PASSED' if v['passed'] else 'FAILED'} (targets RTO {v['targets']['rto_minutes']:g} min, "
+          f"RPO {v['targets']['rpo_hours']:g} h)")
+    print(f"drill report:            {v['reports'].get('html')} (and .md, .json; latest.* and history.jsonl beside it)")
+    return bool(v["passed"]) and dr.state == "success"
 
 
 def _monitoring_summary(bag: Any) -> bool:

@@ -1,0 +1,92 @@
+"""The ``dr_drill`` DAG: parses with the config's schedule, nullable params and a teardown task; under ``dag.test()``
+a drill of the sample app passes (RTO/RPO per tier in its report), and a drill over a corrupted object fails the
+run naming the object and snapshot while the teardown task still removes the scratch data.
+
+Snapshots are made with the engine (``run_backup``), not with the backup DAGs, to keep the test fast.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from backups.config import load_config
+from backups.demo import fmr
+from backups.engine.snapshot import run_backup
+from tests.dags.common import load_dags, task_states
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.airflow
+
+DAG_ID = "dr_drill"
+
+
+def _dag():
+    return load_dags().dags[DAG_ID]
+
+
+def test_drill_dag_parses_with_schedule_params_and_teardown():
+    from airflow.sdk import TriggerRule
+
+    dag = _dag()
+    cfg = load_config(ROOT / "include" / "backups.local.yaml")
+    assert dag.schedule == cfg.drill.schedule == "0 4 1 * *"
+    assert dag.max_active_runs == 1 and dag.catchup is False and "drill" in dag.tags and dag.doc_md
+    assert dag.on_failure_callback and dag.default_args["on_failure_callback"]
+    assert set(dag.task_dict) == {"plan", "isolate", "restore_tier", "verify_tier", "report", "teardown"}
+    assert dag.task_dict["teardown"].is_teardown and dag.task_dict["isolate"].is_setup
+    assert dag.task_dict["restore_tier"].pool == "backup_io"
+    assert dag.task_dict["report"].trigger_rule == TriggerRule.ALL_DONE
+    assert {"report"} <= dag.task_dict["teardown"].upstream_task_ids
+    for name in ("storage", "tiers"):  # optional in the trigger form (Airflow 3.3: nullable or required)
+        assert "null" in dag.params.get_param(name).schema["type"] and dag.params[name] is None
+
+
+def test_drill_dag_passes_then_fails_on_a_corrupted_object(airflow_db, tmp_path, monkeypatch):
+    from backups.commands.drill import scratch_base
+    from backups.orchestration import notifiers
+
+    home, root = tmp_path / "fmr", tmp_path / "backups"
+    fmr.generate(home, scale=0.3, seed=11)
+    monkeypatch.setenv("FMR_HOME", str(home))
+    monkeypatch.setenv("BACKUP_ROOT", str(root))
+    (tmp_path / "staging").mkdir()
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    monkeypatch.setenv("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))
+    cfg = load_config()
+    now = datetime.now(UTC).replace(microsecond=0)
+    weekly, _ = run_backup(cfg, "weekly", logical_date=(now - timedelta(hours=30)).isoformat())
+    daily, _ = run_backup(cfg, "daily", logical_date=(now - timedelta(hours=3)).isoformat())
+    calls: list[dict] = []
+    monkeypatch.setattr(notifiers, "LISTENERS", [calls.append])
+    dag = _dag()
+
+    dr = dag.test(run_after=now)
+    states = task_states(dr)
+    assert dr.state == "success", states
+    assert set(states.values()) == {"success"} and "restore_tier[1]" in states
+    reports = root / "local" / "reports" / "drill"
+    v = json.loads((reports / "latest.json").read_text())
+    assert v["passed"] and v["drill_id"] == f"drill-{now.strftime('%Y%m%dT%H%M%SZ')}" and v["door"] == DAG_ID
+    tiers = {t["tier"]: t for t in v["tiers"]}
+    assert tiers["daily"]["snapshot_id"] == daily.id and tiers["weekly"]["snapshot_id"] == weekly.id
+    assert all(t["rto_seconds"] > 0 and t["rpo_seconds"] > 0 for t in tiers.values())
+    assert {c["name"] for c in tiers["daily"]["checks"]} >= {"missions_reference_robots", "robots_known_status",
+                                                            "fleet_not_empty", "config_loads"}
+    assert [e for e in calls if e.get("event") == "drill_complete"][0]["passed"] is True
+
+    obj = root / "local" / "data" / weekly.id / "app_db.tar.zst"
+    raw = bytearray(obj.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+    obj.write_bytes(bytes(raw))
+    dr = dag.test(run_after=now + timedelta(minutes=1))
+    states = task_states(dr)
+    assert dr.state == "failed", states
+    assert states["report"] == "failed" and states["teardown"] == "success"
+    v = json.loads((reports / "latest.json").read_text())
+    assert not v["passed"] and any(weekly.id in f and "app_db" in f for f in v["findings"])
+    hist = (reports / "history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["passed"] for h in hist] == [True, False]
+    assert not any(scratch_base(cfg).glob("drill-*"))

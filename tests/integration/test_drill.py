@@ -1,0 +1,264 @@
+"""Disaster-recovery drills (``backupctl drill``, :mod:`backups.commands.drill`) on the sample app, real services.
+
+* a drill on local backups passes and reports RTO/RPO per tier: reports (md/html with the chart/json), latest.*,
+  the history line, GX Data Docs; the scratch directory is gone afterwards;
+* a corrupted object fails the drill naming the object and the snapshot (CLI exit 10), teardown still ran;
+* a missed RPO target fails with the measured figure; a failing smoke query fails with its result;
+* a PostgreSQL source is restored into a ``drill_<run>_…`` scratch database, validated, and dropped — also after a
+  failed check (``pg_database`` checked); the scratch server may not be the live database.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from backups.cli import main
+from backups.commands.drill import DrillRequest, drill_dir, run_drill, scratch_base
+from backups.config import load_config
+from backups.engine.snapshot import run_backup
+from backups.errors import ConfigError, RefusedError
+from backups.monitoring import status_dir
+from tests.helpers import write_config
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+SMOKE = """\
+  smoke:
+    - {name: missions_reference_robots, source: app_db, expect: 0,
+       sql: "SELECT count(*) FROM missions m LEFT JOIN robots r ON r.id = m.robot_id WHERE r.id IS NULL"}
+    - {name: config_loads, command: [python3, -c, "import json; json.load(open('app_files/config/fleet.json'))"]}
+"""
+
+
+def _config(tmp: Path, home: Path, root: Path, drill: str, **kw) -> Path:
+    path = write_config(tmp / "drill.yaml", home, root, **kw)
+    path.write_text(path.read_text() + f"drill:\n  scratch_dir: {tmp / 'scratch'}\n" + drill)
+    return path
+
+
+@pytest.fixture
+def backed_up(app, monkeypatch):
+    """The sample app with a weekly full (30 h old) and a daily incremental on top (2 h old)."""
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(app["tmp"] / "status"))
+    now = datetime.now(UTC).replace(microsecond=0)
+    cfg = app["cfg"]
+    weekly, _ = run_backup(cfg, "weekly", logical_date=(now - timedelta(hours=30)).isoformat())
+    daily, _ = run_backup(cfg, "daily", logical_date=(now - timedelta(hours=2)).isoformat())
+    return {**app, "weekly": weekly.id, "daily": daily.id}
+
+
+def _scratch_empty(cfg) -> bool:
+    base = scratch_base(cfg)
+    return not base.exists() or not any(base.iterdir())
+
+
+def test_drill_passes_and_reports_rto_rpo_per_tier(backed_up, capsys):
+    app = backed_up
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [daily, weekly]\n  rto_minutes: 30\n  rpo_hours: 26\n" + SMOKE)
+    code = main(["--config", str(path), "drill", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    v = out["verdict"]
+    assert code == 0, v["findings"]
+    assert v["passed"] and v["findings"] == []
+    tiers = {t["tier"]: t for t in v["tiers"]}
+    assert tiers["daily"]["snapshot_id"] == app["daily"] and tiers["weekly"]["snapshot_id"] == app["weekly"]
+    for t in tiers.values():
+        assert 0 < t["rto_seconds"] < 1800 and t["passed"] and t["files"] > 10 and t["bytes"] > 0
+        assert set(t["steps"]) == {"plan", "isolate", "thaw", "restore", "verify"}
+        names = {c["name"]: c for c in t["checks"]}
+        assert {"restore", "sha256", "app_db: Great Expectations", "app_db: referential integrity",
+                "app_files: config files parse", "missions_reference_robots", "config_loads"} <= set(names)
+        assert all(c["ok"] for c in t["checks"])
+        assert Path(t["data_docs"]["app_db"]).is_file()  # GX Data Docs index.html
+    assert 2 * 3600 - 60 < tiers["daily"]["rpo_seconds"] < 2 * 3600 + 600
+    assert 30 * 3600 - 60 < tiers["weekly"]["rpo_seconds"] < 30 * 3600 + 600
+    assert v["rpo_seconds"] == tiers["daily"]["rpo_seconds"]  # the newest restorable data
+    assert v["rto_seconds"] == max(t["rto_seconds"] for t in tiers.values())
+    # reports next to the monitoring status, the newest at a stable path, and the history line
+    cfg = load_config(path)
+    d = drill_dir(cfg)
+    assert d == status_dir(cfg).parent / "drill" and d.is_dir()
+    for ext in ("md", "html", "json"):
+        assert (d / f"{v['drill_id']}.{ext}").read_text() == (d / f"latest.{ext}").read_text()
+    md = (d / "latest.md").read_text()
+    assert "PASSED" in md and "docs/disaster-recovery.md" in md and "datadocs/daily/app_db/index.html" in md
+    assert "data:image/png;base64," in (d / "latest.html").read_text()
+    hist = [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]
+    assert len(hist) == 1 and {"id", "at", "passed", "rto_seconds", "rpo_seconds", "report"} <= set(hist[0])
+    assert hist[0]["id"] == v["drill_id"] and hist[0]["passed"] is True
+    assert out["teardown"]["directory_removed"] and _scratch_empty(cfg)
+
+
+def test_corrupted_object_fails_naming_object_and_snapshot(backed_up, capsys):
+    app = backed_up
+    obj = app["root"] / "local" / "data" / app["weekly"] / "app_files.tar.zst"
+    raw = bytearray(obj.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)  # same size: only re-hashing finds it
+    obj.write_bytes(bytes(raw))
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [weekly]\n  rpo_hours: 48\n")
+    code = main(["--config", str(path), "drill"])
+    err = capsys.readouterr().err
+    assert code == 10
+    assert app["weekly"] in err and "app_files" in err and "FAILED" in err
+    v = json.loads((drill_dir(load_config(path)) / "latest.json").read_text())
+    assert not v["passed"] and v["tiers"][0]["restored"] is False
+    assert any(app["weekly"] in f and "app_files" in f for f in v["findings"])
+    assert _scratch_empty(load_config(path))  # teardown ran after the failure
+
+
+def test_missed_rpo_and_failing_smoke_query_fail_with_their_figures(backed_up):
+    app = backed_up
+    smoke = ("  smoke:\n    - {name: too_many_robots, source: app_db, sql: \"SELECT count(*) FROM robots\", max: 1}\n")
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [daily]\n  rpo_hours: 1\n" + smoke)
+    cfg = load_config(path)
+    v = run_drill(cfg, DrillRequest()).verdict
+    assert not v["passed"]
+    rpo = [f for f in v["findings"] if f.startswith("RPO target missed")]
+    assert rpo and "2.0 h old" in rpo[0] and "target 1 h" in rpo[0]
+    smoke_f = [f for f in v["findings"] if "too_many_robots" in f]
+    assert smoke_f == ["daily: check too_many_robots failed: result 12, expected <= 1"]
+    robots = next(c for c in v["tiers"][0]["checks"] if c["name"] == "too_many_robots")
+    assert not robots["ok"]
+    assert _scratch_empty(cfg)
+
+
+def test_drill_config_validation(app):
+    base = write_config(app["tmp"] / "v.yaml", app["home"], app["root"]).read_text()
+    cases = {
+        "drill: {bogus: 1}": "drill.bogus: unknown key",
+        "drill: {schedule: 'every day'}": "drill.schedule: 'every day' is not a 5-field cron",
+        "drill: {storage: offsite}": "drill.storage: unknown storage 'offsite'",
+        "drill: {tiers: [hourly]}": "drill.tiers.0: unknown tier 'hourly'",
+        "drill: {smoke: [{name: a, sql: 'SELECT 1', source: app_db}]}": "drill.smoke.0: a 'sql' check needs 'expect'",
+        "drill: {smoke: [{name: a, sql: 'SELECT 1', source: nope, expect: 1}]}": "drill.smoke.0.source: unknown source",
+        "drill: {smoke: [{name: a, command: [x], expect: 1}]}": "drill.smoke.0: 'expect', 'min' and 'max' apply to 'sql'",
+        "drill: {smoke: [{name: a, command: [x], timeout: 5}]}": "drill.smoke.0.timeout: unknown key",
+        "drill: {smoke: [{name: a, command: [x]}, {name: a, command: [y]}]}": "drill.smoke: smoke check names must be unique",
+        "drill: {postgres: {dsn: 'host=x', conn_id: y}}": "drill.postgres: give exactly one",
+    }
+    for block, msg in cases.items():
+        p = app["tmp"] / "bad.yaml"
+        p.write_text(base + block + "\n")
+        with pytest.raises(ConfigError) as exc:
+            load_config(p)
+        assert msg in str(exc.value), (block, str(exc.value))
+        assert main(["--config", str(p), "drill"]) == 2
+    ok = app["tmp"] / "ok.yaml"
+    ok.write_text(base + "drill: {schedule: '0 4 1 * *', tiers: [weekly], rto_minutes: 30, rpo_hours: 26}\n")
+    assert load_config(ok).drill.schedule == "0 4 1 * *"
+    assert load_config(ok).drill.storage is None and load_config(ok).drill.approve_archive is False
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+@pytest.fixture
+def pg_source():
+    name = f"helper_a_drill_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"{PG}/{name}"
+    with psycopg.connect(dsn) as c:
+        c.execute("CREATE TABLE robots (id serial PRIMARY KEY, name text NOT NULL UNIQUE, status text)")
+        c.execute("CREATE TABLE missions (id serial PRIMARY KEY, robot_id int NOT NULL REFERENCES robots(id))")
+        c.execute("INSERT INTO robots (name, status) SELECT 'r' || g, 'idle' FROM generate_series(1, 50) g")
+        c.execute("INSERT INTO missions (robot_id) SELECT 1 + g % 50 FROM generate_series(1, 200) g")
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _drill_databases() -> list[str]:
+    with psycopg.connect(f"{PG}/postgres") as c:
+        return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'drill\\_%'")]
+
+
+def test_postgres_source_restores_into_scratch_database_and_teardown_drops_it(app, pg_source, monkeypatch):
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(app["tmp"] / "status"))
+    before = set(_drill_databases())
+    smoke = ("  smoke:\n"
+             "    - {name: missions_reference_robots, source: fleet_db, expect: 0, sql: \"SELECT count(*) FROM missions m "
+             "LEFT JOIN robots r ON r.id = m.robot_id WHERE r.id IS NULL\"}\n"
+             "    - {name: robots, source: fleet_db, sql: \"SELECT count(*) FROM robots\", min: 50, max: 50}\n")
+    drill = f"  tiers: [weekly]\n  rpo_hours: 2\n  postgres: {{dsn: \"{PG}/postgres\"}}\n" + smoke
+    path = _config(app["tmp"], app["home"], app["root"], drill,
+                   extra_sources=f'  fleet_db: {{type: postgres, dsn: "{pg_source}"}}\n', tier_sources="fleet_db")
+    cfg = load_config(path)
+    run_backup(cfg, "weekly", logical_date=(datetime.now(UTC) - timedelta(minutes=5)).isoformat())
+    out = run_drill(cfg, DrillRequest())
+    v = out.verdict
+    assert v["passed"], v["findings"]
+    checks = {c["name"]: c for c in v["tiers"][0]["checks"]}
+    assert checks["fleet_db: Great Expectations"]["ok"] and "expectations met" in checks["fleet_db: Great Expectations"]["detail"]
+    assert checks["fleet_db: constraints"]["ok"] and checks["robots"]["detail"] == "result 50, expected >= 50 and <= 50"
+    assert any(n.startswith("drill_") and n.endswith("_weekly_fleet_db") for n in out.teardown["databases_dropped"])
+    assert set(_drill_databases()) == before
+    # a failing check: the drill fails, and the teardown still drops the scratch database and directory
+    with psycopg.connect(pg_source) as c:
+        c.execute("INSERT INTO robots (name, status) VALUES ('extra', 'idle')")
+    run_backup(cfg, "weekly", logical_date=(datetime.now(UTC) - timedelta(minutes=1)).isoformat())
+    v2 = run_drill(cfg, DrillRequest(started_at=(datetime.now(UTC) + timedelta(seconds=2)).isoformat())).verdict
+    assert not v2["passed"] and any("robots" in f and "result 51" in f for f in v2["findings"])
+    assert set(_drill_databases()) == before and _scratch_empty(cfg)
+    # the scratch server may never be a source's live database
+    bad = _config(app["tmp"], app["home"], app["root"], f"  postgres: {{dsn: \"{pg_source}\"}}\n",
+                  extra_sources=f'  fleet_db: {{type: postgres, dsn: "{pg_source}"}}\n', tier_sources="fleet_db")
+    with pytest.raises(ConfigError, match="drill.postgres.dsn: the scratch server DSN points at the live database"):
+        load_config(bad)
+    from backups.commands.drill import guard_scratch_server
+
+    monkeypatch.setenv("BACKUP_PG_SCRATCH_DSN", pg_source)
+    bad.write_text(bad.read_text().replace(f"  postgres: {{dsn: \"{pg_source}\"}}\n", ""))
+    with pytest.raises(RefusedError, match="live database of source 'fleet_db'"):
+        guard_scratch_server(load_config(bad))
+
+
+def test_newest_snapshot_with_an_incomplete_chain_is_passed_over(backed_up):
+    app = backed_up
+    newer, _ = run_backup(app["cfg"], "daily", logical_date=(datetime.now(UTC) - timedelta(hours=1)).isoformat())
+    gone = next((app["root"] / "local" / "data" / newer.id).glob("app_files.index.zst"))
+    gone.unlink()
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [daily]\n  rpo_hours: 26\n")
+    v = run_drill(load_config(path), DrillRequest()).verdict
+    tier = v["tiers"][0]
+    assert v["passed"] and tier["snapshot_id"] == app["daily"]  # the older daily, whose chain is complete
+    assert len(tier["passed_over"]) == 1 and tier["passed_over"][0].startswith(f"{newer.id}: 1 object(s)")
+    assert any(f.startswith("daily: newer snapshot passed over") and newer.id in f for f in v["findings"])
+
+
+def test_data_docs_of_old_drills_are_pruned_reports_stay(tmp_path):
+    from backups.commands.drill import next_drill, prune_data_docs
+
+    ids = [f"drill-2026{m:02d}01T040000Z" for m in range(1, 13)] + ["drill-20270101T040000Z"]
+    for i in ids:
+        (tmp_path / f"{i}.datadocs" / "daily").mkdir(parents=True)
+        (tmp_path / f"{i}.md").write_text("report")
+    assert prune_data_docs(tmp_path, ids, keep=12) == ["drill-20260101T040000Z.datadocs"]
+    assert (tmp_path / "drill-20260101T040000Z.md").exists() and (tmp_path / "drill-20260201T040000Z.datadocs").is_dir()
+    assert next_drill("0 4 1 * *", datetime(2026, 12, 1, 5, tzinfo=UTC)) == "2027-01-01T04:00:00+00:00"
+    assert next_drill(None) is None
+
+
+def test_reports_are_also_stored_on_another_storage_never_overwritten(app, monkeypatch):
+    copy = app["tmp"] / "copy"
+    path = _config(app["tmp"], app["home"], app["root"], "  storage: local\n  tiers: [weekly]\n  rpo_hours: 26\n",
+                   extra_storages=f'  copy: {{type: local, path: "{copy}"}}\n', tier_storages="local, copy")
+    cfg = load_config(path)
+    run_backup(cfg, "weekly", logical_date=(datetime.now(UTC) - timedelta(hours=1)).isoformat())
+    v = run_drill(cfg, DrillRequest()).verdict
+    assert v["passed"], v["findings"]
+    key = f"reports/drill/{v['drill_id']}.md"
+    assert v["reports"]["stored"] == ", ".join(f"copy:reports/drill/{v['drill_id']}.{e}" for e in ("md", "html", "json"))
+    assert (copy / key).read_text() == Path(v["reports"]["md"]).read_text()
+    from backups.commands.drill import DrillVerdict, store_reports
+
+    again = DrillVerdict.from_dict(v)
+    again.reports = {**v["reports"], "md": str(app["tmp"] / "other.md")}
+    (app["tmp"] / "other.md").write_text("different")
+    store_reports(cfg, again)  # the same drill id again: the stored copy is kept, not overwritten
+    assert (copy / key).read_text() == Path(v["reports"]["md"]).read_text()
