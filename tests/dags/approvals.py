@@ -78,7 +78,9 @@ def _answer(responder: Responder, client, dag_id: str, task_id: str, chosen: lis
             listing = client.get(f"/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails",
                                  params={"task_id": task_id, "response_received": False})
             assert listing.status_code == 200, listing.text
-            waiting = listing.json()["hitl_details"]
+            # answer only once the task is parked: a response recorded while it is still running (the request
+            # exists from the start of execute) is stored but never resumes it, and dag.test() would wait forever
+            waiting = [d for d in listing.json()["hitl_details"] if _parked(d)]
             if waiting:
                 responder.detail.update(waiting[0])
                 ti = waiting[0]["task_instance"]
@@ -95,6 +97,10 @@ def _answer(responder: Responder, client, dag_id: str, task_id: str, chosen: lis
     _release_waiting(client, dag_id)
 
 
+def _parked(detail: dict) -> bool:
+    return (detail.get("task_instance") or {}).get("state") in ("awaiting_input", "deferred")
+
+
 def _release_waiting(client, dag_id: str, timeout: float = 600.0) -> None:
     """No proper answer was given: reject whatever of ``dag_id`` awaits input (now or within ``timeout``), so that
     ``dag.test()`` (which waits for a human forever) returns and ``join()`` reports the responder's error instead
@@ -104,6 +110,8 @@ def _release_waiting(client, dag_id: str, timeout: float = 600.0) -> None:
         while time.time() < end:
             listing = client.get(f"/api/v2/dags/{dag_id}/dagRuns/~/hitlDetails", params={"response_received": False})
             for d in listing.json()["hitl_details"]:
+                if not _parked(d):
+                    continue
                 ti = d["task_instance"]
                 choice = "Reject" if "Reject" in d["options"] else d["options"][0]
                 client.patch(f"/api/v2/dags/{dag_id}/dagRuns/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/"

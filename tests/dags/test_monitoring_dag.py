@@ -133,7 +133,9 @@ monitoring:
 def setup(tmp_path, monkeypatch):
     home, root = tmp_path / "fmr", tmp_path / "backups"
     fmr.generate(home, scale=0.2, seed=5)
-    text = (ROOT / "include" / "backups.local.yaml").read_text() + MONITORING.format(status=tmp_path / "monitoring")
+    # the embedded config without its drill: block (no drill has run here, so it would add a drill-overdue problem)
+    text = (ROOT / "include" / "backups.local.yaml").read_text().split("\ndrill:", 1)[0] + "\n"
+    text += MONITORING.format(status=tmp_path / "monitoring")
     (tmp_path / "c.yaml").write_text(text)
     for k, v in {"BACKUP_CONFIG": str(tmp_path / "c.yaml"), "FMR_HOME": str(home), "BACKUP_ROOT": str(root)}.items():
         monkeypatch.setenv(k, v)

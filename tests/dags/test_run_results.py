@@ -50,14 +50,15 @@ def _xcom(dr, task_id: str):
         return None if row is None else XComModel.deserialize_value(row)
 
 
-def _asset_extras(uri: str) -> list[dict]:
+def _asset_extras(uri: str, run_id: str) -> list[dict]:
+    """The extras of the asset events ``run_id`` published for ``uri`` (other tests share this metadata DB)."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as s:
         rows = s.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                         .where(AssetModel.uri == uri)).all()
+                         .where(AssetModel.uri == uri, AssetEvent.source_run_id == run_id)).all()
         return [dict(e.extra or {}) for e in rows]
 
 
@@ -94,7 +95,7 @@ def test_backup_validates_once_and_reports_in_note_and_asset_event(airflow_db, a
     assert "data (Great Expectations): app_db " in note and "✓" in note
     assert f"report: `local:reports/weekly/{sid}.json`" in note and len(note) <= 1000
 
-    extras = _asset_extras("backup://fmr-v2/weekly")
+    extras = _asset_extras("backup://fmr-v2/weekly", dr.run_id)
     assert len(extras) == 1
     extra = extras[0]
     assert (extra["snapshot_id"], extra["type"], extra["tier"], extra["verification"]) == (sid, "full", "weekly", "verified")
