@@ -316,7 +316,19 @@ def _status(args: argparse.Namespace) -> int:
         print("\nproblems:")
         for p in doc["problems"]:
             print(f"  {p['severity'].upper():<8} {p['key']}: {p['summary']}")
-    return result.check_code if args.check else 0
+    return result.check_code if args.check else _unread_storages(doc)
+
+
+def _unread_storages(doc: dict) -> int:
+    """Plain ``status``: 0, or — when a storage could not be read — that storage's exit code (5 unreachable, 8 a
+    missing or wrong encryption key…; the highest when several), each named on stderr with its fix."""
+    codes = []
+    for s in doc["storages"]:
+        if s.get("exit_code"):
+            codes.append(s["exit_code"])
+            hint = f"\n  fix: {s['hint']}" if s.get("hint") else ""
+            print(f"backupctl: error: storage {s['storage']}: {s['error']}{hint}", file=sys.stderr)
+    return max(codes, default=0)
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:

@@ -94,9 +94,11 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
         entry["reachable"] = True
     except BackupError as exc:
         entry["error"] = exc.message
+        entry["hint"], entry["exit_code"] = exc.hint, exc.exit_code  # for `backupctl status` (not --check)
         return entry, None
     except Exception as exc:  # noqa: BLE001 - a driver error must not take the whole status down
         entry["error"] = f"{exc.__class__.__name__}: {exc}"
+        entry["hint"], entry["exit_code"] = None, 5
         return entry, None
     entry["snapshots"] = len(catalog.snapshots)
     entry["oldest_committed_at"] = min((s.doc["finished_at"] for s in catalog.snapshots.values()), default=None)
