@@ -282,9 +282,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"{r['storage']}: keep {len(r['keep'])}, {verb} {len(r['forget'])}: {', '.join(r['forget']) or '-'}; "
                   f"orphans {len(r['orphans'])}, temp objects {len(r['temps'])}"
                   + ("" if args.dry_run else f"; removed {r['deleted_objects']} object(s), {mb(r['deleted_bytes'])}"))
-            if args.verbose:
-                for sid, why in r["keep_reasons"].items():
-                    print(f"  keep {sid}: {', '.join(why)}")
+            if args.verbose:  # every snapshot with keep/forget and the rule that decided it
+                from .commands.prune import decision_table
+
+                print("  " + decision_table(r, dry_run=args.dry_run).replace("\n", "\n  "))
     error = result.error()
     if error is not None:
         raise error

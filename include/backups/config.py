@@ -122,6 +122,8 @@ Storage = Annotated[LocalStorage | S3Storage | SftpStorage, Field(discriminator=
 # --------------------------------------------------------------------------------------------------- tiers
 class Retention(_Strict):
     keep_last: int | None = Field(default=None, ge=1)
+    #: every snapshot within this many days of the tier's newest one (restic's --keep-within)
+    keep_within_days: int | None = Field(default=None, ge=1)
     keep_daily: int | None = Field(default=None, ge=1)
     keep_weekly: int | None = Field(default=None, ge=1)
     keep_monthly: int | None = Field(default=None, ge=1)
@@ -180,6 +182,9 @@ class Config(_Strict):
     notify_email: list[str] = Field(default_factory=list)
     owner: str = "data-engineering"
     locks: Locks = Field(default_factory=Locks)
+    #: retention of the backup_manual DAG's snapshots (tier "manual"): by default the 10 newest and every one within
+    #: 90 days of the newest; an explicit ``{}`` keeps them all
+    manual_retention: Retention = Field(default_factory=lambda: Retention(keep_last=10, keep_within_days=90))
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -33,8 +33,8 @@ COMMON_EDGES = {
     ("backup.commit", "backup.upload"),
     ("pre_backup.prepare_environment", "backup.upload"),
     ("backup.upload", "verify.check_integrity"),
-    ("backup.upload", "verify.validate_data"),
     ("backup.upload", "verify.test_restore"),
+    ("verify.test_restore", "verify.validate_data"),  # the one GX run is test_restore's; validate_data reports it
     ("pre_backup.prepare_environment", "verify.check_integrity"),
     ("pre_backup.prepare_environment", "verify.validate_data"),
     ("pre_backup.prepare_environment", "verify.test_restore"),
@@ -114,7 +114,8 @@ def test_tier_dag(bag, tier):
                              ("verify.check_integrity", "storage", ["local"])):
         assert isinstance(tasks[tid], MappedOperator), tid
         assert tasks[tid]._get_specified_expand_input().value == {key: values}, tid
-    assert [a.uri for a in tasks["backup.commit"].outlets] == [f"backup://fmr-v2/{tier}"]
+    assert [a.uri for a in tasks["post_backup.notify_completion"].outlets] == [f"backup://fmr-v2/{tier}"]
+    assert not tasks["backup.commit"].outlets  # the event comes with the verified result
     assert tasks["post_backup.cleanup"].is_teardown
 
 
@@ -132,7 +133,7 @@ def test_manual_dag(bag):
     assert params["backup_type"] == "full"
     assert params.get_param("backup_type").schema["enum"] == ["full", "differential", "incremental"]
     assert params["sources"] == ["app_db", "app_files", "system_state"]
-    assert [a.uri for a in dag.task_dict["backup.commit"].outlets] == ["backup://fmr-v2/manual"]
+    assert [a.uri for a in dag.task_dict["post_backup.notify_completion"].outlets] == ["backup://fmr-v2/manual"]
 
 
 def test_parse_touches_no_variable_or_connection(monkeypatch):

@@ -87,8 +87,8 @@ def test_restore_dag_parses_with_conventions_graph_and_form():
     p = dag.params
     assert set(p) == {"snapshot", "tier", "storage", "target", "sources", "include", "tables", "pg_target_conn_id",
                       "force", "require_approval"}
-    assert (p["snapshot"], p["storage"], p["force"], p["require_approval"], p["sources"]) == ("latest", "", False, True, [])
-    assert p.get_param("storage").schema["enum"] == ["", "local"]
+    assert (p["snapshot"], p["storage"], p["force"], p["require_approval"], p["sources"]) == ("latest", None, False, True, None)
+    assert p.get_param("storage").schema["enum"] == [None, "local"]
     assert "manual" in p.get_param("tier").schema["enum"]
     assert p.get_param("sources").schema["items"]["enum"] == ["app_db", "app_files", "system_state"]
     assert p.get_param("target").schema["pattern"] == "^/"

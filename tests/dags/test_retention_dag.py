@@ -12,7 +12,7 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.snapshot import run_backup
 from backups.storage import open_storage
-from tests.dags.common import load_dags
+from tests.dags.common import load_dags, run_note
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.airflow
@@ -40,6 +40,25 @@ def test_dry_run_then_prune(airflow_db, tmp_path, monkeypatch):
     assert dr.state == "success"
     storage = open_storage(cfg, "local")
     assert len(Catalog(storage, cfg.application).ordered()) == 3
+    note = run_note(dr)  # the run's note sums it up; the report lists every snapshot with the rule that decided it
+    assert note.startswith("**Retention (dry run)** — would forget 2 snapshot(s) on 1 storage(s)"), note
+    assert "`local`: keep 1, would forget 2 (weekly-20260301T010000Z, weekly-20260308T010000Z)" in note
+    decisions = _xcom(dr, "report")["decisions"]["local"]
+    assert [(d["id"], d["action"]) for d in decisions] == [
+        ("weekly-20260301T010000Z", "forget"), ("weekly-20260308T010000Z", "forget"),
+        ("weekly-20260315T010000Z", "keep")]
+    assert decisions[0]["reasons"] == ["no rule of tier weekly keeps it (keep_weekly=1)"]
+    assert decisions[2]["reasons"] == ["keep_weekly 2026-W11"]
     dr = dag.test(logical_date=datetime(2026, 3, 21, 4, 30, tzinfo=UTC), run_conf={"dry_run": False})
     assert dr.state == "success"
     assert [s.id for s in Catalog(storage, cfg.application).ordered()] == ["weekly-20260315T010000Z"]
+    assert run_note(dr).startswith("**Retention** — forgot 2 snapshot(s) on 1 storage(s)")
+
+
+def _xcom(dr, task_id: str):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        row = s.scalar(XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=task_id, key="return_value"))
+        return None if row is None else XComModel.deserialize_value(row)

@@ -58,9 +58,25 @@ def prune(cfg: Any, names: list[str] | None = None, *, dry_run: bool = False, re
     return out
 
 
+def decision_table(plan: dict[str, Any], *, dry_run: bool = False) -> str:
+    """Every snapshot of a prune plan with keep / forget and the rules that decided it (like restic forget's
+    table), oldest first."""
+    rows = plan.get("decisions") or []
+    if not rows:
+        return f"{plan['storage']}: no snapshot"
+    forget = "would forget" if dry_run else "forget"
+    w = max(len("snapshot"), *(len(r["id"]) for r in rows))
+    lines = [f"{'snapshot':<{w}}  {'tier':<8} {'type':<12} {'action':<12} reason(s)"]
+    for r in rows:
+        lines.append(f"{r['id']:<{w}}  {r['tier']:<8} {r['type']:<12} "
+                     f"{'keep' if r['action'] == 'keep' else forget:<12} {'; '.join(r['reasons'])}")
+    return "\n".join(lines)
+
+
 def _summary(plan: dict[str, Any], dry_run: bool) -> dict[str, Any]:
     log.info("%s: keep %d, %s %d: %s; orphans %d, temp objects %d; %d object(s) / %s removed", plan["storage"],
              len(plan["keep"]), "would forget" if dry_run else "forgot", len(plan["forget"]),
              ", ".join(plan["forget"]) or "-", len(plan["orphans"]), len(plan["temps"]), plan["deleted_objects"],
              mb(plan["deleted_bytes"]))
+    log.info("%s: every snapshot and the rule that decided it:\n%s", plan["storage"], decision_table(plan, dry_run=dry_run))
     return {**plan, "keep_reasons": plan["keep"], "keep": sorted(plan["keep"])}

@@ -531,7 +531,7 @@ def approval_from_hitl(detail: dict[str, Any] | None) -> dict[str, Any]:
         return {"by": None, "choice": "not required", "note": "require_approval was false"}
     who = detail.get("responded_by_user") or {}
     return {"by": who.get("name") or who.get("id") or "unknown", "at": str(detail.get("responded_at")),
-            "choice": (detail.get("chosen_options") or ["?"])[0], "note": (detail.get("params_input") or {}).get("note", "")}
+            "choice": (detail.get("chosen_options") or ["?"])[0], "note": (detail.get("params_input") or {}).get("note") or ""}
 
 
 def cli_run_info(run_seconds: float | None = None, archive_wait: dict[str, Any] | None = None) -> RunInfo:

@@ -1,9 +1,11 @@
 """Retention (rotation) and orphan cleanup for one storage.
 
-Policy per tier (restic's ``forget`` rules): ``keep_last`` N newest; ``keep_daily`` / ``keep_weekly`` /
-``keep_monthly`` / ``keep_yearly`` N — the newest snapshot of each of the N most recent days / ISO weeks / months
-/ years that have one. A tier without any rule keeps everything. Snapshots of tiers no longer in the config
-are kept (never delete what the config does not describe).
+Policy per tier (restic's ``forget`` rules): ``keep_last`` N newest; ``keep_within_days`` N — every snapshot
+within N days of the tier's newest one; ``keep_daily`` / ``keep_weekly`` / ``keep_monthly`` / ``keep_yearly`` N —
+the newest snapshot of each of the N most recent days / ISO weeks / months / years that have one. A tier without
+any rule keeps everything. The ``manual`` tier (backup_manual) follows the config's ``manual_retention``.
+Snapshots of tiers no longer in the config are kept (never delete what the config does not describe).
+:attr:`PrunePlan.decisions` lists every snapshot with keep / forget and the rules that decided it.
 
 Chains are never broken: every snapshot in the chain of a kept snapshot is kept, whatever its own tier says
 (a daily incremental keeps the weekly full it builds on).
@@ -32,6 +34,9 @@ from ..storage.base import Storage
 
 log = logging.getLogger(__name__)
 
+#: the tier of backup_manual's snapshots (never in ``cfg.tiers``; see ``commands.backup.MANUAL_TIER``)
+MANUAL_TIER = "manual"
+
 _BUCKETS = {
     "keep_daily": lambda d: d.strftime("%Y-%m-%d"),
     "keep_weekly": lambda d: "{:04d}-W{:02d}".format(*d.isocalendar()[:2]),
@@ -50,11 +55,14 @@ class PrunePlan:
     kept_orphans: list[str] = field(default_factory=list)  #: uncommitted ids kept (young, or covered by a lock)
     deleted_objects: int = 0
     deleted_bytes: int = 0
+    #: every snapshot, oldest first: {id, tier, type, logical_date, action: keep|forget, reasons}
+    decisions: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"storage": self.storage, "keep": self.keep, "forget": self.forget, "orphans": self.orphans,
                 "temps": self.temps, "kept_orphans": self.kept_orphans,
-                "deleted_objects": self.deleted_objects, "deleted_bytes": self.deleted_bytes}
+                "deleted_objects": self.deleted_objects, "deleted_bytes": self.deleted_bytes,
+                "decisions": self.decisions}
 
 
 def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None]) -> dict[str, list[str]]:
@@ -66,6 +74,11 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None]) -> dic
     if policy.get("keep_last"):
         for s in newest_first[: policy["keep_last"]]:
             kept.setdefault(s.id, []).append("keep_last")
+    if policy.get("keep_within_days") and newest_first:
+        since = newest_first[0].logical_date - timedelta(days=policy["keep_within_days"])
+        for s in newest_first:
+            if s.logical_date >= since:
+                kept.setdefault(s.id, []).append(f"keep_within_days {policy['keep_within_days']}")
     for rule, bucket in _BUCKETS.items():
         n = policy.get(rule)
         if not n:
@@ -82,6 +95,17 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None]) -> dic
     return kept
 
 
+def tier_retention(cfg: Any, tier: str) -> Any:
+    """The retention rules of ``tier``: the config's tier, ``manual_retention`` for backup_manual's ``manual`` tier,
+    None for a tier the config does not describe (its snapshots are kept)."""
+    t = cfg.tiers.get(tier)
+    if t is not None:
+        return t.retention
+    if tier == MANUAL_TIER:
+        return getattr(cfg, "manual_retention", None)
+    return None
+
+
 def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | None = None,
                orphan_grace: timedelta | None = None) -> PrunePlan:
     """What a prune of ``storage`` would do, without changing anything: the snapshots each tier's rules keep
@@ -92,13 +116,15 @@ def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | 
     for s in catalog.ordered():
         by_tier.setdefault(s.tier, []).append(s)
     keep: dict[str, list[str]] = {}
+    policies: dict[str, str] = {}
     for tier, snaps in by_tier.items():
-        t = cfg.tiers.get(tier)
-        if t is None:
+        retention = tier_retention(cfg, tier)
+        if retention is None:
             for s in snaps:
                 keep.setdefault(s.id, []).append(f"tier {tier} is not in the config")
             continue
-        for sid, why in _kept_by_policy(snaps, t.retention.model_dump()).items():
+        policies[tier] = retention.describe()
+        for sid, why in _kept_by_policy(snaps, retention.model_dump()).items():
             keep.setdefault(sid, []).extend(why)
     for sid in list(keep):  # chains are never broken
         for dep in catalog.snapshots[sid].chain[:-1]:
@@ -106,6 +132,10 @@ def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | 
                 keep.setdefault(dep, []).append(f"needed by {sid}")
     plan.keep = {sid: keep[sid] for sid in sorted(keep)}
     plan.forget = [s.id for s in catalog.ordered() if s.id not in keep]
+    plan.decisions = [{"id": s.id, "tier": s.tier, "type": s.type, "logical_date": s.logical_date.isoformat(),
+                       "action": "keep" if s.id in keep else "forget",
+                       "reasons": keep.get(s.id) or [f"no rule of tier {s.tier} keeps it ({policies.get(s.tier)})"]}
+                      for s in catalog.ordered()]
     # orphans: data/<id>/ without a manifest (an interrupted backup or prune) and temp objects, aged by their
     # objects' modification time and never while a lock covers them
     from ..repository import Repository

@@ -57,3 +57,20 @@ def runtime(tier: str) -> tuple[Config, Any]:
 
     cfg = runtime_config(tier)
     return cfg, AirflowResolver() if cfg.needs_airflow() else None
+
+
+def run_started(dag_run: Any) -> Any:
+    """When the DAG run really started: its ``start_date`` — except under ``dag.test()``, which sets that to the
+    logical date (a run for last Sunday would "take" days); there ``run_after`` (the moment ``dag.test()`` was
+    called) is the real start. In a deployment ``run_after`` (the scheduled time or the trigger) is never after
+    ``start_date``, so the later of the two is right in both cases. None when neither is known."""
+    known = [d for d in (getattr(dag_run, "start_date", None), getattr(dag_run, "run_after", None)) if d is not None]
+    return max(known) if known else None
+
+
+def run_seconds(dag_run: Any) -> float | None:
+    """Seconds since :func:`run_started` (None when unknown)."""
+    from datetime import UTC, datetime
+
+    begun = run_started(dag_run)
+    return round((datetime.now(UTC) - begun).total_seconds(), 1) if begun else None

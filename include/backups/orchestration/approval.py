@@ -21,3 +21,11 @@ class BackupApprovalOperator(ApprovalOperator):
         if not context["params"].get("require_approval", True):
             raise AirflowSkipException("require_approval is false: the approval step is skipped for this run")
         return super().execute(context)
+
+
+def note_param(what: str) -> Any:
+    """The approval form's optional note. Nullable: Airflow's form marks a field required (and keeps *Approve* /
+    *Reject* disabled) unless its schema type includes ``"null"``. An unanswered note arrives as None or ""."""
+    from airflow.sdk import Param
+
+    return Param(None, type=["null", "string"], title="Note", description=f"Optional note for the {what}")

@@ -12,7 +12,7 @@ Graph (group.task)::
     [approve_backup] → pre_backup.check_system_state → pre_backup.prepare_environment → pre_backup.notify_start
       → backup.extract_data[source] (database and command sources) ┐
       → backup.extract_config[source] (file sources)               ┴→ backup.commit (manifest; Asset event)
-      → backup.upload[storage] → verify.check_integrity[storage], verify.validate_data, verify.test_restore
+      → backup.upload[storage] → verify.check_integrity[storage], verify.test_restore → verify.validate_data
       → post_backup.notify_completion;  post_backup.cleanup (teardown: runs whatever happened)
 """
 
@@ -25,11 +25,12 @@ from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_c
 from airflow.sdk.exceptions import AirflowSkipException
 
 from ..commands import backup as steps
+from ..commands import notes
 from ..commands.backup import MANUAL_TIER
 from ..config import Config
 from ..errors import BackupError
-from . import notifiers
-from .adapters import FAIL_FAST, POOL, io_pool_args, runtime, task_errors
+from . import notifiers, run_notes
+from .adapters import FAIL_FAST, POOL, io_pool_args, run_seconds, runtime, task_errors
 
 __all__ = ["FAIL_FAST", "POOL", "START_DATE", "build_backup_dag", "default_args"]
 
@@ -39,10 +40,24 @@ RETRY_DELAY = timedelta(minutes=5)
 PLAN_TASK = "pre_backup.prepare_environment"
 #: the backup_manual form fields kept in its result document
 MANUAL_PARAMS = ("backup_type", "sources", "storages", "comment", "require_approval")
+#: the backup_manual params a run cannot do without: none (every field is nullable or has a valid default)
+MANUAL_REQUIRED: tuple[str, ...] = ()
 
 
 def asset_uri(cfg: Config, tier: str) -> str:
     return f"backup://{cfg.application}/{tier}"
+
+
+def asset_extra(summary: dict[str, Any], application: str) -> dict[str, Any]:
+    """The asset event's extra for a completed backup (``CompletionSummary.to_dict()``): what a consumer needs
+    without opening the repository — id, type, chain, sizes, duration, where it is, and the verification verdict."""
+    t, d = summary["totals"], summary.get("durations") or {}
+    return {"snapshot_id": summary["snapshot_id"], "type": summary["type"], "parent": summary.get("parent"),
+            "chain": list(summary.get("chain") or []), "tier": summary["tier"], "application": application,
+            "logical_date": summary.get("logical_date"), "storages": list(summary["storages"]),
+            "files": t.get("files"), "bytes": t.get("bytes"), "stored_bytes": t.get("stored_bytes"),
+            "duration_seconds": d.get("run_seconds"), "snapshot_seconds": d.get("snapshot_seconds"),
+            "verification": notes.backup_verdict(summary), "report": (summary.get("report") or [None])[0]}
 
 
 def default_args(cfg: Config) -> dict[str, Any]:
@@ -111,12 +126,14 @@ def manual_params(cfg: Config) -> dict[str, Param]:
         "backup_type": Param("full", type="string", enum=["full", "differential", "incremental"], title="Backup type",
                              description="full: complete, restorable alone; differential: changes since the last full; "
                                          "incremental: changes since the last backup of any type"),
-        "sources": Param(sources, type="array", items={"type": "string", "enum": sources}, minItems=1, uniqueItems=True,
-                         examples=sources, title="Sources", description="What to back up"),
-        "storages": Param(storages, type="array", items={"type": "string", "enum": storages}, minItems=1,
+        "sources": Param(sources, type=["null", "array"], items={"type": "string", "enum": sources}, uniqueItems=True,
+                         examples=sources, title="Sources", description="What to back up; empty: every source"),
+        "storages": Param(storages, type=["null", "array"], items={"type": "string", "enum": storages},
                           uniqueItems=True, examples=storages, title="Storages",
-                          description="Where to store it (the first in config order is the primary)"),
-        "comment": Param("", type="string", title="Comment", description="Why this backup is taken (kept in the manifest)"),
+                          description="Where to store it (the first in config order is the primary); empty: every "
+                                      "storage"),
+        "comment": Param(None, type=["null", "string"], title="Comment",
+                         description="Optional: why this backup is taken (kept in the manifest and the result document)"),
         "require_approval": Param(True, type="boolean", title="Require approval",
                                   description="Ask a person to approve before anything runs (turn off for scripts)"),
     }
@@ -215,15 +232,11 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             source=[n for n in candidates.sources if cfg.sources[n].type not in steps.DATA_KINDS])
 
         # skipped extractions (not chosen, or nothing to map) must not skip the commit
-        @task(task_id="commit", outlets=[asset], trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        @task(task_id="commit", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         @task_errors()
         def commit(plan: dict[str, Any]) -> dict[str, Any]:
             cfg_, resolver = runtime(tier)
-            info = steps.commit_snapshot(cfg_, steps.as_plan(plan), resolver)
-            _ctx()["outlet_events"][asset].extra = {
-                "snapshot_id": info.snapshot_id, "type": info.type, "parent": info.parent,
-                "storages": list(plan["storages"]), "application": app, "tier": tier}
-            return info.to_dict()
+            return steps.commit_snapshot(cfg_, steps.as_plan(plan), resolver).to_dict()
 
         committed = commit(prep["plan"])
         started >> [extract_data, extract_config]
@@ -251,14 +264,6 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             cfg_, resolver = runtime(tier)
             return steps.check_integrity(cfg_, steps.as_plan(plan), storage, resolver).to_dict()
 
-        @task(task_id="validate_data", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **io_pool_args())
-        @task_errors()
-        def validate_data(plan: dict[str, Any]) -> dict[str, Any]:
-            ctx = _ctx()
-            cfg_, resolver = runtime(tier)
-            with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "validate") as scratch:
-                return steps.validate_data(cfg_, steps.as_plan(plan), scratch, resolver).to_dict()
-
         @task(task_id="test_restore", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **io_pool_args())
         @task_errors()
         def test_restore(plan: dict[str, Any]) -> dict[str, Any]:
@@ -267,14 +272,25 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "restore") as scratch:
                 return steps.test_restore(cfg_, steps.as_plan(plan), scratch, resolver).to_dict()
 
+        # the Great Expectations suite runs once, inside test_restore, on the copy it restored and SHA-256 checked;
+        # validate_data reports (and fails on) that result instead of restoring and validating a second time
+        @task(task_id="validate_data")
+        @task_errors()
+        def validate_data(plan: dict[str, Any], restore_test: dict[str, Any]) -> dict[str, Any]:
+            cfg_, _resolver = runtime(tier)
+            return steps.validate_data(cfg_, steps.as_plan(plan),
+                                       steps.RestoreTestResult.from_dict(restore_test)).to_dict()
+
         integrity = check_integrity.partial(plan=prep["plan"]).expand(storage=list(candidates.storages))
-        validated = validate_data(prep["plan"])
         restored = test_restore(prep["plan"])
-        uploaded >> [integrity, validated, restored]
+        validated = validate_data(prep["plan"], restored)
+        uploaded >> [integrity, restored]
 
     with TaskGroup("post_backup", tooltip="summary (and the manual result document); cleanup"):
 
-        @task(task_id="notify_completion", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        # the asset event comes with the run's result: a consumer (a restore drill, a report) only ever sees
+        # verified snapshots, and the event's extra carries sizes, duration and the verdict
+        @task(task_id="notify_completion", outlets=[asset], trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         @task_errors()
         def notify_completion(plan: dict[str, Any], committed: dict[str, Any], validation: dict[str, Any],
                               restore_test: dict[str, Any]) -> dict[str, Any]:
@@ -284,20 +300,20 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             extracts = ti.xcom_pull(task_ids=["backup.extract_data", "backup.extract_config"]) or []
             uploads = ti.xcom_pull(task_ids=["backup.upload"]) or []
             checks = ti.xcom_pull(task_ids=["verify.check_integrity"]) or []
-            begun = getattr(dag_run, "start_date", None)
-            run_seconds = round((datetime.now(UTC) - begun).total_seconds(), 1) if begun else None
             summary = steps.complete_run(
                 cfg_, steps.as_plan(plan), steps.CommitResult.from_dict(committed),
                 [steps.IntegrityResult.from_dict(c) for c in checks if c], steps.ValidationResult.from_dict(validation),
                 steps.RestoreTestResult.from_dict(restore_test),
                 [steps.ExtractResult.from_dict(e) if e else None for e in extracts],
                 [steps.UploadResult.from_dict(u) if u else None for u in uploads],
-                run_seconds=run_seconds, resolver=resolver, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
+                run_seconds=run_seconds(dag_run), resolver=resolver, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
                 manual=None if not manual else {
                     "requested_by": getattr(dag_run, "triggering_user_name", None),
                     "approval": ti.xcom_pull(task_ids="approve_backup", map_indexes=-1),
                     "params": {k: ctx["params"].get(k) for k in MANUAL_PARAMS}})
             result = summary.to_dict()
+            ctx["outlet_events"][asset].extra = asset_extra(result, app)
+            run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], notes.backup_note(result))
             notifiers.publish("backup_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **result})
             return result
 
@@ -320,18 +336,21 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
         [extract_data, extract_config, validated, restored, done] >> cleanup()
 
     if manual:
-        from .approval import BackupApprovalOperator
+        from .approval import BackupApprovalOperator, note_param
 
         approve = BackupApprovalOperator(
             task_id="approve_backup",
-            subject="Approve a {{ params.backup_type }} backup of " + app
-                    + ": {{ params.sources | join(', ') }} → {{ params.storages | join(', ') }}?",
+            subject="Approve a {{ params.backup_type or 'full' }} backup of " + app
+                    + ": {{ (params.sources or []) | join(', ') or 'every source' }} → "
+                      "{{ (params.storages or []) | join(', ') or 'every storage' }}?",
             body="Requested by **{{ dag_run.triggering_user_name or 'unknown' }}** (run `{{ run_id }}`).\n\n"
-                 "* type: {{ params.backup_type }}\n* sources: {{ params.sources | join(', ') }}\n"
-                 "* storages: {{ params.storages | join(', ') }}\n* comment: {{ params.comment or '-' }}\n\n"
+                 "* type: {{ params.backup_type or 'full' }}\n"
+                 "* sources: {{ (params.sources or []) | join(', ') or 'every source' }}\n"
+                 "* storages: {{ (params.storages or []) | join(', ') or 'every storage' }}\n"
+                 "* comment: {{ params.comment or '-' }}\n\n"
                  "Approve to run it now; Reject (or no answer in 24 h) skips the backup.",
             defaults="Reject",
             response_timeout=timedelta(hours=24),
-            params={"note": Param("", type="string", title="Note", description="Optional note for the result document")},
+            params={"note": note_param("result document")},
         )
         approve >> pre

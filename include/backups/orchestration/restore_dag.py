@@ -34,19 +34,20 @@ the params/XCom, call one step, push its ``to_dict()`` and map library errors to
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
 
+from ..commands import notes
 from ..commands import restore as restore_command
 from ..commands.backup import MANUAL_TIER, resolver_for
 from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RestoreResult, RunInfo, Verification
 from ..commands.validate import pg_scratch_dsn
 from ..config import Config, load_config
 from ..errors import BackupError
-from . import notifiers
-from .adapters import POOL, task_errors
+from . import notifiers, run_notes
+from .adapters import POOL, run_seconds, task_errors
 from .dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.restore")
@@ -66,9 +67,10 @@ ARCHIVE_POKE_SECONDS = 300.0
 # ------------------------------------------------------------------------------------------------ params
 def request_from_params(cfg: Config, params: dict[str, Any] | None) -> RestoreRequest:
     """The trigger form as a checked :class:`~backups.commands.restore.RestoreRequest` (the snapshot itself is
-    checked by the ``locate`` step)."""
+    checked by the ``locate`` step). An empty optional field (None, "" or []) means its default."""
     p = dict(params or {})
-    req = RestoreRequest(target=str(p.get("target") or "").strip(), snapshot=str(p.get("snapshot") or "latest"),
+    req = RestoreRequest(target=str(p.get("target") or "").strip(),
+                         snapshot=str(p.get("snapshot") or "").strip() or "latest",
                          tier=str(p.get("tier") or "") or None, storage=str(p.get("storage") or "") or None,
                          sources=p.get("sources"), includes=p.get("include"), tables=p.get("tables"),
                          force=bool(p.get("force", False)), pg_target_name=str(p.get("pg_target_conn_id") or "") or None)
@@ -93,36 +95,50 @@ def scratch_dsn(loc: Location) -> str | None:
     return pg_scratch_dsn(AirflowResolver())
 
 
+#: the trigger form's second section: everything a common restore ("latest" into a directory) leaves as it is
+ADVANCED = "Advanced"
+#: the params a run cannot do without (every other one is nullable or has a valid default: the form submits as is)
+REQUIRED_PARAMS = ("target",)
+
+
 def restore_params(cfg: Config) -> dict[str, Param]:
+    """The trigger form. Only ``target`` is required; every optional field is nullable (Airflow's form marks a field
+    required unless its schema type includes ``"null"``) and an empty value (None, "" or []) means its default."""
     sources, storages = list(cfg.sources), list(cfg.storages)
     tiers = sorted({*cfg.tiers, MANUAL_TIER})
     return {
-        "snapshot": Param("latest", type="string", minLength=1, title="Snapshot",
-                          description="A snapshot id (e.g. daily-20260105T020000Z, see `backupctl list`) or 'latest'"),
-        "tier": Param("", type="string", enum=["", *tiers], values_display={"": "any tier"}, title="Tier",
-                      description="With 'latest': the newest snapshot of this tier only"),
-        "storage": Param("", type="string", enum=["", *storages],
-                         values_display={"": "first healthy storage (config order)"}, title="Storage",
-                         description="Where to read from; empty: the first storage that is reachable and holds the "
-                                     "snapshot with its whole chain"),
         # required, but with an (invalid) default: Airflow 3.3.2 cannot build a DAG callback's context for a Param
         # without a default. A manual DAG may carry an invalid default: the form insists on a value.
         "target": Param("", type="string", minLength=2, pattern="^/", title="Target directory",
                         description="Absolute path on the worker. Each source lands in TARGET/<source>/; the report "
                                     f"in TARGET/{REPORT_NAME}.md and .json"),
-        "sources": Param([], type="array", items={"type": "string", "enum": sources}, uniqueItems=True,
-                         examples=sources, title="Sources", description="What to restore; empty: every source of the snapshot"),
-        "include": Param([], type="array", items={"type": "string"}, title="Include globs",
-                         description="files sources only: restore just these paths (one glob per line, e.g. config/**)"),
-        "tables": Param([], type="array", items={"type": "string"}, title="Tables",
-                        description="Database sources only: keep just these tables (one per line)"),
-        "pg_target_conn_id": Param("", type="string", title="PostgreSQL target connection",
-                                   description="An Airflow connection id (never a DSN with a password): load PostgreSQL "
-                                               "dumps into that database; empty: leave the dump files in the target"),
+        "snapshot": Param("latest", type=["null", "string"], title="Snapshot",
+                          description="A snapshot id (e.g. daily-20260105T020000Z, see `backupctl list`) or 'latest' "
+                                      "(also when empty)"),
         "force": Param(False, type="boolean", title="Force",
                        description="Replace TARGET/<source> when the target is not empty"),
         "require_approval": Param(True, type="boolean", title="Require approval",
                                   description="Ask a person to approve before anything is thawed or written"),
+        "tier": Param(None, type=["null", "string"], enum=[None, *tiers], values_display={None: "any tier"},
+                      title="Tier", description="With 'latest': the newest snapshot of this tier only; empty: any tier",
+                      section=ADVANCED),
+        "storage": Param(None, type=["null", "string"], enum=[None, *storages],
+                         values_display={None: "first healthy storage (config order)"}, title="Storage",
+                         description="Where to read from; empty: the first storage that is reachable and holds the "
+                                     "snapshot with its whole chain", section=ADVANCED),
+        "sources": Param(None, type=["null", "array"], items={"type": "string", "enum": sources}, uniqueItems=True,
+                         examples=sources, title="Sources",
+                         description="What to restore; empty: every source of the snapshot", section=ADVANCED),
+        "include": Param(None, type=["null", "array"], items={"type": "string"}, title="Include globs",
+                         description="files sources only: restore just these paths (one glob per line, e.g. "
+                                     "config/**); empty: everything", section=ADVANCED),
+        "tables": Param(None, type=["null", "array"], items={"type": "string"}, title="Tables",
+                        description="Database sources only: keep just these tables (one per line); empty: all",
+                        section=ADVANCED),
+        "pg_target_conn_id": Param(None, type=["null", "string"], title="PostgreSQL target connection",
+                                   description="An Airflow connection id (never a DSN with a password): load PostgreSQL "
+                                               "dumps into that database; empty: leave the dump files in the target",
+                                   section=ADVANCED),
     }
 
 
@@ -186,7 +202,7 @@ def build_restore_dag(cfg: Config) -> DAG:
 
 def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     """The tasks and their order; each ``@task`` calls one step of :mod:`backups.commands.restore`."""
-    from .approval import BackupApprovalOperator
+    from .approval import BackupApprovalOperator, note_param
     from .archive import WaitForArchiveSensor
 
     @task(task_id=LOCATE_TASK)
@@ -209,15 +225,15 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
              " MB will be retrieved from S3 (billed; hours){% endif %}\n"
              "* into: `{{ params.target }}` — currently {{ loc['target_state'] }}; force: {{ params.force }}\n"
              "* sources: {{ loc['sources'] | join(', ') }}\n"
-             "* include: {{ params.include | join(', ') or 'everything' }}; tables: "
-             "{{ params.tables | join(', ') or 'all' }}"
+             "* include: {{ (params.include or []) | join(', ') or 'everything' }}; tables: "
+             "{{ (params.tables or []) | join(', ') or 'all' }}"
              "{% if params.pg_target_conn_id %}; PostgreSQL target: connection `{{ params.pg_target_conn_id }}`{% endif %}\n"
              "{% if loc['target_state'].startswith('not empty') and not params.force %}\n**The target is not empty and "
              "force is off: the restore will be refused.**\n{% endif %}\n"
              "Approve to restore now; Reject (or no answer in 24 h) stops the run.",
         defaults="Reject",
         response_timeout=timedelta(hours=24),
-        params={"note": Param("", type="string", title="Note", description="Optional note for the restore report")},
+        params={"note": note_param("restore report")},
     )
 
     wait = WaitForArchiveSensor(
@@ -252,17 +268,17 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     def report_task(loc: dict[str, Any], restored: dict[str, Any], verified: dict[str, Any]) -> dict[str, Any]:
         _cfg, _resolver, req, ctx = _runtime()
         ti, dag_run = ctx["ti"], ctx["dag_run"]
-        begun = getattr(dag_run, "start_date", None)
         run = RunInfo(door=ctx["dag"].dag_id, run_id=ctx["run_id"],
                       requested_by=getattr(dag_run, "triggering_user_name", None) or "unknown",
                       approval=restore_command.approval_from_hitl(ti.xcom_pull(task_ids=APPROVE_TASK, map_indexes=-1)),
-                      run_seconds=round((datetime.now(UTC) - begun).total_seconds(), 1) if begun else None,
+                      run_seconds=run_seconds(dag_run),
                       archive_wait=ti.xcom_pull(task_ids=WAIT_TASK, map_indexes=-1))
         location = Location.from_dict(loc)
         report = restore_command.build_report(req, location, RestoreResult.from_dict(restored),
                                               Verification.from_dict(verified), run)
         paths = restore_command.write_report(req.target, report)
         log.info("restore report written to %s:\n%s", ", ".join(paths), report.markdown)
+        run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], notes.restore_note(report.doc, paths))
         notifiers.publish("restore_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], "report": paths,
                                                "snapshot_id": location.snapshot_id, "target": req.target})
         return {"report": paths, "snapshot_id": location.snapshot_id, "target": req.target}

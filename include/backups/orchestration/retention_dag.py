@@ -7,16 +7,20 @@ stop the others. Rules, chain protection and orphan cleanup are the library's
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
 
-from ..commands.prune import prune_one
+from ..commands import notes
+from ..commands.prune import decision_table, prune_one
 from ..config import Config
-from . import notifiers
+from . import notifiers, run_notes
 from .adapters import io_pool_args, runtime, task_errors
 from .dags import START_DATE, default_args
+
+log = logging.getLogger("backups.orchestration.retention")
 
 DAG_ID = "backup_retention"
 SCHEDULE = "30 4 * * *"  #: daily, after the nightly backups
@@ -24,11 +28,14 @@ SCHEDULE = "30 4 * * *"  #: daily, after the nightly backups
 
 def _doc(cfg: Config) -> str:
     rows = "\n".join(f"| `{n}` | {t.retention.describe()} |" for n, t in sorted(cfg.tiers.items()))
+    rows += f"\n| `manual` (backup_manual) | {cfg.manual_retention.describe()} (`manual_retention`) |"
     return (f"# Retention of {cfg.application} backups\n\nEvery day at 04:30 UTC, on every storage "
             f"({', '.join(f'`{s}`' for s in cfg.storages)}): forget the snapshots the tiers' rules no longer keep, "
             "never one that a kept snapshot's chain needs (manifest first, then objects), and remove objects left "
             "by interrupted runs more than 2 days ago.\n\n| tier | keeps |\n|---|---|\n" + rows +
-            "\n\nTrigger with `dry_run` to see what would be removed. Same as `backupctl prune`.")
+            "\n\nTrigger with `dry_run` to see what would be removed. Same as `backupctl prune`. The run's note "
+            "sums it up; the `prune` and `report` logs list every snapshot with keep/forget and the rule that "
+            "decided it.")
 
 
 def build_retention_dag(cfg: Config) -> DAG:
@@ -58,8 +65,19 @@ def build_retention_dag(cfg: Config) -> DAG:
         @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
         @task_errors()
         def report(results: list[dict[str, Any]]) -> dict[str, Any]:
+            ctx = get_current_context()
             done = [r for r in results if r]
-            return {"storages": len(done), "forgot": sum(len(r["forget"]) for r in done)}
+            reached = {r["storage"] for r in done}
+            failed = [n for n in sorted(cfg.storages) if n not in reached]
+            dry_run = bool(ctx["params"].get("dry_run"))
+            for r in done:
+                log.info("%s:\n%s", r["storage"], decision_table(r, dry_run=dry_run))
+            run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"],
+                                   notes.retention_note(done, dry_run=dry_run, failed=failed))
+            return {"storages": len(done), "forgot": sum(len(r["forget"]) for r in done), "not_reached": failed,
+                    "dry_run": dry_run,
+                    "decisions": {r["storage"]: [{k: d[k] for k in ("id", "action", "reasons")}
+                                                 for d in r.get("decisions") or []] for r in done}}
 
         report(prune.expand(storage=sorted(cfg.storages)))
     return dag

@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 
 #: how many characters of an observed value end up in a result (columns lists can be long)
 _MAX_OBSERVED = 300
+#: Great Expectations' loggers, kept at WARNING: its import alone logs ~200 INFO lines ("Skipping registering
+#: function …" from ``great_expectations._docs_decorators``), a validation a few more (ephemeral docs site, metric
+#: re-declarations). Our own ``backups.validation.suite`` line per database says what ran.
+GX_LOGGER = "great_expectations"
+
+
+def quiet_gx() -> None:
+    """Set Great Expectations' loggers to WARNING: called before GX is imported (its import is the noisy part) and
+    again once it is, for the GX modules that set their own level (``data_context.types.base`` sets INFO)."""
+    logging.getLogger(GX_LOGGER).setLevel(logging.WARNING)
+    for name, lg in list(logging.root.manager.loggerDict.items()):
+        if name.startswith(GX_LOGGER + ".") and isinstance(lg, logging.Logger) and 0 < lg.level < logging.WARNING:
+            lg.setLevel(logging.WARNING)
 
 
 def _keys(details: dict[str, Any]) -> list[list[str]]:
@@ -48,6 +61,7 @@ def suite_for(tables_details: dict[str, dict[str, Any]]) -> list[Any]:
     ``tables_details`` is a manifest's ``details["tables"]``: ``{table: {"rows", "columns": [[name, type,
     notnull, pk], ...], "primary_key": [...], "unique": [[cols], ...]}}``.
     """
+    quiet_gx()
     import great_expectations.expectations as gxe
 
     out: list[Any] = []
@@ -84,9 +98,10 @@ def _json_safe(value: Any) -> Any:
 
 
 def _context() -> Any:
+    quiet_gx()  # keep task logs readable
     import great_expectations as gx
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # keep task logs readable
+    quiet_gx()
     ctx = gx.get_context(mode="ephemeral")
     try:  # no tqdm bars in task logs
         from great_expectations.data_context.types.base import ProgressBarsConfig

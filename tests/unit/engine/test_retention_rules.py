@@ -89,6 +89,8 @@ CASES = {
         {"i": ["keep_last", "keep_daily 2026-01-03", "keep_monthly 2026-01"], "h": ["keep_daily 2026-01-02"],
          "e": ["keep_monthly 2025-12"], "b": ["keep_monthly 2025-06"]}),
     "keep_weekly 2": ("{keep_weekly: 2}", {"d": ["keep_weekly 2025-W52"], "i": ["keep_weekly 2026-W01"]}),
+    "keep_within_days: of the newest snapshot": (
+        "{keep_within_days: 3}", {x: ["keep_within_days 3"] for x in "fghi"}),
 }
 
 
@@ -166,3 +168,54 @@ def test_objects_of_another_application_on_the_same_storage_are_not_orphans(full
     storage = LocalStorage(repo, name="local")
     plan = plan_prune(cfg, storage, Catalog(storage, "another-app"), now=datetime(2030, 1, 1, tzinfo=UTC))
     assert plan.orphans == [] and plan.keep == {} and plan.forget == []
+
+
+def test_decisions_list_every_snapshot_with_the_rule_that_decided(fulls, tmp_path):
+    from backups.commands.prune import decision_table
+
+    _tmp, repo = fulls
+    cfg = _config(tmp_path, repo, _tier("snap", retention="{keep_last: 2, keep_monthly: 1}"))
+    storage = LocalStorage(repo, name="local")
+    plan = plan_prune(cfg, storage, Catalog(storage, "keep-test")).to_dict()
+    rows = {d["id"]: d for d in plan["decisions"]}
+    assert list(rows) == [sid(x) for x in DATES]  # every snapshot, oldest first
+    assert rows[sid("i")]["action"] == "keep" and rows[sid("i")]["reasons"] == ["keep_last", "keep_monthly 2026-01"]
+    assert rows[sid("h")]["reasons"] == ["keep_last"]
+    assert rows[sid("a")] | {"logical_date": None} == {
+        "id": sid("a"), "tier": "snap", "type": "full", "logical_date": None, "action": "forget",
+        "reasons": ["no rule of tier snap keeps it (keep_last=2, keep_monthly=1)"]}
+    table = decision_table(plan, dry_run=True).splitlines()
+    assert table[0].split() == ["snapshot", "tier", "type", "action", "reason(s)"]
+    assert len(table) == 1 + len(DATES)
+    assert table[-1].split()[:4] == [sid("i"), "snap", "full", "keep"]
+    assert "would forget" in table[1] and "no rule of tier snap keeps it" in table[1]
+
+
+MANUAL_DATES = [f"2025-{m:02d}-01T10:00:00Z" for m in range(1, 13)]  # monthly, Jan .. Dec 2025
+
+
+@pytest.fixture(scope="module")
+def manuals(tmp_path_factory):
+    from backups.commands.backup import MANUAL_TIER, with_manual_tier
+
+    tmp = tmp_path_factory.mktemp("manual")
+    repo = tmp / "repo"
+    cfg = with_manual_tier(_config(tmp, repo, _tier("snap")))
+    for when in MANUAL_DATES:
+        run_backup(cfg, MANUAL_TIER, logical_date=when)
+    return repo
+
+
+@pytest.mark.parametrize(("setting", "kept_months"), [
+    ("", range(3, 13)),  # default: keep_last 10 (Mar..Dec) and everything within 90 days of Dec 1 (Oct..Dec)
+    ("manual_retention: {keep_last: 2}\n", range(11, 13)),
+    ("manual_retention: {keep_within_days: 31}\n", range(11, 13)),
+    ("manual_retention: {}\n", range(1, 13)),  # an explicit {} keeps them all
+])
+def test_manual_snapshots_follow_manual_retention(manuals, tmp_path, setting, kept_months):
+    cfg = _config(tmp_path, manuals, _tier("snap") + setting)
+    storage = LocalStorage(manuals, name="local")
+    plan = plan_prune(cfg, storage, Catalog(storage, "keep-test"))
+    kept = sorted(int(k[len("manual-2025"):][:2]) for k in plan.keep)
+    assert kept == list(kept_months)
+    assert all(k.startswith("manual-") for k in plan.keep)

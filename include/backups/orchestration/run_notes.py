@@ -1,0 +1,135 @@
+"""The DAG run's note: a short Markdown summary of a backup, restore or retention run, shown by the Airflow UI on
+the run (Grid view, run details) — where people look first.
+
+Airflow 3.3 has no Task SDK call for a task to set its own run's note (the execution API only reads it; see
+apache/airflow#64890). The public REST API does: ``PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}?update_mask=note``.
+:func:`set_run_note` tries, in order:
+
+1. **the REST API** through the Airflow connection ``backup_airflow_api`` (:data:`NOTE_CONN_ID`): type ``http``,
+   host = the API server's base URL (``http://airflow-api:8080``; or host + port + schema ``https``), login and
+   password of a user allowed to edit DAG runs (simple auth manager: role ``user`` or higher), exchanged for a
+   token at ``POST /auth/token``; or ``{"token": "<JWT>"}`` in the extra instead of login/password;
+2. without that connection, **the metadata database** — only where the process has it: ``dag.test()``, ``airflow
+   dags test``, ``make demo``. A real worker has no database access (Airflow 3 blocks it), so step 3 follows;
+3. a **warning** in the task log naming the connection to create.
+
+It never raises: a run whose note could not be set is still a good backup. Notes are cut to Airflow's limit
+(1000 characters) with a pointer to the full report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+from urllib.parse import quote
+
+log = logging.getLogger("backups.orchestration.run_notes")
+
+#: the Airflow connection to the API server used to set run notes (see the module doc)
+NOTE_CONN_ID = os.environ.get("BACKUP_NOTE_CONN_ID", "backup_airflow_api")
+#: Airflow's limit on a note (``DAGRunPatchBody.note``, ``dag_run_note.content``)
+MAX_NOTE = 1000
+TIMEOUT = 10.0
+
+
+def fit(markdown: str, limit: int = MAX_NOTE) -> str:
+    """``markdown`` cut at a line boundary to ``limit`` characters, ending with "…" when cut."""
+    if len(markdown) <= limit:
+        return markdown
+    tail = "\n…"
+    cut = markdown[: limit - len(tail)]
+    if "\n" in cut:
+        cut = cut[: cut.rindex("\n")]
+    return cut + tail
+
+
+def set_run_note(dag_id: str, run_id: str, markdown: str) -> str:
+    """Set the run's note (see the module doc). Returns how: ``"api"``, ``"metadata-db"`` or ``"skipped: <why>"``."""
+    note = fit(markdown)
+    try:
+        conn = _connection()
+    except Exception as exc:  # a broken connection definition must not fail the run either
+        return _skip(f"connection {NOTE_CONN_ID} could not be read ({exc.__class__.__name__}: {exc})")
+    if conn is not None:
+        try:
+            _patch(conn, dag_id, run_id, note)
+            log.info("run note set through the Airflow REST API (connection %s)", NOTE_CONN_ID)
+            return "api"
+        except Exception as exc:
+            return _skip(f"the Airflow REST API (connection {NOTE_CONN_ID}) refused or failed: {_reason(exc)}")
+    try:
+        _write_orm(dag_id, run_id, note)
+        log.info("run note set in the metadata database (no connection %s: a local run)", NOTE_CONN_ID)
+        return "metadata-db"
+    except Exception as exc:
+        return _skip(f"no connection {NOTE_CONN_ID} and no metadata database in this process ({_reason(exc)})")
+
+
+def _skip(why: str) -> str:
+    log.warning("the run note was not set: %s. Fix: define the Airflow connection %s (type http, host = the API "
+                "server's URL, login/password of a user who may edit DAG runs) on the workers; the backup itself "
+                "is not affected", why, NOTE_CONN_ID)
+    return f"skipped: {why}"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{exc.__class__.__name__}: {text}"[:300]
+
+
+def _connection() -> Any:
+    """The API connection, or None when it is not defined."""
+    from airflow.sdk import Connection
+
+    try:
+        return Connection.get(NOTE_CONN_ID)
+    except Exception as exc:
+        if "NotFound" in exc.__class__.__name__ or "isn't defined" in str(exc) or "not found" in str(exc).lower():
+            return None
+        raise
+
+
+def base_url(conn: Any) -> str:
+    """``scheme://host[:port]`` of the API server from an http connection."""
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        raise ValueError(f"connection {NOTE_CONN_ID} has no host (the API server's URL)")
+    if "://" not in host:
+        host = f"{conn.schema or 'http'}://{host}"
+    if conn.port and host.count(":") < 2:
+        host = f"{host}:{conn.port}"
+    return host
+
+
+def _patch(conn: Any, dag_id: str, run_id: str, note: str) -> None:
+    import httpx
+
+    base = base_url(conn)
+    extra = conn.extra_dejson or {}
+    with httpx.Client(base_url=base, timeout=TIMEOUT, verify=extra.get("verify", True)) as client:
+        token = extra.get("token")
+        if not token:
+            if not conn.login:
+                raise ValueError(f"connection {NOTE_CONN_ID} has neither login/password nor an extra 'token'")
+            reply = client.post("/auth/token", json={"username": conn.login, "password": conn.password or ""})
+            if reply.status_code not in (200, 201):
+                raise RuntimeError(f"POST {base}/auth/token: HTTP {reply.status_code} {reply.text[:200]}")
+            token = reply.json()["access_token"]
+        url = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
+        reply = client.patch(url, params={"update_mask": "note"}, json={"note": note},
+                             headers={"Authorization": f"Bearer {token}"})
+        if reply.status_code != 200:
+            raise RuntimeError(f"PATCH {base}{url}: HTTP {reply.status_code} {reply.text[:200]}")
+
+
+def _write_orm(dag_id: str, run_id: str, note: str) -> None:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        dr = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if dr is None:
+            raise LookupError(f"no DAG run {dag_id} / {run_id}")
+        dr.note = note
