@@ -113,7 +113,8 @@ def manual_doc(cfg: Config) -> str:
         "run (**Required Actions** in the UI, or `PATCH /api/v2/dags/backup_manual/dagRuns/{run_id}/taskInstances/"
         "approve_backup/-1/hitlDetails`) before anything is read or written; no answer in 24 h rejects it. "
         "`require_approval=false` skips the gate (scripts, tests).", "",
-        f"Snapshots are ids `manual-<timestamp>` (tier `manual`, kept until removed by hand). The run is verified like "
+        f"Snapshots are ids `manual-<timestamp>` (tier `manual`, retention: {cfg.manual_retention.describe()} — "
+        f"`manual_retention` in the config). The run is verified like "
         f"the scheduled tiers and a result document (who asked, who approved, what was taken, checks) is stored as "
         f"`reports/manual/<snapshot_id>.json` and `.md` on every chosen storage. Asset: `{asset_uri(cfg, MANUAL_TIER)}`.",
         "", "**Sources:** " + ", ".join(f"`{n}` ({s.type})" for n, s in cfg.sources.items()),

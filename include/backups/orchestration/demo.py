@@ -45,6 +45,71 @@ def _environment(base: Path, config: Path) -> None:
     (base / "airflow").mkdir(parents=True, exist_ok=True)
 
 
+class _TaskLogFiles(logging.Handler):
+    """Task logs where the UI's log reader finds them. ``dag.test()`` runs every task in this process and writes
+    no task log file, so the UI says "Log file not found". This handler writes each task's records, as the JSON
+    lines Airflow's reader parses, to ``$AIRFLOW_HOME/logs/`` + the default ``[logging] log_filename_template``
+    (``dag_id=…/run_id=…/task_id=…/[map_index=…/]attempt=N.log``), switching files on dag.test's own
+    "[DAG TEST] running task <ti>" / "end task" records."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(logging.INFO)
+        self.folder, self.out = folder, None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.msg if isinstance(record.msg, str) else ""
+            if msg.startswith("[DAG TEST] running task") and record.args:
+                ti = record.args[0] if isinstance(record.args, tuple) else record.args
+                self._close()
+                path = self.folder / f"dag_id={ti.dag_id}" / f"run_id={ti.run_id}" / f"task_id={ti.task_id}"
+                path = (path / f"map_index={ti.map_index}" if ti.map_index >= 0 else path) / f"attempt={ti.try_number}.log"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.out = path.open("a", encoding="utf-8")
+            if self.out is not None:
+                text = record.getMessage() + (("\n" + logging.Formatter().formatException(record.exc_info))
+                                              if record.exc_info else "")
+                when = datetime.fromtimestamp(record.created, UTC).isoformat()
+                self.out.write(json.dumps({"timestamp": when, "level": record.levelname.lower(), "event": text,
+                                           "logger": record.name}) + "\n")
+                self.out.flush()
+            if msg.startswith("[DAG TEST] end task"):
+                self._close()
+        except Exception:  # a log file is never worth a failed demo
+            self.handleError(record)
+
+    def _close(self) -> None:
+        if self.out is not None:
+            self.out.close()
+            self.out = None
+
+
+def _ui_logging() -> _TaskLogFiles:
+    """INFO records of our tasks into the task log files (``[logging] base_log_folder``, where ``make airflow``'s
+    API server reads them); the console keeps showing warnings only."""
+    from airflow.configuration import conf
+
+    root = logging.getLogger()
+    for h in root.handlers:
+        h.setLevel(max(h.level, logging.WARNING))
+    root.setLevel(logging.INFO)
+    logging.getLogger("airflow.sdk.definitions.dag").setLevel(logging.INFO)  # its "[DAG TEST]" task boundaries
+    handler = _TaskLogFiles(Path(conf.get("logging", "base_log_folder")))
+    root.addHandler(handler)
+    return handler
+
+
+def _real_start(dr: Any, started: datetime) -> None:
+    """``dag.test()`` records the logical date as the run's start (a run for last Sunday would show a duration of
+    days in the UI): store when it really started."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import update
+
+    with create_session() as session:
+        session.execute(update(DagRun).where(DagRun.id == dr.id).values(start_date=started))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default=str(ROOT / ".demo"), help="working directory (default .demo)")
@@ -115,6 +180,7 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     db.resetdb()
+    _ui_logging()
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     if bag.import_errors:
         for path, err in bag.import_errors.items():
@@ -132,8 +198,9 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
                   f"deleted {len(changed.get('deleted', []))}, added {len(changed.get('added', []))} file(s); "
                   f"database: {changed.get('db')}")
         print(f"running {dag_id} for logical date {when.isoformat()} ...", flush=True)
-        t0 = time.monotonic()
-        dr = bag.get_dag(dag_id).test(logical_date=when, run_after=datetime.now(UTC))
+        t0, started = time.monotonic(), datetime.now(UTC)
+        dr = bag.get_dag(dag_id).test(logical_date=when, run_after=started)
+        _real_start(dr, started)
         tis = sorted(dr.get_task_instances(), key=lambda ti: (ti.start_date or datetime.max.replace(tzinfo=UTC), ti.task_id))
         print(f"  {dag_id}: {dr.state} in {time.monotonic() - t0:.1f}s")
         for ti in tis:

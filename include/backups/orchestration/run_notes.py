@@ -63,7 +63,7 @@ def set_run_note(dag_id: str, run_id: str, markdown: str) -> str:
         log.info("run note set in the metadata database (no connection %s: a local run)", NOTE_CONN_ID)
         return "metadata-db"
     except Exception as exc:
-        return _skip(f"no connection {NOTE_CONN_ID} and no metadata database in this process ({_reason(exc)})")
+        return _skip(f"no connection {NOTE_CONN_ID}, and no metadata database to write in this process ({_reason(exc)})")
 
 
 def _skip(why: str) -> str:
