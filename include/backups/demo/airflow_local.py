@@ -91,6 +91,15 @@ def metadata_db(home: Path, name: str = "airflow_demo") -> str:
 
 
 # ------------------------------------------------------------------------------------------- environment
+#: settings every local Airflow of this project gets (the caller's environment wins)
+LOCAL_DEFAULTS = {
+    "AIRFLOW__CORE__PARALLELISM": "4",  # 32 LocalExecutor workers by default: too many for a laptop
+    # a loaded laptop (or CI box) answers a task's first execution-API call slowly (the API server warms up):
+    # with the default 5 s the first task of a run failed before it started
+    "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+}
+
+
 def airflow_env(home: Path, *, port: int, db_url: str, project: Path, dags: Path | None = None,
                 plugins: Path | None = None, base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
     """The environment of a loopback Airflow on ``port`` for this project (the caller adds BACKUP_CONFIG & co.)."""
@@ -101,10 +110,7 @@ def airflow_env(home: Path, *, port: int, db_url: str, project: Path, dags: Path
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags or project / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins or project / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        # a loaded laptop (or CI box) answers a task's first execution-API call slowly (the API server warms up):
-        # the default 5 s made the first task of a run fail before it started
-        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+        **LOCAL_DEFAULTS,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
@@ -167,15 +173,37 @@ def start(env: Mapping[str, str], components: tuple[str, ...] = COMPONENTS, *, m
         migrate(env)
     procs: dict[str, subprocess.Popen] = {}
     pgid = 0
-    for name in components:
+    url = env["AIRFLOW__API__BASE_URL"]
+    # the scheduler last, once the API server answers: a task it starts earlier fails at once (its first call to
+    # the execution API is refused) and waits for a retry
+    order = sorted(components, key=lambda n: n == "scheduler")
+    for name in order:
+        if name == "scheduler" and "api-server" in procs:
+            _wait_api(url, procs["api-server"], home)
         with (home / "logs" / f"{name}.log").open("ab") as out:
             # the first component leads a new group, the others join it (same session: setpgid allows it)
             p = subprocess.Popen(["airflow", name], env=dict(env), stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, process_group=pgid)
         pgid = pgid or p.pid
         procs[name] = p
-    pidfile.write_text(json.dumps({"pgid": pgid, "pids": {n: p.pid for n, p in procs.items()}}) + "\n")
-    return LocalAirflow(home, pgid, env["AIRFLOW__API__BASE_URL"], procs)
+        pidfile.write_text(json.dumps({"pgid": pgid, "pids": {n: p.pid for n, p in procs.items()}}) + "\n")
+    return LocalAirflow(home, pgid, url, procs)
+
+
+def _wait_api(url: str, proc: subprocess.Popen, home: Path, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = home / "logs" / "api-server.log"
+            raise LocalAirflowError(f"airflow api-server exited with {proc.returncode}; {log}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except (OSError, ValueError):
+            time.sleep(1.0)
+    raise LocalAirflowError(f"the API server at {url} did not answer within {timeout:.0f} s")
 
 
 def wait_healthy(af: LocalAirflow, timeout: float = 300.0) -> dict:
@@ -373,7 +401,8 @@ def apply_settings(url: str, tok: str, data: dict) -> list[str]:
                 **{k: c[k] for k in ("host", "login", "password", "schema", "port", "extra") if k in c}}
         put("connections", cid, body)
     for name, p in data.get("pools", {}).items():
-        put("pools", name, {"name": name, "slots": p["slots"], "description": p.get("description", "")})
+        put("pools", name, {"name": name, "slots": p["slots"], "description": p.get("description", ""),
+                            "include_deferred": False})
     for key, value in data.get("variables", {}).items():
         put("variables", key, {"key": key, "value": value})
     return done
@@ -415,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         pids = status(home)
         print(f"{len(pids)} process(es) of {home}: {' '.join(map(str, pids))}" if pids else f"no Airflow of {home} is running")
         return 0
-    env = dict(os.environ)
+    env = {**LOCAL_DEFAULTS, **os.environ}
     url = env.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
     pw = ensure_password(home)
     env.setdefault("AIRFLOW_CONN_BACKUP_AIRFLOW_API", note_connection(url, "admin", pw))  # run notes (REST API)
