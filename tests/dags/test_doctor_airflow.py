@@ -37,6 +37,7 @@ def test_pool_and_connections_missing_then_present(airflow_db, s3_config, monkey
 
     monkeypatch.delenv("AIRFLOW_CONN_DOCTOR_S3", raising=False)
     monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_BACKUP_AIRFLOW_API", raising=False)
     with create_session() as session:
         session.query(Pool).filter(Pool.pool == "backup_io").delete()
     cfg = load_config()
@@ -45,6 +46,7 @@ def test_pool_and_connections_missing_then_present(airflow_db, s3_config, monkey
     assert "AIRFLOW_CONN_DOCTOR_S3" in missing["airflow connection doctor_s3"].fix
     assert missing["airflow pool backup_io"].status == FAIL and "pools set backup_io" in missing["airflow pool backup_io"].fix
     assert missing["airflow connection smtp_default"].status == FAIL
+    assert missing["airflow connection backup_airflow_api"].status == "warn"
 
     Pool.create_or_update_pool("backup_io", slots=2, description="doctor test", include_deferred=False)
     port = free_port()

@@ -3,7 +3,8 @@
 :mod:`backups.commands.doctor` loads :class:`AirflowDoctor` through that entry point, only when Airflow is
 importable, so the CLI itself never imports this layer. Checks: every ``conn_id`` of the config is defined in
 Airflow (environment ``AIRFLOW_CONN_*``, a secrets backend or the metadata database), the ``backup_io`` pool
-exists, and — with ``notify_email`` — the SMTP connection (``[email] email_conn_id``, default ``smtp_default``).
+exists, the run-note connection ``backup_airflow_api`` (a warning when missing) and — with ``notify_email`` — the
+SMTP connection (``[email] email_conn_id``, default ``smtp_default``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ class AirflowDoctor:
         for conn_id, used_by in conn_ids(cfg).items():
             out.append(self._defined(conn_id, used_by))
         out.append(self.pool())
+        from .run_notes import NOTE_CONN_ID
+
+        notes = self._defined(NOTE_CONN_ID, "run notes (the REST API)")
+        if notes.status == FAIL:  # optional: without it the runs still work, their notes are skipped
+            notes = Check(notes.name, WARN, "not defined: the runs cannot set their notes (summaries) on a worker "
+                                            "without metadata DB access",
+                          f"add an http connection {NOTE_CONN_ID!r}: host = the API server's URL, login/password of a "
+                          "user who may edit DAG runs (README, 'Run results')")
+        out.append(notes)
         if cfg.notify_email:
             conn_id = _smtp_conn_id()
             out.append(self._defined(conn_id, f"notification mail to {', '.join(cfg.notify_email)}"))
