@@ -150,6 +150,16 @@ def test_restore_note_through_the_rest_api_with_a_connection(airflow_db, app, ap
     report = json.loads((target / "RESTORE_REPORT.json").read_text())
     assert 0 < report["durations"]["run_seconds"] <= wall + 1
 
+    # no login in the connection: only the simple auth manager's all-admins mode would issue a token
+    from backups.orchestration import run_notes
+
+    monkeypatch.setenv("AIRFLOW_CONN_BACKUP_AIRFLOW_API", json.dumps({"conn_type": "http", "host": api_server["url"]}))
+    how = run_notes.set_run_note(dr.dag_id, dr.run_id, "**replaced?**")
+    assert how.startswith("skipped: the Airflow REST API (connection backup_airflow_api) refused or failed: "
+                          "RuntimeError: GET (no login in the connection)") and "HTTP 403" in how, how
+    with create_session() as s:
+        assert s.scalar(select(DagRun).where(DagRun.run_id == dr.run_id, DagRun.dag_id == dr.dag_id)).note == content
+
 
 def test_a_note_that_cannot_be_set_is_a_warning(airflow_db, monkeypatch, caplog):
     from backups.orchestration import run_notes

@@ -8,7 +8,8 @@ apache/airflow#64890). The public REST API does: ``PATCH /api/v2/dags/{dag_id}/d
 1. **the REST API** through the Airflow connection ``backup_airflow_api`` (:data:`NOTE_CONN_ID`): type ``http``,
    host = the API server's base URL (``http://airflow-api:8080``; or host + port + schema ``https``), login and
    password of a user allowed to edit DAG runs (simple auth manager: role ``user`` or higher), exchanged for a
-   token at ``POST /auth/token``; or ``{"token": "<JWT>"}`` in the extra instead of login/password;
+   token at ``POST /auth/token``; or ``{"token": "<JWT>"}`` in the extra instead of login/password; without
+   either, ``GET /auth/token`` (the simple auth manager's all-admins mode of a local ``airflow standalone``);
 2. without that connection, **the metadata database** — only where the process has it: ``dag.test()``, ``airflow
    dags test``, ``make demo``. A real worker has no database access (Airflow 3 blocks it), so step 3 follows;
 3. a **warning** in the task log naming the connection to create.
@@ -110,11 +111,13 @@ def _patch(conn: Any, dag_id: str, run_id: str, note: str) -> None:
     with httpx.Client(base_url=base, timeout=TIMEOUT, verify=extra.get("verify", True)) as client:
         token = extra.get("token")
         if not token:
-            if not conn.login:
-                raise ValueError(f"connection {NOTE_CONN_ID} has neither login/password nor an extra 'token'")
-            reply = client.post("/auth/token", json={"username": conn.login, "password": conn.password or ""})
+            if conn.login:
+                reply = client.post("/auth/token", json={"username": conn.login, "password": conn.password or ""})
+            else:  # the simple auth manager's all-admins mode (a local `airflow standalone`) issues one without
+                reply = client.get("/auth/token")
             if reply.status_code not in (200, 201):
-                raise RuntimeError(f"POST {base}/auth/token: HTTP {reply.status_code} {reply.text[:200]}")
+                how = "POST" if conn.login else "GET (no login in the connection)"
+                raise RuntimeError(f"{how} {base}/auth/token: HTTP {reply.status_code} {reply.text[:200]}")
             token = reply.json()["access_token"]
         url = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
         reply = client.patch(url, params={"update_mask": "note"}, json={"note": note},
