@@ -20,14 +20,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 ## demo: the main job through Airflow on the embedded default (local storage, SQLite, no servers)
 demo: venv
-	$(PY) -m backups.orchestration.demo
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local stop --quiet
+	DEMO_AIRFLOW_DB=$(AF_DB) $(PY) -m backups.orchestration.demo
 
 ## demo-remote: the same Airflow demo on the production config (include/backups.yaml: local + cloud S3 + offsite
 ## SFTP, encrypted) against loopback servers it starts and stops itself (moto S3 in-process, OpenSSH sshd)
 .PHONY: demo-remote
 demo-remote: venv
 	@[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null || { echo "demo-remote needs OpenSSH sshd: apt-get install openssh-server"; exit 1; }
-	$(PY) -m backups.orchestration.demo --remote --config include/backups.yaml
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local stop --quiet
+	DEMO_AIRFLOW_DB=$(AF_DB) $(PY) -m backups.orchestration.demo --remote --config include/backups.yaml
 
 ## demo-cli: the same engine demo without Airflow
 demo-cli: venv
@@ -58,31 +60,44 @@ test-fast: venv
 bench: venv
 	$(PY) benchmarks/run.py
 
-# ---- local Airflow (metadata DB and runs of `make demo` in .demo/airflow) -------------------------------
+# ---- local Airflow (metadata DB and runs of `make demo`; AIRFLOW_HOME .demo/airflow) -----------------------
+# Metadata DB: PostgreSQL database airflow_demo on 127.0.0.1:5432 when that server answers (created if missing),
+# else SQLite in $(AF_HOME) (one writer at a time: see README "Airflow UI"). Override: make airflow AF_DB=<url>.
 AF_HOME ?= $(CURDIR)/.demo/airflow
 AF_PORT ?= 8080
+AF_DB = $(or $(_AF_DB),$(eval _AF_DB := $(shell AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local db-url))$(_AF_DB))
 AF_ENV = AIRFLOW_HOME=$(AF_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
-  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///$(AF_HOME)/airflow.db AIRFLOW__CORE__PARALLELISM=4 \
+  AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
+  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) AIRFLOW__CORE__PARALLELISM=4 \
   AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AF_PORT) AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AF_PORT) \
   BACKUP_CONFIG=$${BACKUP_CONFIG:-$(CURDIR)/include/backups.local.yaml} \
   PYTHONPATH=$(CURDIR):$(CURDIR)/include FMR_HOME=$${FMR_HOME:-$(CURDIR)/.demo/fmr} \
   BACKUP_ROOT=$${BACKUP_ROOT:-$(CURDIR)/.demo/backups} PATH=$(CURDIR)/$(VENV)/bin:$$PATH
 
-## airflow-settings: load airflow_settings.yaml (connections, pools, variables) into the local Airflow
+## airflow-settings: load airflow_settings.yaml (connections, pools, variables) into the local Airflow's metadata DB
+## with the airflow CLI (`make airflow` loads the same file through the REST API once the API server is up)
 airflow-settings: venv
 	@mkdir -p $(AF_HOME)
-	$(AF_ENV) airflow db migrate >/dev/null
-	$(PY) -m backups.orchestration.settings airflow_settings.yaml --import-dir $(AF_HOME)/settings-import
-	$(AF_ENV) airflow connections import --overwrite $(AF_HOME)/settings-import/connections.json
-	$(AF_ENV) airflow variables import $(AF_HOME)/settings-import/variables.json
-	$(AF_ENV) airflow pools import $(AF_HOME)/settings-import/pools.json
+	@echo "airflow db migrate ($(AF_DB))"; $(AF_ENV) airflow db migrate >/dev/null
+	@$(PY) -m backups.orchestration.settings airflow_settings.yaml --import-dir $(AF_HOME)/settings-import
+	@$(AF_ENV) airflow connections import --overwrite $(AF_HOME)/settings-import/connections.json
+	@$(AF_ENV) airflow variables import $(AF_HOME)/settings-import/variables.json
+	@$(AF_ENV) airflow pools import $(AF_HOME)/settings-import/pools.json
 
-## airflow: the Airflow UI, scheduler, dag-processor and triggerer on 127.0.0.1 (Ctrl-C stops them)
-airflow: airflow-settings
-	@echo "Airflow UI: http://127.0.0.1:$(AF_PORT)  (ready in ~45 s)"
-	@echo "Log in as 'admin'; the password is printed below as 'Password for user admin' and kept in"
-	@echo "  $(AF_HOME)/simple_auth_manager_passwords.json.generated"
-	$(AF_ENV) exec airflow standalone
+## airflow: the Airflow UI (API server), scheduler, dag-processor and triggerer on 127.0.0.1, in the background as
+## one process group (pidfile $(AF_HOME)/airflow-local.pid, logs in $(AF_HOME)/logs); loads airflow_settings.yaml
+## and prints the login. Stop with `make airflow-stop`.
+.PHONY: airflow-stop airflow-status
+airflow: venv
+	@mkdir -p $(AF_HOME)
+	@$(AF_ENV) $(PY) -m backups.demo.airflow_local start --settings airflow_settings.yaml
+
+## airflow-stop: stop every process `make airflow` started (the group, and anything else of $(AF_HOME))
+airflow-stop:
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local stop
+
+airflow-status:
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local status
 
 lint: venv
 	$(VENV)/bin/ruff check dags include tests benchmarks

@@ -406,6 +406,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .commands.doctor import format_report, run_doctor
+
+    result = run_doctor(args.config, airflow=False if args.no_airflow else None, smtp_timeout=args.timeout)
+    print(json.dumps(result.to_dict(), indent=1) if args.json else format_report(result))
+    return result.exit_code
+
+
 def cmd_exit_codes(args: argparse.Namespace) -> int:
     from .errors import CHECK_EXIT_CODES
 
@@ -536,6 +544,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ec = sub.add_parser("exit-codes", help="print the documented exit codes")
     ec.set_defaults(func=cmd_exit_codes)
+
+    dr = sub.add_parser("doctor", help="check this host can run the backups (config, env, connections, storages, "
+                                       "pool, SMTP)",
+                        description="Check a deployment where the DAGs run (each worker and the triggerer): the config "
+                                    "loads, its environment variables are set, its connections resolve, every storage "
+                                    "is reachable and writable (a probe object is written, read back and deleted), "
+                                    "and - when Airflow is importable - the connections are defined in Airflow, the "
+                                    "backup_io pool exists and the SMTP server of notify_email answers. Each failed "
+                                    "check prints its fix. Exit 0 when ready, else the code of the first failed check "
+                                    "(2 setup, 5 storage, 8 encryption key).")
+    dr.add_argument("--no-airflow", action="store_true", help="skip the checks that need Airflow")
+    dr.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the SMTP server")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
     return p
 
 

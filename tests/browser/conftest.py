@@ -157,6 +157,8 @@ def airflow_server(tmp_path_factory) -> AirflowServer:
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
         BACKUP_CONFIG=str(CONFIG), FMR_HOME=str(fmr_home), BACKUP_ROOT=str(backup_root),
+        # the DAGs set their run notes through the REST API with this connection (backups.orchestration.run_notes)
+        AIRFLOW_CONN_BACKUP_AIRFLOW_API=local.note_connection(f"http://127.0.0.1:{port}", USER, PASSWORD),
     )
     af = None
     try:
@@ -170,9 +172,22 @@ def airflow_server(tmp_path_factory) -> AirflowServer:
               f"(home {home}, metadata DB {db_name})")
         yield AirflowServer(af.url, home, env, fmr_home, backup_root, api)
     finally:
-        left = local.stop(home)
+        left = af.stop() if af is not None else local.stop(home)
         local.drop_pg_database(db_name)
         assert not left, f"Airflow processes of {home} survived the stop: {left}"
+
+
+@pytest.fixture(scope="session")
+def weekly_snapshot(airflow_server) -> str:
+    """A committed snapshot to restore (setup through ``backupctl``, the same repository the DAGs use)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "backups.cli", "-q", "backup", "--tier", "weekly", "--json"],
+                         env={**airflow_server.env, "PYTHONPATH": os.pathsep.join(sys.path)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)["id"]
 
 
 # ------------------------------------------------------------------------------------------- browser
@@ -230,7 +245,9 @@ def page(browser, login_state, request):
         rep = getattr(request.node, "rep_call", None)
         if rep is not None and rep.failed:
             try:
-                Shots(pg, _artifacts(request))("failure")
+                shots = Shots(pg, _artifacts(request))
+                shots.n = 98
+                shots("failure")
             except Exception:  # noqa: BLE001 - the page may be gone; the test's own error matters
                 pass
         ctx.close()

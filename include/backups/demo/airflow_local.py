@@ -91,6 +91,15 @@ def metadata_db(home: Path, name: str = "airflow_demo") -> str:
 
 
 # ------------------------------------------------------------------------------------------- environment
+#: settings every local Airflow of this project gets (the caller's environment wins)
+LOCAL_DEFAULTS = {
+    "AIRFLOW__CORE__PARALLELISM": "4",  # 32 LocalExecutor workers by default: too many for a laptop
+    # a loaded laptop (or CI box) answers a task's first execution-API call slowly (the API server warms up):
+    # with the default 5 s the first task of a run failed before it started
+    "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+}
+
+
 def airflow_env(home: Path, *, port: int, db_url: str, project: Path, dags: Path | None = None,
                 plugins: Path | None = None, base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
     """The environment of a loopback Airflow on ``port`` for this project (the caller adds BACKUP_CONFIG & co.)."""
@@ -101,7 +110,7 @@ def airflow_env(home: Path, *, port: int, db_url: str, project: Path, dags: Path
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags or project / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins or project / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        **LOCAL_DEFAULTS,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
@@ -124,6 +133,16 @@ class LocalAirflow:
     def log(self, component: str) -> Path:
         return self.home / "logs" / f"{component}.log"
 
+    def stop(self, grace: float = 30.0) -> list[int]:
+        """:func:`stop`, then reap the components (this process is their parent)."""
+        left = stop(self.home, grace)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        return left
+
 
 def _tail(path: Path, lines: int = 25) -> str:
     try:
@@ -142,28 +161,52 @@ def migrate(env: Mapping[str, str]) -> None:
         raise LocalAirflowError(f"`airflow db migrate` failed (exit {rc}); {log}:\n{_tail(log)}")
 
 
-def start(env: Mapping[str, str], components: tuple[str, ...] = COMPONENTS) -> LocalAirflow:
+def start(env: Mapping[str, str], components: tuple[str, ...] = COMPONENTS, *, migrate_db: bool = True) -> LocalAirflow:
     """Migrate the metadata DB and start ``components`` in one new process group; the pidfile holds its id."""
     home = Path(env["AIRFLOW_HOME"])
     pidfile = home / PIDFILE
     if pidfile.exists() and status(home):
         raise LocalAirflowError(f"an Airflow of {home} is already running (pidfile {pidfile}); stop it first "
                                 "(`make airflow-stop`)")
-    migrate(env)
+    (home / "logs").mkdir(parents=True, exist_ok=True)
+    if migrate_db:
+        migrate(env)
     procs: dict[str, subprocess.Popen] = {}
     pgid = 0
-    for name in components:
+    url = env["AIRFLOW__API__BASE_URL"]
+    # the scheduler last, once the API server answers: a task it starts earlier fails at once (its first call to
+    # the execution API is refused) and waits for a retry
+    order = sorted(components, key=lambda n: n == "scheduler")
+    for name in order:
+        if name == "scheduler" and "api-server" in procs:
+            _wait_api(url, procs["api-server"], home)
         with (home / "logs" / f"{name}.log").open("ab") as out:
             # the first component leads a new group, the others join it (same session: setpgid allows it)
             p = subprocess.Popen(["airflow", name], env=dict(env), stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, process_group=pgid)
         pgid = pgid or p.pid
         procs[name] = p
-    pidfile.write_text(json.dumps({"pgid": pgid, "pids": {n: p.pid for n, p in procs.items()}}) + "\n")
-    return LocalAirflow(home, pgid, env["AIRFLOW__API__BASE_URL"], procs)
+        pidfile.write_text(json.dumps({"pgid": pgid, "pids": {n: p.pid for n, p in procs.items()}}) + "\n")
+    return LocalAirflow(home, pgid, url, procs)
 
 
-def wait_healthy(af: LocalAirflow, timeout: float = 180.0) -> dict:
+def _wait_api(url: str, proc: subprocess.Popen, home: Path, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = home / "logs" / "api-server.log"
+            raise LocalAirflowError(f"airflow api-server exited with {proc.returncode}; {log}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except (OSError, ValueError):
+            time.sleep(1.0)
+    raise LocalAirflowError(f"the API server at {url} did not answer within {timeout:.0f} s")
+
+
+def wait_healthy(af: LocalAirflow, timeout: float = 300.0) -> dict:
     """Wait until the health endpoint reports every component healthy; the last health document."""
     deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
@@ -184,7 +227,7 @@ def wait_healthy(af: LocalAirflow, timeout: float = 180.0) -> dict:
 
 
 def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, pgid) of every process."""
+    """pid -> (ppid, pgid) of every live process."""
     table = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -192,7 +235,8 @@ def _proc_table() -> dict[int, tuple[int, int]]:
                 fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            table[int(d.name)] = (int(fields[1]), int(fields[2]))
+            if fields[0] != "Z":  # a zombie is gone already (its parent has not reaped it yet)
+                table[int(d.name)] = (int(fields[1]), int(fields[2]))
     return table
 
 
@@ -283,11 +327,85 @@ def stop(home: Path, grace: float = 30.0) -> list[int]:
 
 
 def password(home: Path, user: str = "admin") -> str | None:
-    """The simple auth manager's password of ``user`` (generated on the API server's first start)."""
+    """The simple auth manager's password of ``user`` (see :func:`ensure_password`)."""
     try:
         return json.loads((home / PASSWORDS_FILE).read_text()).get(user)
     except (OSError, ValueError):
         return None
+
+
+def ensure_password(home: Path, user: str = "admin") -> str:
+    """The password of ``user``, generated into the simple auth manager's file when missing (the API server keeps
+    the passwords it finds there), so the launcher knows it before the API server starts."""
+    import secrets
+
+    path = home / PASSWORDS_FILE
+    try:
+        known = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        known = {}
+    if not known.get(user):
+        known[user] = "".join(secrets.choice("abcdefghkmnpqrstuvwxyzABCDEFGHKMNPQRSTUVWXYZ23456789") for _ in range(16))
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known) + "\n")
+        path.chmod(0o600)
+    return known[user]
+
+
+def note_connection(url: str, user: str, pw: str) -> str:
+    """``AIRFLOW_CONN_BACKUP_AIRFLOW_API``: the connection the DAGs set their run notes through (the REST API)."""
+    return json.dumps({"conn_type": "http", "host": url, "login": user, "password": pw})
+
+
+# ------------------------------------------------------------------------------------------- REST
+def api_call(url: str, method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
+    req = urllib.request.Request(url + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else {}
+
+
+def token(url: str, user: str, pw: str) -> str:
+    return api_call(url, "POST", "/auth/token", {"username": user, "password": pw})["access_token"]
+
+
+def apply_settings(url: str, tok: str, data: dict) -> list[str]:
+    """Connections, pools and variables (``backups.orchestration.settings.load``) through the REST API, replacing
+    existing ones; what was applied."""
+    from urllib.parse import quote
+
+    done = []
+
+    def put(collection: str, key: str, body: dict) -> None:
+        try:
+            try:
+                api_call(url, "POST", f"/api/v2/{collection}", body, tok)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 409:
+                    raise
+                api_call(url, "PATCH", f"/api/v2/{collection}/{quote(key, safe='')}", body, tok)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode("utf-8", "replace")
+            print(f"warning: could not load {collection[:-1]} {key!r}: HTTP {exc.code} {detail}", file=sys.stderr)
+            done.append(f"{collection[:-1]} {key} FAILED")
+            return
+        done.append(f"{collection[:-1]} {key}")
+
+    for cid, c in data.get("connections", {}).items():
+        if "uri" in c:
+            continue  # the REST API takes fields, not URIs: use `make airflow-settings` for those
+        body = {"connection_id": cid, "conn_type": c.get("conn_type", "generic"),
+                **{k: c[k] for k in ("host", "login", "password", "schema", "port", "extra") if k in c}}
+        put("connections", cid, body)
+    for name, p in data.get("pools", {}).items():
+        put("pools", name, {"name": name, "slots": p["slots"], "description": p.get("description", ""),
+                            "include_deferred": False})
+    for key, value in data.get("variables", {}).items():
+        put("variables", key, {"key": key, "value": value})
+    return done
 
 
 # ------------------------------------------------------------------------------------------- command line
@@ -298,9 +416,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "created if missing; else SQLite in AIRFLOW_HOME)")
     db.add_argument("--name", default="airflow_demo")
     st = sub.add_parser("start", help="migrate, start the components in the background, wait until healthy")
-    st.add_argument("--timeout", type=float, default=180.0)
-    sub.add_parser("stop", help="stop every process of this AIRFLOW_HOME")
-    sub.add_parser("status", help="list the running processes of this AIRFLOW_HOME")
+    st.add_argument("--timeout", type=float, default=300.0)
+    st.add_argument("--no-migrate", action="store_true", help="the metadata DB is migrated already")
+    st.add_argument("--settings", help="an airflow_settings.yaml whose connections, pools and variables to load "
+                                       "(through the REST API, once healthy)")
+    sp = sub.add_parser("stop", help="stop every process of this AIRFLOW_HOME")
+    sp.add_argument("--quiet", action="store_true", help="say nothing when nothing runs")
+    sub.add_parser("status", help="list the running processes of this AIRFLOW_HOME")  # exit 0 either way
     args = ap.parse_args(argv)
     home = Path(os.environ.get("AIRFLOW_HOME") or ".").resolve()
     if args.cmd == "db-url":
@@ -309,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "stop":
         running = status(home)
-        if not running:
+        if not running and not args.quiet:
             print(f"no Airflow of {home} is running")
         left = stop(home)
         if left:
@@ -321,20 +443,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "status":
         pids = status(home)
         print(f"{len(pids)} process(es) of {home}: {' '.join(map(str, pids))}" if pids else f"no Airflow of {home} is running")
-        return 0 if pids else 3
+        return 0
+    env = {**LOCAL_DEFAULTS, **os.environ}
+    url = env.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
+    pw = ensure_password(home)
+    env.setdefault("AIRFLOW_CONN_BACKUP_AIRFLOW_API", note_connection(url, "admin", pw))  # run notes (REST API)
+    af = None
     try:
-        af = start(os.environ)
+        af = start(env, migrate_db=not args.no_migrate)
         print(f"starting {', '.join(COMPONENTS)} (process group {af.pgid}, logs in {home / 'logs'}) ...", flush=True)
         wait_healthy(af, args.timeout)
-    except LocalAirflowError as exc:
+        if args.settings:
+            from ..orchestration.settings import load
+
+            done = apply_settings(af.url, token(af.url, "admin", pw), load(Path(args.settings)))
+            print(f"loaded {args.settings}: {', '.join(done) or 'nothing'}")
+    except (LocalAirflowError, OSError) as exc:
         print(f"AIRFLOW FAILED: {exc}", file=sys.stderr)
-        stop(home)
+        left = af.stop() if af is not None else stop(home)
+        if left:
+            print(f"could not stop: {left}", file=sys.stderr)
         return 1
-    db_url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    db_url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
     print(f"Airflow UI:  {af.url}   (metadata DB: {db_url.split('://')[0].split('+')[0]}"
           f"{'' if db_url.startswith('postgresql') else ' - SQLite: one writer at a time, see README'})")
-    print(f"Log in:      user 'admin', password '{password(home) or '?'}'  (kept in {home / PASSWORDS_FILE})")
-    print("Stop it:     make airflow-stop")
+    print(f"Log in:      user 'admin', password '{pw}'  (kept in {home / PASSWORDS_FILE})")
+    print("Stop it:     make airflow-stop   (status: make airflow-status)")
     return 0
 
 

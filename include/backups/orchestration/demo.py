@@ -35,7 +35,8 @@ def _environment(base: Path, config: Path) -> None:
         "AIRFLOW_HOME": str(base / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{base / 'airflow' / 'airflow.db'}",
+        # `make demo` passes the metadata DB `make airflow` uses (PostgreSQL when reachable), so the UI shows these runs
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": os.environ.get("DEMO_AIRFLOW_DB") or f"sqlite:///{base / 'airflow' / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("DEMO_LOG_LEVEL", "WARNING"),
         "FMR_HOME": str(base / "fmr"),
         "BACKUP_ROOT": str(base / "backups"),
@@ -171,7 +172,9 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
     cfg = load_config()
     info = fmr.generate(base / "fmr", seed=7)
     print(f"generated the FMR V2 sample application in {base / 'fmr'} ({info.get('bytes', 0) / 1e6:.1f} MB)")
-    print("preparing Airflow (metadata DB in .demo/airflow) ...", flush=True)
+    db_url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    print(f"preparing Airflow (metadata DB: {db_url.split('://')[0].split('+')[0]} "
+          f"{db_url.rsplit('/', 1)[-1]}) ...", flush=True)
     from airflow.dag_processing.dagbag import DagBag
     from airflow.utils import db
 

@@ -1,0 +1,104 @@
+"""The Airflow side of ``backupctl doctor`` (registered under the entry point group ``backups.doctor``).
+
+:mod:`backups.commands.doctor` loads :class:`AirflowDoctor` through that entry point, only when Airflow is
+importable, so the CLI itself never imports this layer. Checks: every ``conn_id`` of the config is defined in
+Airflow (environment ``AIRFLOW_CONN_*``, a secrets backend or the metadata database), the ``backup_io`` pool
+exists, the run-note connection ``backup_airflow_api`` (a warning when missing) and — with ``notify_email`` — the
+SMTP connection (``[email] email_conn_id``, default ``smtp_default``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import airflow.sdk  # noqa: F401  (a missing Airflow is an ImportError when the entry point loads: checks skipped)
+
+from ..commands.doctor import FAIL, OK, WARN, Check, SmtpEndpoint, conn_ids
+from .adapters import POOL
+
+
+def _connection(conn_id: str) -> Any:
+    from airflow.sdk import Connection
+
+    return Connection.get(conn_id)
+
+
+def _smtp_conn_id() -> str:
+    from airflow.configuration import conf
+
+    return conf.get("email", "email_conn_id", fallback="smtp_default") or "smtp_default"
+
+
+class AirflowDoctor:
+    """Checks that need Airflow: connections defined, the pool present, the SMTP connection."""
+
+    def checks(self, cfg: Any) -> list[Check]:
+        out = []
+        for conn_id, used_by in conn_ids(cfg).items():
+            out.append(self._defined(conn_id, used_by))
+        out.append(self.pool())
+        from .run_notes import NOTE_CONN_ID
+
+        notes = self._defined(NOTE_CONN_ID, "run notes (the REST API)")
+        if notes.status == FAIL:  # optional: without it the runs still work, their notes are skipped
+            notes = Check(notes.name, WARN, "not defined: the runs cannot set their notes (summaries) on a worker "
+                                            "without metadata DB access",
+                          f"add an http connection {NOTE_CONN_ID!r}: host = the API server's URL, login/password of a "
+                          "user who may edit DAG runs (README, 'Run results')")
+        out.append(notes)
+        if cfg.notify_email:
+            conn_id = _smtp_conn_id()
+            out.append(self._defined(conn_id, f"notification mail to {', '.join(cfg.notify_email)}"))
+        return out
+
+    def _defined(self, conn_id: str, used_by: str) -> Check:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        label = f"airflow connection {conn_id}"
+        try:
+            conn = _connection(conn_id)
+        except AirflowNotFoundException:
+            return Check(label, FAIL, f"not defined (used by {used_by})",
+                         f"add it in the Airflow UI (Admin -> Connections), in airflow_settings.yaml, or as the "
+                         f"environment variable AIRFLOW_CONN_{conn_id.upper()} (JSON) on every worker and the triggerer")
+        except Exception as exc:  # noqa: BLE001 - a broken secrets backend or DB: report it, go on
+            return Check(label, FAIL, f"cannot be looked up ({type(exc).__name__}: {exc})",
+                         "check the metadata database / secrets backend settings of this host")
+        where = f"{conn.conn_type or '?'}" + (f" {conn.host}" if conn.host else "") + (f":{conn.port}" if conn.port else "")
+        return Check(label, OK, f"defined ({where}; used by {used_by})")
+
+    def pool(self) -> Check:
+        if not POOL:
+            return Check("airflow pool", OK, "the tasks use no pool (adapters.POOL is None)")
+        label = f"airflow pool {POOL}"
+        try:
+            from airflow.models.pool import Pool
+            from airflow.utils.session import create_session
+
+            with create_session() as session:
+                pool = Pool.get_pool(POOL, session=session)
+                slots = pool.slots if pool is not None else None
+        except Exception as exc:  # noqa: BLE001 - e.g. a worker without metadata DB access (Airflow 3 workers)
+            return Check(label, WARN, f"cannot read the metadata database here ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0][:160]})",
+                         "run doctor on the scheduler host to check the pool (`airflow db migrate` if its database "
+                         "is new)")
+        if pool is None:
+            return Check(label, FAIL, "missing: the scheduler never runs the backup tasks (they wait for this pool)",
+                         f"airflow pools set {POOL} 2 'backup I/O' (or load airflow_settings.yaml: make airflow-settings)")
+        if slots is not None and slots < 1:
+            return Check(label, WARN, f"{slots} slot(s): no backup task can run", f"airflow pools set {POOL} 2 'backup I/O'")
+        return Check(label, OK, f"{slots} slot(s)")
+
+    def smtp_endpoint(self) -> SmtpEndpoint | None:
+        try:
+            conn = _connection(_smtp_conn_id())
+        except Exception:  # noqa: BLE001 - reported by checks() already
+            return None
+        extra = conn.extra_dejson or {}
+        # the smtp provider's rule: SSL unless the extra disable_ssl is true
+        use_ssl = str(extra.get("disable_ssl", False)).lower() not in ("true", "1", "yes")
+        return SmtpEndpoint(conn.conn_id, conn.host or "localhost", int(conn.port or (465 if use_ssl else 25)), use_ssl)
+
+
+__all__ = ["AirflowDoctor"]

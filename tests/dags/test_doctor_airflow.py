@@ -1,0 +1,67 @@
+"""The Airflow side of ``backupctl doctor`` (backups.orchestration.doctor, loaded through the ``backups.doctor``
+entry point): connections defined in Airflow, the backup_io pool in the metadata DB, the SMTP connection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import free_port, write_config
+
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture
+def s3_config(tmp_path, monkeypatch):
+    home, root = tmp_path / "home", tmp_path / "repo"
+    home.mkdir()
+    cfg = write_config(tmp_path / "backups.yaml", home, root,
+                       extra_storages="  cloud: {type: s3, bucket: b, conn_id: doctor_s3}\n")
+    cfg.write_text(cfg.read_text() + "notify_email: [ops@example.com]\n")
+    monkeypatch.setenv("BACKUP_CONFIG", str(cfg))
+    return cfg
+
+
+def _checks(result) -> dict[str, dict]:
+    return {c["name"]: c for c in result.checks}
+
+
+def test_pool_and_connections_missing_then_present(airflow_db, s3_config, monkeypatch):
+    from airflow.models.pool import Pool
+    from airflow.utils.session import create_session
+
+    from backups.commands.doctor import FAIL, OK, SmtpEndpoint, run_doctor
+    from backups.config import load_config
+    from backups.orchestration.doctor import AirflowDoctor
+
+    monkeypatch.delenv("AIRFLOW_CONN_DOCTOR_S3", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_SMTP_DEFAULT", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_BACKUP_AIRFLOW_API", raising=False)
+    with create_session() as session:
+        session.query(Pool).filter(Pool.pool == "backup_io").delete()
+    cfg = load_config()
+    missing = {c.name: c for c in AirflowDoctor().checks(cfg)}
+    assert missing["airflow connection doctor_s3"].status == FAIL
+    assert "AIRFLOW_CONN_DOCTOR_S3" in missing["airflow connection doctor_s3"].fix
+    assert missing["airflow pool backup_io"].status == FAIL and "pools set backup_io" in missing["airflow pool backup_io"].fix
+    assert missing["airflow connection smtp_default"].status == FAIL
+    assert missing["airflow connection backup_airflow_api"].status == "warn"
+
+    Pool.create_or_update_pool("backup_io", slots=2, description="doctor test", include_deferred=False)
+    port = free_port()
+    monkeypatch.setenv("AIRFLOW_CONN_DOCTOR_S3", json.dumps({"conn_type": "aws", "login": "a", "password": "b", "extra": {
+        "endpoint_url": f"http://127.0.0.1:{free_port()}", "region_name": "us-east-1"}}))  # nothing listens there
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port,
+                                                                "extra": {"disable_ssl": True}}))
+    present = {c.name: c for c in AirflowDoctor().checks(cfg)}
+    assert present["airflow connection doctor_s3"].status == OK
+    assert present["airflow pool backup_io"].status == OK and "2 slot" in present["airflow pool backup_io"].detail
+    assert AirflowDoctor().smtp_endpoint() == SmtpEndpoint("smtp_default", "127.0.0.1", port, False)
+
+    # the whole doctor through the entry point: nothing listens on the SMTP port, the S3 bucket is unreachable
+    result = run_doctor(smtp_timeout=2)
+    checks = _checks(result)
+    assert checks["airflow pool backup_io"]["status"] == OK
+    assert checks["smtp smtp_default"]["status"] == FAIL and not result.ok
+    assert checks["storage cloud"]["status"] == FAIL and checks["storage local"]["status"] == OK

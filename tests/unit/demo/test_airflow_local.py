@@ -1,0 +1,90 @@
+"""The local Airflow launcher (make airflow, browser tests): stop ends the whole group and every straggler of
+its AIRFLOW_HOME, and nothing else; the metadata DB choice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from backups.demo import airflow_local as local
+
+# stands in for an Airflow component: its argv names airflow, it starts a child that leaves the process group
+# (start_new_session) but keeps the environment, then both sleep
+COMPONENT = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "airflow-child"], start_new_session=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_stop_ends_the_group_and_stragglers_but_not_other_homes(tmp_path):
+    home, other = tmp_path / "home", tmp_path / "other"
+    home.mkdir()
+    other.mkdir()
+    env = {**os.environ, "AIRFLOW_HOME": str(home)}
+    first = subprocess.Popen([sys.executable, "-c", COMPONENT, "airflow-scheduler"], env=env, process_group=0)
+    second = subprocess.Popen([sys.executable, "-c", COMPONENT, "airflow-triggerer"], env=env, process_group=first.pid)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "airflow-other"],
+                                 env={**os.environ, "AIRFLOW_HOME": str(other)})
+    try:
+        (home / local.PIDFILE).write_text(json.dumps({"pgid": first.pid, "pids": {}}))
+        deadline = time.monotonic() + 30
+        while len(local.status(home)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        running = local.status(home)
+        assert len(running) == 4 and first.pid in running and bystander.pid not in running
+        left = local.stop(home, grace=10)
+        for p in (first, second):
+            p.wait(timeout=10)
+        assert left == [] and not any(_alive(pid) for pid in running)
+        assert not (home / local.PIDFILE).exists()
+        assert _alive(bystander.pid)
+    finally:
+        bystander.kill()
+        bystander.wait()
+        for p in (first, second):
+            if p.poll() is None:
+                p.kill()
+
+
+def test_stale_pidfile_group_is_not_signalled(tmp_path):
+    """A pidfile left from a crash may name a group id that now belongs to someone else: it is ignored."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], process_group=0)
+    try:
+        (tmp_path / local.PIDFILE).write_text(json.dumps({"pgid": stranger.pid, "pids": {}}))
+        assert local.stop(tmp_path, grace=1) == []
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_metadata_db_postgres_when_reachable(tmp_path):
+    if not local.pg_reachable():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    name = f"airflow_d_test_{os.getpid()}"
+    try:
+        url = local.metadata_db(tmp_path, name)
+        assert url == f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        assert local.metadata_db(tmp_path, name) == url  # exists now: reused
+    finally:
+        local.drop_pg_database(name)
+
+
+def test_ensure_password_is_kept_and_private(tmp_path):
+    pw = local.ensure_password(tmp_path)
+    assert len(pw) == 16 and local.ensure_password(tmp_path) == pw == local.password(tmp_path)
+    assert (tmp_path / local.PASSWORDS_FILE).stat().st_mode & 0o077 == 0
