@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 ## demo: the main job through Airflow on the embedded default (local storage, SQLite, no servers)
 demo: venv
-	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local stop --quiet
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local stop --quiet
 	DEMO_AIRFLOW_DB=$(AF_DB) $(PY) -m backups.orchestration.demo
 
 ## demo-remote: the same Airflow demo on the production config (include/backups.yaml: local + cloud S3 + offsite
@@ -28,7 +28,7 @@ demo: venv
 .PHONY: demo-remote
 demo-remote: venv
 	@[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null || { echo "demo-remote needs OpenSSH sshd: apt-get install openssh-server"; exit 1; }
-	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local stop --quiet
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local stop --quiet
 	DEMO_AIRFLOW_DB=$(AF_DB) $(PY) -m backups.orchestration.demo --remote --config include/backups.yaml
 
 ## demo-cli: the same engine demo without Airflow
@@ -65,7 +65,7 @@ bench: venv
 # else SQLite in $(AF_HOME) (one writer at a time: see README "Airflow UI"). Override: make airflow AF_DB=<url>.
 AF_HOME ?= $(CURDIR)/.demo/airflow
 AF_PORT ?= 8080
-AF_DB = $(or $(_AF_DB),$(eval _AF_DB := $(shell AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local db-url))$(_AF_DB))
+AF_DB = $(or $(_AF_DB),$(eval _AF_DB := $(shell AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local db-url))$(_AF_DB))
 AF_ENV = AIRFLOW_HOME=$(AF_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
   AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
   AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) AIRFLOW__CORE__PARALLELISM=4 \
@@ -90,14 +90,14 @@ airflow-settings: venv
 .PHONY: airflow-stop airflow-status
 airflow: venv
 	@mkdir -p $(AF_HOME)
-	@$(AF_ENV) $(PY) -m backups.demo.airflow_local start --settings airflow_settings.yaml
+	@$(AF_ENV) $(PY) -m backups.orchestration.airflow_local start --settings airflow_settings.yaml
 
 ## airflow-stop: stop every process `make airflow` started (the group, and anything else of $(AF_HOME))
 airflow-stop:
-	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local stop
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local stop
 
 airflow-status:
-	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.demo.airflow_local status
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local status
 
 lint: venv
 	$(VENV)/bin/ruff check dags include tests benchmarks

@@ -1,7 +1,7 @@
 """Browser tests: a real Airflow on loopback, driven through its UI in headless Chromium (Playwright).
 
 One Airflow for the whole session (``airflow_server``, ~45-60 s to start): api-server, scheduler, dag-processor
-and triggerer as one process group (:mod:`backups.demo.airflow_local`, the same launcher as ``make airflow``),
+and triggerer as one process group (:mod:`backups.orchestration.airflow_local`, the same launcher as ``make airflow``),
 on a free loopback port, with a fresh PostgreSQL metadata database ``airflow_browser_<pid>`` (dropped at the end),
 ``AIRFLOW_HOME`` in a temporary directory, the repository's ``dags/`` and ``plugins/``, the simple auth manager
 with user ``admin`` / :data:`PASSWORD`, the ``backup_io`` pool, and the DAGs running the embedded default config
@@ -49,7 +49,7 @@ def _missing() -> str | None:
         return "the playwright Python package is not installed (requirements-dev.txt has it: make venv)"
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set BROWSER_CHROMIUM)"
-    from backups.demo.airflow_local import pg_reachable
+    from backups.orchestration.airflow_local import pg_reachable
 
     if not pg_reachable():
         return "no PostgreSQL on 127.0.0.1:5432 for the Airflow metadata database"
@@ -134,10 +134,10 @@ def _wait_dags_parsed(api: Api, dag_ids: set[str], timeout: float = 120.0) -> No
     raise AssertionError(f"DAGs {sorted(dag_ids - have)} not parsed after {timeout:.0f} s; import errors: {errors}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def airflow_server(tmp_path_factory) -> AirflowServer:
-    from backups.demo import airflow_local as local
     from backups.demo import fmr
+    from backups.orchestration import airflow_local as local
 
     base = tmp_path_factory.mktemp("browser-airflow")
     fmr_home, backup_root, home = base / "fmr", base / "backups", base / "airflow"
@@ -177,7 +177,7 @@ def airflow_server(tmp_path_factory) -> AirflowServer:
         assert not left, f"Airflow processes of {home} survived the stop: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def weekly_snapshot(airflow_server) -> str:
     """A committed snapshot to restore (setup through ``backupctl``, the same repository the DAGs use)."""
     import subprocess
@@ -191,7 +191,7 @@ def weekly_snapshot(airflow_server) -> str:
 
 
 # ------------------------------------------------------------------------------------------- browser
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 
@@ -203,7 +203,7 @@ def browser():
             b.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def login_state(browser, airflow_server, tmp_path_factory) -> Path:
     """Log in through the login page once; the saved cookies/local storage for every test's context."""
     state = tmp_path_factory.mktemp("browser-state") / "state.json"

@@ -118,3 +118,29 @@ def _release_waiting(client, dag_id: str, timeout: float = 600.0) -> None:
                              f"{ti['map_index']}/hitlDetails", json={"chosen_options": [choice], "params_input": {}})
                 return
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def serve_core_api():
+    """Airflow's core REST API (with the simple auth manager's ``/auth/token``) served by uvicorn on a loopback
+    port in this process, for code that calls the API over HTTP; yields ``(url, port)``. Users come from the
+    environment (the ``approver`` fixture sets olga.ops up)."""
+    import uvicorn
+    from airflow.api_fastapi.app import create_app
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(apps="core"), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.time() + 30
+    while not server.started and time.time() < end:
+        time.sleep(0.05)
+    assert server.started, "the API server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}", port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+

@@ -13,7 +13,6 @@ from __future__ import annotations
 import email
 import json
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,12 +23,11 @@ from backups.catalog.manifest import seal
 from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.snapshot import run_backup
+from tests.dags.approvals import PASSWORD, USER, serve_core_api
 from tests.dags.common import load_dags, task_states
 from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.airflow
-
-USER, PASSWORD = "monitor.bot", "monitoring-in-tests-only"
 
 
 # ------------------------------------------------------------------------------------------------ servers
@@ -88,32 +86,14 @@ def webhook(monkeypatch):
 
 
 @pytest.fixture
-def api_server(tmp_path, monkeypatch):
-    """Airflow's REST API (the core app) on a loopback port, logged in as a configured user."""
-    import uvicorn
-
-    passwords = tmp_path / "passwords.json"
-    passwords.write_text(json.dumps({USER: PASSWORD}))
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", f"{USER}:admin")
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(passwords))
-    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "False")
-    from airflow.api_fastapi.app import create_app
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(apps="core"), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.time() + 30
-    while not server.started and time.time() < end:
-        time.sleep(0.05)
-    assert server.started, "the API server did not start"
-    monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps({
-        "conn_type": "http", "host": "127.0.0.1", "port": port, "login": USER, "password": PASSWORD}))
+def api_server(approver, monkeypatch):
+    """Airflow's REST API (the core app) on a loopback port, logged in as the approver fixture's user."""
     from backups.monitoring.schedules import AirflowApi
 
-    yield AirflowApi(f"http://127.0.0.1:{port}", USER, PASSWORD)
-    server.should_exit = True
-    thread.join(10)
+    with serve_core_api() as (url, port):
+        monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": port, "login": USER, "password": PASSWORD}))
+        yield AirflowApi(url, USER, PASSWORD)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

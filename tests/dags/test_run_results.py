@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from datetime import UTC, datetime
 
@@ -107,22 +106,10 @@ def test_backup_validates_once_and_reports_in_note_and_asset_event(airflow_db, a
 @pytest.fixture
 def api_server(approver):
     """Airflow's API server (core API and the simple auth manager's login) on a loopback port, in this process."""
-    import uvicorn
-    from airflow.api_fastapi.app import create_app
+    from tests.dags.approvals import PASSWORD, USER, serve_core_api
 
-    from tests.dags.approvals import PASSWORD, USER
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(apps="core"), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.time() + 30
-    while not server.started and time.time() < end:
-        time.sleep(0.1)
-    assert server.started, "the API server did not start"
-    yield {"url": f"http://127.0.0.1:{port}", "user": USER, "password": PASSWORD}
-    server.should_exit = True
-    thread.join(10)
+    with serve_core_api() as (url, _port):
+        yield {"url": url, "user": USER, "password": PASSWORD}
 
 
 @pytest.mark.timeout(240)

@@ -14,7 +14,7 @@ Plain Python, no Airflow import (it runs the ``airflow`` CLI of this environment
 * :func:`stop` — SIGTERM to the group, SIGKILL after a grace period, then every remaining process whose
   environment has this ``AIRFLOW_HOME`` (a child that left the group); returns what could not be stopped.
 
-Command line (the Makefile): ``python -m backups.demo.airflow_local {db-url,start,stop,status}``; the
+Command line (the Makefile): ``python -m backups.orchestration.airflow_local {db-url,start,stop,status}``; the
 environment (``AIRFLOW_HOME``, ``AIRFLOW__API__PORT``, ...) is the caller's.
 """
 
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting {', '.join(COMPONENTS)} (process group {af.pgid}, logs in {home / 'logs'}) ...", flush=True)
         wait_healthy(af, args.timeout)
         if args.settings:
-            from ..orchestration.settings import load
+            from .settings import load
 
             done = apply_settings(af.url, token(af.url, "admin", pw), load(Path(args.settings)))
             print(f"loaded {args.settings}: {', '.join(done) or 'nothing'}")
