@@ -97,7 +97,7 @@ airflow-stop:
 	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local stop
 
 airflow-status:
-	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local status
+	@AIRFLOW_HOME=$(AF_HOME) AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) $(PY) -m backups.orchestration.airflow_local status
 
 lint: venv
 	$(VENV)/bin/ruff check dags include tests benchmarks

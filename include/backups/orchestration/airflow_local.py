@@ -443,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "status":
         pids = status(home)
         print(f"{len(pids)} process(es) of {home}: {' '.join(map(str, pids))}" if pids else f"no Airflow of {home} is running")
+        url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or metadata_db(home)
+        print(f"its environment (for airflow CLI commands or backupctl doctor):\n"
+              f"  export AIRFLOW_HOME={home} AIRFLOW__DATABASE__SQL_ALCHEMY_CONN={url}")
         return 0
     env = {**LOCAL_DEFAULTS, **os.environ}
     url = env.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
