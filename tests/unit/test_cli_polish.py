@@ -170,7 +170,11 @@ def test_log_lines_print_above_the_bar_not_into_it(monkeypatch):
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    root.addHandler(handler)
+    # the root's only handler, as in the CLI: tqdm redirects the *first* console handler it finds, and earlier
+    # tests in this process (Airflow, pytest) may have left others on the root logger
+    saved_handlers, saved_disable = root.handlers[:], logging.root.manager.disable
+    root.handlers = [handler]
+    logging.disable(logging.NOTSET)
     old = root.level
     root.setLevel(logging.INFO)
     try:
@@ -179,12 +183,15 @@ def test_log_lines_print_above_the_bar_not_into_it(monkeypatch):
         # its own level: an earlier in-process CLI run (-q) or Airflow's logging config may have raised "backups"
         lg = logging.getLogger("backups.test.progress")
         lg.setLevel(logging.INFO)
+        lg.disabled, lg.propagate = False, True
         lg.info("a log line in the middle")
         p.skip(250)
         assert p.percent() == 75.0
         p.close()
     finally:
         root.removeHandler(handler)
+        root.handlers = saved_handlers
+        logging.disable(saved_disable)
         root.setLevel(old)
     segments = re.split(r"[\r\n]", err.getvalue())
     assert "INFO a log line in the middle" in segments  # on a line of its own, not glued to the bar
