@@ -62,11 +62,11 @@ def validate_sqlite_with_docs(db_path: str | Path, tables_details: dict[str, dic
     except sqlite3.Error as exc:
         raise IntegrityError(f"{path.name} is not a readable SQLite database ({exc})",
                              hint="the restored database is damaged; run `backupctl verify --read-data`") from None
-    ctx = suite._context()
+    ctx = suite.gx_context()
     _site(ctx, site)
     datasource = ctx.data_sources.add_sqlite(name="restored", connection_string=f"sqlite:///{path}")
-    results = suite._run_suite(ctx, datasource, tables_details, present & set(tables_details), path.name)
-    out = suite._finish(path.name, tables_details, present, results, started, raise_on_failure=False)
+    results = suite.run_suite(ctx, datasource, tables_details, present & set(tables_details), path.name)
+    out = suite.summarize(path.name, tables_details, present, results, started, raise_on_failure=False)
     return _render(ctx, out, site)
 
 
@@ -82,11 +82,11 @@ def validate_postgres_with_docs(dsn: str, tables_details: dict[str, dict[str, An
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise SourceError(f"cannot validate PostgreSQL database {label}: {reason}",
                           hint="check the drill's scratch server (drill.postgres)") from None
-    ctx = suite._context()
+    ctx = suite.gx_context()
     _site(ctx, site)
     datasource = ctx.data_sources.add_postgres(name="restored", connection_string=suite.sqlalchemy_url(dsn))
-    results = suite._run_suite(ctx, datasource, tables_details, present & set(tables_details), label)
-    out = suite._finish(label, tables_details, present, results, started, raise_on_failure=False)
+    results = suite.run_suite(ctx, datasource, tables_details, present & set(tables_details), label)
+    out = suite.summarize(label, tables_details, present, results, started, raise_on_failure=False)
     return _render(ctx, out, site)
 
 

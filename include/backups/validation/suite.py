@@ -97,7 +97,7 @@ def _json_safe(value: Any) -> Any:
     return json.loads(text)
 
 
-def _context() -> Any:
+def gx_context() -> Any:
     quiet_gx()  # keep task logs readable
     import great_expectations as gx
 
@@ -135,7 +135,7 @@ def _expectation_line(r: dict[str, Any]) -> str:
     return f"{what}: " + (", ".join(bits) or "failed")
 
 
-def _run_suite(ctx: Any, datasource: Any, tables_details: dict[str, dict[str, Any]], present: set[str],
+def run_suite(ctx: Any, datasource: Any, tables_details: dict[str, dict[str, Any]], present: set[str],
                label: str) -> list[dict[str, Any]]:
     """Run the suite of every present table; one result dict per expectation."""
     import great_expectations as gx
@@ -172,7 +172,7 @@ def _run_suite(ctx: Any, datasource: Any, tables_details: dict[str, dict[str, An
     return results
 
 
-def _finish(label: str, tables_details: dict[str, Any], present: set[str], results: list[dict[str, Any]],
+def summarize(label: str, tables_details: dict[str, Any], present: set[str], results: list[dict[str, Any]],
             started: float, raise_on_failure: bool) -> dict[str, Any]:
     expected = set(tables_details)
     missing = sorted(expected - present)
@@ -253,10 +253,10 @@ def validate_sqlite(db_path: str | Path, tables_details: dict[str, dict[str, Any
     except sqlite3.Error as exc:
         raise IntegrityError(f"{path.name} is not a readable SQLite database ({exc})",
                              hint="the restored database is damaged; run `backupctl verify --read-data`") from None
-    ctx = _context()
+    ctx = gx_context()
     datasource = ctx.data_sources.add_sqlite(name="restored", connection_string=sqlite_readonly_url(path))
-    results = _run_suite(ctx, datasource, tables_details, present & set(tables_details), path.name)
-    return _finish(path.name, tables_details, present, results, started, raise_on_failure)
+    results = run_suite(ctx, datasource, tables_details, present & set(tables_details), path.name)
+    return summarize(path.name, tables_details, present, results, started, raise_on_failure)
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -295,7 +295,7 @@ def validate_postgres(dsn: str, tables_details: dict[str, dict[str, Any]], *, ra
     from psycopg.conninfo import conninfo_to_dict
 
     name = label or str(conninfo_to_dict(dsn).get("dbname") or "postgres")
-    ctx = _context()
+    ctx = gx_context()
     datasource = ctx.data_sources.add_postgres(name="restored", connection_string=sqlalchemy_url(dsn))
-    results = _run_suite(ctx, datasource, tables_details, present & set(tables_details), name)
-    return _finish(name, tables_details, present, results, started, raise_on_failure)
+    results = run_suite(ctx, datasource, tables_details, present & set(tables_details), name)
+    return summarize(name, tables_details, present, results, started, raise_on_failure)
