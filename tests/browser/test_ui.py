@@ -45,24 +45,45 @@ def submit_trigger(page, dialog, dag_id: str) -> str:
     return unquote(re.search(rf"/dags/{dag_id}/runs/([^/?#]+)", page.url).group(1))
 
 
-def approve(page, url: str, dag_id: str, run_id: str, task_id: str, shot, timeout: float = RUN_TIMEOUT) -> None:
-    """Open the task's Required Actions view, wait until the approval is asked, click Approve once."""
+def approve(page, api, url: str, dag_id: str, run_id: str, task_id: str, shot,
+            timeout: float = RUN_TIMEOUT) -> None:
+    """Open the task's Required Actions view, wait until the approval can be given, click Approve once.
+
+    The UI shows the Approve button as soon as the task has written its question, but keeps it disabled until the
+    task instance is ``deferred`` / ``awaiting_input`` (Airflow 3.3's HITL form: ``disabled = !(state in
+    (deferred, awaiting_input)) || response_received``), which on a loaded machine can be seconds later. So the
+    task's state is read (REST) before each load of the view: a button still disabled on a view loaded while the
+    task was already waiting means the form treats the optional note as required (issue 11's finding)."""
     from urllib.parse import quote
 
     view = f"{url}/dags/{dag_id}/runs/{quote(run_id, safe='')}/tasks/{task_id}/required_actions"
+    ti_path = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
     deadline = time.monotonic() + timeout
+    asked = False
     while True:
+        state = api.get(ti_path).get("state")
         page.goto(view)
         button = page.get_by_role("button", name="Approve", exact=True)
         try:
             button.wait_for(timeout=15_000)
-            break
         except Exception:  # noqa: BLE001 - the task has not reached the approval yet
-            if time.monotonic() > deadline:
-                shot("approval-never-asked")
-                raise AssertionError(f"{dag_id}/{run_id}: no approval asked within {timeout:.0f} s") from None
-    shot("approval-asked")
-    assert button.is_enabled(), "Approve is disabled until a note is typed (the note must be optional)"
+            pass
+        else:
+            if not asked:
+                shot("approval-asked")
+                asked = True
+            page.wait_for_timeout(2_000)  # the form renders its params, then settles the button's state
+            if button.is_enabled():
+                break
+            if state in ("deferred", "awaiting_input"):
+                shot("approval-disabled")
+                raise AssertionError(f"{dag_id}/{run_id}: Approve is disabled while {task_id} is {state}: the form "
+                                     "treats a param as required (the approval note must be optional)")
+        if time.monotonic() > deadline:
+            shot("approval-never-asked")
+            raise AssertionError(f"{dag_id}/{run_id}: {task_id} did not ask for approval within {timeout:.0f} s "
+                                 f"(its state: {state})")
+        time.sleep(3)
     # Airflow 3.3.2 race: an answer given while the paused task's worker process is still winding down (~5-10 s
     # after "Awaiting Input" shows on a loaded machine) makes the scheduler see that worker's exit as a state
     # changed externally and put the resumed task up for retry (then it asks again). A person never answers
@@ -135,7 +156,7 @@ def test_restore_snapshot_with_only_a_target_and_one_click_approval(airflow_serv
     run_id = submit_trigger(page, dialog, dag_id)
     shot("triggered")
 
-    approve(page, url, dag_id, run_id, "approve_restore", shot)
+    approve(page, airflow_server.api, url, dag_id, run_id, "approve_restore", shot)
     assert wait_for_run_state(page, url, dag_id, run_id, shot) == "success"
 
     text = run_note(page, f"Restore of {weekly_snapshot}", shot)
@@ -150,7 +171,7 @@ def test_backup_manual_with_its_defaults_and_one_click_approval(airflow_server, 
     run_id = submit_trigger(page, dialog, dag_id)
     shot("triggered")
 
-    approve(page, url, dag_id, run_id, "approve_backup", shot)
+    approve(page, airflow_server.api, url, dag_id, run_id, "approve_backup", shot)
     assert wait_for_run_state(page, url, dag_id, run_id, shot) == "success"
 
     text = run_note(page, "Backup manual-", shot)
