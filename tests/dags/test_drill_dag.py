@@ -39,7 +39,10 @@ def test_drill_dag_parses_with_schedule_params_and_teardown():
     assert dag.task_dict["teardown"].is_teardown and dag.task_dict["isolate"].is_setup
     assert dag.task_dict["restore_tier"].pool == "backup_io"
     assert dag.task_dict["report"].trigger_rule == TriggerRule.ALL_DONE
-    assert {"report"} <= dag.task_dict["teardown"].upstream_task_ids
+    # teardown before report (as in the CLI: its problems are findings); the report outside the setup's scope
+    assert "teardown" in dag.task_dict["report"].upstream_task_ids
+    assert {"verify_tier"} <= dag.task_dict["teardown"].upstream_task_ids
+    assert dag.task_dict["teardown"].trigger_rule == TriggerRule.ALL_DONE
     for name in ("storage", "tiers"):  # optional in the trigger form (Airflow 3.3: nullable or required)
         assert "null" in dag.params.get_param(name).schema["type"] and dag.params[name] is None
 
@@ -89,4 +92,48 @@ def test_drill_dag_passes_then_fails_on_a_corrupted_object(airflow_db, tmp_path,
     assert not v["passed"] and any(weekly.id in f and "app_db" in f for f in v["findings"])
     hist = (reports / "history.jsonl").read_text().splitlines()
     assert [json.loads(h)["passed"] for h in hist] == [True, False]
+    assert not any(scratch_base(cfg).glob("drill-*"))
+
+
+def test_drill_dag_reports_and_tears_down_when_isolation_fails(airflow_db, tmp_path, monkeypatch):
+    """``isolate`` (the setup task) refuses: nothing is restored, yet the teardown runs and the report task after
+    it still writes a failed verdict naming the isolation failure and what the teardown could not remove."""
+    from backups.commands import drill as drill_command
+    from backups.commands.drill import scratch_base
+    from backups.errors import RefusedError
+
+    home, root = tmp_path / "fmr", tmp_path / "backups"
+    fmr.generate(home, scale=0.2, seed=12)
+    monkeypatch.setenv("FMR_HOME", str(home))
+    monkeypatch.setenv("BACKUP_ROOT", str(root))
+    (tmp_path / "staging").mkdir()
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    monkeypatch.setenv("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))
+    cfg = load_config()
+    now = datetime.now(UTC).replace(microsecond=0)
+    run_backup(cfg, "weekly", logical_date=(now - timedelta(hours=30)).isoformat())
+    run_backup(cfg, "daily", logical_date=(now - timedelta(hours=3)).isoformat())
+
+    def refuse(*_a, **_k):
+        raise RefusedError("drill: the scratch server is the live database", hint="point drill.postgres elsewhere")
+
+    real_teardown = drill_command.teardown
+
+    def teardown_with_a_leftover(*a, **k):
+        down = real_teardown(*a, **k)
+        down.problems.append("database drill_x_daily_app_pg: still in use")
+        return down
+
+    monkeypatch.setattr(drill_command, "isolate", refuse)
+    monkeypatch.setattr(drill_command, "teardown", teardown_with_a_leftover)
+    dr = _dag().test(run_after=now)
+    states = task_states(dr)
+    assert dr.state == "failed", states
+    # the teardown ran (and failed on the leftover), the report ran after it and counted both as findings
+    assert states["isolate"] == "failed" and states["teardown"] == "failed" and states["report"] == "failed", states
+    assert "restore_tier" not in states or states["restore_tier"] == "upstream_failed", states
+    v = json.loads((root / "local" / "reports" / "drill" / "latest.json").read_text())
+    assert not v["passed"]
+    assert any("isolate failed" in f for f in v["findings"]), v["findings"]
+    assert "teardown: database drill_x_daily_app_pg: still in use" in v["findings"], v["findings"]
     assert not any(scratch_base(cfg).glob("drill-*"))

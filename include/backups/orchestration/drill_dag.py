@@ -2,9 +2,8 @@
 
 Graph (each task calls one step of :mod:`backups.commands.drill`, the steps ``backupctl drill`` runs)::
 
-    plan → isolate (setup) → restore_tier (mapped per tier, pool backup_io) → verify_tier (mapped) → report
-                                                                                                    ↓
-                                                                              teardown (teardown task: always)
+    plan → isolate (setup) → restore_tier (mapped per tier, pool backup_io) → verify_tier (mapped)
+         → teardown (teardown task: always) → report (always)
 
 * ``plan`` — per tier the newest snapshot whose chain is complete on the drill storage (opened read-only). The
   drill id derives from the run (``drill-<run_after, UTC>``), so a cleared task works on the same scratch names.
@@ -13,9 +12,12 @@ Graph (each task calls one step of :mod:`backups.commands.drill`, the steps ``ba
   task, holding a worker slot for the hours a GLACIER retrieval takes — drill from a non-archive storage where you
   can); the restore command's ``run_restore`` (SHA-256 checked).
 * ``verify_tier`` — re-hash, Great Expectations with Data Docs, integrity, config files, ``drill.smoke``.
+* ``teardown`` — an Airflow teardown task: runs even when a step (``isolate`` included) failed; removes the
+  scratch data and hands what it could not remove to the report.
 * ``report`` — measure and judge (RTO/RPO per tier), write the Markdown/HTML/JSON reports and the history line;
-  **fails the run** (and the failure notifier alerts) when a check failed or a target was missed.
-* ``teardown`` — an Airflow teardown task: runs even when a step failed; removes the scratch data.
+  **fails the run** (and the failure notifier alerts) when a check failed, a target was missed, ``isolate``
+  failed or the teardown left something behind. It is not upstream of the teardown, so a failed setup does not
+  mark it ``upstream_failed``.
 
 A tier's failure (no restorable snapshot, a damaged object, a failed check) is returned as a finding by its
 task, so the other tiers are still drilled and the report is always written. The scratch directory is shared by
@@ -76,9 +78,9 @@ def drill_doc(cfg: Config) -> str:
         "3. `restore_tier` (one per tier): the chain restored, every SHA-256 checked.",
         "4. `verify_tier`: re-hash, Great Expectations (with Data Docs), referential integrity, config files parse, "
         f"{len(d.smoke)} smoke check(s).",
-        "5. `report`: RTO/RPO per tier judged against the targets; Markdown/HTML/JSON report and history in "
-        "`<reports>/drill/`; fails the run when the drill failed.",
-        "6. `teardown`: always removes the scratch data.", "",
+        "5. `teardown`: always removes the scratch data.",
+        "6. `report`: RTO/RPO per tier judged against the targets; Markdown/HTML/JSON report and history in "
+        "`<reports>/drill/`; fails the run when the drill failed (a leftover of the teardown is a finding).", "",
         "Without Airflow: `backupctl drill`. Runbook: `docs/disaster-recovery.md`."])
 
 
@@ -114,6 +116,9 @@ def build_drill_dag(cfg: Config) -> DAG:
 def _runtime() -> tuple[Config, Any, Any]:
     cfg = load_config()
     return cfg, _resolver(cfg), get_current_context()
+
+
+TEARDOWN_KEY = "teardown"
 
 
 def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
@@ -162,6 +167,9 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         rs = [TierRestore.from_dict(r) for r in (restores[:] if restores is not None else []) if r]
         vs = [TierVerify.from_dict(v) for v in (verifies[:] if verifies is not None else []) if v]
         missing = [] if scratch else ["isolate failed: no scratch space (see its task log)"]
+        down = ctx["ti"].xcom_pull(task_ids="teardown", key=TEARDOWN_KEY)
+        missing += ([f"teardown: {problem}" for problem in down.get("problems", [])] if down
+                    else ["teardown did not finish: scratch data may be left behind (see its task log)"])
         verdict = drill_command.write_reports(cfg, drill_command.judge(
             cfg, p, Scratch.from_dict(scratch[0]) if scratch else None, rs, vs, extra_findings=missing))
         verdict.reports["stored"] = ", ".join(drill_command.store_reports(cfg, verdict, resolver))
@@ -176,8 +184,9 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
 
     @task(task_id="teardown", **on_host)
     def teardown_task(plan: dict[str, Any]) -> dict[str, Any]:
-        cfg, resolver, _ctx = _runtime()
+        cfg, resolver, ctx = _runtime()
         down = drill_command.teardown(cfg, plan["drill_id"], resolver)
+        ctx["ti"].xcom_push(key=TEARDOWN_KEY, value=down.to_dict())  # for the report, even when this task fails
         if down.problems:
             raise AirflowFailException("drill teardown left scratch data behind:\n  - " + "\n  - ".join(down.problems))
         return down.to_dict()
@@ -186,10 +195,15 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     scratch = isolate_task(planned)
     restores = restore_task.partial(plan=planned).expand(slot=scratch)
     verifies = verify_task.partial(plan=planned, scratch=scratch).expand(restored=restores)
-    report = report_task(planned, restores, verifies)
     down = teardown_task(planned)
-    report >> down
+    verifies >> down
     down.as_teardown(setups=scratch)
+    # the teardown's trigger rule would skip it when isolate failed; isolate may have left a part behind (killed)
+    down.operator.trigger_rule = TriggerRule.ALL_DONE
+    # after the teardown, as in the CLI: its problems are findings. Not upstream of the teardown, so outside the
+    # setup's scope: a failed isolate does not mark the report upstream_failed (it reports the failure instead)
+    report = report_task(planned, restores, verifies)
+    down >> report
 
 
 __all__ = ["DAG_ID", "DRILL_QUEUE", "build_drill_dag", "drill_doc", "drill_params"]
