@@ -285,9 +285,29 @@ def report(name: str, _user: UserDep) -> Response:
     return _file(path)
 
 
+class SlashRedirect:
+    """Root ASGI middleware: ``/backups`` (no trailing slash) is redirected to ``/backups/``. The dashboard is
+    mounted at the prefix, so without this the bare prefix falls through to the Airflow UI's "not found" page.
+    The redirect is relative (``backups/``), so it also works behind a proxy that serves Airflow under a sub-path."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") in (URL_PREFIX, scope.get("root_path", "") + URL_PREFIX):
+            query = scope.get("query_string", b"")
+            location = URL_PREFIX.rsplit("/", 1)[-1] + "/" + ("?" + query.decode("latin-1") if query else "")
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", location.encode("latin-1")), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
+
+
 class BackupsDashboardPlugin(AirflowPlugin):
     name = "backups_dashboard"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Backups dashboard"}]
+    fastapi_root_middlewares = [{"middleware": SlashRedirect, "args": [], "kwargs": {}, "name": "Backups dashboard: /backups -> /backups/"}]
     external_views = [
         {
             "name": "Backups",

@@ -100,6 +100,17 @@ def test_anonymous_requests_are_refused(client, path):
     assert "Backups" not in r.text and "backup_" not in r.text
 
 
+def test_the_bare_prefix_redirects_to_the_dashboard(client):
+    """``/backups`` (as typed, without the slash) is not the UI's "not found": it redirects to ``/backups/``."""
+    r = client.get("/backups", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == "backups/"
+    assert client.get("/backups?x=1", follow_redirects=False).headers["location"] == "backups/?x=1"
+    client.cookies.set("_token", client.tokens["viewer"])
+    r = client.get("/backups")  # followed: the dashboard itself
+    assert r.status_code == 200 and str(r.url).endswith("/backups/") and "Backups" in r.text
+    assert client.get("/backupsx", follow_redirects=False).status_code != 307  # only the exact prefix
+
+
 def test_an_anonymous_browser_is_sent_to_the_login_page(client):
     r = client.get("/backups/", headers={"accept": "text/html"}, follow_redirects=False)
     assert r.status_code == 303
