@@ -93,6 +93,22 @@ def make_app(tmp_path: Path, *, scale: float = 0.5, seed: int = 3) -> dict:
     return {"home": home, "root": root, "config_path": cfg_path, "cfg": load_config(cfg_path), "tmp": tmp_path}
 
 
+def use_shipped_local_config(tmp_path: Path, monkeypatch, *, scale: float = 0.3, seed: int = 11) -> tuple[Path, Path]:
+    """A generated FMR home under ``tmp_path/fmr`` and the environment the shipped embedded config
+    (``include/backups.local.yaml``) reads: ``FMR_HOME``, ``BACKUP_ROOT`` (``tmp_path/backups``), ``BACKUP_STAGING``
+    and ``BACKUP_CONFIG``. Returns (home, root); ``load_config()`` then loads that config."""
+    from backups.demo import fmr
+
+    home, root = tmp_path / "fmr", tmp_path / "backups"
+    fmr.generate(home, scale=scale, seed=seed)
+    (tmp_path / "staging").mkdir()
+    monkeypatch.setenv("FMR_HOME", str(home))
+    monkeypatch.setenv("BACKUP_ROOT", str(root))
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    monkeypatch.setenv("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))
+    return home, root
+
+
 class LoopbackResolver:
     """The connection-resolver protocol (``backups.connections``) for the tests' loopback servers: a moto S3
     server at ``s3_url`` and a real ``sshd``; ``s3_args`` go to the S3 client (timeouts, retries)."""

@@ -13,10 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from backups.config import load_config
-from backups.demo import fmr
 from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, task_states
-from tests.helpers import ROOT
+from tests.helpers import ROOT, use_shipped_local_config
 
 pytestmark = pytest.mark.airflow
 
@@ -51,13 +50,7 @@ def test_drill_dag_passes_then_fails_on_a_corrupted_object(airflow_db, tmp_path,
     from backups.commands.drill import scratch_base
     from backups.orchestration import notifiers
 
-    home, root = tmp_path / "fmr", tmp_path / "backups"
-    fmr.generate(home, scale=0.3, seed=11)
-    monkeypatch.setenv("FMR_HOME", str(home))
-    monkeypatch.setenv("BACKUP_ROOT", str(root))
-    (tmp_path / "staging").mkdir()
-    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
-    monkeypatch.setenv("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))
+    _home, root = use_shipped_local_config(tmp_path, monkeypatch)
     cfg = load_config()
     now = datetime.now(UTC).replace(microsecond=0)
     weekly, _ = run_backup(cfg, "weekly", logical_date=(now - timedelta(hours=30)).isoformat())
@@ -102,13 +95,7 @@ def test_drill_dag_reports_and_tears_down_when_isolation_fails(airflow_db, tmp_p
     from backups.commands.drill import scratch_base
     from backups.errors import RefusedError
 
-    home, root = tmp_path / "fmr", tmp_path / "backups"
-    fmr.generate(home, scale=0.2, seed=12)
-    monkeypatch.setenv("FMR_HOME", str(home))
-    monkeypatch.setenv("BACKUP_ROOT", str(root))
-    (tmp_path / "staging").mkdir()
-    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
-    monkeypatch.setenv("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))
+    _home, root = use_shipped_local_config(tmp_path, monkeypatch, scale=0.2, seed=12)
     cfg = load_config()
     now = datetime.now(UTC).replace(microsecond=0)
     run_backup(cfg, "weekly", logical_date=(now - timedelta(hours=30)).isoformat())

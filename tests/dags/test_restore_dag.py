@@ -23,10 +23,9 @@ from collections import Counter
 import pytest
 
 from backups.config import load_config
-from backups.demo import fmr
 from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, task_states
-from tests.helpers import ROOT, app_tree, db_rows
+from tests.helpers import app_tree, db_rows, use_shipped_local_config
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401  (session fixture: moto's S3 server)
 
 pytestmark = pytest.mark.airflow
@@ -55,13 +54,7 @@ def _xcom(dr, task_id: str):
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     """A generated application with one weekly full snapshot on the local storage (shipped local config)."""
-    home, root = tmp_path / "fmr", tmp_path / "backups"
-    fmr.generate(home, scale=0.3, seed=11)
-    monkeypatch.setenv("FMR_HOME", str(home))
-    monkeypatch.setenv("BACKUP_ROOT", str(root))
-    (tmp_path / "staging").mkdir()
-    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
-    monkeypatch.setenv("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))
+    home, root = use_shipped_local_config(tmp_path, monkeypatch)
     run_backup(load_config(), "weekly", logical_date="2026-01-04T01:00:00Z")
     return {"home": home, "root": root, "tmp": tmp_path}
 
