@@ -8,13 +8,19 @@ STAMP := $(VENV)/.installed
 .PHONY: venv demo demo-cli test test-fast test-deps bench lint airflow airflow-settings clean
 
 venv: $(STAMP)
+	@$(PY) -m compileall -q include dags plugins >/dev/null
+
+# Bytecode: site-packages is compiled at install (--compile-bytecode) and the project's own modules by `venv` above
+# (it only recompiles what changed). Machines that set PYTHONDONTWRITEBYTECODE (this one does) never write .pyc
+# files themselves, so without this every process — each CLI run, Airflow server and task in the tests — compiled
+# everything it imports again: about 1.5 s per Airflow process, 0.7 s per backupctl run.
 
 # requirements.txt: the pinned runtime stack (Airflow, providers, GX, drivers); requirements-dev.txt: test and lint
 # tools on top of it (both from `uv pip compile`, see the .in files)
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@if [ -z "$(UV)" ]; then python3 -m pip install -q uv==0.13.8; fi
 	@[ -x $(PY) ] || uv venv -q --python 3.11 $(VENV)
-	VIRTUAL_ENV=$(VENV) uv pip install -q -r requirements.txt -r requirements-dev.txt
+	VIRTUAL_ENV=$(VENV) uv pip install -q --compile-bytecode -r requirements.txt -r requirements-dev.txt
 	VIRTUAL_ENV=$(VENV) uv pip install -q --no-deps -e .
 	@touch $(STAMP)
 
