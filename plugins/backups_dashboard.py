@@ -307,7 +307,9 @@ class SlashRedirect:
 class BackupsDashboardPlugin(AirflowPlugin):
     name = "backups_dashboard"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Backups dashboard"}]
-    fastapi_root_middlewares = [{"middleware": SlashRedirect, "args": [], "kwargs": {}, "name": "Backups dashboard: /backups -> /backups/"}]
+    fastapi_root_middlewares = [
+        {"middleware": SlashRedirect, "args": [], "kwargs": {}, "name": "Backups dashboard: /backups -> /backups/"}
+    ]
     external_views = [
         {
             "name": "Backups",
