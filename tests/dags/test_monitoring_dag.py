@@ -10,11 +10,9 @@ the test metadata DB, reached through an HTTP connection like in production.
 
 from __future__ import annotations
 
-import email
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -31,35 +29,6 @@ pytestmark = pytest.mark.airflow
 
 
 # ------------------------------------------------------------------------------------------------ servers
-@pytest.fixture
-def smtp_sink(monkeypatch):
-    from aiosmtpd.controller import Controller
-
-    class Sink:
-        def __init__(self) -> None:
-            self.messages: list[tuple[list[str], email.message.EmailMessage]] = []
-
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd hook name
-            self.messages.append((sorted(envelope.rcpt_tos),
-                                  email.message_from_bytes(envelope.content, policy=policy.default)))
-            return "250 OK"
-
-        def take(self) -> list[tuple[list[str], str]]:
-            out = [(to, str(m["subject"])) for to, m in self.messages]
-            self.messages.clear()
-            return out
-
-    sink = Sink()
-    port = free_port()
-    ctl = Controller(sink, hostname="127.0.0.1", port=port)
-    ctl.start()
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "airflow@example.com"}}))
-    yield sink
-    ctl.stop()
-
-
 @pytest.fixture
 def webhook(monkeypatch):
     posts: list[dict] = []

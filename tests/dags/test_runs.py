@@ -24,7 +24,7 @@ from backups.demo import fmr
 from backups.engine.restorer import restore
 from backups.storage import open_storage
 from tests.dags.common import load_dags, task_states
-from tests.helpers import ROOT, app_tree, db_rows, free_port
+from tests.helpers import ROOT, app_tree, db_rows
 
 pytestmark = pytest.mark.airflow
 
@@ -164,29 +164,6 @@ def test_manual_approval_gate_answered(airflow_db, app, approver, choice):
     assert doc["approval"]["by"] == "olga.ops" and doc["approval"]["choice"] == "Approve"
     assert doc["approval"]["note"] == "ok for tonight"
     assert list(doc["sources"]) == ["app_db"]
-
-
-@pytest.fixture
-def smtp_sink(monkeypatch):
-    from aiosmtpd.controller import Controller
-
-    class Sink:
-        def __init__(self) -> None:
-            self.messages: list[str] = []
-
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd hook name
-            self.messages.append(envelope.content.decode("utf-8", "replace"))
-            return "250 OK"
-
-    sink = Sink()
-    port = free_port()
-    ctl = Controller(sink, hostname="127.0.0.1", port=port)
-    ctl.start()
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "airflow@example.com"}}))
-    yield sink
-    ctl.stop()
 
 
 def test_missing_source_fails_check_system_state_and_notifies(airflow_db, app, monkeypatch, smtp_sink):
