@@ -21,6 +21,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from .store import parse_iso
+
 STATES = ("ok", "warning", "critical")
 _RANK = {s: i for i, s in enumerate(STATES)}
 _LABEL = {"ok": "OK", "warning": "WARNING", "critical": "CRITICAL", "unknown": "n/a"}
@@ -37,16 +39,6 @@ def _e(value: Any) -> str:
 
 def _q(value: Any) -> str:
     return quote(str(value), safe="")
-
-
-def parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def human_bytes(n: Any) -> str:
@@ -81,7 +73,7 @@ def human_seconds(s: Any) -> str:
 
 
 def _when(value: Any) -> str:
-    dt = parse_time(value)
+    dt = parse_iso(value)
     if dt is None:
         return "—"
     return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -97,7 +89,7 @@ def _worse(a: str, b: str) -> str:
 
 def freshness(tier: dict, now: datetime) -> tuple[str, float | None]:
     """(state, age_seconds at ``now``) of a tier: ok / warning / critical, or "unknown" without an RPO."""
-    committed = parse_time(tier.get("newest_committed_at"))
+    committed = parse_iso(tier.get("newest_committed_at"))
     age: float | None
     if committed is not None:
         age = max(0.0, (now - committed).total_seconds())
@@ -228,7 +220,7 @@ def render_dashboard(
 
     app = status.get("application") or ""
     parts.append(f"<h1>Backups{(' — ' + _e(app)) if app else ''} {_badge(overall)}</h1>")
-    gen = parse_time(status.get("generated_at"))
+    gen = parse_iso(status.get("generated_at"))
     meta = [f"status generated {_e(_when(status.get('generated_at')))}"]
     if gen is not None:
         meta[0] += f" ({_e(human_seconds((now - gen).total_seconds()))} ago)"

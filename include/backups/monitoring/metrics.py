@@ -31,11 +31,12 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from backups.errors import StorageError
+
+from .store import parse_iso
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -63,15 +64,8 @@ def _fmt(value: float | int) -> str:
 
 
 def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(iso))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    dt = parse_iso(iso)
+    return dt.timestamp() if dt else None
 
 
 def _num(value: Any) -> float | int | None:
