@@ -32,6 +32,14 @@ Manual restore without the library's storage layer::
 ``decrypt`` prints the object key from the header on stderr; ``--expect-key KEY`` makes it refuse an object
 written under another key. Exit status 0 = authentic and complete, 8 = wrong key or corrupted/truncated data
 (discard the output: chunks before a corrupted one may already have been written).
+
+Wrong key or damaged object? AES-GCM cannot tell the two apart on one object, so the storage decides with the
+others: the key is *proven* once any chunk of this storage decrypted (a storage check, a read), or by a probe
+that decrypts the first chunk of up to :data:`PROBES` other objects, newest manifests first
+(:meth:`EncryptedStorage.key_proven`). With the key proven, an object that fails authentication or has a bad
+header is damage: :class:`~backups.errors.IntegrityError` (exit 4), one object, like a flipped byte on a plain
+storage. An object whose header names another key (swapped or renamed) is always damage. Only when no object
+tried decrypts is it the key: :class:`~backups.errors.EncryptionError` (exit 8).
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from ..errors import BackupError, EncryptionError, ObjectExistsError
+from ..errors import BackupError, EncryptionError, IntegrityError, ObjectExistsError
 from .base import CHUNK, ObjectInfo, Storage, exists_error, same_content
 
 MAGIC = b"FMRBKENC"
@@ -56,6 +64,7 @@ VERSION = 1
 TAG = 16
 _FIXED = struct.Struct(">8sBI8sH")  # magic, version, chunk_size, nonce_prefix, key_len  (23 bytes)
 MAX_CHUNK = 64 << 20
+PROBES = 8  #: objects a key probe tries to decrypt (newest manifests first) before it calls the key wrong
 
 
 def fingerprint(key: bytes) -> str:
@@ -169,8 +178,8 @@ class _Decryptor:
     """Reader: decrypts chunk after chunk, reading one chunk ahead to know which one is final."""
 
     def __init__(self, raw: Any, aead: Any, header: bytes, first: int, fail: Any, skip: int = 0,
-                 limit: int | None = None) -> None:
-        self.raw, self.aead, self.header, self.index, self.fail = raw, aead, header, first, fail
+                 limit: int | None = None, ok: Any = None) -> None:
+        self.raw, self.aead, self.header, self.index, self.fail, self.ok = raw, aead, header, first, fail, ok
         self.prefix = header[13:21]
         self.enc_size = _FIXED.unpack_from(header)[2] + TAG
         self.next = _read_exact(raw, self.enc_size)
@@ -192,6 +201,8 @@ class _Decryptor:
             plain = self.aead.decrypt(nonce, cur, self.header + (b"\x01" if final else b"\x00"))
         except Exception:  # cryptography.exceptions.InvalidTag, or ValueError for a too-short chunk
             raise self.fail() from None
+        if self.ok is not None:
+            self.ok()  # an authentic chunk: the key is right
         self.index += 1
         self.done = final
         if self.skip:
@@ -214,6 +225,14 @@ class _Decryptor:
         return True
 
 
+class _KeyState:
+    """Whether the key is known right for a storage (shared by an :class:`EncryptedStorage` and its thread twins)."""
+
+    def __init__(self) -> None:
+        self.proven = False
+        self.probed = False  #: a probe ran and decrypted nothing
+
+
 class EncryptedStorage(Storage):
     """Same interface as the inner storage; objects are encrypted on write and authenticated on read."""
 
@@ -227,6 +246,7 @@ class EncryptedStorage(Storage):
         self.chunk_size = chunk_size
         self.key_fingerprint = fingerprint(key)
         self._aead = AESGCM(key)
+        self._key = _KeyState()
 
     def __repr__(self) -> str:
         return f"EncryptedStorage({self.inner!r}, key_fingerprint={self.key_fingerprint})"
@@ -234,8 +254,71 @@ class EncryptedStorage(Storage):
     def describe(self) -> str:
         return f"{self.inner.describe()}, encrypted (AES-256-GCM, key {self.key_fingerprint})"
 
-    def _bad(self, key: str) -> EncryptionError:
-        return _bad(key, self.name, self.key_fingerprint)
+    # ---- wrong key or damaged object -----------------------------------------------------------------
+    def _proved(self) -> None:
+        self._key.proven = True
+
+    def key_proven(self, failed: str | None = None) -> bool:
+        """True when the key is right: a chunk of this storage decrypted already, or the first chunk of one of
+        up to :data:`PROBES` other objects (newest manifests first, then the smallest; ``failed`` excluded)
+        decrypts now. False when none does (the key is wrong, or the storage holds nothing else to try)."""
+        if self._key.proven:
+            return True
+        if self._key.probed:
+            return False
+        self._probe(failed)
+        return self._key.proven
+
+    def _candidates(self, failed: str | None) -> list[str]:
+        manifests = sorted((o.key for o in self.inner.list("snapshots/") if o.key != failed), reverse=True)
+        out = manifests[:PROBES]
+        if len(out) < PROBES:
+            others = sorted((o for o in self.inner.list("data/") if o.key != failed), key=lambda o: (o.size, o.key))
+            out += [o.key for o in others[: PROBES - len(out)]]
+        return out
+
+    def _probe(self, failed: str | None) -> int:
+        """Try to decrypt the first chunk of a few objects; returns how many were tried (0: nothing to try)."""
+        tried = 0
+        for key in self._candidates(failed):
+            tried += 1
+            try:
+                hlen = _FIXED.size + len(key.encode())
+                with self.inner.open_read(key, 0, hlen + 2 * (self.chunk_size + TAG)) as raw:
+                    header = _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
+                    _Decryptor(raw, self._aead, header, 0, lambda k=key: _bad(k, self.name, self.key_fingerprint),
+                               limit=1, ok=self._proved).read(1)
+            except BackupError:  # this one does not decrypt (or cannot be read): try the next
+                continue
+            if self._key.proven:
+                return tried
+        self._key.probed = True
+        return tried
+
+    def _damaged(self, key: str, what: str, wrong_key: EncryptionError) -> BackupError:
+        """The error for object ``key`` that failed (``what``): damage when the key is proven, else ``wrong_key``."""
+        if not self.key_proven(key):
+            return wrong_key
+        return IntegrityError(f"{key} on {self.name} is damaged: {what} (the key, fingerprint {self.key_fingerprint}, "
+                              "is right: it decrypts other data of this storage)",
+                              hint="restore from another storage or an older snapshot; "
+                              "`backupctl verify --all --read-data` lists every damaged object")
+
+    def _bad(self, key: str) -> BackupError:
+        return self._damaged(key, "authenticated decryption failed (altered, truncated or replaced)",
+                             _bad(key, self.name, self.key_fingerprint))
+
+    def _header(self, raw: Any, key: str) -> bytes:
+        hlen = _FIXED.size + len(key.encode())
+        try:
+            return _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
+        except EncryptionError as exc:
+            if "another key" in exc.message:  # a valid object of another key: swapped or renamed, whatever the key
+                raise IntegrityError(f"{key} on {self.name} is damaged: it holds the object written as another key "
+                                     "(objects swapped or renamed)",
+                                     hint="restore from another storage or an older snapshot") from None
+            what = "bad header (not an encrypted object)" if "bad header" in exc.message else "bad header"
+            raise self._damaged(key, what, exc) from None
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
@@ -255,19 +338,20 @@ class EncryptedStorage(Storage):
         hlen = _FIXED.size + len(key.encode())
         if not offset and length is None:
             with self.inner.open_read(key) as raw:
-                header = _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
-                yield _Decryptor(raw, self._aead, header, 0, lambda: self._bad(key))  # type: ignore[misc]
+                header = self._header(raw, key)
+                yield _Decryptor(raw, self._aead, header, 0, lambda: self._bad(key), ok=self._proved)  # type: ignore[misc]
             return
         if length == 0:
             yield io.BytesIO(b"")  # type: ignore[misc]
             return
         with self.inner.open_read(key, 0, hlen) as raw:
-            header = _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
+            header = self._header(raw, key)
         cs = _FIXED.unpack_from(header)[2]
         first, skip = divmod(offset, cs)
         span = None if length is None else ((offset + length - 1) // cs - first + 2) * (cs + TAG)  # +1 to see "final"
         with self.inner.open_read(key, hlen + first * (cs + TAG), span) as raw:
-            yield _Decryptor(raw, self._aead, header, first, lambda: self._bad(key), skip, length)  # type: ignore[misc]
+            yield _Decryptor(raw, self._aead, header, first, lambda: self._bad(key), skip, length,  # type: ignore[misc]
+                             ok=self._proved)
 
     def plain_size(self, key: str, stored: int) -> int:
         body = stored - _FIXED.size - len(key.encode())
@@ -286,12 +370,21 @@ class EncryptedStorage(Storage):
         self.inner.delete(key)
 
     def check(self) -> None:
-        """The inner check, then: the key must decrypt the newest manifest (so a wrong key never writes)."""
+        """The inner check, then: the key must decrypt an object of the storage (so a wrong key never writes).
+
+        The probe tries the newest manifests first (then the smallest objects), up to :data:`PROBES`: one damaged
+        or swapped manifest does not make the key look wrong. An empty storage has nothing to check."""
         self.inner.check()
-        manifests = [o.key for o in self.inner.list("snapshots/")]
-        if manifests:
-            with self.open_read(manifests[-1]) as fh:
-                fh.read(1)
+        if self._key.proven:
+            return
+        self._key.probed = False
+        tried = self._probe(None)
+        if tried and not self._key.proven:
+            raise EncryptionError(f"cannot decrypt any of {tried} object(s) of {self.name} (newest manifests first) "
+                                  f"with the key of fingerprint {self.key_fingerprint}: wrong key, or not an "
+                                  "encrypted repository",
+                                  hint="set the key that encrypted this repository (manifests record its fingerprint); "
+                                  "a storage that holds unencrypted data needs no 'encryption:' section")
 
     def free_bytes(self) -> int | None:
         return self.inner.free_bytes()
@@ -304,7 +397,7 @@ class EncryptedStorage(Storage):
             return self
         import copy
 
-        twin = copy.copy(self)  # same key and cipher (AESGCM is stateless), the inner's own connection
+        twin = copy.copy(self)  # same key, cipher (AESGCM is stateless) and key state; the inner's own connection
         twin.inner = self.inner.for_thread()
         return twin
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from backups.config import EncryptionConfig
-from backups.errors import ConfigError, EncryptionError
+from backups.errors import ConfigError, EncryptionError, IntegrityError
 from backups.storage import LocalStorage, MemoryStorage, ReadOnlyStorage
 from backups.storage.crypto import TAG, EncryptedStorage, fingerprint, load_key, parse_key
 
@@ -95,7 +95,7 @@ def test_flipped_byte_detected(inner, where):
     blob = bytearray(inner.objects["data/x"])
     blob[where] ^= 0x01
     inner.objects["data/x"] = bytes(blob)
-    with pytest.raises(EncryptionError):
+    with pytest.raises((EncryptionError, IntegrityError)):  # a changed key name in the header is damage (exit 4)
         enc.get_bytes("data/x")
 
 
@@ -111,7 +111,7 @@ def test_truncation_and_extension_detected(inner, cut):
         "header_only": blob[:hlen],
         "drop_last": blob + blob[hlen : hlen + SMALL + TAG],  # a duplicated chunk appended
     }[cut]
-    with pytest.raises(EncryptionError):
+    with pytest.raises((EncryptionError, IntegrityError)):  # damage once a chunk proved the key right (exit 4)
         enc.get_bytes("data/x")
 
 
@@ -120,7 +120,7 @@ def test_swapped_objects_detected(inner):
     enc.put_bytes("data/a", b"A")
     enc.put_bytes("data/b", b"B")
     inner.objects["data/b"] = inner.objects["data/a"]
-    with pytest.raises(EncryptionError, match="written as another key"):
+    with pytest.raises(IntegrityError, match="written as another key"):  # damage, not a key problem
         enc.get_bytes("data/b")
 
 
@@ -256,3 +256,66 @@ def test_format_doc_decrypts_by_hand(inner):
         for i, c in enumerate(chunks)
     )
     assert out == data
+
+
+# ---- issue 16: a damaged object is damage (exit 4) once the key is proven; only a key no object opens is exit 8
+def _repo_like(inner) -> EncryptedStorage:
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    for i in range(3):
+        enc.put_bytes(f"snapshots/s{i}.json", b'{"n": %d}' % i)
+        enc.put_bytes(f"data/s{i}/a.tar.zst", os.urandom(2 * SMALL + i))
+    return enc
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "plain", "copied", "renamed_header"])
+def test_damaged_newest_manifest_is_integrity_error_and_check_passes(inner, damage):
+    _repo_like(inner)
+    blob = bytearray(inner.objects["snapshots/s2.json"])
+    other = inner.objects["snapshots/s1.json"]
+    inner.objects["snapshots/s2.json"] = {
+        "flip": bytes(blob[:-3]) + bytes([blob[-3] ^ 1]) + bytes(blob[-2:]),
+        "truncate": bytes(blob[:-1]),
+        "garbage": os.urandom(len(blob)),
+        "plain": b'{"n": 2}',
+        "copied": other,  # valid ciphertext of another key name: the header names snapshots/s1.json
+        "renamed_header": other.replace(b"snapshots/s1.json", b"snapshots/s2.json"),  # the AAD binding catches it
+    }[damage]
+    fresh = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    fresh.check()  # the key is right: one damaged manifest does not make it look wrong
+    with pytest.raises(IntegrityError, match="snapshots/s2.json on offsite is damaged") as ei:
+        fresh.get_bytes("snapshots/s2.json")
+    assert ei.value.exit_code == 4 and KEY.hex() not in str(ei.value)
+    assert EncryptedStorage(inner, KEY, chunk_size=SMALL).get_bytes("snapshots/s1.json") == b'{"n": 1}'
+    with pytest.raises(IntegrityError):  # without a check first: the first failure probes the others
+        EncryptedStorage(inner, KEY, chunk_size=SMALL).get_bytes("snapshots/s2.json")
+
+
+def test_wrong_key_stays_exit_8_even_with_damage(inner):
+    _repo_like(inner)
+    inner.objects["snapshots/s2.json"] = inner.objects["snapshots/s2.json"][:-1]
+    wrong = EncryptedStorage(inner, OTHER, chunk_size=SMALL)
+    with pytest.raises(EncryptionError, match="wrong key") as ei:
+        wrong.check()
+    assert ei.value.exit_code == 8 and OTHER.hex() not in str(ei.value)
+    for key in ("snapshots/s2.json", "snapshots/s1.json", "data/s0/a.tar.zst"):
+        with pytest.raises(EncryptionError):
+            EncryptedStorage(inner, OTHER, chunk_size=SMALL).get_bytes(key)
+
+
+def test_every_manifest_damaged_and_no_data_is_the_key(inner):
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    enc.put_bytes("snapshots/a.json", b"{}")
+    inner.objects["snapshots/a.json"] = inner.objects["snapshots/a.json"][:-1]
+    with pytest.raises(EncryptionError):
+        EncryptedStorage(inner, KEY, chunk_size=SMALL).check()  # nothing decrypts: indistinguishable from a wrong key
+
+
+def test_damaged_data_chunk_after_key_proven_is_integrity_error(inner):
+    _repo_like(inner)
+    blob = bytearray(inner.objects["data/s1/a.tar.zst"])
+    blob[23 + len("data/s1/a.tar.zst") + 3] ^= 1  # first chunk
+    inner.objects["data/s1/a.tar.zst"] = bytes(blob)
+    fresh = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    with pytest.raises(IntegrityError, match="data/s1/a.tar.zst on offsite is damaged"):
+        fresh.get_bytes("data/s1/a.tar.zst")
+    assert fresh.get_bytes("snapshots/s0.json") == b'{"n": 0}'
