@@ -64,6 +64,7 @@ VERSION = 1
 TAG = 16
 _FIXED = struct.Struct(">8sBI8sH")  # magic, version, chunk_size, nonce_prefix, key_len  (23 bytes)
 MAX_CHUNK = 64 << 20
+UNPROVEN = ("locks/",)  #: objects any run writes (locks): reading one back proves nothing about the key
 PROBES = 8  #: objects a key probe tries to decrypt (newest manifests first) before it calls the key wrong
 
 
@@ -231,6 +232,7 @@ class _KeyState:
     def __init__(self) -> None:
         self.proven = False
         self.probed = False  #: a probe ran and decrypted nothing
+        self.written: set[str] = set()  #: keys this process wrote (they decrypt whatever the key): no proof
 
 
 class EncryptedStorage(Storage):
@@ -255,8 +257,16 @@ class EncryptedStorage(Storage):
         return f"{self.inner.describe()}, encrypted (AES-256-GCM, key {self.key_fingerprint})"
 
     # ---- wrong key or damaged object -----------------------------------------------------------------
-    def _proved(self) -> None:
-        self._key.proven = True
+    def _proof(self, key: str) -> Any:
+        """The callback a read of ``key`` calls on an authentic chunk: proof of the key, unless this process wrote
+        the object (a lock, a report) — that decrypts with any key, the wrong one included."""
+        if key in self._key.written or key.startswith(UNPROVEN):
+            return None
+
+        def proved() -> None:
+            self._key.proven = True
+
+        return proved
 
     def key_proven(self, failed: str | None = None) -> bool:
         """True when the key is right: a chunk of this storage decrypted already, or the first chunk of one of
@@ -270,10 +280,11 @@ class EncryptedStorage(Storage):
         return self._key.proven
 
     def _candidates(self, failed: str | None) -> list[str]:
-        manifests = sorted((o.key for o in self.inner.list("snapshots/") if o.key != failed), reverse=True)
+        skip = {failed, *self._key.written}
+        manifests = sorted((o.key for o in self.inner.list("snapshots/") if o.key not in skip), reverse=True)
         out = manifests[:PROBES]
         if len(out) < PROBES:
-            others = sorted((o for o in self.inner.list("data/") if o.key != failed), key=lambda o: (o.size, o.key))
+            others = sorted((o for o in self.inner.list("data/") if o.key not in skip), key=lambda o: (o.size, o.key))
             out += [o.key for o in others[: PROBES - len(out)]]
         return out
 
@@ -287,7 +298,7 @@ class EncryptedStorage(Storage):
                 with self.inner.open_read(key, 0, hlen + 2 * (self.chunk_size + TAG)) as raw:
                     header = _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
                     _Decryptor(raw, self._aead, header, 0, lambda k=key: _bad(k, self.name, self.key_fingerprint),
-                               limit=1, ok=self._proved).read(1)
+                               limit=1, ok=self._proof(key)).read(1)
             except BackupError:  # this one does not decrypt (or cannot be read): try the next
                 continue
             if self._key.proven:
@@ -328,6 +339,7 @@ class EncryptedStorage(Storage):
                 enc = _Encryptor(raw, self._aead, make_header(key, self.chunk_size))
                 yield enc  # type: ignore[misc]
                 enc.finish()
+            self._key.written.add(key)
         except ObjectExistsError:
             # the ciphertext always differs (a fresh nonce per object): compare the plaintext instead
             if enc is None or not same_content(self, key, enc.sha.hexdigest(), enc.size):
@@ -339,7 +351,7 @@ class EncryptedStorage(Storage):
         if not offset and length is None:
             with self.inner.open_read(key) as raw:
                 header = self._header(raw, key)
-                yield _Decryptor(raw, self._aead, header, 0, lambda: self._bad(key), ok=self._proved)  # type: ignore[misc]
+                yield _Decryptor(raw, self._aead, header, 0, lambda: self._bad(key), ok=self._proof(key))  # type: ignore[misc]
             return
         if length == 0:
             yield io.BytesIO(b"")  # type: ignore[misc]
@@ -351,7 +363,7 @@ class EncryptedStorage(Storage):
         span = None if length is None else ((offset + length - 1) // cs - first + 2) * (cs + TAG)  # +1 to see "final"
         with self.inner.open_read(key, hlen + first * (cs + TAG), span) as raw:
             yield _Decryptor(raw, self._aead, header, first, lambda: self._bad(key), skip, length,  # type: ignore[misc]
-                             ok=self._proved)
+                             ok=self._proof(key))
 
     def plain_size(self, key: str, stored: int) -> int:
         body = stored - _FIXED.size - len(key.encode())
@@ -370,11 +382,14 @@ class EncryptedStorage(Storage):
         self.inner.delete(key)
 
     def check(self) -> None:
-        """The inner check, then: the key must decrypt an object of the storage (so a wrong key never writes).
-
-        The probe tries the newest manifests first (then the smallest objects), up to :data:`PROBES`: one damaged
-        or swapped manifest does not make the key look wrong. An empty storage has nothing to check."""
+        """The inner check, then :meth:`check_key` (so a wrong key never writes)."""
         self.inner.check()
+        self.check_key()
+
+    def check_key(self) -> None:
+        """The key must decrypt an object of the storage (exit 8 otherwise). The probe tries the newest manifests
+        first (then the smallest objects), up to :data:`PROBES`: one damaged or swapped manifest does not make
+        the key look wrong. An empty storage has nothing to check."""
         if self._key.proven:
             return
         self._key.probed = False
