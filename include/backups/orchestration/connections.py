@@ -53,7 +53,7 @@ class AirflowResolver:
         if timeout is not None:
             limits.update(connect_timeout=timeout, read_timeout=timeout)
         if max_attempts is not None:
-            limits["retries"] = {"max_attempts": max_attempts, "mode": "standard"}
+            limits["retries"] = {"total_max_attempts": max_attempts, "mode": "standard"}  # first try included
         return S3Hook(aws_conn_id=conn_id, config=Config(**limits)).get_conn()
 
     def sftp_client_factory(self, conn_id: str, timeout: float | None = None) -> Callable[[], Any]:

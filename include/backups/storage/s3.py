@@ -18,7 +18,7 @@
 
 * Timeouts: ``timeout_seconds`` (default 60) and ``max_attempts`` (default 3) go to the resolver
   (``resolver.s3_client(conn_id, timeout=..., max_attempts=...)``), which builds the client with botocore's
-  ``connect_timeout`` / ``read_timeout`` and ``retries={"max_attempts": ..., "mode": "standard"}``: no request
+  ``connect_timeout`` / ``read_timeout`` and ``retries={"total_max_attempts": ..., "mode": "standard"}``: no request
   — connect, each read of a streamed body, an upload — waits longer; a timeout is transient (retried by
   ``RetryingStorage``).
 
