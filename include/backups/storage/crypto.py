@@ -35,8 +35,8 @@ written under another key. Exit status 0 = authentic and complete, 8 = wrong key
 
 Wrong key or damaged object? AES-GCM cannot tell the two apart on one object, so the storage decides with the
 others: the key is *proven* once any chunk of this storage decrypted (a storage check, a read), or by a probe
-that decrypts the first chunk of up to :data:`PROBES` other objects, newest manifests first
-(:meth:`EncryptedStorage.key_proven`). With the key proven, an object that fails authentication or has a bad
+that decrypts the first chunk of up to :data:`PROBES` other objects — the 4 newest manifests, then the 4
+smallest data objects, then older manifests (:meth:`EncryptedStorage.key_proven`). With the key proven, an object that fails authentication or has a bad
 header is damage: :class:`~backups.errors.IntegrityError` (exit 4), one object, like a flipped byte on a plain
 storage. An object whose header names another key (swapped or renamed) is always damage. Only when no object
 tried decrypts is it the key: :class:`~backups.errors.EncryptionError` (exit 8).
@@ -48,6 +48,7 @@ import base64
 import binascii
 import hashlib
 import io
+import itertools
 import os
 import secrets
 import struct
@@ -65,7 +66,7 @@ TAG = 16
 _FIXED = struct.Struct(">8sBI8sH")  # magic, version, chunk_size, nonce_prefix, key_len  (23 bytes)
 MAX_CHUNK = 64 << 20
 UNPROVEN = ("locks/",)  #: objects any run writes (locks): reading one back proves nothing about the key
-PROBES = 8  #: objects a key probe tries to decrypt (newest manifests first) before it calls the key wrong
+PROBES = 8  #: objects a key probe tries to decrypt before it calls the key wrong (see ``_candidates``)
 
 
 def fingerprint(key: bytes) -> str:
@@ -270,7 +271,7 @@ class EncryptedStorage(Storage):
 
     def key_proven(self, failed: str | None = None) -> bool:
         """True when the key is right: a chunk of this storage decrypted already, or the first chunk of one of
-        up to :data:`PROBES` other objects (newest manifests first, then the smallest; ``failed`` excluded)
+        up to :data:`PROBES` other objects (newest manifests, smallest data objects; ``failed`` excluded)
         decrypts now. False when none does (the key is wrong, or the storage holds nothing else to try)."""
         if self._key.proven:
             return True
@@ -279,19 +280,22 @@ class EncryptedStorage(Storage):
         self._probe(failed)
         return self._key.proven
 
-    def _candidates(self, failed: str | None) -> list[str]:
+    def _candidates(self, failed: str | None) -> Iterator[str]:
+        """Keys to probe, lazily: the newest manifests (by modification time), then — listed only if those all
+        failed — the smallest data objects, then older manifests. ``failed`` and what this process wrote are
+        left out. The probe takes at most :data:`PROBES` of them."""
         skip = {failed, *self._key.written}
-        manifests = sorted((o.key for o in self.inner.list("snapshots/") if o.key not in skip), reverse=True)
-        out = manifests[:PROBES]
-        if len(out) < PROBES:
-            others = sorted((o for o in self.inner.list("data/") if o.key not in skip), key=lambda o: (o.size, o.key))
-            out += [o.key for o in others[: PROBES - len(out)]]
-        return out
+        manifests = sorted((o for o in self.inner.list("snapshots/") if o.key not in skip),
+                           key=lambda o: (o.mtime or 0.0, o.key), reverse=True)
+        yield from (o.key for o in manifests[: PROBES // 2])
+        data = sorted((o for o in self.inner.list("data/") if o.key not in skip), key=lambda o: (o.size, o.key))
+        yield from (o.key for o in data[: PROBES // 2])
+        yield from (o.key for o in manifests[PROBES // 2 :])
 
     def _probe(self, failed: str | None) -> int:
         """Try to decrypt the first chunk of a few objects; returns how many were tried (0: nothing to try)."""
         tried = 0
-        for key in self._candidates(failed):
+        for key in itertools.islice(self._candidates(failed), PROBES):
             tried += 1
             try:
                 hlen = _FIXED.size + len(key.encode())
@@ -387,15 +391,16 @@ class EncryptedStorage(Storage):
         self.check_key()
 
     def check_key(self) -> None:
-        """The key must decrypt an object of the storage (exit 8 otherwise). The probe tries the newest manifests
-        first (then the smallest objects), up to :data:`PROBES`: one damaged or swapped manifest does not make
+        """The key must decrypt an object of the storage (exit 8 otherwise). The probe tries the 4 newest manifests,
+        then the 4 smallest data objects (see ``_candidates``): damaged or swapped manifests do not make
         the key look wrong. An empty storage has nothing to check."""
         if self._key.proven:
             return
         self._key.probed = False
         tried = self._probe(None)
         if tried and not self._key.proven:
-            raise EncryptionError(f"cannot decrypt any of {tried} object(s) of {self.name} (newest manifests first) "
+            raise EncryptionError(f"cannot decrypt any of {tried} object(s) of {self.name} (the newest manifests and "
+                                  "the smallest data objects) "
                                   f"with the key of fingerprint {self.key_fingerprint}: wrong key, or not an "
                                   "encrypted repository",
                                   hint="set the key that encrypted this repository (manifests record its fingerprint); "

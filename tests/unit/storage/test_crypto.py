@@ -319,3 +319,36 @@ def test_damaged_data_chunk_after_key_proven_is_integrity_error(inner):
     with pytest.raises(IntegrityError, match="data/s1/a.tar.zst on offsite is damaged"):
         fresh.get_bytes("data/s1/a.tar.zst")
     assert fresh.get_bytes("snapshots/s0.json") == b'{"n": 0}'
+
+
+def test_many_damaged_newest_manifests_do_not_make_the_key_look_wrong(inner):
+    """Ransomware-style: the newest manifests all overwritten. The data objects prove the key; every damaged
+    manifest is damage (exit 4), the intact older one reads."""
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    for i in range(10):
+        enc.put_bytes(f"snapshots/s{i:02d}.json", b'{"n": %d}' % i)
+    enc.put_bytes("data/s00/a.index.zst", b"index")
+    for i in range(1, 10):
+        inner.objects[f"snapshots/s{i:02d}.json"] = os.urandom(64)
+    fresh = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    fresh.check()
+    for i in range(1, 10):
+        with pytest.raises(IntegrityError):
+            fresh.get_bytes(f"snapshots/s{i:02d}.json")
+    assert fresh.get_bytes("snapshots/s00.json") == b'{"n": 0}'
+    with pytest.raises(EncryptionError, match="wrong key"):
+        EncryptedStorage(inner, OTHER, chunk_size=SMALL).check()
+
+
+def test_the_probe_lists_data_only_when_the_newest_manifests_fail(inner):
+    _repo_like(inner)
+    listed: list[str] = []
+    real_list = inner.list
+
+    def counting(prefix=""):
+        listed.append(prefix)
+        return real_list(prefix)
+
+    inner.list = counting
+    EncryptedStorage(inner, KEY, chunk_size=SMALL).check()
+    assert "data/" not in listed and "snapshots/" in listed  # healthy: data/ is not listed on every command
