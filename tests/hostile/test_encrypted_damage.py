@@ -161,3 +161,16 @@ def test_wrong_key_is_still_exit_8_everywhere(repo, tmp_path, monkeypatch):
         assert "d4d4" not in out + err and KEY not in out + err
         _no_traceback(out, err)
     assert not (tmp_path / "never" / "app_files").exists()
+
+
+def test_drill_names_the_damaged_manifest_and_restores_the_rest(repo):
+    """The drill used to say "nothing is recoverable": now the damaged newest weekly is a finding that names it,
+    and the intact snapshots of both tiers are restored and checked."""
+    cfg, root = repo
+    _damage(root, f"snapshots/{W2}.json", "swapped_header", other=f"snapshots/{W1}.json")
+    rc, out, err = _cli(cfg, "drill", "--tier", "weekly", "--tier", "daily")
+    text = out + err
+    assert rc == 10, text  # a finding (the damaged newest weekly), not a key error (8) nor a crash
+    assert W2 in text and "damaged" in text
+    assert W1 in out and D1 in out and "nothing is recoverable" not in text
+    _no_traceback(out, err)
