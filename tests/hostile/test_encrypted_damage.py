@@ -73,6 +73,10 @@ def _damage(root: Path, key: str, how: str, other: str | None = None) -> None:
         blob[len(blob) // 2] ^= 0x01
     elif how == "truncate":
         del blob[-20:]
+    elif how == "empty":
+        blob = bytearray()
+    elif how == "header_only":
+        blob = blob[: 23 + len(key)]
     elif how == "random":
         blob = bytearray(os.urandom(len(blob)))
     elif how == "plain":
@@ -92,7 +96,8 @@ def _no_traceback(*texts: str) -> None:
         assert "Traceback" not in t, t
 
 
-@pytest.mark.parametrize("how", ["flip", "truncate", "random", "plain", "swapped", "swapped_header"])
+@pytest.mark.parametrize("how", ["flip", "truncate", "empty", "header_only", "random", "plain", "swapped",
+                                 "swapped_header"])
 def test_damaged_newest_manifest_is_one_corrupt_snapshot(repo, tmp_path, how):
     cfg, root = repo
     _damage(root, f"snapshots/{W2}.json", how, other=f"snapshots/{W1}.json")
