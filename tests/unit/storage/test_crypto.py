@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backups.config import EncryptionConfig
 from backups.errors import ConfigError, EncryptionError, IntegrityError
@@ -352,3 +354,38 @@ def test_the_probe_lists_data_only_when_the_newest_manifests_fail(inner):
     inner.list = counting
     EncryptedStorage(inner, KEY, chunk_size=SMALL).check()
     assert "data/" not in listed and "snapshots/" in listed  # healthy: data/ is not listed on every command
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 3 * SMALL + 5), min_size=2, max_size=5), data=st.data())
+def test_property_any_damage_of_one_object_is_exit_4_and_never_wrong_bytes(sizes, data):
+    """Any damage — a flipped bit anywhere, a cut anywhere, bytes appended, another object's ciphertext — of one
+    object among intact ones: the storage check passes, the damaged object raises IntegrityError (exit 4, never
+    plaintext that differs), and every other object still reads back exactly."""
+    inner = MemoryStorage("offsite")
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    plain = {f"data/s/o{i}": os.urandom(n) for i, n in enumerate(sizes)}
+    for k, v in plain.items():
+        enc.put_bytes(k, v)
+    victim = data.draw(st.sampled_from(sorted(plain)))
+    blob = bytearray(inner.objects[victim])
+    how = data.draw(st.sampled_from(["flip", "cut", "append", "swap"]))
+    if how == "flip":
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == "cut":
+        del blob[data.draw(st.integers(0, len(blob) - 1)):]
+    elif how == "append":
+        blob += data.draw(st.binary(min_size=1, max_size=SMALL + 40))
+    else:
+        other = data.draw(st.sampled_from(sorted(set(plain) - {victim})))
+        blob = bytearray(inner.objects[other])
+    inner.objects[victim] = bytes(blob)
+    fresh = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    fresh.check()
+    with pytest.raises(IntegrityError) as ei:
+        fresh.get_bytes(victim)
+    assert ei.value.exit_code == 4 and victim in str(ei.value)
+    for k, v in plain.items():
+        if k != victim:
+            assert fresh.get_bytes(k) == v
