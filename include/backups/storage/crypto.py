@@ -34,9 +34,10 @@ written under another key. Exit status 0 = authentic and complete, 8 = wrong key
 (discard the output: chunks before a corrupted one may already have been written).
 
 Wrong key or damaged object? AES-GCM cannot tell the two apart on one object, so the storage decides with the
-others: the key is *proven* once any chunk of this storage decrypted (a storage check, a read), or by a probe
-that decrypts the first chunk of up to :data:`PROBES` other objects — the 4 newest manifests, then the 4
-smallest data objects, then older manifests (:meth:`EncryptedStorage.key_proven`). With the key proven, an object that fails authentication or has a bad
+others: the key is *proven* once any chunk of this storage decrypted (a storage check, a read; not an object
+this process wrote, nor a lock), or by a probe that decrypts the first chunk of up to :data:`PROBES` other
+objects — the 4 newest manifests, then the 4 smallest data objects, then older manifests
+(:meth:`EncryptedStorage.key_proven`). With the key proven, an object that fails authentication or has a bad
 header is damage: :class:`~backups.errors.IntegrityError` (exit 4), one object, like a flipped byte on a plain
 storage. An object whose header names another key (swapped or renamed) is always damage. Only when no object
 tried decrypts is it the key: :class:`~backups.errors.EncryptionError` (exit 8).
@@ -113,17 +114,25 @@ def _bad(key: str, where: str, fp: str | None) -> EncryptionError:
                            "manifests record the fingerprint; if it is, the object is damaged: restore from another copy")
 
 
+class _NotEncrypted(EncryptionError):
+    """The object has no encryption header (unencrypted data, or a damaged header)."""
+
+
+class _Swapped(EncryptionError):
+    """The header is valid but names another object key (objects swapped or renamed)."""
+
+
 def _check_header(header: bytes, key: str, where: str, fp: str | None) -> bytes:
     """Validate a header read for object ``key``; returns it (it is the associated data of every chunk)."""
     if len(header) < _FIXED.size or header[:8] != MAGIC:
-        raise EncryptionError(f"cannot decrypt {key} on {where}: not an encrypted object (bad header)",
-                              hint="the storage holds unencrypted data: remove 'encryption:' for it or use another path")
+        raise _NotEncrypted(f"cannot decrypt {key} on {where}: not an encrypted object (bad header)",
+                            hint="the storage holds unencrypted data: remove 'encryption:' for it or use another path")
     _, version, cs, _, klen = _FIXED.unpack_from(header)
     if version != VERSION or not 0 < cs <= MAX_CHUNK or klen != len(header) - _FIXED.size:
         raise _bad(key, where, fp)
     if header[_FIXED.size :] != key.encode():
-        raise EncryptionError(f"cannot decrypt {key} on {where}: the object was written as another key "
-                              "(objects swapped or renamed)", hint="restore it from another copy")
+        raise _Swapped(f"cannot decrypt {key} on {where}: the object was written as another key "
+                       "(objects swapped or renamed)", hint="restore it from another copy")
     return header
 
 
@@ -327,12 +336,12 @@ class EncryptedStorage(Storage):
         hlen = _FIXED.size + len(key.encode())
         try:
             return _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
+        except _Swapped:  # a valid object of another key: swapped or renamed, whatever the key
+            raise IntegrityError(f"{key} on {self.name} is damaged: it holds the object written as another key "
+                                 "(objects swapped or renamed)",
+                                 hint="restore from another storage or an older snapshot") from None
         except EncryptionError as exc:
-            if "another key" in exc.message:  # a valid object of another key: swapped or renamed, whatever the key
-                raise IntegrityError(f"{key} on {self.name} is damaged: it holds the object written as another key "
-                                     "(objects swapped or renamed)",
-                                     hint="restore from another storage or an older snapshot") from None
-            what = "bad header (not an encrypted object)" if "bad header" in exc.message else "bad header"
+            what = "bad header (not an encrypted object)" if isinstance(exc, _NotEncrypted) else "bad header"
             raise self._damaged(key, what, exc) from None
 
     @contextmanager
