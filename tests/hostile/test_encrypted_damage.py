@@ -179,3 +179,18 @@ def test_drill_names_the_damaged_manifest_and_restores_the_rest(repo):
     assert W2 in text and "damaged" in text
     assert W1 in out and D1 in out and "nothing is recoverable" not in text
     _no_traceback(out, err)
+
+
+def test_backups_go_on_over_a_damaged_encrypted_manifest(repo, tmp_path):
+    """The key check used to read only the newest manifest, so one damaged manifest stopped every backup (exit 8).
+    Now the next backup runs (its parent is an intact snapshot) and restores."""
+    cfg, root = repo
+    _damage(root, f"snapshots/{W2}.json", "flip")
+    rc, out, err = _cli(cfg, "backup", "--tier", "daily", "--logical-date", "2026-05-11T02:00:00Z", "--json")
+    assert rc == 0, err
+    rc, out, err = _cli(cfg, "list", "--json")
+    doc = json.loads(out)
+    new = next(s for s in doc["snapshots"] if s["id"] == "daily-20260511T020000Z")
+    assert new["parent"] in (W1, D1)
+    rc, out, err = _cli(cfg, "restore", "daily-20260511T020000Z", "--target", str(tmp_path / "new"), "--no-validate")
+    assert rc == 0, err
