@@ -185,4 +185,3 @@ def resolve_client(method: Any, conn_id: str, **limits: Any) -> Any:
         return method(conn_id, **limits)
     names = {p.name for p in params}
     return method(conn_id, **{k: v for k, v in limits.items() if k in names})
-

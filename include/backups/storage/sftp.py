@@ -74,12 +74,16 @@ class SftpStorage(Storage):
             self.close()
             try:
                 sftp = self.connect()
-                sftp.get_channel().settimeout(self.timeout)  # every request's answer, close included
             except BackupError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below
                 raise self._connect_error(exc) from None
             self._sftp = sftp
+            try:
+                sftp.get_channel().settimeout(self.timeout)  # every request's answer, close included
+            except Exception as exc:  # noqa: BLE001 - a client without a channel: never use it unbounded
+                self.close()
+                raise StorageError(f"{self.name}: cannot set the SFTP timeout ({type(exc).__name__}: {exc})") from None
             _SESSIONS.add(self)
             return self._sftp
 
