@@ -194,3 +194,28 @@ def test_backups_go_on_over_a_damaged_encrypted_manifest(repo, tmp_path):
     assert new["parent"] in (W1, D1)
     rc, out, err = _cli(cfg, "restore", "daily-20260511T020000Z", "--target", str(tmp_path / "new"), "--no-validate")
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("how", ["flip", "random"])
+def test_a_damaged_encrypted_lock_blocks_like_an_unreadable_one_and_unlock_removes_it(repo, how):
+    """On a plain storage an unreadable lock object is an exclusive lock of an unknown holder: it blocks and
+    `unlock --all` removes it. On an encrypted storage a damaged lock made every locking command (and `unlock`
+    itself) fail with a decryption error; now it is the same unknown lock."""
+    cfg, root = repo
+    cfg.write_text(cfg.read_text() + "locks: {wait_seconds: 1}\n")
+    rc, _, err = _cli(cfg, "backup", "--tier", "daily", "--logical-date", "2026-05-11T02:00:00Z")
+    assert rc == 0, err
+    from backups.config import load_config
+    from backups.storage import open_storage
+
+    lock = "locks/" + "ab" * 16 + ".json"
+    open_storage(load_config(cfg), "local").put_bytes(lock, b'{"lock_format": 1}')  # any encrypted object
+    _damage(root, lock, how)
+    rc, out, err = _cli(cfg, "verify", "--all")
+    assert rc == 9, out + err  # blocked by a lock of an unknown holder, named
+    assert "unreadable lock object" in out + err and "Traceback" not in err
+    rc, out, err = _cli(cfg, "unlock", "--all")
+    assert rc == 0, out + err
+    assert not (root / lock).exists()
+    rc, out, err = _cli(cfg, "verify", "--all")
+    assert rc == 0, out + err
