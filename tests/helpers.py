@@ -118,13 +118,15 @@ class LoopbackResolver:
     def __init__(self, s3_url: str | None, sshd) -> None:
         self.s3_url, self.sshd = s3_url, sshd
 
-    def s3_client(self, conn_id: str):
+    def s3_client(self, conn_id: str, timeout: float | None = None, max_attempts: int | None = None):
         from tests.unit.storage.test_s3 import make_client
 
+        self.limits = {"timeout": timeout, "max_attempts": max_attempts}  # what the storage asked for
         return make_client(self.s3_url, **self.s3_args)
 
-    def sftp_client_factory(self, conn_id: str):
-        return self.sshd.factory()
+    def sftp_client_factory(self, conn_id: str, timeout: float | None = None):
+        self.limits = {"timeout": timeout}
+        return self.sshd.factory(timeout=timeout or 5)
 
     def secret(self, conn_id: str) -> str:
         raise AssertionError("not used")

@@ -106,6 +106,10 @@ class S3Storage(_Strict):
     kms_key_id: str | None = None
     encryption: EncryptionConfig | None = None
     description: str = ""
+    #: seconds: botocore's connect and read timeouts (every request; docs/storage.md#timeouts)
+    timeout_seconds: float = Field(default=60, gt=0, le=3600)
+    #: botocore's own attempts per request ("standard" retry mode), under RetryingStorage's retries
+    max_attempts: int = Field(default=3, ge=1, le=20)
 
 
 class SftpStorage(_Strict):
@@ -114,6 +118,9 @@ class SftpStorage(_Strict):
     path: str
     encryption: EncryptionConfig | None = None
     description: str = ""
+    #: seconds: TCP connect, SSH banner, authentication, and every SFTP request (read, write, close) on the
+    #: channel (docs/storage.md#timeouts)
+    timeout_seconds: float = Field(default=60, gt=0, le=3600)
 
 
 Storage = Annotated[LocalStorage | S3Storage | SftpStorage, Field(discriminator="type")]

@@ -89,3 +89,41 @@ def test_sftp_factory_pins_host_key_and_refuses_others(resolver, monkeypatch, tm
         assert not isinstance(ei.value, TransientStorageError) and "backup_sftp" in str(ei.value)
     finally:
         server.kill()
+
+
+@pytest.mark.timeout(120)
+def test_storage_timeouts_reach_the_s3_client_and_the_sftp_hook(resolver, monkeypatch, tmp_path):
+    """issue 16: timeout_seconds / max_attempts become botocore's connect/read timeouts and retries, and the SSH
+    connect, banner and auth timeouts: a server that accepts the TCP connection and never speaks SSH is given
+    up in seconds (SSHHook's banner default is 30 s), through the storage built from the config."""
+    import socket
+    import time
+
+    from backups.config import S3Storage as S3Cfg
+    from backups.config import SftpStorage as SftpCfg
+    from backups.errors import StorageError
+    from backups.storage.s3 import S3Storage
+    from backups.storage.sftp import SftpStorage
+
+    monkeypatch.setenv("AIRFLOW_CONN_BACKUP_S3", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "us-east-1"}}))
+    s3 = S3Storage.from_config(S3Cfg(type="s3", bucket="b", timeout_seconds=7, max_attempts=2), "cloud", resolver)
+    config = s3.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (7, 7)
+    assert config.retries == {"total_max_attempts": 2, "mode": "standard"}
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_BACKUP_SFTP", json.dumps({
+            "conn_type": "sftp", "host": "127.0.0.1", "port": silent.getsockname()[1], "login": "nobody",
+            "extra": {"look_for_keys": "false", "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE9H+VXUhOO1bzQ+E4aVqHJ1h9iO6hbn+Gf7tVRqbQf7"}}))
+        sftp = SftpStorage.from_config(SftpCfg(type="sftp", path=str(tmp_path), timeout_seconds=2), "vault", resolver)
+        t0 = time.monotonic()
+        with pytest.raises(StorageError, match="vault"):
+            sftp.check()
+        assert time.monotonic() - t0 < 20
+    finally:
+        silent.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog.manifest import Catalog, Snapshot, manifest_key
-from ..errors import BackupError, ObjectNotFound
+from ..errors import BackupError, IntegrityError, ObjectNotFound
 from ..storage.base import Storage, sha256_of
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,11 @@ def object_problem(storage: Storage, obj: dict[str, Any], read_data: bool) -> st
     if size != obj["size"]:
         return f"{obj['key']}: size {size}, manifest says {obj['size']}"
     if read_data:
-        with storage.open_read(obj["key"]) as fh:
-            digest, _ = sha256_of(fh)
+        try:
+            with storage.open_read(obj["key"]) as fh:
+                digest, _ = sha256_of(fh)
+        except IntegrityError as exc:  # an encrypted object that fails authentication: damage of this object
+            return f"{obj['key']}: {exc.message}"
         if digest != obj["sha256"]:
             return f"{obj['key']}: SHA-256 mismatch (content altered or damaged)"
     return None

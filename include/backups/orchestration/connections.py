@@ -1,9 +1,12 @@
 """Airflow connections → storage clients and secrets (the :class:`backups.storage.Resolver` for DAGs and the CLI).
 
-* ``s3_client(conn_id)`` — ``S3Hook(aws_conn_id=conn_id).get_conn()``: an AWS connection (login/password or
-  ``aws_access_key_id``/``aws_secret_access_key`` extras, ``endpoint_url`` and ``region_name`` extras for
-  S3-compatible services). A missing AWS connection falls back to boto3's default chain (instance role, env).
-* ``sftp_client_factory(conn_id)`` — a callable returning ``SFTPHook(ssh_conn_id=conn_id).get_conn()``; the
+* ``s3_client(conn_id, timeout=None, max_attempts=None)`` — ``S3Hook(aws_conn_id=conn_id).get_conn()``: an AWS
+  connection (login/password or ``aws_access_key_id``/``aws_secret_access_key`` extras, ``endpoint_url`` and
+  ``region_name`` extras for S3-compatible services). A missing AWS connection falls back to boto3's default
+  chain (instance role, env). ``timeout``/``max_attempts`` (the storage's ``timeout_seconds``/``max_attempts``)
+  become botocore's ``connect_timeout``, ``read_timeout`` and standard-mode ``retries``.
+* ``sftp_client_factory(conn_id, timeout=None)`` — a callable returning ``SFTPHook(ssh_conn_id=conn_id).get_conn()``
+  with ``timeout`` (the storage's ``timeout_seconds``) as the connect, banner and auth timeouts; the
   storage calls it again after a dropped connection. Host keys are verified: the connection's ``host_key``
   extra (pinned) or the system ``known_hosts``; an unknown or changed key is refused with a message naming the
   connection and the fix. One connection attempt per call: retries belong to ``RetryingStorage``.
@@ -39,19 +42,32 @@ class AirflowResolver:
     #: imported lazily by the methods; checked by :func:`backups.connections.registered_resolver` when loaded
     requires = ("airflow.sdk",)
 
-    def s3_client(self, conn_id: str) -> Any:
+    def s3_client(self, conn_id: str, timeout: float | None = None, max_attempts: int | None = None) -> Any:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        return S3Hook(aws_conn_id=conn_id).get_conn()
+        if timeout is None and max_attempts is None:
+            return S3Hook(aws_conn_id=conn_id).get_conn()
+        from botocore.config import Config
 
-    def sftp_client_factory(self, conn_id: str) -> Callable[[], Any]:
+        limits: dict[str, Any] = {}
+        if timeout is not None:
+            limits.update(connect_timeout=timeout, read_timeout=timeout)
+        if max_attempts is not None:
+            limits["retries"] = {"total_max_attempts": max_attempts, "mode": "standard"}  # first try included
+        return S3Hook(aws_conn_id=conn_id, config=Config(**limits)).get_conn()
+
+    def sftp_client_factory(self, conn_id: str, timeout: float | None = None) -> Callable[[], Any]:
         def connect() -> Any:
             import paramiko
             from airflow.providers.sftp.hooks.sftp import SFTPHook
             from airflow.sdk.exceptions import AirflowNotFoundException
 
+            limits: dict[str, Any] = {}
+            if timeout is not None:  # TCP connect, SSH banner, authentication (the storage sets the channel's)
+                limits = {"conn_timeout": max(1, round(timeout)), "banner_timeout": timeout,
+                          "auth_timeout": max(1, round(timeout))}
             try:
-                hook = SFTPHook(ssh_conn_id=conn_id, conn_retry_attempts=1)
+                hook = SFTPHook(ssh_conn_id=conn_id, conn_retry_attempts=1, **limits)
             except AirflowNotFoundException:
                 raise _missing(conn_id) from None
             extra = (hook.get_connection(conn_id).extra_dejson or {}) if hasattr(hook, "get_connection") else {}

@@ -162,7 +162,10 @@ class Locks:
     # ---- reading ------------------------------------------------------------------------------------
     def list(self) -> list[LockInfo]:
         """Every lock on the storage. An unreadable lock object (not JSON) counts as an exclusive repo lock of an
-        unknown holder: it blocks, and `backupctl unlock --all` removes it."""
+        unknown holder: it blocks, and `backupctl unlock --all` removes it. So does a lock object that fails
+        authentication on an encrypted storage (damaged), as long as the key opens the storage's other objects."""
+        from ..errors import IntegrityError
+
         out = []
         for info in self.storage.list(LOCKS):
             if not info.key.endswith(".json"):
@@ -171,6 +174,8 @@ class Locks:
                 raw = self.storage.get_bytes(info.key)
             except ObjectNotFound:
                 continue  # removed meanwhile (released or refreshed)
+            except IntegrityError:  # a damaged object on an encrypted storage: unreadable, as on a plain one
+                raw = b""
             try:
                 out.append(LockInfo.parse(info.key, raw))
             except (ValueError, KeyError, TypeError):

@@ -24,9 +24,13 @@ __all__ = [
 class Resolver(Protocol):
     """Turns connection ids into clients and secrets. Never logs what it returns."""
 
-    def s3_client(self, conn_id: str) -> Any: ...
+    def s3_client(self, conn_id: str, timeout: float | None = None, max_attempts: int | None = None) -> Any:
+        """An S3 client; ``timeout`` (connect and read, seconds) and ``max_attempts`` (botocore retries) when given."""
+        ...
 
-    def sftp_client_factory(self, conn_id: str) -> Any: ...
+    def sftp_client_factory(self, conn_id: str, timeout: float | None = None) -> Any:
+        """A callable returning an ``SFTPClient``; ``timeout`` bounds its TCP connect, SSH banner and auth."""
+        ...
 
     def secret(self, conn_id: str) -> str: ...
 
@@ -40,10 +44,10 @@ class NoAirflowResolver:
             hint="install the Airflow stack (make venv) or define the connection as AIRFLOW_CONN_" + conn_id.upper(),
         )
 
-    def s3_client(self, conn_id: str) -> Any:
+    def s3_client(self, conn_id: str, timeout: float | None = None, max_attempts: int | None = None) -> Any:
         raise self._fail(conn_id)
 
-    def sftp_client_factory(self, conn_id: str) -> Any:
+    def sftp_client_factory(self, conn_id: str, timeout: float | None = None) -> Any:
         raise self._fail(conn_id)
 
     def secret(self, conn_id: str) -> str:

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import ObjectExistsError, StorageError
 
@@ -169,3 +169,19 @@ class Storage(ABC):
     def remove_temp(self, key: str) -> None:
         """Remove one leftover reported by :meth:`temps`."""
         raise StorageError(f"{self.name}: no temp objects on this storage")
+
+
+def resolve_client(method: Any, conn_id: str, **limits: Any) -> Any:
+    """``method(conn_id, **limits)`` — a resolver's ``s3_client`` / ``sftp_client_factory`` with the storage's
+    timeouts (``timeout=`` seconds, ``max_attempts=``) — or ``method(conn_id)`` for a resolver written before
+    those optional keywords existed (the storage then applies what it can itself: SFTP channel timeouts)."""
+    import inspect
+
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        params = []  # type: ignore[assignment]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return method(conn_id, **limits)
+    names = {p.name for p in params}
+    return method(conn_id, **{k: v for k, v in limits.items() if k in names})

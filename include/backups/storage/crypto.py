@@ -32,6 +32,15 @@ Manual restore without the library's storage layer::
 ``decrypt`` prints the object key from the header on stderr; ``--expect-key KEY`` makes it refuse an object
 written under another key. Exit status 0 = authentic and complete, 8 = wrong key or corrupted/truncated data
 (discard the output: chunks before a corrupted one may already have been written).
+
+Wrong key or damaged object? AES-GCM cannot tell the two apart on one object, so the storage decides with the
+others: the key is *proven* once any chunk of this storage decrypted (a storage check, a read; not an object
+this process wrote, nor a lock), or by a probe that decrypts the first chunk of up to :data:`PROBES` other
+objects — the 4 newest manifests, then the 4 smallest data objects, then older manifests
+(:meth:`EncryptedStorage.key_proven`). With the key proven, an object that fails authentication or has a bad
+header is damage: :class:`~backups.errors.IntegrityError` (exit 4), one object, like a flipped byte on a plain
+storage. An object whose header names another key (swapped or renamed) is always damage. Only when no object
+tried decrypts is it the key: :class:`~backups.errors.EncryptionError` (exit 8).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import base64
 import binascii
 import hashlib
 import io
+import itertools
 import os
 import secrets
 import struct
@@ -48,7 +58,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from ..errors import BackupError, EncryptionError, ObjectExistsError
+from ..errors import BackupError, EncryptionError, IntegrityError, ObjectExistsError
 from .base import CHUNK, ObjectInfo, Storage, exists_error, same_content
 
 MAGIC = b"FMRBKENC"
@@ -56,6 +66,8 @@ VERSION = 1
 TAG = 16
 _FIXED = struct.Struct(">8sBI8sH")  # magic, version, chunk_size, nonce_prefix, key_len  (23 bytes)
 MAX_CHUNK = 64 << 20
+UNPROVEN = ("locks/",)  #: objects any run writes (locks): reading one back proves nothing about the key
+PROBES = 8  #: objects a key probe tries to decrypt before it calls the key wrong (see ``_candidates``)
 
 
 def fingerprint(key: bytes) -> str:
@@ -102,17 +114,25 @@ def _bad(key: str, where: str, fp: str | None) -> EncryptionError:
                            "manifests record the fingerprint; if it is, the object is damaged: restore from another copy")
 
 
+class _NotEncrypted(EncryptionError):
+    """The object has no encryption header (unencrypted data, or a damaged header)."""
+
+
+class _Swapped(EncryptionError):
+    """The header is valid but names another object key (objects swapped or renamed)."""
+
+
 def _check_header(header: bytes, key: str, where: str, fp: str | None) -> bytes:
     """Validate a header read for object ``key``; returns it (it is the associated data of every chunk)."""
     if len(header) < _FIXED.size or header[:8] != MAGIC:
-        raise EncryptionError(f"cannot decrypt {key} on {where}: not an encrypted object (bad header)",
-                              hint="the storage holds unencrypted data: remove 'encryption:' for it or use another path")
+        raise _NotEncrypted(f"cannot decrypt {key} on {where}: not an encrypted object (bad header)",
+                            hint="the storage holds unencrypted data: remove 'encryption:' for it or use another path")
     _, version, cs, _, klen = _FIXED.unpack_from(header)
     if version != VERSION or not 0 < cs <= MAX_CHUNK or klen != len(header) - _FIXED.size:
         raise _bad(key, where, fp)
     if header[_FIXED.size :] != key.encode():
-        raise EncryptionError(f"cannot decrypt {key} on {where}: the object was written as another key "
-                              "(objects swapped or renamed)", hint="restore it from another copy")
+        raise _Swapped(f"cannot decrypt {key} on {where}: the object was written as another key "
+                       "(objects swapped or renamed)", hint="restore it from another copy")
     return header
 
 
@@ -169,8 +189,8 @@ class _Decryptor:
     """Reader: decrypts chunk after chunk, reading one chunk ahead to know which one is final."""
 
     def __init__(self, raw: Any, aead: Any, header: bytes, first: int, fail: Any, skip: int = 0,
-                 limit: int | None = None) -> None:
-        self.raw, self.aead, self.header, self.index, self.fail = raw, aead, header, first, fail
+                 limit: int | None = None, ok: Any = None) -> None:
+        self.raw, self.aead, self.header, self.index, self.fail, self.ok = raw, aead, header, first, fail, ok
         self.prefix = header[13:21]
         self.enc_size = _FIXED.unpack_from(header)[2] + TAG
         self.next = _read_exact(raw, self.enc_size)
@@ -192,6 +212,8 @@ class _Decryptor:
             plain = self.aead.decrypt(nonce, cur, self.header + (b"\x01" if final else b"\x00"))
         except Exception:  # cryptography.exceptions.InvalidTag, or ValueError for a too-short chunk
             raise self.fail() from None
+        if self.ok is not None:
+            self.ok()  # an authentic chunk: the key is right
         self.index += 1
         self.done = final
         if self.skip:
@@ -214,6 +236,15 @@ class _Decryptor:
         return True
 
 
+class _KeyState:
+    """Whether the key is known right for a storage (shared by an :class:`EncryptedStorage` and its thread twins)."""
+
+    def __init__(self) -> None:
+        self.proven = False
+        self.probed = False  #: a probe ran and decrypted nothing
+        self.written: set[str] = set()  #: keys this process wrote (they decrypt whatever the key): no proof
+
+
 class EncryptedStorage(Storage):
     """Same interface as the inner storage; objects are encrypted on write and authenticated on read."""
 
@@ -227,6 +258,7 @@ class EncryptedStorage(Storage):
         self.chunk_size = chunk_size
         self.key_fingerprint = fingerprint(key)
         self._aead = AESGCM(key)
+        self._key = _KeyState()
 
     def __repr__(self) -> str:
         return f"EncryptedStorage({self.inner!r}, key_fingerprint={self.key_fingerprint})"
@@ -234,8 +266,83 @@ class EncryptedStorage(Storage):
     def describe(self) -> str:
         return f"{self.inner.describe()}, encrypted (AES-256-GCM, key {self.key_fingerprint})"
 
-    def _bad(self, key: str) -> EncryptionError:
-        return _bad(key, self.name, self.key_fingerprint)
+    # ---- wrong key or damaged object -----------------------------------------------------------------
+    def _proof(self, key: str) -> Any:
+        """The callback a read of ``key`` calls on an authentic chunk: proof of the key, unless this process wrote
+        the object (a lock, a report) — that decrypts with any key, the wrong one included."""
+        if key in self._key.written or key.startswith(UNPROVEN):
+            return None
+
+        def proved() -> None:
+            self._key.proven = True
+
+        return proved
+
+    def key_proven(self, failed: str | None = None) -> bool:
+        """True when the key is right: a chunk of this storage decrypted already, or the first chunk of one of
+        up to :data:`PROBES` other objects (newest manifests, smallest data objects; ``failed`` excluded)
+        decrypts now. False when none does (the key is wrong, or the storage holds nothing else to try)."""
+        if self._key.proven:
+            return True
+        if self._key.probed:
+            return False
+        self._probe(failed)
+        return self._key.proven
+
+    def _candidates(self, failed: str | None) -> Iterator[str]:
+        """Keys to probe, lazily: the newest manifests (by modification time), then — listed only if those all
+        failed — the smallest data objects, then older manifests. ``failed`` and what this process wrote are
+        left out. The probe takes at most :data:`PROBES` of them."""
+        skip = {failed, *self._key.written}
+        manifests = sorted((o for o in self.inner.list("snapshots/") if o.key not in skip),
+                           key=lambda o: (o.mtime or 0.0, o.key), reverse=True)
+        yield from (o.key for o in manifests[: PROBES // 2])
+        data = sorted((o for o in self.inner.list("data/") if o.key not in skip), key=lambda o: (o.size, o.key))
+        yield from (o.key for o in data[: PROBES // 2])
+        yield from (o.key for o in manifests[PROBES // 2 :])
+
+    def _probe(self, failed: str | None) -> int:
+        """Try to decrypt the first chunk of a few objects; returns how many were tried (0: nothing to try)."""
+        tried = 0
+        for key in itertools.islice(self._candidates(failed), PROBES):
+            tried += 1
+            try:
+                hlen = _FIXED.size + len(key.encode())
+                with self.inner.open_read(key, 0, hlen + 2 * (self.chunk_size + TAG)) as raw:
+                    header = _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
+                    _Decryptor(raw, self._aead, header, 0, lambda k=key: _bad(k, self.name, self.key_fingerprint),
+                               limit=1, ok=self._proof(key)).read(1)
+            except BackupError:  # this one does not decrypt (or cannot be read): try the next
+                continue
+            if self._key.proven:
+                return tried
+        self._key.probed = True
+        return tried
+
+    def _damaged(self, key: str, what: str, wrong_key: EncryptionError) -> BackupError:
+        """The error for object ``key`` that failed (``what``): damage when the key is proven, else ``wrong_key``."""
+        if not self.key_proven(key):
+            return wrong_key
+        return IntegrityError(f"{key} on {self.name} is damaged: {what} (the key, fingerprint {self.key_fingerprint}, "
+                              "is right: it decrypts other data of this storage)",
+                              hint="restore from another storage or an older snapshot; "
+                              "`backupctl verify --all --read-data` lists every damaged object")
+
+    def _bad(self, key: str) -> BackupError:
+        return self._damaged(key, "authenticated decryption failed (altered, truncated or replaced)",
+                             _bad(key, self.name, self.key_fingerprint))
+
+    def _header(self, raw: Any, key: str) -> bytes:
+        hlen = _FIXED.size + len(key.encode())
+        try:
+            return _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
+        except _Swapped:  # a valid object of another key: swapped or renamed, whatever the key
+            raise IntegrityError(f"{key} on {self.name} is damaged: it holds the object written as another key "
+                                 "(objects swapped or renamed)",
+                                 hint="restore from another storage or an older snapshot") from None
+        except EncryptionError as exc:
+            what = "bad header (not an encrypted object)" if isinstance(exc, _NotEncrypted) else "bad header"
+            raise self._damaged(key, what, exc) from None
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
@@ -245,6 +352,7 @@ class EncryptedStorage(Storage):
                 enc = _Encryptor(raw, self._aead, make_header(key, self.chunk_size))
                 yield enc  # type: ignore[misc]
                 enc.finish()
+            self._key.written.add(key)
         except ObjectExistsError:
             # the ciphertext always differs (a fresh nonce per object): compare the plaintext instead
             if enc is None or not same_content(self, key, enc.sha.hexdigest(), enc.size):
@@ -255,19 +363,20 @@ class EncryptedStorage(Storage):
         hlen = _FIXED.size + len(key.encode())
         if not offset and length is None:
             with self.inner.open_read(key) as raw:
-                header = _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
-                yield _Decryptor(raw, self._aead, header, 0, lambda: self._bad(key))  # type: ignore[misc]
+                header = self._header(raw, key)
+                yield _Decryptor(raw, self._aead, header, 0, lambda: self._bad(key), ok=self._proof(key))  # type: ignore[misc]
             return
         if length == 0:
             yield io.BytesIO(b"")  # type: ignore[misc]
             return
         with self.inner.open_read(key, 0, hlen) as raw:
-            header = _check_header(_read_exact(raw, hlen), key, self.name, self.key_fingerprint)
+            header = self._header(raw, key)
         cs = _FIXED.unpack_from(header)[2]
         first, skip = divmod(offset, cs)
         span = None if length is None else ((offset + length - 1) // cs - first + 2) * (cs + TAG)  # +1 to see "final"
         with self.inner.open_read(key, hlen + first * (cs + TAG), span) as raw:
-            yield _Decryptor(raw, self._aead, header, first, lambda: self._bad(key), skip, length)  # type: ignore[misc]
+            yield _Decryptor(raw, self._aead, header, first, lambda: self._bad(key), skip, length,  # type: ignore[misc]
+                             ok=self._proof(key))
 
     def plain_size(self, key: str, stored: int) -> int:
         body = stored - _FIXED.size - len(key.encode())
@@ -286,12 +395,25 @@ class EncryptedStorage(Storage):
         self.inner.delete(key)
 
     def check(self) -> None:
-        """The inner check, then: the key must decrypt the newest manifest (so a wrong key never writes)."""
+        """The inner check, then :meth:`check_key` (so a wrong key never writes)."""
         self.inner.check()
-        manifests = [o.key for o in self.inner.list("snapshots/")]
-        if manifests:
-            with self.open_read(manifests[-1]) as fh:
-                fh.read(1)
+        self.check_key()
+
+    def check_key(self) -> None:
+        """The key must decrypt an object of the storage (exit 8 otherwise). The probe tries the 4 newest manifests,
+        then the 4 smallest data objects (see ``_candidates``): damaged or swapped manifests do not make
+        the key look wrong. An empty storage has nothing to check."""
+        if self._key.proven:
+            return
+        self._key.probed = False
+        tried = self._probe(None)
+        if tried and not self._key.proven:
+            raise EncryptionError(f"cannot decrypt any of {tried} object(s) of {self.name} (the newest manifests and "
+                                  "the smallest data objects) "
+                                  f"with the key of fingerprint {self.key_fingerprint}: wrong key, or not an "
+                                  "encrypted repository",
+                                  hint="set the key that encrypted this repository (manifests record its fingerprint); "
+                                  "a storage that holds unencrypted data needs no 'encryption:' section")
 
     def free_bytes(self) -> int | None:
         return self.inner.free_bytes()
@@ -304,7 +426,7 @@ class EncryptedStorage(Storage):
             return self
         import copy
 
-        twin = copy.copy(self)  # same key and cipher (AESGCM is stateless), the inner's own connection
+        twin = copy.copy(self)  # same key, cipher (AESGCM is stateless) and key state; the inner's own connection
         twin.inner = self.inner.for_thread()
         return twin
 

@@ -16,6 +16,12 @@
   asks S3 for a temporary copy. Manifests (``snapshots/``) are always written as STANDARD so listing and chain
   resolution never wait for a restore; so are lock objects (``locks/``).
 
+* Timeouts: ``timeout_seconds`` (default 60) and ``max_attempts`` (default 3) go to the resolver
+  (``resolver.s3_client(conn_id, timeout=..., max_attempts=...)``), which builds the client with botocore's
+  ``connect_timeout`` / ``read_timeout`` and ``retries={"total_max_attempts": ..., "mode": "standard"}``: no request
+  — connect, each read of a streamed body, an upload — waits longer; a timeout is transient (retried by
+  ``RetryingStorage``).
+
 boto3 is not imported here: the client comes from the :class:`~backups.storage.Resolver`.
 """
 
@@ -29,11 +35,13 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ..errors import ObjectNotFound, StorageError, TransientStorageError
-from .base import ObjectInfo, Storage, check_key, exists_error, same_content
+from .base import ObjectInfo, Storage, check_key, exists_error, resolve_client, same_content
 
 log = logging.getLogger(__name__)
 
 PART = 8 << 20
+TIMEOUT = 60.0  #: seconds, the default of ``storages.*.timeout_seconds``
+MAX_ATTEMPTS = 3  #: the default of ``storages.*.max_attempts``
 MIN_PART = 5 << 20  # S3's minimum size for every part but the last
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 MANIFEST_PREFIX = "snapshots/"
@@ -64,7 +72,9 @@ class S3Storage(Storage):
 
     @classmethod
     def from_config(cls, sc: Any, name: str, resolver: Any) -> S3Storage:
-        return cls(resolver.s3_client(sc.conn_id), sc.bucket, sc.prefix, name=name, storage_class=sc.storage_class,
+        client = resolve_client(resolver.s3_client, sc.conn_id, timeout=float(getattr(sc, "timeout_seconds", TIMEOUT)),
+                                max_attempts=int(getattr(sc, "max_attempts", MAX_ATTEMPTS)))
+        return cls(client, sc.bucket, sc.prefix, name=name, storage_class=sc.storage_class,
                    sse=sc.sse, kms_key_id=sc.kms_key_id, conn_id=sc.conn_id)
 
     def describe(self) -> str:

@@ -9,39 +9,59 @@
 * Connections come from a factory (``resolver.sftp_client_factory(conn_id)``: host-key checking is the
   factory's job). A dropped connection is detected (the SSH transport is no longer active), dropped, and
   reported as :class:`TransientStorageError`; the next call reconnects, so ``RetryingStorage`` retries work.
+* Timeouts (``timeout_seconds``, default 60): the factory gets them for the TCP connect, the SSH banner and
+  the authentication (``resolver.sftp_client_factory(conn_id, timeout=...)``), and every session's channel
+  gets ``settimeout``: no SFTP request (open, read, write, stat, close) waits longer for its answer. A timeout
+  is transient (the session is dropped). At interpreter exit every session still open is closed first, so a
+  file finalised late (a generator abandoned by an exception) cannot wait on a transport thread that is gone.
 """
 
 from __future__ import annotations
 
+import atexit
 import errno
 import hashlib
 import posixpath
 import stat as stat_mod
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from ..errors import BackupError, ObjectNotFound, StorageError, TransientStorageError
-from .base import TEMP_MARK, ObjectInfo, Storage, check_key, exists_error, same_content
+from .base import TEMP_MARK, ObjectInfo, Storage, check_key, exists_error, resolve_client, same_content
 
 WINDOW = 8 << 20
+TIMEOUT = 60.0  #: seconds, the default of ``storages.*.timeout_seconds``
+_SESSIONS: weakref.WeakSet[SftpStorage] = weakref.WeakSet()  #: storages with a session open (closed at exit)
+
+
+@atexit.register
+def _close_all() -> None:
+    """Close every SFTP session before the interpreter finalises (its transport threads die then)."""
+    for store in list(_SESSIONS):
+        store.close()
 
 
 class SftpStorage(Storage):
-    def __init__(self, connect: Callable[[], Any], path: str, name: str = "sftp", conn_id: str | None = None) -> None:
+    def __init__(self, connect: Callable[[], Any], path: str, name: str = "sftp", conn_id: str | None = None,
+                 timeout: float = TIMEOUT) -> None:
         self.connect, self.base, self.name, self.conn_id = connect, posixpath.normpath(path or "."), name, conn_id
+        self.timeout = timeout
         self._sftp: Any = None
         self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, sc: Any, name: str, resolver: Any) -> SftpStorage:
-        return cls(resolver.sftp_client_factory(sc.conn_id), sc.path, name=name, conn_id=sc.conn_id)
+        timeout = float(getattr(sc, "timeout_seconds", TIMEOUT))
+        return cls(resolve_client(resolver.sftp_client_factory, sc.conn_id, timeout=timeout), sc.path, name=name,
+                   conn_id=sc.conn_id, timeout=timeout)
 
     def for_thread(self) -> SftpStorage:
         """A second instance with its own SSH session: one paramiko SFTP session must not be shared."""
-        return SftpStorage(self.connect, self.base, name=self.name, conn_id=self.conn_id)
+        return SftpStorage(self.connect, self.base, name=self.name, conn_id=self.conn_id, timeout=self.timeout)
 
     def describe(self) -> str:
         return f"{self.name} (sftp {self.base}" + (f" via connection {self.conn_id})" if self.conn_id else ")")
@@ -53,11 +73,18 @@ class SftpStorage(Storage):
                 return self._sftp
             self.close()
             try:
-                self._sftp = self.connect()
+                sftp = self.connect()
             except BackupError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified below
                 raise self._connect_error(exc) from None
+            self._sftp = sftp
+            try:
+                sftp.get_channel().settimeout(self.timeout)  # every request's answer, close included
+            except Exception as exc:  # noqa: BLE001 - a client without a channel: never use it unbounded
+                self.close()
+                raise StorageError(f"{self.name}: cannot set the SFTP timeout ({type(exc).__name__}: {exc})") from None
+            _SESSIONS.add(self)
             return self._sftp
 
     def _connect_error(self, exc: Exception) -> StorageError:
@@ -81,7 +108,12 @@ class SftpStorage(Storage):
             return TransientStorageError(f"{self.name}: connection lost while {what} {key} ({type(exc).__name__}: {exc})")
         if getattr(exc, "errno", None) == errno.ENOENT:
             return ObjectNotFound(f"{self.name}: object {key} is missing")
-        if type(exc).__name__ in {"SSHException", "ChannelException", "EOFError"} or isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError):  # socket.timeout: no answer within timeout_seconds
+            self.close()
+            return TransientStorageError(f"{self.name}: {what} {key} timed out (no answer within {self.timeout:g} s)",
+                                         hint="check the server and the network; raise storages.*.timeout_seconds "
+                                         "for a slow link")
+        if type(exc).__name__ in {"SSHException", "ChannelException", "EOFError"}:
             self.close()
             return TransientStorageError(f"{self.name}: {what} {key} failed ({type(exc).__name__}: {exc})")
         return StorageError(f"{self.name}: {what} {key} failed: {exc}",
@@ -92,6 +124,7 @@ class SftpStorage(Storage):
 
     def close(self) -> None:
         sftp, self._sftp = self._sftp, None
+        _SESSIONS.discard(self)
         if sftp is not None:
             try:
                 transport = sftp.get_channel().get_transport()

@@ -103,6 +103,9 @@ class ReadOnlyStorage(_Wrapper):
     def check(self) -> None:
         for _ in self.inner.list("snapshots/"):
             break
+        check_key = getattr(self.inner, "check_key", None)  # an encrypted storage: the key too (exit 8 when wrong)
+        if check_key is not None:
+            check_key()
 
 
 class RetryingStorage(_Wrapper):

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backups.config import EncryptionConfig
-from backups.errors import ConfigError, EncryptionError
+from backups.errors import ConfigError, EncryptionError, IntegrityError
 from backups.storage import LocalStorage, MemoryStorage, ReadOnlyStorage
 from backups.storage.crypto import TAG, EncryptedStorage, fingerprint, load_key, parse_key
 
@@ -95,7 +97,7 @@ def test_flipped_byte_detected(inner, where):
     blob = bytearray(inner.objects["data/x"])
     blob[where] ^= 0x01
     inner.objects["data/x"] = bytes(blob)
-    with pytest.raises(EncryptionError):
+    with pytest.raises((EncryptionError, IntegrityError)):  # a changed key name in the header is damage (exit 4)
         enc.get_bytes("data/x")
 
 
@@ -111,7 +113,7 @@ def test_truncation_and_extension_detected(inner, cut):
         "header_only": blob[:hlen],
         "drop_last": blob + blob[hlen : hlen + SMALL + TAG],  # a duplicated chunk appended
     }[cut]
-    with pytest.raises(EncryptionError):
+    with pytest.raises((EncryptionError, IntegrityError)):  # damage once a chunk proved the key right (exit 4)
         enc.get_bytes("data/x")
 
 
@@ -120,7 +122,7 @@ def test_swapped_objects_detected(inner):
     enc.put_bytes("data/a", b"A")
     enc.put_bytes("data/b", b"B")
     inner.objects["data/b"] = inner.objects["data/a"]
-    with pytest.raises(EncryptionError, match="written as another key"):
+    with pytest.raises(IntegrityError, match="written as another key"):  # damage, not a key problem
         enc.get_bytes("data/b")
 
 
@@ -256,3 +258,134 @@ def test_format_doc_decrypts_by_hand(inner):
         for i, c in enumerate(chunks)
     )
     assert out == data
+
+
+# ---- issue 16: a damaged object is damage (exit 4) once the key is proven; only a key no object opens is exit 8
+def _repo_like(inner) -> EncryptedStorage:
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    for i in range(3):
+        enc.put_bytes(f"snapshots/s{i}.json", b'{"n": %d}' % i)
+        enc.put_bytes(f"data/s{i}/a.tar.zst", os.urandom(2 * SMALL + i))
+    return enc
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "plain", "copied", "renamed_header"])
+def test_damaged_newest_manifest_is_integrity_error_and_check_passes(inner, damage):
+    _repo_like(inner)
+    blob = bytearray(inner.objects["snapshots/s2.json"])
+    other = inner.objects["snapshots/s1.json"]
+    inner.objects["snapshots/s2.json"] = {
+        "flip": bytes(blob[:-3]) + bytes([blob[-3] ^ 1]) + bytes(blob[-2:]),
+        "truncate": bytes(blob[:-1]),
+        "garbage": os.urandom(len(blob)),
+        "plain": b'{"n": 2}',
+        "copied": other,  # valid ciphertext of another key name: the header names snapshots/s1.json
+        "renamed_header": other.replace(b"snapshots/s1.json", b"snapshots/s2.json"),  # the AAD binding catches it
+    }[damage]
+    fresh = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    fresh.check()  # the key is right: one damaged manifest does not make it look wrong
+    with pytest.raises(IntegrityError, match="snapshots/s2.json on offsite is damaged") as ei:
+        fresh.get_bytes("snapshots/s2.json")
+    assert ei.value.exit_code == 4 and KEY.hex() not in str(ei.value)
+    assert EncryptedStorage(inner, KEY, chunk_size=SMALL).get_bytes("snapshots/s1.json") == b'{"n": 1}'
+    with pytest.raises(IntegrityError):  # without a check first: the first failure probes the others
+        EncryptedStorage(inner, KEY, chunk_size=SMALL).get_bytes("snapshots/s2.json")
+
+
+def test_wrong_key_stays_exit_8_even_with_damage(inner):
+    _repo_like(inner)
+    inner.objects["snapshots/s2.json"] = inner.objects["snapshots/s2.json"][:-1]
+    wrong = EncryptedStorage(inner, OTHER, chunk_size=SMALL)
+    with pytest.raises(EncryptionError, match="wrong key") as ei:
+        wrong.check()
+    assert ei.value.exit_code == 8 and OTHER.hex() not in str(ei.value)
+    for key in ("snapshots/s2.json", "snapshots/s1.json", "data/s0/a.tar.zst"):
+        with pytest.raises(EncryptionError):
+            EncryptedStorage(inner, OTHER, chunk_size=SMALL).get_bytes(key)
+
+
+def test_every_manifest_damaged_and_no_data_is_the_key(inner):
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    enc.put_bytes("snapshots/a.json", b"{}")
+    inner.objects["snapshots/a.json"] = inner.objects["snapshots/a.json"][:-1]
+    with pytest.raises(EncryptionError):
+        EncryptedStorage(inner, KEY, chunk_size=SMALL).check()  # nothing decrypts: indistinguishable from a wrong key
+
+
+def test_damaged_data_chunk_after_key_proven_is_integrity_error(inner):
+    _repo_like(inner)
+    blob = bytearray(inner.objects["data/s1/a.tar.zst"])
+    blob[23 + len("data/s1/a.tar.zst") + 3] ^= 1  # first chunk
+    inner.objects["data/s1/a.tar.zst"] = bytes(blob)
+    fresh = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    with pytest.raises(IntegrityError, match="data/s1/a.tar.zst on offsite is damaged"):
+        fresh.get_bytes("data/s1/a.tar.zst")
+    assert fresh.get_bytes("snapshots/s0.json") == b'{"n": 0}'
+
+
+def test_many_damaged_newest_manifests_do_not_make_the_key_look_wrong(inner):
+    """Ransomware-style: the newest manifests all overwritten. The data objects prove the key; every damaged
+    manifest is damage (exit 4), the intact older one reads."""
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    for i in range(10):
+        enc.put_bytes(f"snapshots/s{i:02d}.json", b'{"n": %d}' % i)
+    enc.put_bytes("data/s00/a.index.zst", b"index")
+    for i in range(1, 10):
+        inner.objects[f"snapshots/s{i:02d}.json"] = os.urandom(64)
+    fresh = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    fresh.check()
+    for i in range(1, 10):
+        with pytest.raises(IntegrityError):
+            fresh.get_bytes(f"snapshots/s{i:02d}.json")
+    assert fresh.get_bytes("snapshots/s00.json") == b'{"n": 0}'
+    with pytest.raises(EncryptionError, match="wrong key"):
+        EncryptedStorage(inner, OTHER, chunk_size=SMALL).check()
+
+
+def test_the_probe_lists_data_only_when_the_newest_manifests_fail(inner):
+    _repo_like(inner)
+    listed: list[str] = []
+    real_list = inner.list
+
+    def counting(prefix=""):
+        listed.append(prefix)
+        return real_list(prefix)
+
+    inner.list = counting
+    EncryptedStorage(inner, KEY, chunk_size=SMALL).check()
+    assert "data/" not in listed and "snapshots/" in listed  # healthy: data/ is not listed on every command
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(0, 3 * SMALL + 5), min_size=2, max_size=5), data=st.data())
+def test_property_any_damage_of_one_object_is_exit_4_and_never_wrong_bytes(sizes, data):
+    """Any damage — a flipped bit anywhere, a cut anywhere, bytes appended, another object's ciphertext — of one
+    object among intact ones: the storage check passes, the damaged object raises IntegrityError (exit 4, never
+    plaintext that differs), and every other object still reads back exactly."""
+    inner = MemoryStorage("offsite")
+    enc = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    plain = {f"data/s/o{i}": os.urandom(n) for i, n in enumerate(sizes)}
+    for k, v in plain.items():
+        enc.put_bytes(k, v)
+    victim = data.draw(st.sampled_from(sorted(plain)))
+    blob = bytearray(inner.objects[victim])
+    how = data.draw(st.sampled_from(["flip", "cut", "append", "swap"]))
+    if how == "flip":
+        pos = data.draw(st.integers(0, len(blob) - 1))
+        blob[pos] ^= 1 << data.draw(st.integers(0, 7))
+    elif how == "cut":
+        del blob[data.draw(st.integers(0, len(blob) - 1)):]
+    elif how == "append":
+        blob += data.draw(st.binary(min_size=1, max_size=SMALL + 40))
+    else:
+        other = data.draw(st.sampled_from(sorted(set(plain) - {victim})))
+        blob = bytearray(inner.objects[other])
+    inner.objects[victim] = bytes(blob)
+    fresh = EncryptedStorage(inner, KEY, chunk_size=SMALL)
+    fresh.check()
+    with pytest.raises(IntegrityError) as ei:
+        fresh.get_bytes(victim)
+    assert ei.value.exit_code == 4 and victim in str(ei.value)
+    for k, v in plain.items():
+        if k != victim:
+            assert fresh.get_bytes(k) == v

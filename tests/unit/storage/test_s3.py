@@ -218,3 +218,38 @@ def test_unfinished_multipart_uploads_are_temps_and_can_be_removed(client):
     assert list(s.list("")) == []  # never visible as an object
     s.remove_temp(temps[0].key)
     assert list(s.temps()) == []
+
+
+# ---- issue 16: every S3 request has a timeout --------------------------------------------------------------
+@pytest.mark.timeout(60)
+def test_timeouts_reach_the_client_and_a_silent_endpoint_fails_fast():
+    """An endpoint that accepts connections and never answers: with timeout_seconds 1 and max_attempts 1 a read
+    fails (transient) in seconds instead of botocore's 60 s x 5 attempts."""
+    import socket
+    import time
+
+    from backups.config import S3Storage as S3Cfg
+    from backups.errors import TransientStorageError
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    seen = {}
+
+    class Resolver:
+        def s3_client(self, conn_id, timeout=None, max_attempts=None):
+            seen.update(timeout=timeout, max_attempts=max_attempts)
+            return make_client(url, retries=max_attempts, connect_timeout=timeout, read_timeout=timeout)
+
+    try:
+        s = S3Storage.from_config(S3Cfg(type="s3", bucket=BUCKET, timeout_seconds=1, max_attempts=1), "cloud", Resolver())
+        assert seen == {"timeout": 1.0, "max_attempts": 1}
+        t0 = time.monotonic()
+        with pytest.raises(TransientStorageError, match="cloud"):
+            s.get_bytes("k")
+        assert time.monotonic() - t0 < 10
+    finally:
+        silent.close()
+    defaults = S3Cfg(type="s3", bucket=BUCKET)
+    assert (defaults.timeout_seconds, defaults.max_attempts) == (60, 3)  # the documented defaults

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -87,7 +88,7 @@ LogLevel INFO
                 pass
         self.proc.wait(10)
 
-    def factory(self, host_key: paramiko.PKey | None = None, pin: bool = True):
+    def factory(self, host_key: paramiko.PKey | None = None, pin: bool = True, timeout: float = 5):
         def connect():
             client = paramiko.SSHClient()
             if pin:
@@ -95,7 +96,8 @@ LogLevel INFO
                 client.get_host_keys().add(f"[127.0.0.1]:{self.port}", key.get_name(), key)
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
             client.connect("127.0.0.1", port=self.port, username=self.user, key_filename=str(self.dir / "client_ed25519"),
-                           look_for_keys=False, allow_agent=False, timeout=5, banner_timeout=5, auth_timeout=5)
+                           look_for_keys=False, allow_agent=False, timeout=timeout, banner_timeout=timeout,
+                           auth_timeout=timeout)
             sftp = client.open_sftp()
             sftp.ssh_client = client  # keep the SSHClient referenced as long as the SFTP session
             return sftp
@@ -221,3 +223,63 @@ def test_from_config_uses_resolver(sshd, remote):
     s.put_bytes("a/b", b"c")
     assert (remote / "a" / "b").read_bytes() == b"c"
     assert s.describe() == f"vault (sftp {remote} via connection backup_sftp)"
+
+
+# ---- issue 16: every SFTP operation has a timeout -------------------------------------------------------------
+@pytest.mark.timeout(90)
+def test_frozen_server_times_out_instead_of_hanging(tmp_path):
+    """sshd's session processes stopped (SIGSTOP): the TCP connection stays up and no answer ever comes. Each
+    request — a read, a stat, a write, the close of an open file — fails within the storage's timeout."""
+    if not SSHD:
+        pytest.skip("OpenSSH sshd not found")
+    (tmp_path / "sshd").mkdir()
+    server = Sshd(tmp_path / "sshd")
+    server.start()
+    s = SftpStorage(server.factory(), str(tmp_path / "remote"), name="vault", timeout=1)
+    s.put_bytes("k", b"v" * 100_000)
+    frozen: list[int] = []
+
+    def freeze() -> None:  # the sessions open now (a timeout drops the session; the next call opens another)
+        s.stat("k")
+        pids = [p for p in _descendants(server.proc.pid) if p not in frozen]
+        assert pids, "no sshd session process"
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        frozen.extend(pids)
+
+    def read_then_close() -> None:
+        with s.open_read("k") as fh:
+            freeze()
+            fh.read()
+
+    try:
+        for op in (read_then_close, lambda: s.get_bytes("k"), lambda: s.stat("k"), lambda: s.put_bytes("k2", b"x"),
+                   lambda: list(s.list(""))):
+            if op is not read_then_close:
+                freeze()
+            t0 = time.monotonic()
+            with pytest.raises(TransientStorageError, match="timed out|connection lost"):
+                op()
+            assert time.monotonic() - t0 < 15
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        server.kill()
+
+
+def test_from_config_passes_the_timeout_to_the_factory(sshd, remote):
+    from backups.config import SftpStorage as SftpCfg
+
+    seen = {}
+
+    class Resolver:
+        def sftp_client_factory(self, conn_id, timeout=None):
+            seen["timeout"] = timeout
+            return sshd.factory(timeout=timeout)
+
+    s = SftpStorage.from_config(SftpCfg(type="sftp", path=str(remote), timeout_seconds=7), "vault", Resolver())
+    assert seen == {"timeout": 7.0} and s.timeout == 7.0
+    s.put_bytes("k", b"v")
+    assert s._client().get_channel().gettimeout() == 7.0
+    assert SftpCfg(type="sftp", path="/x").timeout_seconds == 60  # the documented default
