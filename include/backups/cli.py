@@ -418,6 +418,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"{r['storage']}: keep {len(r['keep'])}, {verb} {len(r['forget'])}: {', '.join(r['forget']) or '-'}; "
                   f"orphans {len(r['orphans'])}, temp objects {len(r['temps'])}"
                   + ("" if args.dry_run else f"; removed {r['deleted_objects']} object(s), {mb(r['deleted_bytes'])}"))
+            for w in r.get("warnings") or []:  # snapshots dated in the future (kept)
+                print(f"  WARNING {w}")
             if args.verbose:  # every snapshot with keep/forget and the rule that decided it
                 from .commands.prune import decision_table
 

@@ -1,8 +1,10 @@
 """The planner (engine/snapshot.py ``plan``): which parent a snapshot builds on, its chain, and promotion to full.
 
-pgBackRest's words: a *full* has no parent; a *differential* builds on the newest full before it; an
-*incremental* on the newest snapshot of any tier before it. With no usable parent (none, or its chain is
-damaged) the snapshot is promoted to full and says why. Table-driven on a one-file ``files`` source and a local
+pgBackRest's words: a *full* has no parent; a *differential* builds on the newest full; an *incremental* on the
+newest snapshot of any tier — "newest" meaning the newest DATA (the highest manifest ``sequence``), never the
+logical dates: a host whose clock is behind, or a backfill, still builds on the true newest snapshot (issue 16),
+and is warned about. With no usable parent (none, or its chain is damaged) the snapshot is promoted to full and
+says why. Table-driven on a one-file ``files`` source and a local
 storage: no Airflow, about a second for the whole file.
 """
 
@@ -79,15 +81,20 @@ CASES = {
     "incremental on the newest of any tier": ("daily", LATER, None, "incremental", D2, [W, M, D2], None),
     "differential on the newest full": ("monthly", LATER, None, "differential", W, [W], None),
     "full never has a parent": ("weekly", LATER, None, "full", None, [], None),
-    "incremental between two snapshots": ("daily", "2026-01-05T12:00:00Z", None, "incremental", D1, [W, D1], None),
-    "incremental on a differential": ("daily", "2026-01-06T12:00:00Z", None, "incremental", M, [W, M], None),
     "--type differential on a daily tier": ("daily", LATER, "differential", "differential", W, [W], None),
     "--type full on a daily tier": ("daily", LATER, "full", "full", None, [], None),
     "--type incremental on the weekly tier": ("weekly", LATER, "incremental", "incremental", D2, [W, M, D2], None),
-    "incremental before everything: promoted": ("daily", "2026-01-03T02:00:00Z", None, "full", None, [], NONE_EARLIER),
-    "differential before every full: promoted": ("monthly", "2026-01-04T00:59:59Z", None, "full", None, [],
-                                                 NO_FULL_EARLIER),
-    "the same instant is not earlier: promoted": ("daily", "2026-01-04T01:00:00Z", None, "full", None, [], NONE_EARLIER),
+}
+
+# a logical date older than snapshots already taken (a clock behind, a backfill): the parent is still the newest
+# data, never an older snapshot and never a silent promotion to full; the plan warns (tier's newest named)
+SKEWED = {
+    "incremental between two snapshots": ("daily", "2026-01-05T12:00:00Z", "incremental", D2, [W, M, D2], D2),
+    "incremental between a full and a differential": ("daily", "2026-01-04T12:00:00Z", "incremental", D2, [W, M, D2],
+                                                      D2),
+    "incremental before everything": ("daily", "2026-01-03T02:00:00Z", "incremental", D2, [W, M, D2], D2),
+    "differential before every full": ("monthly", "2026-01-04T00:59:59Z", "differential", W, [W], M),
+    "full before the newest full": ("weekly", "2026-01-03T01:00:00Z", "full", None, [], W),
 }
 
 
@@ -98,6 +105,16 @@ def test_parent_choice_and_promotion(repo, case):
     assert (p.type, p.parent, p.chain[:-1], p.promoted_reason) == (typ, parent, chain, reason)
     assert p.requested_type == (override or {"daily": "incremental", "weekly": "full", "monthly": "differential"}[tier])
     assert p.chain[-1] == p.snapshot_id and not p.already_committed
+    assert p.warnings == [] and p.sequence == len(HISTORY) + 1
+
+
+@pytest.mark.parametrize("case", SKEWED.values(), ids=SKEWED.keys())
+def test_an_older_logical_date_builds_on_the_newest_data_and_warns(repo, case):
+    tier, when, typ, parent, chain, newest_of_tier = case
+    p = _plan(*repo, tier, when)
+    assert (p.type, p.parent, p.chain[:-1], p.promoted_reason) == (typ, parent, chain, None)
+    assert len(p.warnings) == 1 and newest_of_tier in p.warnings[0] and "clock" in p.warnings[0], p.warnings
+    assert p.sequence == len(HISTORY) + 1  # it will be `latest`
 
 
 # (what is damaged, tier, expected type, parent, chain without the new id, promoted reason)
