@@ -4,7 +4,7 @@
   clock), the parent (incremental: the snapshot of any tier holding the newest data, see
   :meth:`~backups.catalog.manifest.Catalog.latest`; differential: the newest full), promotion to full when there
   is no usable parent, the ``sequence`` that makes this snapshot the newest, and a clock-skew warning when the
-  logical date is older than the tier's newest snapshot.
+  logical date is older than the repository's newest snapshot.
 * :func:`extract` — back up one source (:func:`backups.engine.archiver.backup_source`); writes objects and a
   ``part.json`` record on the primary storage, returns a small dict.
 * :func:`commit` — assemble the parts into the manifest and write it **last**.
@@ -121,7 +121,7 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
     (the tier's or ``type_override``; promoted to full when no usable parent exists, with the reason), the parent
     and chain read from ``storage``'s catalog, the sources and storages. Reads only; ``already_committed`` is set
     when that id is committed already (a re-run then only verifies). A logical date in the future (``now``:
-    the clock) is refused; one older than the tier's newest snapshot is warned about (clock skew, or a backfill)."""
+    the clock) is refused; one older than the repository's newest snapshot is warned about (clock skew, or a backfill)."""
     t = cfg.tier(tier)
     ld = parse_logical_date(logical_date)
     sid = snapshot_id(tier, ld)
@@ -148,10 +148,10 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
                     d.get("comment", ""), d["started_at"], already_committed=True)
     check_logical_date(ld, now)
     warnings = []
-    dated = [s for s in catalog.snapshots.values() if s.tier == tier and s.logical_date > ld]
+    dated = [s for s in catalog.snapshots.values() if s.logical_date > ld]
     if dated:
-        newest = max(dated, key=lambda s: s.logical_date)
-        warnings.append(f"logical date {ld.isoformat()} is older than the newest snapshot of tier {tier}, {newest.id} "
+        newest = max(dated, key=lambda s: (s.logical_date, s.id))
+        warnings.append(f"logical date {ld.isoformat()} is older than the repository's newest snapshot {newest.id} "
                         f"({newest.logical_date.isoformat()}): the clock of this host may be behind (or this is a "
                         f"backfill); this snapshot holds the newest data, so it becomes `latest`")
         log.warning("%s: %s", sid, warnings[-1])

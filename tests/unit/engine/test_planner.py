@@ -3,7 +3,7 @@
 pgBackRest's words: a *full* has no parent; a *differential* builds on the newest full; an *incremental* on the
 newest snapshot of any tier — "newest" meaning the newest DATA (the highest manifest ``sequence``), never the
 logical dates: a host whose clock is behind, or a backfill, still builds on the true newest snapshot (issue 16),
-and is warned about. With no usable parent (none, or its chain is damaged) the snapshot is promoted to full and
+and is warned about (naming the repository's newest snapshot). With no usable parent (none, or its chain is damaged) the snapshot is promoted to full and
 says why. Table-driven on a one-file ``files`` source and a local
 storage: no Airflow, about a second for the whole file.
 """
@@ -87,14 +87,15 @@ CASES = {
 }
 
 # a logical date older than snapshots already taken (a clock behind, a backfill): the parent is still the newest
-# data, never an older snapshot and never a silent promotion to full; the plan warns (tier's newest named)
+# data, never an older snapshot and never a silent promotion to full; the plan warns (the newest one named)
 SKEWED = {
     "incremental between two snapshots": ("daily", "2026-01-05T12:00:00Z", "incremental", D2, [W, M, D2], D2),
     "incremental between a full and a differential": ("daily", "2026-01-04T12:00:00Z", "incremental", D2, [W, M, D2],
                                                       D2),
     "incremental before everything": ("daily", "2026-01-03T02:00:00Z", "incremental", D2, [W, M, D2], D2),
-    "differential before every full": ("monthly", "2026-01-04T00:59:59Z", "differential", W, [W], M),
-    "full before the newest full": ("weekly", "2026-01-03T01:00:00Z", "full", None, [], W),
+    "differential before every full": ("monthly", "2026-01-04T00:59:59Z", "differential", W, [W], D2),
+    "full before the newest full": ("weekly", "2026-01-03T01:00:00Z", "full", None, [], D2),
+    "the same instant as the weekly": ("daily", "2026-01-04T01:00:00Z", "incremental", D2, [W, M, D2], D2),
 }
 
 
@@ -110,10 +111,10 @@ def test_parent_choice_and_promotion(repo, case):
 
 @pytest.mark.parametrize("case", SKEWED.values(), ids=SKEWED.keys())
 def test_an_older_logical_date_builds_on_the_newest_data_and_warns(repo, case):
-    tier, when, typ, parent, chain, newest_of_tier = case
+    tier, when, typ, parent, chain, newest = case
     p = _plan(*repo, tier, when)
     assert (p.type, p.parent, p.chain[:-1], p.promoted_reason) == (typ, parent, chain, None)
-    assert len(p.warnings) == 1 and newest_of_tier in p.warnings[0] and "clock" in p.warnings[0], p.warnings
+    assert len(p.warnings) == 1 and newest in p.warnings[0] and "clock" in p.warnings[0], p.warnings
     assert p.sequence == len(HISTORY) + 1  # it will be `latest`
 
 
