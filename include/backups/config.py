@@ -123,7 +123,7 @@ Storage = Annotated[LocalStorage | S3Storage | SftpStorage, Field(discriminator=
 # --------------------------------------------------------------------------------------------------- tiers
 class Retention(_Strict):
     keep_last: int | None = Field(default=None, ge=1)
-    #: every snapshot within this many days of the tier's newest one (restic's --keep-within)
+    #: every snapshot dated within this many days before now (the clock; never a snapshot's date)
     keep_within_days: int | None = Field(default=None, ge=1)
     keep_daily: int | None = Field(default=None, ge=1)
     keep_weekly: int | None = Field(default=None, ge=1)
@@ -315,8 +315,8 @@ class Config(_Strict):
     notify_email: list[str] = Field(default_factory=list)
     owner: str = "data-engineering"
     locks: Locks = Field(default_factory=Locks)
-    #: retention of the backup_manual DAG's snapshots (tier "manual"): by default the 10 newest and every one within
-    #: 90 days of the newest; an explicit ``{}`` keeps them all
+    #: retention of the backup_manual DAG's snapshots (tier "manual"): by default the 10 newest and every one dated
+    #: within the last 90 days; an explicit ``{}`` keeps them all
     manual_retention: Retention = Field(default_factory=lambda: Retention(keep_last=10, keep_within_days=90))
     monitoring: Monitoring = Field(default_factory=Monitoring)
     drill: Drill | None = None
