@@ -494,8 +494,9 @@ def safe_load_yaml(text: str, file: str = "<config>", *, max_nodes: int = MAX_YA
             return None
         size = _expanded_size(node, {}, set(), max_nodes, file)
         if size > max_nodes:
-            raise ConfigError(f"{file}: the YAML aliases expand to more than {max_nodes:,} nodes (an alias bomb?); "
-                              "refused", hint="write the values out, or use fewer nested aliases (*name) in the file")
+            raise ConfigError(f"{file}: with its aliases expanded, the YAML has more than {max_nodes:,} nodes (an alias "
+                              "bomb?); refused", hint="write the values out, or use fewer nested aliases (*name) in "
+                                                      "the file")
         return loader.construct_document(node)
     except RecursionError:
         raise ConfigError(f"{file}: the YAML nests too deeply", hint="flatten the file's structure") from None

@@ -183,3 +183,47 @@ def test_chosen_sources_and_storages_are_kept_in_order(repo):
     p = plan(cfg, "daily", LATER, storage=LocalStorage(root, name="local"), sources=["other", "notes"],
              storages=["spare", "local"], comment="before the roll-out")
     assert (p.sources, p.storages, p.comment) == (["other", "notes"], ["spare", "local"], "before the roll-out")
+
+
+def test_latest_is_the_newest_data_and_old_manifests_still_read():
+    """``sequence`` orders snapshots by the data they hold; a manifest without it (an older version) or with a value
+    that is not a count reads as 0: older than every sequenced one, ordered by logical date among its peers."""
+    from backups.catalog import Catalog
+    from backups.catalog.manifest import manifest_key, new_manifest, seal
+    from backups.storage.memory import MemoryStorage
+
+    storage = MemoryStorage()
+
+    def put(sid, when, **extra):
+        storage.put_bytes(manifest_key(sid), seal(new_manifest(
+            id=sid, application="plan-test", tier=sid.split("-")[0], type="full", requested_type="full", parent=None,
+            chain=[sid], logical_date=when, sources={}, started_at=when, finished_at=when,
+            totals={"files": 0, "bytes": 0, "stored_files": 0, "stored_bytes": 0}, **extra)))
+
+    put("daily-20260101T000000Z", "2026-01-01T00:00:00+00:00")  # legacy: no sequence
+    put("daily-20260103T000000Z", "2026-01-03T00:00:00+00:00")  # legacy, newer date
+    for i, bad in enumerate(["7", True, -3, 2.5, None, [1]]):
+        put(f"weekly-2026010{i + 1}T120000Z", f"2026-01-0{i + 1}T12:00:00+00:00", sequence=bad)
+    cat = Catalog(storage, "plan-test")
+    assert all(s.sequence == 0 for s in cat.snapshots.values())
+    assert cat.latest().id == "weekly-20260106T120000Z" and cat.latest("daily").id == "daily-20260103T000000Z"
+    assert cat.next_sequence() == 1
+    put("daily-20251231T000000Z", "2025-12-31T00:00:00+00:00", sequence=1)  # taken later, by a clock behind
+    cat = Catalog(storage, "plan-test")
+    assert cat.get("latest").id == "daily-20251231T000000Z" == cat.latest("daily").id
+    assert cat.latest("weekly").id == "weekly-20260106T120000Z"
+    assert cat.next_sequence() == 2
+    assert [s["sequence"] for s in (x.summary() for x in cat.ordered("daily"))] == [1, 0, 0]
+
+
+def test_a_logical_date_ahead_of_the_clock_is_refused_within_tolerance_accepted(repo):
+    from datetime import UTC, datetime
+
+    cfg, root = repo
+    now = datetime(2026, 1, 8, 2, 0, tzinfo=UTC)
+    storage = LocalStorage(root, name="local")
+    assert plan(cfg, "daily", "2026-01-08T02:05:00Z", storage=storage, now=now).snapshot_id == "daily-20260108T020500Z"
+    for ahead in ("2026-01-08T02:05:01Z", "2062-01-08T02:00:00Z", "2026-01-08T04:00:00+01:00"):
+        with pytest.raises(ConfigError) as info:
+            plan(cfg, "daily", ahead, storage=storage, now=now)
+        assert "in the future" in str(info.value) and "now 2026-01-08T02:00:00+00:00" in str(info.value)
