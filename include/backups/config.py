@@ -478,16 +478,38 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
 #: the most nodes a config may expand to once its aliases are resolved (a real one has a few hundred); more is an
 #: alias bomb ("billion laughs") and refused before anything is built
 MAX_YAML_NODES = 100_000
+#: the deepest nesting a config may have (a real one: 6); PyYAML's scanner is quadratic in it
+MAX_YAML_DEPTH = 64
+
+
+def _bounded_loader(text: str, file: str) -> Any:
+    """A ``yaml.SafeLoader`` over ``text`` that refuses nesting deeper than :data:`MAX_YAML_DEPTH` as it composes."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    mark = self.peek_event().start_mark
+                    raise ConfigError(f"{file}: line {mark.line + 1}, column {mark.column + 1}: the YAML nests deeper "
+                                      f"than {MAX_YAML_DEPTH} levels; refused", hint="flatten the file's structure")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return BoundedLoader(text)
 
 
 def safe_load_yaml(text: str, file: str = "<config>", *, max_nodes: int = MAX_YAML_NODES) -> Any:
     """``yaml.safe_load`` that refuses, in milliseconds, a document whose aliases expand past ``max_nodes`` nodes,
-    refer to themselves (a recursive alias) or nest too deeply: a :class:`ConfigError` (exit 2) instead of minutes
+    refer to themselves (a recursive alias) or nest deeper than :data:`MAX_YAML_DEPTH`: a :class:`ConfigError` (exit 2) instead of minutes
     of CPU and gigabytes of memory. The alias graph is measured before any Python object is built (each node
     once). Other YAML errors are raised as ``yaml.YAMLError``."""
-    import yaml
 
-    loader = yaml.SafeLoader(text)
+    loader = _bounded_loader(text, file)
     try:
         node = loader.get_single_node()
         if node is None:

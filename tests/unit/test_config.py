@@ -238,3 +238,18 @@ def test_every_cron_that_passes_validation_is_usable_by_status_and_drill():
         assert next_drill(cron)
 
     check()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("opening, closing", [("[", "]"), ("{a: ", "}"), ("- ", "")])
+def test_deep_nesting_is_refused_fast(opening, closing):
+    import time
+
+    if opening == "- ":  # block sequences, one level per line
+        text = "application:\n" + "".join("  " * i + "-\n" for i in range(1, 3000)) + "  " * 3000 + "- x\n"
+    else:
+        text = "application: " + opening * 5000 + "x" + closing * 5000 + "\n"
+    t0 = time.monotonic()
+    msg = _error(text)
+    assert time.monotonic() - t0 < 2
+    assert "deeper than 64 levels" in msg and "line" in msg, msg
