@@ -40,8 +40,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 def route_logging(level: int) -> None:
     """Every log record to stderr at ``level`` (stdout holds only the command's output, so ``--json`` parses).
 
-    Applied at start and again after a third-party import that configures logging: importing Airflow (to resolve
-    a ``conn_id``) replaces the root handlers with one on stdout at INFO, sets its own loggers' levels and makes
+    Applied after a third-party import that configures logging (``main`` starts with a plain stderr handler):
+    importing Airflow (to resolve a ``conn_id``) replaces the root handlers with one on stdout at INFO, sets its own loggers' levels and makes
     structlog (which Airflow's hooks log through) print to stdout. Loggers set below ``level`` are raised to it
     (``-q`` silences their INFO lines); handlers on stdout are moved to stderr."""
     root = logging.getLogger()
