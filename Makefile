@@ -41,7 +41,7 @@ demo-remote: venv
 demo-cli: venv
 	$(PY) -m backups.demo.run
 
-## test-deps: Debian packages the tests use (sshd for SFTP, PostgreSQL client tools, zstd, setpriv, chromium for tests/browser)
+## test-deps: Debian packages the tests use (sshd for SFTP, PostgreSQL client tools, zstd, setpriv, chromium for tests/browser, faketime for tests/faults/test_time.py)
 test-deps:
 	@missing=""; \
 	 [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
@@ -49,6 +49,7 @@ test-deps:
 	 command -v zstd >/dev/null || missing="$$missing zstd"; \
 	 command -v setpriv >/dev/null || missing="$$missing util-linux"; \
 	 command -v chromium >/dev/null || missing="$$missing chromium"; \
+	 command -v faketime >/dev/null || missing="$$missing faketime"; \
 	 if [ -n "$$missing" ]; then \
 	   if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	   else echo "install:$$missing (Debian packages) and re-run"; exit 1; fi; \

@@ -7,6 +7,7 @@ imports Great Expectations. Exit codes are documented in README (``backupctl exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,9 +25,59 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     """The config and its connection resolver (injected: :mod:`backups.connections`; never the Airflow layer)."""
     from .commands.base import config_and_resolver
 
-    cfg, resolver = config_and_resolver(args.config)
+    with contextlib.redirect_stdout(sys.stderr):  # what a third-party import binds to "stdout" goes to stderr
+        cfg, resolver = config_and_resolver(args.config)
+    if resolver is not None:  # the Airflow import reconfigured logging: stdout is for the command's output only
+        route_logging(getattr(args, "log_level", logging.INFO))
     _check_names(cfg, args)
     return cfg, resolver
+
+
+#: the CLI's log line format (stderr)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def route_logging(level: int) -> None:
+    """Every log record to stderr at ``level`` (stdout holds only the command's output, so ``--json`` parses).
+
+    Applied after a third-party import that configures logging (``main`` starts with a plain stderr handler):
+    importing Airflow (to resolve a ``conn_id``) replaces the root handlers with one on stdout at INFO, sets its own loggers' levels and makes
+    structlog (which Airflow's hooks log through) print to stdout. Loggers set below ``level`` are raised to it
+    (``-q`` silences their INFO lines); handlers on stdout are moved to stderr."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if _on_stdout(handler):
+            root.removeHandler(handler)
+    if not any(isinstance(h, logging.StreamHandler) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if not isinstance(logger, logging.Logger):
+            continue
+        if logger.level != logging.NOTSET and logger.level < level:
+            logger.setLevel(level)
+        for handler in logger.handlers:
+            if _on_stdout(handler):
+                handler.setStream(sys.stderr)  # type: ignore[attr-defined]
+    structlog = sys.modules.get("structlog")
+    if structlog is not None:  # configured by a library (Airflow): hand its events to the stdlib loggers above
+        import structlog.stdlib
+
+        structlog.configure(processors=[_structlog_to_stdlib], wrapper_class=structlog.make_filtering_bound_logger(level),
+                            logger_factory=structlog.stdlib.LoggerFactory(), cache_logger_on_first_use=False)
+
+
+def _on_stdout(handler: logging.Handler) -> bool:
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.__stdout__)
+
+
+def _structlog_to_stdlib(_logger: Any, _method: str, event_dict: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """structlog's last processor: the event as a plain stdlib log call (its other keys are dropped: they may be
+    LogRecord attribute names, and a bound context is Airflow's, not ours)."""
+    kwargs = {"exc_info": event_dict["exc_info"]} if event_dict.get("exc_info") else {}
+    return (str(event_dict.get("event", "")).replace("%", "%%"),), kwargs
 
 
 def _check_names(cfg: Any, args: argparse.Namespace) -> None:
@@ -93,6 +144,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return 0
     if d.get("promoted_reason"):
         print(f"warning: {d['requested_type']} promoted to full: {d['promoted_reason']}", file=sys.stderr)
+    for w in d.get("warnings") or []:  # the plan's own (clock skew); the sources' are counted in the table
+        print(f"warning: {w}", file=sys.stderr)
     rows = [[n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], mb(r["stored_bytes"]), r["deleted"], len(r["warnings"])]
             for n, r in sorted(d["sources"].items())]
     print(f"snapshot {out['id']}  type={d['type']}  parent={d.get('parent') or '-'}  storages={','.join(out['storages'])}  "
@@ -365,6 +418,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             print(f"{r['storage']}: keep {len(r['keep'])}, {verb} {len(r['forget'])}: {', '.join(r['forget']) or '-'}; "
                   f"orphans {len(r['orphans'])}, temp objects {len(r['temps'])}"
                   + ("" if args.dry_run else f"; removed {r['deleted_objects']} object(s), {mb(r['deleted_bytes'])}"))
+            for w in r.get("warnings") or []:  # snapshots dated in the future (kept)
+                print(f"  WARNING {w}")
             if args.verbose:  # every snapshot with keep/forget and the rule that decided it
                 from .commands.prune import decision_table
 
@@ -409,7 +464,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .commands.doctor import format_report, run_doctor
 
-    result = run_doctor(args.config, airflow=False if args.no_airflow else None, smtp_timeout=args.timeout)
+    with contextlib.redirect_stdout(sys.stderr):  # the Airflow checks import Airflow (see route_logging)
+        result = run_doctor(args.config, airflow=False if args.no_airflow else None, smtp_timeout=args.timeout)
+    route_logging(getattr(args, "log_level", logging.INFO))
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_report(result))
     return result.exit_code
 
@@ -417,6 +474,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_exit_codes(args: argparse.Namespace) -> int:
     from .errors import CHECK_EXIT_CODES
 
+    if args.json:
+        print(json.dumps({"exit_codes": {str(c): m for c, m in EXIT_CODES.items()},
+                          "check_exit_codes": {str(c): m for c, m in CHECK_EXIT_CODES.items()}}, indent=1))
+        return 0
     for code, meaning in EXIT_CODES.items():
         print(f"{code:>4}  {meaning}")
     print("\nbackupctl status --check (Nagios plugin codes):")
@@ -429,9 +490,8 @@ def cmd_exit_codes(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="backupctl", description="Back up, list, verify and restore FMR V2 snapshots.",
                                 epilog="Exit codes: `backupctl exit-codes`. Config: --config, else $BACKUP_CONFIG, else include/backups.yaml.")
-    p.add_argument("--config", help="configuration file (default: $BACKUP_CONFIG or include/backups.yaml)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    _global_options(p)
+    p.add_argument("--json", action="store_true", dest="global_json", help="machine-readable output (any command)")
     p.add_argument("--version", action="version", version=f"backupctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -543,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.set_defaults(func=cmd_drill)
 
     ec = sub.add_parser("exit-codes", help="print the documented exit codes")
+    ec.add_argument("--json", action="store_true")
     ec.set_defaults(func=cmd_exit_codes)
 
     dr = sub.add_parser("doctor", help="check this host can run the backups (config, env, connections, storages, "
@@ -558,13 +619,26 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the SMTP server")
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(func=cmd_doctor)
+    for command in sub.choices.values():  # `backupctl prune -v` as well as `backupctl -v prune`
+        _global_options(command, after_command=True)
     return p
+
+
+def _global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
+    """--config, -v and -q: on the main parser (before the command) and on every command's parser (after it).
+    After the command their default is SUPPRESS, so an option given only before the command is not reset."""
+    default: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
+    parser.add_argument("--config", help="configuration file (default: $BACKUP_CONFIG or include/backups.yaml)",
+                        **default)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging", **default)
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only", **default)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    args.json = bool(getattr(args, "json", False) or args.global_json)
+    args.log_level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     try:
         return args.func(args)
     except BackupError as exc:

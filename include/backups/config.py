@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -129,7 +130,7 @@ Storage = Annotated[LocalStorage | S3Storage | SftpStorage, Field(discriminator=
 # --------------------------------------------------------------------------------------------------- tiers
 class Retention(_Strict):
     keep_last: int | None = Field(default=None, ge=1)
-    #: every snapshot within this many days of the tier's newest one (restic's --keep-within)
+    #: every snapshot dated within this many days before now (the clock; never a snapshot's date)
     keep_within_days: int | None = Field(default=None, ge=1)
     keep_daily: int | None = Field(default=None, ge=1)
     keep_weekly: int | None = Field(default=None, ge=1)
@@ -152,13 +153,7 @@ class Tier(_Strict):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from croniter import croniter
-
-        if len(value.split()) != 5 or not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
-        return value
+        return _check_cron(value)
 
 
 class Locks(_Strict):
@@ -182,13 +177,31 @@ class Locks(_Strict):
 
 
 # --------------------------------------------------------------------------------------------------- monitoring, drill
+#: the fixed date cron schedules are evaluated from where "now" must not matter (the status' RPO: the largest gap
+#: between two runs over the year after it)
+CRON_REFERENCE = datetime(2026, 1, 1)
+#: a cron must fire at least twice within this many years (a leap-day cron, ``0 0 29 2 *``, fires every 4 to 8)
+CRON_HORIZON_YEARS = 10
+
+
 def _check_cron(value: str | None) -> str | None:
+    """A 5-field cron that parses and fires: twice within :data:`CRON_HORIZON_YEARS` of both a fixed reference date
+    (the one the status' RPO computation starts from) and today, else a ValueError naming the expression."""
     if value is None:
         return None
-    from croniter import croniter
+    from croniter import CroniterError, croniter
 
     if len(value.split()) != 5 or not croniter.is_valid(value):
         raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day-of-month month day-of-week)")
+    for start in (CRON_REFERENCE, datetime.now(UTC).replace(tzinfo=None)):
+        try:
+            it = croniter(value, start, max_years_between_matches=CRON_HORIZON_YEARS)
+            it.get_next(datetime)
+            it.get_next(datetime)
+        except CroniterError:
+            raise ValueError(f"{value!r} never fires (no run time within {CRON_HORIZON_YEARS} years of "
+                             f"{start:%Y-%m-%d}: e.g. a day the month does not have, like 30 February); "
+                             "fix the day-of-month / month fields") from None
     return value
 
 
@@ -309,8 +322,8 @@ class Config(_Strict):
     notify_email: list[str] = Field(default_factory=list)
     owner: str = "data-engineering"
     locks: Locks = Field(default_factory=Locks)
-    #: retention of the backup_manual DAG's snapshots (tier "manual"): by default the 10 newest and every one within
-    #: 90 days of the newest; an explicit ``{}`` keeps them all
+    #: retention of the backup_manual DAG's snapshots (tier "manual"): by default the 10 newest and every one dated
+    #: within the last 90 days; an explicit ``{}`` keeps them all
     manual_retention: Retention = Field(default_factory=lambda: Retention(keep_last=10, keep_within_days=90))
     monitoring: Monitoring = Field(default_factory=Monitoring)
     drill: Drill | None = None
@@ -469,11 +482,90 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     return parse_config(text, str(p), env)
 
 
+#: the most nodes a config may expand to once its aliases are resolved (a real one has a few hundred); more is an
+#: alias bomb ("billion laughs") and refused before anything is built
+MAX_YAML_NODES = 100_000
+#: the deepest nesting a config may have (a real one: 6); PyYAML's scanner is quadratic in it
+MAX_YAML_DEPTH = 64
+
+
+def _bounded_loader(text: str, file: str) -> Any:
+    """A ``yaml.SafeLoader`` over ``text`` that refuses nesting deeper than :data:`MAX_YAML_DEPTH` as it composes."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    mark = self.peek_event().start_mark
+                    raise ConfigError(f"{file}: line {mark.line + 1}, column {mark.column + 1}: the YAML nests deeper "
+                                      f"than {MAX_YAML_DEPTH} levels; refused", hint="flatten the file's structure")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return BoundedLoader(text)
+
+
+def safe_load_yaml(text: str, file: str = "<config>", *, max_nodes: int = MAX_YAML_NODES) -> Any:
+    """``yaml.safe_load`` that refuses, in milliseconds, a document whose aliases expand past ``max_nodes`` nodes,
+    refer to themselves (a recursive alias) or nest deeper than :data:`MAX_YAML_DEPTH`: a :class:`ConfigError` (exit 2) instead of minutes
+    of CPU and gigabytes of memory. The alias graph is measured before any Python object is built (each node
+    once). Other YAML errors are raised as ``yaml.YAMLError``."""
+
+    loader = _bounded_loader(text, file)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set(), max_nodes, file)
+        if size > max_nodes:
+            raise ConfigError(f"{file}: with its aliases expanded, the YAML has more than {max_nodes:,} nodes (an alias "
+                              "bomb?); refused", hint="write the values out, or use fewer nested aliases (*name) in "
+                                                      "the file")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{file}: the YAML nests too deeply", hint="flatten the file's structure") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: Any, sizes: dict[int, int], active: set[int], limit: int, file: str) -> int:
+    """Nodes in ``node``'s tree once every alias is expanded (memoised per node; stops counting past ``limit``)."""
+    import yaml
+
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in active:
+        mark = node.start_mark
+        raise ConfigError(f"{file}: line {mark.line + 1}, column {mark.column + 1}: a YAML alias refers to the node "
+                          "that contains it (a recursive structure); refused", hint="remove the recursive alias (*name)")
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [x for pair in node.value for x in pair]
+    else:
+        children = []
+    active.add(key)
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, active, limit, file)
+        if total > limit:
+            break
+    active.discard(key)
+    sizes[key] = total
+    return total
+
+
 def parse_config(text: str, file: str = "<config>", env: dict[str, str] | None = None) -> Config:
     import yaml
 
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load_yaml(text, file)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -132,3 +132,124 @@ def test_core_library_never_imports_airflow():
                              "import backups.orchestration")):
                 offenders.append(f"{py.relative_to(root)}: {s}")
     assert offenders == []
+
+
+# ---------------------------------------------------------------------------------------------- hostile input
+def _billion_laughs(levels: int = 9, fan: int = 9) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fan) + "]" for i in range(1, levels + 1)]
+    return VERBATIM + "\n".join(lines).replace("a0:", "x_bomb:\n  a0:").replace("\na", "\n  a") + "\n"
+
+
+@pytest.mark.timeout(20)  # a hang guard only: the old loader took a minute and 2 GB, then a MemoryError
+def test_yaml_alias_bomb_is_refused_fast():
+    import time
+
+    text = _billion_laughs()
+    t0 = time.monotonic()
+    msg = _error(text)
+    assert time.monotonic() - t0 < 2, "an alias bomb must be refused in well under a second"
+    assert "cfg.yaml" in msg and "aliases expanded" in msg and "more than 100,000 nodes" in msg and "fix:" in msg, msg
+
+
+@pytest.mark.parametrize("text", ["application: &a [*a]\n", "application: &a {b: *a}\n",
+                                  "application: &a {<<: *a}\n", "x: &a [[1, [*a]]]\n"])
+def test_recursive_yaml_alias_is_refused(text):
+    msg = _error(text)
+    assert "cfg.yaml" in msg and "recursive" in msg and "line 1" in msg and "fix:" in msg, msg
+
+
+@pytest.mark.timeout(20)
+def test_alias_bomb_through_merge_keys_is_refused_fast():
+    lines = ["a0: &a0 {k0: lol, k1: lol, k2: lol, k3: lol, k4: lol, k5: lol, k6: lol, k7: lol, k8: lol}"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"{{<<: *a{i - 1}}}"] * 9) + "]" if i == 1 else
+              f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    msg = _error("\n".join(lines) + "\n")
+    assert "more than 100,000 nodes" in msg, msg
+
+
+def test_small_aliases_are_still_accepted():
+    """An ordinary use of anchors (a shared retention block) still loads."""
+    text = VERBATIM.replace("retention: {keep_daily: 14}", "retention: &r {keep_daily: 14}", 1).replace(
+        "retention: {keep_weekly: 8}", "retention: *r", 1)
+    cfg = parse_config(text, "cfg.yaml", env=ENV)
+    assert cfg.tiers["weekly"].retention.keep_daily == 14
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 31 4 *", "15 3 31 2,4,6,9,11 *"])
+def test_cron_that_never_fires_is_refused(cron):
+    msg = _error(VERBATIM.replace('"0 1 * * 0"', f'"{cron}"', 1))
+    assert "tiers.weekly.schedule" in msg and "never fires" in msg and cron in msg, msg
+
+
+def test_never_firing_cron_is_refused_for_monitoring_and_drill():
+    msg = _error(VERBATIM + 'monitoring: {schedule: "0 0 30 2 *"}\n')
+    assert "monitoring.schedule" in msg and "never fires" in msg, msg
+    msg = _error(VERBATIM + 'drill: {schedule: "0 0 31 11 *"}\n')
+    assert "drill.schedule" in msg and "never fires" in msg, msg
+
+
+def test_rare_but_real_crons_are_accepted():
+    """A leap-day cron fires every 4 (at worst 8) years: valid."""
+    cfg = parse_config(VERBATIM.replace('"0 1 * * 0"', '"0 0 29 2 *"', 1), "cfg.yaml", env=ENV)
+    assert cfg.tiers["weekly"].schedule == "0 0 29 2 *"
+
+
+_CRON_FIELD = {
+    "minute": (0, 59, [0]), "hour": (0, 23, [0]), "dom": (1, 31, [29, 30, 31]), "month": (1, 12, [2, 4, 6, 9, 11]),
+    "dow": (0, 6, [0]),
+}
+
+
+def _cron_field(lo: int, hi: int, rare: list[int]):
+    """A cron field: *, one value, a list, a step; biased towards ``rare`` values (30/31, short months)."""
+    from hypothesis import strategies as st
+
+    value = st.one_of(st.sampled_from(rare), st.integers(lo, hi))
+    return st.one_of(st.just("*"), value.map(str), st.lists(value, min_size=1, max_size=3, unique=True).map(
+        lambda xs: ",".join(map(str, sorted(xs)))), st.integers(1, hi - lo + 1).map(lambda n: f"*/{n}"))
+
+
+def test_every_cron_that_passes_validation_is_usable_by_status_and_drill():
+    """Property: any 5-field cron the config accepts gives the status an RPO and the drill a next date (no
+    CroniterBadDateError ever reaches `status --check`)."""
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    from backups.commands.drill import next_drill
+    from backups.monitoring.status import cron_max_gap_seconds
+
+    fields = st.tuples(*(_cron_field(*spec) for spec in _CRON_FIELD.values())).map(" ".join)
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(fields)
+    @example("0 0 30 2 *")
+    @example("0 0 31 4,6 *")
+    def check(cron):
+        from pydantic import ValidationError
+
+        from backups.config import Tier
+
+        try:
+            Tier(type="full", schedule=cron, sources=["a"], storages=["b"])
+        except ValidationError:
+            return
+        assert cron_max_gap_seconds(cron) > 0
+        assert next_drill(cron)
+
+    check()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("opening, closing", [("[", "]"), ("{a: ", "}"), ("- ", "")])
+def test_deep_nesting_is_refused_fast(opening, closing):
+    import time
+
+    if opening == "- ":  # block sequences, one level per line
+        text = "application:\n" + "".join("  " * i + "-\n" for i in range(1, 3000)) + "  " * 3000 + "- x\n"
+    else:
+        text = "application: " + opening * 5000 + "x" + closing * 5000 + "\n"
+    t0 = time.monotonic()
+    msg = _error(text)
+    assert time.monotonic() - t0 < 2
+    assert "deeper than 64 levels" in msg and "line" in msg, msg

@@ -11,6 +11,12 @@ Repository layout on every storage (see docs/format.md):
 
 A manifest carries ``checksum``: the SHA-256 of its own canonical JSON without that field, so a corrupted or
 truncated manifest is detected, not trusted.
+
+Order of snapshots (``latest``, the parent of a new backup): a manifest's ``sequence`` is 1 + the highest
+sequence on the storage when its backup was planned, so the snapshot whose data was read last is the newest
+whatever the clocks or ``--logical-date`` said; :meth:`Catalog.latest` takes the highest ``(sequence, logical
+date, id)``. A manifest written before ``sequence`` existed counts as sequence 0 (ordered by logical date among
+its peers, older than every sequenced one). :meth:`Catalog.ordered` (listings, retention) stays by logical date.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .. import FORMAT_VERSION, __version__
@@ -31,6 +37,9 @@ from ..storage.base import Storage
 ID_RE = re.compile(r"^(?P<tier>[a-z][a-z0-9_]{0,62})-(?P<ts>\d{8}T\d{6}Z)$")
 OBJECT_KINDS = ("archive", "index", "sums", "deleted")
 _EXT = {"archive": "tar.zst", "index": "index.zst", "sums": "sums.zst", "deleted": "deleted.zst", "part": "part.json"}
+#: a logical date further ahead of the clock than this is "in the future": refused for a new backup, and such a
+#: snapshot never makes retention forget an older one (see backups.engine.retention)
+FUTURE_TOLERANCE = timedelta(minutes=5)
 
 
 def snapshot_id(tier: str, logical_date: datetime) -> str:
@@ -139,6 +148,16 @@ class Snapshot:
         return list(self.doc["chain"])
 
     @property
+    def sequence(self) -> int:
+        """The manifest's ``sequence`` (0 when absent — a manifest older than the field — or not a count)."""
+        v = self.doc.get("sequence")
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+    def newness(self) -> tuple[int, datetime, str]:
+        """The order of "newest data": sequence, then logical date, then id."""
+        return self.sequence, self.logical_date, self.id
+
+    @property
     def sources(self) -> dict[str, dict[str, Any]]:
         return self.doc["sources"]
 
@@ -158,6 +177,7 @@ class Snapshot:
             "type": d["type"],
             "parent": d.get("parent"),
             "logical_date": d["logical_date"],
+            "sequence": self.sequence,
             "started_at": d["started_at"],
             "finished_at": d["finished_at"],
             "sources": sorted(d["sources"]),
@@ -195,17 +215,26 @@ class Catalog:
         snaps = [s for s in self.snapshots.values() if tier is None or s.tier == tier]
         return sorted(snaps, key=lambda s: (s.logical_date, s.id))
 
+    def latest(self, tier: str | None = None) -> Snapshot | None:
+        """The snapshot (of ``tier``) holding the newest data: the highest :meth:`Snapshot.newness`."""
+        snaps = [s for s in self.snapshots.values() if tier is None or s.tier == tier]
+        return max(snaps, key=Snapshot.newness, default=None)
+
+    def next_sequence(self) -> int:
+        """The ``sequence`` of a snapshot planned now: 1 + the highest one here."""
+        return 1 + max((s.sequence for s in self.snapshots.values()), default=0)
+
     def get(self, ref: str, tier: str | None = None) -> Snapshot:
         if ref == "latest":
-            snaps = self.ordered(tier)
-            if not snaps:
+            newest = self.latest(tier)
+            if newest is None:
                 from ..errors import did_you_mean
 
                 where = f" in tier {tier!r}" if tier else ""
                 raise NotFoundError(f"no snapshot{where} on storage {self.storage.name}",
                                     hint=(did_you_mean(tier, {s.tier for s in self.snapshots.values()}) if tier else "")
                                     + "run `backupctl backup --tier ...` first")
-            return snaps[-1]
+            return newest
         if ref in self.snapshots:
             return self.snapshots[ref]
         if ref in self.broken:

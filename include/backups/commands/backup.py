@@ -443,7 +443,7 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
                                   storages=storages, resolver=resolver, checksum=checksum, sources=sources,
                                   comment=comment, estimated_bytes=state.estimated_bytes)
     return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
-            "storages": p.storages, "system_state": state.to_dict(), "manifest": snap.doc}
+            "warnings": list(snap.doc.get("warnings") or []), "storages": p.storages, "system_state": state.to_dict(), "manifest": snap.doc}
 
 
 # ------------------------------------------------------------------------------------------------ backup

@@ -30,8 +30,8 @@ import time
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..config import ENV_CONFIG, config_path, load_config
-from ..errors import BackupError
+from ..config import ENV_CONFIG, config_path, load_config, safe_load_yaml
+from ..errors import BackupError, ConfigError
 from .base import Result
 
 GROUP = "backups.doctor"  #: entry point group of the Airflow-side checks (``backups.orchestration.doctor``)
@@ -116,8 +116,8 @@ def _env(path: str | None, cfg: Any, env: dict[str, str]) -> list[Check]:
     try:
         import yaml
 
-        todo = [yaml.safe_load(config_path(path).read_text(encoding="utf-8"))]
-    except (OSError, yaml.YAMLError):
+        todo = [safe_load_yaml(config_path(path).read_text(encoding="utf-8"))]
+    except (OSError, yaml.YAMLError, ConfigError):
         return checks
     while todo:
         node = todo.pop()

@@ -1,11 +1,18 @@
 """Retention (rotation) and orphan cleanup for one storage.
 
-Policy per tier (restic's ``forget`` rules): ``keep_last`` N newest; ``keep_within_days`` N — every snapshot
-within N days of the tier's newest one; ``keep_daily`` / ``keep_weekly`` / ``keep_monthly`` / ``keep_yearly`` N —
-the newest snapshot of each of the N most recent days / ISO weeks / months / years that have one. A tier without
-any rule keeps everything. The ``manual`` tier (backup_manual) follows the config's ``manual_retention``.
-Snapshots of tiers no longer in the config are kept (never delete what the config does not describe).
-:attr:`PrunePlan.decisions` lists every snapshot with keep / forget and the rules that decided it.
+Policy per tier (restic's ``forget`` rules, by logical date): ``keep_last`` N newest; ``keep_within_days`` N —
+every snapshot dated within N days before **now** (the clock, never a snapshot's date); ``keep_daily`` /
+``keep_weekly`` / ``keep_monthly`` / ``keep_yearly`` N — the newest snapshot of each of the N most recent days /
+ISO weeks / months / years up to now that have one. A tier without any rule keeps everything. The ``manual`` tier
+(backup_manual) follows the config's ``manual_retention``. Snapshots of tiers no longer in the config are kept
+(never delete what the config does not describe). :attr:`PrunePlan.decisions` lists every snapshot with keep /
+forget and the rules that decided it.
+
+Time is anchored at now, so a snapshot dated in the future (more than ``FUTURE_TOLERANCE`` ahead: a mistyped
+``--logical-date`` of an older version, or a host whose clock ran ahead) can never push the others out of their
+windows: it is kept, left out of every rule (it takes no ``keep_last`` slot and no bucket) and reported in
+:attr:`PrunePlan.warnings`. Whatever the rules say, a tier with rules always keeps its newest snapshot that is
+not in the future and its ``latest`` one (the newest data, highest ``sequence``; see docs/format.md).
 
 Chains are never broken: every snapshot in the chain of a kept snapshot is kept, whatever its own tier says
 (a daily incremental keeps the weekly full it builds on).
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..catalog.manifest import Catalog, Snapshot, manifest_key
+from ..catalog.manifest import FUTURE_TOLERANCE, Catalog, Snapshot, manifest_key
 from ..repository import data_prefix, report_prefix
 from ..storage.base import Storage
 
@@ -57,25 +64,40 @@ class PrunePlan:
     deleted_bytes: int = 0
     #: every snapshot, oldest first: {id, tier, type, logical_date, action: keep|forget, reasons}
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    #: problems found while planning (snapshots dated in the future), one sentence each
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"storage": self.storage, "keep": self.keep, "forget": self.forget, "orphans": self.orphans,
                 "temps": self.temps, "kept_orphans": self.kept_orphans,
                 "deleted_objects": self.deleted_objects, "deleted_bytes": self.deleted_bytes,
-                "decisions": self.decisions}
+                "decisions": self.decisions, "warnings": self.warnings}
 
 
-def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None]) -> dict[str, list[str]]:
-    """snapshot id -> the rules that keep it (snaps: one tier, any order)."""
-    newest_first = sorted(snaps, key=lambda s: s.logical_date, reverse=True)
-    kept: dict[str, list[str]] = {}
+#: the reason a snapshot dated in the future is kept
+FUTURE = "dated in the future: kept, and not counted by the rules"
+
+
+def future_snapshots(snaps: list[Snapshot], now: datetime) -> list[Snapshot]:
+    """The snapshots dated more than ``FUTURE_TOLERANCE`` after ``now``."""
+    return [s for s in snaps if s.logical_date > now + FUTURE_TOLERANCE]
+
+
+def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None], now: datetime) -> dict[str, list[str]]:
+    """snapshot id -> the reasons that keep it (snaps: one tier, any order; windows anchored at ``now``)."""
     if not any(policy.values()):
         return {s.id: ["no retention rule"] for s in snaps}
+    future = {s.id for s in future_snapshots(snaps, now)}
+    kept: dict[str, list[str]] = {sid: [FUTURE] for sid in sorted(future)}
+    present = [s for s in snaps if s.id not in future]
+    newest_first = sorted(present, key=lambda s: (s.logical_date, s.newness()), reverse=True)
+    if not newest_first:
+        return kept
     if policy.get("keep_last"):
         for s in newest_first[: policy["keep_last"]]:
             kept.setdefault(s.id, []).append("keep_last")
-    if policy.get("keep_within_days") and newest_first:
-        since = newest_first[0].logical_date - timedelta(days=policy["keep_within_days"])
+    if policy.get("keep_within_days"):
+        since = now - timedelta(days=policy["keep_within_days"])
         for s in newest_first:
             if s.logical_date >= since:
                 kept.setdefault(s.id, []).append(f"keep_within_days {policy['keep_within_days']}")
@@ -92,6 +114,11 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None]) -> dic
             kept.setdefault(s.id, []).append(f"{rule} {b}")
             if len(seen) >= n:
                 break
+    newest, latest = newest_first[0], max(present, key=Snapshot.newness)
+    if newest.id not in kept:
+        kept[newest.id] = ["the tier's newest snapshot (always kept)"]
+    if latest.id not in kept:
+        kept[latest.id] = ["the tier's latest data (highest sequence; always kept)"]
     return kept
 
 
@@ -112,19 +139,27 @@ def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | 
     (with the reasons, chains of kept snapshots included), the ones to forget, and the orphaned / temp objects
     older than ``orphan_grace`` (default ``locks.orphan_grace_hours``) at ``now`` and not covered by a lock."""
     plan = PrunePlan(storage.name)
+    now = now or datetime.now(UTC)
     by_tier: dict[str, list[Snapshot]] = {}
     for s in catalog.ordered():
         by_tier.setdefault(s.tier, []).append(s)
     keep: dict[str, list[str]] = {}
     policies: dict[str, str] = {}
     for tier, snaps in by_tier.items():
+        for s in future_snapshots(snaps, now):
+            plan.warnings.append(
+                f"snapshot {s.id} (tier {tier}) is dated {s.logical_date.isoformat()}, in the future (now "
+                f"{now.replace(microsecond=0).isoformat()}): kept, and not counted by the retention rules; check the "
+                "--logical-date it was given or the clock of the host that took it (it stays until its date has "
+                "passed: later snapshots may build on it)")
+            log.warning("%s: %s", storage.name, plan.warnings[-1])
         retention = tier_retention(cfg, tier)
         if retention is None:
             for s in snaps:
                 keep.setdefault(s.id, []).append(f"tier {tier} is not in the config")
             continue
         policies[tier] = retention.describe()
-        for sid, why in _kept_by_policy(snaps, retention.model_dump()).items():
+        for sid, why in _kept_by_policy(snaps, retention.model_dump(), now).items():
             keep.setdefault(sid, []).extend(why)
     for sid in list(keep):  # chains are never broken
         for dep in catalog.snapshots[sid].chain[:-1]:
@@ -144,7 +179,7 @@ def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | 
     if orphan_grace is None:
         lc = getattr(cfg, "locks", None)
         orphan_grace = timedelta(hours=lc.orphan_grace_hours if lc is not None else 48.0)
-    left = repo.leftovers(orphan_grace.total_seconds(), now=(now or datetime.now(UTC)).timestamp())
+    left = repo.leftovers(orphan_grace.total_seconds(), now=now.timestamp())
     plan.orphans = sorted(left.orphans)
     plan.temps = [t.key for t in left.temps]
     plan.kept_orphans = sorted(left.young + left.locked)

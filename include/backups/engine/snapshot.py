@@ -1,7 +1,10 @@
 """Planning, extraction and commit of a snapshot — the steps the CLI runs in a row and the DAG runs as tasks.
 
-* :func:`plan` — deterministic id from tier + logical date, the parent (incremental: newest snapshot of any
-  tier before this one; differential: newest full), promotion to full when there is no usable parent.
+* :func:`plan` — deterministic id from tier + logical date (refused more than ``FUTURE_TOLERANCE`` ahead of the
+  clock), the parent (incremental: the snapshot of any tier holding the newest data, see
+  :meth:`~backups.catalog.manifest.Catalog.latest`; differential: the newest full), promotion to full when there
+  is no usable parent, the ``sequence`` that makes this snapshot the newest, and a clock-skew warning when the
+  logical date is older than the repository's newest snapshot.
 * :func:`extract` — back up one source (:func:`backups.engine.archiver.backup_source`); writes objects and a
   ``part.json`` record on the primary storage, returns a small dict.
 * :func:`commit` — assemble the parts into the manifest and write it **last**.
@@ -23,7 +26,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..catalog.manifest import Catalog, Snapshot, manifest_key, new_manifest, now_iso, seal, snapshot_id
+from ..catalog.manifest import (
+    FUTURE_TOLERANCE,
+    Catalog,
+    Snapshot,
+    manifest_key,
+    new_manifest,
+    now_iso,
+    seal,
+    snapshot_id,
+)
 from ..config import Config
 from ..errors import ConfigError, IntegrityError, NotFoundError, ObjectNotFound, RefusedError, SourceError, StorageError
 from ..sources import open_source
@@ -52,6 +64,10 @@ class Plan:
     comment: str = ""
     started_at: str = field(default_factory=now_iso)
     already_committed: bool = False
+    #: 1 + the highest sequence on the primary storage at planning time (None: a plan from an older version)
+    sequence: int | None = None
+    #: problems of the plan itself (clock skew), copied into the manifest's ``warnings``
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +93,17 @@ def parse_logical_date(value: str | datetime | None) -> datetime:
     return dt.astimezone(UTC)
 
 
+def check_logical_date(ld: datetime, now: datetime | None = None) -> None:
+    """ConfigError (exit 2) when ``ld`` is more than ``FUTURE_TOLERANCE`` ahead of ``now`` (default: the clock): a
+    mistyped year would otherwise be the tier's newest snapshot for decades."""
+    now = now or datetime.now(UTC)
+    if ld > now + FUTURE_TOLERANCE:
+        raise ConfigError(f"--logical-date {ld.isoformat()} is in the future (now {now.replace(microsecond=0).isoformat()}; "
+                          f"at most {FUTURE_TOLERANCE.total_seconds() / 60:.0f} minutes ahead is accepted)",
+                          hint="check the year and the time zone (a date without one is UTC), or leave --logical-date "
+                               "out to use now")
+
+
 def _usable(catalog: Catalog, snap: Snapshot) -> str | None:
     """None when the chain of ``snap`` is complete; otherwise the reason it cannot be a parent."""
     try:
@@ -88,11 +115,13 @@ def _usable(catalog: Catalog, snap: Snapshot) -> str | None:
 
 def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, type_override: str | None = None,
          storage: Storage | None = None, resolver: Any = None, sources: list[str] | None = None,
-         storages: list[str] | None = None, comment: str = "", catalog: Catalog | None = None) -> Plan:
+         storages: list[str] | None = None, comment: str = "", catalog: Catalog | None = None,
+         now: datetime | None = None) -> Plan:
     """What one backup of ``tier`` at ``logical_date`` will be: the snapshot id (tier + logical date), the type
     (the tier's or ``type_override``; promoted to full when no usable parent exists, with the reason), the parent
     and chain read from ``storage``'s catalog, the sources and storages. Reads only; ``already_committed`` is set
-    when that id is committed already (a re-run then only verifies)."""
+    when that id is committed already (a re-run then only verifies). A logical date in the future (``now``:
+    the clock) is refused; one older than the repository's newest snapshot is warned about (clock skew, or a backfill)."""
     t = cfg.tier(tier)
     ld = parse_logical_date(logical_date)
     sid = snapshot_id(tier, ld)
@@ -117,11 +146,22 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
         return Plan(sid, cfg.application, tier, d["type"], d["requested_type"], d.get("parent"), list(d["chain"]),
                     d["logical_date"], sorted(d["sources"]), storage_names, d.get("promoted_reason"), None,
                     d.get("comment", ""), d["started_at"], already_committed=True)
+    check_logical_date(ld, now)
+    warnings = []
+    dated = [s for s in catalog.snapshots.values() if s.logical_date > ld]
+    if dated:
+        newest = max(dated, key=lambda s: (s.logical_date, s.id))
+        warnings.append(f"logical date {ld.isoformat()} is older than the repository's newest snapshot {newest.id} "
+                        f"({newest.logical_date.isoformat()}): the clock of this host may be behind (or this is a "
+                        f"backfill); this snapshot holds the newest data, so it becomes `latest`")
+        log.warning("%s: %s", sid, warnings[-1])
     parent: Snapshot | None = None
     reason = None
     typ = requested
     if requested != "full":
-        earlier = [s for s in catalog.ordered() if s.logical_date < ld and (requested == "incremental" or s.type == "full")]
+        # the parent is the newest DATA (highest sequence), whatever the dates say
+        earlier = sorted((s for s in catalog.snapshots.values() if requested == "incremental" or s.type == "full"),
+                         key=Snapshot.newness)
         while earlier:
             cand = earlier.pop()
             why = _usable(catalog, cand)
@@ -136,7 +176,8 @@ def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, 
             log.warning("%s %s requested, but %s: promoted to full", sid, requested, reason)
     chain = [*parent.chain, sid] if parent is not None else [sid]
     return Plan(sid, cfg.application, tier, typ, requested, parent.id if parent else None, chain, ld.isoformat(),
-                source_names, storage_names, reason, None, comment)
+                source_names, storage_names, reason, None, comment, sequence=catalog.next_sequence(),
+                warnings=warnings)
 
 
 def staging_root() -> str | None:
@@ -339,6 +380,8 @@ def commit(cfg: Config, p: Plan, storage: Storage, *, seconds: dict[str, float] 
         host=socket.gethostname(),
         comment=p.comment,
         key_fingerprint=storage.key_fingerprint,
+        **({"sequence": p.sequence} if p.sequence is not None else {}),
+        warnings=list(p.warnings),
         sources=sources,
         totals={
             "files": sum(r["files"] for r in sources.values()),
@@ -424,9 +467,10 @@ def backfill(cfg: Config, src: Storage, dst: Storage, *, tier: str | None = None
 def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
                storages: list[str] | None = None, resolver: Any = None, checksum: bool = False,
                sources: list[str] | None = None, comment: str = "",
-               estimated_bytes: int | None = None) -> tuple[Snapshot, Plan]:
+               estimated_bytes: int | None = None, now: datetime | None = None) -> tuple[Snapshot, Plan]:
     """Plan, extract every source once into the primary storage, commit, then copy to the other storages.
-    ``estimated_bytes`` (the system-state check's estimate of the sources) gives the progress a percentage.
+    ``estimated_bytes`` (the system-state check's estimate of the sources) gives the progress a percentage;
+    ``now`` (default: the clock) bounds the logical date (see :func:`check_logical_date`).
 
     The primary (first) storage must be healthy. Another storage that is down, or whose encryption key does not
     match, is skipped for this run; the snapshot is committed everywhere else, and the run then fails naming it
@@ -439,13 +483,15 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
     opened = {n: open_storage(cfg, n, resolver) for n in names}
     primary = opened[names[0]]
     repo = Repository(primary, cfg)
-    sid = snapshot_id(tier, parse_logical_date(logical_date))
+    ld = parse_logical_date(logical_date)
+    check_logical_date(ld, now)  # before any lock or staging folder
+    sid = snapshot_id(tier, ld)
     clean_staging(cfg, cfg.locks.orphan_grace_hours * 3600)
     with repo.backup_lock(sid) as held:
         # under the id's exclusive lock: what is committed is decided here, once (a second run of the same id
         # waits, then finds it committed)
         p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
-                 sources=sources, storages=names, comment=comment, catalog=repo.catalog)
+                 sources=sources, storages=names, comment=comment, catalog=repo.catalog, now=now)
         snap, healthy, failures = _extract_and_commit(cfg, p, primary, opened, names, held, resolver, checksum,
                                                       repo.catalog, estimated_bytes)
     # replication reads only committed objects (a shared lock keeps prune away); each target takes its own locks

@@ -31,15 +31,22 @@ PROBE_PREFIX = "monitoring/probe-"
 
 @lru_cache(maxsize=64)
 def cron_max_gap_seconds(cron: str) -> float:
-    """The largest gap between two consecutive fire times of ``cron`` over the next year (at most 2000 runs)."""
-    from croniter import croniter
+    """The largest gap between two consecutive fire times of ``cron`` over the year after
+    :data:`~backups.config.CRON_REFERENCE` (at most 2000 runs). Config validation guarantees two fire times within
+    ``CRON_HORIZON_YEARS`` of that date; a cron that stops firing later ends the scan (never an exception)."""
+    from croniter import CroniterError, croniter
 
-    start = datetime(2026, 1, 1)
+    from ..config import CRON_REFERENCE
+
+    start = CRON_REFERENCE
     it = croniter(cron, start)
     prev = it.get_next(datetime)
     gap = 0.0
     for _ in range(2000):
-        nxt = it.get_next(datetime)
+        try:
+            nxt = it.get_next(datetime)
+        except CroniterError:
+            break
         gap = max(gap, (nxt - prev).total_seconds())
         prev = nxt
         if nxt - start > timedelta(days=366):

@@ -89,7 +89,7 @@ CASES = {
         {"i": ["keep_last", "keep_daily 2026-01-03", "keep_monthly 2026-01"], "h": ["keep_daily 2026-01-02"],
          "e": ["keep_monthly 2025-12"], "b": ["keep_monthly 2025-06"]}),
     "keep_weekly 2": ("{keep_weekly: 2}", {"d": ["keep_weekly 2025-W52"], "i": ["keep_weekly 2026-W01"]}),
-    "keep_within_days: of the newest snapshot": (
+    "keep_within_days: before now (2026-01-04)": (
         "{keep_within_days: 3}", {x: ["keep_within_days 3"] for x in "fghi"}),
 }
 
@@ -207,7 +207,7 @@ def manuals(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("setting", "kept_months"), [
-    ("", range(3, 13)),  # default: keep_last 10 (Mar..Dec) and everything within 90 days of Dec 1 (Oct..Dec)
+    ("", range(3, 13)),  # default: keep_last 10 (Mar..Dec) and everything within 90 days of now (Oct..Dec)
     ("manual_retention: {keep_last: 2}\n", range(11, 13)),
     ("manual_retention: {keep_within_days: 31}\n", range(11, 13)),
     ("manual_retention: {}\n", range(1, 13)),  # an explicit {} keeps them all
@@ -215,7 +215,123 @@ def manuals(tmp_path_factory):
 def test_manual_snapshots_follow_manual_retention(manuals, tmp_path, setting, kept_months):
     cfg = _config(tmp_path, manuals, _tier("snap") + setting)
     storage = LocalStorage(manuals, name="local")
-    plan = plan_prune(cfg, storage, Catalog(storage, "keep-test"))
+    # windows count back from now (the clock), here the day of the newest snapshot
+    plan = plan_prune(cfg, storage, Catalog(storage, "keep-test"), now=datetime(2025, 12, 1, 12, tzinfo=UTC))
     kept = sorted(int(k[len("manual-2025"):][:2]) for k in plan.keep)
     assert kept == list(kept_months)
     assert all(k.startswith("manual-") for k in plan.keep)
+
+
+# ------------------------------------------------------------------------------------------------ time (issue 16)
+def test_a_future_dated_snapshot_never_makes_keep_within_forget_the_real_ones(tmp_path):
+    """A mistyped year (2062) used to be the tier's newest snapshot: keep_within_days counted back from it and the
+    next prune forgot every real snapshot, one taken after the typo included. Windows count back from now."""
+    repo = tmp_path / "repo"
+    cfg = _config(tmp_path, repo, _tier("daily", "full", "{keep_within_days: 7}"))
+    taken_at = {"2026-01-01T02:00:00Z": "2026-01-01T02:05:00Z", "2026-01-03T02:00:00Z": "2026-01-03T02:05:00Z",
+                "2062-01-03T02:00:00Z": "2062-01-03T02:05:00Z",  # an older version accepted it
+                "2026-01-04T02:00:00Z": "2026-01-04T02:05:00Z"}  # taken after the typo
+    for when, clock in taken_at.items():
+        run_backup(cfg, "daily", logical_date=when, now=datetime.fromisoformat(clock))
+    storage = LocalStorage(repo, name="local")
+    plan = plan_prune(cfg, storage, Catalog(storage, "keep-test"), now=datetime(2026, 1, 5, tzinfo=UTC))
+    assert plan.forget == []
+    assert plan.keep["daily-20620103T020000Z"] == ["dated in the future: kept, and not counted by the rules"]
+    assert plan.keep["daily-20260104T020000Z"] == ["keep_within_days 7"]
+    assert len(plan.warnings) == 1 and "daily-20620103T020000Z" in plan.warnings[0] and "future" in plan.warnings[0]
+    assert plan.to_dict()["warnings"] == plan.warnings
+    # a week later the real ones age out of the window as usual; the newest real one is always kept
+    plan = plan_prune(cfg, storage, Catalog(storage, "keep-test"), now=datetime(2026, 1, 11, 3, tzinfo=UTC))
+    assert plan.forget == ["daily-20260101T020000Z", "daily-20260103T020000Z"]
+    assert sorted(plan.keep) == ["daily-20260104T020000Z", "daily-20620103T020000Z"]
+
+
+def test_a_future_snapshot_takes_no_keep_last_slot_and_no_bucket(fulls, tmp_path):
+    """Now = 2025-12-30: f, g, h and i (2026) are in the future; the rules see a..e only."""
+    _tmp, repo = fulls
+    storage = LocalStorage(repo, name="local")
+    now = datetime(2025, 12, 30, tzinfo=UTC)
+    for policy, kept in [("{keep_last: 2}", "de"), ("{keep_daily: 2}", "de"), ("{keep_monthly: 1}", "e"),
+                         ("{keep_yearly: 1}", "e")]:
+        cfg = _config(tmp_path, repo, _tier("snap", retention=policy))
+        plan = plan_prune(cfg, storage, Catalog(storage, "keep-test"), now=now)
+        assert sorted(plan.keep) == sorted(sid(x) for x in kept + "fghi"), policy
+        assert len(plan.warnings) == 4
+
+
+def test_the_newest_snapshot_not_in_the_future_is_always_kept(fulls, tmp_path):
+    _tmp, repo = fulls
+    storage = LocalStorage(repo, name="local")
+    cfg = _config(tmp_path, repo, _tier("snap", retention="{keep_within_days: 1}"))
+    plan = plan_prune(cfg, storage, Catalog(storage, "keep-test"), now=datetime(2027, 1, 1, tzinfo=UTC))
+    assert list(plan.keep) == [sid("i")] and plan.keep[sid("i")] == ["the tier's newest snapshot (always kept)"]
+
+
+def test_a_logical_date_in_the_future_is_refused_before_anything_is_written(tmp_path):
+    from backups.errors import ConfigError
+
+    repo = tmp_path / "repo"
+    cfg = _config(tmp_path, repo, _tier("daily", "full"))
+    now = datetime(2026, 1, 5, 12, tzinfo=UTC)
+    with pytest.raises(ConfigError) as info:
+        run_backup(cfg, "daily", logical_date="2062-01-05T12:00:00Z", now=now)
+    assert info.value.exit_code == 2
+    assert "2062-01-05T12:00:00+00:00" in str(info.value) and "2026-01-05T12:00:00+00:00" in str(info.value)
+    assert not repo.exists() or not any(repo.rglob("*.json"))
+    run_backup(cfg, "daily", logical_date="2026-01-05T12:04:59Z", now=now)  # within the tolerance (5 minutes)
+
+
+def _manifest(sid_: str, when: datetime, seq: int) -> bytes:
+    from backups.catalog.manifest import new_manifest, seal
+
+    return seal(new_manifest(id=sid_, application="keep-test", tier="snap", type="full", requested_type="full",
+                             parent=None, chain=[sid_], logical_date=when.isoformat(), sequence=seq, sources={},
+                             started_at=when.isoformat(), finished_at=when.isoformat(),
+                             totals={"files": 0, "bytes": 0, "stored_files": 0, "stored_bytes": 0}))
+
+
+def test_property_future_snapshots_never_cost_an_older_one(tmp_path):
+    """Property: for any snapshot dates (some in the future) and any rules, the decision about every snapshot
+    that is not in the future is the one it would get if the future ones did not exist, the future ones are
+    kept, and the newest snapshot that is not in the future is always kept."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from backups.catalog.manifest import FUTURE_TOLERANCE, manifest_key, snapshot_id
+    from backups.config import Retention
+    from backups.storage.memory import MemoryStorage
+
+    now = datetime(2026, 6, 15, 12, tzinfo=UTC)
+    base_cfg = _config(tmp_path, tmp_path / "unused", _tier("snap"))
+    offsets = st.integers(min_value=-3 * 365 * 24 * 60, max_value=40 * 365 * 24 * 60)  # minutes from now
+    rule = st.one_of(st.none(), st.integers(1, 12))
+    rules = st.fixed_dictionaries({k: rule for k in Retention.model_fields})
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                      HealthCheck.function_scoped_fixture])
+    @given(st.lists(offsets, min_size=1, max_size=14, unique=True), rules, st.randoms(use_true_random=False))
+    def check(minutes, policy, rnd):
+        dates = [now + timedelta(minutes=m) for m in minutes]
+        ids = [snapshot_id("snap", d) for d in dates]
+        if len(set(ids)) != len(ids):
+            return
+        seqs = list(range(1, len(dates) + 1))
+        rnd.shuffle(seqs)  # any commit order (clock skew, backfills)
+        cfg = base_cfg.model_copy(update={"tiers": {"snap": base_cfg.tiers["snap"].model_copy(
+            update={"retention": Retention(**policy)})}})
+        future = {i for i, d in zip(ids, dates, strict=True) if d > now + FUTURE_TOLERANCE}
+        everything, present_only = MemoryStorage("all"), MemoryStorage("present")
+        for i, d, q in zip(ids, dates, seqs, strict=True):
+            everything.put_bytes(manifest_key(i), _manifest(i, d, q))
+            if i not in future:
+                present_only.put_bytes(manifest_key(i), _manifest(i, d, q))
+        with_future = plan_prune(cfg, everything, Catalog(everything, "keep-test"), now=now)
+        without = plan_prune(cfg, present_only, Catalog(present_only, "keep-test"), now=now)
+        assert future <= set(with_future.keep)
+        assert set(with_future.keep) - future == set(without.keep)
+        assert len(with_future.warnings) == len(future)
+        present = [(d, i) for i, d in zip(ids, dates, strict=True) if i not in future]
+        if present:
+            assert max(present)[1] in with_future.keep
+
+    check()
