@@ -769,18 +769,10 @@ def _dur(seconds: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------ 6. report
 def read_history(cfg: Config) -> list[dict[str, Any]]:
-    path = drill_dir(cfg) / HISTORY
-    out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    """The drill history's records; a damaged line (bad byte, truncated) is skipped and logged, never fatal."""
+    from ..monitoring.store import read_jsonl
+
+    return read_jsonl(drill_dir(cfg) / HISTORY)
 
 
 def render_markdown(v: DrillVerdict) -> str:

@@ -5,7 +5,9 @@ Algorithm: open every storage (one failing storage is recorded — reachable fal
 whole status), probe it (list, write and delete a probe object, free space, total size of its objects, locks),
 load its catalog; merge the catalogs (a snapshot id is one snapshot, wherever it is stored); per tier (every
 configured tier and ``manual``) take the newest committed snapshot, its age against the tier's RPO, its size and
-duration, and the tier's recent history. The RPO is ``monitoring.rpo_hours[tier]`` or two intervals of the tier's
+duration, and the tier's recent history; then the evidence that the newest snapshot can be restored: its whole
+chain present with the recorded sizes on each storage holding it (:func:`presence`, from the one listing the probe
+does anyway) and the storage's verification record (:func:`tier_verification`). The RPO is ``monitoring.rpo_hours[tier]`` or two intervals of the tier's
 cron (the largest gap between two consecutive runs over a year, so a Monday-to-Saturday daily is not overdue on
 Sunday). The problems are added by :func:`backups.monitoring.health.evaluate`.
 """
@@ -19,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import SCHEMA_VERSION
-from .store import iso, last_drill, now_utc, parse_iso, verifications
+from .store import iso, last_drill, now_utc, parse_iso
 
 log = logging.getLogger("backups.monitoring")
 
@@ -84,7 +86,8 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
     sc = cfg.storages[name]
     entry: dict[str, Any] = {"storage": name, "type": sc.type, "reachable": False, "writable": None, "used_bytes": None,
                              "free_bytes": None, "snapshots": 0, "error": None, "describe": None, "locks": [],
-                             "objects": None, "corrupt": [], "oldest_committed_at": None}
+                             "objects": None, "corrupt": [], "oldest_committed_at": None, "_sizes": None,
+                             "verification_record": None, "_record": None}
     try:
         storage = open_storage(cfg, name, resolver)
         entry["describe"] = storage.describe()
@@ -105,10 +108,12 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
     entry["corrupt"] = sorted(catalog.broken)
     try:
         used = count = 0
+        sizes: dict[str, int] = {}
         for info in storage.list(""):
             used += info.size or 0
             count += 1
-        entry["used_bytes"], entry["objects"] = used, count
+            sizes[info.key] = info.size
+        entry["used_bytes"], entry["objects"], entry["_sizes"] = used, count, sizes
         entry["free_bytes"] = storage.free_bytes()
         if entry["free_bytes"] is not None and sc.type == "local":
             import shutil
@@ -118,6 +123,12 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
                 entry["total_bytes"] = shutil.disk_usage(p).total
     except Exception as exc:  # noqa: BLE001
         entry["error"] = f"listing failed: {exc}"
+    rec = repo.verification()
+    entry["_record"] = rec.doc if rec.problem is None else None
+    entry["verification_record"] = {"state": rec.state, "key": rec.key, "problem": rec.problem}
+    if rec.problem is None:
+        entry["open_failures"] = {sid: {k: f.get(k) for k in ("since", "at", "read_data", "problems")}
+                                  for sid, f in sorted(rec.doc["open"].items())}
     try:
         entry["locks"] = repo.locks.report()
     except Exception as exc:  # noqa: BLE001
@@ -153,15 +164,17 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
     storages: list[dict[str, Any]] = []
     snaps: dict[str, Any] = {}  # id -> Snapshot (first storage in config order that holds it)
     holders: dict[str, list[str]] = {}
+    catalogs: dict[str, Any] = {}
     for name in cfg.storages:
         entry, catalog = probe_storage(cfg, name, resolver, write_probe=write_probe)
         storages.append(entry)
         if catalog is None:
             continue
+        catalogs[name] = catalog
         for sid, s in catalog.snapshots.items():
             snaps.setdefault(sid, s)
             holders.setdefault(sid, []).append(name)
-    verified = verifications(cfg)
+    by_storage = {e["storage"]: e for e in storages}
     prev_tiers = {t.get("tier"): t for t in (previous or {}).get("tiers", []) if isinstance(t, dict)}
     tiers = []
     for tier in [*cfg.tiers, MANUAL]:
@@ -176,12 +189,12 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         if runs is None:
             runs = {k: prev_tiers.get(tier, {}).get(k) for k in ("last_run", "last_failure")}
         tier_storages = list(cfg.tiers[tier].storages) if tier in cfg.tiers else list(cfg.storages)
-        last_ver = None
-        for sto in tier_storages:
-            rec = (verified.get(sto) or {}).get("last")
-            if rec and (last_ver is None or (parse_iso(rec.get("at")) or now) > (parse_iso(last_ver["at"]) or now)):
-                last_ver = {"at": rec.get("at"), "ok": bool(rec.get("ok")), "storage": sto,
-                            "read_data": bool(rec.get("read_data"))}
+        where = holders.get(newest.id, []) if newest else []
+        present = presence(newest, where, catalogs, by_storage)
+        last_ver, verification = tier_verification(cfg, newest, where, catalogs, by_storage, now)
+        freshness = state
+        if newest is not None:  # OK only when fresh, present and verified
+            state = worst(state, "critical" if present["problems"] else "ok", verification["severity"])
         unexpected = False
         if newest is not None and newest.doc.get("promoted_reason"):
             req = newest.doc.get("requested_type")
@@ -202,6 +215,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
             "rpo_seconds": rpo,
             "overdue": overdue,
             "state": state,
+            "freshness": freshness,  # the state by age alone (``state`` adds presence and verification)
             "size_bytes": int(newest.doc["totals"]["bytes"]) if newest else None,
             "stored_bytes": int(newest.doc["totals"]["stored_bytes"]) if newest else None,
             "duration_seconds": newest.doc.get("duration_seconds") if newest else None,
@@ -211,11 +225,16 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
             "last_run": runs.get("last_run"),
             "last_failure": runs.get("last_failure"),
             "last_verification": last_ver,
+            "verification": verification,
+            "presence": present,
             "history": [_snap_record(s) for s in tier_snaps[-HISTORY_LENGTH:]],
         })
     for entry in storages:
-        entry["last_verification"] = (verified.get(entry["storage"]) or {}).get("last")
-        entry["last_read_data_ok"] = (verified.get(entry["storage"]) or {}).get("last_read_data_ok")
+        rec = entry.pop("_record", None) or {}
+        entry.pop("_sizes", None)
+        entry["last_verification"] = rec.get("last")
+        entry["last_read_data_ok"] = rec.get("last_read_data_ok")
+        entry["dependents"] = _dependents(catalogs.get(entry["storage"]), entry.get("open_failures") or {})
     doc = {
         "schema_version": SCHEMA_VERSION,
         "generated_at": iso(now),
@@ -230,6 +249,118 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
     }
     doc["_tables"] = _table_rows(snaps)
     return doc
+
+
+# -------------------------------------------------------------------------------------------------- evidence
+def _dependents(catalog: Any, ids: Any) -> dict[str, list[str]]:
+    """id -> the snapshots (on the same storage) whose restore needs it, itself included, oldest first."""
+    out: dict[str, list[str]] = {}
+    if catalog is None:
+        return out
+    ordered = catalog.ordered()
+    for sid in ids:
+        out[sid] = [s.id for s in ordered if sid in s.chain]
+    return out
+
+
+def presence(newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any]) -> dict[str, Any]:
+    """Is every object the restore of ``newest`` needs on each storage holding it, with the recorded size?
+
+    Uses the listing the probe made (one listing per storage, no extra request). ``problems``: one entry per
+    storage and damaged object — {"storage", "snapshot", "object", "problem", "needed_by"}, ``needed_by`` the
+    snapshots whose chains include that snapshot (the newest one included)."""
+    out: dict[str, Any] = {"checked": [], "objects": 0, "problems": []}
+    if newest is None:
+        return out
+    from ..errors import BackupError
+
+    for name in where:
+        cat, sizes = catalogs.get(name), by_storage[name].get("_sizes")
+        if cat is None or sizes is None:
+            out["problems"].append({"storage": name, "snapshot": newest.id, "object": None, "needed_by": [newest.id],
+                                    "problem": "not checked: the storage could not be listed"})
+            continue
+        try:
+            chain = cat.chain_of(cat.snapshots[newest.id])
+        except BackupError as exc:
+            out["problems"].append({"storage": name, "snapshot": newest.id, "object": None, "needed_by": [newest.id],
+                                    "problem": exc.message})
+            continue
+        out["checked"].append(name)
+        for s in chain:
+            bad = []
+            for obj in s.objects():
+                out["objects"] += 1
+                size = sizes.get(obj["key"])
+                if size is None:
+                    bad.append((obj["key"], "missing"))
+                elif size != obj["size"]:
+                    bad.append((obj["key"], f"size {size}, the manifest says {obj['size']}"))
+            needed = _dependents(cat, [s.id])[s.id] if bad else []
+            for key, problem in bad:
+                out["problems"].append({"storage": name, "snapshot": s.id, "object": key, "problem": problem,
+                                        "needed_by": needed})
+    return out
+
+
+def tier_verification(cfg: Any, newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any],
+                      now: datetime) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(last_verification, verdict) of a tier's newest snapshot, from the verification records of the storages
+    holding it. The chain's verification time is the oldest of its snapshots' last passed verifications.
+
+    verdict ``state``: ``none`` (no snapshot: no verdict), ``ok``, ``never`` / ``overdue`` (no passed verification
+    of the whole chain within ``monitoring.verify_max_age_days``: warning), ``failed`` (an open failure in the chain:
+    critical on every storage holding it, else warning), ``unknown`` (the record is unreadable: critical)."""
+    verdict: dict[str, Any] = {"state": "none", "severity": "ok", "failures": [], "storage": None, "at": None,
+                               "max_age_days": cfg.monitoring.verify_max_age_days}
+    if newest is None:
+        return None, verdict
+    from ..errors import BackupError
+
+    best: dict[str, Any] | None = None
+    failed_on: list[str] = []
+    unknown: list[str] = []
+    for name in where:
+        entry, cat = by_storage[name], catalogs.get(name)
+        rec = entry.get("_record")
+        if rec is None or cat is None:
+            unknown.append(name)
+            continue
+        try:
+            chain = [s.id for s in cat.chain_of(cat.snapshots[newest.id])]
+        except BackupError:
+            chain = list(newest.chain)
+        open_ = {sid: f for sid, f in rec["open"].items() if sid in chain or sid == "*"}
+        for sid, f in sorted(open_.items()):
+            verdict["failures"].append({"storage": name, "snapshot": sid, "since": f.get("since"),
+                                        "problems": list(f.get("problems") or [])[:5]})
+        if open_:
+            failed_on.append(name)
+            continue
+        times = [parse_iso((rec["verified"].get(sid) or {}).get("at")) for sid in chain]
+        at = None if any(t is None for t in times) else min(t for t in times if t is not None)
+        cand = {"at": iso(at), "ok": at is not None, "storage": name,
+                "read_data": at is not None and all(rec["verified"][sid].get("read_data") for sid in chain)}
+        if best is None or (at is not None and (parse_iso(best["at"]) is None or at > parse_iso(best["at"]))):
+            best = cand
+    limit = cfg.monitoring.verify_max_age_days * 86400.0
+    if unknown:
+        verdict.update(state="unknown", severity="critical", storage=unknown[0])
+        return {"at": None, "ok": False, "storage": unknown[0], "read_data": False}, verdict
+    if failed_on:
+        sev = "critical" if best is None or not best["ok"] else "warning"
+        verdict.update(state="failed", severity=sev, storage=failed_on[0])
+        return {"at": verdict["failures"][0]["since"], "ok": False, "storage": failed_on[0], "read_data": False}, verdict
+    at = parse_iso(best["at"]) if best else None
+    if at is None:
+        verdict.update(state="never", severity="warning", storage=best["storage"] if best else None)
+        return None, verdict
+    verdict.update(storage=best["storage"], at=best["at"])
+    if (now - at).total_seconds() > limit:
+        verdict.update(state="overdue", severity="warning")
+        return {**best, "ok": False}, verdict
+    verdict.update(state="ok")
+    return best, verdict
 
 
 def _table_rows(snaps: dict[str, Any]) -> dict[str, dict[str, Any]]:

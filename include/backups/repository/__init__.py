@@ -6,6 +6,7 @@ Layout (docs/format.md)::
     data/<id>/<source>.*    objects of snapshot <id>
     reports/<tier>/<id>.*   run reports
     locks/<uuid>.json       lock objects (see :mod:`backups.repository.locks`)
+    verification/<stamp>-<token>.json   the verification record (see :mod:`backups.repository.verification`)
 
 The engine, the CLI and the DAG steps go through a :class:`Repository` to list ``data/``, to take locks and
 to find leftovers, and read indexes (:mod:`backups.repository.index`); the key builders live in
@@ -118,6 +119,22 @@ class Repository:
         """data/<id>/ sets without a manifest (an interrupted or running backup, or an interrupted prune)."""
         manifests = self.manifest_ids()
         return {sid: objs for sid, objs in self.data_sets().items() if sid not in manifests}
+
+    # ---- verification record (monitoring's evidence; :mod:`backups.repository.verification`) -------------
+    def verification(self) -> Any:
+        """The newest verification record (a :class:`~backups.repository.verification.RecordRead`; never raises)."""
+        from . import verification
+
+        return verification.read(self.storage, self.application)
+
+    def record_verification(self, *, read_data: bool, checked: list[str], failed: dict[str, list[str]],
+                            every: bool, by: str = "verify") -> str | None:
+        """Add one verification's outcome to the record (a new generation); the key written, or None when a
+        damaged record was left in place. Raises a storage error when the record cannot be written."""
+        from . import verification
+
+        return verification.record(self.storage, self.application, read_data=read_data, checked=checked,
+                                   failed=failed, every=every, by=by, existing=self.manifest_ids())
 
     # ---- index I/O --------------------------------------------------------------------------------------
     def index(self, obj: dict[str, Any]) -> Iterator[tuple[str, IndexEntry]]:

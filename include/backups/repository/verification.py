@@ -1,0 +1,217 @@
+"""The verification record of one storage, kept in the repository (``verification/<stamp>-<token>.json``).
+
+It is what monitoring trusts when it says a snapshot was verified, so it is written atomically and read
+defensively. Objects are never overwritten (:mod:`backups.storage.base`), so the record is a series of
+*generations*: every update writes a new object whose key sorts after the previous one (a UTC timestamp to the
+microsecond, then a random token), holding the whole state; the newest generation is the record. The writer
+then removes generations older than the last :data:`KEEP` (its own bookkeeping, like a lock object).
+
+Content (JSON, ``format`` :data:`FORMAT`, ``format_version`` 1)::
+
+    {"format": "backups-verification-record", "format_version": 1, "application": "fmr-v2",
+     "written_at": ISO,
+     "last": {"at", "ok", "read_data", "scope": "all" | "snapshots", "snapshots": [...], "problems": int} | null,
+     "last_read_data_ok": {...} | null,          # the last passing `verify --all --read-data`
+     "verified": {"<id>": {"at": ISO, "read_data": bool, "by": "verify" | "backup"}},
+     "open": {"<id>" | "*": {"since": ISO, "at": ISO, "read_data": bool, "problems": [str, ...]}}}
+
+``verified`` holds, per snapshot, the last verification that checked every object of that snapshot and found
+nothing wrong. ``open`` holds the failures still open, per snapshot (``*``: problems of the repository as a
+whole — damaged manifests, data without a manifest — found by ``verify --all``). Rules (:func:`apply`):
+
+* a verification that checked a snapshot's objects and found no problem clears that snapshot's open failure —
+  a failure found by re-hashing (``read_data``) only when it re-hashed too;
+* ``*`` is cleared only by a passing ``verify --all`` (with ``--read-data`` when it was found so);
+* a backup's own integrity check (``by: backup``) re-hashes only the new snapshot's objects: it records (and may
+  clear) only that snapshot, never another one, and never sets ``last``.
+
+A record that cannot be read, does not parse, has the wrong shape, or belongs to another application is a
+problem (:class:`RecordRead` ``.problem``), never "no failure". Such a record is replaced only by a
+verification of everything with ``--read-data`` (which re-establishes every fact it held).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import BackupError
+from ..storage.wrappers import VERIFICATION_PREFIX
+
+log = logging.getLogger(__name__)
+
+PREFIX = VERIFICATION_PREFIX
+FORMAT = "backups-verification-record"
+VERSION = 1
+KEEP = 3
+ALL = "*"
+#: longest record we read (a record holds one small entry per snapshot)
+MAX_BYTES = 8 << 20
+
+
+def verification_key(at: datetime | None = None) -> str:
+    """``verification/<YYYYmmddTHHMMSSffffffZ>-<token>.json``: later generations sort after earlier ones."""
+    at = (at or datetime.now(UTC)).astimezone(UTC)
+    return f"{PREFIX}{at.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}.json"
+
+
+def empty(application: str | None) -> dict[str, Any]:
+    return {"format": FORMAT, "format_version": VERSION, "application": application, "written_at": None,
+            "last": None, "last_read_data_ok": None, "verified": {}, "open": {}}
+
+
+@dataclass
+class RecordRead:
+    """The newest generation (``doc``, an empty record when there is none) or why it cannot be trusted."""
+
+    key: str | None = None
+    doc: dict[str, Any] = field(default_factory=lambda: empty(None))
+    #: None when the record is usable (or absent); else what is wrong with it, for a monitoring problem
+    problem: str | None = None
+    #: "absent" | "ok" | "unreadable" | "damaged" | "foreign"
+    state: str = "absent"
+    generations: list[str] = field(default_factory=list)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _check_shape(doc: Any, application: str | None) -> tuple[str, str] | None:
+    """(state, reason) when ``doc`` is not a usable record of ``application``; None when it is."""
+    if not isinstance(doc, dict):
+        return "damaged", f"not a JSON object but {type(doc).__name__}"
+    if doc.get("format") != FORMAT:
+        return "damaged", f"no {FORMAT!r} format marker"
+    if doc.get("format_version") != VERSION:
+        return "damaged", f"format_version {doc.get('format_version')!r}, this version reads {VERSION}"
+    if application and doc.get("application") != application:
+        return "foreign", f"it belongs to application {doc.get('application')!r}, not {application!r}"
+    for name in ("verified", "open"):
+        part = doc.get(name)
+        if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in part.items()):
+            return "damaged", f"{name!r} is not a mapping of snapshot ids to entries"
+    for sid, entry in doc["open"].items():
+        if not isinstance(entry.get("problems"), list):
+            return "damaged", f"open failure {sid!r} has no list of problems"
+    for name in ("last", "last_read_data_ok"):
+        if doc.get(name) is not None and not isinstance(doc.get(name), dict):
+            return "damaged", f"{name!r} is not an object"
+    return None
+
+
+def read(storage: Any, application: str | None) -> RecordRead:
+    """The storage's verification record. Never raises: every failure is in ``.problem``."""
+    where = f"the verification record of storage {storage.name}"
+    fix = ("fix: run `backupctl verify --all --read-data` (it re-checks every snapshot and writes a new record; "
+           "`--storage NAME` for one storage)")
+    try:
+        keys = sorted(i.key for i in storage.list(PREFIX) if i.key.endswith(".json"))
+    except BackupError as exc:
+        return RecordRead(problem=f"{where} cannot be listed: {exc.message}; {fix}", state="unreadable")
+    except Exception as exc:  # noqa: BLE001 - a driver error is a problem, not a crash
+        return RecordRead(problem=f"{where} cannot be listed: {exc.__class__.__name__}: {exc}; {fix}",
+                          state="unreadable")
+    if not keys:
+        return RecordRead(doc=empty(application))
+    key = keys[-1]
+    try:
+        with storage.open_read(key) as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except BackupError as exc:
+        return RecordRead(key, empty(application), f"{where} ({key}) cannot be read: {exc.message}; {fix}",
+                          "unreadable", keys)
+    except Exception as exc:  # noqa: BLE001
+        return RecordRead(key, empty(application), f"{where} ({key}) cannot be read: {exc.__class__.__name__}: "
+                          f"{exc}; {fix}", "unreadable", keys)
+    if len(raw) > MAX_BYTES:
+        return RecordRead(key, empty(application), f"{where} ({key}) is larger than {MAX_BYTES} bytes; {fix}",
+                          "damaged", keys)
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return RecordRead(key, empty(application), f"{where} ({key}) is damaged (truncated or not JSON: {exc}); "
+                          f"{fix}", "damaged", keys)
+    bad = _check_shape(doc, application)
+    if bad is not None:
+        state, reason = bad
+        what = "belongs to another repository" if state == "foreign" else "is damaged"
+        return RecordRead(key, empty(application), f"{where} ({key}) {what}: {reason}; {fix}", state, keys)
+    return RecordRead(key, doc, None, "ok", keys)
+
+
+def apply(doc: dict[str, Any], *, at: datetime, read_data: bool, checked: list[str], failed: dict[str, list[str]],
+          every: bool, by: str = "verify", existing: set[str] | None = None) -> dict[str, Any]:
+    """The record after one verification (see the module docstring for the rules); ``doc`` is not changed.
+
+    ``checked``: ids whose objects were all checked; ``failed``: id (or ``*``) -> problems found;
+    ``existing``: ids with a manifest on the storage now (entries of others are dropped)."""
+    out = json.loads(json.dumps(doc))
+    stamp = _iso(at)
+    verified: dict[str, Any] = out["verified"]
+    open_: dict[str, Any] = out["open"]
+    for sid in checked:
+        if sid in failed:
+            continue
+        verified[sid] = {"at": stamp, "read_data": read_data, "by": by}
+        old = open_.get(sid)
+        if old is not None and (read_data or not old.get("read_data")):
+            del open_[sid]
+    if every and ALL not in failed and ALL in open_ and (read_data or not open_[ALL].get("read_data")):
+        del open_[ALL]
+    for sid, problems in failed.items():
+        old = open_.get(sid) or {}
+        open_[sid] = {"since": old.get("since") or stamp, "at": stamp, "read_data": read_data,
+                      "problems": [str(p) for p in problems][:50]}
+    if existing is not None:
+        for part in (verified, open_):
+            for sid in [s for s in part if s != ALL and s not in existing]:
+                del part[sid]
+    if by != "backup":
+        n = sum(len(p) for p in failed.values())
+        last = {"at": stamp, "ok": not failed, "read_data": read_data, "scope": "all" if every else "snapshots",
+                "snapshots": sorted(checked)[-20:], "problems": n}
+        out["last"] = last
+        if every and read_data and not failed:
+            out["last_read_data_ok"] = last
+    out["written_at"] = stamp
+    return out
+
+
+def write(storage: Any, doc: dict[str, Any], previous: list[str], at: datetime | None = None) -> str:
+    """Write ``doc`` as the newest generation, then remove all but the last :data:`KEEP` generations."""
+    at = at or datetime.now(UTC)
+    key = verification_key(at)
+    if previous and key <= previous[-1]:  # a clock behind the newest generation: still sort after it
+        key = f"{previous[-1][:-len('.json')]}z{uuid.uuid4().hex[:8]}.json"  # 'z' sorts after '.'
+    storage.put_bytes(key, json.dumps(doc, indent=1, sort_keys=True).encode())
+    for old in [*previous, key][:-KEEP]:
+        try:
+            storage.delete(old)
+        except Exception as exc:  # noqa: BLE001 - an old generation left behind is harmless
+            log.warning("could not remove the old verification record %s on %s: %s", old, storage.name, exc)
+    return key
+
+
+def record(storage: Any, application: str | None, *, read_data: bool, checked: list[str],
+           failed: dict[str, list[str]], every: bool, by: str = "verify", existing: set[str] | None = None,
+           at: datetime | None = None) -> str | None:
+    """Read, apply one verification, write. A damaged record is replaced only by a verification of everything
+    with read_data; otherwise it is left as it is (the problem stays visible) and None is returned."""
+    at = at or datetime.now(UTC)
+    cur = read(storage, application)
+    if cur.problem is not None:
+        if not (every and read_data and by == "verify"):
+            log.warning("%s: not updated (%s)", cur.problem.split(";")[0], "a `verify --all --read-data` replaces it")
+            return None
+        base = empty(application)
+    else:
+        base = cur.doc
+        base["application"] = application or base.get("application")
+    doc = apply(base, at=at, read_data=read_data, checked=checked, failed=failed, every=every, by=by,
+                existing=existing)
+    return write(storage, doc, cur.generations, at)
