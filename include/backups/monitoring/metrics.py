@@ -169,7 +169,14 @@ def write_textfile(path: str | os.PathLike[str], text: str) -> Path:
             f"cannot write the metrics file {target}: the folder {folder} does not exist",
             hint="create it, or point --prometheus at node_exporter's --collector.textfile.directory",
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:  # a read-only folder or file system, a full disk, no permission
+        raise StorageError(
+            f"cannot write the metrics file {target}: cannot create a file in {folder}: {exc.strerror or exc}",
+            hint="make the folder writable by this user (node_exporter's textfile directory), or point --prometheus "
+                 "at a writable folder",
+        ) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
