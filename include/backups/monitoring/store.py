@@ -7,7 +7,8 @@ damaged file (they log and carry on: monitoring must never fail because its own 
 drill history is read line by line and its damaged lines are reported (:func:`drill_history_problems`).
 
 The verification record is not here: it lives in each repository (:mod:`backups.repository.verification`), so
-every host sees the same evidence. The per-host ``verify_state.json`` of earlier versions is ignored.
+every host sees the same evidence. The per-host ``verify_state.json`` of earlier versions is no longer written; it
+is read only to carry a failed verification over into a repository that has no record yet.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from . import status_dir
 
 log = logging.getLogger("backups.monitoring")
 
-#: the per-host verification file of earlier versions: no longer read (the record is in the repository now)
-LEGACY_VERIFY_STATE = "verify_state.json"
 ALERT_STATE = "alert_state.json"
 HISTORY = "history.jsonl"
 

@@ -125,7 +125,17 @@ class Repository:
         """The newest verification record (a :class:`~backups.repository.verification.RecordRead`; never raises)."""
         from . import verification
 
-        return verification.read(self.storage, self.application)
+        return verification.read(self.storage, self.application, self._legacy_failure())
+
+    def _legacy_failure(self) -> dict[str, Any] | None:
+        """A failed verification of this storage in the per-host file of earlier versions (see
+        :func:`backups.repository.verification.legacy_failure`); None without a config."""
+        if self.cfg is None or not hasattr(self.cfg, "storages"):
+            return None
+        from ..monitoring import status_dir
+        from .verification import LEGACY_FILE, legacy_failure
+
+        return legacy_failure(status_dir(self.cfg) / LEGACY_FILE, self.name)
 
     def record_verification(self, *, read_data: bool, checked: list[str], failed: dict[str, list[str]],
                             every: bool, by: str = "verify") -> str | None:
@@ -134,7 +144,8 @@ class Repository:
         from . import verification
 
         return verification.record(self.storage, self.application, read_data=read_data, checked=checked,
-                                   failed=failed, every=every, by=by, existing=self.manifest_ids())
+                                   failed=failed, every=every, by=by, existing=self.manifest_ids(),
+                                   legacy=self._legacy_failure())
 
     # ---- index I/O --------------------------------------------------------------------------------------
     def index(self, obj: dict[str, Any]) -> Iterator[tuple[str, IndexEntry]]:

@@ -25,6 +25,11 @@ whole — damaged manifests, data without a manifest — found by ``verify --all
 * a backup's own integrity check (``by: backup``) re-hashes only the new snapshot's objects: it records (and may
   clear) only that snapshot, never another one, and never sets ``last``.
 
+Earlier versions kept a per-host ``verify_state.json`` next to the monitoring status. It is no longer written;
+while a repository has no record yet, a failed last verification found there for the storage is carried over as
+an open failure of the whole repository (``*``: a passing ``verify --all`` closes it), so an upgrade never
+forgets one. Once a record exists, the old file is ignored (it can be deleted).
+
 A record that cannot be read, does not parse, has the wrong shape, or belongs to another application is a
 problem (:class:`RecordRead` ``.problem``), never "no failure". Such a record is replaced only by a
 verification of everything with ``--read-data`` (which re-establishes every fact it held).
@@ -37,6 +42,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ..errors import BackupError
@@ -48,6 +54,8 @@ PREFIX = VERIFICATION_PREFIX
 FORMAT = "backups-verification-record"
 VERSION = 1
 KEEP = 3
+#: the per-host file of earlier versions, in the monitoring status folder (read only to migrate a failure)
+LEGACY_FILE = "verify_state.json"
 ALL = "*"
 #: longest record we read (a record holds one small entry per snapshot)
 MAX_BYTES = 8 << 20
@@ -104,8 +112,26 @@ def _check_shape(doc: Any, application: str | None) -> tuple[str, str] | None:
     return None
 
 
-def read(storage: Any, application: str | None) -> RecordRead:
-    """The storage's verification record. Never raises: every failure is in ``.problem``."""
+def legacy_failure(path: Any, storage: str) -> dict[str, Any] | None:
+    """A failed verification of ``storage`` in the per-host ``verify_state.json`` of earlier versions, as an open
+    failure of the whole repository (``*``), or None. Read only while the repository has no record yet, so an
+    upgrade never forgets an open failure; a damaged or missing legacy file counts as nothing to migrate."""
+    try:
+        state = json.loads(Path(path).read_text(encoding="utf-8"))
+        last = state[storage]["last"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(last, dict) or last.get("ok") is not False:
+        return None
+    at = last.get("at") if isinstance(last.get("at"), str) else None
+    return {"since": at, "at": at, "read_data": bool(last.get("read_data")),
+            "problems": [f"an earlier version recorded a failed verification at {at} ({last.get('problems')} "
+                         f"problem(s)) in {path}"]}
+
+
+def read(storage: Any, application: str | None, legacy: dict[str, Any] | None = None) -> RecordRead:
+    """The storage's verification record. Never raises: every failure is in ``.problem``. Without any record in
+    the repository, ``legacy`` (:func:`legacy_failure`) is its one open failure."""
     where = f"the verification record of storage {storage.name}"
     fix = ("fix: run `backupctl verify --all --read-data` (it re-checks every snapshot and writes a new record; "
            "`--storage NAME` for one storage)")
@@ -117,7 +143,10 @@ def read(storage: Any, application: str | None) -> RecordRead:
         return RecordRead(problem=f"{where} cannot be listed: {exc.__class__.__name__}: {exc}; {fix}",
                           state="unreadable")
     if not keys:
-        return RecordRead(doc=empty(application))
+        doc = empty(application)
+        if legacy is not None:
+            doc["open"][ALL] = legacy
+        return RecordRead(doc=doc)
     key = keys[-1]
     try:
         with storage.open_read(key) as fh:
@@ -199,11 +228,11 @@ def write(storage: Any, doc: dict[str, Any], previous: list[str], at: datetime |
 
 def record(storage: Any, application: str | None, *, read_data: bool, checked: list[str],
            failed: dict[str, list[str]], every: bool, by: str = "verify", existing: set[str] | None = None,
-           at: datetime | None = None) -> str | None:
+           at: datetime | None = None, legacy: dict[str, Any] | None = None) -> str | None:
     """Read, apply one verification, write. A damaged record is replaced only by a verification of everything
     with read_data; otherwise it is left as it is (the problem stays visible) and None is returned."""
     at = at or datetime.now(UTC)
-    cur = read(storage, application)
+    cur = read(storage, application, legacy)
     if cur.problem is not None:
         if not (every and read_data and by == "verify"):
             log.warning("%s: not updated (%s)", cur.problem.split(";")[0], "a `verify --all --read-data` replaces it")

@@ -111,6 +111,24 @@ def test_a_failed_read_data_verification_stays_open_after_the_next_daily_backup(
     assert result.check_code == 0 and not result.status["problems"], result.check_line()
 
 
+def test_a_failure_in_the_old_per_host_file_is_carried_over_until_verify_all_passes(env):
+    from backups.engine.snapshot import run_backup as engine_backup
+
+    cfg = env["cfg"]
+    for tier, hours in (("weekly", 3), ("monthly", 2.5), ("daily", 2)):
+        engine_backup(cfg, tier, logical_date=_ago(hours))  # taken by an earlier version: no record in the repository
+    legacy = status_path(cfg).parent / "verify_state.json"
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_text(json.dumps({"local": {"last": {"at": _ago(5), "ok": False, "read_data": True,
+                                                     "snapshots": [], "problems": 3}}}))
+    assert "verify-failed:local" in _keys(status(cfg))
+    _dag_run(cfg, "daily", 1, env["tmp"])  # the first record in the repository: the old failure stays open
+    failed = _keys(status(cfg))["verify-failed:local"]
+    assert "3 problem(s)" in failed["summary"] and str(legacy) in failed["summary"]
+    assert verify(cfg, every=True, read_data=True).ok
+    assert "verify-failed:local" not in _keys(status(cfg))
+
+
 # ------------------------------------------------------------------------------------------ presence
 @pytest.mark.parametrize("damage", ["deleted", "shrunk"])
 def test_presence_of_the_newest_chain_is_checked_every_run(env, damage):
