@@ -73,3 +73,19 @@ def test_presence_on_s3_finds_a_deleted_and_a_shrunk_object(tmp_path, s3_endpoin
     found = {(p["object"], p["problem"].split(",")[0]) for p in weekly["presence"]["problems"]}
     assert found == {(gone, "missing"), (shrunk, f"size {objs[-2]['size'] - 5}")}
     assert weekly["state"] == "critical" and doc["state"] == "critical"
+
+
+def test_the_verification_record_stays_in_an_instant_class_on_an_archive_storage(tmp_path, s3_endpoint):  # noqa: F811
+    from backups.repository import verification
+
+    n = tmp_path.name.replace("_", "-").lower()[-20:]
+    path = write_config(tmp_path / "c.yaml", tmp_path / "home", tmp_path / "repo", extra_storages=EXTRA.format(
+        bucket=BUCKET, n=n))
+    cfg = load_config(path)
+    archive = open_storage(cfg, "archive", LoopbackResolver(s3_endpoint, None))
+    assert archive.archive
+    verification.record(archive, cfg.application, read_data=True, checked=[], failed={"*": ["x"]}, every=True)
+    [info] = list(archive.list("verification/"))
+    assert info.storage_class == "STANDARD"  # monitoring reads it every run: never behind a thaw
+    rec = verification.read(archive, cfg.application)
+    assert rec.problem is None and rec.doc["open"]["*"]["problems"] == ["x"]

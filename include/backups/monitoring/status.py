@@ -127,8 +127,14 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
     entry["_record"] = rec.doc if rec.problem is None else None
     entry["verification_record"] = {"state": rec.state, "key": rec.key, "problem": rec.problem}
     if rec.problem is None:
+        sizes = entry["_sizes"]
+        held = None if sizes is None else {k.split("/")[1] for k in sizes if k.startswith("data/") and k.count("/") >= 2}
+        # a failure of a snapshot that is gone altogether (pruned: no manifest, no data) went with it; one whose
+        # manifest alone vanished stays (its data is still there)
         entry["open_failures"] = {sid: {k: f.get(k) for k in ("since", "at", "read_data", "problems")}
-                                  for sid, f in sorted(rec.doc["open"].items())}
+                                  for sid, f in sorted(rec.doc["open"].items())
+                                  if sid == "*" or held is None or sid in held or sid in catalog.snapshots
+                                  or sid in catalog.broken}
     try:
         entry["locks"] = repo.locks.report()
     except Exception as exc:  # noqa: BLE001

@@ -226,6 +226,29 @@ def write(storage: Any, doc: dict[str, Any], previous: list[str], at: datetime |
     return key
 
 
+def merge(ours: dict[str, Any], theirs: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``ours`` (written from ``base``) combined with ``theirs``, a generation another writer wrote meanwhile.
+
+    Fail-safe: an open failure in either stays open, unless we closed it and theirs is the very entry we read
+    (they only carried it over); per snapshot and for ``last`` the newer verification wins."""
+    out = json.loads(json.dumps(ours))
+    for sid, f in theirs.get("open", {}).items():
+        if sid in out["open"]:
+            continue
+        if sid in base.get("open", {}) and base["open"][sid] == f:
+            continue  # we closed it; they did not look at it again
+        out["open"][sid] = f
+    for sid, v in theirs.get("verified", {}).items():
+        mine = out["verified"].get(sid)
+        if mine is None or str(v.get("at")) > str(mine.get("at")):
+            out["verified"][sid] = v
+    for name in ("last", "last_read_data_ok"):
+        t = theirs.get(name)
+        if isinstance(t, dict) and (out.get(name) is None or str(t.get("at")) > str(out[name].get("at"))):
+            out[name] = t
+    return out
+
+
 def record(storage: Any, application: str | None, *, read_data: bool, checked: list[str],
            failed: dict[str, list[str]], every: bool, by: str = "verify", existing: set[str] | None = None,
            at: datetime | None = None, legacy: dict[str, Any] | None = None) -> str | None:
@@ -243,4 +266,33 @@ def record(storage: Any, application: str | None, *, read_data: bool, checked: l
         base["application"] = application or base.get("application")
     doc = apply(base, at=at, read_data=read_data, checked=checked, failed=failed, every=every, by=by,
                 existing=existing)
-    return write(storage, doc, cur.generations, at)
+    key = write(storage, doc, cur.generations, at)
+    # another writer (a verify and a backup's check on the same storage) may have written a generation after we
+    # read ours: fold it in, so that no open failure is lost to the race (a few rounds at most)
+    seen = {*cur.generations, key}
+    for _ in range(3):
+        try:
+            now_keys = sorted(i.key for i in storage.list(PREFIX) if i.key.endswith(".json"))
+        except Exception:  # noqa: BLE001 - our generation is written; the next writer folds the rest in
+            return key
+        others = [k for k in now_keys if k not in seen and (cur.key is None or k > cur.key)]
+        if not others:
+            return key
+        for other in others:
+            seen.add(other)
+            theirs = _read_key(storage, other, application)
+            if theirs is not None:
+                doc = merge(doc, theirs, base)
+        key = write(storage, doc, now_keys, at)
+        seen.add(key)
+    return key
+
+
+def _read_key(storage: Any, key: str, application: str | None) -> dict[str, Any] | None:
+    """One generation, or None when it is not a usable record of ``application``."""
+    try:
+        with storage.open_read(key) as fh:
+            doc = json.loads(fh.read(MAX_BYTES + 1).decode("utf-8"))
+    except Exception:  # noqa: BLE001 - a damaged concurrent generation: ours stands
+        return None
+    return doc if _check_shape(doc, application) is None else None

@@ -14,7 +14,8 @@
   Messages name the storage, bucket and key, never a credential.
 * GLACIER / DEEP_ARCHIVE: reading an un-restored object raises a clear error; :meth:`S3Storage.restore_request`
   asks S3 for a temporary copy. Manifests (``snapshots/``) are always written as STANDARD so listing and chain
-  resolution never wait for a restore; so are lock objects (``locks/``).
+  resolution never wait for a restore; so are lock objects (``locks/``) and the verification record
+  (``verification/``), which monitoring reads on every run.
 
 boto3 is not imported here: the client comes from the :class:`~backups.storage.Resolver`.
 """
@@ -37,7 +38,7 @@ PART = 8 << 20
 MIN_PART = 5 << 20  # S3's minimum size for every part but the last
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 MANIFEST_PREFIX = "snapshots/"
-STANDARD_PREFIXES = (MANIFEST_PREFIX, "locks/")  # read on every run: never in an archive class
+STANDARD_PREFIXES = (MANIFEST_PREFIX, "locks/", "verification/")  # read on every run: never in an archive class
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException"}

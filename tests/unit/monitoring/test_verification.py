@@ -129,6 +129,21 @@ def test_a_failure_in_the_old_per_host_file_is_carried_over_until_verify_all_pas
     assert "verify-failed:local" not in _keys(status(cfg))
 
 
+def test_a_pruned_snapshot_takes_its_open_failure_with_it_a_deleted_manifest_does_not(env):
+    import shutil
+
+    cfg, repo = env["cfg"], env["repo"]
+    ids = _all_tiers(cfg)
+    extra = run_backup(steps.with_manual_tier(cfg), "manual", logical_date=_ago(1.5))["id"]  # nothing depends on it
+    _flip(_biggest(repo, extra))
+    assert not verify(cfg, every=True, read_data=True).ok
+    assert extra in _keys(status(cfg))["verify-failed:local"]["summary"]
+    (repo / "snapshots" / f"{extra}.json").unlink()  # the manifest alone deleted: the data is still there
+    assert extra in _keys(status(cfg))["verify-failed:local"]["summary"]
+    shutil.rmtree(repo / "data" / extra)  # now gone altogether, as prune removes it
+    assert "verify-failed:local" not in _keys(status(cfg)), ids
+
+
 # ------------------------------------------------------------------------------------------ presence
 @pytest.mark.parametrize("damage", ["deleted", "shrunk"])
 def test_presence_of_the_newest_chain_is_checked_every_run(env, damage):

@@ -80,3 +80,48 @@ def test_generations_sort_and_only_the_last_few_are_kept():
     verification.record(s, "app", read_data=True, checked=["weekly-9"], failed={}, every=False,
                         at=at - timedelta(days=1), existing={"weekly-9"})
     assert list(verification.read(s, "app").doc["verified"]) == ["weekly-9"]
+
+
+class _Racing(MemoryStorage):
+    """A storage on which another writer slips its generation in right before our first write of a record."""
+
+    def __init__(self, competitor) -> None:
+        super().__init__("mem")
+        self.competitor = competitor
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        if key.startswith("verification/") and self.competitor is not None:
+            run, self.competitor = self.competitor, None
+            run(self)
+        super().put_bytes(key, data)
+
+
+def test_a_concurrent_writer_never_loses_an_open_failure():
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    ids = {"weekly-1", "daily-2"}
+
+    def verify_all(s):  # e.g. `backupctl verify --all --read-data` finishing while a backup's check writes
+        verification.record(s, "app", read_data=True, checked=["daily-2"],
+                            failed={"weekly-1": ["weekly-1: data/weekly-1/a: SHA-256 mismatch"]}, every=True,
+                            at=at + timedelta(seconds=1), existing=ids)
+
+    s = _Racing(verify_all)
+    verification.record(s, "app", read_data=True, checked=["daily-2"], failed={}, every=False, by="backup", at=at,
+                        existing=ids)
+    doc = verification.read(s, "app").doc
+    assert "weekly-1" in doc["open"] and doc["last"]["ok"] is False  # the verify's failure survived the race
+    assert doc["verified"]["daily-2"]["at"] == "2026-12-01T00:00:01+00:00"  # the newer verification of daily-2
+
+    # the other way round: a failure we close is not resurrected by a writer that merely carried it over
+    s2 = MemoryStorage("mem")
+    verification.record(s2, "app", read_data=True, checked=[], failed={"weekly-1": ["x"]}, every=False, at=at,
+                        existing=ids)
+    carried = _Racing(None)
+    carried.objects, carried.mtimes = dict(s2.objects), dict(s2.mtimes)
+    carried.competitor = lambda st: verification.record(st, "app", read_data=True, checked=["daily-2"], failed={},
+                                                         every=False, by="backup", at=at + timedelta(seconds=1),
+                                                         existing=ids)
+    verification.record(carried, "app", read_data=True, checked=["weekly-1"], failed={}, every=True,
+                        at=at + timedelta(seconds=2), existing=ids)
+    doc = verification.read(carried, "app").doc
+    assert doc["open"] == {} and set(doc["verified"]) == ids
