@@ -21,6 +21,7 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.monitoring import status_path
 from backups.monitoring.dashboard import render_dashboard
+from backups.monitoring.metrics import render_prometheus
 from tests.helpers import subprocess_env, write_config
 
 
@@ -151,6 +152,7 @@ def test_presence_of_the_newest_chain_is_checked_every_run(env, damage):
     ids = _all_tiers(cfg)
     weekly, daily = ids["weekly"], ids["daily"]
     assert status(cfg).check_code == 0
+    assert 'backup_restorable{application="fmr-test",tier="daily"} 1' in render_prometheus(status(cfg).status)
     obj = _biggest(repo, weekly)
     if damage == "deleted":
         obj.unlink()
@@ -172,6 +174,9 @@ def test_presence_of_the_newest_chain_is_checked_every_run(env, damage):
     assert all("_sizes" not in s and "_record" not in s for s in result.status["storages"])
     html = render_dashboard(result.status)
     assert 'data-tier="daily" data-state="critical"' in html
+    prom = render_prometheus(result.status)
+    assert 'backup_restorable{application="fmr-test",tier="daily"} 0' in prom
+    assert 'backup_restorable{application="fmr-test",tier="manual"}' not in prom  # no snapshot: no sample
 
 
 def test_a_tier_without_a_snapshot_has_no_verification_verdict(env):
