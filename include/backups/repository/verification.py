@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -89,6 +90,19 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat(timespec="seconds")
 
 
+#: a snapshot id (or ``*``) as the record may hold it: anything else marks the record damaged
+_ID = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _clean(doc: dict[str, Any]) -> dict[str, Any]:
+    """Problem texts as the monitoring will print them: no control characters (a hostile repository must not
+    drive a terminal), at most 500 characters each, at most 50 per snapshot."""
+    for entry in doc["open"].values():
+        entry["problems"] = [_CONTROL.sub("?", p)[:500] for p in entry["problems"][:50]]
+    return doc
+
+
 def _check_shape(doc: Any, application: str | None) -> tuple[str, str] | None:
     """(state, reason) when ``doc`` is not a usable record of ``application``; None when it is."""
     if not isinstance(doc, dict):
@@ -103,8 +117,11 @@ def _check_shape(doc: Any, application: str | None) -> tuple[str, str] | None:
         part = doc.get(name)
         if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in part.items()):
             return "damaged", f"{name!r} is not a mapping of snapshot ids to entries"
+        bad = next((k for k in part if not _ID.match(k)), None)
+        if bad is not None:
+            return "damaged", f"{name!r} holds {bad[:40]!r}, which is not a snapshot id"
     for sid, entry in doc["open"].items():
-        if not isinstance(entry.get("problems"), list):
+        if not isinstance(entry.get("problems"), list) or not all(isinstance(p, str) for p in entry["problems"]):
             return "damaged", f"open failure {sid!r} has no list of problems"
     for name in ("last", "last_read_data_ok"):
         if doc.get(name) is not None and not isinstance(doc.get(name), dict):
@@ -170,7 +187,7 @@ def read(storage: Any, application: str | None, legacy: dict[str, Any] | None = 
         state, reason = bad
         what = "belongs to another repository" if state == "foreign" else "is damaged"
         return RecordRead(key, empty(application), f"{where} ({key}) {what}: {reason}; {fix}", state, keys)
-    return RecordRead(key, doc, None, "ok", keys)
+    return RecordRead(key, _clean(doc), None, "ok", keys)
 
 
 def apply(doc: dict[str, Any], *, at: datetime, read_data: bool, checked: list[str], failed: dict[str, list[str]],

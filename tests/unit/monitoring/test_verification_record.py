@@ -125,3 +125,16 @@ def test_a_concurrent_writer_never_loses_an_open_failure():
                         at=at + timedelta(seconds=2), existing=ids)
     doc = verification.read(carried, "app").doc
     assert doc["open"] == {} and set(doc["verified"]) == ids
+
+
+def test_a_hostile_record_cannot_drive_the_terminal_or_smuggle_ids():
+    doc = verification.empty("app")
+    doc["open"] = {"weekly-1": {"since": "x", "at": "x", "read_data": True,
+                                "problems": ["\x1b[2J\x1b]0;owned\x07 data/weekly-1/a: missing" + "x" * 2000]}}
+    rec = verification.read(_store(json.dumps(doc).encode()), "app")
+    assert rec.problem is None
+    [text] = rec.doc["open"]["weekly-1"]["problems"]
+    assert "\x1b" not in text and "\x07" not in text and len(text) == 500
+    doc["open"]["../../etc\x1b"] = doc["open"].pop("weekly-1")
+    rec = verification.read(_store(json.dumps(doc).encode()), "app")
+    assert rec.state == "damaged" and "not a snapshot id" in rec.problem and "\x1b" not in rec.problem.split("holds")[0]
