@@ -7,9 +7,9 @@ load its catalog; merge the catalogs (a snapshot id is one snapshot, wherever it
 configured tier and ``manual``) take the newest committed snapshot, its age against the tier's RPO, its size and
 duration, and the tier's recent history; then the evidence that the newest snapshot can be restored: its whole
 chain present with the recorded sizes on each storage holding it (:func:`presence`, from the one listing the probe
-does anyway) and the storage's verification record (:func:`tier_verification`). The RPO is ``monitoring.rpo_hours[tier]`` or two intervals of the tier's
-cron (the largest gap between two consecutive runs over a year, so a Monday-to-Saturday daily is not overdue on
-Sunday). The problems are added by :func:`backups.monitoring.health.evaluate`.
+does anyway) and the storage's verification record (:func:`tier_verification`). The RPO is
+``monitoring.rpo_hours[tier]`` or two intervals of the tier's cron (the largest gap between two consecutive runs
+over a year, so a Monday-to-Saturday daily is not overdue on Sunday). The problems are added by :func:`backups.monitoring.health.evaluate`.
 """
 
 from __future__ import annotations
