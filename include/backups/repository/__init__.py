@@ -27,9 +27,10 @@ from ..errors import ObjectNotFound
 from ..storage.base import ObjectInfo, Storage
 from .index import IndexEntry, iter_index
 from .locks import LOCKS, HeldLock, LockInfo, Locks, overlap
+from .verification import verification_key
 
 __all__ = ["Repository", "IndexEntry", "iter_index", "Leftovers", "Locks", "HeldLock", "LockInfo", "LOCKS", "manifest_key", "object_key",
-           "data_prefix", "report_key", "report_prefix", "repo_scope", "snapshot_scope"]
+           "data_prefix", "report_key", "report_prefix", "repo_scope", "snapshot_scope", "verification_key"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class Repository:
     # ---- keys -----------------------------------------------------------------------------------------
     manifest_key = staticmethod(manifest_key)
     object_key = staticmethod(object_key)
+    #: ``verification/<stamp>-<token>.json``: one generation of the verification record
+    verification_key = staticmethod(verification_key)
 
     # ---- catalog (loaded once per command; reload() after a commit or prune) ---------------------------
     @property

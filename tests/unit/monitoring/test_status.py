@@ -346,6 +346,8 @@ def test_status_notices_when_the_monitoring_dag_went_silent(tmp_path, app):
     ("monitoring: {alerts: {escalate_after: 0}}", "monitoring.alerts.escalate_after: Input should be greater than or equal to 1"),
     ("monitoring: {max_shrink_percent: 120}", "monitoring.max_shrink_percent: Input should be less than or equal to 100"),
     ("monitoring: {alerts: {emails: [a@b]}}", "monitoring.alerts.emails: unknown key"),
+    ("monitoring: {verify_max_age_days: 0}", "monitoring.verify_max_age_days: Input should be greater than 0"),
+    ("monitoring: {verify_max_age_day: 3}", "monitoring.verify_max_age_day: unknown key"),
 ])
 def test_monitoring_config_errors_name_the_key(block, needle):
     from backups.config import parse_config
