@@ -13,12 +13,15 @@ verified, failures stay open until a later verification of that snapshot (or ``-
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 from .base import Result
 from .storages import each_storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,14 +71,12 @@ def _record(repo: Any, report: Any, *, every: bool, read_data: bool) -> None:
     """Add the storage's outcome to its verification record (monitoring's evidence). A record that cannot be
     written is logged, not fatal: the verification itself happened, and monitoring then still sees the old
     record (an open failure stays open)."""
-    import logging
-
     try:
         repo.record_verification(read_data=read_data, checked=list(report.checked), failed=dict(report.failed),
                                  every=every)
     except Exception as exc:  # noqa: BLE001 - bookkeeping must not hide the verification's own outcome
-        logging.getLogger(__name__).warning("could not write the verification record of %s: %s", repo.name,
-                                            getattr(exc, "message", None) or exc)
+        log.warning("could not write the verification record of %s: %s", repo.name,
+                    getattr(exc, "message", None) or exc)
 
 
 def _verify_storage(repo: Any, storage: Any, *, snapshot: str | None, tier: str | None, every: bool, read_data: bool,

@@ -4,6 +4,10 @@
   present with the size the manifest recorded.
 * read_data — additionally streams every object and compares its SHA-256 with the manifest, so a single
   flipped byte anywhere is found and named.
+
+The report also says which snapshots had every object checked (``checked``) and the problems per snapshot
+(``failed``; ``*`` for damaged manifests): the verification record (:mod:`backups.repository.verification`)
+opens and closes failures per snapshot from them.
 """
 
 from __future__ import annotations
