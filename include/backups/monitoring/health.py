@@ -202,11 +202,12 @@ def _failed_summary(storage: str, opened: dict[str, Any], dependents: dict[str, 
     parts = []
     for sid, f in sorted(opened.items())[:3]:
         first = (f.get("problems") or ["?"])[0]
+        since = f" (since {f['since']})" if f.get("since") else ""
         if sid == "*":
-            parts.append(f"the repository (since {f.get('since')}): {first}")
+            parts.append(f"the repository{since}: {first}")
             continue
         deps = [d for d in dependents.get(sid) or [] if d != sid]
-        parts.append(f"snapshot {sid} (since {f.get('since')}): {first}"
+        parts.append(f"snapshot {sid}{since}: {first}"
                      + (f"; snapshots depending on it: {', '.join(deps)}" if deps else ""))
     more = f" (and {len(opened) - 3} more)" if len(opened) > 3 else ""
     return (f"storage {storage}: open verification failure(s) — {' | '.join(parts)}{more}; fix: "
