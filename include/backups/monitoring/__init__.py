@@ -41,7 +41,8 @@ The contract between the writers (``backupctl status``, the ``backup_monitoring`
                                             "key": str | null, "problem": str | null} | null,
                     "open_failures": {snapshot id | "*": {"since", "at", "read_data", "problems"}},
                     "dependents": {snapshot id: [ids whose chain holds it]},
-                    "last_verification": {...} | null, "last_read_data_ok": {...} | null}],
+                    "last_verification": {...} | null, "last_read_data_ok": {...} | null,
+                    "last_read_data_at": ISO | null}],     # newest passed re-hash (verify or a backup's check)
       "last_drill": {"id": str, "at": ISO, "passed": bool, "rto_seconds": float | null, "rpo_seconds": float | null,
                      "report": str | null} | null,
       "problems": [{"key": "stale:daily", "severity": "warning" | "critical", "summary": str,

@@ -10,8 +10,8 @@ problem across runs. Checks:
   corrupt manifests (critical), locks that look stale or dead (warning);
 * verification — the storage's verification record (in the repository) unreadable, damaged or foreign
   (``verify-record:<storage>``, critical); open verification failures (``verify-failed:<storage>``, critical,
-  naming the snapshots and those depending on them); a storage holding snapshots without a passing
-  ``verify --all --read-data`` within ``verify_within_days`` (warning); a tier whose newest chain has no passed
+  naming the snapshots and those depending on them); a storage holding snapshots without a passed read-data
+  verification (``verify --read-data`` or a backup's integrity check) within ``verify_within_days`` (warning); a tier whose newest chain has no passed
   verification within ``verify_max_age_days`` (``unverified:<tier>``, warning);
 * presence — every object of each tier's newest chain on each storage holding it, with its recorded size
   (``presence:<tier>:<storage>``, critical, naming the snapshot, the object and the snapshots needing it);
@@ -104,13 +104,14 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
             out.append(_p(f"verify-failed:{name}", "critical", _failed_summary(name, opened, s.get("dependents") or {})))
         if s["snapshots"]:
             good = s.get("last_read_data_ok") or {}
-            at = parse_iso(good.get("at"))
+            at = parse_iso(s.get("last_read_data_at") or good.get("at"))
             oldest = parse_iso(s.get("oldest_committed_at"))
             held_long = oldest is None or (now - oldest).total_seconds() > mon.verify_within_days * DAY
             if held_long and (at is None or (now - at).total_seconds() > mon.verify_within_days * DAY):
                 out.append(_p(f"verify-overdue:{name}", "warning",
                               f"storage {name}: no successful read-data verification within {mon.verify_within_days:g} "
-                              f"days (last: {good.get('at') or 'never'})"))
+                              f"days (last: {s.get('last_read_data_at') or good.get('at') or 'never'}); fix: "
+                              f"`backupctl verify --all --read-data --storage {name}`"))
     # ---- presence and verification of each tier's newest chain
     for t in status["tiers"]:
         tier = t["tier"]

@@ -240,6 +240,11 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         entry.pop("_sizes", None)
         entry["last_verification"] = rec.get("last")
         entry["last_read_data_ok"] = rec.get("last_read_data_ok")
+        # the newest passed re-hash of anything on the storage (a verify --read-data, a backup's integrity check)
+        stamps = [v.get("at") for v in (rec.get("verified") or {}).values() if v.get("read_data")]
+        stamps += [(rec.get("last_read_data_ok") or {}).get("at")]
+        entry["last_read_data_at"] = max((a for a in stamps if isinstance(a, str) and parse_iso(a)),
+                                         key=lambda a: parse_iso(a), default=None)
         entry["dependents"] = _dependents(catalogs.get(entry["storage"]), entry.get("open_failures") or {})
     doc = {
         "schema_version": SCHEMA_VERSION,
