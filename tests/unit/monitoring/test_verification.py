@@ -179,6 +179,17 @@ def test_presence_of_the_newest_chain_is_checked_every_run(env, damage):
     assert 'backup_restorable{application="fmr-test",tier="manual"}' not in prom  # no snapshot: no sample
 
 
+def test_a_newest_chain_whose_full_lost_its_manifest_is_critical(env):
+    cfg, repo = env["cfg"], env["repo"]
+    ids = _all_tiers(cfg)
+    (repo / "snapshots" / f"{ids['weekly']}.json").unlink()  # the daily's full: its commit marker is gone
+    result = status(cfg)
+    assert result.check_code == 2
+    p = _keys(result)["presence:daily:local"]
+    assert f"needs {ids['weekly']}, which is missing from storage local" in p["summary"] and "fix:" in p["summary"]
+    assert _tier(result, "daily")["state"] == "critical"
+
+
 def test_a_tier_without_a_snapshot_has_no_verification_verdict(env):
     cfg = env["cfg"]
     run_backup(cfg, "weekly", logical_date=_ago(1))
