@@ -80,9 +80,17 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line; after a torn last line (no newline: a killed writer) the new one starts on its own
+    line, so only the torn line is lost."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    with open(path, "a+b") as fh:  # appends go to the end whatever the read position
+        end = fh.seek(0, os.SEEK_END)
+        torn = False
+        if end:
+            fh.seek(end - 1)
+            torn = fh.read(1) != b"\n"
+        fh.write((b"\n" if torn else b"") + (json.dumps(record, sort_keys=True, default=str) + "\n").encode())
 
 
 def read_jsonl_checked(path: Path, limit: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:

@@ -261,3 +261,15 @@ def test_status_prometheus_into_a_read_only_folder_is_exit_5(env):
         if mounted:
             subprocess.run(["umount", str(folder)], check=False)
         folder.chmod(0o755)
+
+
+def test_a_line_appended_after_a_torn_one_is_kept(tmp_path):
+    from backups.monitoring.store import append_jsonl, read_jsonl_checked
+
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b'{"id": "d1", "at": "2026-12-01T00:00:00+00:00"}\n{"id": "d2", "at": "2026-1')  # killed writer
+    append_jsonl(path, {"id": "d3", "at": "2026-12-03T00:00:00+00:00"})
+    recs, problems = read_jsonl_checked(path)
+    assert [r["id"] for r in recs] == ["d1", "d3"] and len(problems) == 1 and problems[0].startswith("line 2: not JSON")
+    append_jsonl(path, {"id": "d4"})
+    assert [r["id"] for r in read_jsonl_checked(path)[0]] == ["d1", "d3", "d4"]
