@@ -110,9 +110,9 @@ def _check_shape(doc: Any, application: str | None) -> tuple[str, str] | None:
     if doc.get("format") != FORMAT:
         return "damaged", f"no {FORMAT!r} format marker"
     if doc.get("format_version") != VERSION:
-        return "damaged", f"format_version {doc.get('format_version')!r}, this version reads {VERSION}"
+        return "damaged", f"format_version {str(doc.get('format_version'))[:20]!r}, this version reads {VERSION}"
     if application and doc.get("application") != application:
-        return "foreign", f"it belongs to application {doc.get('application')!r}, not {application!r}"
+        return "foreign", f"it belongs to application {str(doc.get('application'))[:60]!r}, not {application!r}"
     for name in ("verified", "open"):
         part = doc.get(name)
         if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in part.items()):
