@@ -30,7 +30,7 @@ The contract between the writers (``backupctl status``, the ``backup_monitoring`
                            "severity": "ok" | "warning" | "critical", "storage": str | null, "at": ISO | null,
                            "max_age_days": float,
                            "failures": [{"storage", "snapshot", "since", "problems": [str]}]},
-          "presence": {"checked": [storage, ...], "objects": int,   # the newest chain, from each storage's listing
+          "presence": {"checked": [storage, ...], "objects": int, "omitted": {storage: int},  # from each listing
                        "problems": [{"storage", "snapshot", "object": str | null, "problem": str,
                                      "needed_by": [snapshot id, ...]}]},
           "history": [{"id": str, "logical_date": ISO, "size_bytes": int, "duration_seconds": float | null}, ...]

@@ -116,7 +116,8 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
     for t in status["tiers"]:
         tier = t["tier"]
         for name, probs in _by_storage((t.get("presence") or {}).get("problems") or []).items():
-            out.append(_p(f"presence:{tier}:{name}", "critical", _presence_summary(t, name, probs)))
+            omitted = ((t.get("presence") or {}).get("omitted") or {}).get(name, 0)
+            out.append(_p(f"presence:{tier}:{name}", "critical", _presence_summary(t, name, probs, omitted)))
         v = t.get("verification") or {}
         if v.get("state") in ("never", "overdue"):
             when = f"the last one passed {v.get('at')}" if v.get("at") else "never verified"
@@ -184,13 +185,13 @@ def _by_storage(problems: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]
     return out
 
 
-def _presence_summary(t: dict[str, Any], storage: str, probs: list[dict[str, Any]]) -> str:
+def _presence_summary(t: dict[str, Any], storage: str, probs: list[dict[str, Any]], omitted: int = 0) -> str:
     tier, first = t["tier"], probs[0]
     if first.get("object"):
         what = (f"object {first['object']} of snapshot {first['snapshot']} is {first['problem']}"
                 if first["problem"] == "missing" else f"object {first['object']} of snapshot {first['snapshot']}: "
                 f"{first['problem']}")
-        more = f" (and {len(probs) - 1} more object(s))" if len(probs) > 1 else ""
+        more = f" (and {len(probs) - 1 + omitted} more object(s))" if len(probs) + omitted > 1 else ""
         needed = ", ".join(first.get("needed_by") or []) or first["snapshot"]
         return (f"tier {tier}: newest snapshot {t['newest_id']} on storage {storage} cannot be restored: {what}{more}; "
                 f"needed by {needed}; fix: put the object back if you have it and run "

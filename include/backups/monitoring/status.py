@@ -29,6 +29,8 @@ MANUAL = "manual"
 #: how many snapshots of a tier the status keeps in ``history`` (plots, anomaly medians)
 HISTORY_LENGTH = 30
 PROBE_PREFIX = "monitoring/probe-"
+#: presence problems kept per storage and tier in the document (the rest are counted in ``omitted``)
+MAX_PRESENCE_PROBLEMS = 20
 
 
 @lru_cache(maxsize=64)
@@ -280,7 +282,7 @@ def presence(newest: Any, where: list[str], catalogs: dict[str, Any], by_storage
     Uses the listing the probe made (one listing per storage, no extra request). ``problems``: one entry per
     storage and damaged object — {"storage", "snapshot", "object", "problem", "needed_by"}, ``needed_by`` the
     snapshots whose chains include that snapshot (the newest one included)."""
-    out: dict[str, Any] = {"checked": [], "objects": 0, "problems": []}
+    out: dict[str, Any] = {"checked": [], "objects": 0, "problems": [], "omitted": {}}
     if newest is None:
         return out
     from ..errors import BackupError
@@ -309,6 +311,9 @@ def presence(newest: Any, where: list[str], catalogs: dict[str, Any], by_storage
                     bad.append((obj["key"], f"size {size}, the manifest says {obj['size']}"))
             needed = _dependents(cat, [s.id])[s.id] if bad else []
             for key, problem in bad:
+                if sum(p["storage"] == name for p in out["problems"]) >= MAX_PRESENCE_PROBLEMS:
+                    out["omitted"][name] = out["omitted"].get(name, 0) + 1  # the document stays small (XCom)
+                    continue
                 out["problems"].append({"storage": name, "snapshot": s.id, "object": key, "problem": problem,
                                         "needed_by": needed})
     return out

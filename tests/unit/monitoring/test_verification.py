@@ -273,3 +273,20 @@ def test_a_line_appended_after_a_torn_one_is_kept(tmp_path):
     assert [r["id"] for r in recs] == ["d1", "d3"] and len(problems) == 1 and problems[0].startswith("line 2: not JSON")
     append_jsonl(path, {"id": "d4"})
     assert [r["id"] for r in read_jsonl_checked(path)[0]] == ["d1", "d3", "d4"]
+
+
+def test_a_whole_lost_full_is_one_problem_per_storage_and_the_document_stays_small(env, monkeypatch):
+    import shutil
+
+    from backups.monitoring import status as status_module
+
+    cfg, repo = env["cfg"], env["repo"]
+    ids = _all_tiers(cfg)
+    lost = [p for p in (repo / "data" / ids["weekly"]).iterdir() if not p.name.endswith(".part.json")]  # objects
+    shutil.rmtree(repo / "data" / ids["weekly"])
+    monkeypatch.setattr(status_module, "MAX_PRESENCE_PROBLEMS", 3)
+    result = status(cfg)
+    daily = _tier(result, "daily")
+    assert len(daily["presence"]["problems"]) == 3 and daily["presence"]["omitted"] == {"local": len(lost) - 3}
+    assert [k for k in _keys(result) if k.startswith("presence:daily")] == ["presence:daily:local"]
+    assert f"(and {len(lost) - 1} more object(s))" in _keys(result)["presence:daily:local"]["summary"]
