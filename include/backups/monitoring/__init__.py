@@ -39,7 +39,8 @@ The contract between the writers (``backupctl status``, the ``backup_monitoring`
                     "used_bytes": int | null, "free_bytes": int | null, "snapshots": int, "error": str | null,
                     "verification_record": {"state": "absent" | "ok" | "unreadable" | "damaged" | "foreign",
                                             "key": str | null, "problem": str | null} | null,
-                    "open_failures": {snapshot id | "*": {"since", "at", "read_data", "problems"}},
+                    "open_failures": {snapshot id | "*": {"since", "at", "read_data", "problems" (the first 5),
+                                                          "problem_count"}},
                     "dependents": {snapshot id: [ids whose chain holds it]},
                     "last_verification": {...} | null, "last_read_data_ok": {...} | null,
                     "last_read_data_at": ISO | null}],     # newest passed re-hash (verify or a backup's check)

@@ -133,7 +133,8 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
         held = None if sizes is None else {k.split("/")[1] for k in sizes if k.startswith("data/") and k.count("/") >= 2}
         # a failure of a snapshot that is gone altogether (pruned: no manifest, no data) went with it; one whose
         # manifest alone vanished stays (its data is still there)
-        entry["open_failures"] = {sid: {k: f.get(k) for k in ("since", "at", "read_data", "problems")}
+        entry["open_failures"] = {sid: {"since": f.get("since"), "at": f.get("at"), "read_data": f.get("read_data"),
+                                        "problems": f["problems"][:5], "problem_count": len(f["problems"])}
                                   for sid, f in sorted(rec.doc["open"].items())
                                   if sid == "*" or held is None or sid in held or sid in catalog.snapshots
                                   or sid in catalog.broken}
