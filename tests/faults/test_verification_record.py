@@ -78,7 +78,7 @@ def failed(tmp_path):
 
 def _damage_every_record(app: dict, how) -> list[Path]:
     """The newest generation in the repository and the per-host file of earlier versions, as far as they exist."""
-    gens = sorted((app["repo"] / "verification").glob("*.json"))
+    gens = sorted((app["repo"] / "verification" / "fmr-test").glob("*.json"))
     legacy = status_dir(app["cfg"]) / "verify_state.json"
     targets = [p for p in (gens[-1:] if gens else []) + [legacy] if p.exists()]
     assert targets, "no verification record found at all"
@@ -122,7 +122,7 @@ def test_a_damaged_verification_record_is_critical_never_ok(failed, case):
 
 def test_a_deleted_verification_record_is_not_ok_either(failed):
     cfg = failed["cfg"]
-    for gen in (failed["repo"] / "verification").glob("*.json"):
+    for gen in (failed["repo"] / "verification" / "fmr-test").glob("*.json"):
         gen.unlink()
     (status_dir(cfg) / "verify_state.json").unlink(missing_ok=True)
     p = _cli(failed["config_path"], "status", "--check")

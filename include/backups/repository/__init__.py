@@ -6,7 +6,7 @@ Layout (docs/format.md)::
     data/<id>/<source>.*    objects of snapshot <id>
     reports/<tier>/<id>.*   run reports
     locks/<uuid>.json       lock objects (see :mod:`backups.repository.locks`)
-    verification/<stamp>-<token>.json   the verification record (see :mod:`backups.repository.verification`)
+    verification/<app>/<stamp>-<token>.json   the verification record (:mod:`backups.repository.verification`)
 
 The engine, the CLI and the DAG steps go through a :class:`Repository` to list ``data/``, to take locks and
 to find leftovers, and read indexes (:mod:`backups.repository.index`); the key builders live in
@@ -87,7 +87,7 @@ class Repository:
     # ---- keys -----------------------------------------------------------------------------------------
     manifest_key = staticmethod(manifest_key)
     object_key = staticmethod(object_key)
-    #: ``verification/<stamp>-<token>.json``: one generation of the verification record
+    #: ``verification/<application>/<stamp>-<token>.json``: one generation of the verification record
     verification_key = staticmethod(verification_key)
 
     # ---- catalog (loaded once per command; reload() after a commit or prune) ---------------------------

@@ -1,4 +1,5 @@
-"""The verification record of one storage, kept in the repository (``verification/<stamp>-<token>.json``).
+"""The verification record of one storage, kept in the repository (``verification/<application>/<stamp>-<token>.json``;
+one per application, as applications may share a storage).
 
 It is what monitoring trusts when it says a snapshot was verified, so it is written atomically and read
 defensively. Objects are never overwritten (:mod:`backups.storage.base`), so the record is a series of
@@ -62,10 +63,21 @@ ALL = "*"
 MAX_BYTES = 8 << 20
 
 
-def verification_key(at: datetime | None = None) -> str:
-    """``verification/<YYYYmmddTHHMMSSffffffZ>-<token>.json``: later generations sort after earlier ones."""
+def record_prefix(application: str | None) -> str:
+    """``verification/<application>/``: applications sharing a storage keep one record each."""
+    return f"{PREFIX}{application}/" if application else PREFIX
+
+
+def verification_key(at: datetime | None = None, application: str | None = None) -> str:
+    """``verification/<application>/<YYYYmmddTHHMMSSffffffZ>-<token>.json``: later generations sort after earlier
+    ones."""
     at = (at or datetime.now(UTC)).astimezone(UTC)
-    return f"{PREFIX}{at.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}.json"
+    return f"{record_prefix(application)}{at.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:8]}.json"
+
+
+def _generations(storage: Any, application: str | None) -> list[str]:
+    prefix = record_prefix(application)
+    return sorted(i.key for i in storage.list(prefix) if i.key.endswith(".json") and "/" not in i.key[len(prefix):])
 
 
 def empty(application: str | None) -> dict[str, Any]:
@@ -153,7 +165,7 @@ def read(storage: Any, application: str | None, legacy: dict[str, Any] | None = 
     fix = ("fix: run `backupctl verify --all --read-data` (it re-checks every snapshot and writes a new record; "
            "`--storage NAME` for one storage)")
     try:
-        keys = sorted(i.key for i in storage.list(PREFIX) if i.key.endswith(".json"))
+        keys = _generations(storage, application)
     except BackupError as exc:
         return RecordRead(problem=f"{where} cannot be listed: {exc.message}; {fix}", state="unreadable")
     except Exception as exc:  # noqa: BLE001 - a driver error is a problem, not a crash
@@ -231,7 +243,7 @@ def apply(doc: dict[str, Any], *, at: datetime, read_data: bool, checked: list[s
 def write(storage: Any, doc: dict[str, Any], previous: list[str], at: datetime | None = None) -> str:
     """Write ``doc`` as the newest generation, then remove all but the last :data:`KEEP` generations."""
     at = at or datetime.now(UTC)
-    key = verification_key(at)
+    key = verification_key(at, doc.get("application"))
     if previous and key <= previous[-1]:  # a clock behind the newest generation: still sort after it
         key = f"{previous[-1][:-len('.json')]}z{uuid.uuid4().hex[:8]}.json"  # 'z' sorts after '.'
     storage.put_bytes(key, json.dumps(doc, indent=1, sort_keys=True).encode())
@@ -289,7 +301,7 @@ def record(storage: Any, application: str | None, *, read_data: bool, checked: l
     seen = {*cur.generations, key}
     for _ in range(3):
         try:
-            now_keys = sorted(i.key for i in storage.list(PREFIX) if i.key.endswith(".json"))
+            now_keys = _generations(storage, application)
         except Exception:  # noqa: BLE001 - our generation is written; the next writer folds the rest in
             return key
         others = [k for k in now_keys if k not in seen and (cur.key is None or k > cur.key)]

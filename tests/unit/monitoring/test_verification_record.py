@@ -36,7 +36,7 @@ def test_a_backup_check_records_only_its_own_snapshot():
 # ------------------------------------------------------------------------------------------ the reader
 def _store(raw: bytes) -> MemoryStorage:
     s = MemoryStorage("mem")
-    s.put_bytes("verification/20261201T000000000000Z-aaaaaaaa.json", raw)
+    s.put_bytes("verification/app/20261201T000000000000Z-aaaaaaaa.json", raw)
     return s
 
 
@@ -138,3 +138,16 @@ def test_a_hostile_record_cannot_drive_the_terminal_or_smuggle_ids():
     doc["open"]["../../etc\x1b"] = doc["open"].pop("weekly-1")
     rec = verification.read(_store(json.dumps(doc).encode()), "app")
     assert rec.state == "damaged" and "not a snapshot id" in rec.problem and "\x1b" not in rec.problem.split("holds")[0]
+
+
+def test_applications_sharing_a_storage_keep_one_record_each():
+    s = MemoryStorage("shared")
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    verification.record(s, "app-a", read_data=True, checked=[], failed={"weekly-1": ["x"]}, every=False, at=at,
+                        existing={"weekly-1"})
+    verification.record(s, "app-b", read_data=True, checked=["daily-1"], failed={}, every=False,
+                        at=at + timedelta(seconds=1), existing={"daily-1"})
+    a, b = verification.read(s, "app-a"), verification.read(s, "app-b")
+    assert a.problem is None and b.problem is None  # the other's newer record is not "foreign"
+    assert list(a.doc["open"]) == ["weekly-1"] and b.doc["open"] == {} and list(b.doc["verified"]) == ["daily-1"]
+    assert {k.key.split("/")[1] for k in s.list("verification/")} == {"app-a", "app-b"}
