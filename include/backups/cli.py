@@ -321,6 +321,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         return CHECK_UNKNOWN
 
 
+def _verified(tier: dict) -> str:
+    """The tier's verification verdict for the status table: - (no snapshot), ok, never, OVERDUE, FAILED,
+    UNKNOWN (the record is unreadable); MISSING when an object of the newest chain is not on a storage."""
+    if (tier.get("presence") or {}).get("problems"):
+        return "MISSING"
+    state = (tier.get("verification") or {}).get("state") or "none"
+    return {"none": "-", "ok": "ok", "never": "never"}.get(state, state.upper())
+
+
 def _status(args: argparse.Namespace) -> int:
     from .commands.status import status
 
@@ -347,9 +356,9 @@ def _status(args: argparse.Namespace) -> int:
                    t["newest_type"] or "-", _hours(t["age_seconds"]), _hours(t["rpo_seconds"]),
                    "OVERDUE" if t["overdue"] else "no", mb(t["size_bytes"]) if t["size_bytes"] is not None else "-",
                    f"{t['duration_seconds']:.1f}s" if t["duration_seconds"] is not None else "-",
-                   (t["last_failure"] or {}).get("at") or "-", t["state"].upper()] for t in doc["tiers"]],
+                   (t["last_failure"] or {}).get("at") or "-", _verified(t), t["state"].upper()] for t in doc["tiers"]],
                  ["tier", "schedule", "snapshots", "newest", "type", "age", "rpo", "overdue", "size", "duration",
-                  "last failure", "state"]))
+                  "last failure", "verified", "state"]))
     print()
     print(_table([[s["storage"], s["type"], "yes" if s["reachable"] else "NO",
                    "-" if s["writable"] is None else "yes" if s["writable"] else "NO",

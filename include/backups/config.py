@@ -230,6 +230,8 @@ class Monitoring(_Strict):
     max_shrink_percent: float = Field(default=20.0, gt=0, le=100)
     size_anomaly_factor: float = Field(default=3.0, gt=1)
     verify_within_days: float = Field(default=7.0, gt=0)
+    #: a tier is OK only when every snapshot of its newest chain passed a verification within this many days
+    verify_max_age_days: float = Field(default=35.0, gt=0)
     drill_within_days: float = Field(default=35.0, gt=0)
     #: a local storage (or its disk) with less free space than this percentage is a warning
     min_free_percent: float = Field(default=10.0, ge=0, lt=100)

@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from backups.catalog.manifest import seal
+from backups.commands.backup import run_backup  # with the integrity check, as in the tier DAGs: verified
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from tests.dags.approvals import PASSWORD, USER, serve_core_api
 from tests.dags.common import load_dags, task_states
 from tests.helpers import ROOT, free_port

@@ -427,7 +427,8 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
                comment: str = "", resolver: Any = None) -> dict[str, Any]:
     """The whole backup in one process (``backupctl backup``): the DAG's :func:`check_system_state` first (every
     source readable, the primary reachable with room for the estimate), then plan, extract, commit and replicate
-    (:func:`backups.engine.snapshot.run_backup`). Returns the snapshot's summary plus ``plan`` and ``system_state``;
+    (:func:`backups.engine.snapshot.run_backup`), then the DAG's :func:`check_integrity` on every storage written
+    (recorded in the storage's verification record). Returns the snapshot's summary plus ``plan`` and ``system_state``;
     raises SystemStateError before anything is written when the system is not ready."""
     from ..engine import snapshot
     from ..errors import NotFoundError, did_you_mean
@@ -442,6 +443,8 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
     snap, p = snapshot.run_backup(cfg, tier, logical_date=logical_date, type_override=type_override,
                                   storages=storages, resolver=resolver, checksum=checksum, sources=sources,
                                   comment=comment, estimated_bytes=state.estimated_bytes)
+    for name in p.storages:  # the DAG's verify.check_integrity: re-hash what landed, record it (IntegrityError on damage)
+        check_integrity(cfg, p, name, resolver)
     return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
             "warnings": list(snap.doc.get("warnings") or []), "storages": p.storages, "system_state": state.to_dict(), "manifest": snap.doc}
 
@@ -538,16 +541,16 @@ def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None)
     structure = verify(st, cat, [snap], read_data=False, include_broken=False)
     problems = list(structure.problems)
     hashed = hashed_bytes = 0
+    failed = {sid: list(p) for sid, p in structure.failed.items()}
     for obj in snap.objects():
         problem = object_problem(st, obj, read_data=True)
         hashed += 1
         hashed_bytes += obj["size"]
         if problem:
             problems.append(f"{snap.id}: {problem}")
+            failed.setdefault(snap.id, []).append(f"{snap.id}: {problem}")
     seconds = round(time.monotonic() - t0, 3)
-    from ..monitoring.store import record_verification  # the new snapshot, re-hashed: a read-data verification
-
-    record_verification(cfg, storage, ok=not problems, read_data=True, snapshots=[snap.id], problems=len(problems))
+    _record_integrity(cfg, st, snap.id, failed)
     report = IntegrityResult(storage=storage, ok=not problems, snapshot_id=snap.id, objects_hashed=hashed,
                              bytes_hashed=hashed_bytes, chain_objects=structure.objects, problems=problems[:20],
                              seconds=seconds)
@@ -558,6 +561,19 @@ def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None)
     log.info("integrity of %s on %s: %d object(s), %s re-hashed, chain of %d object(s) present, in %.1fs",
              snap.id, storage, hashed, mb(hashed_bytes), structure.objects, seconds)
     return report
+
+
+def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str, list[str]]) -> None:
+    """Add the check to the storage's verification record: it re-hashed only ``snap_id``'s own objects, so it
+    records (and may clear) that snapshot only, never another one's open failure. Logged, never fatal."""
+    from ..repository import Repository
+
+    try:
+        Repository(storage, cfg).record_verification(read_data=True, checked=[snap_id], failed=failed, every=False,
+                                                     by="backup")
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a good backup
+        log.warning("could not write the verification record of %s: %s", storage.name,
+                    getattr(exc, "message", None) or exc)
 
 
 def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None) -> RestoreTestResult:

@@ -769,18 +769,10 @@ def _dur(seconds: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------------ 6. report
 def read_history(cfg: Config) -> list[dict[str, Any]]:
-    path = drill_dir(cfg) / HISTORY
-    out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    """The drill history's records; a damaged line (bad byte, truncated) is skipped and logged, never fatal."""
+    from ..monitoring.store import read_jsonl
+
+    return read_jsonl(drill_dir(cfg) / HISTORY)
 
 
 def render_markdown(v: DrillVerdict) -> str:
@@ -939,8 +931,9 @@ def write_reports(cfg: Config, verdict: DrillVerdict) -> DrillVerdict:
         _atomic_write(out / f"{verdict.drill_id}.{ext}", text)
         _atomic_write(out / f"latest.{ext}", text)
     if not any(h.get("id") == verdict.drill_id for h in earlier):
-        with (out / HISTORY).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+        from ..monitoring.store import append_jsonl  # after a torn last line, on a line of its own
+
+        append_jsonl(out / HISTORY, line)
     prune_data_docs(out, [h["id"] for h in history])
     log.info("drill %s %s: report %s", verdict.drill_id, "PASSED" if verdict.passed else "FAILED", verdict.reports["md"])
     return verdict

@@ -5,16 +5,23 @@ their chains) or, with ``read_data``, every stored byte re-hashed (SHA-256).
 checker on the snapshot it just wrote (:func:`backups.commands.backup.check_integrity`). An unreachable
 storage is recorded and fails the result (``backupctl verify`` exit 5; exit 4 when damaged data was found too), the
 others are still verified (see :mod:`.storages`).
+
+Each storage's outcome is added to its verification record in the repository
+(:mod:`backups.repository.verification`): the snapshots whose objects were all checked and passed are recorded as
+verified, failures stay open until a later verification of that snapshot (or ``--all``) passes.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
 from .base import Result
 from .storages import each_storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,19 +60,23 @@ def verify(cfg: Any, names: list[str] | None = None, *, snapshot: str | None = N
         with repo.lock(repo_scope(), exclusive=False, operation="verify"):
             report = _verify_storage(repo, storage, snapshot=snapshot, tier=tier, every=every, read_data=read_data,
                                      skip_empty=names is None)
+            if report is not None:
+                _record(repo, report, every=every, read_data=read_data)
         if report is not None:
             out.storages.append({"storage": storage.name, "describe": storage.describe(), **report.to_dict()})
-    _record(cfg, out)
     return out
 
 
-def _record(cfg: Any, out: VerifyResult) -> None:
-    """Remember each storage's verification for monitoring (``verify_within_days``); never fails the verify."""
-    from ..monitoring.store import record_verification
-
-    for s in out.storages:
-        record_verification(cfg, s["storage"], ok=not s["problems"], read_data=out.read_data,
-                            snapshots=list(s.get("snapshots") or []), problems=len(s["problems"]))
+def _record(repo: Any, report: Any, *, every: bool, read_data: bool) -> None:
+    """Add the storage's outcome to its verification record (monitoring's evidence). A record that cannot be
+    written is logged, not fatal: the verification itself happened, and monitoring then still sees the old
+    record (an open failure stays open)."""
+    try:
+        repo.record_verification(read_data=read_data, checked=list(report.checked), failed=dict(report.failed),
+                                 every=every)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not hide the verification's own outcome
+        log.warning("could not write the verification record of %s: %s", repo.name,
+                    getattr(exc, "message", None) or exc)
 
 
 def _verify_storage(repo: Any, storage: Any, *, snapshot: str | None, tier: str | None, every: bool, read_data: bool,
@@ -87,5 +98,6 @@ def _verify_storage(repo: Any, storage: Any, *, snapshot: str | None, tier: str 
         wait_readable(storage, keys)
     report = check(storage, cat, snaps, read_data=read_data, include_broken=every)
     if every:  # data/<id>/ without a manifest and no lock covering it: a lost commit marker
-        report.problems += repo.unexplained_data()
+        for problem in repo.unexplained_data():
+            report.fail("*", problem)
     return report

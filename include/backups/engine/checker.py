@@ -4,6 +4,10 @@
   present with the size the manifest recorded.
 * read_data — additionally streams every object and compares its SHA-256 with the manifest, so a single
   flipped byte anywhere is found and named.
+
+The report also says which snapshots had every object checked (``checked``) and the problems per snapshot
+(``failed``; ``*`` for damaged manifests): the verification record (:mod:`backups.repository.verification`)
+opens and closes failures per snapshot from them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ class VerifyReport:
     bytes: int = 0
     problems: list[str] = field(default_factory=list)
     read_data: bool = False
+    #: ids whose every object was checked (the chains of ``snapshots``) — for the verification record
+    checked: list[str] = field(default_factory=list)
+    #: id -> its problems (``*``: damaged manifests, problems of the repository as a whole)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+
+    def fail(self, sid: str, problem: str) -> None:
+        self.problems.append(problem)
+        self.failed.setdefault(sid, []).append(problem)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +73,8 @@ def verify(storage: Storage, catalog: Catalog, snaps: list[Snapshot] | None = No
            include_broken: bool = True) -> VerifyReport:
     report = VerifyReport(storage.name, read_data=read_data)
     if include_broken:
-        report.problems += [f"{manifest_key(sid)}: {msg}" for sid, msg in sorted(catalog.broken.items())]
+        for sid, msg in sorted(catalog.broken.items()):
+            report.fail("*", f"{manifest_key(sid)}: {msg}")
     todo = snaps if snaps is not None else catalog.ordered()
     seen: set[str] = set()
     for snap in todo:
@@ -69,9 +82,11 @@ def verify(storage: Storage, catalog: Catalog, snaps: list[Snapshot] | None = No
         try:
             chain = catalog.chain_of(snap)
         except BackupError as exc:
-            report.problems.append(f"{snap.id}: {exc.message}")
+            report.fail(snap.id, f"{snap.id}: {exc.message}")
             continue
         for s in chain:
+            if s.id not in report.checked:
+                report.checked.append(s.id)
             for obj in s.objects():
                 if obj["key"] in seen:
                     continue
@@ -80,5 +95,5 @@ def verify(storage: Storage, catalog: Catalog, snaps: list[Snapshot] | None = No
                 report.bytes += obj["size"]
                 problem = object_problem(storage, obj, read_data)
                 if problem:
-                    report.problems.append(f"{s.id}: {problem}")
+                    report.fail(s.id, f"{s.id}: {problem}")
     return report

@@ -19,16 +19,31 @@ The contract between the writers (``backupctl status``, the ``backup_monitoring`
           "age_seconds": float | null,                     # now - newest_committed_at
           "rpo_seconds": float,
           "overdue": bool,                                 # age > rpo (or no snapshot at all)
-          "state": "ok" | "warning" | "critical",          # ok; warning = overdue; critical = > 2 x rpo or never
+          "state": "ok" | "warning" | "critical",          # the worst of freshness, presence and verification
+          "freshness": "ok" | "warning" | "critical",      # by age alone: warning = overdue; critical = > 2 x rpo or never
           "size_bytes": int | null, "duration_seconds": float | null,
           "storages": ["local", ...],                       # storages holding the newest snapshot
           "last_run": {"run_id": str, "state": str, "start": ISO | null, "end": ISO | null, "url": str | null} | null,
           "last_failure": {"run_id": str, "at": ISO, "url": str | null} | null,
-          "last_verification": {"at": ISO, "ok": bool, "storage": str} | null,
+          "last_verification": {"at": ISO, "ok": bool, "storage": str, "read_data": bool} | null,  # null: no snapshot
+          "verification": {"state": "none" | "ok" | "never" | "overdue" | "failed" | "unknown",
+                           "severity": "ok" | "warning" | "critical", "storage": str | null, "at": ISO | null,
+                           "max_age_days": float,
+                           "failures": [{"storage", "snapshot", "since", "problems": [str]}]},
+          "presence": {"checked": [storage, ...], "objects": int, "omitted": {storage: int},  # from each listing
+                       "problems": [{"storage", "snapshot", "object": str | null, "problem": str,
+                                     "needed_by": [snapshot id, ...]}]},
           "history": [{"id": str, "logical_date": ISO, "size_bytes": int, "duration_seconds": float | null}, ...]
       }],
       "storages": [{"storage": "local", "type": "local", "reachable": bool, "writable": bool | null,
-                    "used_bytes": int | null, "free_bytes": int | null, "snapshots": int, "error": str | null}],
+                    "used_bytes": int | null, "free_bytes": int | null, "snapshots": int, "error": str | null,
+                    "verification_record": {"state": "absent" | "ok" | "unreadable" | "damaged" | "foreign",
+                                            "key": str | null, "problem": str | null} | null,
+                    "open_failures": {snapshot id | "*": {"since", "at", "read_data", "problems" (the first 5),
+                                                          "problem_count"}},
+                    "dependents": {snapshot id: [ids whose chain holds it]},
+                    "last_verification": {...} | null, "last_read_data_ok": {...} | null,
+                    "last_read_data_at": ISO | null}],     # newest passed re-hash (verify or a backup's check)
       "last_drill": {"id": str, "at": ISO, "passed": bool, "rto_seconds": float | null, "rpo_seconds": float | null,
                      "report": str | null} | null,
       "problems": [{"key": "stale:daily", "severity": "warning" | "critical", "summary": str,

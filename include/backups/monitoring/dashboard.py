@@ -262,8 +262,8 @@ def render_dashboard(
     else:
         parts.append(
             '<table id="storages"><thead><tr><th>Storage</th><th>Type</th><th>Reachable</th><th>Writable</th>'
-            '<th class="num">Used</th><th class="num">Free</th><th class="num">Snapshots</th><th>Error</th>'
-            "</tr></thead><tbody>"
+            '<th class="num">Used</th><th class="num">Free</th><th class="num">Snapshots</th><th>Verification</th>'
+            "<th>Error</th></tr></thead><tbody>"
         )
         for s in storages:
             reach = s.get("reachable")
@@ -277,6 +277,7 @@ def render_dashboard(
                 f'<td class="num">{_e(human_bytes(s.get("used_bytes")))}</td>'
                 f'<td class="num">{_e(human_bytes(s.get("free_bytes")))}</td>'
                 f'<td class="num">{_e(s.get("snapshots", "—"))}</td>'
+                f"<td>{_storage_verification_cell(s)}</td>"
                 f'<td class="small">{_e(s.get("error") or "")}</td></tr>'
             )
         parts.append("</tbody></table>")
@@ -314,6 +315,56 @@ def render_dashboard(
     return _page(f"Backups — {_LABEL.get(overall, overall)}", "\n".join(parts))
 
 
+def _storage_verification_cell(s: dict) -> str:
+    """The storage's verification record: unreadable / damaged / foreign (red), open failures (red), else the last
+    verification."""
+    rec = s.get("verification_record")
+    if not s.get("reachable") or not isinstance(rec, dict):
+        return "—"
+    if rec.get("problem"):
+        return f'{_badge("critical")} <div class="small">record {_e(rec.get("state"))}</div>'
+    opened = s.get("open_failures") if isinstance(s.get("open_failures"), dict) else {}
+    if opened:
+        ids = ", ".join(sorted(str(k) for k in opened)[:3])
+        return f'{_badge("critical")} <div class="small">{len(opened)} open failure(s): {_e(ids)}</div>'
+    last = s.get("last_verification") if isinstance(s.get("last_verification"), dict) else None
+    if last:
+        kind = "read-data" if last.get("read_data") else "structure"
+        return f'{_badge("ok")} <div class="small">{kind}, {_e(_when(last.get("at")))}</div>'
+    return '<span class="small">no verify run yet</span>'
+
+
+def _verification_cell(t: dict) -> str:
+    """The tier's verification verdict: "—" without a snapshot (no verdict), else OK / never / overdue / FAILED /
+    record unreadable, with when and where."""
+    if not t.get("newest_id"):
+        return '<span class="small" title="no snapshot: nothing to verify">—</span>'
+    v = t.get("verification")
+    ver = t.get("last_verification") if isinstance(t.get("last_verification"), dict) else {}
+    if not isinstance(v, dict):  # a status written before the verdict existed
+        if ver:
+            vst = "ok" if ver.get("ok") else "critical"
+            return f'{_badge(vst)} <div class="small">{_e(_when(ver.get("at")))} on {_e(ver.get("storage"))}</div>'
+        return "never"
+    state = v.get("state")
+    where = f" on {_e(v.get('storage'))}" if v.get("storage") else ""
+    if state == "ok":
+        return f'{_badge("ok")} <div class="small">{_e(_when(v.get("at")))}{where}</div>'
+    if state == "never":
+        return f'{_badge("warning")} <div class="small">never verified</div>'
+    if state == "overdue":
+        return (f'{_badge("warning")} <div class="small">overdue: last passed {_e(_when(v.get("at")))}{where} '
+                f'(window {_e(v.get("max_age_days"))} d)</div>')
+    if state == "failed":
+        f = (v.get("failures") or [{}])[0]
+        sev = v.get("severity") if v.get("severity") in _RANK else "critical"
+        return (f'{_badge(sev)} <div class="small">FAILED since {_e(_when(f.get("since")))}: snapshot '
+                f'<code>{_e(f.get("snapshot"))}</code>{where}</div>')
+    if state == "unknown":
+        return f'{_badge("critical")} <div class="small">verification record unreadable{where}</div>'
+    return "—"
+
+
 def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
     name = t.get("tier")
     dag_id = t.get("dag_id")
@@ -348,12 +399,7 @@ def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
             return f'<a data-ui href="{_e(href)}" title="{_e(run["run_id"])}">{label}</a><div class="small">{when}</div>'
         return f'{label}<div class="small">{when}</div>'
 
-    ver = t.get("last_verification")
-    if isinstance(ver, dict):
-        vst = "ok" if ver.get("ok") else "critical"
-        ver_cell = f'{_badge(vst)} <div class="small">{_e(_when(ver.get("at")))} on {_e(ver.get("storage"))}</div>'
-    else:
-        ver_cell = "never"
+    ver_cell = _verification_cell(t)
     name_cell = _e(name)
     if runs_href:
         name_cell += f'<div class="small"><a data-ui href="{_e(runs_href)}">{_e(dag_id)}</a></div>'

@@ -8,8 +8,14 @@ problem across runs. Checks:
 * freshness — a scheduled tier past its RPO (warning) or past 2 x RPO / without any snapshot (critical);
 * storages — unreachable (critical), not writable (critical), free space under ``min_free_percent`` (warning),
   corrupt manifests (critical), locks that look stale or dead (warning);
-* verification recency — a storage holding snapshots without a successful read-data verification within
-  ``verify_within_days`` (warning), a failed last verification (critical);
+* verification — the storage's verification record (in the repository) unreadable, damaged or foreign
+  (``verify-record:<storage>``, critical); open verification failures (``verify-failed:<storage>``, critical,
+  naming the snapshots and those depending on them); a storage holding snapshots without a passed read-data
+  verification (``verify --read-data`` or a backup's integrity check) within ``verify_within_days`` (warning); a tier whose newest chain has no passed
+  verification within ``verify_max_age_days`` (``unverified:<tier>``, warning);
+* presence — every object of each tier's newest chain on each storage holding it, with its recorded size
+  (``presence:<tier>:<storage>``, critical, naming the snapshot, the object and the snapshots needing it);
+* drill history — damaged lines (``drill-history``, warning; the other lines still count);
 * drills — when a drill history exists: the last drill failed (critical) or none passed within
   ``drill_within_days`` (warning);
 * anomalies — the newest snapshot's size or duration beyond ``size_anomaly_factor`` x the median of the tier's
@@ -25,7 +31,7 @@ from statistics import median
 from typing import Any
 
 from .status import MANUAL, worst
-from .store import iso, now_utc, parse_iso
+from .store import drill_history_path, drill_history_problems, iso, now_utc, parse_iso
 
 DAY = 86400.0
 
@@ -52,10 +58,11 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
         tier = t["tier"]
         if t["newest_id"] is None:
             out.append(_p(f"stale:{tier}", "critical", f"tier {tier} has no snapshot at all (RPO {_hours(t['rpo_seconds'])})"))
-        elif t["state"] != "ok":
-            out.append(_p(f"stale:{tier}", t["state"],
+        elif t.get("freshness", t["state"]) != "ok":
+            fresh = t.get("freshness", t["state"])
+            out.append(_p(f"stale:{tier}", fresh,
                           f"tier {tier}: newest snapshot {t['newest_id']} is {_hours(t['age_seconds'])} old, RPO "
-                          f"{_hours(t['rpo_seconds'])}" + (" (more than twice the RPO)" if t["state"] == "critical" else "")))
+                          f"{_hours(t['rpo_seconds'])}" + (" (more than twice the RPO)" if fresh == "critical" else "")))
         missing = [s for s in t.get("expected_storages", []) if s not in t["storages"]]
         if t["newest_id"] and missing and tier != MANUAL:
             reachable = {s["storage"] for s in status["storages"] if s["reachable"]}
@@ -87,22 +94,43 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
             out.append(_p(f"lock-stale:{name}", "warning",
                           f"storage {name}: {len(bad)} stale or dead lock(s), e.g. {lk['operation']} by {lk['host']} pid "
                           f"{lk['pid']} (heartbeat {lk['heartbeat_age_seconds']:.0f}s old): `backupctl unlock --stale`"))
-        # ---- verification recency
+        # ---- the verification record (in the repository) and its open failures
+        rec = s.get("verification_record") or {}
+        if rec.get("problem"):
+            out.append(_p(f"verify-record:{name}", "critical", rec["problem"]))
+            continue
+        opened = s.get("open_failures") or {}
+        if opened:
+            out.append(_p(f"verify-failed:{name}", "critical", _failed_summary(name, opened, s.get("dependents") or {})))
         if s["snapshots"]:
-            last = s.get("last_verification") or {}
             good = s.get("last_read_data_ok") or {}
-            if last and not last.get("ok"):
-                out.append(_p(f"verify-failed:{name}", "critical",
-                              f"storage {name}: the last verification ({last.get('at')}) found {last.get('problems')} "
-                              "problem(s): run `backupctl verify --all --read-data`"))
-            at = parse_iso(good.get("at"))
+            at = parse_iso(s.get("last_read_data_at") or good.get("at"))
             oldest = parse_iso(s.get("oldest_committed_at"))
             held_long = oldest is None or (now - oldest).total_seconds() > mon.verify_within_days * DAY
             if held_long and (at is None or (now - at).total_seconds() > mon.verify_within_days * DAY):
                 out.append(_p(f"verify-overdue:{name}", "warning",
                               f"storage {name}: no successful read-data verification within {mon.verify_within_days:g} "
-                              f"days (last: {good.get('at') or 'never'})"))
+                              f"days (last: {s.get('last_read_data_at') or good.get('at') or 'never'}); fix: "
+                              f"`backupctl verify --all --read-data --storage {name}`"))
+    # ---- presence and verification of each tier's newest chain
+    for t in status["tiers"]:
+        tier = t["tier"]
+        for name, probs in _by_storage((t.get("presence") or {}).get("problems") or []).items():
+            omitted = ((t.get("presence") or {}).get("omitted") or {}).get(name, 0)
+            out.append(_p(f"presence:{tier}:{name}", "critical", _presence_summary(t, name, probs, omitted)))
+        v = t.get("verification") or {}
+        if v.get("state") in ("never", "overdue"):
+            when = f"the last one passed {v.get('at')}" if v.get("at") else "never verified"
+            out.append(_p(f"unverified:{tier}", "warning",
+                          f"tier {tier}: newest snapshot {t['newest_id']} has no passed verification of its whole "
+                          f"chain within {v.get('max_age_days'):g} days ({when}); fix: `backupctl verify "
+                          f"{t['newest_id']} --read-data`"))
     # ---- drills
+    hist = drill_history_problems(cfg)
+    if hist:
+        out.append(_p("drill-history", "warning",
+                      f"the drill history {drill_history_path(cfg)} has {len(hist)} damaged line(s) (skipped, the others "
+                      f"count): {'; '.join(hist[:3])}; fix: remove or repair those lines"))
     drill = status.get("last_drill")
     if drill is not None or getattr(cfg, "drill", None) is not None:
         from .store import last_passed_drill
@@ -145,6 +173,48 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
             seen.add(p["key"])
             unique.append(p)
     return unique
+
+
+FIX_VERIFY = "`backupctl verify --all --read-data --storage {storage}` (lists every damaged object)"
+
+
+def _by_storage(problems: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in problems:
+        out.setdefault(str(p.get("storage")), []).append(p)
+    return out
+
+
+def _presence_summary(t: dict[str, Any], storage: str, probs: list[dict[str, Any]], omitted: int = 0) -> str:
+    tier, first = t["tier"], probs[0]
+    if first.get("object"):
+        what = (f"object {first['object']} of snapshot {first['snapshot']} is {first['problem']}"
+                if first["problem"] == "missing" else f"object {first['object']} of snapshot {first['snapshot']}: "
+                f"{first['problem']}")
+        more = f" (and {len(probs) - 1 + omitted} more object(s))" if len(probs) + omitted > 1 else ""
+        needed = ", ".join(first.get("needed_by") or []) or first["snapshot"]
+        return (f"tier {tier}: newest snapshot {t['newest_id']} on storage {storage} cannot be restored: {what}{more}; "
+                f"needed by {needed}; fix: put the object back if you have it and run "
+                f"{FIX_VERIFY.format(storage=storage)}; else take a new full: `backupctl backup --tier {tier} --type full`")
+    return (f"tier {tier}: newest snapshot {t['newest_id']} on storage {storage}: {first['problem']}; fix: "
+            f"{FIX_VERIFY.format(storage=storage)}; take a new full: `backupctl backup --tier {tier} --type full`")
+
+
+def _failed_summary(storage: str, opened: dict[str, Any], dependents: dict[str, list[str]]) -> str:
+    parts = []
+    for sid, f in sorted(opened.items())[:3]:
+        first = (f.get("problems") or ["?"])[0]
+        since = f" (since {f['since']})" if f.get("since") else ""
+        if sid == "*":
+            parts.append(f"the repository{since}: {first}")
+            continue
+        deps = [d for d in dependents.get(sid) or [] if d != sid]
+        parts.append(f"snapshot {sid}{since}: {first}"
+                     + (f"; snapshots depending on it: {', '.join(deps)}" if deps else ""))
+    more = f" (and {len(opened) - 3} more)" if len(opened) > 3 else ""
+    return (f"storage {storage}: open verification failure(s) — {' | '.join(parts)}{more}; fix: "
+            f"{FIX_VERIFY.format(storage=storage)}; repair or take a new full, then a passing "
+            "`backupctl verify SNAPSHOT --read-data` (or `--all --read-data`) closes it")
 
 
 def shrink_problems(cfg: Any, tables: dict[str, Any]) -> list[dict[str, Any]]:

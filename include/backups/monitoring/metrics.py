@@ -112,6 +112,9 @@ def render_prometheus(status: dict) -> str:
             ("backup_overdue", "1 when the tier's newest snapshot is older than its RPO (or there is none)."),
             ("backup_size_bytes", "Stored size of the tier's newest snapshot in bytes."),
             ("backup_duration_seconds", "Duration of the tier's newest backup in seconds."),
+            ("backup_restorable",
+             "1 when every object of the tier's newest chain is present and it has a recent passed verification "
+             "with no open failure; 0 otherwise (no sample without a snapshot)."),
             ("backup_storage_used_bytes", "Bytes used by the backup repository on the storage."),
             ("backup_storage_free_bytes", "Free bytes (or quota left) on the storage, when known."),
             ("backup_storage_reachable", "1 when the last monitoring check reached the storage."),
@@ -136,6 +139,9 @@ def render_prometheus(status: dict) -> str:
             fams["backup_overdue"].add(labels, 1 if tier["overdue"] else 0)
         fams["backup_size_bytes"].add(labels, _num(tier.get("size_bytes")))
         fams["backup_duration_seconds"].add(labels, _num(tier.get("duration_seconds")))
+        ver, pres = tier.get("verification"), tier.get("presence")
+        if has_snapshot and isinstance(ver, dict) and isinstance(pres, dict):
+            fams["backup_restorable"].add(labels, 1 if ver.get("state") == "ok" and not pres.get("problems") else 0)
 
     for sto in status.get("storages") or []:
         labels = {**app, "storage": str(sto.get("storage") or "")}
@@ -169,7 +175,14 @@ def write_textfile(path: str | os.PathLike[str], text: str) -> Path:
             f"cannot write the metrics file {target}: the folder {folder} does not exist",
             hint="create it, or point --prometheus at node_exporter's --collector.textfile.directory",
         )
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:  # a read-only folder or file system, a full disk, no permission
+        raise StorageError(
+            f"cannot write the metrics file {target}: cannot create a file in {folder}: {exc.strerror or exc}",
+            hint="make the folder writable by this user (node_exporter's textfile directory), or point --prometheus "
+                 "at a writable folder",
+        ) from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -5,9 +5,11 @@ Algorithm: open every storage (one failing storage is recorded — reachable fal
 whole status), probe it (list, write and delete a probe object, free space, total size of its objects, locks),
 load its catalog; merge the catalogs (a snapshot id is one snapshot, wherever it is stored); per tier (every
 configured tier and ``manual``) take the newest committed snapshot, its age against the tier's RPO, its size and
-duration, and the tier's recent history. The RPO is ``monitoring.rpo_hours[tier]`` or two intervals of the tier's
-cron (the largest gap between two consecutive runs over a year, so a Monday-to-Saturday daily is not overdue on
-Sunday). The problems are added by :func:`backups.monitoring.health.evaluate`.
+duration, and the tier's recent history; then the evidence that the newest snapshot can be restored: its whole
+chain present with the recorded sizes on each storage holding it (:func:`presence`, from the one listing the probe
+does anyway) and the storage's verification record (:func:`tier_verification`). The RPO is
+``monitoring.rpo_hours[tier]`` or two intervals of the tier's cron (the largest gap between two consecutive runs
+over a year, so a Monday-to-Saturday daily is not overdue on Sunday). The problems are added by :func:`backups.monitoring.health.evaluate`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import SCHEMA_VERSION
-from .store import iso, last_drill, now_utc, parse_iso, verifications
+from .store import iso, last_drill, now_utc, parse_iso
 
 log = logging.getLogger("backups.monitoring")
 
@@ -27,6 +29,8 @@ MANUAL = "manual"
 #: how many snapshots of a tier the status keeps in ``history`` (plots, anomaly medians)
 HISTORY_LENGTH = 30
 PROBE_PREFIX = "monitoring/probe-"
+#: presence problems kept per storage and tier in the document (the rest are counted in ``omitted``)
+MAX_PRESENCE_PROBLEMS = 20
 
 
 @lru_cache(maxsize=64)
@@ -91,7 +95,8 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
     sc = cfg.storages[name]
     entry: dict[str, Any] = {"storage": name, "type": sc.type, "reachable": False, "writable": None, "used_bytes": None,
                              "free_bytes": None, "snapshots": 0, "error": None, "describe": None, "locks": [],
-                             "objects": None, "corrupt": [], "oldest_committed_at": None}
+                             "objects": None, "corrupt": [], "oldest_committed_at": None, "_sizes": None,
+                             "verification_record": None, "_record": None}
     try:
         storage = open_storage(cfg, name, resolver)
         entry["describe"] = storage.describe()
@@ -112,10 +117,12 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
     entry["corrupt"] = sorted(catalog.broken)
     try:
         used = count = 0
+        sizes: dict[str, int] = {}
         for info in storage.list(""):
             used += info.size or 0
             count += 1
-        entry["used_bytes"], entry["objects"] = used, count
+            sizes[info.key] = info.size
+        entry["used_bytes"], entry["objects"], entry["_sizes"] = used, count, sizes
         entry["free_bytes"] = storage.free_bytes()
         if entry["free_bytes"] is not None and sc.type == "local":
             import shutil
@@ -125,6 +132,19 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
                 entry["total_bytes"] = shutil.disk_usage(p).total
     except Exception as exc:  # noqa: BLE001
         entry["error"] = f"listing failed: {exc}"
+    rec = repo.verification()
+    entry["_record"] = rec.doc if rec.problem is None else None
+    entry["verification_record"] = {"state": rec.state, "key": rec.key, "problem": rec.problem}
+    if rec.problem is None:
+        sizes = entry["_sizes"]
+        held = None if sizes is None else {k.split("/")[1] for k in sizes if k.startswith("data/") and k.count("/") >= 2}
+        # a failure of a snapshot that is gone altogether (pruned: no manifest, no data) went with it; one whose
+        # manifest alone vanished stays (its data is still there)
+        entry["open_failures"] = {sid: {"since": f.get("since"), "at": f.get("at"), "read_data": f.get("read_data"),
+                                        "problems": f["problems"][:5], "problem_count": len(f["problems"])}
+                                  for sid, f in sorted(rec.doc["open"].items())
+                                  if sid == "*" or held is None or sid in held or sid in catalog.snapshots
+                                  or sid in catalog.broken}
     try:
         entry["locks"] = repo.locks.report()
     except Exception as exc:  # noqa: BLE001
@@ -160,15 +180,17 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
     storages: list[dict[str, Any]] = []
     snaps: dict[str, Any] = {}  # id -> Snapshot (first storage in config order that holds it)
     holders: dict[str, list[str]] = {}
+    catalogs: dict[str, Any] = {}
     for name in cfg.storages:
         entry, catalog = probe_storage(cfg, name, resolver, write_probe=write_probe)
         storages.append(entry)
         if catalog is None:
             continue
+        catalogs[name] = catalog
         for sid, s in catalog.snapshots.items():
             snaps.setdefault(sid, s)
             holders.setdefault(sid, []).append(name)
-    verified = verifications(cfg)
+    by_storage = {e["storage"]: e for e in storages}
     prev_tiers = {t.get("tier"): t for t in (previous or {}).get("tiers", []) if isinstance(t, dict)}
     tiers = []
     for tier in [*cfg.tiers, MANUAL]:
@@ -183,12 +205,12 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         if runs is None:
             runs = {k: prev_tiers.get(tier, {}).get(k) for k in ("last_run", "last_failure")}
         tier_storages = list(cfg.tiers[tier].storages) if tier in cfg.tiers else list(cfg.storages)
-        last_ver = None
-        for sto in tier_storages:
-            rec = (verified.get(sto) or {}).get("last")
-            if rec and (last_ver is None or (parse_iso(rec.get("at")) or now) > (parse_iso(last_ver["at"]) or now)):
-                last_ver = {"at": rec.get("at"), "ok": bool(rec.get("ok")), "storage": sto,
-                            "read_data": bool(rec.get("read_data"))}
+        where = holders.get(newest.id, []) if newest else []
+        present = presence(newest, where, catalogs, by_storage)
+        last_ver, verification = tier_verification(cfg, newest, where, catalogs, by_storage, now)
+        freshness = state
+        if newest is not None:  # OK only when fresh, present and verified
+            state = worst(state, "critical" if present["problems"] else "ok", verification["severity"])
         unexpected = False
         if newest is not None and newest.doc.get("promoted_reason"):
             req = newest.doc.get("requested_type")
@@ -209,6 +231,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
             "rpo_seconds": rpo,
             "overdue": overdue,
             "state": state,
+            "freshness": freshness,  # the state by age alone (``state`` adds presence and verification)
             "size_bytes": int(newest.doc["totals"]["bytes"]) if newest else None,
             "stored_bytes": int(newest.doc["totals"]["stored_bytes"]) if newest else None,
             "duration_seconds": newest.doc.get("duration_seconds") if newest else None,
@@ -218,11 +241,21 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
             "last_run": runs.get("last_run"),
             "last_failure": runs.get("last_failure"),
             "last_verification": last_ver,
+            "verification": verification,
+            "presence": present,
             "history": [_snap_record(s) for s in tier_snaps[-HISTORY_LENGTH:]],
         })
     for entry in storages:
-        entry["last_verification"] = (verified.get(entry["storage"]) or {}).get("last")
-        entry["last_read_data_ok"] = (verified.get(entry["storage"]) or {}).get("last_read_data_ok")
+        rec = entry.pop("_record", None) or {}
+        entry.pop("_sizes", None)
+        entry["last_verification"] = rec.get("last")
+        entry["last_read_data_ok"] = rec.get("last_read_data_ok")
+        # the newest passed re-hash of anything on the storage (a verify --read-data, a backup's integrity check)
+        stamps = [v.get("at") for v in (rec.get("verified") or {}).values() if v.get("read_data")]
+        stamps += [(rec.get("last_read_data_ok") or {}).get("at")]
+        entry["last_read_data_at"] = max((a for a in stamps if isinstance(a, str) and parse_iso(a)),
+                                         key=lambda a: parse_iso(a), default=None)
+        entry["dependents"] = _dependents(catalogs.get(entry["storage"]), entry.get("open_failures") or {})
     doc = {
         "schema_version": SCHEMA_VERSION,
         "generated_at": iso(now),
@@ -237,6 +270,121 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
     }
     doc["_tables"] = _table_rows(snaps)
     return doc
+
+
+# -------------------------------------------------------------------------------------------------- evidence
+def _dependents(catalog: Any, ids: Any) -> dict[str, list[str]]:
+    """id -> the snapshots (on the same storage) whose restore needs it, itself included, oldest first."""
+    out: dict[str, list[str]] = {}
+    if catalog is None:
+        return out
+    ordered = catalog.ordered()
+    for sid in ids:
+        out[sid] = [s.id for s in ordered if sid in s.chain]
+    return out
+
+
+def presence(newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any]) -> dict[str, Any]:
+    """Is every object the restore of ``newest`` needs on each storage holding it, with the recorded size?
+
+    Uses the listing the probe made (one listing per storage, no extra request). ``problems``: one entry per
+    storage and damaged object — {"storage", "snapshot", "object", "problem", "needed_by"}, ``needed_by`` the
+    snapshots whose chains include that snapshot (the newest one included)."""
+    out: dict[str, Any] = {"checked": [], "objects": 0, "problems": [], "omitted": {}}
+    if newest is None:
+        return out
+    from ..errors import BackupError
+
+    for name in where:
+        cat, sizes = catalogs.get(name), by_storage[name].get("_sizes")
+        if cat is None or sizes is None:
+            out["problems"].append({"storage": name, "snapshot": newest.id, "object": None, "needed_by": [newest.id],
+                                    "problem": "not checked: the storage could not be listed"})
+            continue
+        try:
+            chain = cat.chain_of(cat.snapshots[newest.id])
+        except BackupError as exc:
+            out["problems"].append({"storage": name, "snapshot": newest.id, "object": None, "needed_by": [newest.id],
+                                    "problem": exc.message})
+            continue
+        out["checked"].append(name)
+        for s in chain:
+            bad = []
+            for obj in s.objects():
+                out["objects"] += 1
+                size = sizes.get(obj["key"])
+                if size is None:
+                    bad.append((obj["key"], "missing"))
+                elif size != obj["size"]:
+                    bad.append((obj["key"], f"size {size}, the manifest says {obj['size']}"))
+            needed = _dependents(cat, [s.id])[s.id] if bad else []
+            for key, problem in bad:
+                if sum(p["storage"] == name for p in out["problems"]) >= MAX_PRESENCE_PROBLEMS:
+                    out["omitted"][name] = out["omitted"].get(name, 0) + 1  # the document stays small (XCom)
+                    continue
+                out["problems"].append({"storage": name, "snapshot": s.id, "object": key, "problem": problem,
+                                        "needed_by": needed})
+    return out
+
+
+def tier_verification(cfg: Any, newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any],
+                      now: datetime) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(last_verification, verdict) of a tier's newest snapshot, from the verification records of the storages
+    holding it. The chain's verification time is the oldest of its snapshots' last passed verifications.
+
+    verdict ``state``: ``none`` (no snapshot: no verdict), ``ok``, ``never`` / ``overdue`` (no passed verification
+    of the whole chain within ``monitoring.verify_max_age_days``: warning), ``failed`` (an open failure in the chain:
+    critical on every storage holding it, else warning), ``unknown`` (the record is unreadable: critical)."""
+    verdict: dict[str, Any] = {"state": "none", "severity": "ok", "failures": [], "storage": None, "at": None,
+                               "max_age_days": cfg.monitoring.verify_max_age_days}
+    if newest is None:
+        return None, verdict
+    from ..errors import BackupError
+
+    best: dict[str, Any] | None = None
+    failed_on: list[str] = []
+    unknown: list[str] = []
+    for name in where:
+        entry, cat = by_storage[name], catalogs.get(name)
+        rec = entry.get("_record")
+        if rec is None or cat is None:
+            unknown.append(name)
+            continue
+        try:
+            chain = [s.id for s in cat.chain_of(cat.snapshots[newest.id])]
+        except BackupError:
+            chain = list(newest.chain)
+        open_ = {sid: f for sid, f in rec["open"].items() if sid in chain or sid == "*"}
+        for sid, f in sorted(open_.items()):
+            verdict["failures"].append({"storage": name, "snapshot": sid, "since": f.get("since"),
+                                        "problems": list(f.get("problems") or [])[:5]})
+        if open_:
+            failed_on.append(name)
+            continue
+        times = [parse_iso((rec["verified"].get(sid) or {}).get("at")) for sid in chain]
+        at = None if any(t is None for t in times) else min(t for t in times if t is not None)
+        cand = {"at": iso(at), "ok": at is not None, "storage": name,
+                "read_data": at is not None and all(rec["verified"][sid].get("read_data") for sid in chain)}
+        if best is None or (at is not None and (parse_iso(best["at"]) is None or at > parse_iso(best["at"]))):
+            best = cand
+    limit = cfg.monitoring.verify_max_age_days * 86400.0
+    if unknown:
+        verdict.update(state="unknown", severity="critical", storage=unknown[0])
+        return {"at": None, "ok": False, "storage": unknown[0], "read_data": False}, verdict
+    if failed_on:
+        sev = "critical" if best is None or not best["ok"] else "warning"
+        verdict.update(state="failed", severity=sev, storage=failed_on[0])
+        return {"at": verdict["failures"][0]["since"], "ok": False, "storage": failed_on[0], "read_data": False}, verdict
+    at = parse_iso(best["at"]) if best else None
+    if at is None:
+        verdict.update(state="never", severity="warning", storage=best["storage"] if best else None)
+        return None, verdict
+    verdict.update(storage=best["storage"], at=best["at"])
+    if (now - at).total_seconds() > limit:
+        verdict.update(state="overdue", severity="warning")
+        return {**best, "ok": False}, verdict
+    verdict.update(state="ok")
+    return best, verdict
 
 
 def _table_rows(snaps: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,9 +1,14 @@
-"""Small local state of monitoring: atomic JSON files, JSON-lines history, verification and drill records.
+"""Small local state of monitoring: atomic JSON files, JSON-lines history, drill records.
 
 Everything lives in :func:`backups.monitoring.status_dir` (by default ``reports/monitoring`` under the first local
 storage), except the drill history, which the drill command writes to ``status_dir(cfg).parent / "drill" /
 "history.jsonl"``. Writes are atomic (temp file in the same folder, fsync, rename); readers tolerate a missing or
-damaged file (they log and carry on: monitoring must never fail because its own bookkeeping is damaged).
+damaged file (they log and carry on: monitoring must never fail because its own bookkeeping is damaged); the
+drill history is read line by line and its damaged lines are reported (:func:`drill_history_problems`).
+
+The verification record is not here: it lives in each repository (:mod:`backups.repository.verification`), so
+every host sees the same evidence. The per-host ``verify_state.json`` of earlier versions is no longer written; it
+is read only to carry a failed verification over into a repository that has no record yet.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from . import status_dir
 
 log = logging.getLogger("backups.monitoring")
 
-VERIFY_STATE = "verify_state.json"
 ALERT_STATE = "alert_state.json"
 HISTORY = "history.jsonl"
 
@@ -76,61 +80,70 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line; after a torn last line (no newline: a killed writer) the new one starts on its own
+    line, so only the torn line is lost."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+    with open(path, "a+b") as fh:  # appends go to the end whatever the read position
+        end = fh.seek(0, os.SEEK_END)
+        torn = False
+        if end:
+            fh.seek(end - 1)
+            torn = fh.read(1) != b"\n"
+        fh.write((b"\n" if torn else b"") + (json.dumps(record, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_jsonl_checked(path: Path, limit: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The records of a JSON-lines file (of its last ``limit`` lines) and what is wrong with the others.
+
+    Read as bytes and decoded line by line, so one bad byte, a truncated line or a line that is not a JSON object
+    is one named problem (``line 7: not UTF-8 ...``) and every other line still counts."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], []
+    except OSError as exc:
+        return [], [f"cannot read {path}: {exc.strerror or exc}"]
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    first = max(0, len(lines) - limit) if limit else 0
+    out: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for no, line in enumerate(lines[first:], start=first + 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            problems.append(f"line {no}: not UTF-8 (byte {line[exc.start]:#04x} at column {exc.start + 1})")
+            continue
+        except ValueError as exc:
+            problems.append(f"line {no}: not JSON ({exc})")
+            continue
+        if not isinstance(rec, dict):
+            problems.append(f"line {no}: a JSON {type(rec).__name__}, not an object")
+            continue
+        out.append(rec)
+    return out, problems
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (the last ``limit``); damaged lines are skipped."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        log.warning("monitoring: cannot read %s (%s)", path, exc)
-        return []
-    out = []
-    for line in lines[-limit:] if limit else lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-# ------------------------------------------------------------------------------------------ verifications
-def record_verification(cfg: Any, storage: str, *, ok: bool, read_data: bool, snapshots: list[str],
-                        problems: int = 0, at: datetime | None = None) -> None:
-    """Remember the newest verification of ``storage`` (``backupctl verify``, the DAGs' integrity check).
-
-    Never raises: a verification must not fail because its bookkeeping could not be written (logged)."""
-    try:
-        path = status_dir(cfg) / VERIFY_STATE
-        state = read_json(path, {}) or {}
-        entry = state.get(storage) or {}
-        rec = {"at": iso(at or now_utc()), "ok": ok, "read_data": read_data, "snapshots": sorted(snapshots)[-20:],
-               "problems": problems}
-        entry["last"] = rec
-        if ok and read_data:
-            entry["last_read_data_ok"] = rec
-        state[storage] = entry
-        write_atomic(path, json.dumps(state, indent=1, sort_keys=True))
-    except Exception as exc:  # noqa: BLE001 - bookkeeping only
-        log.warning("monitoring: could not record the verification of %s: %s", storage, exc)
-
-
-def verifications(cfg: Any) -> dict[str, dict[str, Any]]:
-    """storage -> {"last": {...}, "last_read_data_ok": {...}} (see :func:`record_verification`)."""
-    state = read_json(status_dir(cfg) / VERIFY_STATE, {})
-    return state if isinstance(state, dict) else {}
+    """The records of a JSON-lines file (the last ``limit``); damaged lines are skipped (logged)."""
+    recs, problems = read_jsonl_checked(path, limit)
+    for p in problems[:5]:
+        log.warning("monitoring: %s: %s", path, p)
+    return recs
 
 
 # ------------------------------------------------------------------------------------------ drills
 def drill_history_path(cfg: Any) -> Path:
     return status_dir(cfg).parent / "drill" / "history.jsonl"
+
+
+def drill_history_problems(cfg: Any) -> list[str]:
+    """What is wrong with lines of the drill history (bad bytes, truncated lines), for a monitoring problem."""
+    return read_jsonl_checked(drill_history_path(cfg), limit=500)[1]
 
 
 def last_drill(cfg: Any) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ Layout (docs/format.md)::
     data/<id>/<source>.*    objects of snapshot <id>
     reports/<tier>/<id>.*   run reports
     locks/<uuid>.json       lock objects (see :mod:`backups.repository.locks`)
+    verification/<app>/<stamp>-<token>.json   the verification record (:mod:`backups.repository.verification`)
 
 The engine, the CLI and the DAG steps go through a :class:`Repository` to list ``data/``, to take locks and
 to find leftovers, and read indexes (:mod:`backups.repository.index`); the key builders live in
@@ -26,9 +27,10 @@ from ..errors import ObjectNotFound
 from ..storage.base import ObjectInfo, Storage
 from .index import IndexEntry, iter_index
 from .locks import LOCKS, HeldLock, LockInfo, Locks, overlap
+from .verification import verification_key
 
 __all__ = ["Repository", "IndexEntry", "iter_index", "Leftovers", "Locks", "HeldLock", "LockInfo", "LOCKS", "manifest_key", "object_key",
-           "data_prefix", "report_key", "report_prefix", "repo_scope", "snapshot_scope"]
+           "data_prefix", "report_key", "report_prefix", "repo_scope", "snapshot_scope", "verification_key"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class Repository:
     # ---- keys -----------------------------------------------------------------------------------------
     manifest_key = staticmethod(manifest_key)
     object_key = staticmethod(object_key)
+    #: ``verification/<application>/<stamp>-<token>.json``: one generation of the verification record
+    verification_key = staticmethod(verification_key)
 
     # ---- catalog (loaded once per command; reload() after a commit or prune) ---------------------------
     @property
@@ -118,6 +122,33 @@ class Repository:
         """data/<id>/ sets without a manifest (an interrupted or running backup, or an interrupted prune)."""
         manifests = self.manifest_ids()
         return {sid: objs for sid, objs in self.data_sets().items() if sid not in manifests}
+
+    # ---- verification record (monitoring's evidence; :mod:`backups.repository.verification`) -------------
+    def verification(self) -> Any:
+        """The newest verification record (a :class:`~backups.repository.verification.RecordRead`; never raises)."""
+        from . import verification
+
+        return verification.read(self.storage, self.application, self._legacy_failure())
+
+    def _legacy_failure(self) -> dict[str, Any] | None:
+        """A failed verification of this storage in the per-host file of earlier versions (see
+        :func:`backups.repository.verification.legacy_failure`); None without a config."""
+        if self.cfg is None or not hasattr(self.cfg, "storages"):
+            return None
+        from ..monitoring import status_dir
+        from .verification import LEGACY_FILE, legacy_failure
+
+        return legacy_failure(status_dir(self.cfg) / LEGACY_FILE, self.name)
+
+    def record_verification(self, *, read_data: bool, checked: list[str], failed: dict[str, list[str]],
+                            every: bool, by: str = "verify") -> str | None:
+        """Add one verification's outcome to the record (a new generation); the key written, or None when a
+        damaged record was left in place. Raises a storage error when the record cannot be written."""
+        from . import verification
+
+        return verification.record(self.storage, self.application, read_data=read_data, checked=checked,
+                                   failed=failed, every=every, by=by, existing=self.manifest_ids(),
+                                   legacy=self._legacy_failure())
 
     # ---- index I/O --------------------------------------------------------------------------------------
     def index(self, obj: dict[str, Any]) -> Iterator[tuple[str, IndexEntry]]:

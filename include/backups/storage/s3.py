@@ -14,7 +14,8 @@
   Messages name the storage, bucket and key, never a credential.
 * GLACIER / DEEP_ARCHIVE: reading an un-restored object raises a clear error; :meth:`S3Storage.restore_request`
   asks S3 for a temporary copy. Manifests (``snapshots/``) are always written as STANDARD so listing and chain
-  resolution never wait for a restore; so are lock objects (``locks/``).
+  resolution never wait for a restore; so are lock objects (``locks/``) and the verification record
+  (``verification/``), which monitoring reads on every run.
 
 * Timeouts: ``timeout_seconds`` (default 60) and ``max_attempts`` (default 3) go to the resolver
   (``resolver.s3_client(conn_id, timeout=..., max_attempts=...)``), which builds the client with botocore's
@@ -45,7 +46,7 @@ MAX_ATTEMPTS = 3  #: the default of ``storages.*.max_attempts``
 MIN_PART = 5 << 20  # S3's minimum size for every part but the last
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 MANIFEST_PREFIX = "snapshots/"
-STANDARD_PREFIXES = (MANIFEST_PREFIX, "locks/")  # read on every run: never in an archive class
+STANDARD_PREFIXES = (MANIFEST_PREFIX, "locks/", "verification/")  # read on every run: never in an archive class
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _TRANSIENT = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
               "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "TooManyRequestsException"}

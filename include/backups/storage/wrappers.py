@@ -21,6 +21,8 @@ from .base import ObjectInfo, Storage
 
 log = logging.getLogger(__name__)
 LOCKS_PREFIX = "locks/"
+#: the verification record (:mod:`backups.repository.verification`); written by verify through a read-only handle
+VERIFICATION_PREFIX = "verification/"
 
 
 class _Wrapper(Storage):
@@ -81,19 +83,20 @@ class _Wrapper(Storage):
 
 
 class ReadOnlyStorage(_Wrapper):
-    """Refuses every write and delete of repository data. Lock objects (``locks/``) are the one exception: a
-    reader (restore, verify, a drill) holds a shared lock so that a prune waits for it (restic does the same)."""
+    """Refuses every write and delete of repository data. Lock objects (``locks/``) are one exception: a
+    reader (restore, verify, a drill) holds a shared lock so that a prune waits for it (restic does the same).
+    The verification record (``verification/``) is the other: a verify records what it found."""
 
     def _refuse(self, what: str, key: str) -> RefusedError:
         return RefusedError(f"{self.name}: opened read-only, refusing to {what} {key}")
 
     def open_write(self, key: str):  # type: ignore[override]
-        if key.startswith(LOCKS_PREFIX):
+        if key.startswith((LOCKS_PREFIX, VERIFICATION_PREFIX)):
             return self.inner.open_write(key)
         raise self._refuse("write", key)
 
     def delete(self, key: str) -> None:
-        if key.startswith(LOCKS_PREFIX):
+        if key.startswith((LOCKS_PREFIX, VERIFICATION_PREFIX)):
             return self.inner.delete(key)
         raise self._refuse("delete", key)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from backups.commands.status import status
+from backups.commands.verify import verify
 from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.snapshot import run_backup
@@ -23,7 +24,9 @@ from backups.monitoring.alerts import transition
 from backups.monitoring.health import evaluate
 from backups.monitoring.report import document, render_html, write_html
 from backups.monitoring.status import rpo_seconds, tier_state
-from backups.monitoring.store import read_jsonl, record_verification
+from backups.monitoring.store import read_jsonl
+from backups.repository import verification
+from backups.storage import open_storage
 from tests.helpers import subprocess_env, write_config
 
 H = 3600.0
@@ -95,9 +98,12 @@ def test_verification_recency_and_failed_verification(tmp_path, app):
     run_backup(cfg, "weekly")
     later = datetime.now(UTC) + timedelta(days=9)
     assert "verify-overdue:local" in {p["key"] for p in status(cfg, now=later).to_dict()["problems"]}
-    record_verification(cfg, "local", ok=True, read_data=True, snapshots=["x"], at=later - timedelta(days=1))
+    local, sid = open_storage(cfg, "local"), status(cfg).to_dict()["tiers"][1]["newest_id"]
+    verification.record(local, cfg.application, read_data=True, checked=[sid], failed={}, every=True,
+                        at=later - timedelta(days=1))
     assert "verify-overdue:local" not in {p["key"] for p in status(cfg, now=later).to_dict()["problems"]}
-    record_verification(cfg, "local", ok=False, read_data=False, snapshots=["x"], problems=2, at=later)
+    verification.record(local, cfg.application, read_data=False, checked=[], failed={sid: [f"{sid}: x: missing"]},
+                        every=False, at=later)
     keys = {p["key"] for p in status(cfg, now=later).to_dict()["problems"]}
     assert "verify-failed:local" in keys and "verify-overdue:local" not in keys
 
@@ -200,7 +206,10 @@ def test_status_check_exit_codes(tmp_path, app):
     fresh = make_cfg(tmp_path, app)
     cfg = load_config(fresh)
     for tier in ("weekly", "daily", "monthly"):
-        run_backup(cfg, tier)
+        run_backup(cfg, tier)  # the engine alone: no integrity check, so never verified
+    p = _cli(fresh, "status", "--check")
+    assert p.returncode == 1 and p.stdout.startswith("BACKUP WARNING - 3 problem(s): unverified:daily"), p.stdout
+    verify(cfg, every=True, read_data=True)
     p = _cli(fresh, "status", "--check", "--prometheus", str(tmp_path / "backup.prom"))
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.startswith("BACKUP OK - all tiers fresh") and "manual" in p.stdout
@@ -317,6 +326,7 @@ def test_status_notices_when_the_monitoring_dag_went_silent(tmp_path, app):
     cfg = load_config(make_cfg(tmp_path, app))
     for tier in ("weekly", "daily", "monthly"):
         run_backup(cfg, tier)
+    verify(cfg, every=True, read_data=True)
     doc = status(cfg).to_dict()
     assert doc["problems"] == []
     dag_doc = {**doc, "problems": [{"key": "dag-paused:backup_daily", "severity": "critical", "summary": "paused",
@@ -336,6 +346,8 @@ def test_status_notices_when_the_monitoring_dag_went_silent(tmp_path, app):
     ("monitoring: {alerts: {escalate_after: 0}}", "monitoring.alerts.escalate_after: Input should be greater than or equal to 1"),
     ("monitoring: {max_shrink_percent: 120}", "monitoring.max_shrink_percent: Input should be less than or equal to 100"),
     ("monitoring: {alerts: {emails: [a@b]}}", "monitoring.alerts.emails: unknown key"),
+    ("monitoring: {verify_max_age_days: 0}", "monitoring.verify_max_age_days: Input should be greater than 0"),
+    ("monitoring: {verify_max_age_day: 3}", "monitoring.verify_max_age_day: unknown key"),
 ])
 def test_monitoring_config_errors_name_the_key(block, needle):
     from backups.config import parse_config
