@@ -100,3 +100,23 @@ def test_a_snapshot_from_a_clock_in_the_future_never_makes_prune_forget_the_real
     p = ctl(app, "prune", "-v")
     assert p.returncode == 0 and f"WARNING snapshot {typo}" in p.stdout, p.stdout + p.stderr
     assert {s["id"] for s in json.loads(ctl(app, "list", "--json").stdout)["snapshots"]} == before
+
+
+def test_a_snapshot_from_a_clock_in_the_future_never_makes_a_stale_tier_look_fresh(app):
+    """Before: status took the newest snapshot by logical date and its age from its (2062) commit time, so a tier
+    whose real backups had stopped showed fresh for 36 years."""
+    p = ctl(app, "backup", "--tier", "daily", "--json", clock="-4d")  # the last real backup, four days ago
+    assert p.returncode == 0, p.stderr
+    real = json.loads(p.stdout)["id"]
+    p = ctl(app, "backup", "--tier", "daily", "--json", clock="@2062-01-03 02:00:00")
+    assert p.returncode == 0, p.stderr
+    typo = json.loads(p.stdout)["id"]
+    p = ctl(app, "status", "--json")
+    doc = json.loads(p.stdout)
+    daily = next(t for t in doc["tiers"] if t["tier"] == "daily")
+    assert daily["newest_id"] == real and daily["future_dated"] == [typo]
+    assert daily["freshness"] != "ok" and daily["age_seconds"] > 3 * 86400
+    keys = {pr["key"] for pr in doc["problems"]}
+    assert {"stale:daily", "future-dated:daily"} <= keys, keys
+    p = ctl(app, "status", "--check")
+    assert p.returncode == 2 and p.stdout.startswith("BACKUP CRITICAL"), p.stdout

@@ -63,6 +63,13 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
             out.append(_p(f"stale:{tier}", fresh,
                           f"tier {tier}: newest snapshot {t['newest_id']} is {_hours(t['age_seconds'])} old, RPO "
                           f"{_hours(t['rpo_seconds'])}" + (" (more than twice the RPO)" if fresh == "critical" else "")))
+        if t.get("future_dated"):
+            ids = t["future_dated"]
+            out.append(_p(f"future-dated:{tier}", "warning",
+                          f"tier {tier}: {len(ids)} snapshot(s) dated in the future ({', '.join(ids[:3])}): a mistyped "
+                          f"--logical-date or a host clock ahead; they never count as the newest (freshness and verification "
+                          f"are judged on the newest snapshot dated up to now), and prune keeps them until their date "
+                          f"has passed; fix: correct the clock of the host that took them (the snapshots stay restorable by id)"))
         missing = [s for s in t.get("expected_storages", []) if s not in t["storages"]]
         if t["newest_id"] and missing and tier != MANUAL:
             reachable = {s["storage"] for s in status["storages"] if s["reachable"]}

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from ..catalog.manifest import FUTURE_TOLERANCE
 from . import SCHEMA_VERSION
 from .store import iso, last_drill, now_utc, parse_iso
 
@@ -195,7 +196,11 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
     tiers = []
     for tier in [*cfg.tiers, MANUAL]:
         tier_snaps = sorted((s for s in snaps.values() if s.tier == tier), key=lambda s: (s.logical_date, s.id))
-        newest = tier_snaps[-1] if tier_snaps else None
+        # a snapshot dated (or committed, by a host's clock) in the future would look fresh for ever: it never counts
+        # as the newest, and is a problem of its own (health: ``future-dated:<tier>``)
+        future = [s for s in tier_snaps if dated_in_future(s, now)]
+        current = [s for s in tier_snaps if s not in future]
+        newest = max(current, key=lambda s: s.newness()) if current else None  # the newest data (docs/format.md)
         rpo = rpo_seconds(cfg, tier)
         committed = parse_iso(newest.doc["finished_at"]) if newest else None
         age = max(0.0, (now - committed).total_seconds()) if committed else None
@@ -214,7 +219,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         unexpected = False
         if newest is not None and newest.doc.get("promoted_reason"):
             req = newest.doc.get("requested_type")
-            unexpected = any(s.logical_date < newest.logical_date and (req == "incremental" or s.type == "full")
+            unexpected = any(s.newness() < newest.newness() and (req == "incremental" or s.type == "full")
                              for s in snaps.values())
         tiers.append({
             "tier": tier, "dag_id": dag_id,
@@ -236,6 +241,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
             "stored_bytes": int(newest.doc["totals"]["stored_bytes"]) if newest else None,
             "duration_seconds": newest.doc.get("duration_seconds") if newest else None,
             "snapshots": len(tier_snaps),
+            "future_dated": [s.id for s in future],
             "storages": holders.get(newest.id, []) if newest else [],
             "expected_storages": tier_storages,
             "last_run": runs.get("last_run"),
@@ -282,6 +288,13 @@ def _dependents(catalog: Any, ids: Any) -> dict[str, list[str]]:
     for sid in ids:
         out[sid] = [s.id for s in ordered if sid in s.chain]
     return out
+
+
+def dated_in_future(snap: Any, now: datetime) -> bool:
+    """Is ``snap`` dated, or was it committed (by its host's clock), more than ``FUTURE_TOLERANCE`` after ``now``?"""
+    committed = parse_iso(snap.doc.get("finished_at"))
+    limit = now + FUTURE_TOLERANCE
+    return snap.logical_date > limit or (committed is not None and committed > limit)
 
 
 def presence(newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any]) -> dict[str, Any]:
