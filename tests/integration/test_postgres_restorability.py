@@ -1,0 +1,273 @@
+"""Green means restorable, for PostgreSQL (real server on 127.0.0.1:5432; databases ``bk_hpostgres_*`` and the
+test restore's ``backup_check_*``, all dropped):
+
+* a full restore (no ``--table``) into a database that holds tables is refused (exit 7, nothing changed); with
+  ``--force`` it replaces the dump's tables in one transaction — fully restored or unchanged, never half;
+* a pg_restore failing midway (an index creation refused by an event trigger) or running out of space (exit 5)
+  leaves the target as it was;
+* an ``exclude_tables`` entry that a dumped table references is refused at backup time (exit 2, naming the foreign
+  key) unless ``drop_dangling_foreign_keys`` — then every restore leaves those foreign keys out and loads;
+* the backup's test restore (CLI and the DAG's ``test_restore`` step) loads each dump into a scratch database and
+  fails the run when it does not load, naming pg_restore's error; the scratch database is always dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from backups.cli import main
+from backups.commands import backup as steps
+from backups.commands import restore as rc
+from backups.config import load_config
+from backups.engine.snapshot import run_backup
+from backups.errors import ConfigError, IntegrityError, RefusedError, SourceError, StorageError
+from tests.helpers import make_app, write_config
+
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def dbs():
+    """``make(suffix)`` creates ``bk_hpostgres_<random>_<suffix>`` and returns its DSN; all dropped afterwards."""
+    name = f"bk_hpostgres_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(f"{PG}/postgres", autocommit=True, connect_timeout=5)
+    made: list[str] = []
+
+    def make(suffix: str) -> str:
+        made.append(f"{name}_{suffix}")
+        admin.execute(f'CREATE DATABASE "{made[-1]}"')
+        return f"{PG}/{made[-1]}"
+
+    try:
+        yield make
+    finally:
+        for n in made:
+            admin.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
+        admin.close()
+
+
+def _q(dsn: str, sql: str) -> list:
+    with psycopg.connect(dsn) as c:
+        return c.execute(sql).fetchall()
+
+
+def _x(dsn: str, *sql: str) -> None:
+    with psycopg.connect(dsn) as c:
+        for s in sql:
+            c.execute(s)
+
+
+def _state(dsn: str) -> dict:
+    """Everything a half-done restore would change: tables with their rows, constraints, indexes, views."""
+    tables = _q(dsn, "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                     "WHERE c.relkind IN ('r', 'v', 'S', 'i') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                     "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2")
+    rows = {f"{s}.{t}": _q(dsn, f'SELECT * FROM "{s}"."{t}" ORDER BY 1')
+            for s, t in _q(dsn, "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type "
+                                "= 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2")}
+    cons = _q(dsn, "SELECT conrelid::regclass::text, conname, contype FROM pg_constraint c JOIN pg_namespace n "
+                   "ON n.oid = c.connamespace WHERE n.nspname = 'public' ORDER BY 1, 2")
+    return {"relations": tables, "rows": rows, "constraints": cons}
+
+
+def _seed(dsn: str) -> None:
+    _x(dsn, "CREATE TABLE fleet (id serial PRIMARY KEY, name text NOT NULL UNIQUE)",
+       "CREATE TABLE missions (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+       "fleet_id int NOT NULL REFERENCES fleet(id), note text)",
+       "CREATE INDEX missions_fleet ON missions (fleet_id)",
+       "INSERT INTO fleet (name) SELECT 'r' || g FROM generate_series(1, 20) g",
+       "INSERT INTO missions (fleet_id, note) SELECT 1 + g % 20, md5(g::text) FROM generate_series(1, 300) g")
+
+
+def _config(tmp: Path, src: str, extra: str = "") -> Path:
+    a = make_app(tmp, scale=0.1, seed=5)
+    return write_config(tmp / "pg.yaml", a["home"], a["root"], tier_sources="fleet_db",
+                        extra_sources=f'  fleet_db: {{type: postgres, dsn: "{src}"{extra}}}\n')
+
+
+@pytest.fixture
+def pg_app(tmp_path, dbs, monkeypatch):
+    """A weekly full of a two-table source (missions references fleet)."""
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    _seed(src)
+    cfg_path = _config(tmp_path, src)
+    snap, plan = run_backup(load_config(cfg_path), "weekly", logical_date="2026-02-01T01:00:00Z")
+    return {"cfg_path": cfg_path, "cfg": load_config(cfg_path), "src": src, "tmp": tmp_path, "make": dbs,
+            "snap": snap, "plan": plan}
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def _restore(app, dsn: str, target: str, **kw):
+    req = rc.RestoreRequest(target=str(app["tmp"] / target), sources=["fleet_db"], pg_target_name="test", **kw)
+    return rc.restore_snapshot(app["cfg"], req, pg_dsn=dsn, validate=False)
+
+
+# ------------------------------------------------------------------------------------------------ full restore
+def test_full_restore_into_a_database_with_an_unrelated_table_is_refused(pg_app):
+    target = pg_app["make"]("unrelated")
+    _x(target, "CREATE TABLE invoices (id int PRIMARY KEY, amount int)", "INSERT INTO invoices VALUES (1, 10), (2, 20)")
+    before = _state(target)
+    code, _, err = _cli("--config", str(pg_app["cfg_path"]), "restore", "latest", "--target",
+                        str(pg_app["tmp"] / "r1"), "--pg-target", target, "--no-validate")
+    assert code == 7, err
+    assert "not empty" in err and "invoices" in err and "--force" in err
+    assert _state(target) == before
+    assert not (pg_app["tmp"] / "r1" / "fleet_db").exists()
+
+
+def test_full_restore_over_a_same_named_table_is_refused_then_forced_in_one_transaction(pg_app):
+    target = pg_app["make"]("same")
+    _x(target, "CREATE TABLE fleet (id int PRIMARY KEY, name text)", "INSERT INTO fleet VALUES (1, 'local change')",
+       "CREATE TABLE invoices (id int PRIMARY KEY)", "INSERT INTO invoices VALUES (7)")
+    before = _state(target)
+    with pytest.raises(RefusedError, match="holds table\\(s\\) of the dump: fleet") as ei:
+        _restore(pg_app, target, "r1")
+    assert ei.value.exit_code == 7 and "--force" in ei.value.hint
+    assert _state(target) == before
+    out = _restore(pg_app, target, "r2", force=True)
+    assert out.restored.sources["fleet_db"].extra["replaced"] == ["fleet"]
+    assert _q(target, "SELECT count(*) FROM fleet") == [(20,)] and _q(target, "SELECT count(*) FROM missions") == [(300,)]
+    assert _q(target, "SELECT * FROM fleet ORDER BY id") == _q(pg_app["src"], "SELECT * FROM fleet ORDER BY id")
+    assert _q(target, "SELECT * FROM invoices") == [(7,)]  # not in the dump: kept
+
+
+def test_a_forced_full_restore_that_fails_leaves_the_target_unchanged(pg_app):
+    """A view of the target depends on fleet: dropping fleet fails after other objects were already dropped and
+    created in the same transaction — all of it rolls back."""
+    target = pg_app["make"]("view")
+    _x(target, "CREATE TABLE fleet (id int PRIMARY KEY, name text)", "INSERT INTO fleet VALUES (1, 'keep me')",
+       "CREATE TABLE missions (id int PRIMARY KEY, note text)", "INSERT INTO missions VALUES (5, 'mine')",
+       "CREATE VIEW fleet_names AS SELECT name FROM fleet")
+    before = _state(target)
+    with pytest.raises(SourceError, match="rolled back \\(one transaction\\), the target database is unchanged") as ei:
+        _restore(pg_app, target, "r1", force=True)
+    assert "fleet_names" in str(ei.value) or "depend" in str(ei.value)
+    assert _state(target) == before
+    assert not (pg_app["tmp"] / "r1" / "fleet_db").exists()
+
+
+_REFUSE_INDEX = """CREATE FUNCTION public.refuse_index() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION USING ERRCODE = '{code}', MESSAGE = '{message}'; END $$"""
+
+
+@pytest.mark.parametrize("code, message, error, exit_code", [
+    ("P0001", "index creation refused by the test", SourceError, 6),
+    # exactly what the server reports when its disk is full while it writes the index
+    ("53100", 'could not extend file "base/16384/16500": No space left on device', StorageError, 5),
+])
+def test_pg_restore_failing_midway_rolls_back(pg_app, code, message, error, exit_code):
+    """An event trigger refuses the dump's index, which comes after the tables were created and filled: the whole
+    load is one transaction, so the target is left empty, and a full disk is exit 5 (not 6)."""
+    target = pg_app["make"]("midway")
+    _x(target, _REFUSE_INDEX.format(code=code, message=message),
+       "CREATE EVENT TRIGGER refuse_index ON ddl_command_start WHEN TAG IN ('CREATE INDEX') "
+       "EXECUTE FUNCTION public.refuse_index()")
+    before = _state(target)
+    code_, _, err = _cli("--config", str(pg_app["cfg_path"]), "restore", "latest", "--target",
+                         str(pg_app["tmp"] / "r1"), "--pg-target", target, "--no-validate")
+    assert code_ == exit_code == error.exit_code, err
+    assert "the target database is unchanged" in err and message.split(":")[0] in err
+    assert "target is empty" not in err
+    assert _state(target) == before and _state(target)["rows"] == {}
+
+
+# ------------------------------------------------------------------------------------------------ exclude_tables
+def _seed_excluded(dsn: str) -> None:
+    _x(dsn, "CREATE TABLE customers (id int PRIMARY KEY, name text)",
+       "CREATE TABLE orders (id int PRIMARY KEY, customer_id int CONSTRAINT orders_customer_fk REFERENCES customers(id))",
+       "CREATE TABLE notes (id int PRIMARY KEY, body text)",
+       "INSERT INTO customers VALUES (1, 'a'), (2, 'b')", "INSERT INTO orders SELECT g, 1 + g % 2 FROM generate_series(1, 50) g",
+       "INSERT INTO notes VALUES (1, 'x')")
+
+
+def test_an_excluded_table_that_a_dumped_table_references_is_refused_at_backup(tmp_path, dbs, monkeypatch):
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    _seed_excluded(src)
+    cfg_path = _config(tmp_path, src, ", exclude_tables: [customers]")
+    code, _, err = _cli("--config", str(cfg_path), "backup", "--tier", "weekly")
+    assert code == ConfigError.exit_code == 2, err
+    assert "orders_customer_fk (orders -> customers)" in err
+    assert "drop_dangling_foreign_keys" in err and "exclude" in err
+    assert not list(tmp_path.rglob("snapshots/*.json"))  # nothing committed
+
+
+def test_drop_dangling_foreign_keys_backs_up_and_every_restore_leaves_them_out(tmp_path, dbs, monkeypatch):
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    _seed_excluded(src)
+    cfg_path = _config(tmp_path, src, ", exclude_tables: [customers], drop_dangling_foreign_keys: true")
+    code, out, err = _cli("--config", str(cfg_path), "backup", "--tier", "weekly")
+    assert code == 0, err
+    assert "test restore: the dump of fleet_db loaded into a scratch database" in out
+    cfg = load_config(cfg_path)
+    target = dbs("restored")
+    app = {"cfg": cfg, "tmp": tmp_path}
+    res = _restore(app, target, "r1")
+    assert res.restored.sources["fleet_db"].extra["foreign_keys_skipped"] == ["orders.orders_customer_fk"]
+    assert _q(target, "SELECT count(*) FROM orders") == [(50,)] and _q(target, "SELECT count(*) FROM notes") == [(1,)]
+    assert _q(target, "SELECT to_regclass('customers')") == [(None,)]
+    assert _q(target, "SELECT conname FROM pg_constraint WHERE contype = 'f'") == []
+
+
+# ------------------------------------------------------------------------------------------------ test restore
+#: a CHECK calling a function that names a table without its schema: pg_dump's restore runs with an empty
+#: search_path, so loading the data fails although the dump itself is complete and verifies
+_UNLOADABLE = (
+    "CREATE TABLE fleet (id int PRIMARY KEY)",
+    "INSERT INTO fleet SELECT generate_series(1, 5)",
+    "CREATE FUNCTION known_robot(int) RETURNS bool LANGUAGE sql AS 'SELECT EXISTS (SELECT 1 FROM fleet WHERE id = $1)'",
+    "CREATE TABLE missions (id int PRIMARY KEY, robot int CHECK (known_robot(robot)))",
+    "INSERT INTO missions VALUES (1, 1), (2, 3)",
+)
+
+
+def _check_dbs() -> list:
+    return _q(f"{PG}/postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'backup\\_check\\_%'")
+
+
+def test_cli_backup_fails_when_its_dump_does_not_load(tmp_path, dbs, monkeypatch):
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    _x(src, *_UNLOADABLE)
+    before = _check_dbs()
+    code, _, err = _cli("--config", str(_config(tmp_path, src)), "backup", "--tier", "weekly")
+    assert code == IntegrityError.exit_code == 4, err
+    assert "does not load into a scratch database" in err and 'relation "fleet" does not exist' in err
+    assert _check_dbs() == before  # the scratch database is dropped after the failure too
+
+
+def test_dag_test_restore_step_loads_the_dump_and_fails_naming_pg_restore(tmp_path, dbs, monkeypatch):
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    _x(src, *_UNLOADABLE)
+    cfg = load_config(_config(tmp_path, src))
+    _, plan = run_backup(cfg, "weekly", logical_date="2026-02-01T01:00:00Z")
+    before = _check_dbs()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(IntegrityError, match='relation "fleet" does not exist'):
+        steps.test_restore(cfg, plan, scratch)
+    assert _check_dbs() == before
+
+
+def test_dag_test_restore_step_validates_a_loadable_dump(pg_app):
+    scratch = pg_app["tmp"] / "scratch"
+    scratch.mkdir()
+    before = _check_dbs()
+    res = steps.test_restore(pg_app["cfg"], pg_app["plan"], scratch)
+    assert res.validation["fleet_db"]["success"] is True
+    assert _check_dbs() == before
