@@ -133,10 +133,20 @@ def test_full_restore_over_a_same_named_table_is_refused_then_forced_in_one_tran
     _x(target, "CREATE TABLE fleet (id int PRIMARY KEY, name text)", "INSERT INTO fleet VALUES (1, 'local change')",
        "CREATE TABLE invoices (id int PRIMARY KEY)", "INSERT INTO invoices VALUES (7)")
     before = _state(target)
-    with pytest.raises(RefusedError, match="holds table\\(s\\) of the dump: fleet") as ei:
+    with pytest.raises(RefusedError, match="holds table\\(s\\): fleet, invoices") as ei:
         _restore(pg_app, target, "r1")
     assert ei.value.exit_code == 7 and "--force" in ei.value.hint
     assert _state(target) == before
+    # the engine refuses too (a caller that skips the prerequisites), naming the dump's tables first
+    from backups.catalog import Catalog
+    from backups.engine.restorer import restore
+    from backups.storage import LocalStorage
+
+    storage = LocalStorage(pg_app["cfg"].storages["local"].path)
+    cat = Catalog(storage, "fmr-test")
+    with pytest.raises(RefusedError, match="holds table\\(s\\) of the dump: fleet;"):
+        restore(storage, cat, cat.get(pg_app["snap"].id), pg_app["tmp"] / "r0", sources=["fleet_db"], pg_target=target)
+    assert _state(target) == before and not (pg_app["tmp"] / "r0" / "fleet_db").exists()
     out = _restore(pg_app, target, "r2", force=True)
     assert out.restored.sources["fleet_db"].extra["replaced"] == ["fleet"]
     assert _q(target, "SELECT count(*) FROM fleet") == [(20,)] and _q(target, "SELECT count(*) FROM missions") == [(300,)]

@@ -76,13 +76,14 @@ def pg_user_tables(dsn: str) -> list[str]:
     return [table_key(s, n) for s, n in rows]
 
 
-def check_pg_full_target(dump_dir: Path, target_dsn: str, *, force: bool, name: str = "the PostgreSQL target") -> list[str]:
-    """The tables of ``target_dsn`` that a full restore of the dump would meet (its tables present there first).
-    Without ``force``, a database holding any table is refused (RefusedError, exit 7) before anything is changed:
-    a full restore is for an empty or new database."""
+def check_pg_full_target(dump_dir: Path, target_dsn: str, *, force: bool, name: str = "the PostgreSQL target",
+                         dump_tables: bool = True) -> list[str]:
+    """The tables of ``target_dsn`` that a full restore of the dump would meet. Without ``force``, a database
+    holding any table is refused (RefusedError, exit 7) before anything is changed: a full restore is for an empty
+    or new database. ``dump_tables``: name the dump's tables among them first (reads ``dump_dir``)."""
     present = pg_user_tables(target_dsn)
     if present and not force:
-        ours = sorted(set(present) & set(pg_dump_schema(dump_dir).references))
+        ours = sorted(set(present) & set(pg_dump_schema(dump_dir).references)) if dump_tables else []
         shown = ours or present
         what = "holds table(s) of the dump" if ours else "is not empty: it holds table(s)"
         raise RefusedError(f"full restore refused: {name} {what}: {', '.join(shown[:20])}"
