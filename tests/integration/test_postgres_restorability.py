@@ -281,3 +281,70 @@ def test_dag_test_restore_step_validates_a_loadable_dump(pg_app):
     res = steps.test_restore(pg_app["cfg"], pg_app["plan"], scratch)
     assert res.validation["fleet_db"]["success"] is True
     assert _check_dbs() == before
+
+
+# ------------------------------------------------------------------------------------------------ odd identifiers
+@pytest.mark.parametrize("parent, child, fk", [
+    ("Customer Base", 'Order "Lines"', 'fk to "Customer Base"'),
+    ("ünï$$cödé", "Orders%s", "Fk.With.Dots"),
+])
+def test_odd_names_through_exclusion_dangling_keys_and_restores(tmp_path, dbs, monkeypatch, parent, child, fk):
+    """Names needing quotes everywhere SQL touches them: ``exclude_tables`` matches the exact name (capitals kept,
+    not a lower-cased pg_dump pattern), the dangling foreign key is named and then left out of the restore, and a
+    table-level restore over an existing empty table of that name works (its emptiness check in a DO block)."""
+    from psycopg import sql
+
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    P, C = sql.Identifier(parent), sql.Identifier(child)
+    with psycopg.connect(src) as c:
+        c.execute(sql.SQL('CREATE TABLE {} ("Id" int PRIMARY KEY)').format(P))
+        c.execute(sql.SQL('CREATE TABLE {} ("Id" int PRIMARY KEY, "Ref" int CONSTRAINT {} REFERENCES {})')
+                  .format(C, sql.Identifier(fk), P))
+        c.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 4)").format(P))
+        c.execute(sql.SQL("INSERT INTO {} SELECT g, 1 + g % 4 FROM generate_series(1, 9) g").format(C))
+    yaml_name = parent.replace("\\", "\\\\").replace('"', '\\"')
+    cfg_path = _config(tmp_path, src, f', exclude_tables: ["{yaml_name}"]')
+    code, _, err = _cli("--config", str(cfg_path), "backup", "--tier", "weekly")
+    assert code == 2 and f"{fk} ({child} -> {parent})" in err, err
+    excl = f'exclude_tables: ["{yaml_name}"]'
+    cfg_path.write_text(cfg_path.read_text().replace(excl, excl + ", drop_dangling_foreign_keys: true"))
+    code, out, err = _cli("--config", str(cfg_path), "backup", "--tier", "weekly")
+    assert code == 0 and "loaded into a scratch database" in out, err
+    cfg = load_config(cfg_path)
+    snap_tables = list(run_backup(cfg, "daily", logical_date="2026-02-02T02:00:00Z")[0].sources["fleet_db"]["details"]["tables"])
+    assert snap_tables == [child]  # the excluded table is neither dumped nor counted
+    target = dbs("t")
+    res = _restore({"cfg": cfg, "tmp": tmp_path}, target, "r1")
+    assert res.restored.sources["fleet_db"].extra["foreign_keys_skipped"] == [f"{child}.{fk}"]
+    assert _q(target, sql.SQL("SELECT count(*) FROM {}").format(C).as_string(None)) == [(9,)]
+
+
+@pytest.mark.parametrize("name", ["ünï$$cödé", "100% 'Robots'", "$fmr$"])
+def test_table_restore_over_an_empty_table_with_an_odd_name(tmp_path, dbs, monkeypatch, name):
+    """The emptiness check of a table-level restore runs in a DO block: the table's name must not end its
+    dollar-quoted body ($$) nor be read as a RAISE format (%)."""
+    from psycopg import sql
+
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src, target = dbs("src"), dbs("t")
+    T = sql.Identifier(name)
+    for dsn in (src, target):
+        _x(dsn, sql.SQL('CREATE TABLE {} ("Id" int PRIMARY KEY)').format(T).as_string(None))
+    _x(src, sql.SQL("INSERT INTO {} SELECT generate_series(1, 6)").format(T).as_string(None))
+    cfg = load_config(_config(tmp_path, src))
+    run_backup(cfg, "weekly", logical_date="2026-02-01T01:00:00Z")
+    _restore({"cfg": cfg, "tmp": tmp_path}, target, "r1", tables=[name])
+    assert _q(target, sql.SQL("SELECT count(*) FROM {}").format(T).as_string(None)) == [(6,)]
+
+
+def test_drill_constraint_check_quotes_constraint_names(dbs):
+    from backups.commands.drill import postgres_integrity
+
+    db = dbs("drill")
+    _x(db, 'CREATE TABLE "Robots" (id int PRIMARY KEY)', "INSERT INTO \"Robots\" VALUES (1)",
+       'CREATE TABLE "Mission ""Log""" (id int PRIMARY KEY, robot int)', "INSERT INTO \"Mission \"\"Log\"\"\" VALUES (1, 1)",
+       'ALTER TABLE "Mission ""Log""" ADD CONSTRAINT "to ""Robots""" FOREIGN KEY (robot) REFERENCES "Robots" NOT VALID')
+    ok, detail = postgres_integrity(db)
+    assert ok, detail
+    assert _q(db, "SELECT convalidated FROM pg_constraint WHERE conname = 'to \"Robots\"'") == [(True,)]

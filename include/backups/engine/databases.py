@@ -458,8 +458,13 @@ def pg_load_tables(dump_dir: Path, target_dsn: str, tables: list[str], *, force:
     if existing:
         pre.append(f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE;")
         if not force:
-            pre += [f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM {quote_table(t)}) THEN RAISE EXCEPTION "
-                    f"'table {t.replace(chr(39), '')} holds rows'; END IF; END $$;" for t in existing]
+            for t in existing:  # a dollar-quote tag that the table's name does not contain
+                body = (f"BEGIN IF EXISTS (SELECT 1 FROM {quote_table(t)}) THEN RAISE EXCEPTION "
+                        f"'table {t.replace(chr(39), '').replace('%', '%%')} holds rows'; END IF; END")
+                tag = "$fmr$"
+                while tag in body:
+                    tag = tag[:-1] + "x$"
+                pre.append(f"DO {tag} {body} {tag};")
         pre += [f'ALTER TABLE {rel} DROP CONSTRAINT "{name.replace(chr(34), chr(34) * 2)}";' for rel, name, _ in inbound]
         pre.append(f"DROP TABLE {quoted};")
     post = []

@@ -50,6 +50,19 @@ def find_tool(name: str) -> str:
     raise SourceError(f"{name} not found", hint="install the PostgreSQL client tools (Debian: postgresql-client)")
 
 
+def exact_pattern(name: str) -> str:
+    """A pg_dump pattern matching exactly ``name``: in double quotes (inner ones doubled), so capitals, spaces,
+    dots and the wildcard characters ``*`` / ``?`` are taken literally (unquoted, pg_dump lower-cases them)."""
+    return '"{}"'.format(name.replace('"', '""'))
+
+
+def exact_table_pattern(key: str) -> str:
+    """The pg_dump pattern of a table key (``name`` in ``public``, or ``schema.name``), the same table that
+    :func:`describe_tables` leaves out for that ``exclude_tables`` entry."""
+    schema, _, name = key.rpartition(".")
+    return f"{exact_pattern(schema or 'public')}.{exact_pattern(name)}"
+
+
 def describe_tables(cur: Any, exclude: list[str]) -> dict[str, Any]:
     cur.execute(
         "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
@@ -151,8 +164,8 @@ class PostgresSource(SourceReader):
                 snap, dbname, version = cur.fetchone()
                 cmd = [pg_dump, "--format=directory", "--compress=0", f"--jobs={self.jobs}", f"--snapshot={snap}",
                        "--no-password", f"--file={staging / 'dump'}"]
-                cmd += [f"--schema={s}" for s in self.schemas]
-                cmd += [f"--exclude-table={t}" for t in self.exclude_tables]
+                cmd += [f"--schema={exact_pattern(s)}" for s in self.schemas]
+                cmd += [f"--exclude-table={exact_table_pattern(t)}" for t in self.exclude_tables]
                 cmd += [f"--dbname={conninfo}"]
                 env = {**os.environ, **extra_env}
                 # the dump and the row counts run at the same time, in the same exported snapshot
