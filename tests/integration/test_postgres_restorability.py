@@ -152,6 +152,11 @@ def test_full_restore_over_a_same_named_table_is_refused_then_forced_in_one_tran
     assert _q(target, "SELECT count(*) FROM fleet") == [(20,)] and _q(target, "SELECT count(*) FROM missions") == [(300,)]
     assert _q(target, "SELECT * FROM fleet ORDER BY id") == _q(pg_app["src"], "SELECT * FROM fleet ORDER BY id")
     assert _q(target, "SELECT * FROM invoices") == [(7,)]  # not in the dump: kept
+    # the CLI with the Great Expectations check of the target: the kept table is not a failure
+    code, out, err = _cli("--config", str(pg_app["cfg_path"]), "restore", "latest", "--target",
+                          str(pg_app["tmp"] / "r3"), "--pg-target", target, "--force")
+    assert code == 0, err
+    assert _q(target, "SELECT count(*) FROM missions") == [(300,)] and _q(target, "SELECT * FROM invoices") == [(7,)]
 
 
 def test_a_forced_full_restore_that_fails_leaves_the_target_unchanged(pg_app):

@@ -567,7 +567,8 @@ def _validate_db(snap: Any, name: str, path: Path, req: RestoreRequest, pg_dsn: 
         if pg_dsn:
             from ..validation import validate_postgres
 
-            return validate_postgres(pg_dsn, tables, raise_on_failure=False, label=f"{name} (target database)")
+            return validate_postgres(pg_dsn, tables, raise_on_failure=False, label=f"{name} (target database)",
+                                     other_tables_allowed=True)
         if not req.tables:
             return validate_restored(snap, {name: path}, scratch_dsn)[name]
         return {"database": name, "success": None, "skipped": "tables chosen without a PostgreSQL target"}

@@ -300,8 +300,10 @@ def postgres_tables(dsn: str) -> set[str]:
 
 
 def validate_postgres(dsn: str, tables_details: dict[str, dict[str, Any]], *, raise_on_failure: bool = True,
-                      label: str | None = None) -> dict[str, Any]:
-    """Validate a PostgreSQL database (e.g. a scratch copy loaded from a dump) against the reported tables."""
+                      label: str | None = None, other_tables_allowed: bool = False) -> dict[str, Any]:
+    """Validate a PostgreSQL database (e.g. a scratch copy loaded from a dump) against the reported tables.
+    ``other_tables_allowed``: tables the source did not report are not failures (a restore into an existing
+    database: ``--force`` keeps the tables that are not in the dump, a table-level restore touches only its own)."""
     started = time.monotonic()
     try:
         present = postgres_tables(dsn)
@@ -315,4 +317,6 @@ def validate_postgres(dsn: str, tables_details: dict[str, dict[str, Any]], *, ra
     ctx = gx_context()
     datasource = ctx.data_sources.add_postgres(name="restored", connection_string=sqlalchemy_url(dsn))
     results = run_suite(ctx, datasource, tables_details, present & set(tables_details), name)
+    if other_tables_allowed:
+        present &= set(tables_details)
     return summarize(name, tables_details, present, results, started, raise_on_failure)
