@@ -353,3 +353,55 @@ def test_drill_constraint_check_quotes_constraint_names(dbs):
     ok, detail = postgres_integrity(db)
     assert ok, detail
     assert _q(db, "SELECT convalidated FROM pg_constraint WHERE conname = 'to \"Robots\"'") == [(True,)]
+
+
+@pytest.fixture
+def tiny_tablespace(tmp_path):
+    """A PostgreSQL tablespace on a tmpfs just big enough for an empty database (root, and a server on this machine,
+    needed: skipped otherwise — the event-trigger test above covers the same path everywhere). Yields its name."""
+    import os
+    import shutil
+    import subprocess
+
+    data_dir = _q(f"{PG}/postgres", "SELECT current_setting('data_directory')")[0][0]
+    if os.geteuid() != 0 or not Path(data_dir).is_dir() or shutil.which("mount") is None:
+        pytest.skip("needs root and the PostgreSQL server on this machine (a tmpfs tablespace)")
+    template = _q(f"{PG}/postgres", "SELECT pg_database_size('template1')")[0][0]
+    mnt = Path(f"/tmp/bk_hpostgres_ts_{uuid.uuid4().hex[:8]}")
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={template + 3 * 2**20}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        mnt.rmdir()
+        pytest.skip("cannot mount a tmpfs here")
+    name = mnt.name
+    try:
+        shutil.chown(mnt, "postgres", "postgres")
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
+            c.execute(f"CREATE TABLESPACE {name} LOCATION '{mnt}'")
+        yield name
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
+            for (db,) in c.execute("SELECT datname FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace "
+                                   "WHERE t.spcname = %s", (name,)).fetchall():
+                c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            c.execute(f"DROP TABLESPACE IF EXISTS {name}")
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
+
+
+def test_a_real_disk_full_during_a_full_restore_is_exit_5_and_rolls_back(tmp_path, dbs, monkeypatch, tiny_tablespace):
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("big")
+    _x(src, "CREATE TABLE telemetry (id int PRIMARY KEY, payload text)",
+       "INSERT INTO telemetry SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 60000) g")
+    cfg_path = _config(tmp_path, src)
+    run_backup(load_config(cfg_path), "weekly", logical_date="2026-02-01T01:00:00Z")
+    target_name = f"bk_hpostgres_{uuid.uuid4().hex[:8]}_full"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{target_name}" TABLESPACE {tiny_tablespace}')
+    target = f"{PG}/{target_name}"
+    code, _, err = _cli("--config", str(cfg_path), "restore", "latest", "--target", str(tmp_path / "r1"),
+                        "--pg-target", target, "--no-validate")
+    assert code == StorageError.exit_code == 5, err
+    assert "ran out of space" in err and "the target database is unchanged" in err and "could not extend file" in err
+    assert _q(target, "SELECT to_regclass('public.telemetry')") == [(None,)]

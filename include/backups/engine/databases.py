@@ -95,7 +95,7 @@ def check_pg_full_target(dump_dir: Path, target_dsn: str, *, force: bool, name: 
 
 
 #: pg_restore / server messages that mean the server (or the client) ran out of space: a storage problem (exit 5)
-_NO_SPACE = ("No space left on device", "could not extend file", "Disk quota exceeded", "could not write to file",
+_NO_SPACE = ("No space left on device", "could not extend file", "Disk quota exceeded", "Check free disk space",
              "SQLSTATE 53100")
 
 
