@@ -405,3 +405,22 @@ def test_a_real_disk_full_during_a_full_restore_is_exit_5_and_rolls_back(tmp_pat
     assert code == StorageError.exit_code == 5, err
     assert "ran out of space" in err and "the target database is unchanged" in err and "could not extend file" in err
     assert _q(target, "SELECT to_regclass('public.telemetry')") == [(None,)]
+
+
+def test_a_forced_full_restore_does_not_wait_forever_for_a_session_holding_a_lock(pg_app, monkeypatch):
+    from backups.engine import databases
+
+    monkeypatch.setattr(databases, "PG_LOCK_TIMEOUT", 1.0)
+    target = pg_app["make"]("busy")
+    _x(target, "CREATE TABLE fleet (id int PRIMARY KEY, name text)", "INSERT INTO fleet VALUES (1, 'in use')")
+    before = _state(target)
+    app_session = psycopg.connect(target)  # the application, idle in a transaction that read fleet
+    try:
+        app_session.execute("SELECT * FROM fleet").fetchall()
+        with pytest.raises(SourceError, match="waited 1s for a lock held by another session") as ei:
+            _restore(pg_app, target, "r1", force=True)
+        assert "pg_terminate_backend" in ei.value.hint
+    finally:
+        app_session.rollback()
+        app_session.close()
+    assert _state(target) == before

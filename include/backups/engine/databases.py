@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,39 @@ def check_pg_full_target(dump_dir: Path, target_dsn: str, *, force: bool, name: 
     return present
 
 
+#: seconds a full restore waits for a lock on a table it replaces (a session of the application holding one)
+PG_LOCK_TIMEOUT = 60.0
+
+
+def _lock_watchdog(child: subprocess.Popen[bytes], dsn: str, app_name: str) -> bool:
+    """Wait for ``child`` (pg_restore, its session named ``app_name``); when that session has waited for a lock
+    longer than :data:`PG_LOCK_TIMEOUT`, cancel its statement (``pg_cancel_backend``): the transaction rolls back
+    and pg_restore exits. ``lock_timeout`` cannot do it: the dump's preamble sets it to 0. True if cancelled."""
+    import psycopg
+
+    conn = None
+    try:
+        while True:
+            try:
+                child.wait(timeout=0.5)
+                return False
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                conn = conn or psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+                row = conn.execute(
+                    "SELECT pid, extract(epoch FROM now() - state_change) FROM pg_stat_activity WHERE application_name "
+                    "= %s AND wait_event_type = 'Lock' ORDER BY 2 DESC LIMIT 1", (app_name,)).fetchone()
+            except psycopg.Error:
+                continue  # the watchdog is best effort; pg_restore goes on
+            if row is not None and float(row[1]) > PG_LOCK_TIMEOUT:
+                conn.execute("SELECT pg_cancel_backend(%s)", (row[0],))
+                child.wait()
+                return True
+    finally:
+        if conn is not None:
+            conn.close()
+
 #: pg_restore / server messages that mean the server (or the client) ran out of space: a storage problem (exit 5)
 _NO_SPACE = ("No space left on device", "could not extend file", "Disk quota exceeded", "Check free disk space",
              "SQLSTATE 53100")
@@ -149,7 +183,9 @@ def pg_restore_full(dump_dir: Path, target_dsn: str, *, force: bool = False,
     present = check_pg_full_target(dump_dir, target_dsn, force=force)
     tool = find_tool("pg_restore")
     conninfo, extra = split_dsn(target_dsn)
-    env = {**os.environ, **extra}
+    # tagged, so the lock watchdog finds its session (the dump's own preamble sets lock_timeout = 0)
+    app_name = f"backupctl-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **extra, "PGAPPNAME": app_name}
     cmd = [tool, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", f"--dbname={conninfo}",
            "--no-password"]
     if present:  # forced: replace the dump's objects in the same transaction
@@ -158,15 +194,23 @@ def pg_restore_full(dump_dir: Path, target_dsn: str, *, force: bool = False,
         use_list = _use_list(tool, dump_dir, list(skip_foreign_keys or []), env, Path(tmp))
         if use_list is not None:
             cmd.append(f"--use-list={use_list}")
-        proc = subprocess.run([*cmd, str(dump_dir)], env=env, capture_output=True, check=False)
-    if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace")
+        errlog = tempfile.TemporaryFile()
+        child = subprocess.Popen([*cmd, str(dump_dir)], env=env, stdout=subprocess.DEVNULL, stderr=errlog)
+        cancelled = _lock_watchdog(child, target_dsn, app_name)
+        errlog.seek(0)
+        err = errlog.read().decode(errors="replace")
+    if child.returncode != 0:
         lines = pg_error_lines(err)
         if any(s in err for s in _NO_SPACE):
-            raise StorageError(f"pg_restore ran out of space (exit {proc.returncode}); rolled back (one transaction), "
+            raise StorageError(f"pg_restore ran out of space (exit {child.returncode}); rolled back (one transaction), "
                                f"the target database is unchanged: {lines}",
                                hint="free space on the PostgreSQL server's disk (or use a bigger one), then restore again")
-        raise SourceError(f"pg_restore failed (exit {proc.returncode}); rolled back (one transaction), the target "
+        if cancelled:
+            raise SourceError(f"pg_restore waited {PG_LOCK_TIMEOUT:g}s for a lock held by another session and gave up; "
+                              f"rolled back (one transaction), the target database is unchanged: {lines}",
+                              hint="stop the application (or end its sessions: pg_stat_activity, pg_terminate_backend) "
+                                   "so that nothing uses the target database, then restore again")
+        raise SourceError(f"pg_restore failed (exit {child.returncode}); rolled back (one transaction), the target "
                           f"database is unchanged: {lines}",
                           hint="read pg_restore's error above: a missing role/extension/tablespace on the target, or "
                                "a dump that does not load (run `backupctl verify --read-data`); restore into a new "
