@@ -424,3 +424,25 @@ def test_a_forced_full_restore_does_not_wait_forever_for_a_session_holding_a_loc
         app_session.rollback()
         app_session.close()
     assert _state(target) == before
+
+
+def test_a_drill_of_a_source_with_dropped_dangling_foreign_keys_passes(tmp_path, dbs, monkeypatch):
+    """The drill restores the whole dump into its scratch database: the recorded dangling foreign keys are left
+    out, so pg_restore loads it and every check (GX, constraints) passes."""
+    from datetime import UTC, datetime, timedelta
+
+    from backups.commands.drill import DrillRequest, run_drill
+
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(tmp_path / "status"))
+    src = dbs("src")
+    _seed_excluded(src)
+    cfg_path = _config(tmp_path, src, ", exclude_tables: [customers], drop_dangling_foreign_keys: true")
+    cfg_path.write_text(cfg_path.read_text() + f"drill:\n  scratch_dir: {tmp_path / 'scratch'}\n  tiers: [weekly]\n"
+                        f"  rpo_hours: 2\n  postgres: {{dsn: \"{PG}/postgres\"}}\n")
+    cfg = load_config(cfg_path)
+    run_backup(cfg, "weekly", logical_date=(datetime.now(UTC) - timedelta(minutes=5)).isoformat())
+    verdict = run_drill(cfg, DrillRequest()).verdict
+    assert verdict["passed"], verdict["findings"]
+    checks = {c["name"]: c for c in verdict["tiers"][0]["checks"]}
+    assert checks["fleet_db: Great Expectations"]["ok"] and checks["fleet_db: constraints"]["ok"]
