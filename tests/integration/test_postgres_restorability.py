@@ -446,3 +446,25 @@ def test_a_drill_of_a_source_with_dropped_dangling_foreign_keys_passes(tmp_path,
     assert verdict["passed"], verdict["findings"]
     checks = {c["name"]: c for c in verdict["tiers"][0]["checks"]}
     assert checks["fleet_db: Great Expectations"]["ok"] and checks["fleet_db: constraints"]["ok"]
+
+
+def test_an_old_dump_with_dangling_foreign_keys_names_them_and_the_manual_way(tmp_path, dbs):
+    """A dump taken before such dumps were refused (pg_dump --exclude-table of a referenced table, nothing recorded):
+    the restore rolls back and says which foreign keys and how to load it by hand."""
+    import subprocess
+
+    from backups.engine.databases import pg_restore_full
+    from backups.sources.postgres import find_tool
+
+    src, target = dbs("src"), dbs("t")
+    _seed_excluded(src)
+    dump = tmp_path / "dump"
+    subprocess.run([find_tool("pg_dump"), "-Fd", "-Z0", "--exclude-table=customers", "-f", str(dump), src], check=True)
+    with pytest.raises(SourceError, match="foreign keys to tables it does not contain: orders_customer_fk "
+                                          "\\(orders -> customers\\)") as ei:
+        pg_restore_full(dump, target)
+    assert "--use-list" in ei.value.hint and "drop_dangling_foreign_keys" in ei.value.hint
+    assert _state(target)["relations"] == []
+    out = pg_restore_full(dump, target, skip_foreign_keys=[{"schema": "public", "table": "orders",
+                                                            "constraint": "orders_customer_fk"}])
+    assert out["foreign_keys_skipped"] == ["orders.orders_customer_fk"] and _q(target, "SELECT count(*) FROM orders") == [(50,)]

@@ -210,6 +210,20 @@ def pg_restore_full(dump_dir: Path, target_dsn: str, *, force: bool = False,
                               f"rolled back (one transaction), the target database is unchanged: {lines}",
                               hint="stop the application (or end its sessions: pg_stat_activity, pg_terminate_backend) "
                                    "so that nothing uses the target database, then restore again")
+        skipped = {(k["schema"], k["table"], k["constraint"]) for k in skip_foreign_keys or []}
+        try:
+            dangling = [fk for fk in dangling_foreign_keys(pg_dump_schema(dump_dir))
+                        if (fk["schema"], fk["table"], fk["constraint"]) not in skipped]
+        except SourceError:
+            dangling = []
+        if dangling:  # a snapshot taken before such dumps were refused at backup time
+            raise SourceError(
+                f"pg_restore failed (exit {child.returncode}); rolled back (one transaction), the target database is "
+                f"unchanged: the dump holds foreign keys to tables it does not contain: "
+                f"{', '.join(describe_foreign_key(fk) for fk in dangling)}: {lines}",
+                hint="load it by hand without them: pg_restore --list DUMP > list.txt, put ';' before their "
+                     "'FK CONSTRAINT' lines, then pg_restore --use-list=list.txt --single-transaction -d DB DUMP; "
+                     "and set drop_dangling_foreign_keys (or stop excluding the referenced tables) for new backups")
         raise SourceError(f"pg_restore failed (exit {child.returncode}); rolled back (one transaction), the target "
                           f"database is unchanged: {lines}",
                           hint="read pg_restore's error above: a missing role/extension/tablespace on the target, or "
