@@ -468,3 +468,35 @@ def test_an_old_dump_with_dangling_foreign_keys_names_them_and_the_manual_way(tm
     out = pg_restore_full(dump, target, skip_foreign_keys=[{"schema": "public", "table": "orders",
                                                             "constraint": "orders_customer_fk"}])
     assert out["foreign_keys_skipped"] == ["orders.orders_customer_fk"] and _q(target, "SELECT count(*) FROM orders") == [(50,)]
+
+
+def test_scratch_databases_of_a_killed_backup_are_dropped_by_the_next_test_restore(tmp_path, dbs, monkeypatch):
+    import json
+    import socket
+    import subprocess
+
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    _seed(src)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tag = uuid.uuid4().hex[:8]
+    owners = {f"backup_check_{tag}dead": {"host": socket.gethostname(), "pid": dead.pid},
+              f"backup_check_{tag}live": {"host": socket.gethostname(), "pid": 1},
+              f"fmr_validate_{tag}away": {"host": "another-host.example", "pid": dead.pid},
+              f"backup_check_{tag}none": None}
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
+        for name, owner in owners.items():
+            c.execute(f'CREATE DATABASE "{name}"')
+            if owner:
+                c.execute(f"COMMENT ON DATABASE \"{name}\" IS '{json.dumps({**owner, 'started': '2026-01-01T00:00:00+00:00'})}'")
+    try:
+        code, _, err = _cli("--config", str(_config(tmp_path, src)), "backup", "--tier", "weekly")
+        assert code == 0, err
+        left = {n for (n,) in _check_dbs() + _q(f"{PG}/postgres", "SELECT datname FROM pg_database WHERE datname "
+                                                                   "LIKE 'fmr\\_validate\\_%'") if tag in n}
+        assert left == set(owners) - {f"backup_check_{tag}dead"}
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
+            for name in owners:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

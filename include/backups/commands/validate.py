@@ -4,9 +4,12 @@ scratch database first."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +82,11 @@ def load_pg_dump(dump_dir: Path, details: dict[str, Any], admin_dsn: str, label:
     name = f"{prefix}{uuid.uuid4().hex[:12]}"
     try:
         with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            drop_dead_scratch(conn)
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(json.dumps(
+                {"owner": "backupctl test restore", "host": socket.gethostname(), "pid": os.getpid(),
+                 "started": datetime.now(UTC).isoformat(timespec="seconds")}))))
     except psycopg.Error as exc:  # libpq and server messages never contain the password
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SourceError(f"test restore of {label}: cannot create the scratch database {name}: {reason}",
@@ -110,6 +117,44 @@ def load_pg_dump(dump_dir: Path, details: dict[str, Any], admin_dsn: str, label:
         except psycopg.Error as exc:
             log.error("could not drop the scratch database %s: %s (drop it by hand)", name,
                       str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+#: name prefixes of the scratch databases of test restores and validations (each carries its owner as a comment)
+SCRATCH_PREFIXES = ("backup_check_", "fmr_validate_")
+
+
+def drop_dead_scratch(conn: Any) -> list[str]:
+    """Drop the scratch databases of test restores whose owner is gone: created on this host by a process that no
+    longer runs (a backup killed with -9 before its ``finally``). Owners on other hosts, live owners and databases
+    without a readable owner are left alone. Returns the names dropped."""
+    from psycopg import sql
+
+    dropped = []
+    rows = conn.execute("SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database WHERE "
+                        + " OR ".join("left(datname, %s) = %s" for _ in SCRATCH_PREFIXES),
+                        [v for p in SCRATCH_PREFIXES for v in (len(p), p)]).fetchall()
+    for name, comment in rows:
+        try:
+            owner = json.loads(comment or "")
+            host, pid = owner["host"], int(owner["pid"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if host != socket.gethostname() or _alive(pid):
+            continue
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        log.warning("dropped the scratch database %s left by process %d (gone) of this host", name, pid)
+        dropped.append(name)
+    return dropped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def validate_pg_dump(dump_dir: Path, details: dict[str, Any], admin_dsn: str, label: str) -> dict[str, Any]:
