@@ -500,3 +500,25 @@ def test_scratch_databases_of_a_killed_backup_are_dropped_by_the_next_test_resto
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
             for name in owners:
                 c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_forced_full_restore_over_a_changed_copy_of_itself_gives_the_snapshot_back(tmp_path, dbs, monkeypatch):
+    """The runbook's "put the live database back": every object of the dump (another schema, a view, a sequence,
+    an identity column, foreign keys) is dropped and re-created in one transaction; rows added since are gone."""
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    _seed(src)
+    _x(src, "CREATE SCHEMA ops", 'CREATE TABLE ops."Events" (id bigserial PRIMARY KEY, mission bigint REFERENCES missions(id))',
+       'INSERT INTO ops."Events" (mission) SELECT g FROM generate_series(1, 40) g',
+       "CREATE VIEW busy AS SELECT fleet_id, count(*) FROM missions GROUP BY 1")
+    cfg = load_config(_config(tmp_path, src))
+    run_backup(cfg, "weekly", logical_date="2026-02-01T01:00:00Z")
+    snapshot_state = _state(src)
+    live = dbs("live")
+    _restore({"cfg": cfg, "tmp": tmp_path}, live, "r1")
+    assert _state(live)["rows"] == snapshot_state["rows"]
+    _x(live, "INSERT INTO fleet (name) VALUES ('after')", 'DELETE FROM ops."Events" WHERE id > 30',
+       "ALTER TABLE missions ADD COLUMN extra int")
+    _restore({"cfg": cfg, "tmp": tmp_path}, live, "r2", force=True)
+    assert _state(live) == _state(src) == snapshot_state
+    assert _q(live, "INSERT INTO fleet (name) VALUES ('next') RETURNING id") == [(21,)]  # sequence restored too
