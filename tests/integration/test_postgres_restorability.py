@@ -522,3 +522,16 @@ def test_forced_full_restore_over_a_changed_copy_of_itself_gives_the_snapshot_ba
     _restore({"cfg": cfg, "tmp": tmp_path}, live, "r2", force=True)
     assert _state(live) == _state(src) == snapshot_state
     assert _q(live, "INSERT INTO fleet (name) VALUES ('next') RETURNING id") == [(21,)]  # sequence restored too
+
+
+def test_the_test_restore_never_shows_the_password(tmp_path, dbs, monkeypatch, caplog):
+    """The default scratch server is the source's own (its DSN, password included): pg_restore gets the password
+    in PGPASSWORD only, and neither the failure nor the log shows it."""
+    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path / "staging"))
+    src = dbs("src")
+    _x(src, *_UNLOADABLE)
+    cfg_path = _config(tmp_path, src.replace("postgres@", "postgres:s3cr3t-pw@"))
+    with caplog.at_level("DEBUG"):
+        code, out, err = _cli("--config", str(cfg_path), "-v", "backup", "--tier", "weekly")
+    assert code == 4 and 'relation "fleet" does not exist' in err
+    assert "s3cr3t" not in out + err + caplog.text
