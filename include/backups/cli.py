@@ -151,6 +151,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     print(f"snapshot {out['id']}  type={d['type']}  parent={d.get('parent') or '-'}  storages={','.join(out['storages'])}  "
           f"{d['duration_seconds']:.1f}s  stored {mb(d['totals']['stored_bytes'])}")
     print(_table(rows, ["source", "kind", "files", "size", "stored", "stored size", "deleted", "warnings"]))
+    for n in sorted(out.get("pg_load_check") or {}):
+        print(f"test restore: the dump of {n} loaded into a scratch database (dropped again)")
     return 0
 
 

@@ -66,6 +66,9 @@ class PostgresSource(_Strict):
     jobs: int = Field(default=2, ge=1, le=16)
     schemas: list[str] = Field(default_factory=list)
     exclude_tables: list[str] = Field(default_factory=list)
+    #: foreign keys of dumped tables that reference an excluded table (or one outside ``schemas``): refused at backup
+    #: time unless true — then they are recorded in the manifest and left out of every restore
+    drop_dangling_foreign_keys: bool = False
     description: str = ""
 
     @model_validator(mode="after")

@@ -42,7 +42,7 @@ from ..errors import (
 from ..sources import open_source
 from ..storage import open_storage
 from .base import Result, mb
-from .validate import DB_KINDS, compact_results, pg_scratch_dsn, raise_failed, validate_restored
+from .validate import DB_KINDS, compact_results, load_pg_dump, pg_check_server, raise_failed, validate_restored
 
 if TYPE_CHECKING:
     from ..engine.snapshot import Plan
@@ -445,8 +445,35 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
                                   comment=comment, estimated_bytes=state.estimated_bytes)
     for name in p.storages:  # the DAG's verify.check_integrity: re-hash what landed, record it (IntegrityError on damage)
         check_integrity(cfg, p, name, resolver)
+    loaded = pg_load_check(cfg, snap.id, p.storages[-1], resolver)
     return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
-            "warnings": list(snap.doc.get("warnings") or []), "storages": p.storages, "system_state": state.to_dict(), "manifest": snap.doc}
+            "warnings": list(snap.doc.get("warnings") or []), "storages": p.storages, "system_state": state.to_dict(),
+            "manifest": snap.doc, **({"pg_load_check": loaded} if loaded else {})}
+
+
+def pg_load_check(cfg: Config, snapshot_id: str, storage: str, resolver: Any = None) -> dict[str, Any]:
+    """The CLI backup's proof that its PostgreSQL dumps restore (the DAG's :func:`test_restore` does the same with
+    GX): each postgres source of the snapshot is restored from ``storage`` (read-only, SHA-256 checked) into a temp
+    dir and loaded with pg_restore into a scratch database (:func:`~backups.commands.validate.load_pg_dump`),
+    dropped afterwards. A dump that does not load raises ValidationFailedError (exit 4). {} without postgres sources."""
+    from ..engine.restorer import restore
+
+    st = open_storage(cfg, storage, resolver, read_only=True)
+    cat = Catalog(st, cfg.application)
+    snap = cat.get(snapshot_id)
+    names = sorted(n for n, rec in snap.sources.items() if rec["kind"] == "postgres")
+    if not names:
+        return {}
+    out: dict[str, Any] = {}
+    staging = os.environ.get("BACKUP_STAGING")  # where dumps are staged (big enough for one), else the temp dir
+    with tempfile.TemporaryDirectory(prefix="backup-check-", dir=staging if staging and os.path.isdir(staging) else None) as tmp:
+        for r in restore(st, cat, snap, Path(tmp) / "restore", sources=names):
+            details = snap.sources[r.source]["details"]
+            out[r.source] = load_pg_dump(Path(r.path) / "dump", details, pg_check_server(cfg, r.source, resolver),
+                                         f"{r.source} ({details.get('database')})", validate=False)
+            log.info("test restore of %s: dump of %s loaded into a scratch database (%d table(s)) and dropped",
+                     snap.id, r.source, out[r.source]["tables"])
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ backup
@@ -578,8 +605,10 @@ def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str,
 
 def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None) -> RestoreTestResult:
     """Restore the whole chain from the last storage of the run (a replica when there is one), read-only, into
-    this task's scratch dir: every file SHA-256 checked by the restorer, then the Great Expectations suite on the
-    restored databases — the one GX run of a backup. A failed expectation does not fail the restore test (the
+    this task's scratch dir: every file SHA-256 checked by the restorer; every PostgreSQL dump loaded with
+    pg_restore into a scratch database (:func:`~backups.commands.validate.pg_check_server`), dropped afterwards —
+    a dump that does not load fails the step (ValidationFailedError, exit 4); then the Great Expectations suite on
+    the restored databases — the one GX run of a backup. A failed expectation does not fail the restore test (the
     restore itself worked): :func:`validate_data` reports it from this result."""
     from ..engine.restorer import restore
 
@@ -592,8 +621,10 @@ def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None) -
     log.info("test restore of %s (chain %s) from %s", snap.id, " -> ".join(chain), st.describe())
     results = restore(st, cat, snap, scratch / "restore")
     sources = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
-    validated = validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS},
-                                  pg_scratch_dsn(resolver))
+    # every PostgreSQL dump is loaded into a scratch database (drill.postgres or the documented default) and
+    # validated there: a dump that does not load fails this step, naming pg_restore's error
+    servers = {r.source: pg_check_server(cfg, r.source, resolver) for r in results if r.kind == "postgres"}
+    validated = validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS}, servers)
     for name, r in validated.items():
         log.info("validation of %s: %s", name, "skipped" if r.get("success") is None else
                  f"{r['statistics']['successful_expectations']}/{r['statistics']['evaluated_expectations']} met")

@@ -459,6 +459,7 @@ def sqlite_integrity(path: Path) -> tuple[bool, str]:
 def postgres_integrity(dsn: str) -> tuple[bool, str]:
     """Every foreign-key and check constraint validated (those loaded NOT VALID are validated now)."""
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         rows = conn.execute(
@@ -470,7 +471,8 @@ def postgres_integrity(dsn: str) -> tuple[bool, str]:
             if valid:
                 continue
             try:
-                conn.execute(f'ALTER TABLE {table} VALIDATE CONSTRAINT "{con}"')
+                # table: regclass text, quoted by the server where needed; the constraint name quoted here
+                conn.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(sql.SQL(table), sql.Identifier(con)))
             except psycopg.Error as exc:
                 problems.append(f"{table}.{con}: {str(exc).strip().splitlines()[0]}")
     if problems:

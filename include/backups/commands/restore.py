@@ -370,6 +370,12 @@ def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn:
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
                               hint="check the target database's host, port, user and that it exists") from None
         pg_state = "reachable"
+        if not req.tables:  # a full restore is for an empty database: refused before anything is fetched
+            from ..engine.databases import check_pg_full_target
+
+            present = check_pg_full_target(Path(), pg_dsn, force=req.force, name=req.pg_target_name or "the PostgreSQL target",
+                                           dump_tables=False)
+            pg_state = f"reachable, holds {len(present)} table(s) (force: the dump's are replaced)" if present else "reachable, empty"
     return Prerequisites(target=req.target, target_state=target_state(req.target), free_bytes=free, needed_bytes=needed,
                          pg_target=pg_state)
 
@@ -561,7 +567,8 @@ def _validate_db(snap: Any, name: str, path: Path, req: RestoreRequest, pg_dsn: 
         if pg_dsn:
             from ..validation import validate_postgres
 
-            return validate_postgres(pg_dsn, tables, raise_on_failure=False, label=f"{name} (target database)")
+            return validate_postgres(pg_dsn, tables, raise_on_failure=False, label=f"{name} (target database)",
+                                     other_tables_allowed=True)
         if not req.tables:
             return validate_restored(snap, {name: path}, scratch_dsn)[name]
         return {"database": name, "success": None, "skipped": "tables chosen without a PostgreSQL target"}

@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +53,188 @@ def dump_tables(tool: str, dump_dir: Path) -> set[str]:
     return names
 
 
-def pg_restore(dump_dir: Path, target_dsn: str | None, tables: list[str] | None, *, force: bool = False) -> dict[str, Any]:
+def pg_restore(dump_dir: Path, target_dsn: str | None, tables: list[str] | None, *, force: bool = False,
+               skip_foreign_keys: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Load a directory-format dump into ``target_dsn`` (or, without one, write the chosen tables as SQL).
-    Chosen tables go through :func:`pg_load_tables` / :func:`pg_tables_sql` (with their constraints and indexes)."""
-    from ..sources.postgres import find_tool, split_dsn
-
+    Chosen tables go through :func:`pg_load_tables` / :func:`pg_tables_sql` (with their constraints and indexes);
+    the whole dump through :func:`pg_restore_full`."""
     if tables:
         keys = sorted({t[len("public."):] if t.startswith("public.") else t for t in tables})
         return pg_load_tables(dump_dir, target_dsn, keys, force=force) if target_dsn else pg_tables_sql(dump_dir, keys)
     assert target_dsn
+    return pg_restore_full(dump_dir, target_dsn, force=force, skip_foreign_keys=skip_foreign_keys)
+
+
+def pg_user_tables(dsn: str) -> list[str]:
+    """The table keys of every table (ordinary or partitioned) of a database outside the system schemas."""
+    import psycopg
+
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        rows = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2").fetchall()
+    return [table_key(s, n) for s, n in rows]
+
+
+def check_pg_full_target(dump_dir: Path, target_dsn: str, *, force: bool, name: str = "the PostgreSQL target",
+                         dump_tables: bool = True) -> list[str]:
+    """The tables of ``target_dsn`` that a full restore of the dump would meet. Without ``force``, a database
+    holding any table is refused (RefusedError, exit 7) before anything is changed: a full restore is for an empty
+    or new database. ``dump_tables``: name the dump's tables among them first (reads ``dump_dir``)."""
+    present = pg_user_tables(target_dsn)
+    if present and not force:
+        ours = sorted(set(present) & set(pg_dump_schema(dump_dir).references)) if dump_tables else []
+        shown = ours or present
+        what = "holds table(s) of the dump" if ours else "is not empty: it holds table(s)"
+        raise RefusedError(f"full restore refused: {name} {what}: {', '.join(shown[:20])}"
+                           + (f" … ({len(shown)} in all)" if len(shown) > 20 else "") + "; nothing was changed",
+                           hint="restore into an empty or new database (createdb), or pass --force (DAG: force) to "
+                                "replace the dump's tables in one transaction (the database ends fully restored or "
+                                "unchanged; other tables stay)")
+    return present
+
+
+#: seconds a full restore waits for a lock on a table it replaces (a session of the application holding one)
+PG_LOCK_TIMEOUT = 60.0
+
+
+def _lock_watchdog(child: subprocess.Popen[bytes], dsn: str, app_name: str) -> bool:
+    """Wait for ``child`` (pg_restore, its session named ``app_name``); when that session has waited for a lock
+    longer than :data:`PG_LOCK_TIMEOUT`, cancel its statement (``pg_cancel_backend``): the transaction rolls back
+    and pg_restore exits. ``lock_timeout`` cannot do it: the dump's preamble sets it to 0. True if cancelled."""
+    import psycopg
+
+    conn = None
+    try:
+        while True:
+            try:
+                child.wait(timeout=0.5)
+                return False
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                conn = conn or psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+                row = conn.execute(
+                    "SELECT pid, extract(epoch FROM now() - state_change) FROM pg_stat_activity WHERE application_name "
+                    "= %s AND wait_event_type = 'Lock' ORDER BY 2 DESC LIMIT 1", (app_name,)).fetchone()
+            except psycopg.Error:
+                continue  # the watchdog is best effort; pg_restore goes on
+            if row is not None and float(row[1]) > PG_LOCK_TIMEOUT:
+                conn.execute("SELECT pg_cancel_backend(%s)", (row[0],))
+                child.wait()
+                return True
+    finally:
+        if conn is not None:
+            conn.close()
+
+#: pg_restore / server messages that mean the server (or the client) ran out of space: a storage problem (exit 5)
+_NO_SPACE = ("No space left on device", "could not extend file", "Disk quota exceeded", "Check free disk space",
+             "SQLSTATE 53100")
+
+
+def pg_error_lines(stderr: str, limit: int = 800) -> str:
+    """pg_restore's error lines (``error:`` / ``ERROR:`` / ``Command was:`` / ``DETAIL:``), else its last output."""
+    keep = [ln.strip() for ln in stderr.splitlines()
+            if re.search(r"error:|ERROR:|FATAL:|DETAIL:|Command was:", ln) and "errors ignored on restore" not in ln]
+    text = "\n".join(keep) if keep else stderr.strip()
+    return text[-limit:] if len(text) > limit else text
+
+
+def _use_list(tool: str, dump_dir: Path, skip: list[dict[str, str]], env: dict[str, str], workdir: Path) -> Path | None:
+    """A ``--use-list`` file: the dump's table of contents without the foreign keys in ``skip`` (each
+    ``{"schema", "table", "constraint"}``), so pg_restore does not add a foreign key whose referenced table was
+    excluded from the dump. None when there is nothing to skip."""
+    if not skip:
+        return None
+    proc = subprocess.run([tool, "--list", str(dump_dir)], capture_output=True, check=False, env=env)
+    if proc.returncode != 0:
+        raise SourceError(f"pg_restore --list failed (exit {proc.returncode}): "
+                          f"{pg_error_lines(proc.stderr.decode(errors='replace'))}",
+                          hint="the dump may be damaged: run `backupctl verify --read-data`")
+    wanted = {f" FK CONSTRAINT {k['schema']} {k['table']} {k['constraint']} " for k in skip}
+    out, dropped = [], 0
+    for line in proc.stdout.decode(errors="surrogateescape").splitlines(keepends=True):
+        if not line.startswith(";") and any(w in line for w in wanted):
+            out.append(";" + line)  # commented out: not restored
+            dropped += 1
+        else:
+            out.append(line)
+    path = workdir / "use-list.txt"
+    path.write_text("".join(out), encoding="utf-8", errors="surrogateescape")
+    return path
+
+
+def pg_restore_full(dump_dir: Path, target_dsn: str, *, force: bool = False,
+                    skip_foreign_keys: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """Load the whole dump into ``target_dsn`` in ONE transaction (``pg_restore --single-transaction
+    --exit-on-error``): the database ends fully restored or unchanged, never half.
+
+    1. The target must hold no table (:func:`check_pg_full_target`), else RefusedError (exit 7) — unless
+       ``force``: then the dump's objects are dropped and re-created inside the same transaction
+       (``--clean --if-exists``); tables that are not in the dump stay.
+    2. Foreign keys in ``skip_foreign_keys`` (recorded at backup time when the source sets
+       ``drop_dangling_foreign_keys``: they reference a table that was excluded) are left out (``--use-list``).
+    3. Any failure rolls everything back: out of space on the server → StorageError (exit 5), anything else →
+       SourceError (exit 6), both naming pg_restore's error lines and saying the target is unchanged."""
+    from ..errors import StorageError
+    from ..sources.postgres import find_tool, split_dsn
+
+    present = check_pg_full_target(dump_dir, target_dsn, force=force)
     tool = find_tool("pg_restore")
     conninfo, extra = split_dsn(target_dsn)
-    cmd = [tool, "--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={conninfo}", "--no-password", "--jobs=2",
-           str(dump_dir)]
-    proc = subprocess.run(cmd, env={**os.environ, **extra}, capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise SourceError(f"pg_restore failed (exit {proc.returncode}): {proc.stderr.decode(errors='replace').strip()[-800:]}",
-                          hint="check the target database exists and is empty, or restore into a scratch database")
-    return {"pg_restore": "loaded into target database", "tables": "all"}
+    # tagged, so the lock watchdog finds its session (the dump's own preamble sets lock_timeout = 0)
+    app_name = f"backupctl-restore-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **extra, "PGAPPNAME": app_name}
+    cmd = [tool, "--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction", f"--dbname={conninfo}",
+           "--no-password"]
+    if present:  # forced: replace the dump's objects in the same transaction
+        cmd += ["--clean", "--if-exists"]
+    with tempfile.TemporaryDirectory(prefix="pg-restore-") as tmp:
+        use_list = _use_list(tool, dump_dir, list(skip_foreign_keys or []), env, Path(tmp))
+        if use_list is not None:
+            cmd.append(f"--use-list={use_list}")
+        errlog = tempfile.TemporaryFile()
+        child = subprocess.Popen([*cmd, str(dump_dir)], env=env, stdout=subprocess.DEVNULL, stderr=errlog)
+        cancelled = _lock_watchdog(child, target_dsn, app_name)
+        errlog.seek(0)
+        err = errlog.read().decode(errors="replace")
+    if child.returncode != 0:
+        lines = pg_error_lines(err)
+        if any(s in err for s in _NO_SPACE):
+            raise StorageError(f"pg_restore ran out of space (exit {child.returncode}); rolled back (one transaction), "
+                               f"the target database is unchanged: {lines}",
+                               hint="free space on the PostgreSQL server's disk (or use a bigger one), then restore again")
+        if cancelled:
+            raise SourceError(f"pg_restore waited {PG_LOCK_TIMEOUT:g}s for a lock held by another session and gave up; "
+                              f"rolled back (one transaction), the target database is unchanged: {lines}",
+                              hint="stop the application (or end its sessions: pg_stat_activity, pg_terminate_backend) "
+                                   "so that nothing uses the target database, then restore again")
+        skipped = {(k["schema"], k["table"], k["constraint"]) for k in skip_foreign_keys or []}
+        try:
+            dangling = [fk for fk in dangling_foreign_keys(pg_dump_schema(dump_dir))
+                        if (fk["schema"], fk["table"], fk["constraint"]) not in skipped]
+        except SourceError:
+            dangling = []
+        if dangling:  # a snapshot taken before such dumps were refused at backup time
+            raise SourceError(
+                f"pg_restore failed (exit {child.returncode}); rolled back (one transaction), the target database is "
+                f"unchanged: the dump holds foreign keys to tables it does not contain: "
+                f"{', '.join(describe_foreign_key(fk) for fk in dangling)}: {lines}",
+                hint="load it by hand without them: pg_restore --list DUMP > list.txt, put ';' before their "
+                     "'FK CONSTRAINT' lines, then pg_restore --use-list=list.txt --single-transaction -d DB DUMP; "
+                     "and set drop_dangling_foreign_keys (or stop excluding the referenced tables) for new backups")
+        raise SourceError(f"pg_restore failed (exit {child.returncode}); rolled back (one transaction), the target "
+                          f"database is unchanged: {lines}",
+                          hint="read pg_restore's error above: a missing role/extension/tablespace on the target, or "
+                               "a dump that does not load (run `backupctl verify --read-data`); restore into a new "
+                               "database to compare")
+    out: dict[str, Any] = {"pg_restore": "loaded into target database (one transaction)", "tables": "all"}
+    if present:
+        out["replaced"] = sorted(set(present) & set(pg_dump_schema(dump_dir).references))
+    if skip_foreign_keys:
+        out["foreign_keys_skipped"] = [f"{table_key(k['schema'], k['table'])}.{k['constraint']}" for k in skip_foreign_keys]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ dependencies
@@ -97,6 +262,7 @@ _RULES = [  # (entry types, statement pattern whose groups 1-2 are the owning ta
 _OWNED_BY = re.compile(rf"ALTER SEQUENCE {_QUAL} OWNED BY {_QUAL}\.{_IDENT}")
 _IDENTITY_SEQ = re.compile(rf"SEQUENCE NAME {_QUAL}")
 _REFERENCES = re.compile(rf"FOREIGN KEY \(.*?\) REFERENCES {_QUAL}", re.S)
+_FK_NAME = re.compile(rf"ADD CONSTRAINT ({_IDENT}) FOREIGN KEY")
 
 
 def _unquote(ident: str) -> str:
@@ -177,6 +343,8 @@ class PgDumpSchema:
     def __init__(self, sql_lines: Any) -> None:
         self.owner: dict[tuple[str, str, str], str] = {}  # (type, schema, name) -> table key
         self.references: dict[str, set[str]] = {}
+        #: every foreign key: {"schema", "table" (the referencing table, unquoted), "constraint", "references" (key)}
+        self.foreign_keys: list[dict[str, str]] = []
         seqs: dict[str, str] = {}  # sequence key -> table key
         pending: list[tuple[tuple[str, str, str], str]] = []  # CREATE SEQUENCE entries, owner known later
         for m, lines in _chunks(sql_lines):
@@ -202,6 +370,9 @@ class PgDumpSchema:
                 seqs[_qual(s)] = self.owner[key]
             if m["type"] == "FK CONSTRAINT" and (r := _REFERENCES.search(body)):
                 self.references.setdefault(self.owner[key], set()).add(_qual(r))
+                if (t := _RULES[1][1].search(body)) and (c := _FK_NAME.search(body)):
+                    self.foreign_keys.append({"schema": _unquote(t.group(1)), "table": _unquote(t.group(2)),
+                                              "constraint": _unquote(c.group(1)), "references": _qual(r)})
         for key, seq in pending:
             if seq in seqs:
                 self.owner[key] = seqs[seq]
@@ -263,6 +434,18 @@ def pg_dump_schema(dump_dir: Path) -> PgDumpSchema:
     schema = PgDumpSchema(proc.stdout)
     _finish(proc, "pg_restore --schema-only")
     return schema
+
+
+def dangling_foreign_keys(schema: PgDumpSchema) -> list[dict[str, str]]:
+    """The foreign keys of a dump that reference a table the dump does not hold (excluded with
+    ``exclude_tables``, or outside ``schemas``): pg_restore cannot add them, so the dump does not load as is."""
+    return sorted((fk for fk in schema.foreign_keys if fk["references"] not in schema.references),
+                  key=lambda fk: (fk["schema"], fk["table"], fk["constraint"]))
+
+
+def describe_foreign_key(fk: dict[str, str]) -> str:
+    """``orders_customer_fk (orders -> customers)`` for messages."""
+    return f"{fk['constraint']} ({table_key(fk['schema'], fk['table'])} -> {fk['references']})"
 
 
 def dependency_closure(references: dict[str, list[str]], tables: list[str]) -> list[str]:
@@ -333,8 +516,13 @@ def pg_load_tables(dump_dir: Path, target_dsn: str, tables: list[str], *, force:
     if existing:
         pre.append(f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE;")
         if not force:
-            pre += [f"DO $$ BEGIN IF EXISTS (SELECT 1 FROM {quote_table(t)}) THEN RAISE EXCEPTION "
-                    f"'table {t.replace(chr(39), '')} holds rows'; END IF; END $$;" for t in existing]
+            for t in existing:  # a dollar-quote tag that the table's name does not contain
+                body = (f"BEGIN IF EXISTS (SELECT 1 FROM {quote_table(t)}) THEN RAISE EXCEPTION "
+                        f"'table {t.replace(chr(39), '').replace('%', '%%')} holds rows'; END IF; END")
+                tag = "$fmr$"
+                while tag in body:
+                    tag = tag[:-1] + "x$"
+                pre.append(f"DO {tag} {body} {tag};")
         pre += [f'ALTER TABLE {rel} DROP CONSTRAINT "{name.replace(chr(34), chr(34) * 2)}";' for rel, name, _ in inbound]
         pre.append(f"DROP TABLE {quoted};")
     post = []

@@ -496,8 +496,11 @@ def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *,
         elif kind == "postgres" and (pg_target or tables):
             from .databases import pg_restore
 
+            # foreign keys to excluded tables, left out on restore (source option drop_dangling_foreign_keys)
+            skip = snap.sources[n]["details"].get("dangling_foreign_keys") or None
+
             def finish(p: Path) -> dict[str, Any]:
-                return pg_restore(p / "dump", pg_target, tables, force=force)
+                return pg_restore(p / "dump", pg_target, tables, force=force, skip_foreign_keys=skip)
         r = restore_source(storage, catalog, snap, n, target, includes=includes if kind == "files" else None,
                            force=force, progress=progress, finish=finish)
         log.info("restored %s: %d files, %.1f MB, all SHA-256 verified, into %s", n, r.files, r.bytes / 1e6, r.path)

@@ -35,7 +35,8 @@ def open_source(cfg: Any, name: str, resolver: Any = None) -> SourceReader:
 
                 resolver = NoAirflowResolver()
             dsn = resolver.postgres_dsn(sc.conn_id)
-        return PostgresSource(name, dsn, sc.jobs, sc.schemas, sc.exclude_tables)
+        return PostgresSource(name, dsn, sc.jobs, sc.schemas, sc.exclude_tables,
+                              drop_dangling_foreign_keys=sc.drop_dangling_foreign_keys)
     raise AssertionError(sc.type)
 
 

@@ -10,6 +10,7 @@ The password never appears on a command line: it is passed to ``pg_dump`` in ``P
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -19,8 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import SourceError
+from ..errors import ConfigError, SourceError
 from .base import Prepared, SourceReader, walk_staging
+
+log = logging.getLogger("backups.sources.postgres")
 
 
 def split_dsn(dsn: str) -> tuple[str, dict[str, str]]:
@@ -45,6 +48,19 @@ def find_tool(name: str) -> str:
         if (base / name).exists():
             return str(base / name)
     raise SourceError(f"{name} not found", hint="install the PostgreSQL client tools (Debian: postgresql-client)")
+
+
+def exact_pattern(name: str) -> str:
+    """A pg_dump pattern matching exactly ``name``: in double quotes (inner ones doubled), so capitals, spaces,
+    dots and the wildcard characters ``*`` / ``?`` are taken literally (unquoted, pg_dump lower-cases them)."""
+    return '"{}"'.format(name.replace('"', '""'))
+
+
+def exact_table_pattern(key: str) -> str:
+    """The pg_dump pattern of a table key (``name`` in ``public``, or ``schema.name``), the same table that
+    :func:`describe_tables` leaves out for that ``exclude_tables`` entry."""
+    schema, _, name = key.rpartition(".")
+    return f"{exact_pattern(schema or 'public')}.{exact_pattern(name)}"
 
 
 def describe_tables(cur: Any, exclude: list[str]) -> dict[str, Any]:
@@ -85,12 +101,13 @@ class PostgresSource(SourceReader):
     capabilities = frozenset({"tables"})
 
     def __init__(self, name: str, dsn: str, jobs: int = 2, schemas: list[str] | None = None,
-                 exclude_tables: list[str] | None = None) -> None:
+                 exclude_tables: list[str] | None = None, *, drop_dangling_foreign_keys: bool = False) -> None:
         super().__init__(name)
         self._dsn = dsn  # may hold a password: never log or echo it
         self.jobs = jobs
         self.schemas = schemas or []
         self.exclude_tables = exclude_tables or []
+        self.drop_dangling_foreign_keys = drop_dangling_foreign_keys
 
     def _connect(self):
         import psycopg
@@ -112,6 +129,28 @@ class PostgresSource(SourceReader):
         with self._connect() as conn:
             return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
 
+    def dangling_foreign_keys(self, dump_dir: Path) -> list[dict[str, str]]:
+        """The dump's foreign keys that reference a table it does not hold (excluded, or outside ``schemas``).
+        Such a dump does not load (pg_restore stops at the foreign key): refused (ConfigError, exit 2) naming each
+        one, unless ``drop_dangling_foreign_keys`` — then they are returned, recorded in the manifest, and every
+        restore leaves them out."""
+        from ..engine.databases import dangling_foreign_keys, describe_foreign_key, pg_dump_schema
+
+        dangling = dangling_foreign_keys(pg_dump_schema(dump_dir))
+        if dangling and not self.drop_dangling_foreign_keys:
+            listed = "; ".join(f"foreign key {describe_foreign_key(fk)}" for fk in dangling[:10])
+            more = f" … and {len(dangling) - 10} more" if len(dangling) > 10 else ""
+            raise ConfigError(
+                f"source {self.name}: {len(dangling)} dumped table(s) reference a table the backup leaves out "
+                f"(exclude_tables / schemas), so the dump would not restore: {listed}{more}",
+                hint=f"in sources.{self.name}: stop excluding the referenced table(s), or exclude the referencing "
+                     "table(s) too, or set drop_dangling_foreign_keys: true to back up without these foreign keys "
+                     "(every restore then leaves them out)")
+        for fk in dangling:
+            log.warning("source %s: foreign key %s left out of every restore (drop_dangling_foreign_keys)",
+                        self.name, describe_foreign_key(fk))
+        return dangling
+
     @contextmanager
     def prepare(self, staging: Path) -> Iterator[Prepared]:
         import psycopg
@@ -125,8 +164,8 @@ class PostgresSource(SourceReader):
                 snap, dbname, version = cur.fetchone()
                 cmd = [pg_dump, "--format=directory", "--compress=0", f"--jobs={self.jobs}", f"--snapshot={snap}",
                        "--no-password", f"--file={staging / 'dump'}"]
-                cmd += [f"--schema={s}" for s in self.schemas]
-                cmd += [f"--exclude-table={t}" for t in self.exclude_tables]
+                cmd += [f"--schema={exact_pattern(s)}" for s in self.schemas]
+                cmd += [f"--exclude-table={exact_table_pattern(t)}" for t in self.exclude_tables]
                 cmd += [f"--dbname={conninfo}"]
                 env = {**os.environ, **extra_env}
                 # the dump and the row counts run at the same time, in the same exported snapshot
@@ -142,4 +181,7 @@ class PostgresSource(SourceReader):
                     raise SourceError(f"source {self.name}: pg_dump failed (exit {code}): {msg}")
             conn.rollback()
         details = {"database": dbname, "server_version": version, "format": "directory", "tables": tables}
+        dangling = self.dangling_foreign_keys(staging / "dump")
+        if dangling:
+            details["dangling_foreign_keys"] = dangling
         yield Prepared(entries=walk_staging(staging), details=details)

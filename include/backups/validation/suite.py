@@ -135,6 +135,27 @@ def _expectation_line(r: dict[str, Any]) -> str:
     return f"{what}: " + (", ".join(bits) or "failed")
 
 
+def quote_ident(name: str) -> str:
+    """An SQL identifier in double quotes, inner quotes doubled (standard SQL: PostgreSQL and SQLite)."""
+    return '"{}"'.format(name.replace('"', '""'))
+
+
+def table_asset(datasource: Any, prefix: str, table: str) -> Any:
+    """A GX asset over one table, whatever its name (capitals, spaces, quotes, unicode, keywords).
+
+    GX lower-cases an unquoted table or schema name and builds ``sqlalchemy.quoted_name(name, quote=False)``, which
+    turns quoting off (``FROM robot fleet``; ``"Robots"`` looked up as ``robots``). A table of the default schema
+    is given as ``quoted_name(name, quote=True)`` (kept as is, quoted by SQLAlchemy); a table of another schema
+    as a query over ``"schema"."name"`` (GX's ``schema_name`` would be lower-cased, and it is deprecated)."""
+    from sqlalchemy.sql import quoted_name
+
+    schema, _, name = table.rpartition(".")
+    asset_name = f"{prefix}_{''.join(c if c.isalnum() else '_' for c in name)}"[:60]
+    if not schema:
+        return datasource.add_table_asset(name=asset_name, table_name=quoted_name(name, quote=True))
+    return datasource.add_query_asset(name=asset_name, query=f"SELECT * FROM {quote_ident(schema)}.{quote_ident(name)}")
+
+
 def run_suite(ctx: Any, datasource: Any, tables_details: dict[str, dict[str, Any]], present: set[str],
                label: str) -> list[dict[str, Any]]:
     """Run the suite of every present table; one result dict per expectation."""
@@ -146,11 +167,7 @@ def run_suite(ctx: Any, datasource: Any, tables_details: dict[str, dict[str, Any
         by_table.setdefault(exp.meta["table"], []).append(exp)
     results: list[dict[str, Any]] = []
     for i, table in enumerate(sorted(by_table)):
-        schema, _, name = table.rpartition(".")
-        asset_kwargs: dict[str, Any] = {"name": f"t{i}_{name}"[:60], "table_name": name}
-        if schema:
-            asset_kwargs["schema_name"] = schema
-        batch = datasource.add_table_asset(**asset_kwargs).add_batch_definition_whole_table(name="all")
+        batch = table_asset(datasource, f"t{i}", table).add_batch_definition_whole_table(name="all")
         suite = ctx.suites.add(gx.ExpectationSuite(name=f"{label}:{table}", expectations=by_table[table]))
         vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=f"vd:{label}:{table}", data=batch, suite=suite))
         res = vd.run(result_format="SUMMARY")
@@ -283,8 +300,10 @@ def postgres_tables(dsn: str) -> set[str]:
 
 
 def validate_postgres(dsn: str, tables_details: dict[str, dict[str, Any]], *, raise_on_failure: bool = True,
-                      label: str | None = None) -> dict[str, Any]:
-    """Validate a PostgreSQL database (e.g. a scratch copy loaded from a dump) against the reported tables."""
+                      label: str | None = None, other_tables_allowed: bool = False) -> dict[str, Any]:
+    """Validate a PostgreSQL database (e.g. a scratch copy loaded from a dump) against the reported tables.
+    ``other_tables_allowed``: tables the source did not report are not failures (a restore into an existing
+    database: ``--force`` keeps the tables that are not in the dump, a table-level restore touches only its own)."""
     started = time.monotonic()
     try:
         present = postgres_tables(dsn)
@@ -298,4 +317,6 @@ def validate_postgres(dsn: str, tables_details: dict[str, dict[str, Any]], *, ra
     ctx = gx_context()
     datasource = ctx.data_sources.add_postgres(name="restored", connection_string=sqlalchemy_url(dsn))
     results = run_suite(ctx, datasource, tables_details, present & set(tables_details), name)
+    if other_tables_allowed:
+        present &= set(tables_details)
     return summarize(name, tables_details, present, results, started, raise_on_failure)

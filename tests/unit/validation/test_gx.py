@@ -171,3 +171,70 @@ def test_postgres_database(gx):
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+#: table and column names that need quoting: capitals, spaces, double and single quotes, SQL keywords, unicode
+ODD_NAMES = ["Robots", "robot fleet", 'say "hi"', "it's", "select", "Ünïcödé Täble"]
+
+
+def _odd_sqlite(path: Path, table: str) -> Path:
+    q = table.replace('"', '""')
+    conn = sqlite3.connect(path)
+    conn.execute(f'CREATE TABLE "{q}" ("Id" INTEGER PRIMARY KEY, "Robot Name" TEXT NOT NULL UNIQUE, "x""y" TEXT)')
+    conn.executemany(f'INSERT INTO "{q}" VALUES (?, ?, ?)', [(i, f"amr-{i}", None) for i in range(1, 13)])
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize("table", ODD_NAMES)
+def test_sqlite_odd_identifiers_validate(gx, tmp_path, table):
+    db = _odd_sqlite(tmp_path / "odd.db", table)
+    details = details_of(db)
+    assert details[table]["rows"] == 12
+    res = validate_sqlite(db, details, raise_on_failure=False)
+    assert res["success"] is True, res["failures"]
+    conn = sqlite3.connect(db)
+    conn.execute('DELETE FROM "{}" WHERE "Id" = 3'.format(table.replace('"', '""')))
+    conn.commit()
+    conn.close()
+    with pytest.raises(IntegrityError, match="observed 11"):
+        validate_sqlite(db, details)
+
+
+@pytest.mark.parametrize("table", ["Robots", 'Ops "Schema".Robot Fleet', "ünï.it's"])
+def test_postgres_odd_identifiers_validate(gx, table):
+    """A table named with capitals (``"Robots"``), spaces, quotes or unicode, in public or another schema."""
+    admin = _pg_admin()
+    if admin is None:
+        pytest.fail("PostgreSQL on 127.0.0.1:5432 is required")
+    import psycopg
+    from psycopg import sql
+
+    from backups.sources.postgres import describe_tables as pg_describe
+
+    schema, _, name = table.rpartition(".")
+    qual = sql.SQL(".").join([sql.Identifier(schema or "public"), sql.Identifier(name)])
+    db = f"gx_hpostgres_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={db}"
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            if schema:
+                conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL('CREATE TABLE {} ("Id" int PRIMARY KEY, "Robot Name" text NOT NULL UNIQUE, "x""y" text)')
+                         .format(qual))
+            conn.execute(sql.SQL("INSERT INTO {} SELECT i, 'amr-' || i FROM generate_series(1, 30) i").format(qual))
+            with conn.cursor() as cur:
+                details = pg_describe(cur, [])
+        assert set(details) == {table} and details[table]["rows"] == 30
+        res = validate_postgres(dsn, details, raise_on_failure=False)
+        assert res["success"] is True, res["failures"]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL('DELETE FROM {} WHERE "Id" = 7').format(qual))
+        with pytest.raises(IntegrityError, match="observed 29"):
+            validate_postgres(dsn, details)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
