@@ -7,7 +7,7 @@ Steps, each taking typed inputs and returning a typed, JSON-able result (``to_di
 2. :func:`locate` — the storage to read from: the named one, or the first (config order) that is reachable and
    holds the snapshot with its whole chain; what a thaw of an archive storage needs (objects, bytes).
 3. :func:`check_prerequisites` — the target (not ``/``, not in or around a local repository, a directory, empty
-   unless ``force``, enough free space) and the PostgreSQL target database (reachable).
+   unless ``force``, writable by this user, enough free space) and the PostgreSQL target database (reachable).
 4. :func:`wait_for_archive` — archive storages: request the S3 restores and wait (the DAG uses its deferrable
    sensor instead).
 5. :func:`plan_tables` — a table-level restore: the foreign keys read from the snapshot, the referenced tables
@@ -336,9 +336,28 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+def check_writable(target: Path) -> None:
+    """ConfigError (exit 2) when this user cannot create entries in ``target`` — or, when it is missing, in the
+    nearest existing directory above it (where it would be created): a read-only mount, a directory owned by
+    someone else. Checked with ``access(2)`` for the real user, so nothing is written."""
+    where = _existing_parent(target)
+    if os.access(where, os.W_OK | os.X_OK):
+        return
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    what = "the restore target" if where == target else f"the directory the restore target {target} would be created in,"
+    raise ConfigError(f"restore: {what} {where} is not writable by user {user}; nothing was written",
+                      hint="choose a target this user can write (e.g. a new directory below its home or /srv/restore), "
+                           "or run the restore as the user that owns it (or fix its permissions / the read-only mount)")
+
+
 def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn: str | None = None, *,
                         validate: bool = True) -> Prerequisites:
-    """The target (not the root, not in a repository, a directory, empty unless ``force``, enough free space for
+    """The target (not the root, not in a repository, a directory, empty unless ``force``, writable, enough free space for
     the whole sources), the PostgreSQL target (answers) and, when databases are to be validated, Great
     Expectations (installed; not imported here). Nothing is written. ConfigError / RefusedError / SourceError."""
     import importlib.util
@@ -352,6 +371,7 @@ def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn:
                                "--no-validate (every restored file is still re-hashed)")
     target = Path(req.target)
     check_target(target, req.force)
+    check_writable(target)
     free = shutil.disk_usage(_existing_parent(target)).free
     needed = 0 if (req.includes or req.tables) else loc.source_bytes  # a selection: its size is not known up front
     if needed > free:
@@ -802,7 +822,7 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
 
 __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",
            "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
-           "approval_from_hitl", "build_report", "check_prerequisites", "check_request", "cli_run_info",
+           "approval_from_hitl", "build_report", "check_prerequisites", "check_writable", "check_request", "cli_run_info",
            "guard_target", "hash_check", "include_selector", "locate", "plan_tables", "TablePlan",
            "regular_files", "restore_snapshot", "run_restore", "sha256_file", "target_state",
            "verify_restore", "wait_for_archive", "write_report"]

@@ -211,3 +211,39 @@ def _index_args(tmp_path, restored):
     storage = LocalStorage(tmp_path / "repo")
     snap = Catalog(storage, APP).get("latest")
     return storage, snap.sources[SOURCE], restored, (lambda p: True), set(), True
+
+
+def _restore_without_dac_override(config_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``backupctl restore`` in a child whose root lacks CAP_DAC_OVERRIDE: file modes apply to it as to a service
+    user (the same trick as the unreadable-files backup tests)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and util-linux setpriv to drop CAP_DAC_OVERRIDE")
+    code = "import sys; from backups.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code,
+                           "--config", str(config_path), "restore", WEEKLY, *args],
+                          capture_output=True, text=True, env=subprocess_env())
+
+
+@pytest.mark.parametrize("where", ["target", "parent"])
+def test_cli_restore_into_an_unwritable_target_is_refused_up_front(app, where):
+    """A target (or, for a missing target, the directory it would be created in) that this user cannot write is a
+    prerequisite failure — exit 2 naming the directory and the fix — not a PermissionError traceback, and nothing
+    is written."""
+    ro = app["tmp"] / "readonly"
+    ro.mkdir()
+    target = ro if where == "target" else ro / "restore"
+    ro.chmod(0o555)
+    try:
+        p = _restore_without_dac_override(app["config_path"], "--target", str(target), "--no-validate")
+    finally:
+        ro.chmod(0o755)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and p.stderr.count("error:") == 1, p.stderr
+    assert f"{ro} is not writable" in p.stderr and "fix:" in p.stderr, p.stderr
+    assert list(ro.iterdir()) == []  # nothing written: no partial source, no report
+    # the same user restores fine into a directory it can write
+    ok = _restore_without_dac_override(app["config_path"], "--target", str(app["tmp"] / "ok"), "--no-validate")
+    assert ok.returncode == 0, ok.stderr
