@@ -35,6 +35,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -461,21 +462,49 @@ class RestoreResult:
                    sources={n: RestoredSource(**r) for n, r in d["sources"].items()}, tables=d.get("tables"))
 
 
+@contextmanager
+def shared_lock(cfg: Config, storage: str, resolver: Any = None, *, operation: str) -> Iterator[None]:
+    """The repository's shared lock on ``storage`` (opened read-only: lock objects are its one write). A prune
+    (exclusive) waits while it is held, so a snapshot cannot be forgotten between a restore and its verification:
+    the CLI and the drill hold it across both steps."""
+    from ..repository import Repository, repo_scope
+    from ..storage import open_storage
+
+    repo = Repository(open_storage(cfg, storage, resolver, read_only=True), cfg)
+    with repo.lock(repo_scope(), exclusive=False, operation=operation):
+        yield
+
+
+def snapshot_still_there(cfg: Config, storage: Any, snapshot_id: str, *, step: str, since: str) -> tuple[Any, Any]:
+    """(catalog, snapshot) of ``snapshot_id`` read afresh from ``storage`` (call it under the shared lock).
+    NotFoundError (exit 3) naming the snapshot when it is gone — a prune or ``forget`` that ran since ``since``
+    (the DAG runs locate, restore and verification as separate tasks) — so no step works on a snapshot that is no
+    longer there, and a verification never passes over data it could not check."""
+    from ..catalog import Catalog
+
+    cat = Catalog(storage, cfg.application)
+    if snapshot_id not in cat.snapshots and snapshot_id not in cat.broken:
+        raise NotFoundError(f"{step}: snapshot {snapshot_id} is no longer on storage {storage.name} (a prune or forget "
+                            f"removed it since {since})" + (": the restored data cannot be checked against it"
+                                                            if step.startswith("verif") else ""),
+                            hint="restore again from a snapshot that exists (`backupctl list`), or from another "
+                                 "storage that still holds it; do not use data that was not verified")
+    return cat, cat.get(snapshot_id)
+
+
 def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None, pg_dsn: str | None = None, *,
-                tty: bool | None = False, plan: TablePlan | None = None) -> RestoreResult:
+                tty: bool | None = False, plan: TablePlan | None = None, locked: bool = False) -> RestoreResult:
     """Restore the located snapshot's sources into the target through :func:`backups.engine.restorer.restore`,
-    holding the repository's shared lock (a prune waits for it) and re-reading the catalog under it."""
+    holding the repository's shared lock (a prune waits for it) and re-reading the catalog under it. ``locked``:
+    the caller already holds that lock (:func:`shared_lock`, e.g. across the restore and its verification)."""
     from ..engine.progress import Progress
     from ..engine.restorer import restore
-    from ..repository import Repository, repo_scope
     from ..storage import open_storage
 
     st = open_storage(cfg, loc.storage, resolver, read_only=True)
     t0 = time.monotonic()
-    repo = Repository(st, cfg)
-    with repo.lock(repo_scope(), exclusive=False, operation="restore"):
-        cat = repo.catalog
-        snap = cat.get(loc.snapshot_id)
+    with nullcontext() if locked else shared_lock(cfg, loc.storage, resolver, operation="restore"):
+        cat, snap = snapshot_still_there(cfg, st, loc.snapshot_id, step="restore", since="it was located")
         progress = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"], interval=10.0, tty=tty)
         try:
             results = restore(st, cat, snap, Path(req.target), sources=loc.sources, includes=req.includes,
@@ -606,15 +635,27 @@ class Verification:
 
 
 def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: RestoreResult, resolver: Any = None,
-                   pg_dsn: str | None = None, *, validate: bool = True, scratch_dsn: str | None = None) -> Verification:
+                   pg_dsn: str | None = None, *, validate: bool = True, scratch_dsn: str | None = None,
+                   locked: bool = False) -> Verification:
     """Read the restored tree back: re-hash every regular file against the snapshot's index; with ``validate``,
     run the GX suite on the databases (``validation`` then says ``skipped`` per database otherwise). Every problem
-    is collected; IntegrityError lists them."""
-    from ..catalog import Catalog
+    is collected; IntegrityError lists them.
+
+    Runs under the repository's shared lock, so a prune cannot forget the snapshot while it is checked:
+    ``locked`` when the caller holds it across the restore and this step (the CLI, the drill); otherwise (the
+    DAG's separate ``verify_restored`` task) it takes its own, and a snapshot that a prune removed between the
+    tasks is NotFoundError (exit 3) naming it."""
     from ..storage import open_storage
 
     st = open_storage(cfg, loc.storage, resolver, read_only=True)
-    snap = Catalog(st, cfg.application).get(loc.snapshot_id)
+    with nullcontext() if locked else shared_lock(cfg, loc.storage, resolver, operation="verify restore"):
+        _cat, snap = snapshot_still_there(cfg, st, loc.snapshot_id, step="verification of the restore",
+                                          since="it was restored")
+        return _verify_restored(cfg, req, st, snap, restored, pg_dsn, validate=validate, scratch_dsn=scratch_dsn)
+
+
+def _verify_restored(cfg: Config, req: RestoreRequest, st: Any, snap: Any, restored: RestoreResult,
+                     pg_dsn: str | None, *, validate: bool, scratch_dsn: str | None) -> Verification:
     t0 = time.monotonic()
     files: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
@@ -803,17 +844,19 @@ class RestoreOutcome:
 def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, pg_dsn: str | None = None,
                      validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None) -> RestoreOutcome:
     """Every step in order, as the CLI runs them: check, locate, prerequisites, thaw, table plan (foreign keys),
-    restore, verify, report.
+    restore, verify, report — the table plan, the restore and its verification under one shared repository lock
+    (a prune waits until the restore is verified).
     Raises the first step's BackupError; the report is written only after a verified restore."""
     t0 = time.monotonic()
     req = check_request(cfg, req)
     loc = locate(cfg, req, resolver)
     check_prerequisites(cfg, req, loc, pg_dsn, validate=validate)
     wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds)
-    plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
-    restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan)
-    verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
-                              scratch_dsn=pg_scratch_dsn(resolver) if validate else None)
+    with shared_lock(cfg, loc.storage, resolver, operation="restore"):  # one lock over restore and verification
+        plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
+        restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan, locked=True)
+        verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
+                                  scratch_dsn=pg_scratch_dsn(resolver) if validate else None, locked=True)
     report = build_report(req, loc, restored, verified,
                           cli_run_info(round(time.monotonic() - t0, 1), wait.to_dict()))
     paths = write_report(req.target, report)
@@ -824,5 +867,5 @@ __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECI
            "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
            "approval_from_hitl", "build_report", "check_prerequisites", "check_writable", "check_request", "cli_run_info",
            "guard_target", "hash_check", "include_selector", "locate", "plan_tables", "TablePlan",
-           "regular_files", "restore_snapshot", "run_restore", "sha256_file", "target_state",
+           "regular_files", "restore_snapshot", "run_restore", "sha256_file", "shared_lock", "snapshot_still_there", "target_state",
            "verify_restore", "wait_for_archive", "write_report"]

@@ -247,3 +247,67 @@ def test_cli_restore_into_an_unwritable_target_is_refused_up_front(app, where):
     # the same user restores fine into a directory it can write
     ok = _restore_without_dac_override(app["config_path"], "--target", str(app["tmp"] / "ok"), "--no-validate")
     assert ok.returncode == 0, ok.stderr
+
+
+# ------------------------------------------------------------------------------------------------ the shared lock
+def _keep_one_weekly(app) -> object:
+    """The app's config with ``keep_last: 1`` on weekly and a second weekly full: a prune forgets WEEKLY."""
+    from backups.config import load_config
+
+    path = app["config_path"]
+    path.write_text(path.read_text().replace('weekly:  {type: full, schedule: "0 1 * * 0", ',
+                                             'weekly:  {type: full, schedule: "0 1 * * 0", retention: {keep_last: 1}, '))
+    cfg = load_config(path)
+    run_backup(cfg, "weekly", logical_date="2026-01-11T01:00:00Z")
+    return cfg
+
+
+def _prune_right_after(monkeypatch, module, step: str, cfg) -> dict:
+    """Start a real prune (exclusive lock) the moment ``module.step`` returns, and give it 3 s to run before the
+    next step goes on — as a prune that was waiting for the restore's lock would."""
+    import threading
+    import time
+
+    from backups.commands.prune import prune
+
+    real, box = getattr(module, step), {}
+
+    def step_then_prune(*a, **kw):
+        out = real(*a, **kw)
+        t = threading.Thread(target=lambda: box.setdefault("result", prune(cfg)), daemon=True)
+        box["thread"] = t
+        t.start()
+        t.join(3.0)
+        box["ran_before_next_step"] = not t.is_alive()
+        return out
+
+    monkeypatch.setattr(module, step, step_then_prune)
+    return box
+
+
+def test_a_waiting_prune_cannot_forget_the_snapshot_between_the_restore_and_its_verification(app, monkeypatch):
+    cfg = _keep_one_weekly(app)
+    box = _prune_right_after(monkeypatch, rc, "run_restore", cfg)
+    out = rc.restore_snapshot(cfg, rc.RestoreRequest(target=str(app["tmp"] / "t"), snapshot=WEEKLY), validate=False)
+    assert out.verified.ok and out.verified.files["app_files"]["files_checked"] > 0
+    assert box["ran_before_next_step"] is False  # the prune waited for the verification
+    box["thread"].join(30)
+    assert WEEKLY in box["result"].storages[0]["forget"]  # and then forgot it
+
+
+def test_a_separate_verification_takes_the_lock_and_names_a_snapshot_pruned_since_the_restore(app):
+    """The DAG's ``verify_restored`` is its own task: a prune may run between it and ``restore``. It then fails
+    clearly (exit 3, the snapshot named) instead of re-hashing against nothing."""
+    from backups.commands.prune import prune
+    from backups.errors import NotFoundError
+
+    cfg = _keep_one_weekly(app)
+    req = rc.check_request(cfg, rc.RestoreRequest(target=str(app["tmp"] / "t"), snapshot=WEEKLY))
+    loc = rc.locate(cfg, req)
+    restored = rc.run_restore(cfg, req, loc)
+    assert rc.verify_restore(cfg, req, loc, restored, validate=False).ok
+    assert WEEKLY in prune(cfg).storages[0]["forget"]
+    with pytest.raises(NotFoundError, match=f"verification of the restore: snapshot {WEEKLY} is no longer on storage "
+                                            "local") as ei:
+        rc.verify_restore(cfg, req, loc, restored, validate=False)
+    assert ei.value.exit_code == 3 and "restore again" in ei.value.hint
