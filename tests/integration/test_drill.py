@@ -262,3 +262,69 @@ def test_reports_are_also_stored_on_another_storage_never_overwritten(app, monke
     (app["tmp"] / "other.md").write_text("different")
     store_reports(cfg, again)  # the same drill id again: the stored copy is kept, not overwritten
     assert (copy / key).read_text() == Path(v["reports"]["md"]).read_text()
+
+
+# ------------------------------------------------------------------------------------------------ locks
+def test_a_prune_waits_until_the_drill_has_verified_what_it_restored(app, monkeypatch):
+    """A prune that wants the drilled snapshot gone (a newer weekly, ``keep_last: 1``) is started the moment the
+    tier's restore returns: it waits for the drill's shared lock until the tier is verified, then forgets it."""
+    import threading
+
+    from backups.commands import drill as drill_command
+    from backups.commands.prune import prune
+
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(app["tmp"] / "status"))
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [weekly]\n  rpo_hours: 2\n")
+    path.write_text(path.read_text().replace('weekly:  {type: full, schedule: "0 1 * * 0", ',
+                                             'weekly:  {type: full, schedule: "0 1 * * 0", retention: {keep_last: 1}, '))
+    cfg = load_config(path)
+    now = datetime.now(UTC).replace(microsecond=0)
+    drilled, _ = run_backup(cfg, "weekly", logical_date=(now - timedelta(minutes=30)).isoformat())
+    real, box = drill_command.restore_tier, {}
+
+    def restore_then_prune(*a, **kw):
+        out = real(*a, **kw)
+        run_backup(cfg, "weekly", logical_date=(now - timedelta(minutes=10)).isoformat())
+        t = threading.Thread(target=lambda: box.setdefault("pruned", prune(cfg)), daemon=True)
+        box["thread"] = t
+        t.start()
+        t.join(3.0)
+        box["ran_before_verification"] = not t.is_alive()
+        return out
+
+    monkeypatch.setattr(drill_command, "restore_tier", restore_then_prune)
+    v = run_drill(cfg, DrillRequest()).verdict
+    assert v["passed"], v["findings"]
+    checks = {c["name"]: c for c in v["tiers"][0]["checks"]}
+    assert v["tiers"][0]["snapshot_id"] == drilled.id and checks["sha256"]["ok"]
+    assert box["ran_before_verification"] is False
+    box["thread"].join(30)
+    assert drilled.id in box["pruned"].storages[0]["forget"]
+
+
+def test_a_separate_drill_verification_names_a_snapshot_pruned_since_the_restore(app, monkeypatch):
+    """The DAG's ``verify_tier`` is its own task: it takes its own shared lock, and a snapshot a prune removed
+    since ``restore_tier`` is a failed ``snapshot`` check naming it (not a crash, not a pass)."""
+    from backups.commands import drill as drill_command
+    from backups.commands.prune import prune
+
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(app["tmp"] / "status"))
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [weekly]\n")
+    path.write_text(path.read_text().replace('weekly:  {type: full, schedule: "0 1 * * 0", ',
+                                             'weekly:  {type: full, schedule: "0 1 * * 0", retention: {keep_last: 1}, '))
+    cfg = load_config(path)
+    now = datetime.now(UTC).replace(microsecond=0)
+    drilled, _ = run_backup(cfg, "weekly", logical_date=(now - timedelta(minutes=30)).isoformat())
+    plan = drill_command.plan_drill(cfg, DrillRequest())
+    scratch = drill_command.isolate(cfg, plan)
+    try:
+        r = drill_command.restore_tier(cfg, plan, scratch, "weekly")
+        assert r.ok, r.error
+        run_backup(cfg, "weekly", logical_date=(now - timedelta(minutes=10)).isoformat())
+        assert drilled.id in prune(cfg).storages[0]["forget"]
+        v = drill_command.verify_tier(cfg, plan, scratch, r)
+    finally:
+        drill_command.teardown(cfg, plan.drill_id)
+    assert not v.ok
+    gone = [c for c in v.checks if c["name"] == "snapshot"]
+    assert gone and not gone[0]["ok"] and f"snapshot {drilled.id} is no longer on storage local" in gone[0]["detail"]

@@ -41,6 +41,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -356,9 +357,14 @@ class TierRestore(Result):
 
 
 def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, resolver: Any = None, *,
-                 poll_seconds: float = 60.0) -> TierRestore:
+                 poll_seconds: float = 60.0, thaw_timeout: float | None = None,
+                 hold: ExitStack | None = None) -> TierRestore:
     """Restore the tier's planned snapshot into its scratch folder (and PostgreSQL dumps into the scratch
-    databases). A failure is returned as ``error`` naming the snapshot (and the object), not raised."""
+    databases). A failure is returned as ``error`` naming the snapshot (and the object), not raised.
+
+    ``hold``: after the thaw wait, the shared lock of the tier's storage is entered into it and stays held when
+    this returns — the caller keeps it over :func:`verify_tier` (``locked=True``), so a prune waits until the
+    restored data is verified. Without it each restore step takes and releases its own lock."""
     from . import restore as restore_command
 
     tp = plan.tier(tier)
@@ -374,8 +380,11 @@ def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, reso
                              f"{loc.snapshot_id} is billed and needs approval (set drill.approve_archive: true)")
                 return out
             t0 = time.monotonic()
-            restore_command.wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds)
+            restore_command.wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds,
+                                             timeout_seconds=thaw_timeout)
             out.thaw_seconds = round(time.monotonic() - t0, 3)
+        if hold is not None:  # not over the thaw wait (hours): a prune may run then, the chain is re-read below
+            hold.enter_context(restore_command.shared_lock(cfg, loc.storage, resolver, operation="drill"))
         t0 = time.monotonic()
         dbs = scratch.databases.get(tier, {})
         admin = admin_dsn(cfg, resolver) if dbs else None
@@ -391,7 +400,7 @@ def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, reso
             if i == 0:
                 restore_command.check_prerequisites(cfg, req, Location.from_dict({**loc.to_dict(), "sources": plain or sources}),
                                                     validate=False)
-            res = restore_command.run_restore(cfg, req, part, resolver, pg_dsn)
+            res = restore_command.run_restore(cfg, req, part, resolver, pg_dsn, locked=hold is not None)
             merged.update(res.sources)
         out.restore_seconds = round(time.monotonic() - t0, 3)
         out.sources = {n: r.to_dict() for n, r in merged.items()}
@@ -554,38 +563,59 @@ def run_smoke_command(chk: Any, cwd: Path, env: dict[str, str]) -> tuple[bool, s
 
 
 def verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRestore, resolver: Any = None, *,
-                docs_dir: Path | None = None) -> TierVerify:
-    """Every check on one restored tier; failed checks are returned (``ok`` false), never raised."""
-    from ..catalog import Catalog
-    from ..storage import open_storage
-    from ..validation.datadocs import validate_postgres_with_docs, validate_sqlite_with_docs
+                docs_dir: Path | None = None, locked: bool = False) -> TierVerify:
+    """Every check on one restored tier; failed checks are returned (``ok`` false), never raised.
+
+    The checks run under the shared lock of the tier's storage, so a prune cannot forget the snapshot while it is
+    checked: ``locked`` when the caller holds it since the restore (:func:`run_drill`); otherwise (the DAG's
+    separate ``verify_tier`` task) it takes its own, and a snapshot that a prune removed since the restore (or a
+    lock it cannot get) is a failed ``snapshot`` check naming it."""
     from . import restore as restore_command
 
     if restored.ok and any(r.get("kind") in ("sqlite", "postgres") for r in restored.sources.values()):
         import great_expectations  # noqa: F401  (10-15 s of imports: tooling, not part of the measured RTO)
     t0 = time.monotonic()
     tier = restored.tier
-    checks: list[Check] = []
-    docs: dict[str, str] = {}
     if not restored.ok:
-        checks.append(Check(name="restore", kind="restore", ok=False, detail=restored.error or "not restored"))
-        return TierVerify(tier=tier, ok=False, checks=[c.to_dict() for c in checks], data_docs={}, verify_seconds=0.0)
-    tp = plan.tier(tier)
-    loc = Location.from_dict(tp.location or {})
-    checks.append(Check(name="restore", kind="restore", ok=True,
-                        detail=f"{restored.files} file(s), {mb(restored.bytes)} restored, every SHA-256 checked while written",
-                        seconds=restored.restore_seconds))
+        failed = Check(name="restore", kind="restore", ok=False, detail=restored.error or "not restored")
+        return TierVerify(tier=tier, ok=False, checks=[failed.to_dict()], data_docs={}, verify_seconds=0.0)
+    loc = Location.from_dict(plan.tier(tier).location or {})
+    done = Check(name="restore", kind="restore", ok=True,
+                 detail=f"{restored.files} file(s), {mb(restored.bytes)} restored, every SHA-256 checked while written",
+                 seconds=restored.restore_seconds)
+    try:
+        with nullcontext() if locked else restore_command.shared_lock(cfg, loc.storage, resolver,
+                                                                       operation="drill verification"):
+            return _verify_tier(cfg, plan, scratch, restored, loc, done, t0, resolver, docs_dir)
+    except BackupError as exc:  # the snapshot gone since the restore, or the lock not taken
+        gone = Check(name="snapshot", kind="snapshot", ok=False, detail=_first_line(exc))
+        log.error("drill %s: %s: FAIL snapshot: %s", plan.drill_id, tier, gone.detail)
+        return TierVerify(tier=tier, ok=False, checks=[done.to_dict(), gone.to_dict()], data_docs={},
+                          verify_seconds=round(time.monotonic() - t0, 3))
+
+
+def _verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRestore, loc: Location, done: Check,
+                 t0: float, resolver: Any, docs_dir: Path | None) -> TierVerify:
+    from ..storage import open_storage
+    from ..validation.datadocs import validate_postgres_with_docs, validate_sqlite_with_docs
+    from . import restore as restore_command
+
+    tier = restored.tier
+    docs: dict[str, str] = {}
+    _cat, snap = restore_command.snapshot_still_there(cfg, open_storage(cfg, loc.storage, resolver, read_only=True),
+                                                      loc.snapshot_id, step="drill verification",
+                                                      since="the drill restored it")
+    checks: list[Check] = [done]
     rres = RestoreResult(snapshot_id=loc.snapshot_id, storage=loc.storage, target=scratch.targets[tier],
                          sources={n: RestoredSource(**r) for n, r in restored.sources.items()}, seconds=restored.restore_seconds)
     req = RestoreRequest(target=scratch.targets[tier], snapshot=loc.snapshot_id, tier=tier, storage=loc.storage)
 
     def rehash() -> tuple[bool, str]:
-        v = restore_command.verify_restore(cfg, req, loc, rres, resolver, validate=False)
+        v = restore_command.verify_restore(cfg, req, loc, rres, resolver, validate=False, locked=True)
         n = sum(f["files_checked"] for f in v.files.values())
         return True, f"{n} restored file(s) re-hashed against the snapshot's index"
 
     checks.append(_timed("sha256", "sha256", None, rehash))
-    snap = Catalog(open_storage(cfg, loc.storage, resolver, read_only=True), cfg.application).get(loc.snapshot_id)
     dbs = scratch.databases.get(tier, {})
     admin = admin_dsn(cfg, resolver) if dbs else None
     db_where: dict[str, tuple[str, str]] = {}  # source -> (kind, sqlite path or dsn)
@@ -1040,7 +1070,7 @@ class DrillOutcome(Result):
 
 
 def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None, *, poll_seconds: float = 60.0,
-              raise_on_failure: bool = False) -> DrillOutcome:
+              thaw_timeout: float | None = None, raise_on_failure: bool = False) -> DrillOutcome:
     """Every step in order, teardown in ``finally`` (the CLI door). The report is written even when the drill
     fails; ``raise_on_failure`` then raises :class:`~backups.errors.DrillFailedError` with the findings."""
     req = check_request(cfg, req or DrillRequest())
@@ -1054,9 +1084,11 @@ def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None
         try:
             scratch = isolate(cfg, plan, resolver)
             for name in plan.names:
-                r = restore_tier(cfg, plan, scratch, name, resolver, poll_seconds=poll_seconds)
-                restores.append(r)
-                verifies.append(verify_tier(cfg, plan, scratch, r, resolver))
+                with ExitStack() as hold:  # the shared lock from the restore through its verification
+                    r = restore_tier(cfg, plan, scratch, name, resolver, poll_seconds=poll_seconds,
+                                     thaw_timeout=thaw_timeout, hold=hold)
+                    restores.append(r)
+                    verifies.append(verify_tier(cfg, plan, scratch, r, resolver, locked=r.ok))
         except BackupError as exc:
             extra.append(f"drill aborted: {_first_line(exc)}")
         finally:
