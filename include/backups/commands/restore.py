@@ -408,10 +408,13 @@ class ArchiveWait:
         return asdict(self)
 
 
-def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_seconds: float = 60.0) -> ArchiveWait:
-    """Archive storages: request the restores of every object of the chain and wait until all are readable."""
+def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_seconds: float = 60.0,
+                     timeout_seconds: float | None = None) -> ArchiveWait:
+    """Archive storages: request the restores of every object of the chain and wait until all are readable —
+    at most ``timeout_seconds`` (default :data:`~backups.engine.thaw.THAW_TIMEOUT_SECONDS`, 48 h; the CLI's
+    ``--thaw-timeout``), then StorageError (exit 5) saying how many objects are still frozen."""
     from ..catalog import Catalog
-    from ..engine.thaw import needed_keys, wait_readable
+    from ..engine.thaw import THAW_TIMEOUT_SECONDS, needed_keys, wait_readable
     from ..storage import open_storage
 
     st = open_storage(cfg, loc.storage, resolver, read_only=True)
@@ -420,7 +423,8 @@ def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_s
     cat = Catalog(st, cfg.application)
     keys = needed_keys(cat, cat.get(loc.snapshot_id))
     t0 = time.monotonic()
-    wait_readable(st, keys, poll_seconds=poll_seconds)
+    wait_readable(st, keys, poll_seconds=poll_seconds,
+                  timeout_seconds=THAW_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds)
     return ArchiveWait(storage=loc.storage, archive=True, keys=len(keys),
                        waited_seconds=round(time.monotonic() - t0, 1))
 

@@ -17,6 +17,10 @@ from ..storage.base import Storage
 
 log = logging.getLogger(__name__)
 
+#: how long a restore or drill waits for archived objects by default (S3 GLACIER bulk retrievals take up to 12 h,
+#: DEEP_ARCHIVE up to 48 h); the CLI's ``--thaw-timeout`` changes it
+THAW_TIMEOUT_SECONDS = 48 * 3600.0
+
 
 def needed_keys(catalog: Catalog, snap: Snapshot) -> list[str]:
     """Every object key a restore of ``snap`` reads: the objects of each snapshot of its chain."""
@@ -30,7 +34,8 @@ def pending(storage: Storage, keys: Iterable[str], days: int = 2) -> list[str]:
     return [k for k in keys if not storage.restore_request(k, days)]
 
 
-def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60.0, timeout_seconds: float = 48 * 3600) -> None:
+def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60.0,
+                  timeout_seconds: float = THAW_TIMEOUT_SECONDS) -> None:
     """Request the restores of ``keys`` and poll every ``poll_seconds`` until all are readable (at once for a
     storage that is not an archive); StorageError after ``timeout_seconds``."""
     if not storage.archive:
