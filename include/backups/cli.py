@@ -369,6 +369,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 from .commands.prune import decision_table
 
                 print("  " + decision_table(r, dry_run=args.dry_run).replace("\n", "\n  "))
+        left = result.drill_leftovers
+        if left.get("directories") or left.get("databases"):  # what killed drills left behind on this host
+            print(f"drill leftovers {'that would be removed' if args.dry_run else 'removed'}: "
+                  + ", ".join(left["directories"] + [f"database {d}" for d in left["databases"]]))
     error = result.error()
     if error is not None:
         raise error

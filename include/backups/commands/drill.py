@@ -7,9 +7,11 @@ config. Steps (each returns a typed, JSON-able result; the DAG maps each to a ta
 1. :func:`plan_drill` — per tier: the drill storage (``--storage`` / ``drill.storage`` / the tier's last storage),
    opened **read-only**; the newest snapshot whose chain is complete there (newer ones with a missing object or
    manifest are passed over and reported); located with the restore command's :func:`~.restore.locate`.
-2. :func:`isolate` — a fresh scratch directory ``<scratch>/<drill id>/`` (mode 0700, one folder per tier: the
-   SQLite database is restored there), and for PostgreSQL sources a scratch database ``drill_<run>_<tier>_<source>``
-   on ``drill.postgres`` — never a source's live database.
+2. :func:`isolate` — first :func:`clean_leftovers` (what killed drills left behind), then a fresh scratch
+   directory ``<scratch>/<drill id>/`` (mode 0700, one folder per tier: the SQLite database is restored there)
+   with its owner in ``.drill-owner.json``, and for PostgreSQL sources a scratch database
+   ``drill_<run>_<tier>_<source>`` on ``drill.postgres`` — never a source's live database — with the same owner
+   as its ``COMMENT ON DATABASE``.
 3. :func:`restore_tier` — archive storages: the thaw wait (only with ``drill.approve_archive``); then the restore
    command's :func:`~.restore.run_restore` (every file's SHA-256 checked while written; dumps loaded into the
    scratch database).
@@ -22,6 +24,12 @@ config. Steps (each returns a typed, JSON-able result; the DAG maps each to a ta
    to ``history.jsonl`` (the HTML charts RTO/RPO over that history).
 7. :func:`teardown` — always: the scratch directory and every ``drill_<run>_*`` database removed (found by name,
    so it also cleans after a step that failed half-way).
+
+A drill killed with ``kill -9`` never reaches its teardown. Its scratch directory and databases carry their owner
+(host, pid, the pid's kernel start time, start time, the Airflow run if any), and :func:`clean_leftovers` — run by
+the next drill and by ``backupctl prune`` — removes those whose owner is dead: same host and the pid gone (or
+reused by another process). A DAG run's leftovers (its tasks are separate processes) and other hosts' leftovers
+are removed only when older than :data:`LEFTOVER_MAX_AGE_DAYS`; so are leftovers without an owner record.
 
 :func:`run_drill` runs them in order with the teardown in ``finally`` (the CLI door). Failures of a tier (no
 restorable snapshot, a damaged object, a failed check) are *findings*: the drill goes on with the other tiers and
@@ -69,6 +77,13 @@ KEEP_DATA_DOCS = 12
 #: the keys of a history line (the monitoring status reads them; keep them stable)
 HISTORY_KEYS = ("id", "at", "passed", "rto_seconds", "rpo_seconds", "report")
 CONFIG_EXTENSIONS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML"}
+#: the owner record in a drill's scratch directory (the same JSON is the scratch databases' COMMENT)
+OWNER_FILE = ".drill-owner.json"
+#: leftovers whose owner cannot be checked from here (another host, a DAG run, no owner record) are removed
+#: only when older than this — longer than any drill runs, thaw wait included (48 h by default)
+LEFTOVER_MAX_AGE_DAYS = 7
+DRILL_ID_RE = re.compile(r"drill-(\d{8}T\d{6}Z)")
+DB_NAME_RE = re.compile(r"drill_(\d{8}t\d{6}z)_.+")
 
 
 # ------------------------------------------------------------------------------------------------ places and ids
@@ -309,10 +324,13 @@ def isolate(cfg: Config, plan: DrillPlan, resolver: Any = None) -> Scratch:
     later part fails (the teardown also finds everything by the drill id)."""
     t0 = time.monotonic()
     root = scratch_root(cfg, plan.drill_id)
+    clean_leftovers(cfg, resolver, keep=plan.drill_id)
     if root.exists():  # a retried run of the same drill: start from nothing
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     root.mkdir(mode=0o700)
+    owner = json.dumps(owner_record(plan.drill_id), sort_keys=True)
+    _atomic_write(root / OWNER_FILE, owner + "\n")
     targets = {t: str(root / t) for t in plan.names}
     databases: dict[str, dict[str, str]] = {}
     try:
@@ -322,6 +340,7 @@ def isolate(cfg: Config, plan: DrillPlan, resolver: Any = None) -> Scratch:
             admin = admin_dsn(cfg, resolver)
             if admin:
                 import psycopg
+                from psycopg import sql
 
                 guard_scratch_server(cfg, resolver)
                 with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
@@ -331,6 +350,8 @@ def isolate(cfg: Config, plan: DrillPlan, resolver: Any = None) -> Scratch:
                             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                             conn.execute(f'CREATE DATABASE "{name}"')
                             databases.setdefault(tier, {})[s] = name
+                            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                                sql.Identifier(name), sql.Literal(owner)))
     except Exception:
         teardown(cfg, plan.drill_id, resolver)
         raise
@@ -1017,6 +1038,129 @@ def prune_data_docs(directory: Path, ids: list[str], keep: int = KEEP_DATA_DOCS)
     return removed
 
 
+# ------------------------------------------------------------------------------------------------ leftovers
+def owner_record(drill_id: str) -> dict[str, Any]:
+    """Who owns a drill's scratch directory and databases: this host and process (with the pid's kernel start
+    time, so a reused pid is not taken for it), when, and the Airflow run when a DAG task runs it."""
+    from ..repository.locks import HOST, pid_start, run_identity
+
+    return {"drill_id": drill_id, "host": HOST, "pid": os.getpid(), "pid_start": pid_start(os.getpid()),
+            "started_at": _iso(_now()), "run": run_identity()}
+
+
+def _id_time(stamp: str) -> datetime | None:
+    try:
+        return datetime.strptime(stamp.upper(), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def owner_state(owner: dict[str, Any] | None, created: datetime | None, now: datetime | None = None) -> tuple[bool, str]:
+    """(dead, why) for a leftover with owner record ``owner`` (None: no readable record) created at ``created``.
+    Dead: on this host, outside Airflow, and its pid gone or reused; else older than LEFTOVER_MAX_AGE_DAYS."""
+    from ..repository.locks import HOST, pid_alive
+
+    now = now or _now()
+    if owner:
+        try:
+            created = datetime.fromisoformat(str(owner.get("started_at"))) or created
+        except ValueError:
+            pass
+        pid = owner.get("pid")
+        if owner.get("host") == HOST and not owner.get("run") and isinstance(pid, int):
+            if pid_alive(pid, owner.get("pid_start")):
+                return False, f"its drill (pid {pid} on {HOST}) is still running"
+            return True, f"its drill (pid {pid} on {HOST}) is gone"
+        who = f"a run of {owner['run']}" if owner.get("run") else f"pid {pid} on host {owner.get('host')}"
+    else:
+        who = "no owner record"
+    if created is None:
+        return False, f"{who}, age unknown: kept (remove it by hand when no drill runs)"
+    age = now - created
+    if age.total_seconds() > LEFTOVER_MAX_AGE_DAYS * 86400:
+        return True, f"{who}, {age.days} day(s) old (more than {LEFTOVER_MAX_AGE_DAYS})"
+    return False, f"{who}, not checkable from here: kept until {LEFTOVER_MAX_AGE_DAYS} days old"
+
+
+@dataclass
+class Leftovers(Result):
+    """What :func:`clean_leftovers` removed (or, ``dry_run``, would remove) and what it kept, with why."""
+
+    dry_run: bool = False
+    directories: list[str] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def clean_leftovers(cfg: Config, resolver: Any = None, *, keep: str | None = None, dry_run: bool = False,
+                    now: datetime | None = None) -> Leftovers:
+    """Remove the scratch directories (``<scratch>/drill-*``) and ``drill_*`` databases of drills that died without
+    their teardown (see the module doc for when an owner is dead). ``keep``: a drill id never touched (the caller's
+    own). Problems (an unreachable scratch server, a directory that cannot be removed) are returned, never raised."""
+    out = Leftovers(dry_run=dry_run)
+    base = scratch_base(cfg)
+    entries: list[Path] = []
+    try:
+        entries = sorted(base.iterdir()) if base.is_dir() else []
+    except OSError as exc:
+        out.problems.append(f"{base}: {exc.strerror}")
+    for d in entries:
+        m = DRILL_ID_RE.fullmatch(d.name)
+        if not m or d.name == keep or d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            owner = json.loads((d / OWNER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            owner = None
+        dead, why = owner_state(owner if isinstance(owner, dict) else None, _id_time(m.group(1)), now)
+        if not dead:
+            out.kept.append(f"{d}: {why}")
+            continue
+        log.warning("drill leftover %s: %s: %s", d, why, "would remove" if dry_run else "removing")
+        if not dry_run:
+            shutil.rmtree(d, onerror=lambda _f, p, exc: out.problems.append(f"{p}: {exc[1]}"))
+        out.directories.append(str(d))
+    if any(src.type == "postgres" for src in cfg.sources.values()):  # only they get scratch databases
+        _clean_databases(cfg, resolver, out, keep, now)
+    return out
+
+
+def _clean_databases(cfg: Config, resolver: Any, out: Leftovers, keep: str | None, now: datetime | None) -> None:
+    try:
+        admin = admin_dsn(cfg, resolver)
+        if not admin:
+            return
+        import psycopg
+        from psycopg import sql
+
+        mine = db_prefix(keep) if keep else None
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            rows = conn.execute("SELECT d.datname, shobj_description(d.oid, 'pg_database') FROM pg_database d "
+                                "WHERE d.datname LIKE 'drill\\_%' ORDER BY 1").fetchall()
+            for name, comment in rows:
+                m = DB_NAME_RE.fullmatch(name)
+                if not m or (mine and name.startswith(mine)):
+                    continue
+                try:
+                    owner = json.loads(comment) if comment else None
+                except ValueError:
+                    owner = None
+                dead, why = owner_state(owner if isinstance(owner, dict) else None, _id_time(m.group(1)), now)
+                if not dead:
+                    out.kept.append(f"database {name}: {why}")
+                    continue
+                log.warning("drill leftover database %s: %s: %s", name, why, "would drop" if out.dry_run else "dropping")
+                if not out.dry_run:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                out.databases.append(name)
+    except BackupError as exc:
+        out.problems.append(f"scratch server: {exc.message}")
+    except Exception as exc:  # psycopg.Error: reported; the directories were still cleaned
+        text = str(exc).strip()
+        out.problems.append(f"scratch databases: {text.splitlines()[0] if text else type(exc).__name__}")
+
+
 # ------------------------------------------------------------------------------------------------ 7. teardown
 @dataclass
 class Teardown(Result):
@@ -1113,6 +1257,7 @@ def failed_error(verdict: DrillVerdict | dict[str, Any]) -> DrillFailedError:
 
 
 __all__ = ["Check", "DrillOutcome", "DrillPlan", "DrillRequest", "DrillVerdict", "Scratch",
-           "Teardown", "TierPlan", "TierRestore", "TierVerify", "check_request", "drill_dir", "drill_id_for",
+           "Teardown", "TierPlan", "TierRestore", "TierVerify", "check_request", "clean_leftovers", "drill_dir",
+           "drill_id_for", "Leftovers", "owner_record", "owner_state",
            "failed_error", "isolate", "judge", "plan_drill", "read_history", "restore_tier", "run_drill", "store_reports", "teardown",
            "verify_tier", "write_reports"]

@@ -266,7 +266,6 @@ def _prune_right_after(monkeypatch, module, step: str, cfg) -> dict:
     """Start a real prune (exclusive lock) the moment ``module.step`` returns, and give it 3 s to run before the
     next step goes on — as a prune that was waiting for the restore's lock would."""
     import threading
-    import time
 
     from backups.commands.prune import prune
 
