@@ -132,3 +132,23 @@ def test_core_library_never_imports_airflow():
                              "import backups.orchestration")):
                 offenders.append(f"{py.relative_to(root)}: {s}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("klass", ["GLACIER", "DEEP_ARCHIVE"])
+def test_an_archive_storage_class_as_a_tiers_first_storage_is_refused(klass):
+    """A backup reads its first storage back (its own part.json, the integrity check): an archive class there
+    would fail every backup (exit 5) and leave objects behind. Refused at validation, naming the key and the fix;
+    the same storage after an instant one is fine."""
+    arch = (f'storages:\n  local: {{type: local, path: "${{BACKUP_ROOT}}/local"}}\n'
+            f'  archive: {{type: s3, bucket: b, storage_class: {klass}}}\n')
+    text = VERBATIM.replace('storages:\n  local: {type: local, path: "${BACKUP_ROOT}/local"}\n', arch)
+    bad = text.replace("storages: [local], retention: {keep_monthly: 12}", "storages: [archive, local], "
+                                                                          "retention: {keep_monthly: 12}")
+    with pytest.raises(ConfigError) as ei:
+        parse_config(bad, "b.yaml", env=ENV)
+    msg = str(ei.value)
+    assert ei.value.exit_code == 2 and "tiers.monthly.storages.0" in msg and klass in msg, msg
+    assert "storages: [local, archive]" in msg  # the fix, spelt out
+    ok = text.replace("storages: [local], retention: {keep_monthly: 12}", "storages: [local, archive], "
+                                                                         "retention: {keep_monthly: 12}")
+    assert parse_config(ok, "b.yaml", env=ENV).tiers["monthly"].storages == ["local", "archive"]
