@@ -846,7 +846,8 @@ class RestoreOutcome:
 
 
 def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, pg_dsn: str | None = None,
-                     validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None) -> RestoreOutcome:
+                     validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None,
+                     thaw_timeout: float | None = None) -> RestoreOutcome:
     """Every step in order, as the CLI runs them: check, locate, prerequisites, thaw, table plan (foreign keys),
     restore, verify, report — the table plan, the restore and its verification under one shared repository lock
     (a prune waits until the restore is verified).
@@ -855,7 +856,7 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
     req = check_request(cfg, req)
     loc = locate(cfg, req, resolver)
     check_prerequisites(cfg, req, loc, pg_dsn, validate=validate)
-    wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds)
+    wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds, timeout_seconds=thaw_timeout)
     with shared_lock(cfg, loc.storage, resolver, operation="restore"):  # one lock over restore and verification
         plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
         restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan, locked=True)

@@ -45,9 +45,18 @@ def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60
     while left:
         waited = time.monotonic() - start
         if waited > timeout_seconds:
-            raise StorageError(f"{storage.name}: {len(left)} archived object(s) still not restored after {waited / 3600:.1f} h",
-                               hint="check the restore requests in the S3 console, or restore from another storage")
+            raise StorageError(f"{storage.name}: {len(left)} of {len(keys)} archived object(s) still not thawed after "
+                               f"{_duration(waited)} (thaw timeout {_duration(timeout_seconds)}), e.g. {left[0]}",
+                               hint="the thaw requests stay active: run the same command again later, with a longer "
+                                    "--thaw-timeout (restore, drill), or restore from an instant storage (--storage); "
+                                    "GLACIER takes minutes to hours, DEEP_ARCHIVE up to 48 h")
         log.info("%s: waiting for %d of %d archived object(s) to be restored (%.0f min so far)", storage.name, len(left),
                  len(keys), waited / 60)
-        time.sleep(poll_seconds)
+        time.sleep(max(0.0, min(poll_seconds, timeout_seconds - waited + 0.01)))
         left = pending(storage, left)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
