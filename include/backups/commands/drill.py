@@ -12,9 +12,11 @@ config. Steps (each returns a typed, JSON-able result; the DAG maps each to a ta
    with its owner in ``.drill-owner.json``, and for PostgreSQL sources a scratch database
    ``drill_<run>_<tier>_<source>`` on ``drill.postgres`` — never a source's live database — with the same owner
    as its ``COMMENT ON DATABASE``.
-3. :func:`restore_tier` — archive storages: the thaw wait (only with ``drill.approve_archive``); then the restore
-   command's :func:`~.restore.run_restore` (every file's SHA-256 checked while written; dumps loaded into the
-   scratch database).
+3. :func:`restore_tier` — archive storages: the thaw wait (only with ``drill.approve_archive``; bounded by
+   ``thaw_timeout``); then the restore command's :func:`~.restore.run_restore` (every file's SHA-256 checked while
+   written; dumps loaded into the scratch database). :func:`run_drill` holds the storage's shared repository lock
+   from here through step 4, so a prune cannot forget the snapshot before it is verified; the DAG's separate
+   ``verify_tier`` task takes its own and fails a ``snapshot`` check when the snapshot is gone.
 4. :func:`verify_tier` — every restored file re-hashed (:func:`~.restore.verify_restore`); the Great Expectations
    suite on each restored database with its Data Docs; referential integrity (``PRAGMA foreign_key_check``,
    PostgreSQL constraints validated); config files parse (YAML / JSON / TOML by extension); the ``smoke`` checks.
@@ -46,6 +48,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import tempfile
 import time
@@ -1109,11 +1112,7 @@ def clean_leftovers(cfg: Config, resolver: Any = None, *, keep: str | None = Non
         m = DRILL_ID_RE.fullmatch(d.name)
         if not m or d.name == keep or d.is_symlink() or not d.is_dir():
             continue
-        try:
-            owner = json.loads((d / OWNER_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            owner = None
-        dead, why = owner_state(owner if isinstance(owner, dict) else None, _id_time(m.group(1)), now)
+        dead, why = owner_state(read_owner(d / OWNER_FILE), _id_time(m.group(1)), now)
         if not dead:
             out.kept.append(f"{d}: {why}")
             continue
@@ -1123,7 +1122,27 @@ def clean_leftovers(cfg: Config, resolver: Any = None, *, keep: str | None = Non
         out.directories.append(str(d))
     if any(src.type == "postgres" for src in cfg.sources.values()):  # only they get scratch databases
         _clean_databases(cfg, resolver, out, keep, now)
+    for p in out.problems:
+        log.warning("drill leftovers: could not clean up: %s", p)
     return out
+
+
+def read_owner(path: Path) -> dict[str, Any] | None:
+    """The owner record at ``path``, or None when it is missing, not a regular file (never followed through a
+    symlink, never blocking on a FIFO), over 64 KiB, or not a JSON object."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            raw = fh.read(65537)
+        doc = json.loads(raw) if len(raw) <= 65536 else None
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _clean_databases(cfg: Config, resolver: Any, out: Leftovers, keep: str | None, now: datetime | None) -> None:

@@ -15,8 +15,9 @@ Steps, each taking typed inputs and returning a typed, JSON-able result (``to_di
    chosen tables that hold rows refused unless ``force``.
    :func:`run_restore` — :func:`backups.engine.restorer.restore` (every write goes through it: SHA-256 checked,
    a source appears only when complete) under the repository's shared lock.
-6. :func:`verify_restore` — the restored tree read back: every regular file re-hashed against the snapshot's
-   index, no stray file in a ``files`` source; the Great Expectations suite on restored databases (GX is imported
+6. :func:`verify_restore` — under the same shared lock (the CLI holds one lock over 5 and 6; the DAG's separate
+   task takes its own and names a snapshot pruned since the restore), the restored tree read back: every regular
+   file re-hashed against the snapshot's index, no stray file in a ``files`` source; the Great Expectations suite on restored databases (GX is imported
    only here, and only when ``validate`` is true and a database was restored).
 7. :func:`build_report` / :func:`write_report` — ``RESTORE_REPORT.json`` and ``.md`` in the target directory; the
    same content from both doors except who asked, the approval and timings (:class:`RunInfo`).

@@ -87,3 +87,22 @@ def test_the_owner_record_names_this_process():
     rec = dc.owner_record("drill-20261207T050000Z")
     assert rec["host"] == HOST and rec["pid"] == os.getpid() and rec["pid_start"] == pid_start(os.getpid())
     assert dc.owner_state(rec, None)[0] is False
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "huge", "array", "directory"])
+def test_a_crafted_owner_record_counts_as_none_and_never_blocks(cfg, tmp_path, kind):
+    """An owner record that is a symlink (to a live owner's record), a FIFO (a read would block), over 64 KiB, not a
+    JSON object or a directory is no owner: the leftover is judged by the age in its name alone."""
+    when = NOW - timedelta(hours=1)
+    d = _leftover(cfg, when, None)
+    rec = d / dc.OWNER_FILE
+    live = tmp_path / "live.json"
+    live.write_text(json.dumps(_owner(when)))
+    {"symlink": lambda: rec.symlink_to(live), "fifo": lambda: os.mkfifo(rec),
+     "huge": lambda: rec.write_text(json.dumps({**_owner(when), "pad": "x" * 70000})),
+     "array": lambda: rec.write_text(json.dumps([_owner(when)])), "directory": rec.mkdir}[kind]()
+    assert dc.read_owner(rec) is None
+    recent = dc.clean_leftovers(cfg, now=NOW)
+    assert recent.directories == [] and "no owner record" in recent.kept[0]
+    later = NOW + timedelta(days=dc.LEFTOVER_MAX_AGE_DAYS)
+    assert dc.clean_leftovers(cfg, now=later).directories == [str(d)] and not d.exists() and live.is_file()
