@@ -338,23 +338,30 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def check_writable(target: Path) -> None:
+def check_writable(target: Path, replaced: list[Path] | None = None) -> None:
     """ConfigError (exit 2) when this user cannot create entries in ``target`` — or, when it is missing, in the
     nearest existing directory above it (where it would be created): a read-only mount, a directory owned by
-    someone else. Checked with ``access(2)`` for the real user, so nothing is written."""
-    where = _existing_parent(target)
-    if os.access(where, os.W_OK | os.X_OK):
-        return
+    someone else — or cannot remove a directory of ``replaced`` (what ``force`` replaces: every directory in it
+    must be writable). Checked with ``access(2)`` for the real user, so nothing is written."""
     import getpass
 
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = f"uid {os.getuid()}"
-    what = "the restore target" if where == target else f"the directory the restore target {target} would be created in,"
-    raise ConfigError(f"restore: {what} {where} is not writable by user {user}; nothing was written",
-                      hint="choose a target this user can write (e.g. a new directory below its home or /srv/restore), "
-                           "or run the restore as the user that owns it (or fix its permissions / the read-only mount)")
+    fix = ("choose a target this user can write (e.g. a new directory below its home or /srv/restore), or run the "
+           "restore as the user that owns it (or fix its permissions / the read-only mount)")
+    where = _existing_parent(target)
+    if not os.access(where, os.W_OK | os.X_OK):
+        what = "the restore target" if where == target else f"the directory the restore target {target} would be created in,"
+        raise ConfigError(f"restore: {what} {where} is not writable by user {user}; nothing was written", hint=fix)
+    for old in replaced or []:
+        if old.is_symlink() or not old.is_dir():
+            continue
+        for dirpath, _dirs, _files in os.walk(old):  # symlinks are not followed: they are removed, not entered
+            if not os.access(dirpath, os.W_OK | os.X_OK):
+                raise ConfigError(f"restore: --force would replace {old}, but {dirpath} in it is not writable by user "
+                                  f"{user}, so it cannot be removed; nothing was written", hint=fix)
 
 
 def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn: str | None = None, *,
@@ -373,7 +380,7 @@ def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn:
                                "--no-validate (every restored file is still re-hashed)")
     target = Path(req.target)
     check_target(target, req.force)
-    check_writable(target)
+    check_writable(target, [target / s for s in loc.sources] if req.force else None)
     free = shutil.disk_usage(_existing_parent(target)).free
     needed = 0 if (req.includes or req.tables) else loc.source_bytes  # a selection: its size is not known up front
     if needed > free:

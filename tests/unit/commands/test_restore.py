@@ -310,3 +310,26 @@ def test_a_separate_verification_takes_the_lock_and_names_a_snapshot_pruned_sinc
                                             "local") as ei:
         rc.verify_restore(cfg, req, loc, restored, validate=False)
     assert ei.value.exit_code == 3 and "restore again" in ei.value.hint
+
+
+def test_cli_restore_force_over_a_source_this_user_cannot_remove_is_refused_up_front(app):
+    """``--force`` replaces ``TARGET/<source>``: a directory in it this user cannot write could not be removed, and
+    the restore would fail half-way with the old copy already moved aside. Refused first (exit 2), nothing changed."""
+    from tests.helpers import tree
+
+    target = app["tmp"] / "busy"
+    sealed = target / "app_files" / "config"
+    sealed.mkdir(parents=True)
+    (sealed / "old.yaml").write_text("a: 1")
+    before = tree(target)
+    sealed.chmod(0o555)
+    try:
+        p = _restore_without_dac_override(app["config_path"], "--target", str(target), "--force", "--no-validate")
+    finally:
+        for d in [target, *target.rglob("*")]:  # wherever a failed restore moved it
+            if d.is_dir() and not d.is_symlink():
+                d.chmod(0o755)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and f"--force would replace {target / 'app_files'}" in p.stderr, p.stderr
+    assert f"{sealed} in it is not writable" in p.stderr
+    assert tree(target, include_tmp=True) == before
