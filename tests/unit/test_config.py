@@ -152,3 +152,19 @@ def test_an_archive_storage_class_as_a_tiers_first_storage_is_refused(klass):
     ok = text.replace("storages: [local], retention: {keep_monthly: 12}", "storages: [local, archive], "
                                                                          "retention: {keep_monthly: 12}")
     assert parse_config(ok, "b.yaml", env=ENV).tiers["monthly"].storages == ["local", "archive"]
+
+
+def test_the_manual_tier_never_has_an_archive_storage_first():
+    """backup_manual writes to every storage (or the chosen ones) in config order: an archive storage listed first
+    moves behind the instant ones; choosing only archive storages is refused (exit 2) naming the fix."""
+    from backups.commands.backup import MANUAL_TIER, selection, with_manual_tier
+
+    arch = ('storages:\n  archive: {type: s3, bucket: b, storage_class: DEEP_ARCHIVE}\n'
+            '  local: {type: local, path: "${BACKUP_ROOT}/local"}\n')
+    cfg = parse_config(VERBATIM.replace('storages:\n  local: {type: local, path: "${BACKUP_ROOT}/local"}\n', arch),
+                       "m.yaml", env=ENV)
+    assert with_manual_tier(cfg).tiers[MANUAL_TIER].storages == ["local", "archive"]
+    assert selection(cfg, MANUAL_TIER, {"storages": ["archive", "local"]}).storages == ["local", "archive"]
+    with pytest.raises(ConfigError, match="only has archive storage classes") as ei:
+        selection(cfg, MANUAL_TIER, {"storages": ["archive"]})
+    assert ei.value.exit_code == 2 and "choose an instant storage too" in ei.value.hint
