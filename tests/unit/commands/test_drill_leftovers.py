@@ -106,3 +106,17 @@ def test_a_crafted_owner_record_counts_as_none_and_never_blocks(cfg, tmp_path, k
     assert recent.directories == [] and "no owner record" in recent.kept[0]
     later = NOW + timedelta(days=dc.LEFTOVER_MAX_AGE_DAYS)
     assert dc.clean_leftovers(cfg, now=later).directories == [str(d)] and not d.exists() and live.is_file()
+
+
+def test_backupctl_prune_removes_dead_drills_leftovers_and_says_so(cfg, tmp_path, capsys):
+    from backups.cli import main
+
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    dead = _leftover(cfg, when, _owner(when, pid=_dead_pid()))
+    live = _leftover(cfg, when + timedelta(seconds=1), _owner(when))
+    args = ["--config", str(tmp_path / "b.yaml"), "prune"]
+    assert main([*args, "--dry-run"]) == 0
+    assert f"drill leftovers that would be removed: {dead}" in capsys.readouterr().out and dead.is_dir()
+    assert main([*args, "--json"]) == 0
+    left = json.loads(capsys.readouterr().out)["drill_leftovers"]
+    assert left["directories"] == [str(dead)] and not dead.exists() and live.is_dir()
