@@ -1065,12 +1065,15 @@ def owner_state(owner: dict[str, Any] | None, created: datetime | None, now: dat
 
     now = now or _now()
     if owner:
-        try:
-            created = datetime.fromisoformat(str(owner.get("started_at"))) or created
-        except ValueError:
-            pass
+        if created is None:  # the drill id in the name is the start; the record's own time only without it
+            try:
+                created = datetime.fromisoformat(str(owner.get("started_at")))
+            except ValueError:
+                created = None
+            if created is not None and created.tzinfo is None:
+                created = created.replace(tzinfo=UTC)
         pid = owner.get("pid")
-        if owner.get("host") == HOST and not owner.get("run") and isinstance(pid, int):
+        if owner.get("host") == HOST and not owner.get("run") and type(pid) is int and 0 < pid <= 1 << 22:
             if pid_alive(pid, owner.get("pid_start")):
                 return False, f"its drill (pid {pid} on {HOST}) is still running"
             return True, f"its drill (pid {pid} on {HOST}) is gone"

@@ -120,3 +120,21 @@ def test_backupctl_prune_removes_dead_drills_leftovers_and_says_so(cfg, tmp_path
     assert main([*args, "--json"]) == 0
     left = json.loads(capsys.readouterr().out)["drill_leftovers"]
     assert left["directories"] == [str(dead)] and not dead.exists() and live.is_dir()
+
+
+@pytest.mark.parametrize(("field", "now", "later"), [
+    ({"pid": 1 << 70}, False, True), ({"pid": -3}, False, True), ({"pid": True}, False, True),
+    ({"pid": "123"}, False, True), ({"host": None}, False, True), ({"run": {"a": 1}}, False, True),
+    ({"pid_start": ["x"]}, True, True),  # not this process's start time: its drill is gone
+    ({"started_at": "2026-01-01T00:00:00"}, False, False),  # naive time: no crash; the owner (us) is alive
+    ({"started_at": "2026-01-01T00:00:00", "host": "elsewhere"}, False, True),  # age from the drill id
+])
+def test_odd_owner_fields_never_crash_and_never_shorten_the_wait(cfg, field, now, later):
+    """Whatever an owner record holds, the cleanup decides without an exception; a record it cannot check (a pid that
+    is no pid) keeps a recent leftover and removes it only after LEFTOVER_MAX_AGE_DAYS counted from the drill id."""
+    when = NOW - timedelta(hours=1)
+    d = _leftover(cfg, when, {**_owner(when), **field})
+    out = dc.clean_leftovers(cfg, now=NOW)
+    assert out.problems == [] and d.exists() is not now, out
+    dc.clean_leftovers(cfg, now=NOW + timedelta(days=dc.LEFTOVER_MAX_AGE_DAYS))
+    assert d.exists() is not later
