@@ -352,6 +352,9 @@ def check_writable(target: Path, replaced: list[Path] | None = None) -> None:
     fix = ("choose a target this user can write (e.g. a new directory below its home or /srv/restore), or run the "
            "restore as the user that owns it (or fix its permissions / the read-only mount)")
     where = _existing_parent(target)
+    if where != target and not where.is_dir():
+        raise ConfigError(f"restore: {where} is not a directory, so the restore target {target} cannot be created "
+                          "below it; nothing was written", hint="give a target path whose existing part is directories")
     if not os.access(where, os.W_OK | os.X_OK):
         what = "the restore target" if where == target else f"the directory the restore target {target} would be created in,"
         raise ConfigError(f"restore: {what} {where} is not writable by user {user}; nothing was written", hint=fix)

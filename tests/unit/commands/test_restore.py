@@ -44,6 +44,15 @@ def test_check_request_refuses_bad_requests(app, change, error, text):
     assert ei.value.hint  # every refusal says how to fix it
 
 
+def test_a_target_below_a_file_is_refused_before_anything_is_written(app):
+    blocker = app["tmp"] / "a-file"
+    blocker.write_text("x")
+    req = rc.RestoreRequest(target=str(blocker / "restore"))
+    with pytest.raises(ConfigError, match=f"{blocker} is not a directory, so the restore target") as ei:
+        rc.check_prerequisites(app["cfg"], req, rc.locate(app["cfg"], req))
+    assert ei.value.exit_code == 2 and blocker.read_text() == "x"
+
+
 def test_check_request_normalises(app):
     req = rc.check_request(app["cfg"], rc.RestoreRequest(target=str(app["tmp"] / "x") + "//", sources=[" ", "app_db"],
                                                          includes=[], tables=None, snapshot=" latest "))
