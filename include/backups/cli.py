@@ -228,6 +228,17 @@ def files_listing(entries: Any, chain: list[str]) -> Any:
         yield f"  {kind:<4}  {oct(e[3])[2:]:>4}  {size:>15}  {held:<{width}}  {path}{target}"
 
 
+def _thaw_timeout(text: str) -> float:
+    """``--thaw-timeout``: seconds, or a number with s / m / h / d; positive."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
+    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)] if m else 0.0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give seconds or e.g. 90m, 12h, 2d")
+    return seconds
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
     """Restore, re-hash what was written, validate the databases (unless --no-validate) and write
     RESTORE_REPORT.md/.json into the target: the steps of :mod:`backups.commands.restore`, as the DAG runs them."""
@@ -239,7 +250,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
                          force=args.force, pg_target_name="--pg-target" if args.pg_target else None,
                          include_dependencies=args.with_dependencies)
     out = restore_snapshot(cfg, req, resolver, pg_dsn=args.pg_target, validate=not args.no_validate,
-                           poll_seconds=args.poll_seconds)
+                           poll_seconds=args.poll_seconds, thaw_timeout=args.thaw_timeout)
     if args.json:
         print(json.dumps(out.to_dict(), indent=1, default=str))
         return 0
@@ -368,6 +379,12 @@ def _status(args: argparse.Namespace) -> int:
                    mb(s["free_bytes"]) if s["free_bytes"] is not None else "-", s["snapshots"],
                    (s["error"] or s["describe"] or "")[:90]] for s in doc["storages"]],
                  ["storage", "type", "reachable", "writable", "used", "free", "snapshots", "where / error"]))
+    for s in doc["storages"]:  # archive storages: what a restore or drill must thaw first
+        if (s.get("frozen") or {}).get("objects"):
+            f = s["frozen"]
+            print(f"{s['storage']}: {f['objects']} frozen object(s), {mb(f['bytes'])} in an archive class ("
+                  + ", ".join(f"{t}: {n}" for t, n in f["tiers"].items()) + "); `backupctl restore` and `backupctl "
+                  "drill` thaw what they need (--thaw-timeout)")
     locks = doc.get("locks") or []
     if locks:
         print("\nlocks:")
@@ -435,6 +452,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 from .commands.prune import decision_table
 
                 print("  " + decision_table(r, dry_run=args.dry_run).replace("\n", "\n  "))
+        left = result.drill_leftovers
+        if left.get("directories") or left.get("databases"):  # what killed drills left behind on this host
+            print(f"drill leftovers {'that would be removed' if args.dry_run else 'removed'}: "
+                  + ", ".join(left["directories"] + [f"database {d}" for d in left["databases"]]))
     error = result.error()
     if error is not None:
         raise error
@@ -447,7 +468,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
     from .commands.drill import DrillRequest, failed_error, run_drill
 
     cfg, resolver = _load(args)
-    out = run_drill(cfg, DrillRequest(storage=args.storage, tiers=args.tier), resolver, poll_seconds=args.poll_seconds)
+    out = run_drill(cfg, DrillRequest(storage=args.storage, tiers=args.tier), resolver, poll_seconds=args.poll_seconds,
+                    thaw_timeout=args.thaw_timeout)
     v = out.verdict
     if args.json:
         print(json.dumps(out.to_dict(), indent=1, default=str))
@@ -552,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore into a non-empty target, replacing restored sources; with --table and --pg-target, "
                         "replace chosen tables that hold rows there (one transaction). Never / or a repository")
     r.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between restore-status polls")
+    r.add_argument("--thaw-timeout", type=_thaw_timeout, metavar="DURATION",
+                   help="archive storages: give up waiting for the thaw after this long (seconds, or 90m, 12h, 2d; "
+                        "default 48h), exit 5")
     r.add_argument("--no-validate", action="store_true",
                    help="skip the Great Expectations suite on restored databases (files are still re-hashed)")
     r.add_argument("--json", action="store_true")
@@ -610,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--storage", help="drill from this storage (default: drill.storage, else each tier's last storage)")
     dr.add_argument("--tier", action="append", help="drill this tier (repeatable; default: drill.tiers, else all)")
     dr.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between thaw polls")
+    dr.add_argument("--thaw-timeout", type=_thaw_timeout, metavar="DURATION",
+                    help="archive storages (drill.approve_archive): give up waiting for the thaw after this long "
+                         "(seconds, or 90m, 12h, 2d; default 48h); the tier then fails the drill")
     dr.add_argument("--json", action="store_true")
     dr.set_defaults(func=cmd_drill)
 

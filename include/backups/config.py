@@ -352,9 +352,25 @@ class Config(_Strict):
                         f"tiers.{tier_name}.storages.{i}",
                         f"unknown storage {sto!r}; {_dym(sto, self.storages)}defined storages: {', '.join(sorted(self.storages))}",
                     )
+            self._check_first_storage(tier_name, tier.storages)
         if self.drill is not None:
             self._check_drill(self.drill)
         return self
+
+    def _check_first_storage(self, tier_name: str, storages: list[str]) -> None:
+        """A tier's first storage is the one its backup reads back (its own ``part.json``, the integrity check):
+        an archive class (objects unreadable until thawed) there would fail every backup, leaving objects behind."""
+        first = self.storages[storages[0]]
+        klass = getattr(first, "storage_class", None)
+        if klass in ARCHIVE_CLASSES:
+            instant = [s for s in storages[1:] if getattr(self.storages[s], "storage_class", None) not in ARCHIVE_CLASSES]
+            order = [*instant[:1], *(s for s in storages if s not in instant[:1])] if instant else None
+            raise _RefError(f"tiers.{tier_name}.storages.0",
+                            f"storage {storages[0]!r} has the archive storage class {klass}: a backup reads what it "
+                            "wrote back from the tier's first storage, and archived objects cannot be read without a "
+                            "thaw, so every backup would fail; fix: put an instant storage first (local, sftp, or s3 "
+                            "with storage_class STANDARD / STANDARD_IA) and the archive storage after it"
+                            + (f", e.g. storages: [{', '.join(order)}]" if order else ""))
 
     def _check_drill(self, drill: Drill) -> None:
         if drill.storage is not None and drill.storage not in self.storages:
@@ -430,6 +446,10 @@ def same_database(a: str, b: str) -> bool:
         return host, str(d.get("port") or "5432"), str(d.get("dbname") or user or "postgres")
 
     return key(da) == key(db)
+
+
+#: S3 storage classes whose objects must be thawed (restore request) before they can be read
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
 
 
 class _RefError(ValueError):

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from backups.cli import main
-from backups.commands.drill import DrillRequest, drill_dir, run_drill, scratch_base
+from backups.commands.drill import DrillRequest, db_prefix, drill_dir, run_drill, scratch_base
 from backups.config import load_config
 from backups.engine.snapshot import run_backup
 from backups.errors import ConfigError, RefusedError
@@ -262,3 +262,135 @@ def test_reports_are_also_stored_on_another_storage_never_overwritten(app, monke
     (app["tmp"] / "other.md").write_text("different")
     store_reports(cfg, again)  # the same drill id again: the stored copy is kept, not overwritten
     assert (copy / key).read_text() == Path(v["reports"]["md"]).read_text()
+
+
+# ------------------------------------------------------------------------------------------------ locks
+def test_a_prune_waits_until_the_drill_has_verified_what_it_restored(app, monkeypatch):
+    """A prune that wants the drilled snapshot gone (a newer weekly, ``keep_last: 1``) is started the moment the
+    tier's restore returns: it waits for the drill's shared lock until the tier is verified, then forgets it."""
+    import threading
+
+    from backups.commands import drill as drill_command
+    from backups.commands.prune import prune
+
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(app["tmp"] / "status"))
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [weekly]\n  rpo_hours: 2\n")
+    path.write_text(path.read_text().replace('weekly:  {type: full, schedule: "0 1 * * 0", ',
+                                             'weekly:  {type: full, schedule: "0 1 * * 0", retention: {keep_last: 1}, '))
+    cfg = load_config(path)
+    now = datetime.now(UTC).replace(microsecond=0)
+    drilled, _ = run_backup(cfg, "weekly", logical_date=(now - timedelta(minutes=30)).isoformat())
+    real, box = drill_command.restore_tier, {}
+
+    def restore_then_prune(*a, **kw):
+        out = real(*a, **kw)
+        run_backup(cfg, "weekly", logical_date=(now - timedelta(minutes=10)).isoformat())
+        t = threading.Thread(target=lambda: box.setdefault("pruned", prune(cfg)), daemon=True)
+        box["thread"] = t
+        t.start()
+        t.join(3.0)
+        box["ran_before_verification"] = not t.is_alive()
+        return out
+
+    monkeypatch.setattr(drill_command, "restore_tier", restore_then_prune)
+    v = run_drill(cfg, DrillRequest()).verdict
+    assert v["passed"], v["findings"]
+    checks = {c["name"]: c for c in v["tiers"][0]["checks"]}
+    assert v["tiers"][0]["snapshot_id"] == drilled.id and checks["sha256"]["ok"]
+    assert box["ran_before_verification"] is False
+    box["thread"].join(30)
+    assert drilled.id in box["pruned"].storages[0]["forget"]
+
+
+def test_a_separate_drill_verification_names_a_snapshot_pruned_since_the_restore(app, monkeypatch):
+    """The DAG's ``verify_tier`` is its own task: it takes its own shared lock, and a snapshot a prune removed
+    since ``restore_tier`` is a failed ``snapshot`` check naming it (not a crash, not a pass)."""
+    from backups.commands import drill as drill_command
+    from backups.commands.prune import prune
+
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(app["tmp"] / "status"))
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [weekly]\n")
+    path.write_text(path.read_text().replace('weekly:  {type: full, schedule: "0 1 * * 0", ',
+                                             'weekly:  {type: full, schedule: "0 1 * * 0", retention: {keep_last: 1}, '))
+    cfg = load_config(path)
+    now = datetime.now(UTC).replace(microsecond=0)
+    drilled, _ = run_backup(cfg, "weekly", logical_date=(now - timedelta(minutes=30)).isoformat())
+    plan = drill_command.plan_drill(cfg, DrillRequest())
+    scratch = drill_command.isolate(cfg, plan)
+    try:
+        r = drill_command.restore_tier(cfg, plan, scratch, "weekly")
+        assert r.ok, r.error
+        run_backup(cfg, "weekly", logical_date=(now - timedelta(minutes=10)).isoformat())
+        assert drilled.id in prune(cfg).storages[0]["forget"]
+        v = drill_command.verify_tier(cfg, plan, scratch, r)
+    finally:
+        drill_command.teardown(cfg, plan.drill_id)
+    assert not v.ok
+    gone = [c for c in v.checks if c["name"] == "snapshot"]
+    assert gone and not gone[0]["ok"] and f"snapshot {drilled.id} is no longer on storage local" in gone[0]["detail"]
+
+
+# ------------------------------------------------------------------------------------------------ leftovers
+def _drill_killed_mid_way(path: Path, flag: Path) -> int:
+    """``backupctl drill`` in a child process, killed with SIGKILL while its smoke command runs (the tier restored:
+    scratch directory and database in place). Returns the dead child's pid."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import subprocess_env
+
+    code = "import sys; from backups.cli import main; sys.exit(main(sys.argv[1:]))"
+    child = subprocess.Popen([sys.executable, "-c", code, "--config", str(path), "drill"], env=subprocess_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not flag.exists():
+            if child.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the drill did not reach its smoke command: {child.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # kill -9 of the drill (and of its smoke command, in its group)
+        child.wait(30)
+    return child.pid
+
+
+@pytest.mark.parametrize("cleaner", ["prune", "drill"])
+def test_a_drill_killed_with_sigkill_leaves_owned_leftovers_that_the_next_prune_or_drill_removes(
+        app, pg_source, monkeypatch, cleaner):
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(app["tmp"] / "status"))
+    flag = app["tmp"] / "smoke-started"
+    drill = (f"  tiers: [weekly]\n  rpo_hours: 2\n  postgres: {{dsn: \"{PG}/postgres\"}}\n  smoke:\n"
+             f"    - {{name: hang, command: [sh, -c, \"touch {flag}; sleep 120\"], timeout_seconds: 300}}\n")
+    path = _config(app["tmp"], app["home"], app["root"], drill,
+                   extra_sources=f'  fleet_db: {{type: postgres, dsn: "{pg_source}"}}\n', tier_sources="app_db, fleet_db")
+    cfg = load_config(path)
+    run_backup(cfg, "weekly", logical_date=(datetime.now(UTC) - timedelta(minutes=5)).isoformat())
+    before = set(_drill_databases())
+    try:
+        pid = _drill_killed_mid_way(path, flag)
+        # what the killed drill left: its scratch directory (the restored SQLite database) and scratch database,
+        # each naming its owner
+        dirs = [d for d in scratch_base(cfg).iterdir() if d.name.startswith("drill-")]
+        assert len(dirs) == 1 and (dirs[0] / "weekly" / "app_db").is_dir()
+        owner = json.loads((dirs[0] / ".drill-owner.json").read_text())
+        assert owner["pid"] == pid and owner["host"] and owner["pid_start"] and owner["drill_id"] == dirs[0].name
+        left = [n for n in _drill_databases() if n.startswith(db_prefix(dirs[0].name))]  # other runs share the server
+        assert len(left) == 1 and left[0].endswith("_weekly_fleet_db")
+        with psycopg.connect(f"{PG}/postgres") as c:
+            comment = c.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                                (left[0],)).fetchone()[0]
+        assert json.loads(comment)["pid"] == pid
+        if cleaner == "prune":
+            assert main(["--config", str(path), "prune"]) == 0
+        else:
+            path.write_text(path.read_text().replace("sleep 120", "true"))
+            v = run_drill(load_config(path), DrillRequest(started_at=(datetime.now(UTC) + timedelta(seconds=2)).isoformat())).verdict
+            assert v["passed"], v["findings"]
+        assert not dirs[0].exists() and left[0] not in _drill_databases()
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as c:
+            for n in set(_drill_databases()) - before:
+                c.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')

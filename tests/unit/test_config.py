@@ -253,3 +253,37 @@ def test_deep_nesting_is_refused_fast(opening, closing):
     msg = _error(text)
     assert time.monotonic() - t0 < 2
     assert "deeper than 64 levels" in msg and "line" in msg, msg
+@pytest.mark.parametrize("klass", ["GLACIER", "DEEP_ARCHIVE"])
+def test_an_archive_storage_class_as_a_tiers_first_storage_is_refused(klass):
+    """A backup reads its first storage back (its own part.json, the integrity check): an archive class there
+    would fail every backup (exit 5) and leave objects behind. Refused at validation, naming the key and the fix;
+    the same storage after an instant one is fine."""
+    arch = (f'storages:\n  local: {{type: local, path: "${{BACKUP_ROOT}}/local"}}\n'
+            f'  archive: {{type: s3, bucket: b, storage_class: {klass}}}\n')
+    text = VERBATIM.replace('storages:\n  local: {type: local, path: "${BACKUP_ROOT}/local"}\n', arch)
+    bad = text.replace("storages: [local], retention: {keep_monthly: 12}", "storages: [archive, local], "
+                                                                          "retention: {keep_monthly: 12}")
+    with pytest.raises(ConfigError) as ei:
+        parse_config(bad, "b.yaml", env=ENV)
+    msg = str(ei.value)
+    assert ei.value.exit_code == 2 and "tiers.monthly.storages.0" in msg and klass in msg, msg
+    assert "storages: [local, archive]" in msg  # the fix, spelt out
+    ok = text.replace("storages: [local], retention: {keep_monthly: 12}", "storages: [local, archive], "
+                                                                         "retention: {keep_monthly: 12}")
+    assert parse_config(ok, "b.yaml", env=ENV).tiers["monthly"].storages == ["local", "archive"]
+
+
+def test_the_manual_tier_never_has_an_archive_storage_first():
+    """backup_manual writes to every storage (or the chosen ones) in config order: an archive storage listed first
+    moves behind the instant ones; choosing only archive storages is refused (exit 2) naming the fix."""
+    from backups.commands.backup import MANUAL_TIER, selection, with_manual_tier
+
+    arch = ('storages:\n  archive: {type: s3, bucket: b, storage_class: DEEP_ARCHIVE}\n'
+            '  local: {type: local, path: "${BACKUP_ROOT}/local"}\n')
+    cfg = parse_config(VERBATIM.replace('storages:\n  local: {type: local, path: "${BACKUP_ROOT}/local"}\n', arch),
+                       "m.yaml", env=ENV)
+    assert with_manual_tier(cfg).tiers[MANUAL_TIER].storages == ["local", "archive"]
+    assert selection(cfg, MANUAL_TIER, {"storages": ["archive", "local"]}).storages == ["local", "archive"]
+    with pytest.raises(ConfigError, match="only has archive storage classes") as ei:
+        selection(cfg, MANUAL_TIER, {"storages": ["archive"]})
+    assert ei.value.exit_code == 2 and "choose an instant storage too" in ei.value.hint

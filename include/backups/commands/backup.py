@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..catalog.manifest import Catalog, manifest_key
-from ..config import Config, Tier, load_config
+from ..config import ARCHIVE_CLASSES, Config, Tier, load_config
 from ..errors import (
     BackupError,
     ConfigError,
@@ -61,9 +61,15 @@ def with_manual_tier(cfg: Config) -> Config:
     if MANUAL_TIER in cfg.tiers:
         raise ConfigError(f"tiers.{MANUAL_TIER}: the tier name {MANUAL_TIER!r} is reserved for the backup_manual DAG",
                           hint="rename the tier (e.g. 'on_demand')")
-    tier = Tier(type="full", schedule=None, sources=list(cfg.sources), storages=list(cfg.storages),
+    tier = Tier(type="full", schedule=None, sources=list(cfg.sources), storages=instant_first(cfg, list(cfg.storages)),
                 retention=cfg.manual_retention, description="on-demand backups from the backup_manual DAG")
     return cfg.model_copy(update={"tiers": {**cfg.tiers, MANUAL_TIER: tier}})
+
+
+def instant_first(cfg: Config, storages: list[str]) -> list[str]:
+    """``storages`` in their order, archive storage classes moved last: the first storage is the primary, which a
+    backup reads back (see ``tiers.<tier>.storages.0`` in the config validation)."""
+    return sorted(storages, key=lambda n: getattr(cfg.storages[n], "storage_class", None) in ARCHIVE_CLASSES)
 
 
 def runtime_config(tier: str) -> Config:
@@ -104,6 +110,12 @@ def selection(cfg: Config, tier: str, params: dict[str, Any] | None = None) -> S
             raise ConfigError(f"backup_manual: params.{key}: unknown {key[:-1]} {unknown[0]!r}",
                               hint=f"choose from: {', '.join(known)}")
         chosen[key] = [n for n in known if n in names]  # config order: the first storage is the primary
+    chosen["storages"] = instant_first(cfg, chosen["storages"])
+    if all(getattr(cfg.storages[n], "storage_class", None) in ARCHIVE_CLASSES for n in chosen["storages"]):
+        raise ConfigError(f"backup_manual: params.storages: {', '.join(chosen['storages'])} only has archive storage "
+                          "classes: a backup reads what it wrote back from its first storage",
+                          hint="choose an instant storage too (local, sftp, or s3 STANDARD / STANDARD_IA); the "
+                               "archive storage then gets a checked copy")
     typ = params.get("backup_type") or "full"
     return Selection(MANUAL_TIER, typ, chosen["sources"], chosen["storages"], str(params.get("comment") or ""))
 

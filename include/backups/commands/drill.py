@@ -7,12 +7,16 @@ config. Steps (each returns a typed, JSON-able result; the DAG maps each to a ta
 1. :func:`plan_drill` — per tier: the drill storage (``--storage`` / ``drill.storage`` / the tier's last storage),
    opened **read-only**; the newest snapshot whose chain is complete there (newer ones with a missing object or
    manifest are passed over and reported); located with the restore command's :func:`~.restore.locate`.
-2. :func:`isolate` — a fresh scratch directory ``<scratch>/<drill id>/`` (mode 0700, one folder per tier: the
-   SQLite database is restored there), and for PostgreSQL sources a scratch database ``drill_<run>_<tier>_<source>``
-   on ``drill.postgres`` — never a source's live database.
-3. :func:`restore_tier` — archive storages: the thaw wait (only with ``drill.approve_archive``); then the restore
-   command's :func:`~.restore.run_restore` (every file's SHA-256 checked while written; dumps loaded into the
-   scratch database).
+2. :func:`isolate` — first :func:`clean_leftovers` (what killed drills left behind), then a fresh scratch
+   directory ``<scratch>/<drill id>/`` (mode 0700, one folder per tier: the SQLite database is restored there)
+   with its owner in ``.drill-owner.json``, and for PostgreSQL sources a scratch database
+   ``drill_<run>_<tier>_<source>`` on ``drill.postgres`` — never a source's live database — with the same owner
+   as its ``COMMENT ON DATABASE``.
+3. :func:`restore_tier` — archive storages: the thaw wait (only with ``drill.approve_archive``; bounded by
+   ``thaw_timeout``); then the restore command's :func:`~.restore.run_restore` (every file's SHA-256 checked while
+   written; dumps loaded into the scratch database). :func:`run_drill` holds the storage's shared repository lock
+   from here through step 4, so a prune cannot forget the snapshot before it is verified; the DAG's separate
+   ``verify_tier`` task takes its own and fails a ``snapshot`` check when the snapshot is gone.
 4. :func:`verify_tier` — every restored file re-hashed (:func:`~.restore.verify_restore`); the Great Expectations
    suite on each restored database with its Data Docs; referential integrity (``PRAGMA foreign_key_check``,
    PostgreSQL constraints validated); config files parse (YAML / JSON / TOML by extension); the ``smoke`` checks.
@@ -22,6 +26,12 @@ config. Steps (each returns a typed, JSON-able result; the DAG maps each to a ta
    to ``history.jsonl`` (the HTML charts RTO/RPO over that history).
 7. :func:`teardown` — always: the scratch directory and every ``drill_<run>_*`` database removed (found by name,
    so it also cleans after a step that failed half-way).
+
+A drill killed with ``kill -9`` never reaches its teardown. Its scratch directory and databases carry their owner
+(host, pid, the pid's kernel start time, start time, the Airflow run if any), and :func:`clean_leftovers` — run by
+the next drill and by ``backupctl prune`` — removes those whose owner is dead: same host and the pid gone (or
+reused by another process). A DAG run's leftovers (its tasks are separate processes) and other hosts' leftovers
+are removed only when older than :data:`LEFTOVER_MAX_AGE_DAYS`; so are leftovers without an owner record.
 
 :func:`run_drill` runs them in order with the teardown in ``finally`` (the CLI door). Failures of a tier (no
 restorable snapshot, a damaged object, a failed check) are *findings*: the drill goes on with the other tiers and
@@ -38,9 +48,11 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +80,13 @@ KEEP_DATA_DOCS = 12
 #: the keys of a history line (the monitoring status reads them; keep them stable)
 HISTORY_KEYS = ("id", "at", "passed", "rto_seconds", "rpo_seconds", "report")
 CONFIG_EXTENSIONS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML"}
+#: the owner record in a drill's scratch directory (the same JSON is the scratch databases' COMMENT)
+OWNER_FILE = ".drill-owner.json"
+#: leftovers whose owner cannot be checked from here (another host, a DAG run, no owner record) are removed
+#: only when older than this — longer than any drill runs, thaw wait included (48 h by default)
+LEFTOVER_MAX_AGE_DAYS = 7
+DRILL_ID_RE = re.compile(r"drill-(\d{8}T\d{6}Z)")
+DB_NAME_RE = re.compile(r"drill_(\d{8}t\d{6}z)_.+")
 
 
 # ------------------------------------------------------------------------------------------------ places and ids
@@ -308,10 +327,13 @@ def isolate(cfg: Config, plan: DrillPlan, resolver: Any = None) -> Scratch:
     later part fails (the teardown also finds everything by the drill id)."""
     t0 = time.monotonic()
     root = scratch_root(cfg, plan.drill_id)
+    clean_leftovers(cfg, resolver, keep=plan.drill_id)
     if root.exists():  # a retried run of the same drill: start from nothing
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     root.mkdir(mode=0o700)
+    owner = json.dumps(owner_record(plan.drill_id), sort_keys=True)
+    _atomic_write(root / OWNER_FILE, owner + "\n")
     targets = {t: str(root / t) for t in plan.names}
     databases: dict[str, dict[str, str]] = {}
     try:
@@ -321,6 +343,7 @@ def isolate(cfg: Config, plan: DrillPlan, resolver: Any = None) -> Scratch:
             admin = admin_dsn(cfg, resolver)
             if admin:
                 import psycopg
+                from psycopg import sql
 
                 guard_scratch_server(cfg, resolver)
                 with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
@@ -330,6 +353,8 @@ def isolate(cfg: Config, plan: DrillPlan, resolver: Any = None) -> Scratch:
                             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
                             conn.execute(f'CREATE DATABASE "{name}"')
                             databases.setdefault(tier, {})[s] = name
+                            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                                sql.Identifier(name), sql.Literal(owner)))
     except Exception:
         teardown(cfg, plan.drill_id, resolver)
         raise
@@ -356,9 +381,14 @@ class TierRestore(Result):
 
 
 def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, resolver: Any = None, *,
-                 poll_seconds: float = 60.0) -> TierRestore:
+                 poll_seconds: float = 60.0, thaw_timeout: float | None = None,
+                 hold: ExitStack | None = None) -> TierRestore:
     """Restore the tier's planned snapshot into its scratch folder (and PostgreSQL dumps into the scratch
-    databases). A failure is returned as ``error`` naming the snapshot (and the object), not raised."""
+    databases). A failure is returned as ``error`` naming the snapshot (and the object), not raised.
+
+    ``hold``: after the thaw wait, the shared lock of the tier's storage is entered into it and stays held when
+    this returns — the caller keeps it over :func:`verify_tier` (``locked=True``), so a prune waits until the
+    restored data is verified. Without it each restore step takes and releases its own lock."""
     from . import restore as restore_command
 
     tp = plan.tier(tier)
@@ -374,8 +404,11 @@ def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, reso
                              f"{loc.snapshot_id} is billed and needs approval (set drill.approve_archive: true)")
                 return out
             t0 = time.monotonic()
-            restore_command.wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds)
+            restore_command.wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds,
+                                             timeout_seconds=thaw_timeout)
             out.thaw_seconds = round(time.monotonic() - t0, 3)
+        if hold is not None:  # not over the thaw wait (hours): a prune may run then, the chain is re-read below
+            hold.enter_context(restore_command.shared_lock(cfg, loc.storage, resolver, operation="drill"))
         t0 = time.monotonic()
         dbs = scratch.databases.get(tier, {})
         admin = admin_dsn(cfg, resolver) if dbs else None
@@ -391,7 +424,7 @@ def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, reso
             if i == 0:
                 restore_command.check_prerequisites(cfg, req, Location.from_dict({**loc.to_dict(), "sources": plain or sources}),
                                                     validate=False)
-            res = restore_command.run_restore(cfg, req, part, resolver, pg_dsn)
+            res = restore_command.run_restore(cfg, req, part, resolver, pg_dsn, locked=hold is not None)
             merged.update(res.sources)
         out.restore_seconds = round(time.monotonic() - t0, 3)
         out.sources = {n: r.to_dict() for n, r in merged.items()}
@@ -556,38 +589,59 @@ def run_smoke_command(chk: Any, cwd: Path, env: dict[str, str]) -> tuple[bool, s
 
 
 def verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRestore, resolver: Any = None, *,
-                docs_dir: Path | None = None) -> TierVerify:
-    """Every check on one restored tier; failed checks are returned (``ok`` false), never raised."""
-    from ..catalog import Catalog
-    from ..storage import open_storage
-    from ..validation.datadocs import validate_postgres_with_docs, validate_sqlite_with_docs
+                docs_dir: Path | None = None, locked: bool = False) -> TierVerify:
+    """Every check on one restored tier; failed checks are returned (``ok`` false), never raised.
+
+    The checks run under the shared lock of the tier's storage, so a prune cannot forget the snapshot while it is
+    checked: ``locked`` when the caller holds it since the restore (:func:`run_drill`); otherwise (the DAG's
+    separate ``verify_tier`` task) it takes its own, and a snapshot that a prune removed since the restore (or a
+    lock it cannot get) is a failed ``snapshot`` check naming it."""
     from . import restore as restore_command
 
     if restored.ok and any(r.get("kind") in ("sqlite", "postgres") for r in restored.sources.values()):
         import great_expectations  # noqa: F401  (10-15 s of imports: tooling, not part of the measured RTO)
     t0 = time.monotonic()
     tier = restored.tier
-    checks: list[Check] = []
-    docs: dict[str, str] = {}
     if not restored.ok:
-        checks.append(Check(name="restore", kind="restore", ok=False, detail=restored.error or "not restored"))
-        return TierVerify(tier=tier, ok=False, checks=[c.to_dict() for c in checks], data_docs={}, verify_seconds=0.0)
-    tp = plan.tier(tier)
-    loc = Location.from_dict(tp.location or {})
-    checks.append(Check(name="restore", kind="restore", ok=True,
-                        detail=f"{restored.files} file(s), {mb(restored.bytes)} restored, every SHA-256 checked while written",
-                        seconds=restored.restore_seconds))
+        failed = Check(name="restore", kind="restore", ok=False, detail=restored.error or "not restored")
+        return TierVerify(tier=tier, ok=False, checks=[failed.to_dict()], data_docs={}, verify_seconds=0.0)
+    loc = Location.from_dict(plan.tier(tier).location or {})
+    done = Check(name="restore", kind="restore", ok=True,
+                 detail=f"{restored.files} file(s), {mb(restored.bytes)} restored, every SHA-256 checked while written",
+                 seconds=restored.restore_seconds)
+    try:
+        with nullcontext() if locked else restore_command.shared_lock(cfg, loc.storage, resolver,
+                                                                       operation="drill verification"):
+            return _verify_tier(cfg, plan, scratch, restored, loc, done, t0, resolver, docs_dir)
+    except BackupError as exc:  # the snapshot gone since the restore, or the lock not taken
+        gone = Check(name="snapshot", kind="snapshot", ok=False, detail=_first_line(exc))
+        log.error("drill %s: %s: FAIL snapshot: %s", plan.drill_id, tier, gone.detail)
+        return TierVerify(tier=tier, ok=False, checks=[done.to_dict(), gone.to_dict()], data_docs={},
+                          verify_seconds=round(time.monotonic() - t0, 3))
+
+
+def _verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRestore, loc: Location, done: Check,
+                 t0: float, resolver: Any, docs_dir: Path | None) -> TierVerify:
+    from ..storage import open_storage
+    from ..validation.datadocs import validate_postgres_with_docs, validate_sqlite_with_docs
+    from . import restore as restore_command
+
+    tier = restored.tier
+    docs: dict[str, str] = {}
+    _cat, snap = restore_command.snapshot_still_there(cfg, open_storage(cfg, loc.storage, resolver, read_only=True),
+                                                      loc.snapshot_id, step="drill verification",
+                                                      since="the drill restored it")
+    checks: list[Check] = [done]
     rres = RestoreResult(snapshot_id=loc.snapshot_id, storage=loc.storage, target=scratch.targets[tier],
                          sources={n: RestoredSource(**r) for n, r in restored.sources.items()}, seconds=restored.restore_seconds)
     req = RestoreRequest(target=scratch.targets[tier], snapshot=loc.snapshot_id, tier=tier, storage=loc.storage)
 
     def rehash() -> tuple[bool, str]:
-        v = restore_command.verify_restore(cfg, req, loc, rres, resolver, validate=False)
+        v = restore_command.verify_restore(cfg, req, loc, rres, resolver, validate=False, locked=True)
         n = sum(f["files_checked"] for f in v.files.values())
         return True, f"{n} restored file(s) re-hashed against the snapshot's index"
 
     checks.append(_timed("sha256", "sha256", None, rehash))
-    snap = Catalog(open_storage(cfg, loc.storage, resolver, read_only=True), cfg.application).get(loc.snapshot_id)
     dbs = scratch.databases.get(tier, {})
     admin = admin_dsn(cfg, resolver) if dbs else None
     db_where: dict[str, tuple[str, str]] = {}  # source -> (kind, sqlite path or dsn)
@@ -982,6 +1036,148 @@ def prune_data_docs(directory: Path, ids: list[str], keep: int = KEEP_DATA_DOCS)
     return removed
 
 
+# ------------------------------------------------------------------------------------------------ leftovers
+def owner_record(drill_id: str) -> dict[str, Any]:
+    """Who owns a drill's scratch directory and databases: this host and process (with the pid's kernel start
+    time, so a reused pid is not taken for it), when, and the Airflow run when a DAG task runs it."""
+    from ..repository.locks import HOST, pid_start, run_identity
+
+    return {"drill_id": drill_id, "host": HOST, "pid": os.getpid(), "pid_start": pid_start(os.getpid()),
+            "started_at": _iso(_now()), "run": run_identity()}
+
+
+def _id_time(stamp: str) -> datetime | None:
+    try:
+        return datetime.strptime(stamp.upper(), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def owner_state(owner: dict[str, Any] | None, created: datetime | None, now: datetime | None = None) -> tuple[bool, str]:
+    """(dead, why) for a leftover with owner record ``owner`` (None: no readable record) created at ``created``.
+    Dead: on this host, outside Airflow, and its pid gone or reused; else older than LEFTOVER_MAX_AGE_DAYS."""
+    from ..repository.locks import HOST, pid_alive
+
+    now = now or _now()
+    if owner:
+        if created is None:  # the drill id in the name is the start; the record's own time only without it
+            try:
+                created = datetime.fromisoformat(str(owner.get("started_at")))
+            except ValueError:
+                created = None
+            if created is not None and created.tzinfo is None:
+                created = created.replace(tzinfo=UTC)
+        pid = owner.get("pid")
+        if owner.get("host") == HOST and not owner.get("run") and type(pid) is int and 0 < pid <= 1 << 22:
+            if pid_alive(pid, owner.get("pid_start")):
+                return False, f"its drill (pid {pid} on {HOST}) is still running"
+            return True, f"its drill (pid {pid} on {HOST}) is gone"
+        who = f"a run of {owner['run']}" if owner.get("run") else f"pid {pid} on host {owner.get('host')}"
+    else:
+        who = "no owner record"
+    if created is None:
+        return False, f"{who}, age unknown: kept (remove it by hand when no drill runs)"
+    age = now - created
+    if age.total_seconds() > LEFTOVER_MAX_AGE_DAYS * 86400:
+        return True, f"{who}, {age.days} day(s) old (more than {LEFTOVER_MAX_AGE_DAYS})"
+    return False, f"{who}, not checkable from here: kept until {LEFTOVER_MAX_AGE_DAYS} days old"
+
+
+@dataclass
+class Leftovers(Result):
+    """What :func:`clean_leftovers` removed (or, ``dry_run``, would remove) and what it kept, with why."""
+
+    dry_run: bool = False
+    directories: list[str] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def clean_leftovers(cfg: Config, resolver: Any = None, *, keep: str | None = None, dry_run: bool = False,
+                    now: datetime | None = None) -> Leftovers:
+    """Remove the scratch directories (``<scratch>/drill-*``) and ``drill_*`` databases of drills that died without
+    their teardown (see the module doc for when an owner is dead). ``keep``: a drill id never touched (the caller's
+    own). Problems (an unreachable scratch server, a directory that cannot be removed) are returned, never raised."""
+    out = Leftovers(dry_run=dry_run)
+    base = scratch_base(cfg)
+    entries: list[Path] = []
+    try:
+        entries = sorted(base.iterdir()) if base.is_dir() else []
+    except OSError as exc:
+        out.problems.append(f"{base}: {exc.strerror}")
+    for d in entries:
+        m = DRILL_ID_RE.fullmatch(d.name)
+        if not m or d.name == keep or d.is_symlink() or not d.is_dir():
+            continue
+        dead, why = owner_state(read_owner(d / OWNER_FILE), _id_time(m.group(1)), now)
+        if not dead:
+            out.kept.append(f"{d}: {why}")
+            continue
+        log.warning("drill leftover %s: %s: %s", d, why, "would remove" if dry_run else "removing")
+        if not dry_run:
+            shutil.rmtree(d, onerror=lambda _f, p, exc: out.problems.append(f"{p}: {exc[1]}"))
+        out.directories.append(str(d))
+    if any(src.type == "postgres" for src in cfg.sources.values()):  # only they get scratch databases
+        _clean_databases(cfg, resolver, out, keep, now)
+    for p in out.problems:
+        log.warning("drill leftovers: could not clean up: %s", p)
+    return out
+
+
+def read_owner(path: Path) -> dict[str, Any] | None:
+    """The owner record at ``path``, or None when it is missing, not a regular file (never followed through a
+    symlink, never blocking on a FIFO), over 64 KiB, or not a JSON object."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            raw = fh.read(65537)
+        doc = json.loads(raw) if len(raw) <= 65536 else None
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _clean_databases(cfg: Config, resolver: Any, out: Leftovers, keep: str | None, now: datetime | None) -> None:
+    try:
+        admin = admin_dsn(cfg, resolver)
+        if not admin:
+            return
+        import psycopg
+        from psycopg import sql
+
+        mine = db_prefix(keep) if keep else None
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            rows = conn.execute("SELECT d.datname, shobj_description(d.oid, 'pg_database') FROM pg_database d "
+                                "WHERE d.datname LIKE 'drill\\_%' ORDER BY 1").fetchall()
+            for name, comment in rows:
+                m = DB_NAME_RE.fullmatch(name)
+                if not m or (mine and name.startswith(mine)):
+                    continue
+                try:
+                    owner = json.loads(comment) if comment else None
+                except ValueError:
+                    owner = None
+                dead, why = owner_state(owner if isinstance(owner, dict) else None, _id_time(m.group(1)), now)
+                if not dead:
+                    out.kept.append(f"database {name}: {why}")
+                    continue
+                log.warning("drill leftover database %s: %s: %s", name, why, "would drop" if out.dry_run else "dropping")
+                if not out.dry_run:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+                out.databases.append(name)
+    except BackupError as exc:
+        out.problems.append(f"scratch server: {exc.message}")
+    except Exception as exc:  # psycopg.Error: reported; the directories were still cleaned
+        text = str(exc).strip()
+        out.problems.append(f"scratch databases: {text.splitlines()[0] if text else type(exc).__name__}")
+
+
 # ------------------------------------------------------------------------------------------------ 7. teardown
 @dataclass
 class Teardown(Result):
@@ -1035,7 +1231,7 @@ class DrillOutcome(Result):
 
 
 def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None, *, poll_seconds: float = 60.0,
-              raise_on_failure: bool = False) -> DrillOutcome:
+              thaw_timeout: float | None = None, raise_on_failure: bool = False) -> DrillOutcome:
     """Every step in order, teardown in ``finally`` (the CLI door). The report is written even when the drill
     fails; ``raise_on_failure`` then raises :class:`~backups.errors.DrillFailedError` with the findings."""
     req = check_request(cfg, req or DrillRequest())
@@ -1049,9 +1245,11 @@ def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None
         try:
             scratch = isolate(cfg, plan, resolver)
             for name in plan.names:
-                r = restore_tier(cfg, plan, scratch, name, resolver, poll_seconds=poll_seconds)
-                restores.append(r)
-                verifies.append(verify_tier(cfg, plan, scratch, r, resolver))
+                with ExitStack() as hold:  # the shared lock from the restore through its verification
+                    r = restore_tier(cfg, plan, scratch, name, resolver, poll_seconds=poll_seconds,
+                                     thaw_timeout=thaw_timeout, hold=hold)
+                    restores.append(r)
+                    verifies.append(verify_tier(cfg, plan, scratch, r, resolver, locked=r.ok))
         except BackupError as exc:
             extra.append(f"drill aborted: {_first_line(exc)}")
         finally:
@@ -1076,6 +1274,7 @@ def failed_error(verdict: DrillVerdict | dict[str, Any]) -> DrillFailedError:
 
 
 __all__ = ["Check", "DrillOutcome", "DrillPlan", "DrillRequest", "DrillVerdict", "Scratch",
-           "Teardown", "TierPlan", "TierRestore", "TierVerify", "check_request", "drill_dir", "drill_id_for",
+           "Teardown", "TierPlan", "TierRestore", "TierVerify", "check_request", "clean_leftovers", "drill_dir",
+           "drill_id_for", "Leftovers", "owner_record", "owner_state",
            "failed_error", "isolate", "judge", "plan_drill", "read_history", "restore_tier", "run_drill", "store_reports", "teardown",
            "verify_tier", "write_reports"]

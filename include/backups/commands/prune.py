@@ -26,6 +26,8 @@ class PruneResult(Result):
     dry_run: bool
     storages: list[dict[str, Any]] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)
+    #: scratch directories and databases of killed drills on this host (see :func:`.drill.clean_leftovers`)
+    drill_leftovers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -49,12 +51,15 @@ def prune_one(cfg: Any, name: str, *, dry_run: bool = False, resolver: Any = Non
 
 
 def prune(cfg: Any, names: list[str] | None = None, *, dry_run: bool = False, resolver: Any = None) -> PruneResult:
-    """Prune the storages ``names`` (default: every configured one; an unreachable one is recorded, see module doc)."""
+    """Prune the storages ``names`` (default: every configured one; an unreachable one is recorded, see module doc),
+    then remove what killed drills left on this host (their scratch directories and ``drill_*`` databases)."""
     from ..engine.retention import prune_storage
+    from .drill import clean_leftovers
 
     out = PruneResult(dry_run=dry_run)
     for storage in each_storage(cfg, names, resolver, out.unreachable, read_only=dry_run):
         out.storages.append(_summary(prune_storage(cfg, storage, dry_run=dry_run).to_dict(), dry_run))
+    out.drill_leftovers = clean_leftovers(cfg, resolver, dry_run=dry_run).to_dict()
     return out
 
 

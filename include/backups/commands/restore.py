@@ -7,7 +7,7 @@ Steps, each taking typed inputs and returning a typed, JSON-able result (``to_di
 2. :func:`locate` — the storage to read from: the named one, or the first (config order) that is reachable and
    holds the snapshot with its whole chain; what a thaw of an archive storage needs (objects, bytes).
 3. :func:`check_prerequisites` — the target (not ``/``, not in or around a local repository, a directory, empty
-   unless ``force``, enough free space) and the PostgreSQL target database (reachable).
+   unless ``force``, writable by this user, enough free space) and the PostgreSQL target database (reachable).
 4. :func:`wait_for_archive` — archive storages: request the S3 restores and wait (the DAG uses its deferrable
    sensor instead).
 5. :func:`plan_tables` — a table-level restore: the foreign keys read from the snapshot, the referenced tables
@@ -15,8 +15,9 @@ Steps, each taking typed inputs and returning a typed, JSON-able result (``to_di
    chosen tables that hold rows refused unless ``force``.
    :func:`run_restore` — :func:`backups.engine.restorer.restore` (every write goes through it: SHA-256 checked,
    a source appears only when complete) under the repository's shared lock.
-6. :func:`verify_restore` — the restored tree read back: every regular file re-hashed against the snapshot's
-   index, no stray file in a ``files`` source; the Great Expectations suite on restored databases (GX is imported
+6. :func:`verify_restore` — under the same shared lock (the CLI holds one lock over 5 and 6; the DAG's separate
+   task takes its own and names a snapshot pruned since the restore), the restored tree read back: every regular
+   file re-hashed against the snapshot's index, no stray file in a ``files`` source; the Great Expectations suite on restored databases (GX is imported
    only here, and only when ``validate`` is true and a database was restored).
 7. :func:`build_report` / :func:`write_report` — ``RESTORE_REPORT.json`` and ``.md`` in the target directory; the
    same content from both doors except who asked, the approval and timings (:class:`RunInfo`).
@@ -35,6 +36,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -336,9 +338,38 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+def check_writable(target: Path, replaced: list[Path] | None = None) -> None:
+    """ConfigError (exit 2) when this user cannot create entries in ``target`` — or, when it is missing, in the
+    nearest existing directory above it (where it would be created): a read-only mount, a directory owned by
+    someone else — or cannot remove a directory of ``replaced`` (what ``force`` replaces: every directory in it
+    must be writable). Checked with ``access(2)`` for the real user, so nothing is written."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid {os.getuid()}"
+    fix = ("choose a target this user can write (e.g. a new directory below its home or /srv/restore), or run the "
+           "restore as the user that owns it (or fix its permissions / the read-only mount)")
+    where = _existing_parent(target)
+    if where != target and not where.is_dir():
+        raise ConfigError(f"restore: {where} is not a directory, so the restore target {target} cannot be created "
+                          "below it; nothing was written", hint="give a target path whose existing part is directories")
+    if not os.access(where, os.W_OK | os.X_OK):
+        what = "the restore target" if where == target else f"the directory the restore target {target} would be created in,"
+        raise ConfigError(f"restore: {what} {where} is not writable by user {user}; nothing was written", hint=fix)
+    for old in replaced or []:
+        if old.is_symlink() or not old.is_dir():
+            continue
+        for dirpath, _dirs, _files in os.walk(old):  # symlinks are not followed: they are removed, not entered
+            if not os.access(dirpath, os.W_OK | os.X_OK):
+                raise ConfigError(f"restore: --force would replace {old}, but {dirpath} in it is not writable by user "
+                                  f"{user}, so it cannot be removed; nothing was written", hint=fix)
+
+
 def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn: str | None = None, *,
                         validate: bool = True) -> Prerequisites:
-    """The target (not the root, not in a repository, a directory, empty unless ``force``, enough free space for
+    """The target (not the root, not in a repository, a directory, empty unless ``force``, writable, enough free space for
     the whole sources), the PostgreSQL target (answers) and, when databases are to be validated, Great
     Expectations (installed; not imported here). Nothing is written. ConfigError / RefusedError / SourceError."""
     import importlib.util
@@ -352,6 +383,7 @@ def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn:
                                "--no-validate (every restored file is still re-hashed)")
     target = Path(req.target)
     check_target(target, req.force)
+    check_writable(target, [target / s for s in loc.sources] if req.force else None)
     free = shutil.disk_usage(_existing_parent(target)).free
     needed = 0 if (req.includes or req.tables) else loc.source_bytes  # a selection: its size is not known up front
     if needed > free:
@@ -393,10 +425,13 @@ class ArchiveWait:
         return asdict(self)
 
 
-def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_seconds: float = 60.0) -> ArchiveWait:
-    """Archive storages: request the restores of every object of the chain and wait until all are readable."""
+def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_seconds: float = 60.0,
+                     timeout_seconds: float | None = None) -> ArchiveWait:
+    """Archive storages: request the restores of every object of the chain and wait until all are readable —
+    at most ``timeout_seconds`` (default :data:`~backups.engine.thaw.THAW_TIMEOUT_SECONDS`, 48 h; the CLI's
+    ``--thaw-timeout``), then StorageError (exit 5) saying how many objects are still frozen."""
     from ..catalog import Catalog
-    from ..engine.thaw import needed_keys, wait_readable
+    from ..engine.thaw import THAW_TIMEOUT_SECONDS, needed_keys, wait_readable
     from ..storage import open_storage
 
     st = open_storage(cfg, loc.storage, resolver, read_only=True)
@@ -405,7 +440,8 @@ def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_s
     cat = Catalog(st, cfg.application)
     keys = needed_keys(cat, cat.get(loc.snapshot_id))
     t0 = time.monotonic()
-    wait_readable(st, keys, poll_seconds=poll_seconds)
+    wait_readable(st, keys, poll_seconds=poll_seconds,
+                  timeout_seconds=THAW_TIMEOUT_SECONDS if timeout_seconds is None else timeout_seconds)
     return ArchiveWait(storage=loc.storage, archive=True, keys=len(keys),
                        waited_seconds=round(time.monotonic() - t0, 1))
 
@@ -447,21 +483,49 @@ class RestoreResult:
                    sources={n: RestoredSource(**r) for n, r in d["sources"].items()}, tables=d.get("tables"))
 
 
+@contextmanager
+def shared_lock(cfg: Config, storage: str, resolver: Any = None, *, operation: str) -> Iterator[None]:
+    """The repository's shared lock on ``storage`` (opened read-only: lock objects are its one write). A prune
+    (exclusive) waits while it is held, so a snapshot cannot be forgotten between a restore and its verification:
+    the CLI and the drill hold it across both steps."""
+    from ..repository import Repository, repo_scope
+    from ..storage import open_storage
+
+    repo = Repository(open_storage(cfg, storage, resolver, read_only=True), cfg)
+    with repo.lock(repo_scope(), exclusive=False, operation=operation):
+        yield
+
+
+def snapshot_still_there(cfg: Config, storage: Any, snapshot_id: str, *, step: str, since: str) -> tuple[Any, Any]:
+    """(catalog, snapshot) of ``snapshot_id`` read afresh from ``storage`` (call it under the shared lock).
+    NotFoundError (exit 3) naming the snapshot when it is gone — a prune or ``forget`` that ran since ``since``
+    (the DAG runs locate, restore and verification as separate tasks) — so no step works on a snapshot that is no
+    longer there, and a verification never passes over data it could not check."""
+    from ..catalog import Catalog
+
+    cat = Catalog(storage, cfg.application)
+    if snapshot_id not in cat.snapshots and snapshot_id not in cat.broken:
+        raise NotFoundError(f"{step}: snapshot {snapshot_id} is no longer on storage {storage.name} (a prune or forget "
+                            f"removed it since {since})" + (": the restored data cannot be checked against it"
+                                                            if step.startswith("verif") else ""),
+                            hint="restore again from a snapshot that exists (`backupctl list`), or from another "
+                                 "storage that still holds it; do not use data that was not verified")
+    return cat, cat.get(snapshot_id)
+
+
 def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None, pg_dsn: str | None = None, *,
-                tty: bool | None = False, plan: TablePlan | None = None) -> RestoreResult:
+                tty: bool | None = False, plan: TablePlan | None = None, locked: bool = False) -> RestoreResult:
     """Restore the located snapshot's sources into the target through :func:`backups.engine.restorer.restore`,
-    holding the repository's shared lock (a prune waits for it) and re-reading the catalog under it."""
+    holding the repository's shared lock (a prune waits for it) and re-reading the catalog under it. ``locked``:
+    the caller already holds that lock (:func:`shared_lock`, e.g. across the restore and its verification)."""
     from ..engine.progress import Progress
     from ..engine.restorer import restore
-    from ..repository import Repository, repo_scope
     from ..storage import open_storage
 
     st = open_storage(cfg, loc.storage, resolver, read_only=True)
     t0 = time.monotonic()
-    repo = Repository(st, cfg)
-    with repo.lock(repo_scope(), exclusive=False, operation="restore"):
-        cat = repo.catalog
-        snap = cat.get(loc.snapshot_id)
+    with nullcontext() if locked else shared_lock(cfg, loc.storage, resolver, operation="restore"):
+        cat, snap = snapshot_still_there(cfg, st, loc.snapshot_id, step="restore", since="it was located")
         progress = Progress(f"restore {snap.id}", snap.doc["totals"]["bytes"], interval=10.0, tty=tty)
         try:
             results = restore(st, cat, snap, Path(req.target), sources=loc.sources, includes=req.includes,
@@ -593,15 +657,27 @@ class Verification:
 
 
 def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: RestoreResult, resolver: Any = None,
-                   pg_dsn: str | None = None, *, validate: bool = True, scratch_dsn: str | None = None) -> Verification:
+                   pg_dsn: str | None = None, *, validate: bool = True, scratch_dsn: str | None = None,
+                   locked: bool = False) -> Verification:
     """Read the restored tree back: re-hash every regular file against the snapshot's index; with ``validate``,
     run the GX suite on the databases (``validation`` then says ``skipped`` per database otherwise). Every problem
-    is collected; IntegrityError lists them."""
-    from ..catalog import Catalog
+    is collected; IntegrityError lists them.
+
+    Runs under the repository's shared lock, so a prune cannot forget the snapshot while it is checked:
+    ``locked`` when the caller holds it across the restore and this step (the CLI, the drill); otherwise (the
+    DAG's separate ``verify_restored`` task) it takes its own, and a snapshot that a prune removed between the
+    tasks is NotFoundError (exit 3) naming it."""
     from ..storage import open_storage
 
     st = open_storage(cfg, loc.storage, resolver, read_only=True)
-    snap = Catalog(st, cfg.application).get(loc.snapshot_id)
+    with nullcontext() if locked else shared_lock(cfg, loc.storage, resolver, operation="verify restore"):
+        _cat, snap = snapshot_still_there(cfg, st, loc.snapshot_id, step="verification of the restore",
+                                          since="it was restored")
+        return _verify_restored(cfg, req, st, snap, restored, pg_dsn, validate=validate, scratch_dsn=scratch_dsn)
+
+
+def _verify_restored(cfg: Config, req: RestoreRequest, st: Any, snap: Any, restored: RestoreResult,
+                     pg_dsn: str | None, *, validate: bool, scratch_dsn: str | None) -> Verification:
     t0 = time.monotonic()
     files: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
@@ -788,19 +864,22 @@ class RestoreOutcome:
 
 
 def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, pg_dsn: str | None = None,
-                     validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None) -> RestoreOutcome:
+                     validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None,
+                     thaw_timeout: float | None = None) -> RestoreOutcome:
     """Every step in order, as the CLI runs them: check, locate, prerequisites, thaw, table plan (foreign keys),
-    restore, verify, report.
+    restore, verify, report — the table plan, the restore and its verification under one shared repository lock
+    (a prune waits until the restore is verified).
     Raises the first step's BackupError; the report is written only after a verified restore."""
     t0 = time.monotonic()
     req = check_request(cfg, req)
     loc = locate(cfg, req, resolver)
     check_prerequisites(cfg, req, loc, pg_dsn, validate=validate)
-    wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds)
-    plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
-    restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan)
-    verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
-                              scratch_dsn=pg_scratch_dsn(resolver) if validate else None)
+    wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds, timeout_seconds=thaw_timeout)
+    with shared_lock(cfg, loc.storage, resolver, operation="restore"):  # one lock over restore and verification
+        plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
+        restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan, locked=True)
+        verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
+                                  scratch_dsn=pg_scratch_dsn(resolver) if validate else None, locked=True)
     report = build_report(req, loc, restored, verified,
                           cli_run_info(round(time.monotonic() - t0, 1), wait.to_dict()))
     paths = write_report(req.target, report)
@@ -809,7 +888,7 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
 
 __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",
            "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
-           "approval_from_hitl", "build_report", "check_prerequisites", "check_request", "cli_run_info",
+           "approval_from_hitl", "build_report", "check_prerequisites", "check_writable", "check_request", "cli_run_info",
            "guard_target", "hash_check", "include_selector", "locate", "plan_tables", "TablePlan",
-           "regular_files", "restore_snapshot", "run_restore", "sha256_file", "target_state",
+           "regular_files", "restore_snapshot", "run_restore", "sha256_file", "shared_lock", "snapshot_still_there", "target_state",
            "verify_restore", "wait_for_archive", "write_report"]

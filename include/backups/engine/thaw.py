@@ -17,6 +17,10 @@ from ..storage.base import Storage
 
 log = logging.getLogger(__name__)
 
+#: how long a restore or drill waits for archived objects by default (S3 GLACIER bulk retrievals take up to 12 h,
+#: DEEP_ARCHIVE up to 48 h); the CLI's ``--thaw-timeout`` changes it
+THAW_TIMEOUT_SECONDS = 48 * 3600.0
+
 
 def needed_keys(catalog: Catalog, snap: Snapshot) -> list[str]:
     """Every object key a restore of ``snap`` reads: the objects of each snapshot of its chain."""
@@ -30,7 +34,8 @@ def pending(storage: Storage, keys: Iterable[str], days: int = 2) -> list[str]:
     return [k for k in keys if not storage.restore_request(k, days)]
 
 
-def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60.0, timeout_seconds: float = 48 * 3600) -> None:
+def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60.0,
+                  timeout_seconds: float = THAW_TIMEOUT_SECONDS) -> None:
     """Request the restores of ``keys`` and poll every ``poll_seconds`` until all are readable (at once for a
     storage that is not an archive); StorageError after ``timeout_seconds``."""
     if not storage.archive:
@@ -40,9 +45,18 @@ def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60
     while left:
         waited = time.monotonic() - start
         if waited > timeout_seconds:
-            raise StorageError(f"{storage.name}: {len(left)} archived object(s) still not restored after {waited / 3600:.1f} h",
-                               hint="check the restore requests in the S3 console, or restore from another storage")
+            raise StorageError(f"{storage.name}: {len(left)} of {len(keys)} archived object(s) still not thawed after "
+                               f"{_duration(waited)} (thaw timeout {_duration(timeout_seconds)}), e.g. {left[0]}",
+                               hint="the thaw requests stay active: run the same command again later, with a longer "
+                                    "--thaw-timeout (restore, drill), or restore from an instant storage (--storage); "
+                                    "GLACIER takes minutes to hours, DEEP_ARCHIVE up to 48 h")
         log.info("%s: waiting for %d of %d archived object(s) to be restored (%.0f min so far)", storage.name, len(left),
                  len(keys), waited / 60)
-        time.sleep(poll_seconds)
+        time.sleep(max(0.0, min(poll_seconds, timeout_seconds - waited + 0.01)))
         left = pending(storage, left)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

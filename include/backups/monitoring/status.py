@@ -97,7 +97,7 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
     entry: dict[str, Any] = {"storage": name, "type": sc.type, "reachable": False, "writable": None, "used_bytes": None,
                              "free_bytes": None, "snapshots": 0, "error": None, "describe": None, "locks": [],
                              "objects": None, "corrupt": [], "oldest_committed_at": None, "_sizes": None,
-                             "verification_record": None, "_record": None}
+                             "verification_record": None, "_record": None, "frozen": None}
     try:
         storage = open_storage(cfg, name, resolver)
         entry["describe"] = storage.describe()
@@ -119,11 +119,15 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
     try:
         used = count = 0
         sizes: dict[str, int] = {}
+        frozen = FrozenObjects(storage, catalog) if storage.archive else None
         for info in storage.list(""):
             used += info.size or 0
             count += 1
             sizes[info.key] = info.size
+            if frozen is not None:
+                frozen.add(info)
         entry["used_bytes"], entry["objects"], entry["_sizes"] = used, count, sizes
+        entry["frozen"] = frozen.to_dict() if frozen is not None else None
         entry["free_bytes"] = storage.free_bytes()
         if entry["free_bytes"] is not None and sc.type == "local":
             import shutil
@@ -160,6 +164,31 @@ def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: boo
             entry["writable"] = False
             entry["error"] = f"not writable: {getattr(exc, 'message', None) or exc}"
     return entry, catalog
+
+
+class FrozenObjects:
+    """Objects of an archive storage in an archive class (GLACIER, DEEP_ARCHIVE): unreadable until thawed by a
+    restore or drill. Counted per tier (from the snapshot id in ``data/<id>/``) from the status's one listing."""
+
+    def __init__(self, storage: Any, catalog: Any) -> None:
+        from ..config import ARCHIVE_CLASSES
+
+        self.classes, self.catalog = ARCHIVE_CLASSES, catalog
+        self.objects = self.bytes = 0
+        self.tiers: dict[str, int] = {}
+
+    def add(self, info: Any) -> None:
+        if info.storage_class not in self.classes:
+            return
+        self.objects += 1
+        self.bytes += info.size or 0
+        parts = info.key.split("/")
+        snap = self.catalog.snapshots.get(parts[1]) if len(parts) > 2 and parts[0] == "data" else None
+        tier = snap.tier if snap is not None else "unreferenced"
+        self.tiers[tier] = self.tiers.get(tier, 0) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objects": self.objects, "bytes": self.bytes, "tiers": dict(sorted(self.tiers.items()))}
 
 
 # -------------------------------------------------------------------------------------------------- tiers

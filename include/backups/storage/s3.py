@@ -103,8 +103,10 @@ class S3Storage(Storage):
             return StorageError(f"{self.name}: bucket {self.bucket} does not exist", hint="create it or fix storages.*.bucket")
         if code == "InvalidObjectState" and key is not None:
             return StorageError(f"{self.name}: {where}: object is in {self._class_of(key)}; request a restore before reading it",
-                                hint="call restore_request() for it (the restore path does this) and retry once S3 reports "
-                                "the restore complete: minutes to hours for GLACIER, up to 48 h for DEEP_ARCHIVE")
+                                hint="`backupctl restore` and `backupctl drill` (and the restore_snapshot / dr_drill "
+                                "DAGs) thaw the objects they need and wait (--thaw-timeout): minutes to hours for "
+                                "GLACIER, up to 48 h for DEEP_ARCHIVE; to list or check a snapshot without a thaw, use a "
+                                "storage that holds it in an instant class (--storage)")
         if status >= 500 or status == 429 or code in _TRANSIENT:
             return TransientStorageError(text)
         return StorageError(text, hint=self._hint() if status in (401, 403) else None)

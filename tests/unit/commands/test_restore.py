@@ -44,6 +44,15 @@ def test_check_request_refuses_bad_requests(app, change, error, text):
     assert ei.value.hint  # every refusal says how to fix it
 
 
+def test_a_target_below_a_file_is_refused_before_anything_is_written(app):
+    blocker = app["tmp"] / "a-file"
+    blocker.write_text("x")
+    req = rc.RestoreRequest(target=str(blocker / "restore"))
+    with pytest.raises(ConfigError, match=f"{blocker} is not a directory, so the restore target") as ei:
+        rc.check_prerequisites(app["cfg"], req, rc.locate(app["cfg"], req))
+    assert ei.value.exit_code == 2 and blocker.read_text() == "x"
+
+
 def test_check_request_normalises(app):
     req = rc.check_request(app["cfg"], rc.RestoreRequest(target=str(app["tmp"] / "x") + "//", sources=[" ", "app_db"],
                                                          includes=[], tables=None, snapshot=" latest "))
@@ -211,3 +220,125 @@ def _index_args(tmp_path, restored):
     storage = LocalStorage(tmp_path / "repo")
     snap = Catalog(storage, APP).get("latest")
     return storage, snap.sources[SOURCE], restored, (lambda p: True), set(), True
+
+
+def _restore_without_dac_override(config_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``backupctl restore`` in a child whose root lacks CAP_DAC_OVERRIDE: file modes apply to it as to a service
+    user (the same trick as the unreadable-files backup tests)."""
+    import os
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and util-linux setpriv to drop CAP_DAC_OVERRIDE")
+    code = "import sys; from backups.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code,
+                           "--config", str(config_path), "restore", WEEKLY, *args],
+                          capture_output=True, text=True, env=subprocess_env())
+
+
+@pytest.mark.parametrize("where", ["target", "parent"])
+def test_cli_restore_into_an_unwritable_target_is_refused_up_front(app, where):
+    """A target (or, for a missing target, the directory it would be created in) that this user cannot write is a
+    prerequisite failure — exit 2 naming the directory and the fix — not a PermissionError traceback, and nothing
+    is written."""
+    ro = app["tmp"] / "readonly"
+    ro.mkdir()
+    target = ro if where == "target" else ro / "restore"
+    ro.chmod(0o555)
+    try:
+        p = _restore_without_dac_override(app["config_path"], "--target", str(target), "--no-validate")
+    finally:
+        ro.chmod(0o755)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and p.stderr.count("error:") == 1, p.stderr
+    assert f"{ro} is not writable" in p.stderr and "fix:" in p.stderr, p.stderr
+    assert list(ro.iterdir()) == []  # nothing written: no partial source, no report
+    # the same user restores fine into a directory it can write
+    ok = _restore_without_dac_override(app["config_path"], "--target", str(app["tmp"] / "ok"), "--no-validate")
+    assert ok.returncode == 0, ok.stderr
+
+
+# ------------------------------------------------------------------------------------------------ the shared lock
+def _keep_one_weekly(app) -> object:
+    """The app's config with ``keep_last: 1`` on weekly and a second weekly full: a prune forgets WEEKLY."""
+    from backups.config import load_config
+
+    path = app["config_path"]
+    path.write_text(path.read_text().replace('weekly:  {type: full, schedule: "0 1 * * 0", ',
+                                             'weekly:  {type: full, schedule: "0 1 * * 0", retention: {keep_last: 1}, '))
+    cfg = load_config(path)
+    run_backup(cfg, "weekly", logical_date="2026-01-11T01:00:00Z")
+    return cfg
+
+
+def _prune_right_after(monkeypatch, module, step: str, cfg) -> dict:
+    """Start a real prune (exclusive lock) the moment ``module.step`` returns, and give it 3 s to run before the
+    next step goes on — as a prune that was waiting for the restore's lock would."""
+    import threading
+
+    from backups.commands.prune import prune
+
+    real, box = getattr(module, step), {}
+
+    def step_then_prune(*a, **kw):
+        out = real(*a, **kw)
+        t = threading.Thread(target=lambda: box.setdefault("result", prune(cfg)), daemon=True)
+        box["thread"] = t
+        t.start()
+        t.join(3.0)
+        box["ran_before_next_step"] = not t.is_alive()
+        return out
+
+    monkeypatch.setattr(module, step, step_then_prune)
+    return box
+
+
+def test_a_waiting_prune_cannot_forget_the_snapshot_between_the_restore_and_its_verification(app, monkeypatch):
+    cfg = _keep_one_weekly(app)
+    box = _prune_right_after(monkeypatch, rc, "run_restore", cfg)
+    out = rc.restore_snapshot(cfg, rc.RestoreRequest(target=str(app["tmp"] / "t"), snapshot=WEEKLY), validate=False)
+    assert out.verified.ok and out.verified.files["app_files"]["files_checked"] > 0
+    assert box["ran_before_next_step"] is False  # the prune waited for the verification
+    box["thread"].join(30)
+    assert WEEKLY in box["result"].storages[0]["forget"]  # and then forgot it
+
+
+def test_a_separate_verification_takes_the_lock_and_names_a_snapshot_pruned_since_the_restore(app):
+    """The DAG's ``verify_restored`` is its own task: a prune may run between it and ``restore``. It then fails
+    clearly (exit 3, the snapshot named) instead of re-hashing against nothing."""
+    from backups.commands.prune import prune
+    from backups.errors import NotFoundError
+
+    cfg = _keep_one_weekly(app)
+    req = rc.check_request(cfg, rc.RestoreRequest(target=str(app["tmp"] / "t"), snapshot=WEEKLY))
+    loc = rc.locate(cfg, req)
+    restored = rc.run_restore(cfg, req, loc)
+    assert rc.verify_restore(cfg, req, loc, restored, validate=False).ok
+    assert WEEKLY in prune(cfg).storages[0]["forget"]
+    with pytest.raises(NotFoundError, match=f"verification of the restore: snapshot {WEEKLY} is no longer on storage "
+                                            "local") as ei:
+        rc.verify_restore(cfg, req, loc, restored, validate=False)
+    assert ei.value.exit_code == 3 and "restore again" in ei.value.hint
+
+
+def test_cli_restore_force_over_a_source_this_user_cannot_remove_is_refused_up_front(app):
+    """``--force`` replaces ``TARGET/<source>``: a directory in it this user cannot write could not be removed, and
+    the restore would fail half-way with the old copy already moved aside. Refused first (exit 2), nothing changed."""
+    from tests.helpers import tree
+
+    target = app["tmp"] / "busy"
+    sealed = target / "app_files" / "config"
+    sealed.mkdir(parents=True)
+    (sealed / "old.yaml").write_text("a: 1")
+    before = tree(target)
+    sealed.chmod(0o555)
+    try:
+        p = _restore_without_dac_override(app["config_path"], "--target", str(target), "--force", "--no-validate")
+    finally:
+        for d in [target, *target.rglob("*")]:  # wherever a failed restore moved it
+            if d.is_dir() and not d.is_symlink():
+                d.chmod(0o755)
+    assert p.returncode == 2, p.stderr
+    assert "Traceback" not in p.stderr and f"--force would replace {target / 'app_files'}" in p.stderr, p.stderr
+    assert f"{sealed} in it is not writable" in p.stderr
+    assert tree(target, include_tmp=True) == before
