@@ -157,6 +157,18 @@ class Snapshot:
         """The order of "newest data": sequence, then logical date, then id."""
         return self.sequence, self.logical_date, self.id
 
+    def in_future(self, now: datetime) -> bool:
+        """Dated, or committed by its host's clock, more than ``FUTURE_TOLERANCE`` after ``now``: a mistyped logical
+        date or a clock that ran ahead. Such a snapshot never counts as a tier's newest (status, drill)."""
+        limit = now + FUTURE_TOLERANCE
+        try:
+            committed = datetime.fromisoformat(str(self.doc.get("finished_at")))
+        except ValueError:
+            committed = None
+        if committed is not None and committed.tzinfo is None:
+            committed = committed.replace(tzinfo=UTC)
+        return self.logical_date > limit or (committed is not None and committed > limit)
+
     @property
     def sources(self) -> dict[str, dict[str, Any]]:
         return self.doc["sources"]

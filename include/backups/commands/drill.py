@@ -247,7 +247,12 @@ def _plan_tier(cfg: Config, req: DrillRequest, tier: str, resolver: Any) -> Tier
         st.check()
         cat = Catalog(st, cfg.application)
         chosen = None
-        for snap in reversed(cat.ordered(tier)):
+        now = datetime.now(UTC)
+        for snap in sorted(cat.ordered(tier), key=lambda s: s.newness(), reverse=True):  # the newest data first
+            if snap.in_future(now):
+                out.passed_over.append(f"{snap.id}: dated in the future (a mistyped --logical-date or a host clock "
+                                       f"ahead): not the newest data")
+                continue
             try:
                 missing = cat.missing_objects(snap)
             except BackupError as exc:

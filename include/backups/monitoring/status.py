@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from ..catalog.manifest import FUTURE_TOLERANCE
 from . import SCHEMA_VERSION
 from .store import iso, last_drill, now_utc, parse_iso
 
@@ -227,7 +226,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         tier_snaps = sorted((s for s in snaps.values() if s.tier == tier), key=lambda s: (s.logical_date, s.id))
         # a snapshot dated (or committed, by a host's clock) in the future would look fresh for ever: it never counts
         # as the newest, and is a problem of its own (health: ``future-dated:<tier>``)
-        future = [s for s in tier_snaps if dated_in_future(s, now)]
+        future = [s for s in tier_snaps if s.in_future(now)]
         current = [s for s in tier_snaps if s not in future]
         newest = max(current, key=lambda s: s.newness()) if current else None  # the newest data (docs/format.md)
         rpo = rpo_seconds(cfg, tier)
@@ -317,13 +316,6 @@ def _dependents(catalog: Any, ids: Any) -> dict[str, list[str]]:
     for sid in ids:
         out[sid] = [s.id for s in ordered if sid in s.chain]
     return out
-
-
-def dated_in_future(snap: Any, now: datetime) -> bool:
-    """Is ``snap`` dated, or was it committed (by its host's clock), more than ``FUTURE_TOLERANCE`` after ``now``?"""
-    committed = parse_iso(snap.doc.get("finished_at"))
-    limit = now + FUTURE_TOLERANCE
-    return snap.logical_date > limit or (committed is not None and committed > limit)
 
 
 def presence(newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any]) -> dict[str, Any]:
