@@ -122,10 +122,6 @@ def restore_params(cfg: Config) -> dict[str, Param]:
                                    "target connection: replace chosen tables that hold rows (one transaction)"),
         "require_approval": Param(True, type="boolean", title="Require approval",
                                   description="Ask a person to approve before anything is thawed or written"),
-        "no_owner": Param(False, type=["null", "boolean"], title="Do not restore owners",
-                          description="Files sources: leave restored files owned by the worker's user even when it "
-                                      "is root (as tar's --no-same-owner); off: root restores the recorded owners",
-                          section=ADVANCED),
         "tier": Param(None, type=["null", "string"], enum=[None, *tiers], values_display={None: "any tier"},
                       title="Tier", description="With 'latest': the newest snapshot of this tier only; empty: any tier",
                       section=ADVANCED),
@@ -150,6 +146,10 @@ def restore_params(cfg: Config) -> dict[str, Param]:
                                       description="With tables: also restore the tables they reference (foreign keys, "
                                                   "transitively); off: a missing one stops the restore before anything "
                                                   "is written", section=ADVANCED),
+        "no_owner": Param(False, type=["null", "boolean"], title="Do not restore owners",
+                          description="Files sources: leave restored files owned by the worker's user even when it "
+                                      "is root (as tar's --no-same-owner); off: root restores the recorded owners",
+                          section=ADVANCED),
     }
 
 
