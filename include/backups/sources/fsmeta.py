@@ -185,6 +185,9 @@ def apply(fd: int, mode: int, owner: Owner | None, xattrs: Xattrs, *, chown: boo
         os.fchown(fd, *resolve_owner(owner))
     os.fchmod(fd, mode)
     for name, value in xattrs:
+        if not recorded(name):  # only a crafted index holds others (security.capability would grant privileges)
+            warnings.append(f"{where}: extended attribute {name} not restored (only user.* attributes and ACLs are)")
+            continue
         try:
             os.setxattr(fd, name, value)
         except OSError as exc:

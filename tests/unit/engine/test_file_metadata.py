@@ -5,6 +5,7 @@ procedure of docs/format.md, followed literally); non-root runs through util-lin
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -188,6 +189,10 @@ def test_unreadable_directory_under_warn_keeps_its_previous_subtree(tmp_path):
     assert (out / "zz").read_text() == "changed"
     proc = hand_restore(repo, snap.id, SOURCE, tmp_path / "hand")
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert (tmp_path / "hand" / SOURCE / "uploads" / "2026" / "deep" / "b.jpg").read_text() == "b"
+    cli = backupctl("restore", "latest", "--target", str(tmp_path / "cli"), config=cfg_path)
+    assert cli.returncode == 0, cli.stderr
+    assert "warning:" in cli.stdout and "uploads/2026/" in cli.stdout  # the restore says what was kept from before
 
 
 def _restore_cli(env, snap_id, name):
@@ -257,3 +262,39 @@ def test_large_file_that_shrank_while_read_is_stored_as_read_not_zero_padded(env
     hand = hand_restore(env["repo"], snap.id, SOURCE, env["tmp"] / "hand")
     assert hand.returncode == 0 and hand.stdout == "", hand.stderr
     assert (env["tmp"] / "hand" / SOURCE / "big.bin").read_bytes() == now
+
+
+def test_a_crafted_index_cannot_set_other_attributes_than_user_and_acls(env):
+    """Whoever can write the repository must not grant file capabilities (``security.capability``) or set
+    ``trusted.*`` attributes through a restore: only ``user.*`` and the ACLs are ever set, the rest is a warning."""
+    import base64
+    import hashlib
+
+    from backups.catalog.manifest import seal
+
+    (env["root"] / "tool").write_bytes(b"#!/bin/sh\n")
+    snap = _snap(env, "full", 0)
+    repo = env["repo"]
+    path = repo / "snapshots" / f"{snap.id}.json"
+    doc = json.loads(path.read_text())
+    rec = doc["sources"][SOURCE]
+    key = rec["objects"]["index"]["key"]
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO((repo / key).read_bytes())).read()
+    lines = [json.loads(line) for line in raw.decode().splitlines()]
+    cap = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw+ep (VFS_CAP_REVISION_2)
+    for d in lines:
+        if d["p"] == "tool":
+            d["x"] = {"security.capability": base64.b64encode(cap).decode(), "trusted.evil": "eA==",
+                      "user.ok": base64.b64encode(b"fine").decode()}
+    data = zstandard.compress("".join(json.dumps(d) + "\n" for d in lines).encode())
+    (repo / key).write_bytes(data)
+    rec["objects"]["index"] = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    doc.pop("checksum", None)
+    path.write_bytes(seal(doc))
+    storage = LocalStorage(repo)
+    cat = Catalog(storage, APP)
+    out = restore(storage, cat, cat.get(snap.id), env["tmp"] / "out")
+    tool = env["tmp"] / "out" / SOURCE / "tool"
+    assert os.listxattr(tool) == ["user.ok"] and os.getxattr(tool, "user.ok") == b"fine"
+    assert any("security.capability not restored" in w for w in out[0].warnings)
+    assert any("trusted.evil not restored" in w for w in out[0].warnings)
