@@ -162,7 +162,7 @@ def _parse_pax(data: bytes) -> dict[str, str]:
         length = int(data[pos:sp])
         rec = data[sp + 1 : pos + length - 1]
         k, _, v = rec.partition(b"=")
-        out[k.decode()] = v.decode("utf-8", "surrogateescape")
+        out[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
         pos += length
     return out
 

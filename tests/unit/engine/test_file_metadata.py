@@ -58,6 +58,7 @@ def _setup_metadata_tree(r):
     os.chmod(f, 0o640)
     os.setxattr(f, "user.mime_type", b"image/jpeg")
     os.setxattr(f, "user.binary", bytes(range(256)))
+    os.setxattr(f, os.fsdecode(b"user.not-utf8-\xff"), b"v")  # names are bytes on Linux
     subprocess.run(["setfacl", "-m", "u:nobody:r--,g::r--,m::rw-", str(f)], check=True)
     subprocess.run(["setfacl", "-d", "-m", "u:nobody:r-x", str(r / "uploads")], check=True)
     if os.geteuid() == 0:
@@ -78,6 +79,7 @@ def test_owners_xattrs_and_acls_come_back(env):
     g = out / "uploads" / "photo.jpg"
     assert os.getxattr(g, "user.mime_type") == b"image/jpeg"
     assert os.getxattr(g, "user.binary") == bytes(range(256))
+    assert os.getxattr(g, os.fsdecode(b"user.not-utf8-\xff")) == b"v"
     assert _acl(g) == _acl(f)  # group r--, mask rw-: the group is not widened to rw-
     assert _acl(out / "uploads") == _acl(r / "uploads")  # the default ACL too
     assert _meta(g) == _meta(f)
