@@ -62,7 +62,7 @@ def entry_json(path: str, e: IndexEntry) -> str:
     if link is not None:
         line += f',"l":{_dumps(link)}'
     if owner is not None:
-        line += f',"o":{_dumps(list(owner))}'
+        line += f',"o":[{owner[0]},{owner[1]},{_dumps(owner[2])},{_dumps(owner[3])}]'
     if xattrs:
         line += f',"x":{_dumps(xattrs_json(xattrs))}'
     if torn:
@@ -98,8 +98,8 @@ def iter_index(storage: Storage, obj: dict[str, Any]) -> Iterator[tuple[str, Ind
                     p = d["p"]
                     o, x = d.get("o"), d.get("x")
                     e = _new(IndexEntry, (d["t"], d["s"], d["m"], d["mode"], d["i"], d.get("h"), d.get("l"), d["in"],
-                                          None if o is None else owner_from_json(o),
-                                          () if x is None else xattrs_from_json(x), d.get("torn") is True))
+                                          o if o is None else owner_from_json(o),
+                                          () if x is None else xattrs_from_json(x), "torn" in d and d["torn"] is True))
                     if (e.type not in _TYPES or type(e.size) is not int or type(e.mtime_ns) is not int
                             or type(e.mode) is not int or not isinstance(e.snap, str)
                             or not (e.link is None or isinstance(e.link, str))

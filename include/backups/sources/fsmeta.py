@@ -77,10 +77,13 @@ def xattrs_from_json(value: object) -> Xattrs:
 
 def owner_from_json(value: object) -> Owner:
     """An owner record ``[uid, gid, user, group]``; ValueError for anything else."""
-    if (not isinstance(value, list) or len(value) != 4 or not all(type(v) is int and v >= 0 for v in value[:2])
-            or not all(isinstance(v, str) for v in value[2:])):
+    try:
+        uid, gid, user, group = value  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise ValueError("owner is not [uid, gid, user, group]") from None
+    if type(uid) is not int or type(gid) is not int or uid < 0 or gid < 0 or type(user) is not str or type(group) is not str:
         raise ValueError("owner is not [uid, gid, user, group]")
-    return (value[0], value[1], value[2], value[3])
+    return (uid, gid, user, group)
 
 
 @lru_cache(maxsize=1024)

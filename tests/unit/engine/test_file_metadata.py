@@ -300,3 +300,30 @@ def test_a_crafted_index_cannot_set_other_attributes_than_user_and_acls(env):
     assert os.listxattr(tool) == ["user.ok"] and os.getxattr(tool, "user.ok") == b"fine"
     assert any("security.capability not restored" in w for w in out[0].warnings)
     assert any("trusted.evil not restored" in w for w in out[0].warnings)
+
+
+@needs_acl
+def test_target_without_acl_support_never_widens_the_group_and_says_so(env, monkeypatch):
+    """A restore onto a filesystem that refuses ACLs (vfat, some network mounts; none is mounted here, so the
+    refusal is injected at ``os.setxattr``): the group bits are the ACL's ``group::`` entry (r--), never its
+    mask (rw-), and the restore's warnings name the file."""
+    import errno
+
+    f = _setup_metadata_tree(env["root"])
+    snap = _snap(env, "full", 0)
+    real = os.setxattr
+
+    def no_acls(target, name, value, *a, **k):
+        if name.startswith("system.posix_acl"):
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real(target, name, value, *a, **k)
+
+    monkeypatch.setattr(os, "setxattr", no_acls)
+    storage = LocalStorage(env["repo"])
+    cat = Catalog(storage, APP)
+    out = restore(storage, cat, cat.get(snap.id), env["tmp"] / "out")
+    g = env["tmp"] / "out" / SOURCE / "uploads" / "photo.jpg"
+    assert os.stat(f).st_mode & 0o777 == 0o660  # the source: group bits show the mask
+    assert os.stat(g).st_mode & 0o777 == 0o640  # restored without the ACL: the owning group's own r--
+    assert any("uploads/photo.jpg: extended attribute system.posix_acl_access not restored" in w for w in out[0].warnings)
+    assert os.getxattr(g, "user.mime_type") == b"image/jpeg"
