@@ -13,13 +13,18 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
    members whose names equal a wanted index path are written — members of older archives below a path whose
    type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, hashed
    as they are written and compared with the index.
-4. Hard links are linked once their files are written; symlinks are created last; then directory modes and
-   times. Every entry is created through directory descriptors opened one component at a time with
-   ``O_NOFOLLOW`` (:class:`_Tree`), so nothing is ever created or written through a symlink, whatever the
-   repository says, and paths longer than PATH_MAX work.
+   A large file that shrank while it was backed up (``torn``) may have two members: the one matching the index
+   is kept.
+4. Every file gets its owner (as root, unless ``no_owner``), mode, extended attributes / ACLs and times
+   (:func:`backups.sources.fsmeta.apply`). Hard links are linked once their files are written; symlinks are
+   created last; then directory metadata, deepest first, and the source root's own (``details.root``). Every
+   entry is created through directory descriptors opened one component at a time with ``O_NOFOLLOW``
+   (:class:`_Tree`), so nothing is ever created or written through a symlink, whatever the repository says,
+   and paths longer than PATH_MAX work. Only ``user.*`` attributes and ACLs are ever set.
 5. Only when every wanted file was found and matched is the partial directory renamed to ``<target>/<source>``.
    Any failure removes it: a restore either completes or leaves nothing that looks complete. ``--force`` also
-   removes the partial directories of a killed restore of that source."""
+   removes the partial directories of a killed restore of that source. The warnings the chain's snapshots
+   recorded for the source come back with the result (and go into the report)."""
 
 from __future__ import annotations
 
