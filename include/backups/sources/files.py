@@ -118,11 +118,11 @@ class FilesSource(SourceReader):
             with os.scandir(dfd) as it:
                 return sorted(it, key=lambda d: d.name)
 
-        def xattrs_of(dfd: int, name: str) -> tuple[tuple[str, bytes], ...]:
+        def xattrs_of(target: int | str, rel: str) -> tuple[tuple[str, bytes], ...]:
             try:
-                return read_xattrs(f"/proc/self/fd/{dfd}/{name}")
+                return read_xattrs(target)
             except OSError as exc:
-                unreadable.append(f"extended attributes of {name} ({exc.strerror})")
+                unreadable.append(f"{rel}: extended attributes ({exc.strerror})")
                 return ()
 
         def walk(dfd: int, rel_dir: str, items: list[os.DirEntry[str]]) -> Iterator[Entry]:
@@ -169,7 +169,7 @@ class FilesSource(SourceReader):
                             pending.clear()
                             yield e
                             continue
-                        e.xattrs = read_xattrs(sub)
+                        e.xattrs = xattrs_of(sub, rel)
                         # a directory is kept when a glob matches it, or its contents (``uploads/**``), even empty
                         if self._included(rel) or self._included(rel + "/"):
                             yield from pending
@@ -185,14 +185,19 @@ class FilesSource(SourceReader):
                         os.close(sub)
                 elif self._included(rel):
                     if e.type == "f":
-                        e.xattrs = xattrs_of(dfd, de.name)
+                        e.xattrs = xattrs_of(f"/proc/self/fd/{dfd}/{de.name}", rel)
                     yield from pending
                     pending.clear()
                     yield e
 
         root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            yield from walk(root, "", listing(root))
+            try:
+                items = listing(root)
+            except OSError as exc:  # nothing of the source could be kept or recorded: never a snapshot of nothing
+                raise SourceError(f"source {self.name}: root directory {self.root} cannot be listed ({exc.strerror})",
+                                  hint="run the backup as a user that can read it") from None
+            yield from walk(root, "", items)
         finally:
             os.close(root)
 
