@@ -327,3 +327,22 @@ def test_target_without_acl_support_never_widens_the_group_and_says_so(env, monk
     assert os.stat(g).st_mode & 0o777 == 0o640  # restored without the ACL: the owning group's own r--
     assert any("uploads/photo.jpg: extended attribute system.posix_acl_access not restored" in w for w in out[0].warnings)
     assert os.getxattr(g, "user.mime_type") == b"image/jpeg"
+
+
+def test_large_file_that_grew_while_read_is_flagged_torn_and_restored_as_read(env, monkeypatch):
+    r = env["root"]
+    big = os.urandom(5 << 20)
+    (r / "grow.bin").write_bytes(big)
+    real = archiver._TarStream.add_file
+
+    def grow_while_reading(self, e, fh, size, progress):
+        with open(r / "grow.bin", "ab") as g:
+            g.write(b"appended")
+        return real(self, e, fh, size, progress)
+
+    monkeypatch.setattr(archiver._TarStream, "add_file", grow_while_reading)
+    snap = _snap(env, "full", 0)
+    entries = dict(iter_index(LocalStorage(env["repo"]), snap.sources[SOURCE]["objects"]["index"]))
+    assert entries["grow.bin"].torn and entries["grow.bin"].size == len(big)
+    assert any("grow.bin: changed while being read" in w for w in snap.sources[SOURCE]["warnings"])
+    assert (engine_restore(env["repo"], snap.id, env["tmp"] / "out") / "grow.bin").read_bytes() == big
