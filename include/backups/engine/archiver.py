@@ -43,7 +43,7 @@ from ..catalog.manifest import object_key
 from ..errors import SourceError
 from ..repository.index import IndexEntry, entry_json, iter_index, order_key
 from ..sources.base import Entry, SourceReader
-from ..sources.fsmeta import narrowed_mode, pax_records
+from ..sources.fsmeta import narrowed_mode, owner_of, pax_records, read_xattrs
 from ..storage.base import Storage, sha256_of
 from ..storage.util import ThreadedHashingSink
 from . import tarstream
@@ -327,6 +327,10 @@ def backup_source(
                 st = os.fstat(fd)
                 size = st.st_size
                 e.mtime_ns, e.mode, e.ino = st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino  # what is read
+                if e.owner is not None:  # a files source: owner and attributes of what is read, too
+                    e.owner = owner_of(st.st_uid, st.st_gid)
+                    with suppress(OSError):
+                        e.xattrs = read_xattrs(fd)
                 if (detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
                         and prev.mode == e.mode and prev.size == size and _same_meta(prev, e)):
                     sha = _hash_open(fh)
