@@ -207,3 +207,35 @@ def test_backupctl_restore_cli_of_any_history(data):
         proc = backupctl("restore", sid, "--target", str(tmp / "out"), config=tmp / "backups.yaml")
         assert proc.returncode == 0, proc.stderr
         assert fingerprint(tmp / "out" / SOURCE, meta=True) == states[sid]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_include_globs_keep_matched_directories_even_empty(data):
+    """With ``include: [<dir>/**, …]`` a restore holds exactly: the entries the globs match, every directory a glob
+    matches or whose contents it matches (``user_data/**`` keeps an empty ``user_data/``), and the ancestors of
+    those — with their modes."""
+    from backups.engine.snapshot import run_backup
+    from backups.sources.files import matches
+
+    with tempfile.TemporaryDirectory(prefix="prop-glob-") as t:
+        tmp = Path(t)
+        root = tmp / "src"
+        root.mkdir()
+        dirs = data.draw(st.lists(st.sampled_from(["a", "a/b", "a/b/c", "d", "d/e", "f", "a/x"]), unique=True), label="dirs")
+        for d in sorted(dirs):
+            (root / d).mkdir(parents=True, exist_ok=True)
+            os.chmod(root / d, data.draw(st.sampled_from(DIR_MODES), label="mode"))
+        for d in [""] + sorted(dirs):
+            if data.draw(st.booleans(), label=f"file in {d or '.'}"):
+                (root / d / "f.txt").write_text(d)
+        present = sorted(os.path.relpath(os.path.join(p, n), root) for p, ds, _ in os.walk(root) for n in ds)
+        globs = [f"{g}/**" for g in data.draw(st.lists(st.sampled_from(present or ["a"]), min_size=1, max_size=2), label="globs")]
+        cfg = files_config(tmp, root, tmp / "repo", include=globs)
+        snap, _ = run_backup(cfg, "full", logical_date="2026-03-01T01:00:00Z")
+        got = fingerprint(engine_restore(tmp / "repo", snap.id, tmp / "out"))
+        want = fingerprint(root)
+        keep = {p for p, v in want.items() if matches(p, globs) or (v[0] == "d" and matches(p + "/", globs))}
+        keep |= {"/".join(p.split("/")[:i]) for p in keep for i in range(1, p.count("/") + 1)}
+        assert set(got) == keep
+        assert {p: v[:3] for p, v in got.items()} == {p: want[p][:3] for p in keep}
