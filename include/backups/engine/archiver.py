@@ -280,9 +280,22 @@ def backup_source(
                 if prev is not None:
                     idx.add(e.path, prev)
                     below = e.path + "/"
+                    linked: set[str] | None = None
                     while nxt is not None and nxt[0].startswith(below):
-                        idx.add(nxt[0], nxt[1])
+                        cp, ce = nxt
                         nxt = next(parent_iter, None)
+                        if ce.type == "f" and ce.link is not None and not ce.link.startswith(below):
+                            # a hard link to a file outside: kept only while that file is still a linked file of
+                            # this snapshot (else the restore could not link it: the snapshot must stay restorable)
+                            linked = linked if linked is not None else {v[0] for v in primaries.values()}
+                            if ce.link not in linked:
+                                idx.delete(cp)
+                                msg = (f"{cp}: hard link to {ce.link}, which is no longer linked to it; not kept from "
+                                       "the previous snapshot (its directory could not be read)")
+                                warnings.append(msg)
+                                log.warning("source %s: %s", reader.name, msg)
+                                continue
+                        idx.add(cp, ce)
                 continue
             if e.type == "f" and e.nlink > 1:
                 first = primaries.get((e.dev, e.ino))

@@ -346,3 +346,35 @@ def test_large_file_that_grew_while_read_is_flagged_torn_and_restored_as_read(en
     assert entries["grow.bin"].torn and entries["grow.bin"].size == len(big)
     assert any("grow.bin: changed while being read" in w for w in snap.sources[SOURCE]["warnings"])
     assert (engine_restore(env["repo"], snap.id, env["tmp"] / "out") / "grow.bin").read_bytes() == big
+
+
+def test_unreadable_directory_never_keeps_a_hard_link_to_a_file_that_is_gone(tmp_path):
+    """The kept subtree of an unreadable directory holds a hard link to a file outside it; that file is deleted
+    before the incremental. Keeping the link would make the snapshot unrestorable (nothing to link it to): it is
+    left out with a warning, and ``restore latest`` works."""
+    root, repo = tmp_path / "src", tmp_path / "repo"
+    (root / "d").mkdir(parents=True)
+    (root / "a.bin").write_text("shared")
+    os.link(root / "a.bin", root / "d" / "h.bin")
+    (root / "d" / "own.txt").write_text("own")
+    (root / "keep.bin").write_text("kept")
+    os.link(root / "keep.bin", root / "d" / "k.bin")
+    cfg_path = tmp_path / "backups.yaml"
+    files_config(tmp_path, root, repo)
+    cfg_path.write_text(cfg_path.read_text().replace("exclude: []}", "exclude: [], on_unreadable: warn}"))
+    assert _backupctl_without_dac_override(cfg_path, "backup", "--tier", "full", "--logical-date", DATES[0]).returncode == 0
+    os.unlink(root / "a.bin")
+    os.chmod(root / "d", 0o000)
+    try:
+        inc = _backupctl_without_dac_override(cfg_path, "backup", "--tier", "inc", "--logical-date", DATES[1])
+    finally:
+        os.chmod(root / "d", 0o755)
+    assert inc.returncode == 0, inc.stderr
+    snap = Catalog(LocalStorage(repo), APP).get("latest")
+    out = engine_restore(repo, "latest", tmp_path / "out")
+    assert any("d/h.bin: hard link to a.bin" in w for w in snap.sources[SOURCE]["warnings"])
+    assert sorted(p.name for p in (out / "d").iterdir()) == ["k.bin", "own.txt"]
+    # d/k.bin (first of its group in canonical order) is kept; keep.bin, read now, is stored with its own bytes
+    assert (out / "d" / "k.bin").read_text() == "kept" and (out / "keep.bin").read_text() == "kept"
+    hand = hand_restore(repo, snap.id, SOURCE, tmp_path / "hand")
+    assert hand.returncode == 0 and hand.stdout == "", hand.stderr
