@@ -77,11 +77,14 @@ class SourceRestore:
 class _Meta:
     """Applies an entry's owner, mode, extended attributes and times to an open descriptor."""
 
-    def __init__(self, chown: bool, warnings: list[str]) -> None:
+    def __init__(self, chown: bool, warnings: list[str], strip_acls: bool = False) -> None:
         self.chown, self.warnings = chown, warnings
+        #: the target's default ACL gives every new entry ACLs the source did not have: remove them
+        self.strip_acls = strip_acls
 
     def __call__(self, fd: int, path: str, e: IndexEntry) -> None:
-        fsmeta.apply(fd, e.mode, e.owner, e.xattrs, chown=self.chown, where=path, warnings=self.warnings)
+        fsmeta.apply(fd, e.mode, e.owner, e.xattrs, chown=self.chown, where=path, warnings=self.warnings,
+                     strip_acls=self.strip_acls)
         os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
 
@@ -191,6 +194,14 @@ def chain_warnings(catalog: Catalog, snap: Snapshot, source: str) -> list[str]:
     return out
 
 
+def _has_default_acl(path: Path) -> bool:
+    try:
+        os.getxattr(path, fsmeta.ACL_DEFAULT)
+        return True
+    except OSError:
+        return False
+
+
 def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: str, target: Path, *,
                    includes: list[str] | None = None, force: bool = False, progress: Progress | None = None,
                    finish: Callable[[Path], dict[str, Any]] | None = None, no_owner: bool = False) -> SourceRestore:
@@ -244,7 +255,8 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
     progress = progress or Progress.null()
     out = SourceRestore(source, rec["kind"], str(final))
     out.warnings.extend(chain_warnings(catalog, snap, source))
-    meta = _Meta(os.geteuid() == 0 and not no_owner, out.warnings)
+    # directory ACLs are set last, after every entry below exists: only the target's default ACL is inherited
+    meta = _Meta(os.geteuid() == 0 and not no_owner, out.warnings, strip_acls=_has_default_acl(partial))
     tree = _Tree(partial)
     try:
         for path in wanted_dirs:  # canonical order: parents first

@@ -181,11 +181,20 @@ def pax_records(xattrs: Xattrs) -> dict[str, bytes]:
 
 
 def apply(fd: int, mode: int, owner: Owner | None, xattrs: Xattrs, *, chown: bool, where: str,
-          warnings: list[str]) -> None:
+          warnings: list[str], strip_acls: bool = False) -> None:
     """Restore owner (when ``chown``), mode and extended attributes on an open descriptor, in that order (a
-    chown clears set-id bits; an ACL rewrites the group bits). What the target cannot take is a warning."""
+    chown clears set-id bits; an ACL rewrites the group bits). What the target cannot take is a warning.
+    ``strip_acls``: first remove the ACLs the entry inherited from a default ACL above it but did not have."""
     if chown and owner is not None:
         os.fchown(fd, *resolve_owner(owner))
+    if strip_acls:
+        names = {n for n, _ in xattrs}
+        for name in ACL_NAMES:
+            if name not in names:
+                try:
+                    os.removexattr(fd, name)
+                except OSError:  # none there (ENODATA), not a directory (a default ACL), no ACL support
+                    pass
     os.fchmod(fd, mode)
     for name, value in xattrs:
         if not recorded(name):  # only a crafted index holds others (security.capability would grant privileges)

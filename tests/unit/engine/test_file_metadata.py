@@ -378,3 +378,23 @@ def test_unreadable_directory_never_keeps_a_hard_link_to_a_file_that_is_gone(tmp
     assert (out / "d" / "k.bin").read_text() == "kept" and (out / "keep.bin").read_text() == "kept"
     hand = hand_restore(repo, snap.id, SOURCE, tmp_path / "hand")
     assert hand.returncode == 0 and hand.stdout == "", hand.stderr
+
+
+@needs_acl
+def test_a_default_acl_of_the_restore_target_is_not_inherited(env):
+    """Restoring into a directory whose default ACL grants someone access: the restored entries have exactly
+    the source's ACLs (none here) and modes, never the target's inherited grant."""
+    r = env["root"]
+    (r / "sub").mkdir()
+    (r / "sub" / "secret.txt").write_text("s")
+    os.chmod(r / "sub" / "secret.txt", 0o600)
+    os.chmod(r / "sub", 0o700)
+    snap = _snap(env, "full", 0)
+    target = env["tmp"] / "out"
+    target.mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "u:nobody:rwx,m::rwx", str(target)], check=True)
+    out = engine_restore(env["repo"], snap.id, target)
+    for p in (out, out / "sub", out / "sub" / "secret.txt"):
+        assert "nobody" not in _acl(p), p
+        assert _acl(p) == _acl(r / os.path.relpath(p, out)), p
+    assert os.stat(out / "sub" / "secret.txt").st_mode & 0o777 == 0o600
