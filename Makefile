@@ -41,13 +41,15 @@ demo-remote: venv
 demo-cli: venv
 	$(PY) -m backups.demo.run
 
-## test-deps: Debian packages the tests use (sshd for SFTP, PostgreSQL client tools, zstd, setpriv, chromium for tests/browser, faketime for tests/faults/test_time.py)
+## test-deps: Debian packages the tests use (sshd for SFTP, PostgreSQL client tools, zstd, setpriv, setfacl/getfattr, chromium for tests/browser, faketime for tests/faults/test_time.py)
 test-deps:
 	@missing=""; \
 	 [ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	 command -v pg_dump >/dev/null || missing="$$missing postgresql-client"; \
 	 command -v zstd >/dev/null || missing="$$missing zstd"; \
 	 command -v setpriv >/dev/null || missing="$$missing util-linux"; \
+	 command -v setfacl >/dev/null || missing="$$missing acl"; \
+	 command -v getfattr >/dev/null || missing="$$missing attr"; \
 	 command -v chromium >/dev/null || missing="$$missing chromium"; \
 	 command -v faketime >/dev/null || missing="$$missing faketime"; \
 	 if [ -n "$$missing" ]; then \

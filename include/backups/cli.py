@@ -248,7 +248,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     req = RestoreRequest(target=os.path.abspath(args.target), snapshot=args.snapshot, tier=args.tier,
                          storage=args.storage, sources=args.source, includes=args.include, tables=args.table,
                          force=args.force, pg_target_name="--pg-target" if args.pg_target else None,
-                         include_dependencies=args.with_dependencies)
+                         include_dependencies=args.with_dependencies, no_owner=args.no_owner)
     out = restore_snapshot(cfg, req, resolver, pg_dsn=args.pg_target, validate=not args.no_validate,
                            poll_seconds=args.poll_seconds, thaw_timeout=args.thaw_timeout)
     if args.json:
@@ -261,6 +261,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for n, s in r.sources.items():
         for k, val in (s.extra or {}).items():
             print(f"{n}: {k}: {val}")
+        for w in s.warnings or []:
+            print(f"{n}: warning: {w}")
     for n, added in (TablePlan.from_dict(r.tables).added() if r.tables else {}).items():
         print(f"{n}: dependencies restored with the tables (foreign keys): {', '.join(added)}")
     for n, res in v.validation.items():
@@ -573,6 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="restore into a non-empty target, replacing restored sources; with --table and --pg-target, "
                         "replace chosen tables that hold rows there (one transaction). Never / or a repository")
+    r.add_argument("--no-owner", action="store_true",
+                   help="files sources: leave restored files owned by the restoring user, even as root (as tar's "
+                        "--no-same-owner); by default root restores the recorded owners (names first, then ids)")
     r.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between restore-status polls")
     r.add_argument("--thaw-timeout", type=_thaw_timeout, metavar="DURATION",
                    help="archive storages: give up waiting for the thaw after this long (seconds, or 90m, 12h, 2d; "

@@ -79,7 +79,8 @@ def test_restore_dag_parses_with_conventions_graph_and_form():
     assert isinstance(sensor, WaitForArchiveSensor) and sensor.deferrable and sensor.trigger_rule == "none_failed"
     p = dag.params
     assert set(p) == {"snapshot", "tier", "storage", "target", "sources", "include", "tables", "pg_target_conn_id",
-                      "force", "require_approval", "include_dependencies"}
+                      "force", "require_approval", "include_dependencies", "no_owner"}
+    assert p["no_owner"] is False and p.get_param("no_owner").schema["type"] == ["null", "boolean"]
     assert (p["snapshot"], p["storage"], p["force"], p["require_approval"], p["sources"]) == ("latest", None, False, True, None)
     assert p.get_param("storage").schema["enum"] == [None, "local"]
     assert "manual" in p.get_param("tier").schema["enum"]
@@ -230,6 +231,9 @@ def test_request_from_the_form_is_checked(app):
                                        "include": [], "pg_target_conn_id": "", "tier": ""})
     assert (req.target, req.sources, req.includes, req.pg_target_name, req.tier, req.snapshot) == (
         str(app["tmp"] / "r"), ["app_files"], None, None, None, "latest")
+    assert req.no_owner is False
+    assert rd.request_from_params(cfg, {"target": str(app["tmp"] / "r"), "no_owner": True}).no_owner is True
+    assert rd.request_from_params(cfg, {"target": str(app["tmp"] / "r"), "no_owner": None}).no_owner is False
 
 
 # ------------------------------------------------------------------------------------------------ archive

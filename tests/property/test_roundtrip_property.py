@@ -1,6 +1,7 @@
 """Property: after any history of tree operations interleaved with full / differential / incremental snapshots,
 EVERY snapshot restores identical to the tree as it was when it was taken — content, type, mode, mtime, symlink
-target, hard-link groups — with the engine's restore, and with the by-hand procedure of docs/format.md (to its
+target, hard-link groups, owners (as root), ``user.*`` extended attributes, POSIX ACLs (access and default) and
+empty directories — with the engine's restore, and with the by-hand procedure of docs/format.md (to its
 documented precision: whole-second file mtimes, no directory mtimes; histories with a newline in a name are left
 to the engine, as the document says).
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,6 +28,11 @@ NAMES = ["a", "b", "c.txt", "new\nline", "back\\slash", "st*r?", "[x]", "-dash",
 FILE_MODES = [0o644, 0o600, 0o755, 0o640, 0o444]
 DIR_MODES = [0o755, 0o700, 0o750]
 TIERS = ["inc", "diff", "inc", "full"]
+AS_ROOT = os.geteuid() == 0
+HAS_ACL = shutil.which("setfacl") is not None
+OWNERS = [(0, 0), (65534, 65534), (1234, 4321)]  # root, nobody/nogroup (names), ids without a name on this host
+XATTR_NAMES = ["user.a", "user.mime_type", "user.é"]
+ACLS = ["u:nobody:r--,g::r--,m::rw-", "u:1234:rwx,g:nogroup:r-x,m::r-x", "g::---,m::rwx"]
 
 
 class History:
@@ -63,7 +70,8 @@ class History:
         files = self.paths("f")
         everything = self.paths()
         ops = ["create", "mkdir", "symlink"] + (["modify", "append", "chmod", "hardlink"] if files else []) + (
-            ["delete", "rename", "retype", "chmod"] if everything else [])
+            ["delete", "rename", "retype", "chmod", "xattr"] if everything else []) + (
+            ["chown"] if everything and AS_ROOT else []) + (["acl"] if everything and HAS_ACL else [])
         op = data.draw(st.sampled_from(ops), label="op")
         event(f"op {op}")
         if op in ("create", "mkdir", "symlink", "hardlink"):
@@ -99,7 +107,25 @@ class History:
             p = self.root / rel
             os.chmod(p, data.draw(st.sampled_from(DIR_MODES if p.is_dir() else FILE_MODES), label="mode"))
             self.tick(p)  # ctime-only changes are not detected by meta change detection (as rsync/restic)
-        elif op == "delete":
+        elif op == "chown":  # no tick: an owner change alone must be seen (it is compared, not only the mtime)
+            rel = data.draw(st.sampled_from(everything), label="path")
+            os.lchown(self.root / rel, *data.draw(st.sampled_from(OWNERS), label="owner"))
+        elif op in ("xattr", "acl"):  # no tick either
+            fd_paths = self.paths("fd")
+            if not fd_paths:
+                return
+            p = self.root / data.draw(st.sampled_from(fd_paths), label="path")
+            if op == "xattr":
+                name = data.draw(st.sampled_from(XATTR_NAMES), label="xattr")
+                if data.draw(st.booleans(), label="remove") and name in os.listxattr(p):
+                    os.removexattr(p, name)
+                else:
+                    os.setxattr(p, name, data.draw(st.binary(max_size=40), label="value"))
+            else:
+                default = p.is_dir() and data.draw(st.booleans(), label="default")
+                spec = data.draw(st.sampled_from(ACLS + ["-b"]), label="acl")
+                args = ["setfacl", "-b"] if spec == "-b" else ["setfacl", *(["-d"] if default else []), "-m", spec]
+                subprocess.run([*args, str(p)], check=True, capture_output=True)
             self.remove(data.draw(st.sampled_from(everything), label="path"))
         elif op == "rename":
             src = data.draw(st.sampled_from(everything), label="from")
@@ -139,7 +165,7 @@ def _run_history(data: st.DataObject, tmp: Path, snapshots: int, ops_between: in
             h.apply(data)
         tier = "full" if i == 0 else data.draw(st.sampled_from(TIERS), label="tier")
         snap, _ = run_backup(cfg, tier, logical_date=f"2026-03-{i + 1:02d}T01:00:00Z")
-        states[snap.id] = fingerprint(root)
+        states[snap.id] = fingerprint(root, meta=True)
         event(f"snapshot type {snap.type}")
     event(f"entries in the last state: {min(len(states[snap.id]), 10)}{'+' if len(states[snap.id]) >= 10 else ''}")
     return repo, states
@@ -147,7 +173,7 @@ def _run_history(data: st.DataObject, tmp: Path, snapshots: int, ops_between: in
 
 def _coarse(fp: dict[str, tuple]) -> dict[str, tuple]:
     """What the by-hand procedure restores: file mtimes to the second, no directory or symlink mtimes."""
-    return {k: (v[0], v[1], v[2], v[3] // 10**9 if v[0] == "f" else None, v[4]) for k, v in fp.items()}  # as fingerprint(seconds=True, dir_times=False)
+    return {k: (v[0], v[1], v[2], v[3] // 10**9 if v[0] == "f" else None, *v[4:]) for k, v in fp.items()}  # as fingerprint(seconds=True, dir_times=False)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -159,7 +185,7 @@ def test_every_snapshot_of_any_history_restores_exactly(data):
         repo, states = _run_history(data, tmp, snapshots=data.draw(st.integers(2, 6 if long else 4), label="snapshots"),
                                     ops_between=10 if long else 6)
         for n, (sid, want) in enumerate(states.items()):
-            got = fingerprint(engine_restore(repo, sid, tmp / f"r{n}"))
+            got = fingerprint(engine_restore(repo, sid, tmp / f"r{n}"), meta=True)
             assert got == want, sid
         if not any("\n" in p for s in states.values() for p in s):  # the document's stated limit
             sid = data.draw(st.sampled_from(sorted(states)), label="by-hand snapshot")
@@ -167,7 +193,7 @@ def test_every_snapshot_of_any_history_restores_exactly(data):
             out = tmp / "hand"
             proc = hand_restore(repo, sid, SOURCE, out)
             assert proc.returncode == 0 and proc.stdout == "", proc.stderr
-            assert fingerprint(out / SOURCE, seconds=True, dir_times=False) == _coarse(states[sid])
+            assert fingerprint(out / SOURCE, seconds=True, dir_times=False, meta=True) == _coarse(states[sid])
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -180,4 +206,36 @@ def test_backupctl_restore_cli_of_any_history(data):
         sid = data.draw(st.sampled_from(sorted(states)), label="snapshot")
         proc = backupctl("restore", sid, "--target", str(tmp / "out"), config=tmp / "backups.yaml")
         assert proc.returncode == 0, proc.stderr
-        assert fingerprint(tmp / "out" / SOURCE) == states[sid]
+        assert fingerprint(tmp / "out" / SOURCE, meta=True) == states[sid]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_include_globs_keep_matched_directories_even_empty(data):
+    """With ``include: [<dir>/**, …]`` a restore holds exactly: the entries the globs match, every directory a glob
+    matches or whose contents it matches (``user_data/**`` keeps an empty ``user_data/``), and the ancestors of
+    those — with their modes."""
+    from backups.engine.snapshot import run_backup
+    from backups.sources.files import matches
+
+    with tempfile.TemporaryDirectory(prefix="prop-glob-") as t:
+        tmp = Path(t)
+        root = tmp / "src"
+        root.mkdir()
+        dirs = data.draw(st.lists(st.sampled_from(["a", "a/b", "a/b/c", "d", "d/e", "f", "a/x"]), unique=True), label="dirs")
+        for d in sorted(dirs):
+            (root / d).mkdir(parents=True, exist_ok=True)
+            os.chmod(root / d, data.draw(st.sampled_from(DIR_MODES), label="mode"))
+        for d in [""] + sorted(dirs):
+            if data.draw(st.booleans(), label=f"file in {d or '.'}"):
+                (root / d / "f.txt").write_text(d)
+        present = sorted(os.path.relpath(os.path.join(p, n), root) for p, ds, _ in os.walk(root) for n in ds)
+        globs = [f"{g}/**" for g in data.draw(st.lists(st.sampled_from(present or ["a"]), min_size=1, max_size=2), label="globs")]
+        cfg = files_config(tmp, root, tmp / "repo", include=globs)
+        snap, _ = run_backup(cfg, "full", logical_date="2026-03-01T01:00:00Z")
+        got = fingerprint(engine_restore(tmp / "repo", snap.id, tmp / "out"))
+        want = fingerprint(root)
+        keep = {p for p, v in want.items() if matches(p, globs) or (v[0] == "d" and matches(p + "/", globs))}
+        keep |= {"/".join(p.split("/")[:i]) for p in keep for i in range(1, p.count("/") + 1)}
+        assert set(got) == keep
+        assert {p: v[:3] for p, v in got.items()} == {p: want[p][:3] for p in keep}

@@ -40,16 +40,29 @@ def files_config(tmp: Path, root: Path, repo: Path, include: list[str] | None = 
     return load_config(path)
 
 
-def fingerprint(root: Path | str, *, seconds: bool = False, dir_times: bool = True) -> dict[str, tuple]:
+def file_meta(name: str, dfd: int, st: os.stat_result) -> tuple:
+    """(uid, gid, recorded extended attributes and ACLs as sorted (name, value) pairs) of an entry of ``dfd``."""
+    path = f"/proc/self/fd/{dfd}/{name}"
+    try:
+        names = sorted(n for n in os.listxattr(path, follow_symlinks=False)
+                       if n.startswith("user.") or n.startswith("system.posix_acl_"))
+    except OSError:
+        names = []
+    return (st.st_uid, st.st_gid, tuple((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
+
+
+def fingerprint(root: Path | str, *, seconds: bool = False, dir_times: bool = True, meta: bool = False) -> dict[str, tuple]:
     """Everything below ``root``: path -> (type, content SHA-256 / link target, mode, mtime_ns, hard-link group).
 
     Walks with directory descriptors (``os.fwalk``), so paths longer than PATH_MAX work. The hard-link group of a
     file is the first path (in sorted order) of its inode among the files seen, so two trees compare equal only
     when the same names are linked together. ``seconds``: mtimes to the second (what tar restores);
-    ``dir_times=False``: directory mtimes left out (a by-hand restore changes them)."""
+    ``dir_times=False``: directory mtimes left out (a by-hand restore changes them); ``meta``: each tuple also
+    ends with (uid, gid, extended attributes and ACLs), see :func:`file_meta`."""
     out: dict[str, tuple] = {}
     groups: dict[int, str] = {}
     files: list[tuple[str, os.stat_result, str]] = []
+    extra: dict[str, tuple] = {}
     for dirpath, dirnames, filenames, dfd in os.fwalk(root):
         rel_dir = os.path.relpath(dirpath, root)
         for name in sorted(dirnames + filenames):
@@ -67,12 +80,16 @@ def fingerprint(root: Path | str, *, seconds: bool = False, dir_times: bool = Tr
                 files.append((rel, st, sha))
             else:
                 out[rel] = ("special", None, None, None, None)
+            if meta:
+                extra[rel] = file_meta(name, dfd, st)
     for rel, st, _ in sorted(files, key=lambda t: t[0]):
         if st.st_nlink > 1:
             groups.setdefault(st.st_ino, rel)
     for rel, st, sha in files:
         mtime = st.st_mtime_ns // 10**9 if seconds else st.st_mtime_ns
         out[rel] = ("f", sha, stat.S_IMODE(st.st_mode), mtime, groups.get(st.st_ino) if st.st_nlink > 1 else None)
+    if meta:
+        out = {k: (*v, *extra[k]) for k, v in out.items()}
     return out
 
 

@@ -69,6 +69,7 @@ class RestoreRequest:
     force: bool = False
     pg_target_name: str | None = None
     include_dependencies: bool = False  #: tables: add the tables they reference (foreign keys), transitively
+    no_owner: bool = False  #: files: do not restore owners even as root (tar's ``--no-same-owner``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,7 +108,7 @@ def check_request(cfg: Config, req: RestoreRequest) -> RestoreRequest:
                          tier=req.tier or None, storage=req.storage or None, sources=sources,
                          includes=_clean_list(req.includes), tables=_clean_list(req.tables), force=bool(req.force),
                          pg_target_name=req.pg_target_name or None,
-                         include_dependencies=bool(req.include_dependencies))
+                         include_dependencies=bool(req.include_dependencies), no_owner=bool(req.no_owner))
     guard_target(cfg, out.target)
     return out
 
@@ -455,11 +456,13 @@ class RestoredSource:
     bytes: int
     verified: int
     extra: dict[str, Any] | None = None
+    warnings: list[str] | None = None  #: the snapshot chain's warnings for this source, and the restore's own
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        if not d["extra"]:
-            d.pop("extra")
+        for k in ("extra", "warnings"):
+            if not d[k]:
+                d.pop(k)
         return d
 
 
@@ -530,7 +533,7 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
         try:
             results = restore(st, cat, snap, Path(req.target), sources=loc.sources, includes=req.includes,
                               tables=plan.tables() if plan else req.tables, force=req.force, pg_target=pg_dsn,
-                              progress=progress)
+                              progress=progress, no_owner=bool(req.no_owner))
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -542,7 +545,7 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
             progress.close()
     seconds = round(time.monotonic() - t0, 3)
     out = {r.source: RestoredSource(kind=r.kind, path=r.path, files=r.files, bytes=r.bytes, verified=r.verified,
-                                    extra=r.extra or None) for r in results}
+                                    extra=r.extra or None, warnings=r.warnings or None) for r in results}
     log.info("restored %s from %s into %s in %.1fs: %s", snap.id, st.name, req.target, seconds,
              "; ".join(f"{n}: {r.files} files, {mb(r.bytes)}" for n, r in out.items()))
     return RestoreResult(snapshot_id=snap.id, storage=st.name, target=req.target, sources=out, seconds=seconds,
@@ -823,6 +826,10 @@ def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, ve
         v = verified.files.get(n, {})
         md.append(f"| {n} | {r.kind} | {r.files} | {mb(r.bytes)} | {r.verified} | "
                   f"{v.get('files_checked', '-')} | `{r.path}` |")
+    warned = [(n, w) for n, r in restored.sources.items() for w in r.warnings or []]
+    if warned:
+        md += ["", "## Warnings (recorded by the snapshot's chain, or met by this restore)", ""]
+        md += [f"* {n}: {w}" for n, w in warned]
     md += ["", "## Data validation (Great Expectations)", ""]
     for n, v in verified.validation.items():
         stats = v.get("statistics") or {}

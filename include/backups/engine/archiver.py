@@ -5,12 +5,18 @@ Algorithm (one pass over the source, memory bounded by the index, never by file 
 1. Load the parent's index for this source (the complete state at the parent, each entry naming the snapshot
    whose archive holds its bytes — ``in``).
 2. ``prepare()`` the source (a live tree, or a dump in private staging) and walk its entries in order.
-3. For each entry decide: *unchanged* (``meta``: same type, size, mtime, inode and mode; ``checksum``: same
-   SHA-256 and mode) → copy the parent's entry, keep its ``in``; otherwise *stored* → append it to this
-   snapshot's tar stream (compressed by zstd on all cores, hashed as it is written, uploaded as it is produced).
+3. For each entry decide: *unchanged* (``meta``: same type, size, mtime, inode, mode, owner and extended
+   attributes; ``checksum``: same SHA-256 and metadata) → copy the parent's entry, keep its ``in``; otherwise
+   *stored* → append it to this snapshot's tar stream (compressed by zstd on all cores, hashed as it is written,
+   uploaded as it is produced). A directory the source could not read (``on_unreadable: warn``) keeps the
+   parent's entries of its whole subtree.
 4. Paths of the parent that were not seen are *deleted*.
 5. Write the index, the ``sha256sum`` list and the deletions, then the source record (``part.json``).
    The manifest that commits the snapshot is written later, by :mod:`backups.engine.snapshot`.
+
+A file that changes size while it is read is stored as the bytes actually read (small files are read whole
+before their tar header is written; a large file that shrinks is re-read whole into a spool and stored again
+under the same name, so the last member of that name holds the real bytes) and its entry is flagged ``torn``.
 
 Unreadable files are skipped while streaming and reported together at the end; with ``on_unreadable: fail``
 the source fails and nothing is committed (the written objects are orphans, invisible without a manifest).
@@ -23,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +43,7 @@ from ..catalog.manifest import object_key
 from ..errors import SourceError
 from ..repository.index import IndexEntry, entry_json, iter_index, order_key
 from ..sources.base import Entry, SourceReader
+from ..sources.fsmeta import narrowed_mode, owner_of, pax_records, read_xattrs
 from ..storage.base import Storage, sha256_of
 from ..storage.util import ThreadedHashingSink
 from . import tarstream
@@ -75,8 +83,23 @@ def _record(key: str, hw: ThreadedHashingSink) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ tar writing
-def _tarinfo(e: Entry, size: int) -> bytes:
-    return tarstream.header(e.path, e.type, e.mode, e.mtime_ns // 1_000_000_000, size, e.link or "")
+def _tarinfo(e: Entry, size: int, kind: str | None = None, link: str | None = None) -> bytes:
+    """The member header of ``e``: owner in the ustar fields, extended attributes and ACLs as pax records, and a
+    mode never wider than the source's for a reader that ignores ACLs (see :mod:`backups.sources.fsmeta`)."""
+    uid, gid, uname, gname = e.owner or (0, 0, "", "")
+    return tarstream.header(e.path, kind or e.type, narrowed_mode(e.mode, e.xattrs), e.mtime_ns // 1_000_000_000,
+                            size, (e.link if link is None else link) or "", uid=uid, gid=gid, uname=uname,
+                            gname=gname, pax=pax_records(e.xattrs) if e.xattrs else None)
+
+
+def _same_meta(prev: IndexEntry, e: Entry) -> bool:
+    """Owner and extended attributes unchanged (an index written before they were recorded counts as unchanged:
+    its entry gets them without storing the bytes again)."""
+    return prev.owner is None or (prev.owner == e.owner and prev.xattrs == e.xattrs)
+
+
+def _entry(e: Entry, size: int, sha: str | None, snap: str, *, link: str | None = None, torn: bool = False) -> IndexEntry:
+    return IndexEntry(e.type, size, e.mtime_ns, e.mode, e.ino, sha, link, snap, e.owner, e.xattrs, torn)
 
 
 class _TarStream:
@@ -101,8 +124,26 @@ class _TarStream:
         self.members += 1
 
     def add_hardlink(self, e: Entry, target: str) -> None:
-        self._open().write(tarstream.header(e.path, "h", e.mode, e.mtime_ns // 1_000_000_000, 0, target))
+        self._open().write(_tarinfo(e, 0, "h", target))
         self.members += 1
+
+    def add_bytes(self, e: Entry, content: bytes, progress: Progress) -> str:
+        """Store a member whose bytes are all in memory; returns their SHA-256."""
+        out = self._open()
+        out.write(_tarinfo(e, len(content)))
+        out.write(content)
+        out.write(tarstream.padding(len(content)))
+        progress.advance(len(content))
+        self.members += 1
+        self.raw_bytes += len(content)
+        return hashlib.sha256(content).hexdigest()
+
+    def add_spooled(self, e: Entry, fh: BinaryIO, size: int, progress: Progress) -> str:
+        """Store ``size`` bytes of a spool that holds exactly them; returns their SHA-256."""
+        sha, short = self.add_file(e, fh, size, progress)
+        if short:
+            raise SourceError(f"{e.path}: the spool of a changing file lost bytes (internal error)")
+        return sha
 
     def add_file(self, e: Entry, fh: BinaryIO, size: int, progress: Progress) -> tuple[str, bool]:
         """Stream ``size`` bytes of ``fh``; returns (sha256, changed_while_reading).
@@ -124,7 +165,7 @@ class _TarStream:
                 pending[1].result()  # this buffer's previous chunk must be hashed before it is reused
                 pending = None
             n = fh.readinto(view[:want])  # type: ignore[attr-defined]
-            if not n:  # the file shrank while we read it: pad so the archive stays well-formed
+            if not n:  # the file shrank while we read it: the member is completed with zeros and superseded (below)
                 view[:want] = bytes(want)
                 n, short = want, True
             chunk = view[:n]
@@ -235,16 +276,39 @@ def backup_source(
                 if prev.type != e.type:  # a type change is a deletion then a new entry (the by-hand restore needs it)
                     idx.delete(e.path)
                     prev = None
+            if e.unreadable:  # a directory we could not read: its previous version, whole subtree, is kept
+                if prev is not None:
+                    idx.add(e.path, prev)
+                    below = e.path + "/"
+                    linked: set[str] | None = None
+                    while nxt is not None and nxt[0].startswith(below):
+                        cp, ce = nxt
+                        nxt = next(parent_iter, None)
+                        if ce.type == "f" and ce.link is not None and not ce.link.startswith(below):
+                            # a hard link to a file outside: kept only while that file is still a linked file of
+                            # this snapshot (else the restore could not link it: the snapshot must stay restorable)
+                            linked = linked if linked is not None else {v[0] for v in primaries.values()}
+                            if ce.link not in linked:
+                                idx.delete(cp)
+                                msg = (f"{cp}: hard link to {ce.link}, which is no longer linked to it; not kept from "
+                                       "the previous snapshot (its directory could not be read)")
+                                warnings.append(msg)
+                                log.warning("source %s: %s", reader.name, msg)
+                                continue
+                        idx.add(cp, ce)
+                continue
             if e.type == "f" and e.nlink > 1:
                 first = primaries.get((e.dev, e.ino))
                 if first is not None:  # a hard link to a file stored (or referenced) above
                     ppath, pe, pstored = first
-                    ent = IndexEntry("f", pe.size, pe.mtime_ns, pe.mode, e.ino, pe.sha256, ppath, pe.snap)
+                    ent = pe._replace(ino=e.ino, link=ppath)
                     if pstored or prev is None or prev.link != ppath:
                         tar.add_hardlink(e, ppath)  # the by-hand restore (tar) needs it again when the file changed
                     idx.add(e.path, ent)
                     continue
-            if prev is not None and prev.mode == e.mode:
+            if prev is not None and prev.mode == e.mode and _same_meta(prev, e):
+                if prev.owner is None:  # recorded before owners were: the entry gets them, the bytes stay where they are
+                    prev = prev._replace(owner=e.owner, xattrs=e.xattrs)
                 if (e.type == "f" and detection == "meta" and prev.link is None and prev.size == e.size
                         and prev.mtime_ns == e.mtime_ns and prev.ino == e.ino):
                     idx.add(e.path, prev)
@@ -257,7 +321,7 @@ def backup_source(
                     continue
             if e.type != "f":
                 tar.add_meta(e)
-                idx.add(e.path, IndexEntry(e.type, 0, e.mtime_ns, e.mode, e.ino, None, e.link, snap_id))
+                idx.add(e.path, _entry(e, 0, None, snap_id, link=e.link))
                 continue
             try:
                 fd = e.open()
@@ -276,23 +340,42 @@ def backup_source(
                 st = os.fstat(fd)
                 size = st.st_size
                 e.mtime_ns, e.mode, e.ino = st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino  # what is read
+                if e.owner is not None:  # a files source: owner and attributes of what is read, too
+                    e.owner = owner_of(st.st_uid, st.st_gid)
+                    with suppress(OSError):
+                        e.xattrs = read_xattrs(fd)
                 if (detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
-                        and prev.mode == e.mode and prev.size == size):
+                        and prev.mode == e.mode and prev.size == size and _same_meta(prev, e)):
                     sha = _hash_open(fh)
                     if sha == prev.sha256:
-                        ent = IndexEntry("f", size, e.mtime_ns, e.mode, e.ino, sha, None, prev.snap)
+                        ent = _entry(e, size, sha, prev.snap)
                         idx.add(e.path, ent)
                         if e.nlink > 1:
                             primaries[(e.dev, e.ino)] = (e.path, ent, False)
                         progress.skip(size)
                         continue
                     fh.seek(0)
-                sha, short = tar.add_file(e, fh, size, progress)
+                stored_size, sha, short = size, "", False
+                if size < PARALLEL_HASH_MIN:  # read whole first: the header carries the size actually read
+                    content = _read_upto(fh, size + PARALLEL_HASH_MIN)
+                    stored_size = len(content)
+                    sha = tar.add_bytes(e, content, progress)
+                else:
+                    sha, short = tar.add_file(e, fh, size, progress)
+                    if short:  # the member above holds zeros past the end: store what the file holds now after it
+                        fh.seek(0)
+                        with tempfile.TemporaryFile(dir=staging) as spool:
+                            shutil.copyfileobj(fh, spool, CHUNK)
+                            stored_size = spool.tell()
+                            spool.seek(0)
+                            sha = tar.add_spooled(e, spool, stored_size, progress)  # type: ignore[arg-type]
                 after = os.fstat(fd)
-            if short or after.st_mtime_ns != st.st_mtime_ns or after.st_size != size:
-                warnings.append(f"{e.path}: changed while being read; stored as read")
-                log.warning("source %s: %r changed while being read; stored as read", reader.name, e.path)
-            ent = IndexEntry("f", size, e.mtime_ns, e.mode, e.ino, sha, None, snap_id)
+            torn = short or stored_size != size or after.st_mtime_ns != st.st_mtime_ns or after.st_size != size
+            if torn:
+                msg = f"{e.path}: changed while being read ({size} bytes before, {after.st_size} after); stored as read ({stored_size} bytes), flagged torn"
+                warnings.append(msg)
+                log.warning("source %s: %s", reader.name, msg)
+            ent = _entry(e, stored_size, sha, snap_id, torn=torn)
             idx.add(e.path, ent)
             if e.nlink > 1:
                 primaries[(e.dev, e.ino)] = (e.path, ent, True)
@@ -331,6 +414,18 @@ def backup_source(
     }
     save_part(storage, snap_id, reader.name, record)
     return record
+
+
+def _read_upto(fh: BinaryIO, limit: int) -> bytes:
+    """The file's bytes up to its end (or ``limit`` bytes, for a file that keeps growing)."""
+    parts, left = [], limit
+    while left > 0:
+        b = fh.read(min(left, CHUNK))
+        if not b:
+            break
+        parts.append(b)
+        left -= len(b)
+    return b"".join(parts)
 
 
 def _hash_open(fh: BinaryIO) -> str:

@@ -13,13 +13,18 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
    members whose names equal a wanted index path are written — members of older archives below a path whose
    type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, hashed
    as they are written and compared with the index.
-4. Hard links are linked once their files are written; symlinks are created last; then directory modes and
-   times. Every entry is created through directory descriptors opened one component at a time with
-   ``O_NOFOLLOW`` (:class:`_Tree`), so nothing is ever created or written through a symlink, whatever the
-   repository says, and paths longer than PATH_MAX work.
+   A large file that shrank while it was backed up (``torn``) may have two members: the one matching the index
+   is kept.
+4. Every file gets its owner (as root, unless ``no_owner``), mode, extended attributes / ACLs and times
+   (:func:`backups.sources.fsmeta.apply`). Hard links are linked once their files are written; symlinks are
+   created last; then directory metadata, deepest first, and the source root's own (``details.root``). Every
+   entry is created through directory descriptors opened one component at a time with ``O_NOFOLLOW``
+   (:class:`_Tree`), so nothing is ever created or written through a symlink, whatever the repository says,
+   and paths longer than PATH_MAX work. Only ``user.*`` attributes and ACLs are ever set.
 5. Only when every wanted file was found and matched is the partial directory renamed to ``<target>/<source>``.
    Any failure removes it: a restore either completes or leaves nothing that looks complete. ``--force`` also
-   removes the partial directories of a killed restore of that source."""
+   removes the partial directories of a killed restore of that source. The warnings the chain's snapshots
+   recorded for the source come back with the result (and go into the report)."""
 
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ from ..catalog.manifest import Catalog, Snapshot
 from ..config import is_safe_name
 from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError
 from ..repository.index import IndexEntry, iter_index, order_key
+from ..sources import fsmeta
 from ..sources.files import matches
 from ..storage.base import Storage
 from ..storage.util import PrefetchReader
@@ -63,6 +69,23 @@ class SourceRestore:
     bytes: int = 0
     verified: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the snapshot's warnings for this source (its own and its chain's: torn files, unreadable paths, …) and
+    #: what this restore could not do (an extended attribute the target refused)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Meta:
+    """Applies an entry's owner, mode, extended attributes and times to an open descriptor."""
+
+    def __init__(self, chown: bool, warnings: list[str], strip_acls: bool = False) -> None:
+        self.chown, self.warnings = chown, warnings
+        #: the target's default ACL gives every new entry ACLs the source did not have: remove them
+        self.strip_acls = strip_acls
+
+    def __call__(self, fd: int, path: str, e: IndexEntry) -> None:
+        fsmeta.apply(fd, e.mode, e.owner, e.xattrs, chown=self.chown, where=path, warnings=self.warnings,
+                     strip_acls=self.strip_acls)
+        os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
 
 
 def safe_member(name: str) -> str:
@@ -161,10 +184,31 @@ class _Tree:
         self.stack = []
 
 
+def chain_warnings(catalog: Catalog, snap: Snapshot, source: str) -> list[str]:
+    """Every warning recorded for ``source`` by the snapshots of ``snap``'s chain, oldest first, each naming its
+    snapshot (a file kept from an older snapshot carries that snapshot's warning about it)."""
+    out = []
+    for s in catalog.chain_of(snap):
+        for w in s.sources.get(source, {}).get("warnings") or []:
+            out.append(f"{s.id}: {w}")
+    return out
+
+
+def _has_default_acl(path: Path) -> bool:
+    try:
+        os.getxattr(path, fsmeta.ACL_DEFAULT)
+        return True
+    except OSError:
+        return False
+
+
 def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: str, target: Path, *,
                    includes: list[str] | None = None, force: bool = False, progress: Progress | None = None,
-                   finish: Callable[[Path], dict[str, Any]] | None = None) -> SourceRestore:
-    """Restore one source. Memory holds only directories, symlinks and hard links; files are streamed and merged."""
+                   finish: Callable[[Path], dict[str, Any]] | None = None, no_owner: bool = False) -> SourceRestore:
+    """Restore one source. Memory holds only directories, symlinks and hard links; files are streamed and merged.
+
+    Owners are restored when running as root unless ``no_owner`` (like tar's ``--no-same-owner``); modes,
+    extended attributes, ACLs and times always; the source root's own metadata when the snapshot recorded it."""
     if source not in snap.sources:
         raise NotFoundError(f"snapshot {snap.id} has no source {source!r}", hint=f"it has: {', '.join(sorted(snap.sources))}")
     rec = snap.sources[source]
@@ -210,6 +254,9 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
     final, partial = _prepare_target(target, source, force)
     progress = progress or Progress.null()
     out = SourceRestore(source, rec["kind"], str(final))
+    out.warnings.extend(chain_warnings(catalog, snap, source))
+    # directory ACLs are set last, after every entry below exists: only the target's default ACL is inherited
+    meta = _Meta(os.geteuid() == 0 and not no_owner, out.warnings, strip_acls=_has_default_acl(partial))
     tree = _Tree(partial)
     try:
         for path in wanted_dirs:  # canonical order: parents first
@@ -229,7 +276,7 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
                         elif p in alias:
                             yield p, alias[p], e
 
-            _extract_archive(storage, obj, wanted(), tree, out, progress)
+            _extract_archive(storage, obj, wanted(), tree, out, progress, meta)
         for path, first in hardlinks.items():  # after every file is written, before any symlink exists
             src = first if select(first) else alias[first]
             try:
@@ -256,12 +303,20 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
                 os.symlink(e.link, name, dir_fd=pfd)
             except FileExistsError:
                 raise RefusedError(f"symlink {path!r} would replace another entry of the restore; refusing") from None
+            if meta.chown and e.owner is not None:
+                os.chown(name, *fsmeta.resolve_owner(e.owner), dir_fd=pfd, follow_symlinks=False)
             os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=pfd, follow_symlinks=False)
         for path in sorted(wanted_dirs, key=lambda p: -p.count("/")):
-            e = wanted_dirs[path]
-            fd = tree.dir(path, create=False)
-            os.fchmod(fd, e.mode)
-            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+            meta(tree.dir(path, create=False), path, wanted_dirs[path])
+        root = (rec.get("details") or {}).get("root")
+        if isinstance(root, dict):  # the source root's own mode, owner, attributes and time
+            try:
+                rmeta = IndexEntry("d", 0, int(root["mtime_ns"]), int(root["mode"]) & 0o7777, 0, None, None, snap.id,
+                                   fsmeta.owner_from_json(root["owner"]), fsmeta.xattrs_from_json(root["xattrs"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise IntegrityError(f"snapshot {snap.id}: the root record of {source} is damaged ({exc})",
+                                     hint="run `backupctl verify`; restore from another storage") from None
+            meta(tree.dir(""), ".", rmeta)
         tree.close()
         if finish is not None:  # partial database restores happen before the result becomes visible
             out.extra.update(finish(partial))
@@ -295,8 +350,8 @@ class _Writers:
         self.futures: list[Any] = []
 
     @staticmethod
-    def _write(dir_fd: int, name: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
-        if hashlib.sha256(content).hexdigest() != sha:
+    def _write(dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta, error: Exception) -> None:
+        if hashlib.sha256(content).hexdigest() != e.sha256:
             raise error
         # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
@@ -304,18 +359,17 @@ class _Writers:
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            meta(fd, path, e)
         finally:
             os.close(fd)
 
-    def submit(self, dir_fd: int, name: str, content: bytes, mode: int, mtime_ns: int, sha: str, error: Exception) -> None:
+    def submit(self, dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta, error: Exception) -> None:
         """Write ``name`` in ``dir_fd`` (which must stay open until then: see :meth:`close_later`)."""
         self.budget.acquire()
 
         def run() -> None:
             try:
-                self._write(dir_fd, name, content, mode, mtime_ns, sha, error)
+                self._write(dir_fd, name, content, path, e, meta, error)
             finally:
                 self.budget.release()
 
@@ -369,11 +423,13 @@ def _write_large(dir_fd: int, name: str, data: tarstream.MemberReader, size: int
 
 
 def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tuple[str, str, IndexEntry]],
-                     tree: _Tree, out: SourceRestore, progress: Progress) -> None:
+                     tree: _Tree, out: SourceRestore, progress: Progress, meta: _Meta) -> None:
     """Merge one archive's members with the wanted files it holds (both in canonical order).
 
     ``wanted`` yields (member path, path to write, entry): the two differ only for a file whose bytes go to a
-    hard link to it (when ``--include`` selected the link but not the file)."""
+    hard link to it (when ``--include`` selected the link but not the file). A large file that shrank while it
+    was backed up (``torn`` in the index) may appear twice: first completed with zeros, then as read; the member
+    whose content matches the index is the one kept, and only such a file may appear twice."""
 
     def missing(path: str) -> IntegrityError:
         return IntegrityError(f"{path}: not found in archive {obj['key']} where the index says it is",
@@ -397,17 +453,18 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
             try:
                 last_key: list[str] | None = None
                 last_sym = None
+                superseded: str | None = None  # a torn file's first, zero-completed member: its next copy may follow
                 for m, data in tarstream.iter_members(z, CHUNK):
                     name = safe_member(m.name)
                     if m.islnk():
                         safe_member(m.linkname)
                     key = order_key(name)
-                    if last_key is not None and key <= last_key:
+                    if last_key is not None and key <= last_key and not (key == last_key and name == superseded):
                         if key == last_key:
                             raise RefusedError(f"archive {obj['key']} holds {m.name!r} twice; refusing to restore it")
                         raise IntegrityError(f"{storage.name}: archive {obj['key']} is out of order at {m.name!r}",
                                              hint="restore from another storage; run `backupctl verify --read-data`")
-                    last_key = key
+                    last_key, superseded = key, None
                     if last_sym is not None and name.startswith(last_sym):  # descendants follow their ancestor
                         raise RefusedError(f"archive member {m.name!r} goes through a symlink of the same archive; refusing")
                     if m.issym():
@@ -421,9 +478,12 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                     _, dest, e = w
                     pfd, fname = tree.parent(dest)
                     try:
+                        if e.torn and m.size != e.size:  # the zero-completed copy of a torn file: the next one is it
+                            superseded = name
+                            continue
                         if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
                             content = data.read_all()
-                            writers.submit(pfd, fname, content, e.mode, e.mtime_ns, e.sha256, damaged(name))
+                            writers.submit(pfd, fname, content, dest, e, meta, damaged(name))
                             progress.advance(len(content))
                             if retired:
                                 batches.append(retired[:])
@@ -431,11 +491,14 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                                 writers.close_later(batches[-1])
                         else:
                             if _write_large(pfd, fname, data, m.size, progress) != e.sha256:
+                                if e.torn:  # a zero-completed copy of the same size as what was read: the next one is it
+                                    os.unlink(fname, dir_fd=pfd)
+                                    superseded = name
+                                    continue
                                 raise damaged(name)
                             fd = os.open(fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
                             try:
-                                os.fchmod(fd, e.mode)
-                                os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+                                meta(fd, dest, e)
                             finally:
                                 os.close(fd)
                     except FileExistsError:
@@ -444,6 +507,8 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                     out.bytes += e.size
                     out.verified += 1
                     w = next(wanted, None)
+                    if e.torn:  # its zero-completed copy, if it matched anyway, may be followed by the copy as read
+                        superseded = name
                 writers.finish()
             except tarstream.TarFormatError as exc:
                 raise IntegrityError(f"{storage.name}: archive {obj['key']} is damaged ({exc})",
@@ -466,7 +531,8 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
 
 def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *, sources: list[str] | None = None,
             includes: list[str] | None = None, tables: list[str] | dict[str, list[str]] | None = None,
-            force: bool = False, pg_target: str | None = None, progress: Progress | None = None) -> list[SourceRestore]:
+            force: bool = False, pg_target: str | None = None, progress: Progress | None = None,
+            no_owner: bool = False) -> list[SourceRestore]:
     """Restore ``snap`` (its whole chain, newest version of each path) from ``storage`` into ``target/<source>/``,
     every file SHA-256 checked against the manifest while written. ``sources``/``includes``/``tables`` narrow
     what is restored (``tables`` as a dict: per database source, e.g. with the dependencies a plan added); a
@@ -502,8 +568,10 @@ def restore(storage: Storage, catalog: Catalog, snap: Snapshot, target: Path, *,
             def finish(p: Path) -> dict[str, Any]:
                 return pg_restore(p / "dump", pg_target, tables, force=force, skip_foreign_keys=skip)
         r = restore_source(storage, catalog, snap, n, target, includes=includes if kind == "files" else None,
-                           force=force, progress=progress, finish=finish)
+                           force=force, progress=progress, finish=finish, no_owner=no_owner)
         log.info("restored %s: %d files, %.1f MB, all SHA-256 verified, into %s", n, r.files, r.bytes / 1e6, r.path)
+        for w in r.warnings:
+            log.warning("restored %s with a warning: %s", n, w)
         return r
 
     # one source after the other: restoring two at once measured no faster (the GIL and the disk are shared)

@@ -1,15 +1,15 @@
 """Minimal, fast POSIX tar (ustar + pax) header writing and streaming reading.
 
 Python's ``tarfile`` is general but slow on a stream of many small members (pax checks and 10 KB reads per
-call). Backups write members whose metadata we fully control, so headers are packed directly as ustar, falling
-back to ``tarfile``'s pax encoder only for long or non-ASCII names. Reading parses ustar, GNU long-name and pax
+call). Backups write members whose metadata we fully control, so headers are packed directly as ustar,
+preceded by a pax extended header only for what ustar cannot hold (long or non-ASCII names, large values) and
+for metadata records (extended attributes, ACLs). Reading parses ustar, GNU long-name and pax
 extended headers — everything GNU tar or ``tarfile`` may produce for regular files, directories and links —
 and hands each member's bytes to the caller as a bounded stream.
 """
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -23,33 +23,30 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\x00" % (width - 1, value)
 
 
-def header(path: str, kind: str, mode: int, mtime: int, size: int = 0, link: str = "") -> bytes:
-    """A 512-byte ustar header (or pax header + ustar header for names ustar cannot hold)."""
-    name = path + "/" if kind == "d" else path
-    try:
-        bname = name.encode("ascii")
-        blink = link.encode("ascii")
-    except UnicodeEncodeError:
-        return _pax(path, kind, mode, mtime, size, link)
-    prefix = b""
-    if len(bname) > 100:
-        cut = bname.rfind(b"/", 0, 156)
-        if cut <= 0 or len(bname) - cut - 1 > 100 or len(bname) - cut - 1 == 0:
-            return _pax(path, kind, mode, mtime, size, link)
-        prefix, bname = bname[:cut], bname[cut + 1 :]
-    if len(blink) > 100 or size >= 8**11 or mtime >= 8**11 or mtime < 0:
-        return _pax(path, kind, mode, mtime, size, link)
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    """One pax record: ``<length> <key>=<value>\n``, the length counting its own digits."""
+    body = len(key) + len(value) + 3  # " ", "=", "\n"
+    n = len(str(body))
+    while len(str(body + n)) > n:
+        n += 1
+    return b"%d %s=%s\n" % (body + n, key, value)
+
+
+def _ustar(bname: bytes, prefix: bytes, kind: bytes, mode: int, mtime: int, size: int, blink: bytes,
+           uid: int, gid: int, uname: bytes, gname: bytes) -> bytes:
     buf = bytearray(BLOCK)
     buf[0 : len(bname)] = bname
     buf[100:108] = _octal(mode & 0o7777, 8)
-    buf[108:116] = _octal(0, 8)
-    buf[116:124] = _octal(0, 8)
+    buf[108:116] = _octal(uid, 8)
+    buf[116:124] = _octal(gid, 8)
     buf[124:136] = _octal(size, 12)
     buf[136:148] = _octal(mtime, 12)
     buf[148:156] = b" " * 8
-    buf[156:157] = TYPES[kind]
+    buf[156:157] = kind
     buf[157 : 157 + len(blink)] = blink
     buf[257:265] = b"ustar\x0000"
+    buf[265 : 265 + len(uname)] = uname
+    buf[297 : 297 + len(gname)] = gname
     buf[329:337] = _octal(0, 8)
     buf[337:345] = _octal(0, 8)
     buf[345 : 345 + len(prefix)] = prefix
@@ -57,13 +54,48 @@ def header(path: str, kind: str, mode: int, mtime: int, size: int = 0, link: str
     return bytes(buf)
 
 
-def _pax(path: str, kind: str, mode: int, mtime: int, size: int, link: str) -> bytes:
-    ti = tarfile.TarInfo(path)
-    ti.mtime, ti.mode, ti.size = mtime, mode, size if kind == "f" else 0
-    ti.uname = ti.gname = ""
-    ti.type = {"f": tarfile.REGTYPE, "d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE, "h": tarfile.LNKTYPE}[kind]
-    ti.linkname = link
-    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+def _fits(text: bytes, width: int) -> bool:
+    return len(text) <= width and text.isascii()
+
+
+def header(path: str, kind: str, mode: int, mtime: int, size: int = 0, link: str = "", *, uid: int = 0, gid: int = 0,
+           uname: str = "", gname: str = "", pax: dict[str, bytes] | None = None) -> bytes:
+    """A 512-byte ustar header, preceded by a pax extended header (type ``x``) when ustar cannot hold a value
+    (long or non-ASCII names, large sizes, times or ids) or when ``pax`` records are given (e.g.
+    ``SCHILY.xattr.user.x``, ``SCHILY.acl.access``: values are raw bytes, as GNU tar writes them)."""
+    recs: dict[bytes, bytes] = {k.encode("utf-8", "surrogateescape"): v for k, v in (pax or {}).items()}
+    name = path + "/" if kind == "d" else path
+    bname = name.encode("utf-8", "surrogateescape")
+    blink = link.encode("utf-8", "surrogateescape")
+    prefix = b""
+    if not bname.isascii() or len(bname) > 100:
+        cut = bname.rfind(b"/", 0, 156)
+        if bname.isascii() and 0 < cut and 0 < len(bname) - cut - 1 <= 100:
+            prefix, bname = bname[:cut], bname[cut + 1 :]
+        else:
+            recs[b"path"] = bname
+            bname = bytes(c if 32 <= c < 127 else 95 for c in bname[:100])  # a fallback for readers without pax
+    if not _fits(blink, 100):
+        recs[b"linkpath"], blink = blink, b""
+    if size >= 8**11:
+        recs[b"size"] = b"%d" % size
+    if mtime >= 8**11 or mtime < 0:
+        recs[b"mtime"], mtime = b"%d" % mtime, 0
+    if uid >= 8**7 or uid < 0:
+        recs[b"uid"], uid = b"%d" % uid, 0
+    if gid >= 8**7 or gid < 0:
+        recs[b"gid"], gid = b"%d" % gid, 0
+    bu, bg = uname.encode("utf-8", "surrogateescape"), gname.encode("utf-8", "surrogateescape")
+    if not _fits(bu, 31):
+        recs[b"uname"], bu = bu, b""
+    if not _fits(bg, 31):
+        recs[b"gname"], bg = bg, b""
+    main = _ustar(bname, prefix, TYPES[kind], mode, mtime, 0 if b"size" in recs else size, blink, uid, gid, bu, bg)
+    if not recs:
+        return main
+    data = b"".join(_pax_record(k, v) for k, v in recs.items())
+    xname = (b"PaxHeaders/" + bname)[:100]
+    return _ustar(xname, b"", b"x", 0o644, 0 if mtime < 0 else mtime, len(data), b"", 0, 0, b"", b"") + data + padding(len(data)) + main
 
 
 def padding(size: int) -> bytes:
@@ -130,7 +162,7 @@ def _parse_pax(data: bytes) -> dict[str, str]:
         length = int(data[pos:sp])
         rec = data[sp + 1 : pos + length - 1]
         k, _, v = rec.partition(b"=")
-        out[k.decode()] = v.decode("utf-8", "surrogateescape")
+        out[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
         pos += length
     return out
 

@@ -74,7 +74,8 @@ def request_from_params(cfg: Config, params: dict[str, Any] | None) -> RestoreRe
                          tier=str(p.get("tier") or "") or None, storage=str(p.get("storage") or "") or None,
                          sources=p.get("sources"), includes=p.get("include"), tables=p.get("tables"),
                          force=bool(p.get("force", False)), pg_target_name=str(p.get("pg_target_conn_id") or "") or None,
-                         include_dependencies=bool(p.get("include_dependencies") or False))
+                         include_dependencies=bool(p.get("include_dependencies") or False),
+                         no_owner=bool(p.get("no_owner") or False))
     return restore_command.check_request(cfg, req)
 
 
@@ -145,6 +146,10 @@ def restore_params(cfg: Config) -> dict[str, Param]:
                                       description="With tables: also restore the tables they reference (foreign keys, "
                                                   "transitively); off: a missing one stops the restore before anything "
                                                   "is written", section=ADVANCED),
+        "no_owner": Param(False, type=["null", "boolean"], title="Do not restore owners",
+                          description="Files sources: leave restored files owned by the worker's user even when it "
+                                      "is root (as tar's --no-same-owner); off: root restores the recorded owners",
+                          section=ADVANCED),
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import zstandard
 
 from ..errors import IntegrityError, RefusedError
+from ..sources.fsmeta import owner_from_json, xattrs_from_json, xattrs_json
 from ..storage.base import CHUNK, Storage
 from ..storage.util import HashingReader
 
@@ -27,6 +28,9 @@ class IndexEntry(NamedTuple):
     sha256: str | None
     link: str | None  #: symlink target; for a file, the path of the earlier file it is a hard link to
     snap: str  #: id of the snapshot whose archive holds the bytes (``in``)
+    owner: tuple[int, int, str, str] | None = None  #: uid, gid, user, group (``o``; None: not recorded)
+    xattrs: tuple[tuple[str, bytes], ...] = ()  #: extended attributes and ACLs (``x``)
+    torn: bool = False  #: the file changed size while it was read: stored as read (``torn``)
 
 
 def unsafe_path(path: Any) -> str | None:
@@ -51,12 +55,18 @@ _dumps = json.JSONEncoder(ensure_ascii=False).encode
 
 def entry_json(path: str, e: IndexEntry) -> str:
     """One index line (the same JSON a ``json.dumps`` of the dict gives, built without the dict: hot path)."""
-    t, size, mtime, mode, ino, sha, link, src = e
+    t, size, mtime, mode, ino, sha, link, src, owner, xattrs, torn = e
     line = f'{{"p":{_dumps(path)},"t":"{t}","s":{size},"m":{mtime},"mode":{mode},"i":{ino},"in":"{src}"'
     if sha:
         line += f',"h":"{sha}"'
     if link is not None:
         line += f',"l":{_dumps(link)}'
+    if owner is not None:
+        line += f',"o":[{owner[0]},{owner[1]},{_dumps(owner[2])},{_dumps(owner[3])}]'
+    if xattrs:
+        line += f',"x":{_dumps(xattrs_json(xattrs))}'
+    if torn:
+        line += ',"torn":true'
     return line + "}"
 
 
@@ -86,7 +96,10 @@ def iter_index(storage: Storage, obj: dict[str, Any]) -> Iterator[tuple[str, Ind
                 for n, line in enumerate(io.TextIOWrapper(z, encoding="utf-8", errors="surrogateescape"), 1):
                     d = json.loads(line)
                     p = d["p"]
-                    e = _new(IndexEntry, (d["t"], d["s"], d["m"], d["mode"], d["i"], d.get("h"), d.get("l"), d["in"]))
+                    o, x = d.get("o"), d.get("x")
+                    e = _new(IndexEntry, (d["t"], d["s"], d["m"], d["mode"], d["i"], d.get("h"), d.get("l"), d["in"],
+                                          o if o is None else owner_from_json(o),
+                                          () if x is None else xattrs_from_json(x), "torn" in d and d["torn"] is True))
                     if (e.type not in _TYPES or type(e.size) is not int or type(e.mtime_ns) is not int
                             or type(e.mode) is not int or not isinstance(e.snap, str)
                             or not (e.link is None or isinstance(e.link, str))

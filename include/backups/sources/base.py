@@ -34,6 +34,9 @@ class Entry:
     dir_fd: int | None = None  #: open directory ``fs_path`` is relative to (valid while the entry is processed)
     nlink: int = 1  #: hard-link count (files with more than one link are stored once, then as hard links)
     dev: int = 0  #: device number (with ``ino``, identifies hard links)
+    owner: tuple[int, int, str, str] | None = None  #: uid, gid, user and group name (``files`` sources record it)
+    xattrs: tuple[tuple[str, bytes], ...] = ()  #: recorded extended attributes and ACLs (see ``sources.fsmeta``)
+    unreadable: bool = False  #: a directory that could not be read: keep its previous version, whole subtree
 
     @classmethod
     def from_stat(cls, rel: str, fs_path: str, st: os.stat_result, dir_fd: int | None = None) -> Entry | None:

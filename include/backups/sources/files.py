@@ -2,10 +2,13 @@
 
 Globs are matched against the path relative to ``root``: ``*`` stays inside one directory, ``**`` crosses
 directories (``config/**`` is everything under config/, ``**/*.tmp`` any .tmp file at any depth). Directories
-are recorded when they contain an included entry, so their permissions and times are restored too.
-Unreadable files are collected, not silently skipped: the snapshot fails with the list unless
-``on_unreadable: warn``. Files that vanish while the backup runs (rotated logs, deleted uploads) and sockets,
-FIFOs and device nodes are skipped with a warning in the manifest and the log.
+are recorded when they contain an included entry or a glob matches them or their contents (``uploads/**`` keeps
+an empty ``uploads/``), so their permissions and times are restored too. Owners, ``user.*`` extended attributes
+and POSIX ACLs are recorded with each entry, and the root's own metadata in the source's details.
+Unreadable files and directories are collected, not silently skipped: the snapshot fails with the list unless
+``on_unreadable: warn`` (then a directory that cannot be read keeps its previous version, whole subtree). Files
+that vanish while the backup runs (rotated logs, deleted uploads) and sockets, FIFOs and device nodes are skipped
+with a warning in the manifest and the log.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..errors import SourceError
 from .base import Entry, Prepared, SourceReader, special_kind
+from .fsmeta import owner_of, read_xattrs, xattrs_json
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +114,18 @@ class FilesSource(SourceReader):
             warnings.append(f"{rel}: file removed before we read it")
             log.warning("source %s: %r: file removed before we read it", self.name, rel)
 
-        def walk(dfd: int, rel_dir: str) -> Iterator[Entry]:
+        def listing(dfd: int) -> list[os.DirEntry[str]]:
+            with os.scandir(dfd) as it:
+                return sorted(it, key=lambda d: d.name)
+
+        def xattrs_of(target: int | str, rel: str) -> tuple[tuple[str, bytes], ...]:
             try:
-                with os.scandir(dfd) as it:
-                    items = sorted(it, key=lambda d: d.name)
+                return read_xattrs(target)
             except OSError as exc:
-                unreadable.append(f"{rel_dir or '.'}/ ({exc.strerror})")
-                return
+                unreadable.append(f"{rel}: extended attributes ({exc.strerror})")
+                return ()
+
+        def walk(dfd: int, rel_dir: str, items: list[os.DirEntry[str]]) -> Iterator[Entry]:
             for de in items:
                 rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                 try:
@@ -134,42 +145,75 @@ class FilesSource(SourceReader):
                         warnings.append(msg)
                         log.warning("source %s: %s", self.name, msg)
                     continue
+                e.owner = owner_of(st.st_uid, st.st_gid)
                 if e.type == "d":
                     try:
                         sub = os.open(de.name, flags, dir_fd=dfd)
                     except FileNotFoundError:
                         vanished(rel)
                         continue
-                    except OSError as exc:
+                    except OSError as exc:  # kept from the previous snapshot, whole subtree (see the archiver)
                         unreadable.append(f"{rel}/ ({exc.strerror})")
+                        e.unreadable = True
+                        yield from pending
+                        pending.clear()
+                        yield e
                         continue
                     try:
-                        if self._included(rel):
+                        try:
+                            sub_items = listing(sub)
+                        except OSError as exc:
+                            unreadable.append(f"{rel}/ ({exc.strerror})")
+                            e.unreadable = True
                             yield from pending
                             pending.clear()
                             yield e
-                            yield from walk(sub, rel)
+                            continue
+                        e.xattrs = xattrs_of(sub, rel)
+                        # a directory is kept when a glob matches it, or its contents (``uploads/**``), even empty
+                        if self._included(rel) or self._included(rel + "/"):
+                            yield from pending
+                            pending.clear()
+                            yield e
+                            yield from walk(sub, rel, sub_items)
                         else:
                             pending.append(e)
-                            yield from walk(sub, rel)
+                            yield from walk(sub, rel, sub_items)
                             if pending and pending[-1] is e:
                                 pending.pop()
                     finally:
                         os.close(sub)
                 elif self._included(rel):
+                    if e.type == "f":
+                        e.xattrs = xattrs_of(f"/proc/self/fd/{dfd}/{de.name}", rel)
                     yield from pending
                     pending.clear()
                     yield e
 
         root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            yield from walk(root, "")
+            try:
+                items = listing(root)
+            except OSError as exc:  # nothing of the source could be kept or recorded: never a snapshot of nothing
+                raise SourceError(f"source {self.name}: root directory {self.root} cannot be listed ({exc.strerror})",
+                                  hint="run the backup as a user that can read it") from None
+            yield from walk(root, "", items)
         finally:
             os.close(root)
+
+    def root_meta(self) -> dict[str, Any]:
+        """The source root's own mode, mtime, owner and extended attributes (restored on the restored root)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            return {"mode": stat.S_IMODE(st.st_mode), "mtime_ns": st.st_mtime_ns,
+                    "owner": list(owner_of(st.st_uid, st.st_gid)), "xattrs": xattrs_json(read_xattrs(fd))}
+        finally:
+            os.close(fd)
 
     @contextmanager
     def prepare(self, staging: Path) -> Iterator[Prepared]:
         self.check()
-        prepared = Prepared(entries=iter(()))
+        prepared = Prepared(entries=iter(()), details={"root": self.root_meta()})
         prepared.entries = self._scan(prepared.unreadable, prepared.warnings)
         yield prepared

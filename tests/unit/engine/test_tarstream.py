@@ -7,6 +7,7 @@ Table-driven and in memory: no Airflow, no storage, milliseconds.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import tarfile
@@ -165,3 +166,30 @@ def test_header_is_one_block_for_plain_names_and_pax_only_when_needed():
     for path in ("flat-" + "y" * 150, "données.json"):
         raw = header(path, "f", 0o644, 1, 3)
         assert len(raw) > BLOCK and raw[156:157] == b"x"  # a pax extended header first
+
+
+def test_owner_and_pax_metadata_records_are_read_by_tarfile_gnu_tar_and_iter_members(tmp_path):
+    """Owners in the ustar fields (pax records when they do not fit), extended attributes as raw pax values —
+    binary, with newlines and '=' — and a non-UTF-8 attribute name: every reader gets them back unchanged."""
+    value = bytes(range(256)) + b"\n=x"
+    odd = "user." + os.fsdecode(b"\xff-name")
+    members = [
+        header("plain", "f", 0o640, 1_700_000_000, 2, uid=1000, gid=1001, uname="app", gname="app") + b"ok" + padding(2),
+        header("big-ids", "f", 0o600, 1_700_000_000, 1, uid=3_000_000, gid=2**32 - 2, uname="ü" * 40, gname="g")
+        + b"b" + padding(1),
+        header("attrs", "d", 0o750, 1_700_000_000, pax={"SCHILY.xattr.user.bin": value, f"SCHILY.xattr.{odd}": b"v",
+                                                       "SCHILY.acl.access": b"user::rwx\ngroup::r-x\nother::---\n"}),
+    ]
+    data = b"".join(members) + end_of_archive()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        got = {m.name: m for m in tf}
+    assert (got["plain"].uid, got["plain"].gid, got["plain"].uname, got["plain"].gname) == (1000, 1001, "app", "app")
+    assert (got["big-ids"].uid, got["big-ids"].gid, got["big-ids"].uname) == (3_000_000, 2**32 - 2, "ü" * 40)
+    assert got["attrs"].pax_headers["SCHILY.xattr.user.bin"].encode("utf-8", "surrogateescape") == value
+    seen = [(m.name, r.read_all()) for m, r in iter_members(io.BytesIO(data))]
+    assert seen == [("plain", b"ok"), ("big-ids", b"b"), ("attrs/", b"")]
+    if shutil.which("tar"):
+        (tmp_path / "a.tar").write_bytes(data)
+        listing = subprocess.run(["tar", "--numeric-owner", "-tvf", str(tmp_path / "a.tar")], capture_output=True, text=True)
+        assert listing.returncode == 0, listing.stderr
+        assert "1000/1001" in listing.stdout and "3000000/4294967294" in listing.stdout
