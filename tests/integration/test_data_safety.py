@@ -75,16 +75,17 @@ def test_problem3_two_runs_of_one_id_never_corrupt_it(app):
 
 
 def test_problem1_prune_waits_for_a_running_incremental_and_keeps_its_parent(app):
-    """keep_last 1: the incremental of 03-07 builds on the OLDER weekly (03-01), which the policy drops once the
-    incremental is not there to need it. A prune run while it extracts must wait, then keep the parent."""
+    """keep_last 1 on the weekly tier, and a prune started while the incremental of 03-09 extracts: the prune must
+    wait for the backup's shared lock, then drop the older weekly (03-01) and keep the incremental's parent (the
+    newest data, the 03-08 weekly: parents follow the manifests' ``sequence``, see docs/format.md)."""
     cfg_path = _with_locks(app, "locks: {wait_seconds: 120}\n")
     cfg_path.write_text(cfg_path.read_text().replace('storages: [local]}', 'storages: [local], retention: {keep_last: 1}}'))
     cfg = load_config(cfg_path)
     run_backup(cfg, "weekly", logical_date="2026-03-01T01:00:00Z")
     run_backup(cfg, "weekly", logical_date="2026-03-08T01:00:00Z")
     cfg_path.write_text(cfg_path.read_text().replace('["echo", "fmr-state"]', '["sh", "-c", "sleep 2; echo fmr-state"]'))
-    inc = _spawn(cfg_path, "backup", "--tier", "daily", "--logical-date", "2026-03-07T02:00:00Z")
-    data = app["root"] / "local" / "data" / "daily-20260307T020000Z"
+    inc = _spawn(cfg_path, "backup", "--tier", "daily", "--logical-date", "2026-03-09T02:00:00Z")
+    data = app["root"] / "local" / "data" / "daily-20260309T020000Z"
     deadline = time.time() + 30
     while time.time() < deadline and not data.exists():
         time.sleep(0.02)
@@ -94,13 +95,14 @@ def test_problem1_prune_waits_for_a_running_incremental_and_keeps_its_parent(app
     assert rc == 0, err
     cat = Catalog(LocalStorage(app["root"] / "local"), "fmr-test")
     daily = cat.get("latest", "daily")
-    assert daily.parent == "weekly-20260301T010000Z" and daily.parent in cat.snapshots
+    assert daily.parent == "weekly-20260308T010000Z" and daily.parent in cat.snapshots
+    assert "weekly-20260301T010000Z" not in cat.snapshots  # the policy's drop happened, after the wait
     rc, out, _ = _cli("--config", str(cfg_path), "verify", "--all")
     assert rc == 0, out
     rc, _, err = _cli("--config", str(cfg_path), "restore", daily.id, "--target", str(app["tmp"] / "r"))
     assert rc == 0, err
     rc, _, err = _cli("--config", str(cfg_path), "prune")  # the next prune still keeps the chain the daily needs
-    assert rc == 0 and "weekly-20260301T010000Z" in Catalog(LocalStorage(app["root"] / "local"), "fmr-test").snapshots
+    assert rc == 0 and "weekly-20260308T010000Z" in Catalog(LocalStorage(app["root"] / "local"), "fmr-test").snapshots
 
 
 def test_problem1_prune_that_cannot_wait_fails_with_exit_9_naming_the_holder(app):
