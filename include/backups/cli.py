@@ -65,7 +65,9 @@ def route_logging(level: int) -> None:
     if structlog is not None:  # configured by a library (Airflow): hand its events to the stdlib loggers above
         import structlog.stdlib
 
-        structlog.configure(processors=[_structlog_to_stdlib], wrapper_class=structlog.make_filtering_bound_logger(level),
+        # stdlib BoundLogger: the loggers keep the stdlib interface Airflow's code calls (getEffectiveLevel, …)
+        structlog.configure(processors=[structlog.stdlib.filter_by_level, _structlog_to_stdlib],
+                            wrapper_class=structlog.stdlib.BoundLogger,
                             logger_factory=structlog.stdlib.LoggerFactory(), cache_logger_on_first_use=False)
 
 
@@ -683,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     args.json = bool(getattr(args, "json", False) or args.global_json)
     args.log_level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    structlog = sys.modules.get("structlog")
+    saved = structlog.get_config() if structlog is not None else None  # route_logging's change ends with main
     try:
         return args.func(args)
     except BackupError as exc:
@@ -711,6 +715,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backupctl: error: no space left on device while writing {where}{free}\n  fix: free space (or point "
               "BACKUP_STAGING / the target at a bigger disk) and re-run; nothing was committed", file=sys.stderr)
         return StorageError.exit_code
+    finally:
+        if saved is not None:  # an in-process caller (the Airflow demo, tests) gets its structlog setup back
+            structlog.configure(**saved)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,3 +38,9 @@ def pg_db():
         for n in created:
             admin.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture
+def dbs(pg_db):
+    """``make(suffix)`` creates a database on the local PostgreSQL and returns its DSN (``pg_db``'s; all dropped)."""
+    return pg_db["make"]

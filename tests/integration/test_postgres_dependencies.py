@@ -6,7 +6,6 @@ back. Databases are named ``bk_helper_b_*`` and dropped."""
 from __future__ import annotations
 
 import re
-import uuid
 
 import psycopg
 import pytest
@@ -18,25 +17,6 @@ from backups.errors import IntegrityError, RefusedError
 from tests.helpers import make_app, write_config
 
 PG = "postgresql://postgres@127.0.0.1:5432"
-
-
-@pytest.fixture
-def dbs():
-    name = f"bk_helper_b_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(f"{PG}/postgres", autocommit=True, connect_timeout=5)
-    made: list[str] = []
-
-    def make(suffix: str) -> str:
-        made.append(f"{name}_{suffix}")
-        admin.execute(f'CREATE DATABASE "{made[-1]}"')
-        return f"{PG}/{made[-1]}"
-
-    try:
-        yield make
-    finally:
-        for n in made:
-            admin.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
-        admin.close()
 
 
 def _q(dsn: str, sql: str) -> list:

@@ -32,26 +32,6 @@ from tests.helpers import make_app, write_config
 PG = "postgresql://postgres@127.0.0.1:5432"
 
 
-@pytest.fixture
-def dbs():
-    """``make(suffix)`` creates ``bk_hpostgres_<random>_<suffix>`` and returns its DSN; all dropped afterwards."""
-    name = f"bk_hpostgres_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(f"{PG}/postgres", autocommit=True, connect_timeout=5)
-    made: list[str] = []
-
-    def make(suffix: str) -> str:
-        made.append(f"{name}_{suffix}")
-        admin.execute(f'CREATE DATABASE "{made[-1]}"')
-        return f"{PG}/{made[-1]}"
-
-    try:
-        yield make
-    finally:
-        for n in made:
-            admin.execute(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)')
-        admin.close()
-
-
 def _q(dsn: str, sql: str) -> list:
     with psycopg.connect(dsn) as c:
         return c.execute(sql).fetchall()
