@@ -46,7 +46,8 @@ def snapshot_id(tier: str, logical_date: datetime) -> str:
     """Deterministic id from tier and logical date (an Airflow retry reuses it)."""
     if logical_date.tzinfo is None:
         logical_date = logical_date.replace(tzinfo=UTC)
-    return f"{tier}-{logical_date.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+    ld = logical_date.astimezone(UTC)
+    return f"{tier}-{ld.year:04d}{ld:%m%dT%H%M%SZ}"  # %Y is not zero-padded before year 1000 (glibc)
 
 
 def manifest_key(snap: str) -> str:
