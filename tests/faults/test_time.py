@@ -142,3 +142,23 @@ def test_a_backfill_before_year_1000_is_a_usable_snapshot_not_a_corrupt_manifest
     p = ctl(app, "restore", "latest", "--target", str(tmp_path / "restored"), "--no-validate")
     assert p.returncode == 0, p.stderr
     assert ctl(app, "prune").returncode == 0
+
+
+def test_a_verification_dated_in_the_future_never_counts_as_recent(app):
+    """A ``verify --all --read-data`` on a host whose clock was 300 days ahead. Before: its record kept every tier
+    "verified" (and the storage's read-data verification recent) until that date had passed plus the window — 100
+    days later, with no verification since, the weekly still showed verification OK and no verify-overdue."""
+    assert ctl(app, "backup", "--tier", "weekly").returncode == 0
+    p = ctl(app, "verify", "--all", "--read-data", clock="+300d")
+    assert p.returncode == 0, p.stderr
+    p = ctl(app, "status", "--json", clock="+100d")
+    doc = json.loads(p.stdout)
+    weekly = next(t for t in doc["tiers"] if t["tier"] == "weekly")
+    assert weekly["verification"]["state"] == "never", weekly["verification"]
+    keys = {pr["key"] for pr in doc["problems"]}
+    assert {"unverified:weekly", "verify-overdue:local"} <= keys, keys
+    # a verification on the right clock counts again
+    assert ctl(app, "verify", "--all", "--read-data").returncode == 0
+    doc = json.loads(ctl(app, "status", "--json").stdout)
+    assert next(t for t in doc["tiers"] if t["tier"] == "weekly")["verification"]["state"] == "ok"
+    assert not {"unverified:weekly", "verify-overdue:local"} & {pr["key"] for pr in doc["problems"]}

@@ -30,6 +30,7 @@ from __future__ import annotations
 from statistics import median
 from typing import Any
 
+from ..catalog.manifest import FUTURE_TOLERANCE
 from .status import MANUAL, worst
 from .store import drill_history_path, drill_history_problems, iso, now_utc, parse_iso
 
@@ -112,6 +113,8 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
         if s["snapshots"]:
             good = s.get("last_read_data_ok") or {}
             at = parse_iso(s.get("last_read_data_at") or good.get("at"))
+            if at is not None and at > now + FUTURE_TOLERANCE:  # a host clock ahead: no evidence of a recent one
+                at = None
             oldest = parse_iso(s.get("oldest_committed_at"))
             held_long = oldest is None or (now - oldest).total_seconds() > mon.verify_within_days * DAY
             if held_long and (at is None or (now - at).total_seconds() > mon.verify_within_days * DAY):
