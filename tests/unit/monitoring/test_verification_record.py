@@ -82,6 +82,26 @@ def test_generations_sort_and_only_the_last_few_are_kept():
     assert list(verification.read(s, "app").doc["verified"]) == ["weekly-9"]
 
 
+def test_writes_behind_a_future_generation_keep_keys_short(tmp_path):
+    """One generation written by a host whose clock ran ten years ahead. Before: every later write (the clock now
+    behind it) appended "z<token>" to the newest key, 9 characters a time, until after about 25 writes the name
+    passed the file system's 255 and no verification or backup could record anything again ("File name too
+    long"; 1,024 on S3)."""
+    from backups.storage.local import LocalStorage
+
+    s = LocalStorage(tmp_path / "repo", "local")
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    verification.record(s, "app", read_data=True, checked=["weekly-0"], failed={}, every=False,
+                        at=at + timedelta(days=3650), existing={"weekly-0"})
+    for i in range(1, 60):
+        key = verification.record(s, "app", read_data=True, checked=[f"weekly-{i}"], failed={}, every=False,
+                                  at=at + timedelta(minutes=i), existing={f"weekly-{j}" for j in range(i + 1)})
+        assert key is not None and len(key.rsplit("/", 1)[1]) <= 60, (i, key)
+        keys = sorted(i.key for i in s.list("verification/"))
+        assert keys[-1] == key  # still the newest generation
+    assert sorted(verification.read(s, "app").doc["verified"]) == sorted(f"weekly-{i}" for i in range(60))
+
+
 class _Racing(MemoryStorage):
     """A storage on which another writer slips its generation in right before our first write of a record."""
 
