@@ -32,7 +32,8 @@ def is_safe_name(name: object) -> bool:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: no ``.inf`` / ``.nan`` in any number: they passed every bound and crashed later (``timedelta``)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -169,7 +170,7 @@ class Locks(_Strict):
     #: how often a holder refreshes its lock's heartbeat (must be well below stale_after_seconds)
     refresh_seconds: float = Field(default=300.0, gt=0)
     #: uncommitted objects, temp objects and staging folders younger than this are never removed
-    orphan_grace_hours: float = Field(default=48.0, ge=0)
+    orphan_grace_hours: float = Field(default=48.0, ge=0, le=876_000)  # 100 years: more is no date
 
     @model_validator(mode="after")
     def _refresh_below_stale(self) -> Locks:

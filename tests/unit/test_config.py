@@ -321,3 +321,14 @@ def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(path, env=ENV)
     assert str(path) in e.value.message and "UTF-8" in e.value.message
+
+
+@pytest.mark.parametrize("extra", ["locks: {orphan_grace_hours: .inf}", "locks: {orphan_grace_hours: 1e300}",
+                                   "locks: {wait_seconds: .inf}", "monitoring: {verify_within_days: .nan}",
+                                   "monitoring: {size_anomaly_factor: .inf}"])
+def test_infinite_or_absurd_numbers_are_config_errors(extra):
+    """Before: ``orphan_grace_hours: .inf`` (or 1e300) passed validation, then every prune was an OverflowError
+    traceback."""
+    key = extra.split("{")[1].split(":")[0]
+    msg = _error(VERBATIM + extra + "\n")
+    assert key in msg, msg
