@@ -56,7 +56,7 @@ class FilesSource(_Strict):
 class CommandSource(_Strict):
     type: Literal["command"]
     command: list[str] = Field(min_length=1)
-    timeout_seconds: int = Field(default=300, gt=0)
+    timeout_seconds: int = Field(default=300, gt=0, le=31_536_000)  # a year; more overflowed the clock
     description: str = ""
 
 

@@ -332,3 +332,12 @@ def test_infinite_or_absurd_numbers_are_config_errors(extra):
     key = extra.split("{")[1].split(":")[0]
     msg = _error(VERBATIM + extra + "\n")
     assert key in msg, msg
+
+
+def test_a_command_timeout_beyond_a_year_is_a_config_error():
+    """Before: ``timeout_seconds: 100000000000000000000`` passed validation, then the backup was an OverflowError
+    traceback ("timestamp too large to convert to C _PyTime_t")."""
+    text = VERBATIM.replace('["uname", "-a"]}', '["uname", "-a"], timeout_seconds: 100000000000000000000}', 1)
+    assert text != VERBATIM
+    msg = _error(text)
+    assert "timeout_seconds" in msg, msg
