@@ -114,6 +114,9 @@ class DrillFailedError(BackupError):
     exit_code = 10
 
 
+#: the exit code when stdout's reader left mid-output (128 + SIGPIPE, as the shell reports a process killed by it)
+BROKEN_PIPE = 141
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the log)",
@@ -128,6 +131,7 @@ EXIT_CODES = {
     9: "locked: another run holds a conflicting lock on the repository or snapshot (retry later, or `backupctl unlock`)",
     10: "disaster-recovery drill failed: a check failed or an RTO/RPO target was missed (see the drill report)",
     130: "interrupted",
+    141: "the reader of the output left before it was complete (`| head`): the command stopped there, its result unknown",
 }
 
 #: ``backupctl status --check`` only: Nagios plugin codes (they replace the table above for that command, so
