@@ -105,14 +105,19 @@ def _iso(dt: datetime) -> str:
 
 #: a snapshot id (or ``*``) as the record may hold it: anything else marks the record damaged
 _ID = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: control characters, and the invisible / bidirectional formatting ones that reorder what a terminal shows
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 def _clean(doc: dict[str, Any]) -> dict[str, Any]:
-    """Problem texts as the monitoring will print them: no control characters (a hostile repository must not
-    drive a terminal), at most 500 characters each, at most 50 per snapshot."""
+    """Texts as the monitoring will print them: no control characters (a hostile repository must not drive a
+    terminal); problems at most 500 characters each, at most 50 per snapshot; an open failure's ``since`` and
+    ``at`` a string of at most 40 characters, or None."""
     for entry in doc["open"].values():
         entry["problems"] = [_CONTROL.sub("?", p)[:500] for p in entry["problems"][:50]]
+        for name in ("since", "at"):
+            v = entry.get(name)
+            entry[name] = _CONTROL.sub("?", v)[:40] if isinstance(v, str) else None
     return doc
 
 
@@ -176,7 +181,7 @@ def read(storage: Any, application: str | None, legacy: dict[str, Any] | None = 
         doc = empty(application)
         if legacy is not None:
             doc["open"][ALL] = legacy
-        return RecordRead(doc=doc)
+        return RecordRead(doc=_clean(doc))
     key = keys[-1]
     try:
         with storage.open_read(key) as fh:

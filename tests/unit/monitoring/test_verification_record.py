@@ -171,3 +171,17 @@ def test_applications_sharing_a_storage_keep_one_record_each():
     assert a.problem is None and b.problem is None  # the other's newer record is not "foreign"
     assert list(a.doc["open"]) == ["weekly-1"] and b.doc["open"] == {} and list(b.doc["verified"]) == ["daily-1"]
     assert {k.key.split("/")[1] for k in s.list("verification/")} == {"app-a", "app-b"}
+
+
+def test_a_hostile_record_cannot_drive_the_terminal_through_its_dates_or_bidi_controls():
+    """Before: only ``problems`` were cleaned; ``since`` and ``at`` of an open failure went as they were into the
+    ``verify-failed`` summary `backupctl status` prints (an escape sequence clearing the screen, a fake "OK"), and
+    bidirectional overrides (U+202E) were kept in problems."""
+    doc = verification.empty("app")
+    doc["open"] = {"weekly-1": {"since": "\x1b[2J\x1b[1;1HBACKUP OK" + "y" * 1000, "at": ["x"], "read_data": True,
+                                "problems": ["data/weekly-1/\u202ekcatta: missing"]}}
+    rec = verification.read(_store(json.dumps(doc).encode()), "app")
+    assert rec.problem is None
+    entry = rec.doc["open"]["weekly-1"]
+    assert "\x1b" not in entry["since"] and len(entry["since"]) <= 40 and entry["at"] is None
+    assert "\u202e" not in entry["problems"][0]
