@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -39,7 +38,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import BackupError, LockedError, ObjectNotFound, RefusedError, StorageError, TransientStorageError
+from ..errors import (
+    BackupError,
+    LockedError,
+    ObjectNotFound,
+    RefusedError,
+    StorageError,
+    TransientStorageError,
+    printable,
+)
 from ..storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -95,16 +102,6 @@ def run_identity() -> str | None:
 
 def overlap(a: str, b: str) -> bool:
     return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
-#: control characters, and the invisible / bidirectional formatting ones that reorder what a terminal shows
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-
-
-def printable(value: Any, limit: int = 255) -> str:
-    """``value`` as text safe to print on a terminal: no control or bidirectional formatting characters, at most
-    ``limit`` characters."""
-    return _UNPRINTABLE.sub("?", str(value))[:limit]
 
 
 @dataclass(frozen=True)
