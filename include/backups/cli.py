@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .commands.base import mb
-from .errors import EXIT_CODES, BackupError, StorageError
+from .errors import BROKEN_PIPE, EXIT_CODES, BackupError, StorageError
 
 log = logging.getLogger("backups")
 
@@ -698,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `backupctl show --files | head`: the reader left; no traceback, no error at exit
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        # never 0: the command stopped mid-output, before its own exit code (a `verify` that found damage is 4);
+        # 141 is what a shell reports for a process killed by SIGPIPE, so `set -o pipefail` sees it
+        return BROKEN_PIPE
     except OSError as exc:
         import errno
 

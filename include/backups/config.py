@@ -32,7 +32,8 @@ def is_safe_name(name: object) -> bool:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: no ``.inf`` / ``.nan`` in any number: they passed every bound and crashed later (``timedelta``)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------------- sources
@@ -55,7 +56,7 @@ class FilesSource(_Strict):
 class CommandSource(_Strict):
     type: Literal["command"]
     command: list[str] = Field(min_length=1)
-    timeout_seconds: int = Field(default=300, gt=0)
+    timeout_seconds: int = Field(default=300, gt=0, le=31_536_000)  # a year; more overflowed the clock
     description: str = ""
 
 
@@ -169,7 +170,7 @@ class Locks(_Strict):
     #: how often a holder refreshes its lock's heartbeat (must be well below stale_after_seconds)
     refresh_seconds: float = Field(default=300.0, gt=0)
     #: uncommitted objects, temp objects and staging folders younger than this are never removed
-    orphan_grace_hours: float = Field(default=48.0, ge=0)
+    orphan_grace_hours: float = Field(default=48.0, ge=0, le=876_000)  # 100 years: more is no date
 
     @model_validator(mode="after")
     def _refresh_below_stale(self) -> Locks:
@@ -497,7 +498,15 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
 
     p = config_path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:  # bounded: ``--config /dev/zero`` or a runaway generated file must not hang
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES:,} bytes; refused (a configuration is a few KB)",
+                              hint="check that --config names the configuration file; shorten it")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file (byte {exc.start})",
+                          hint="pass --config PATH of the YAML configuration file") from None
     except FileNotFoundError:
         raise ConfigError(
             f"{p}: configuration file not found", hint="pass --config PATH or set BACKUP_CONFIG to an existing file"
@@ -507,6 +516,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
     return parse_config(text, str(p), env)
 
 
+#: the largest config file read (a real one: a few KB); a larger one is refused before it is parsed, which would
+#: take minutes and gigabytes (PyYAML builds its whole node graph first)
+MAX_CONFIG_BYTES = 1 << 20
 #: the most nodes a config may expand to once its aliases are resolved (a real one has a few hundred); more is an
 #: alias bomb ("billion laughs") and refused before anything is built
 MAX_YAML_NODES = 100_000
@@ -541,6 +553,9 @@ def safe_load_yaml(text: str, file: str = "<config>", *, max_nodes: int = MAX_YA
     of CPU and gigabytes of memory. The alias graph is measured before any Python object is built (each node
     once). Other YAML errors are raised as ``yaml.YAMLError``."""
 
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{file}: larger than {MAX_CONFIG_BYTES:,} bytes; refused (a configuration is a few KB)",
+                          hint="check that --config names the configuration file; shorten it")
     loader = _bounded_loader(text, file)
     try:
         node = loader.get_single_node()

@@ -6,6 +6,8 @@ secrets: callers pass names (connection ids, storage names), never credentials.
 
 from __future__ import annotations
 
+import re
+
 
 class BackupError(Exception):
     """Base class. ``exit_code`` is the documented, stable CLI exit status."""
@@ -114,6 +116,9 @@ class DrillFailedError(BackupError):
     exit_code = 10
 
 
+#: the exit code when stdout's reader left mid-output (128 + SIGPIPE, as the shell reports a process killed by it)
+BROKEN_PIPE = 141
+
 EXIT_CODES = {
     0: "success",
     1: "unexpected internal error (a bug: please report it with the log)",
@@ -128,6 +133,7 @@ EXIT_CODES = {
     9: "locked: another run holds a conflicting lock on the repository or snapshot (retry later, or `backupctl unlock`)",
     10: "disaster-recovery drill failed: a check failed or an RTO/RPO target was missed (see the drill report)",
     130: "interrupted",
+    141: "the reader of the output left before it was complete (`| head`): the command stopped there, its result unknown",
 }
 
 #: ``backupctl status --check`` only: Nagios plugin codes (they replace the table above for that command, so
@@ -154,3 +160,18 @@ def check_name(kind: str, name: str | None, choices: object, option: str) -> Non
     if name is not None and name not in known:
         raise NotFoundError(f"{option}: no {kind} named {name!r}",
                             hint=f"{did_you_mean(name, known)}{kind}s: {', '.join(known) or 'none configured'}")
+
+
+#: control characters, and the invisible / bidirectional formatting ones that reorder what a terminal shows
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+#: the same, but tabs and line feeds kept (free text such as a snapshot's comment)
+_UNPRINTABLE_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def printable(value: object, limit: int = 255, *, lines: bool = False) -> str:
+    """``value`` as text safe to print on a terminal (it came from a repository anyone with write access to the
+    storage can write): no control or bidirectional formatting characters (``lines``: tabs and line feeds are
+    kept), at most ``limit`` characters."""
+    return (_UNPRINTABLE_IN_TEXT if lines else _UNPRINTABLE).sub("?", str(value))[:limit]

@@ -120,3 +120,45 @@ def test_a_snapshot_from_a_clock_in_the_future_never_makes_a_stale_tier_look_fre
     assert {"stale:daily", "future-dated:daily"} <= keys, keys
     p = ctl(app, "status", "--check")
     assert p.returncode == 2 and p.stdout.startswith("BACKUP CRITICAL"), p.stdout
+
+
+@pytest.mark.parametrize("date", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_logical_date_with_no_utc_equivalent_is_refused_without_a_traceback(app, date):
+    """Before: an OverflowError traceback (exit 1)."""
+    p = ctl(app, "backup", "--tier", "weekly", "--logical-date", date)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert date in p.stderr and "out of range" in p.stderr and "fix:" in p.stderr
+    assert not list((app["root"]).rglob("*.json"))  # nothing written
+
+
+def test_a_backfill_before_year_1000_is_a_usable_snapshot_not_a_corrupt_manifest(app, tmp_path):
+    """Before: the id was ``weekly-9990601T000000Z`` (``%Y`` is not zero-padded), which the catalog refuses: the
+    backup committed a manifest, then failed reading it back (exit 7), and the storage had a CORRUPT snapshot."""
+    p = ctl(app, "backup", "--tier", "weekly", "--logical-date", "0999-06-01T00:00:00Z", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["id"] == "weekly-09990601T000000Z"
+    listed = json.loads(ctl(app, "list", "--json").stdout)
+    assert "CORRUPT" not in json.dumps(listed) and "weekly-09990601T000000Z" in json.dumps(listed)
+    p = ctl(app, "restore", "latest", "--target", str(tmp_path / "restored"), "--no-validate")
+    assert p.returncode == 0, p.stderr
+    assert ctl(app, "prune").returncode == 0
+
+
+def test_a_verification_dated_in_the_future_never_counts_as_recent(app):
+    """A ``verify --all --read-data`` on a host whose clock was 300 days ahead. Before: its record kept every tier
+    "verified" (and the storage's read-data verification recent) until that date had passed plus the window — 100
+    days later, with no verification since, the weekly still showed verification OK and no verify-overdue."""
+    assert ctl(app, "backup", "--tier", "weekly").returncode == 0
+    p = ctl(app, "verify", "--all", "--read-data", clock="+300d")
+    assert p.returncode == 0, p.stderr
+    p = ctl(app, "status", "--json", clock="+100d")
+    doc = json.loads(p.stdout)
+    weekly = next(t for t in doc["tiers"] if t["tier"] == "weekly")
+    assert weekly["verification"]["state"] == "never", weekly["verification"]
+    keys = {pr["key"] for pr in doc["problems"]}
+    assert {"unverified:weekly", "verify-overdue:local"} <= keys, keys
+    # a verification on the right clock counts again
+    assert ctl(app, "verify", "--all", "--read-data").returncode == 0
+    doc = json.loads(ctl(app, "status", "--json").stdout)
+    assert next(t for t in doc["tiers"] if t["tier"] == "weekly")["verification"]["state"] == "ok"
+    assert not {"unverified:weekly", "verify-overdue:local"} & {pr["key"] for pr in doc["problems"]}

@@ -11,6 +11,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -224,3 +226,23 @@ def test_hostile_repository_cli_exit_7(case, pristine, tmp_path):
     # the restore's shared lock comes and goes under repo/locks/: the repository directory's mtime may change
     assert _world(tmp_path, skip_lock_dirs=True) == {k: v for k, v in before.items() if k not in ("repo", "repo/locks")}
     assert list(target.iterdir()) == []
+
+
+def test_a_resealed_manifest_cannot_drive_the_terminal(tmp_path):
+    """Anyone who can write to a plain storage can rewrite a manifest and recompute its checksum. Before: its
+    comment, warnings, promoted_reason and host went to the terminal as they were (`show`, `status`)."""
+    from tests.helpers import make_app, subprocess_env
+
+    app = make_app(tmp_path, scale=0.05, seed=2)
+    snap, _ = run_backup(app["cfg"], "weekly", logical_date="2026-01-04T01:00:00Z")
+    path = app["root"] / "local" / "snapshots" / f"{snap.id}.json"
+    doc = json.loads(path.read_text())
+    doc.pop("checksum")
+    doc.update(comment="c\x1b[2J", warnings=["w\x1b]0;t\x07"], promoted_reason="p\x1b[1m\u202e", host="h\x1b[5m")
+    path.chmod(0o644)
+    path.write_bytes(seal(doc))
+    for args in (["show", snap.id], ["show", snap.id, "--json"], ["list"], ["status"]):
+        p = subprocess.run([sys.executable, "-m", "backups.cli", "--config", str(app["config_path"]), *args],
+                           capture_output=True, text=True, env=subprocess_env(), timeout=120)
+        assert p.returncode in (0, 1, 2), p.stderr
+        assert "\x1b" not in p.stdout + p.stderr and "\u202e" not in p.stdout + p.stderr, args

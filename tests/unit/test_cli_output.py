@@ -118,3 +118,24 @@ def test_stdout_holds_only_the_output_with_a_conn_id_config(s3_app):
     (stdout, stderr), code = out["quiet"]
     assert code == 0 and "weekly-20260104T010000Z" in stdout, stderr
     assert not LOG_LINE.search(stdout + stderr), stdout + stderr  # -q: warnings and errors only, on stderr
+
+
+def test_a_reader_that_leaves_early_never_turns_a_failure_into_exit_0(tmp_path):
+    """``set -o pipefail; backupctl verify --all | head -1`` over a damaged repository: verify found the damage
+    (exit 4), but its output was larger than the pipe's buffer, the reader left, the next write raised
+    BrokenPipeError and backupctl exited 0 — a green cron job over data that cannot be restored. Now: 141 (as a
+    process killed by SIGPIPE), never 0. Here the reader leaves before the first write (deterministic)."""
+    from backups.engine.snapshot import run_backup
+
+    a = make_app(tmp_path, scale=0.1, seed=4)
+    run_backup(a["cfg"], "weekly", logical_date="2026-01-04T01:00:00Z")
+    for obj in (a["root"] / "local" / "data").rglob("*"):
+        if obj.is_file():
+            obj.unlink()
+    args = [*CLI, "--config", str(a["config_path"]), "verify", "--all"]
+    assert subprocess.run(args, capture_output=True, env=subprocess_env(), timeout=120).returncode == 4
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env())
+    proc.stdout.close()  # the reader is gone before the first line
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, (proc.returncode, err)
+    assert b"Traceback" not in err

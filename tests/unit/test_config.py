@@ -246,13 +246,16 @@ def test_deep_nesting_is_refused_fast(opening, closing):
     import time
 
     if opening == "- ":  # block sequences, one level per line
-        text = "application:\n" + "".join("  " * i + "-\n" for i in range(1, 3000)) + "  " * 3000 + "- x\n"
+        # 500 levels (3000 would be 9 MB, refused by its size before its depth: MAX_CONFIG_BYTES)
+        text = "application:\n" + "".join("  " * i + "-\n" for i in range(1, 500)) + "  " * 500 + "- x\n"
     else:
         text = "application: " + opening * 5000 + "x" + closing * 5000 + "\n"
     t0 = time.monotonic()
     msg = _error(text)
     assert time.monotonic() - t0 < 2
     assert "deeper than 64 levels" in msg and "line" in msg, msg
+
+
 @pytest.mark.parametrize("klass", ["GLACIER", "DEEP_ARCHIVE"])
 def test_an_archive_storage_class_as_a_tiers_first_storage_is_refused(klass):
     """A backup reads its first storage back (its own part.json, the integrity check): an archive class there
@@ -287,3 +290,54 @@ def test_the_manual_tier_never_has_an_archive_storage_first():
     with pytest.raises(ConfigError, match="only has archive storage classes") as ei:
         selection(cfg, MANUAL_TIER, {"storages": ["archive"]})
     assert ei.value.exit_code == 2 and "choose an instant storage too" in ei.value.hint
+
+
+@pytest.mark.timeout(30)  # a hang guard only: 2 million keys took minutes and more than a gigabyte
+def test_a_huge_config_is_refused_fast_before_parsing(tmp_path):
+    import time
+
+    path = tmp_path / "huge.yaml"
+    path.write_text(VERBATIM + "".join(f"x_k{i}: 1\n" for i in range(400_000)))
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env=ENV)
+    assert time.monotonic() - t0 < 2
+    assert str(path) in e.value.message and "larger than 1,048,576 bytes" in e.value.message and e.value.hint
+    with pytest.raises(ConfigError, match="larger than"):
+        parse_config(path.read_text(), "cfg.yaml", env=ENV)
+
+
+@pytest.mark.timeout(30)
+def test_a_device_as_config_is_refused_not_read_forever():
+    """Before: ``--config /dev/zero`` read until memory ran out."""
+    with pytest.raises(ConfigError, match="/dev/zero: larger than"):
+        load_config("/dev/zero", env=ENV)
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path):
+    """Before: a UnicodeDecodeError traceback (exit 1)."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(VERBATIM.encode() + b"# r\xe9sum\xe9\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env=ENV)
+    assert str(path) in e.value.message and "UTF-8" in e.value.message
+
+
+@pytest.mark.parametrize("extra", ["locks: {orphan_grace_hours: .inf}", "locks: {orphan_grace_hours: 1e300}",
+                                   "locks: {wait_seconds: .inf}", "monitoring: {verify_within_days: .nan}",
+                                   "monitoring: {size_anomaly_factor: .inf}"])
+def test_infinite_or_absurd_numbers_are_config_errors(extra):
+    """Before: ``orphan_grace_hours: .inf`` (or 1e300) passed validation, then every prune was an OverflowError
+    traceback."""
+    key = extra.split("{")[1].split(":")[0]
+    msg = _error(VERBATIM + extra + "\n")
+    assert key in msg, msg
+
+
+def test_a_command_timeout_beyond_a_year_is_a_config_error():
+    """Before: ``timeout_seconds: 100000000000000000000`` passed validation, then the backup was an OverflowError
+    traceback ("timestamp too large to convert to C _PyTime_t")."""
+    text = VERBATIM.replace('["uname", "-a"]}', '["uname", "-a"], timeout_seconds: 100000000000000000000}', 1)
+    assert text != VERBATIM
+    msg = _error(text)
+    assert "timeout_seconds" in msg, msg

@@ -31,7 +31,7 @@ from typing import Any
 
 from .. import FORMAT_VERSION, __version__
 from ..config import is_safe_name
-from ..errors import IntegrityError, NotFoundError, ObjectNotFound, RefusedError
+from ..errors import IntegrityError, NotFoundError, ObjectNotFound, RefusedError, printable
 from ..storage.base import Storage
 
 ID_RE = re.compile(r"^(?P<tier>[a-z][a-z0-9_]{0,62})-(?P<ts>\d{8}T\d{6}Z)$")
@@ -46,7 +46,8 @@ def snapshot_id(tier: str, logical_date: datetime) -> str:
     """Deterministic id from tier and logical date (an Airflow retry reuses it)."""
     if logical_date.tzinfo is None:
         logical_date = logical_date.replace(tzinfo=UTC)
-    return f"{tier}-{logical_date.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+    ld = logical_date.astimezone(UTC)
+    return f"{tier}-{ld.year:04d}{ld:%m%dT%H%M%SZ}"  # %Y is not zero-padded before year 1000 (glibc)
 
 
 def manifest_key(snap: str) -> str:
@@ -114,7 +115,19 @@ def unseal(raw: bytes, where: str) -> dict[str, Any]:
             f"manifest {where} has format_version {doc['format_version']}; this backupctl reads up to {FORMAT_VERSION}",
             hint="upgrade backupctl",
         )
+    # texts that list, show, status and restore print: anyone who can write to the storage can seal a manifest, so
+    # no control or bidirectional formatting characters (a valid value never has any)
+    # (tabs and line feeds kept: a replica's manifest is sealed again from this document)
+    for name in _PRINTED:
+        if isinstance(doc.get(name), str):
+            doc[name] = printable(doc[name], 10_000, lines=True)
+    if isinstance(doc.get("warnings"), list):
+        doc["warnings"] = [printable(w, 10_000, lines=True) for w in doc["warnings"]]
     return doc
+
+
+#: the manifest's free texts (printed as they are)
+_PRINTED = ("tier", "type", "requested_type", "promoted_reason", "comment", "host", "tool", "tool_version")
 
 
 @dataclass

@@ -97,7 +97,10 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None], now: d
         for s in newest_first[: policy["keep_last"]]:
             kept.setdefault(s.id, []).append("keep_last")
     if policy.get("keep_within_days"):
-        since = now - timedelta(days=policy["keep_within_days"])
+        try:
+            since = now - timedelta(days=policy["keep_within_days"])
+        except OverflowError:  # reaches before year 1 (an operator's "forever"): every date is within
+            since = datetime.min.replace(tzinfo=UTC)
         for s in newest_first:
             if s.logical_date >= since:
                 kept.setdefault(s.id, []).append(f"keep_within_days {policy['keep_within_days']}")

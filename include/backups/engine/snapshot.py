@@ -90,7 +90,11 @@ def parse_logical_date(value: str | datetime | None) -> datetime:
                               hint="e.g. 2026-11-29T02:00:00Z") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00, 9999-12-31T23:59-01:00: no UTC date-time exists
+        raise ConfigError(f"--logical-date {value!r} is out of range (in UTC it falls before year 1 or after 9999)",
+                          hint="e.g. 2026-11-29T02:00:00Z") from None
 
 
 def check_logical_date(ld: datetime, now: datetime | None = None) -> None:

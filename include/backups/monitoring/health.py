@@ -15,7 +15,8 @@ problem across runs. Checks:
   verification within ``verify_max_age_days`` (``unverified:<tier>``, warning);
 * presence — every object of each tier's newest chain on each storage holding it, with its recorded size
   (``presence:<tier>:<storage>``, critical, naming the snapshot, the object and the snapshots needing it);
-* drill history — damaged lines (``drill-history``, warning; the other lines still count);
+* drill history — damaged lines, and drills dated in the future (``drill-history``, warning; the other lines
+  still count);
 * drills — when a drill history exists: the last drill failed (critical) or none passed within
   ``drill_within_days`` (warning);
 * anomalies — the newest snapshot's size or duration beyond ``size_anomaly_factor`` x the median of the tier's
@@ -30,6 +31,7 @@ from __future__ import annotations
 from statistics import median
 from typing import Any
 
+from ..catalog.manifest import FUTURE_TOLERANCE
 from .status import MANUAL, worst
 from .store import drill_history_path, drill_history_problems, iso, now_utc, parse_iso
 
@@ -112,6 +114,8 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
         if s["snapshots"]:
             good = s.get("last_read_data_ok") or {}
             at = parse_iso(s.get("last_read_data_at") or good.get("at"))
+            if at is not None and at > now + FUTURE_TOLERANCE:  # a host clock ahead: no evidence of a recent one
+                at = None
             oldest = parse_iso(s.get("oldest_committed_at"))
             held_long = oldest is None or (now - oldest).total_seconds() > mon.verify_within_days * DAY
             if held_long and (at is None or (now - at).total_seconds() > mon.verify_within_days * DAY):
@@ -133,7 +137,7 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
                           f"chain within {v.get('max_age_days'):g} days ({when}); fix: `backupctl verify "
                           f"{t['newest_id']} --read-data`"))
     # ---- drills
-    hist = drill_history_problems(cfg)
+    hist = drill_history_problems(cfg, now)
     if hist:
         out.append(_p("drill-history", "warning",
                       f"the drill history {drill_history_path(cfg)} has {len(hist)} damaged line(s) (skipped, the others "
@@ -144,7 +148,7 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
 
         if drill is not None and not drill["passed"]:
             out.append(_p("drill-failed", "critical", f"the last DR drill {drill['id']} ({drill['at']}) failed"))
-        passed = last_passed_drill(cfg)
+        passed = last_passed_drill(cfg, now)
         at = parse_iso(passed.get("at")) if passed else None
         if at is None or (now - at).total_seconds() > mon.drill_within_days * DAY:
             out.append(_p("drill-overdue", "warning", f"no passed DR drill within {mon.drill_within_days:g} days "

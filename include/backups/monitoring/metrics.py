@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -169,6 +170,18 @@ def write_textfile(path: str | os.PathLike[str], text: str) -> Path:
     ``.<name>.*.tmp`` so the collector never picks up a half-written one.
     """
     target = Path(path)
+    if target.is_symlink():  # write through the link: replace the file it names, keep the link
+        target = Path(os.path.realpath(target))
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise StorageError(f"cannot write the metrics file {target}: {exc.strerror or exc}",
+                           hint="check the path given to --prometheus") from exc
+    if mode is not None and not stat.S_ISREG(mode):  # a rename would put a file in place of a device, FIFO, ...
+        raise StorageError(f"cannot write the metrics file {target}: it exists and is not a regular file",
+                           hint="point --prometheus at a *.prom file in node_exporter's textfile directory")
     folder = target.parent
     if not folder.is_dir():
         raise StorageError(

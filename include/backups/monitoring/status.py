@@ -287,7 +287,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         # the newest passed re-hash of anything on the storage (a verify --read-data, a backup's integrity check)
         stamps = [v.get("at") for v in (rec.get("verified") or {}).values() if v.get("read_data")]
         stamps += [(rec.get("last_read_data_ok") or {}).get("at")]
-        entry["last_read_data_at"] = max((a for a in stamps if isinstance(a, str) and parse_iso(a)),
+        entry["last_read_data_at"] = max((a for a in stamps if isinstance(a, str) and _not_future(parse_iso(a), now)),
                                          key=lambda a: parse_iso(a), default=None)
         entry["dependents"] = _dependents(catalogs.get(entry["storage"]), entry.get("open_failures") or {})
     doc = {
@@ -297,7 +297,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         "state": "ok",
         "tiers": tiers,
         "storages": storages,
-        "last_drill": last_drill(cfg),
+        "last_drill": last_drill(cfg, now),
         "problems": [],
         "reports": {"html": None, "json": None},
         "locks": [{"storage": s["storage"], **lk} for s in storages for lk in s.get("locks") or []],
@@ -307,6 +307,14 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
 
 
 # -------------------------------------------------------------------------------------------------- evidence
+def _not_future(at: datetime | None, now: datetime) -> datetime | None:
+    """``at``, or None when it lies more than ``FUTURE_TOLERANCE`` after ``now`` (written by a host whose clock ran
+    ahead: it would count as a recent verification until that date had passed)."""
+    from ..catalog.manifest import FUTURE_TOLERANCE
+
+    return None if at is not None and at > now + FUTURE_TOLERANCE else at
+
+
 def _dependents(catalog: Any, ids: Any) -> dict[str, list[str]]:
     """id -> the snapshots (on the same storage) whose restore needs it, itself included, oldest first."""
     out: dict[str, list[str]] = {}
@@ -395,7 +403,8 @@ def tier_verification(cfg: Any, newest: Any, where: list[str], catalogs: dict[st
         if open_:
             failed_on.append(name)
             continue
-        times = [parse_iso((rec["verified"].get(sid) or {}).get("at")) for sid in chain]
+        # a verification dated in the future (a host clock ahead) is no evidence of a recent one
+        times = [_not_future(parse_iso((rec["verified"].get(sid) or {}).get("at")), now) for sid in chain]
         at = None if any(t is None for t in times) else min(t for t in times if t is not None)
         cand = {"at": iso(at), "ok": at is not None, "storage": name,
                 "read_data": at is not None and all(rec["verified"][sid].get("read_data") for sid in chain)}

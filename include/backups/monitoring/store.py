@@ -141,14 +141,29 @@ def drill_history_path(cfg: Any) -> Path:
     return status_dir(cfg).parent / "drill" / "history.jsonl"
 
 
-def drill_history_problems(cfg: Any) -> list[str]:
-    """What is wrong with lines of the drill history (bad bytes, truncated lines), for a monitoring problem."""
-    return read_jsonl_checked(drill_history_path(cfg), limit=500)[1]
+def _in_future(rec: dict[str, Any], now: datetime | None) -> bool:
+    """A drill record dated more than ``FUTURE_TOLERANCE`` after ``now`` (a host whose clock ran ahead): it never
+    counts as the last drill, or it would hide every later one until its date had passed."""
+    from ..catalog.manifest import FUTURE_TOLERANCE
+
+    at = parse_iso(rec.get("at"))
+    return at is not None and at > (now or now_utc()) + FUTURE_TOLERANCE
 
 
-def last_drill(cfg: Any) -> dict[str, Any] | None:
-    """The newest DR drill record (keys id, at, passed, rto_seconds, rpo_seconds, report) or None."""
-    recs = [r for r in read_jsonl(drill_history_path(cfg), limit=200) if parse_iso(r.get("at"))]
+def drill_history_problems(cfg: Any, now: datetime | None = None) -> list[str]:
+    """What is wrong with lines of the drill history (bad bytes, truncated lines, drills dated in the future), for a
+    monitoring problem."""
+    recs, problems = read_jsonl_checked(drill_history_path(cfg), limit=500)
+    problems += [f"drill {str(r.get('id'))[:60]} is dated {str(r.get('at'))[:40]}, in the future (a host clock ahead): "
+                 "not counted" for r in recs if _in_future(r, now)]
+    return problems
+
+
+def last_drill(cfg: Any, now: datetime | None = None) -> dict[str, Any] | None:
+    """The newest DR drill record (keys id, at, passed, rto_seconds, rpo_seconds, report) or None; one dated in
+    the future does not count."""
+    recs = [r for r in read_jsonl(drill_history_path(cfg), limit=200) if parse_iso(r.get("at"))
+            and not _in_future(r, now)]
     if not recs:
         return None
     r = max(recs, key=lambda x: parse_iso(x["at"]))
@@ -156,6 +171,8 @@ def last_drill(cfg: Any) -> dict[str, Any] | None:
             "rto_seconds": r.get("rto_seconds"), "rpo_seconds": r.get("rpo_seconds"), "report": r.get("report")}
 
 
-def last_passed_drill(cfg: Any) -> dict[str, Any] | None:
-    recs = [r for r in read_jsonl(drill_history_path(cfg), limit=500) if r.get("passed") and parse_iso(r.get("at"))]
+def last_passed_drill(cfg: Any, now: datetime | None = None) -> dict[str, Any] | None:
+    """The newest passed drill record not dated in the future, or None."""
+    recs = [r for r in read_jsonl(drill_history_path(cfg), limit=500) if r.get("passed") and parse_iso(r.get("at"))
+            and not _in_future(r, now)]
     return max(recs, key=lambda x: parse_iso(x["at"])) if recs else None

@@ -38,7 +38,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..errors import BackupError, LockedError, ObjectNotFound, RefusedError, StorageError, TransientStorageError
+from ..errors import (
+    BackupError,
+    LockedError,
+    ObjectNotFound,
+    RefusedError,
+    StorageError,
+    TransientStorageError,
+    printable,
+)
 from ..storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -111,9 +119,14 @@ class LockInfo:
 
     @classmethod
     def parse(cls, key: str, raw: bytes) -> LockInfo:
+        """A lock object as read. Its texts are printed (``status``, ``unlock``, every "locked" message) and anyone
+        who can write to the storage can write a lock: host, operation and run lose control and bidirectional
+        formatting characters and are cut to 255 characters (the scope, which decides conflicts, only when shown)."""
         d = json.loads(raw)
-        return cls(key, str(d["scope"]), bool(d["exclusive"]), str(d.get("operation", "?")), str(d["host"]),
-                   int(d["pid"]), d.get("run"), str(d["created"]), str(d["heartbeat"]), d.get("pid_start"))
+        run = d.get("run")
+        return cls(key, str(d["scope"]), bool(d["exclusive"]), printable(d.get("operation", "?")),
+                   printable(d["host"]), int(d["pid"]), None if run is None else printable(run), str(d["created"]),
+                   str(d["heartbeat"]), d.get("pid_start"))
 
     def to_json(self) -> bytes:
         return json.dumps({"lock_format": 1, "scope": self.scope, "exclusive": self.exclusive,
@@ -131,8 +144,8 @@ class LockInfo:
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
         run = f", run {self.run}" if self.run else ""
-        return (f"{kind} {self.scope} lock of {self.operation} on host {self.host}, pid {self.pid}{run}, "
-                f"created {self.created[:19]}Z, heartbeat {self.age():.0f}s ago ({self.key})")
+        return (f"{kind} {printable(self.scope)} lock of {self.operation} on host {self.host}, pid {self.pid}{run}, "
+                f"created {printable(self.created)[:19]}Z, heartbeat {self.age():.0f}s ago ({printable(self.key)})")
 
 
 def _airflow_try(run: str | None) -> tuple[str, int] | None:
@@ -224,8 +237,9 @@ class Locks:
             st = self.state(lk)
             if st != "live":
                 log.warning("%s: %s lock: %s (remove with `backupctl unlock --stale`)", self.storage.name, st, lk.describe())
-            out.append({"key": lk.key, "scope": lk.scope, "exclusive": lk.exclusive, "operation": lk.operation,
-                        "host": lk.host, "pid": lk.pid, "run": lk.run, "created": lk.created,
+            out.append({"key": printable(lk.key), "scope": printable(lk.scope), "exclusive": lk.exclusive,
+                        "operation": lk.operation, "host": lk.host, "pid": lk.pid, "run": lk.run,
+                        "created": printable(lk.created, 40),
                         "heartbeat_age_seconds": round(lk.age(), 1), "state": st})
         return out
 

@@ -4,7 +4,8 @@ one per application, as applications may share a storage).
 It is what monitoring trusts when it says a snapshot was verified, so it is written atomically and read
 defensively. Objects are never overwritten (:mod:`backups.storage.base`), so the record is a series of
 *generations*: every update writes a new object whose key sorts after the previous one (a UTC timestamp to the
-microsecond, then a random token), holding the whole state; the newest generation is the record. The writer
+microsecond, then a random token; a writer whose clock is behind the newest generation takes that generation's
+time plus one microsecond), holding the whole state; the newest generation is the record. The writer
 then removes generations older than the last :data:`KEEP` (its own bookkeeping, like a lock object).
 
 Content (JSON, ``format`` :data:`FORMAT`, ``format_version`` 1)::
@@ -43,7 +44,7 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +105,19 @@ def _iso(dt: datetime) -> str:
 
 #: a snapshot id (or ``*``) as the record may hold it: anything else marks the record damaged
 _ID = re.compile(r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: control characters, and the invisible / bidirectional formatting ones that reorder what a terminal shows
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 def _clean(doc: dict[str, Any]) -> dict[str, Any]:
-    """Problem texts as the monitoring will print them: no control characters (a hostile repository must not
-    drive a terminal), at most 500 characters each, at most 50 per snapshot."""
+    """Texts as the monitoring will print them: no control characters (a hostile repository must not drive a
+    terminal); problems at most 500 characters each, at most 50 per snapshot; an open failure's ``since`` and
+    ``at`` a string of at most 40 characters, or None."""
     for entry in doc["open"].values():
         entry["problems"] = [_CONTROL.sub("?", p)[:500] for p in entry["problems"][:50]]
+        for name in ("since", "at"):
+            v = entry.get(name)
+            entry[name] = _CONTROL.sub("?", v)[:40] if isinstance(v, str) else None
     return doc
 
 
@@ -175,7 +181,7 @@ def read(storage: Any, application: str | None, legacy: dict[str, Any] | None = 
         doc = empty(application)
         if legacy is not None:
             doc["open"][ALL] = legacy
-        return RecordRead(doc=doc)
+        return RecordRead(doc=_clean(doc))
     key = keys[-1]
     try:
         with storage.open_read(key) as fh:
@@ -240,12 +246,24 @@ def apply(doc: dict[str, Any], *, at: datetime, read_data: bool, checked: list[s
     return out
 
 
+def _stamp(key: str) -> datetime | None:
+    """The UTC time a generation's key starts with (``.../<YYYYmmddTHHMMSSffffffZ>-...``), or None."""
+    try:
+        return datetime.strptime(key.rsplit("/", 1)[-1][:22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def write(storage: Any, doc: dict[str, Any], previous: list[str], at: datetime | None = None) -> str:
     """Write ``doc`` as the newest generation, then remove all but the last :data:`KEEP` generations."""
     at = at or datetime.now(UTC)
     key = verification_key(at, doc.get("application"))
     if previous and key <= previous[-1]:  # a clock behind the newest generation: still sort after it
-        key = f"{previous[-1][:-len('.json')]}z{uuid.uuid4().hex[:8]}.json"  # 'z' sorts after '.'
+        newest = _stamp(previous[-1])
+        if newest is not None and newest.year < 9999:  # one microsecond after it: the key keeps its length
+            key = verification_key(newest + timedelta(microseconds=1), doc.get("application"))
+        if key <= previous[-1]:  # a newest key that is no stamp (or the year 9999): 'z' sorts after '.' and digits
+            key = f"{previous[-1][:-len('.json')]}z{uuid.uuid4().hex[:8]}.json"
     storage.put_bytes(key, json.dumps(doc, indent=1, sort_keys=True).encode())
     for old in [*previous, key][:-KEEP]:
         try:

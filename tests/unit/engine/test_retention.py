@@ -80,3 +80,15 @@ def test_orphans_are_removed_after_the_grace_period_only(app):
     assert list(storage.temps()) == []
     assert storage.exists("data/weekly-20250104T020000Z/app_db.tar.zst")
     assert Catalog(storage, "fmr-test").get("weekly-20260104T010000Z")
+
+
+def test_a_keep_within_days_reaching_before_year_1_keeps_everything(app):
+    """``keep_within_days: 1000000`` (an operator's "forever"). Before: every prune was an OverflowError traceback."""
+    cfg = _cfg(app, daily="{keep_within_days: 1000000}", weekly="{keep_within_days: 999999999}")
+    run_backup(cfg, "weekly", logical_date="2026-01-04T01:00:00Z")
+    run_backup(cfg, "daily", logical_date="1970-01-05T01:00:00Z")
+    run_backup(cfg, "daily", logical_date="2026-01-06T01:00:00Z")
+    storage = LocalStorage(app["root"] / "local")
+    plan = plan_prune(cfg, storage, Catalog(storage, "fmr-test"))
+    assert plan.forget == [] and len(plan.keep) == 3
+    assert all("keep_within_days" in " ".join(r) for r in plan.keep.values())

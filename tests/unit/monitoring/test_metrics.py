@@ -117,3 +117,35 @@ def test_write_textfile_failure_leaves_no_temporary_file(tmp_path):
         write_textfile(tmp_path / "backups.prom", "x 1\n")
     assert "backups.prom" in str(exc.value)
     assert [p.name for p in tmp_path.iterdir()] == ["backups.prom"]
+
+
+def test_the_metrics_file_never_replaces_what_is_not_a_regular_file(tmp_path):
+    """Before: the atomic rename put a regular file in place of whatever the path named — a FIFO, a device
+    (``--prometheus /dev/full`` run as root replaced the device node), a symlink — and a directory was a bare
+    ``IsADirectoryError`` message. Now: anything but a regular file is refused (exit 5), left as it was; a
+    symlink is written through (the file it points to is replaced, the link stays)."""
+    import os
+    import stat
+
+    import pytest
+
+    from backups.errors import StorageError
+    from backups.monitoring.metrics import write_textfile
+
+    fifo = tmp_path / "metrics.prom"
+    os.mkfifo(fifo)
+    with pytest.raises(StorageError) as e:
+        write_textfile(fifo, "x 1\n")
+    assert e.value.exit_code == 5 and "not a regular file" in e.value.message and str(fifo) in e.value.message
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.prom"]
+    folder = tmp_path / "dir.prom"
+    folder.mkdir()
+    with pytest.raises(StorageError, match="not a regular file"):
+        write_textfile(folder, "x 1\n")
+    real = tmp_path / "real" / "backups.prom"
+    real.parent.mkdir()
+    real.write_text("old 1\n")
+    link = tmp_path / "link.prom"
+    link.symlink_to(real)
+    write_textfile(link, "new 1\n")
+    assert link.is_symlink() and real.read_text() == "new 1\n"

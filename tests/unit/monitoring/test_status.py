@@ -357,3 +357,22 @@ def test_monitoring_config_errors_name_the_key(block, needle):
     with pytest.raises(ConfigError) as err:
         parse_config(text, "c.yaml", env={"FMR_HOME": "/h", "BACKUP_ROOT": "/r"})
     assert err.value.exit_code == 2 and f"c.yaml: {needle}" in str(err.value)
+
+
+def test_a_drill_dated_in_the_future_never_hides_a_later_failed_one(tmp_path, app):
+    """A drill that passed on a host whose clock ran a year ahead, then (clock fixed) one that failed. Before: the
+    future-dated pass was the "last drill" for a year: no drill-failed, no drill-overdue."""
+    cfg = load_config(make_cfg(tmp_path, app))
+    drill = status_path(cfg).parent.parent / "drill" / "history.jsonl"
+    drill.parent.mkdir(parents=True)
+    ahead = (datetime.now(UTC) + timedelta(days=365)).isoformat()
+    new = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    drill.write_text(json.dumps({"id": "d1", "at": ahead, "passed": True, "rto_seconds": 12.5, "rpo_seconds": 60,
+                                 "report": "r1"}) + "\n" +
+                     json.dumps({"id": "d2", "at": new, "passed": False, "rto_seconds": None, "rpo_seconds": None,
+                                 "report": "r2"}) + "\n")
+    doc = status(cfg).to_dict()
+    assert doc["last_drill"]["id"] == "d2" and doc["last_drill"]["passed"] is False
+    problems = {p["key"]: p for p in doc["problems"]}
+    assert {"drill-failed", "drill-overdue", "drill-history"} <= set(problems), sorted(problems)
+    assert "d1" in problems["drill-history"]["summary"] and "in the future" in problems["drill-history"]["summary"]

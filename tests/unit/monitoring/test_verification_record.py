@@ -82,6 +82,26 @@ def test_generations_sort_and_only_the_last_few_are_kept():
     assert list(verification.read(s, "app").doc["verified"]) == ["weekly-9"]
 
 
+def test_writes_behind_a_future_generation_keep_keys_short(tmp_path):
+    """One generation written by a host whose clock ran ten years ahead. Before: every later write (the clock now
+    behind it) appended "z<token>" to the newest key, 9 characters a time, until after about 25 writes the name
+    passed the file system's 255 and no verification or backup could record anything again ("File name too
+    long"; 1,024 on S3)."""
+    from backups.storage.local import LocalStorage
+
+    s = LocalStorage(tmp_path / "repo", "local")
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    verification.record(s, "app", read_data=True, checked=["weekly-0"], failed={}, every=False,
+                        at=at + timedelta(days=3650), existing={"weekly-0"})
+    for i in range(1, 60):
+        key = verification.record(s, "app", read_data=True, checked=[f"weekly-{i}"], failed={}, every=False,
+                                  at=at + timedelta(minutes=i), existing={f"weekly-{j}" for j in range(i + 1)})
+        assert key is not None and len(key.rsplit("/", 1)[1]) <= 60, (i, key)
+        keys = sorted(i.key for i in s.list("verification/"))
+        assert keys[-1] == key  # still the newest generation
+    assert sorted(verification.read(s, "app").doc["verified"]) == sorted(f"weekly-{i}" for i in range(60))
+
+
 class _Racing(MemoryStorage):
     """A storage on which another writer slips its generation in right before our first write of a record."""
 
@@ -151,3 +171,17 @@ def test_applications_sharing_a_storage_keep_one_record_each():
     assert a.problem is None and b.problem is None  # the other's newer record is not "foreign"
     assert list(a.doc["open"]) == ["weekly-1"] and b.doc["open"] == {} and list(b.doc["verified"]) == ["daily-1"]
     assert {k.key.split("/")[1] for k in s.list("verification/")} == {"app-a", "app-b"}
+
+
+def test_a_hostile_record_cannot_drive_the_terminal_through_its_dates_or_bidi_controls():
+    """Before: only ``problems`` were cleaned; ``since`` and ``at`` of an open failure went as they were into the
+    ``verify-failed`` summary `backupctl status` prints (an escape sequence clearing the screen, a fake "OK"), and
+    bidirectional overrides (U+202E) were kept in problems."""
+    doc = verification.empty("app")
+    doc["open"] = {"weekly-1": {"since": "\x1b[2J\x1b[1;1HBACKUP OK" + "y" * 1000, "at": ["x"], "read_data": True,
+                                "problems": ["data/weekly-1/\u202ekcatta: missing"]}}
+    rec = verification.read(_store(json.dumps(doc).encode()), "app")
+    assert rec.problem is None
+    entry = rec.doc["open"]["weekly-1"]
+    assert "\x1b" not in entry["since"] and len(entry["since"]) <= 40 and entry["at"] is None
+    assert "\u202e" not in entry["problems"][0]

@@ -145,3 +145,32 @@ def test_read_only_storage_may_take_locks_but_never_write_data(tmp_path):
     with Repository(st).lock(repo_scope(), exclusive=False, operation="verify"):
         assert len(list(st.list(LOCKS))) == 1
     assert list(st.list(LOCKS)) == []
+
+
+def test_a_hostile_lock_cannot_drive_the_terminal():
+    """A lock object written by someone else names its host, operation and run; they are printed by `status`,
+    `unlock` and every "locked" message. Before: an escape sequence there went to the terminal as it was."""
+    from backups.repository.locks import LockInfo
+
+    raw = json.dumps({"lock_format": 1, "scope": "repo", "exclusive": True, "operation": "backup\x1b[2J",
+                      "host": "evil\x1b]0;pwned\x07\u202ehost" + "h" * 1000, "pid": 1, "pid_start": None,
+                      "run": "dag/\x1b[1;1HBACKUP OK", "created": "2020-01-01T00:00:00+00:00",
+                      "heartbeat": "2020-01-01T00:00:00+00:00"}).encode()
+    lk = LockInfo.parse("locks/x.json", raw)
+    for text in (lk.host, lk.operation, lk.run, lk.describe()):
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text, text
+    assert len(lk.host) <= 255
+
+
+def test_the_lock_report_of_a_hostile_lock_is_printable(tmp_path):
+    """``backupctl status`` prints each lock's scope and creation time from the report."""
+    from backups.repository.locks import Locks
+    from backups.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path / "repo")
+    storage.put_bytes(f"{LOCKS}hostile.json", json.dumps({
+        "lock_format": 1, "scope": "repo\x1b[5m", "exclusive": False, "operation": "backup", "host": "h", "pid": 1,
+        "pid_start": None, "run": None, "created": "2020-01-01T00:00:00+00:00\x1b[2J",
+        "heartbeat": "2020-01-01T00:00:00+00:00"}).encode())
+    [entry] = Locks(storage).report()
+    assert not any("\x1b" in v for v in entry.values() if isinstance(v, str)), entry
