@@ -8,7 +8,8 @@ ISO weeks / months / years up to now that have one. A tier without any rule keep
 (never delete what the config does not describe). :attr:`PrunePlan.decisions` lists every snapshot with keep /
 forget and the rules that decided it.
 
-Time is anchored at now, so a snapshot dated in the future (more than ``FUTURE_TOLERANCE`` ahead: a mistyped
+Time is anchored at now — ``keep_within_days`` windows end at now or, when earlier, at the storage's newest
+commit (:func:`window_anchor`: a prune host whose clock ran ahead cannot age everything out) — so a snapshot dated in the future (more than ``FUTURE_TOLERANCE`` ahead: a mistyped
 ``--logical-date`` of an older version, or a host whose clock ran ahead) can never push the others out of their
 windows: it is kept, left out of every rule (it takes no ``keep_last`` slot and no bucket) and reported in
 :attr:`PrunePlan.warnings`. Whatever the rules say, a tier with rules always keeps its newest snapshot that is
@@ -66,12 +67,14 @@ class PrunePlan:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     #: problems found while planning (snapshots dated in the future), one sentence each
     warnings: list[str] = field(default_factory=list)
+    #: where keep_within_days windows end (ISO): now, or the storage's newest commit when earlier
+    anchor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"storage": self.storage, "keep": self.keep, "forget": self.forget, "orphans": self.orphans,
                 "temps": self.temps, "kept_orphans": self.kept_orphans,
                 "deleted_objects": self.deleted_objects, "deleted_bytes": self.deleted_bytes,
-                "decisions": self.decisions, "warnings": self.warnings}
+                "decisions": self.decisions, "warnings": self.warnings, "anchor": self.anchor}
 
 
 #: the reason a snapshot dated in the future is kept
@@ -83,8 +86,29 @@ def future_snapshots(snaps: list[Snapshot], now: datetime) -> list[Snapshot]:
     return [s for s in snaps if s.logical_date > now + FUTURE_TOLERANCE]
 
 
-def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None], now: datetime) -> dict[str, list[str]]:
-    """snapshot id -> the reasons that keep it (snaps: one tier, any order; windows anchored at ``now``)."""
+def window_anchor(catalog: Catalog, now: datetime) -> datetime:
+    """Where ``keep_within_days`` windows end: ``now``, or the newest commit time of the storage's snapshots (those
+    not in the future) when that is earlier. A prune host whose clock ran ahead (ten years: every window would
+    have passed) then counts from what the repository shows, and a tier whose backups stopped keeps its window's
+    snapshots until newer ones arrive (restic counts ``--keep-within`` from the latest snapshot too). The anchor
+    only ever keeps more than ``now`` would."""
+    commits = []
+    for s in catalog.snapshots.values():
+        if s.in_future(now):
+            continue
+        try:
+            at = datetime.fromisoformat(str(s.doc.get("finished_at")))
+        except ValueError:
+            continue
+        commits.append(at if at.tzinfo else at.replace(tzinfo=UTC))
+    return min(now, max(commits)) if commits else now
+
+
+def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None], now: datetime,
+                    anchor: datetime | None = None) -> dict[str, list[str]]:
+    """snapshot id -> the reasons that keep it (snaps: one tier, any order; the future judged at ``now``, windows
+    ending at ``anchor``, default ``now``: see :func:`window_anchor`)."""
+    anchor = anchor or now
     if not any(policy.values()):
         return {s.id: ["no retention rule"] for s in snaps}
     future = {s.id for s in future_snapshots(snaps, now)}
@@ -98,7 +122,7 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None], now: d
             kept.setdefault(s.id, []).append("keep_last")
     if policy.get("keep_within_days"):
         try:
-            since = now - timedelta(days=policy["keep_within_days"])
+            since = anchor - timedelta(days=policy["keep_within_days"])
         except OverflowError:  # reaches before year 1 (an operator's "forever"): every date is within
             since = datetime.min.replace(tzinfo=UTC)
         for s in newest_first:
@@ -148,6 +172,8 @@ def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | 
         by_tier.setdefault(s.tier, []).append(s)
     keep: dict[str, list[str]] = {}
     policies: dict[str, str] = {}
+    anchor = window_anchor(catalog, now)
+    plan.anchor = anchor.isoformat()
     for tier, snaps in by_tier.items():
         for s in future_snapshots(snaps, now):
             plan.warnings.append(
@@ -162,7 +188,7 @@ def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | 
                 keep.setdefault(s.id, []).append(f"tier {tier} is not in the config")
             continue
         policies[tier] = retention.describe()
-        for sid, why in _kept_by_policy(snaps, retention.model_dump(), now).items():
+        for sid, why in _kept_by_policy(snaps, retention.model_dump(), now, anchor).items():
             keep.setdefault(sid, []).extend(why)
     for sid in list(keep):  # chains are never broken
         for dep in catalog.snapshots[sid].chain[:-1]:

@@ -246,6 +246,22 @@ def test_a_future_dated_snapshot_never_makes_keep_within_forget_the_real_ones(tm
     assert sorted(plan.keep) == ["daily-20260104T020000Z", "daily-20620103T020000Z"]
 
 
+def test_a_prune_host_whose_clock_ran_ahead_forgets_nothing_the_true_clock_keeps(tmp_path):
+    """Before: a prune under a clock ten years ahead aged every snapshot out of keep_within_days 30 (only the
+    newest and the chains survived), exit 0. Windows end at the storage's newest commit when that is earlier."""
+    repo = tmp_path / "repo"
+    cfg = _config(tmp_path, repo, _tier("weekly", "full", "{keep_within_days: 30}"))
+    today = datetime.now(UTC).replace(microsecond=0)
+    for days in (21, 14, 7, 1):
+        run_backup(cfg, "weekly", logical_date=(today - timedelta(days=days)).isoformat())
+    storage = LocalStorage(repo, name="local")
+    true = plan_prune(cfg, storage, Catalog(storage, "keep-test"))
+    ahead = plan_prune(cfg, storage, Catalog(storage, "keep-test"), now=today + timedelta(days=3650))
+    assert true.forget == [] and ahead.forget == []
+    assert datetime.fromisoformat(ahead.anchor) <= datetime.now(UTC)  # the newest commit, not the clock
+    assert len(ahead.keep) == 4
+
+
 def test_a_future_snapshot_takes_no_keep_last_slot_and_no_bucket(fulls, tmp_path):
     """Now = 2025-12-30: f, g, h and i (2026) are in the future; the rules see a..e only."""
     _tmp, repo = fulls
