@@ -128,3 +128,48 @@ def test_a_deleted_verification_record_is_not_ok_either(failed):
     p = _cli(failed["config_path"], "status", "--check")
     # without a record no snapshot has a passed verification: every tier unverified (a warning), never OK
     assert p.returncode == 1 and "unverified:daily" in p.stdout and "unverified:weekly" in p.stdout, p.stdout
+
+
+def _remember(cfg) -> None:
+    """What backup_monitoring's last run leaves: the status document, the monitoring's memory."""
+    from backups.monitoring import status_path
+
+    path = status_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(status(cfg).status))
+
+
+def test_a_rolled_back_verification_record_is_critical(failed):
+    """Before: deleting the newest generation made the older one (from before the failure) the record: BACKUP OK
+    over a damaged weekly full. The previous status remembers the newest key it saw."""
+    cfg = failed["cfg"]
+    _remember(cfg)
+    gens = sorted((failed["repo"] / "verification" / "fmr-test").glob("*.json"))
+    assert len(gens) >= 2
+    gens[-1].unlink()
+    p = _cli(failed["config_path"], "status", "--check")
+    assert p.returncode == 2 and "verify-record:local" in p.stdout, p.stdout + p.stderr
+    problem = _keys(cfg)["verify-record:local"]
+    assert "went back to" in problem["summary"] and gens[-1].stem in problem["summary"]
+    assert verify(cfg, every=True, read_data=True).ok is False  # a new record: the failure is open again, named
+    keys = _keys(cfg)
+    assert "verify-record:local" not in keys and failed["ids"]["weekly"] in keys["verify-failed:local"]["summary"]
+
+
+def test_a_record_deleted_and_restarted_by_the_next_backup_keeps_the_open_failure(failed):
+    """Before: with every generation deleted, the next daily backup's integrity check wrote a fresh record holding
+    only its own snapshot, and the damaged weekly full the daily chain needs was forgotten."""
+    cfg = failed["cfg"]
+    _remember(cfg)
+    for gen in (failed["repo"] / "verification" / "fmr-test").glob("*.json"):
+        gen.unlink()
+    run_backup(cfg, "daily", logical_date=_ago(1))
+    keys = _keys(cfg)
+    assert "verify-failed:local" in keys and failed["ids"]["weekly"] in keys["verify-failed:local"]["summary"], keys
+    doc = status(cfg).status
+    assert all(t["state"] == "critical" for t in doc["tiers"] if t["tier"] in ("daily", "weekly"))
+    _remember(cfg)  # the memory carries it from run to run until a verification passes
+    assert "verify-failed:local" in _keys(cfg)
+    _flip(failed["object"])  # repaired
+    assert verify(cfg, every=True, read_data=True).ok
+    assert "verify-failed:local" not in _keys(cfg)

@@ -219,6 +219,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         for sid, s in catalog.snapshots.items():
             snaps.setdefault(sid, s)
             holders.setdefault(sid, []).append(name)
+    record_rollbacks(storages, previous)
     by_storage = {e["storage"]: e for e in storages}
     prev_tiers = {t.get("tier"): t for t in (previous or {}).get("tiers", []) if isinstance(t, dict)}
     tiers = []
@@ -324,6 +325,48 @@ def _dependents(catalog: Any, ids: Any) -> dict[str, list[str]]:
     for sid in ids:
         out[sid] = [s.id for s in ordered if sid in s.chain]
     return out
+
+
+def record_rollbacks(storages: list[dict[str, Any]], previous: dict[str, Any] | None) -> None:
+    """The previous status (the monitoring's memory) against each storage's verification record, in place:
+
+    * a record older than the one the previous status saw (its newest generation deleted, or replaced by an older
+      copy) is a problem of the record (``verify-record:<storage>``), never a silent OK — generations' keys sort by
+      their time (docs/format.md);
+    * an open failure the previous status saw that the record no longer lists, with no passed verification of that
+      snapshot since, and whose snapshot still has data on the storage (not pruned), stays open (``carried``): a
+      record deleted and started afresh by the next backup must not close it."""
+    prev = {s.get("storage"): s for s in (previous or {}).get("storages") or [] if isinstance(s, dict)}
+    for entry in storages:
+        rec, old = entry.get("verification_record"), prev.get(entry["storage"]) or {}
+        if not isinstance(rec, dict) or rec.get("problem") or not entry.get("reachable"):
+            continue
+        before = (old.get("verification_record") or {}).get("key") if isinstance(old.get("verification_record"), dict) else None
+        if isinstance(before, str) and before and (rec.get("key") is None or rec["key"] < before):
+            what = f"went back to {rec['key']}" if rec.get("key") else "is gone"
+            rec["problem"] = (f"storage {entry['storage']}: the verification record {what} (the last status saw "
+                              f"{before}): its newest generation was removed or replaced, so open failures may have "
+                              f"been lost; fix: `backupctl verify --all --read-data --storage {entry['storage']}` "
+                              f"writes a new record")
+            entry["_record"] = None
+            continue
+        doc, sizes = entry.get("_record"), entry.get("_sizes")
+        was_open = old.get("open_failures") if isinstance(old.get("open_failures"), dict) else {}
+        if doc is None or sizes is None or not was_open:
+            continue
+        held = {k.split("/")[1] for k in sizes if k.startswith("data/") and k.count("/") >= 2}
+        for sid, f in was_open.items():
+            if not isinstance(f, dict) or sid in doc["open"] or (sid != "*" and sid not in held):
+                continue
+            failed_at = parse_iso(f.get("at"))
+            passes = [doc["verified"].get(sid) or {}, doc["verified"].get("*") or {}]
+            if any(parse_iso(v.get("at")) and failed_at and parse_iso(v.get("at")) > failed_at
+                   and (v.get("read_data") or not f.get("read_data")) for v in passes):
+                continue  # verified since: closed for good
+            carried = {"since": f.get("since"), "at": f.get("at"), "read_data": f.get("read_data"),
+                       "problems": [str(p) for p in (f.get("problems") or [])][:5], "carried": True}
+            doc["open"][sid] = carried
+            entry.setdefault("open_failures", {})[sid] = {**carried, "problem_count": f.get("problem_count")}
 
 
 def presence(newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any]) -> dict[str, Any]:
