@@ -706,7 +706,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        where = exc.filename or "a local file (staging or restore target)"
+        where = exc.filename or ("the command's output" if args.func is not cmd_backup and args.func is not cmd_restore
+                                 else "a local file (staging or restore target)")
         free = ""
         try:
             import shutil
@@ -714,8 +715,11 @@ def main(argv: list[str] | None = None) -> int:
             free = f"; {shutil.disk_usage(os.path.dirname(str(exc.filename)) or '.').free / 1e6:,.1f} MB free there" if exc.filename else ""
         except OSError:
             pass
-        print(f"backupctl: error: no space left on device while writing {where}{free}\n  fix: free space (or point "
-              "BACKUP_STAGING / the target at a bigger disk) and re-run; nothing was committed", file=sys.stderr)
+        fix = ("free space (or point BACKUP_STAGING / the target at a bigger disk) and re-run"
+               if args.func in (cmd_backup, cmd_restore) or exc.filename else "send the output where there is space")
+        print(f"backupctl: error: no space left on device while writing {where}{free}\n  fix: {fix}"
+              + ("; a snapshot whose manifest was not written was not committed (`backupctl list` shows what was)"
+                 if args.func is cmd_backup else ""), file=sys.stderr)
         return StorageError.exit_code
     finally:
         if saved is not None:  # an in-process caller (the Airflow demo, tests) gets its structlog setup back
