@@ -287,3 +287,14 @@ def test_the_manual_tier_never_has_an_archive_storage_first():
     with pytest.raises(ConfigError, match="only has archive storage classes") as ei:
         selection(cfg, MANUAL_TIER, {"storages": ["archive"]})
     assert ei.value.exit_code == 2 and "choose an instant storage too" in ei.value.hint
+
+
+def test_no_config_anywhere_says_a_pip_install_ships_none_and_how_to_fix(tmp_path, monkeypatch):
+    # a pip-installed package: no include/backups.yaml next to it, and BACKUP_CONFIG not set
+    monkeypatch.setattr("backups.config.DEFAULT_CONFIG", tmp_path / "site-packages" / "backups.yaml")
+    monkeypatch.delenv("BACKUP_CONFIG", raising=False)
+    with pytest.raises(ConfigError) as ei:
+        load_config()
+    assert "BACKUP_CONFIG is not set" in ei.value.message and "ships none" in ei.value.message
+    assert "include/backups.yaml" in ei.value.hint and "BACKUP_CONFIG" in ei.value.hint
+    assert ei.value.exit_code == 2
