@@ -20,6 +20,9 @@ from .errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "backups.yaml"
 ENV_CONFIG = "BACKUP_CONFIG"
+#: the fix when the default config is missing (the package was pip-installed: only the checkout has include/)
+NO_SHIPPED_CONFIG_HINT = ("copy the project's include/backups.yaml (production) or include/backups.local.yaml "
+                          "(embedded) to the host, then set BACKUP_CONFIG to it (or pass --config PATH)")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = r"^[a-z][a-z0-9_]{0,62}$"
 #: the one safe-name rule for source, storage and tier names: checked when the configuration is loaded and again
@@ -508,6 +511,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: dict[str, str] 
         raise ConfigError(f"{p}: not a UTF-8 text file (byte {exc.start})",
                           hint="pass --config PATH of the YAML configuration file") from None
     except FileNotFoundError:
+        if p == DEFAULT_CONFIG:  # neither --config nor $BACKUP_CONFIG: a pip-installed package ships no config
+            raise ConfigError(
+                f"no configuration: BACKUP_CONFIG is not set and there is no shipped config at {p} (a pip-installed "
+                f"package ships none)", hint=NO_SHIPPED_CONFIG_HINT) from None
         raise ConfigError(
             f"{p}: configuration file not found", hint="pass --config PATH or set BACKUP_CONFIG to an existing file"
         ) from None

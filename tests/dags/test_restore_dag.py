@@ -335,7 +335,10 @@ def test_archive_sensor_poke_mode_and_deferral(glacier):
     assert WaitForArchiveSensor(task_id="local", storage="local", snapshot_id=WEEKLY).execute({})["archive"] is False
 
 
-def test_restore_from_glacier_defers_and_dag_test_runs_the_trigger(airflow_db, glacier):
+def test_restore_from_glacier_defers_and_dag_test_runs_the_trigger(airflow_db, glacier, monkeypatch):
+    # as in the Astro layout (include/ copied, the project not pip-installed): no ``backups.resolvers`` entry point;
+    # every task (locate, the trigger's archive wait, restore) must get Airflow's resolver without one
+    monkeypatch.setattr("backups.connections.entry_points", lambda group: [])
     target = glacier["tmp"] / "from-glacier"
     dr = _dag().test(run_conf={"target": str(target), "storage": "glacier", "sources": ["app_files"],
                                "require_approval": False})

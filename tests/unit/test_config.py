@@ -341,3 +341,14 @@ def test_a_command_timeout_beyond_a_year_is_a_config_error():
     assert text != VERBATIM
     msg = _error(text)
     assert "timeout_seconds" in msg, msg
+
+
+def test_no_config_anywhere_says_a_pip_install_ships_none_and_how_to_fix(tmp_path, monkeypatch):
+    # a pip-installed package: no include/backups.yaml next to it, and BACKUP_CONFIG not set
+    monkeypatch.setattr("backups.config.DEFAULT_CONFIG", tmp_path / "site-packages" / "backups.yaml")
+    monkeypatch.delenv("BACKUP_CONFIG", raising=False)
+    with pytest.raises(ConfigError) as ei:
+        load_config()
+    assert "BACKUP_CONFIG is not set" in ei.value.message and "ships none" in ei.value.message
+    assert "include/backups.yaml" in ei.value.hint and "BACKUP_CONFIG" in ei.value.hint
+    assert ei.value.exit_code == 2

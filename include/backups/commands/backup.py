@@ -78,13 +78,6 @@ def runtime_config(tier: str) -> Config:
     return with_manual_tier(cfg) if tier == MANUAL_TIER else cfg
 
 
-def resolver_for(cfg: Config) -> Any:
-    """The connection resolver the config needs (see :mod:`backups.connections`); None without any conn_id."""
-    from ..connections import resolver_for as registered
-
-    return registered(cfg)
-
-
 @dataclass
 class Selection:
     """What one run backs up: the tier's definition, or the backup_manual form."""

@@ -30,7 +30,7 @@ import time
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..config import ENV_CONFIG, config_path, load_config, safe_load_yaml
+from ..config import ENV_CONFIG, NO_SHIPPED_CONFIG_HINT, config_path, load_config, safe_load_yaml
 from ..errors import BackupError, ConfigError
 from .base import Result
 
@@ -107,11 +107,18 @@ def _env(path: str | None, cfg: Any, env: dict[str, str]) -> list[Check]:
     if env.get(ENV_CONFIG):
         checks.append(Check("env BACKUP_CONFIG", OK, env[ENV_CONFIG]))
     else:
-        used = f"--config {path}" if path else f"the shipped {config_path(None)}"
-        checks.append(Check("env BACKUP_CONFIG", WARN, f"not set; this check used {used}, the DAGs would read "
-                            f"{config_path(None)}",
-                            "export BACKUP_CONFIG=/path/to/backups.yaml on the scheduler, dag-processor, every "
-                            "worker and the triggerer"))
+        default = config_path(None)
+        if not default.exists():  # a pip-installed package: no include/backups.yaml next to it
+            checks.append(Check("env BACKUP_CONFIG", FAIL, f"not set, and there is no shipped config at {default} "
+                                f"(a pip-installed package ships none): the DAGs would fail to import",
+                                NO_SHIPPED_CONFIG_HINT + " on the scheduler, dag-processor, every worker and the "
+                                "triggerer"))
+        else:
+            used = f"--config {path}" if path else f"the shipped {default}"
+            checks.append(Check("env BACKUP_CONFIG", WARN, f"not set; this check used {used}, the DAGs would read "
+                                f"{default}",
+                                "export BACKUP_CONFIG=/path/to/backups.yaml on the scheduler, dag-processor, every "
+                                "worker and the triggerer"))
     names: dict[str, bool] = {}  # ${VAR} in the config's values (not its comments) -> has a default
     try:
         import yaml

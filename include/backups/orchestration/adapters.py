@@ -53,10 +53,10 @@ def io_pool_args() -> dict[str, Any]:
 def runtime(tier: str) -> tuple[Config, Any]:
     """The config as the task sees it on its worker, and the Airflow connection resolver (injected into the core)."""
     from ..commands.backup import runtime_config
-    from .connections import AirflowResolver
+    from .connections import task_resolver
 
     cfg = runtime_config(tier)
-    return cfg, AirflowResolver() if cfg.needs_airflow() else None
+    return cfg, task_resolver(cfg)
 
 
 def run_started(dag_run: Any) -> Any:

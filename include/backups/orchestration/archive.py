@@ -40,12 +40,12 @@ DEFAULT_TIMEOUT = timedelta(hours=50)  # DEEP_ARCHIVE standard retrieval: up to 
 
 def open_storage_by_name(name: str) -> Any:
     """The storage ``name`` of the config as this process sees it, read-only (restore requests still go out)."""
-    from ..commands.backup import resolver_for
     from ..config import load_config
     from ..storage import open_storage
+    from .connections import task_resolver
 
     cfg = load_config()
-    return open_storage(cfg, name, resolver_for(cfg), read_only=True)
+    return open_storage(cfg, name, task_resolver(cfg), read_only=True)
 
 
 def snapshot_keys(storage: Any, snapshot_id: str) -> list[str]:

@@ -12,6 +12,11 @@
   connection and the fix. One connection attempt per call: retries belong to ``RetryingStorage``.
 * ``secret(conn_id)`` — the connection's password (used for client-side encryption keys).
 
+Every task of the Airflow layer gets its resolver from :func:`task_resolver` — this class, passed explicitly,
+never looked up through the ``backups.resolvers`` entry point: in the Astro layout (``include/`` copied next to
+the DAGs, the project not pip-installed) no entry point exists. Only ``backupctl`` (a pip-installed package)
+looks the resolver up (:mod:`backups.connections`).
+
 Airflow is imported inside the methods, so importing this module stays cheap at DAG parse time.
 Nothing returned here is logged.
 """
@@ -20,9 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +135,11 @@ class AirflowResolver:
         host = conn.host or "127.0.0.1"
         port = f":{conn.port}" if conn.port else ""
         return f"postgresql://{auth + '@' if auth else ''}{host}{port}/{quote(conn.schema or 'postgres', safe='')}"
+
+
+def task_resolver(cfg: Config, *, always: bool = False) -> AirflowResolver | None:
+    """The resolver a task of the Airflow layer injects into the core: :class:`AirflowResolver` when ``cfg`` names
+    a ``conn_id`` (or ``always``: the drill's scratch PostgreSQL may be a connection), else None.
+
+    Never an entry-point lookup, so the DAGs work whether or not the package is pip-installed."""
+    return AirflowResolver() if always or cfg.needs_airflow() else None

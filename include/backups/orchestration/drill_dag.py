@@ -51,9 +51,9 @@ DRILL_QUEUE: str | None = None
 def _resolver(cfg: Config) -> Any:
     """Airflow's connections, always: besides the storages' conn_id, the scratch PostgreSQL server may be the
     ``backup_pg_scratch`` connection even when the config names no conn_id."""
-    from .connections import AirflowResolver
+    from .connections import task_resolver
 
-    return AirflowResolver()
+    return task_resolver(cfg, always=True)
 
 
 def drill_params(cfg: Config) -> dict[str, Param]:

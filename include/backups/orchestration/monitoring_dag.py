@@ -47,10 +47,10 @@ ALERT_VARIABLE = "backup_monitoring_alerts"
 
 def _runtime() -> tuple[Config, Any]:
     from ..config import load_config
-    from .connections import AirflowResolver
+    from .connections import task_resolver
 
     cfg = load_config()
-    return cfg, AirflowResolver() if cfg.needs_airflow() else None
+    return cfg, task_resolver(cfg)
 
 
 def _doc(cfg: Config) -> str:

@@ -41,7 +41,7 @@ from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
 
 from ..commands import notes
 from ..commands import restore as restore_command
-from ..commands.backup import MANUAL_TIER, resolver_for
+from ..commands.backup import MANUAL_TIER
 from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RestoreResult, RunInfo, Verification
 from ..commands.validate import pg_scratch_dsn
 from ..config import Config, load_config
@@ -180,7 +180,9 @@ def _runtime() -> tuple[Config, Any, RestoreRequest, Any]:
     cfg = load_config()
     with task_errors(fail_fast=(BackupError,)):
         req = request_from_params(cfg, ctx["params"])
-    return cfg, resolver_for(cfg), req, ctx
+    from .connections import task_resolver
+
+    return cfg, task_resolver(cfg), req, ctx
 
 
 def build_restore_dag(cfg: Config) -> DAG:

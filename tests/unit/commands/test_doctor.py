@@ -94,6 +94,17 @@ def test_unset_backup_config_is_a_warning_not_a_failure(ready, monkeypatch):
     assert _by_name(result)["env BACKUP_CONFIG"]["status"] == "warn" and result.ok
 
 
+def test_unset_backup_config_without_a_shipped_config_fails_with_the_fix(ready, monkeypatch, tmp_path):
+    # pip-installed: the default path (next to the package) holds no config; the DAGs would not import
+    monkeypatch.delenv("BACKUP_CONFIG")
+    monkeypatch.setattr("backups.config.DEFAULT_CONFIG", tmp_path / "site-packages" / "backups.yaml")
+    result = run_doctor(str(ready["config"]), airflow=False)
+    check = _by_name(result)["env BACKUP_CONFIG"]
+    assert check["status"] == FAIL and "no shipped config" in check["detail"] and "ships none" in check["detail"]
+    assert "include/backups.yaml" in check["fix"] and "BACKUP_CONFIG" in check["fix"]
+    assert "the shipped" not in check["detail"] and result.exit_code == 2
+
+
 def test_smtp_reachable(ready, smtp_server):
     ready["config"].write_text(ready["config"].read_text() + "notify_email: [ops@example.com]\n")
     result = run_doctor(airflow=False, smtp=SmtpEndpoint("smtp_default", "127.0.0.1", smtp_server))
