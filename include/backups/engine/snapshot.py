@@ -419,6 +419,19 @@ def copy_object(src: Storage, dst: Storage, obj: dict[str, Any]) -> int:
     return hr.size
 
 
+def same_data(ours: Any, theirs: Any, src: str, dst: str) -> None:
+    """A snapshot id already on ``dst`` is skipped by a copy only when it holds the same data (every object's key and
+    SHA-256): the same id with other data is another deployment sharing the bucket and prefix, or a re-run after the
+    primary was lost, and "already copied" there would leave the replica restoring other data than the primary."""
+    mine = {o["key"]: o["sha256"] for o in ours.objects()}
+    other = {o["key"]: o["sha256"] for o in theirs.objects()}
+    if mine != other:
+        raise RefusedError(f"storage {dst} already holds a snapshot {ours.id} with other data than {src}'s "
+                           f"({len(set(mine.items()) ^ set(other.items()))} object(s) differ); nothing was copied",
+                           hint=f"give each deployment its own bucket/prefix or path; if {dst}'s copy is the one to keep, "
+                                f"restore from it with `--storage {dst}`")
+
+
 def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage, *, locks: list[Any] | None = None) -> int:
     """Copy a committed snapshot (and any missing part of its chain) to ``dst``; manifest last. Returns bytes.
 
@@ -433,6 +446,7 @@ def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage, *, locks: l
     copied = 0
     for s in src_cat.chain_of(src_cat.get(snap_id)):
         if s.id in dst_cat.snapshots:
+            same_data(s, dst_cat.snapshots[s.id], src.name, dst.name)
             continue
         for obj in s.objects():
             try:
@@ -507,7 +521,8 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_
         kind = kinds.pop() if len(kinds) == 1 else StorageError
         raise kind(f"{p.snapshot_id} is committed on {primary.name} but not on every storage:\n  "
                    + "\n  ".join(f.message for f in failures),
-                   hint="fix the storage (or key) and re-run: missing copies are back-filled by the next run")
+                   hint="; ".join(dict.fromkeys(f.hint for f in failures if f.hint))
+                   or "fix the storage (or key) and re-run: missing copies are back-filled by the next run")
     return snap, p
 
 
