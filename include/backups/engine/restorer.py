@@ -8,11 +8,14 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
    ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``). Every index path
    is validated as it is read (no absolute path, no ``.``/``..``/empty component, no duplicate, nothing below a
    non-directory, hard links only to such paths): see :func:`~backups.repository.index.iter_index`.
-3. Read each needed archive once, oldest first, as a stream (zstd → tar). Every member name is checked
+3. Read each needed archive once, oldest first, as a stream (zstd → tar); with ``--include`` globs (a partial
+   restore), only the zstd frames that hold wanted members, found with the archive's frame table
+   (:func:`load_frames`, :func:`frame_runs`; docs/format.md) and read with ranged reads. Every member name is checked
    (absolute paths, ``..``, duplicates and members below a symlink of the same archive are refused), but only
    members whose names equal a wanted index path are written — members of older archives below a path whose
-   type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, hashed
-   as they are written and compared with the index.
+   type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, each
+   hashed once, on the bytes written, and compared with the index (small files on a small pool of writer
+   threads, large ones streamed by the reading thread).
    A large file that shrank while it was backed up (``torn``) may have two members: the one matching the index
    is kept.
 4. Every file gets its owner (as root, unless ``no_owner``), mode, extended attributes / ACLs and times
@@ -342,17 +345,26 @@ SMALL_FILE = 1 << 20
 _ZEROS = bytes(CHUNK)
 
 
-class _Writers:
-    """Create and write small files on a writer thread (file creation is the slowest syscall of a restore; the GIL
-    is released during it), with at most ~64 MiB of content in flight."""
+#: writer threads of a restore: creating, writing and closing small files are syscalls that release the GIL, so
+#: a few threads keep the disk busy while the main thread parses the tar stream (before: one writer thread)
+WRITERS = 2
 
-    def __init__(self, workers: int = 1, max_bytes: int = 64 << 20) -> None:
+
+class _Writers:
+    """Create and write small files on a small pool of writer threads (file creation is the slowest syscall of a
+    restore; the GIL is released during it), with at most ~64 MiB of content in flight. Each file is hashed once,
+    on the bytes about to be written, before it is created."""
+
+    def __init__(self, workers: int | None = None, max_bytes: int = 64 << 20) -> None:
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore-write")
+        self.pool = ThreadPoolExecutor(max_workers=workers or WRITERS, thread_name_prefix="restore-write")
         self.budget = threading.BoundedSemaphore(max_bytes // SMALL_FILE)
         self.futures: list[Any] = []
+        self.submitted = self.reaped = 0
+        #: (number of writes submitted before, descriptors): closed once those writes are done
+        self.closing: list[tuple[int, list[int]]] = []
 
     @staticmethod
     def _write(dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta, error: Exception) -> None:
@@ -379,23 +391,29 @@ class _Writers:
                 self.budget.release()
 
         self.futures.append(self.pool.submit(run))
+        self.submitted += 1
         if len(self.futures) >= 256:
             self._reap(len(self.futures) // 2)
 
     def close_later(self, fds: list[int]) -> None:
-        """Close directory descriptors after the writes queued so far (one writer thread: tasks run in order).
-        ``fds`` is emptied when done; whatever is left in it after :meth:`close` was never closed."""
+        """Close directory descriptors once every write queued so far is done (writes run in parallel, so this
+        waits for them all, not just for a queue position). ``fds`` is emptied when done; whatever is left in it
+        after :meth:`close` was never closed."""
+        self.closing.append((self.submitted, fds))
+        self._close_done()
 
-        def run() -> None:
+    def _close_done(self) -> None:
+        while self.closing and self.closing[0][0] <= self.reaped:
+            fds = self.closing.pop(0)[1]
             while fds:
                 os.close(fds.pop())
-
-        self.pool.submit(run)
 
     def _reap(self, n: int) -> None:
         done, self.futures = self.futures[:n], self.futures[n:]
         for f in done:
             f.result()
+            self.reaped += 1
+        self._close_done()
 
     def finish(self) -> None:
         self._reap(len(self.futures))
