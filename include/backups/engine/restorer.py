@@ -145,6 +145,8 @@ class _Tree:
     def __init__(self, root: Path) -> None:
         self.root = os.open(root, _DIR_FLAGS)
         self.stack: list[tuple[str, int]] = [("", self.root)]
+        #: directories this tree created (a second ``mkdir`` would only fail with EEXIST: one syscall per directory)
+        self.made: set[str] = set()
         #: what to do with the descriptor of a directory left behind (closed later while a writer may still use it)
         self.retire: Callable[[int], None] = os.close
 
@@ -163,9 +165,10 @@ class _Tree:
             return fd
         for part in (rel[len(cur) + 1 :] if cur else rel).split("/"):
             cur = f"{cur}/{part}" if cur else part
-            if create:
+            if create and cur not in self.made:
                 with suppress(FileExistsError):
                     os.mkdir(part, dir_fd=fd)
+                self.made.add(cur)
             try:
                 fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:

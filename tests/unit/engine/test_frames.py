@@ -230,3 +230,22 @@ def test_writer_pool_restores_every_file_and_closes_every_directory(repo, monkey
     assert len(os.listdir("/proc/self/fd")) == before
     got = fingerprint(repo["tmp"] / "full" / SOURCE)
     assert {p: v[:3] for p, v in got.items()} == {p: v[:3] for p, v in fingerprint(repo["root"]).items()}
+
+
+def test_restore_creates_each_directory_with_one_mkdir(repo, monkeypatch):
+    """Directories are created up front; writing the files below them does not ``mkdir`` them again (each failed
+    ``mkdir`` costs as much as a successful one)."""
+    from backups.engine import restorer
+
+    calls: list[str] = []
+    real = os.mkdir
+
+    def counting(path, *args, **kwargs):
+        calls.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(restorer.os, "mkdir", counting)
+    storage = LocalStorage(repo["repo"])
+    cat = Catalog(storage, APP)
+    restore(storage, cat, cat.get(repo["snap"]), repo["tmp"] / "full")
+    assert sorted(p for p in calls if not str(p).startswith("/")) == [f"d{d:02}" for d in range(12)]
