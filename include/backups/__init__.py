@@ -5,4 +5,4 @@ and the ``backupctl`` CLI both drive it.
 """
 
 __version__ = "0.1.0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2

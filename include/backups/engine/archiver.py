@@ -32,7 +32,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -61,8 +61,10 @@ def compressor(threads: int = -1) -> zstandard.ZstdCompressor:
 
 
 @contextmanager
-def _object_writer(storage: Storage, key: str, compress: bool = True, threads: int = -1) -> Iterator[tuple[BinaryIO, ThreadedHashingSink]]:
-    """A compressing writer for one object; output is hashed and written by a background thread."""
+def _object_writer(storage: Storage, key: str, compress: bool = True, threads: int = -1,
+                   trailer: Callable[[], bytes] | None = None) -> Iterator[tuple[BinaryIO, ThreadedHashingSink]]:
+    """A compressing writer for one object; output is hashed and written by a background thread. ``trailer``
+    gives bytes appended after the compressed stream is complete (an archive's frame table)."""
     with storage.open_write(key) as raw:
         sink = ThreadedHashingSink(raw)
         try:
@@ -71,6 +73,8 @@ def _object_writer(storage: Storage, key: str, compress: bool = True, threads: i
                     yield z, sink  # type: ignore[misc]
             else:
                 yield sink, sink  # type: ignore[misc]
+            if trailer is not None:
+                sink.write(trailer())
         except BaseException:
             with suppress(BaseException):
                 sink.close()
@@ -113,23 +117,40 @@ class _TarStream:
         self.raw_bytes = 0
         self._views = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
         self._pool: Any = None
+        self.frames: list[tarstream.Frame] = []  #: the frame table (complete after :meth:`close`)
+        self._frame = (0, 0, "")  #: (compressed offset, uncompressed offset, first member) of the open frame
+        self._z: Any = None
 
-    def _open(self) -> BinaryIO:
+    def _open(self, name: str) -> BinaryIO:
+        """The writer, opened on the first member; also the frame boundary hook: called before every member
+        (``name``), it ends the current zstd frame once it holds :data:`~backups.engine.tarstream.FRAME_SIZE`
+        uncompressed bytes, so every frame starts with a member header and decompresses on its own."""
         if self.out is None:
-            self.out, self.hw = self.stack.enter_context(_object_writer(self.storage, self.key))
+            z, self.hw = self.stack.enter_context(_object_writer(self.storage, self.key, trailer=self._table))
+            self._z = z
+            self.out = _Counting(z)
+            self._frame = (0, 0, name)
+        elif self.out.n - self._frame[1] >= tarstream.FRAME_SIZE:
+            self._end_frame()
+            self._frame = (self.hw.size, self.out.n, name)  # type: ignore[union-attr]
         return self.out
 
+    def _end_frame(self) -> None:
+        self._z.flush(zstandard.FLUSH_FRAME)
+        coff, uoff, first = self._frame
+        self.frames.append(tarstream.Frame(coff, self.hw.size - coff, uoff, first))  # type: ignore[union-attr]
+
     def add_meta(self, e: Entry) -> None:
-        self._open().write(_tarinfo(e, 0))
+        self._open(e.path).write(_tarinfo(e, 0))
         self.members += 1
 
     def add_hardlink(self, e: Entry, target: str) -> None:
-        self._open().write(_tarinfo(e, 0, "h", target))
+        self._open(e.path).write(_tarinfo(e, 0, "h", target))
         self.members += 1
 
     def add_bytes(self, e: Entry, content: bytes, progress: Progress) -> str:
         """Store a member whose bytes are all in memory; returns their SHA-256."""
-        out = self._open()
+        out = self._open(e.path)
         out.write(_tarinfo(e, len(content)))
         out.write(content)
         out.write(tarstream.padding(len(content)))
@@ -151,7 +172,7 @@ class _TarStream:
         Reads into reused buffers (no per-chunk allocation or page faults) and hands the same memory to the
         hash and to the compressor. For large files the SHA-256 runs on a helper thread, double-buffered, while
         this thread feeds the compressor (hashlib releases the GIL)."""
-        out = self._open()
+        out = self._open(e.path)
         out.write(_tarinfo(e, size))
         h = hashlib.sha256()
         left, short = size, False
@@ -196,10 +217,28 @@ class _TarStream:
         return self._pool
 
     def close(self) -> dict[str, Any] | None:
+        """Write the end-of-archive blocks (in the last frame), end it and append the frame table."""
         if self.out is None:
             return None
-        self.out.write(tarstream.end_of_archive())
+        self.out.write(tarstream.end_of_archive())  # the compressor's close ends the last frame
         return None
+
+    def _table(self) -> bytes:
+        """The frame table, appended once the compressor has ended the last frame."""
+        coff, uoff, first = self._frame
+        self.frames.append(tarstream.Frame(coff, self.hw.size - coff, uoff, first))  # type: ignore[union-attr]
+        return tarstream.frame_table(self.frames)
+
+
+class _Counting:
+    """Counts the uncompressed bytes written to the compressor (the frame table's uncompressed offsets)."""
+
+    def __init__(self, z: BinaryIO) -> None:
+        self.z, self.n = z, 0
+
+    def write(self, data: bytes) -> int:
+        self.n += len(data)
+        return self.z.write(data)
 
 
 # ------------------------------------------------------------------------------------------------ main entry
@@ -396,7 +435,8 @@ def backup_source(
         details = dict(prep.details)
         warnings.extend(prep.warnings)
     # ExitStack closed: the archive (if any) and the index objects are committed on the storage
-    objects = {"archive": _record(akey, tar.hw) if tar.hw is not None else None, **idx.records()}
+    objects = {"archive": _record(akey, tar.hw) | {"frames": len(tar.frames)} if tar.hw is not None else None,
+               **idx.records()}
     record = {
         "kind": reader.kind,
         "parent": parent_id,

@@ -8,11 +8,14 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
    ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``). Every index path
    is validated as it is read (no absolute path, no ``.``/``..``/empty component, no duplicate, nothing below a
    non-directory, hard links only to such paths): see :func:`~backups.repository.index.iter_index`.
-3. Read each needed archive once, oldest first, as a stream (zstd → tar). Every member name is checked
+3. Read each needed archive once, oldest first, as a stream (zstd → tar); with ``--include`` globs (a partial
+   restore), only the zstd frames that hold wanted members, found with the archive's frame table
+   (:func:`load_frames`, :func:`frame_runs`; docs/format.md) and read with ranged reads. Every member name is checked
    (absolute paths, ``..``, duplicates and members below a symlink of the same archive are refused), but only
    members whose names equal a wanted index path are written — members of older archives below a path whose
-   type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, hashed
-   as they are written and compared with the index.
+   type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, each
+   hashed once, on the bytes written, and compared with the index (small files on a small pool of writer
+   threads, large ones streamed by the reading thread).
    A large file that shrank while it was backed up (``torn``) may have two members: the one matching the index
    is kept.
 4. Every file gets its owner (as root, unless ``no_owner``), mode, extended attributes / ACLs and times
@@ -38,7 +41,7 @@ import stat
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +145,8 @@ class _Tree:
     def __init__(self, root: Path) -> None:
         self.root = os.open(root, _DIR_FLAGS)
         self.stack: list[tuple[str, int]] = [("", self.root)]
+        #: directories this tree created (a second ``mkdir`` would only fail with EEXIST: one syscall per directory)
+        self.made: set[str] = set()
         #: what to do with the descriptor of a directory left behind (closed later while a writer may still use it)
         self.retire: Callable[[int], None] = os.close
 
@@ -160,9 +165,10 @@ class _Tree:
             return fd
         for part in (rel[len(cur) + 1 :] if cur else rel).split("/"):
             cur = f"{cur}/{part}" if cur else part
-            if create:
+            if create and cur not in self.made:
                 with suppress(FileExistsError):
                     os.mkdir(part, dir_fd=fd)
+                self.made.add(cur)
             try:
                 fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
@@ -276,7 +282,12 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
                         elif p in alias:
                             yield p, alias[p], e
 
-            _extract_archive(storage, obj, wanted(), tree, out, progress, meta)
+            frames = load_frames(storage, obj) if includes else None
+            if frames is None:
+                _extract_archive(storage, obj, wanted(), tree, out, progress, meta)
+            else:  # a partial restore reads only the frames holding what it restores
+                todo = list(wanted())
+                _extract_archive(storage, obj, iter(todo), tree, out, progress, meta, frame_runs(frames, todo))
         for path, first in hardlinks.items():  # after every file is written, before any symlink exists
             src = first if select(first) else alias[first]
             try:
@@ -337,17 +348,26 @@ SMALL_FILE = 1 << 20
 _ZEROS = bytes(CHUNK)
 
 
-class _Writers:
-    """Create and write small files on a writer thread (file creation is the slowest syscall of a restore; the GIL
-    is released during it), with at most ~64 MiB of content in flight."""
+#: writer threads of a restore: creating, writing and closing small files are syscalls that release the GIL, so
+#: a few threads keep the disk busy while the main thread parses the tar stream (before: one writer thread)
+WRITERS = 2
 
-    def __init__(self, workers: int = 1, max_bytes: int = 64 << 20) -> None:
+
+class _Writers:
+    """Create and write small files on a small pool of writer threads (file creation is the slowest syscall of a
+    restore; the GIL is released during it), with at most ~64 MiB of content in flight. Each file is hashed once,
+    on the bytes about to be written, before it is created."""
+
+    def __init__(self, workers: int | None = None, max_bytes: int = 64 << 20) -> None:
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore-write")
+        self.pool = ThreadPoolExecutor(max_workers=workers or WRITERS, thread_name_prefix="restore-write")
         self.budget = threading.BoundedSemaphore(max_bytes // SMALL_FILE)
         self.futures: list[Any] = []
+        self.submitted = self.reaped = 0
+        #: (number of writes submitted before, descriptors): closed once those writes are done
+        self.closing: list[tuple[int, list[int]]] = []
 
     @staticmethod
     def _write(dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta, error: Exception) -> None:
@@ -374,23 +394,29 @@ class _Writers:
                 self.budget.release()
 
         self.futures.append(self.pool.submit(run))
+        self.submitted += 1
         if len(self.futures) >= 256:
             self._reap(len(self.futures) // 2)
 
     def close_later(self, fds: list[int]) -> None:
-        """Close directory descriptors after the writes queued so far (one writer thread: tasks run in order).
-        ``fds`` is emptied when done; whatever is left in it after :meth:`close` was never closed."""
+        """Close directory descriptors once every write queued so far is done (writes run in parallel, so this
+        waits for them all, not just for a queue position). ``fds`` is emptied when done; whatever is left in it
+        after :meth:`close` was never closed."""
+        self.closing.append((self.submitted, fds))
+        self._close_done()
 
-        def run() -> None:
+    def _close_done(self) -> None:
+        while self.closing and self.closing[0][0] <= self.reaped:
+            fds = self.closing.pop(0)[1]
             while fds:
                 os.close(fds.pop())
-
-        self.pool.submit(run)
 
     def _reap(self, n: int) -> None:
         done, self.futures = self.futures[:n], self.futures[n:]
         for f in done:
             f.result()
+            self.reaped += 1
+        self._close_done()
 
     def finish(self) -> None:
         self._reap(len(self.futures))
@@ -422,14 +448,99 @@ def _write_large(dir_fd: int, name: str, data: tarstream.MemberReader, size: int
     return h.hexdigest()
 
 
+class _FrameRuns:
+    """The tar bytes of some runs of consecutive frames of one archive, read with ranged reads and decompressed one
+    run after the other (a file-like ``read``). Frames start at member boundaries, so the runs put end to end are
+    a tar stream holding only their members; when the last run does not end the archive, an end-of-archive marker
+    is added."""
+
+    def __init__(self, storage: Storage, key: str, runs: list[tuple[int, int, bool]]) -> None:
+        self.storage, self.key, self.runs = storage, key, list(runs)
+        self.stack = ExitStack()
+        self.cur: Any = None
+        self.ended = bool(runs) and runs[-1][2]
+
+    def read(self, n: int = -1) -> bytes:
+        while True:
+            if self.cur is None:
+                if not self.runs:
+                    if not self.ended:
+                        self.ended = True
+                        return tarstream.end_of_archive()
+                    return b""
+                off, length, _ = self.runs.pop(0)
+                self.stack.close()
+                raw = self.stack.enter_context(self.storage.open_read(self.key, off, length))
+                self.cur = self.stack.enter_context(zstandard.ZstdDecompressor().stream_reader(
+                    raw, read_size=CHUNK, closefd=False, read_across_frames=True))
+            data = self.cur.read(n if n and n > 0 else CHUNK)
+            if data:
+                return data
+            self.cur = None
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def load_frames(storage: Storage, obj: dict[str, Any]) -> list[tarstream.Frame] | None:
+    """The frame table of an archive object (two ranged reads at its end), or None when it has none (an archive
+    written before format 2) or it is unusable (then the archive is read whole, as one stream: safe, only slower)."""
+    if not isinstance(obj.get("frames"), int) or obj["frames"] < 1 or not isinstance(obj.get("size"), int):
+        return None
+    size = obj["size"]
+    try:
+        with storage.open_read(obj["key"], max(0, size - tarstream.tail_length()), tarstream.tail_length()) as fh:
+            off, length = tarstream.table_span(fh.read(), size)
+        with storage.open_read(obj["key"], off, length) as fh:
+            return tarstream.parse_frame_table(fh.read(), size)
+    except tarstream.FrameTableError as exc:
+        log.warning("%s: archive %s: %s; reading it whole", storage.name, obj["key"], exc)
+        return None
+
+
+def frame_runs(frames: list[tarstream.Frame], wanted: list[tuple[str, str, IndexEntry]]) -> list[tuple[int, int, bool]]:
+    """The ranges of the archive (compressed offset, length, whether it reaches the last frame) holding the
+    members ``wanted`` names: for each, the frames from the last one starting before it (or at it) to the last
+    one starting at it (a torn file's second copy may start the next frame); adjacent frames are merged."""
+    import bisect
+
+    keys = [order_key(f.first) for f in frames]
+    need: set[int] = set()
+    for path, _, e in wanted:
+        k = order_key(path)
+        lo = bisect.bisect_left(keys, k)
+        first = lo if lo < len(keys) and keys[lo] == k and not e.torn else max(0, lo - 1)
+        last = max(first, bisect.bisect_right(keys, k) - 1)
+        need.update(range(first, last + 1))
+    runs: list[tuple[int, int, bool]] = []
+    start = prev = None
+    for i in sorted(need):
+        if start is not None and i == prev + 1:  # type: ignore[operator]
+            prev = i
+            continue
+        if start is not None:
+            runs.append(_run(frames, start, prev))  # type: ignore[arg-type]
+        start = prev = i
+    if start is not None:
+        runs.append(_run(frames, start, prev))  # type: ignore[arg-type]
+    return runs
+
+
+def _run(frames: list[tarstream.Frame], a: int, b: int) -> tuple[int, int, bool]:
+    return frames[a].offset, frames[b].offset + frames[b].length - frames[a].offset, b == len(frames) - 1
+
+
 def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tuple[str, str, IndexEntry]],
-                     tree: _Tree, out: SourceRestore, progress: Progress, meta: _Meta) -> None:
+                     tree: _Tree, out: SourceRestore, progress: Progress, meta: _Meta,
+                     runs: list[tuple[int, int, bool]] | None = None) -> None:
     """Merge one archive's members with the wanted files it holds (both in canonical order).
 
     ``wanted`` yields (member path, path to write, entry): the two differ only for a file whose bytes go to a
     hard link to it (when ``--include`` selected the link but not the file). A large file that shrank while it
     was backed up (``torn`` in the index) may appear twice: first completed with zeros, then as read; the member
-    whose content matches the index is the one kept, and only such a file may appear twice."""
+    whose content matches the index is the one kept, and only such a file may appear twice.
+
+    ``runs`` (from :func:`frame_runs`): read only these ranges of frames instead of the whole archive."""
 
     def missing(path: str) -> IntegrityError:
         return IntegrityError(f"{path}: not found in archive {obj['key']} where the index says it is",
@@ -447,82 +558,88 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
     # Every restored file is checked against its SHA-256 in the (checksum-verified) index, so the archive's own
     # object hash is not recomputed here: that is `verify --read-data`'s job. Member names are only matched
     # against the (validated) index paths; every member name is still checked so a crafted archive is refused.
-    with storage.open_read(obj["key"]) as raw:
-        with zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, closefd=False) as zr:
-            z = PrefetchReader(zr, CHUNK)
-            try:
-                last_key: list[str] | None = None
-                last_sym = None
-                superseded: str | None = None  # a torn file's first, zero-completed member: its next copy may follow
-                for m, data in tarstream.iter_members(z, CHUNK):
-                    name = safe_member(m.name)
-                    if m.islnk():
-                        safe_member(m.linkname)
-                    key = order_key(name)
-                    if last_key is not None and key <= last_key and not (key == last_key and name == superseded):
-                        if key == last_key:
-                            raise RefusedError(f"archive {obj['key']} holds {m.name!r} twice; refusing to restore it")
-                        raise IntegrityError(f"{storage.name}: archive {obj['key']} is out of order at {m.name!r}",
-                                             hint="restore from another storage; run `backupctl verify --read-data`")
-                    last_key, superseded = key, None
-                    if last_sym is not None and name.startswith(last_sym):  # descendants follow their ancestor
-                        raise RefusedError(f"archive member {m.name!r} goes through a symlink of the same archive; refusing")
-                    if m.issym():
-                        last_sym = name + "/"
-                    if w is None or not m.isfile():
-                        continue
-                    while w is not None and order_key(w[0]) < key:
-                        raise missing(w[0])
-                    if w is None or w[0] != name:
-                        continue
-                    _, dest, e = w
-                    pfd, fname = tree.parent(dest)
-                    try:
-                        if e.torn and m.size != e.size:  # the zero-completed copy of a torn file: the next one is it
-                            superseded = name
-                            continue
-                        if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
-                            content = data.read_all()
-                            writers.submit(pfd, fname, content, dest, e, meta, damaged(name))
-                            progress.advance(len(content))
-                            if retired:
-                                batches.append(retired[:])
-                                retired.clear()
-                                writers.close_later(batches[-1])
-                        else:
-                            if _write_large(pfd, fname, data, m.size, progress) != e.sha256:
-                                if e.torn:  # a zero-completed copy of the same size as what was read: the next one is it
-                                    os.unlink(fname, dir_fd=pfd)
-                                    superseded = name
-                                    continue
-                                raise damaged(name)
-                            fd = os.open(fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-                            try:
-                                meta(fd, dest, e)
-                            finally:
-                                os.close(fd)
-                    except FileExistsError:
-                        raise RefusedError(f"{dest!r} is written twice by this restore; refusing") from None
-                    out.files += 1
-                    out.bytes += e.size
-                    out.verified += 1
-                    w = next(wanted, None)
-                    if e.torn:  # its zero-completed copy, if it matched anyway, may be followed by the copy as read
+    with ExitStack() as stack:
+        if runs is None:
+            raw = stack.enter_context(storage.open_read(obj["key"]))
+            zr = stack.enter_context(zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, closefd=False,
+                                                                                read_across_frames=True))
+        else:
+            zr = _FrameRuns(storage, obj["key"], runs)
+            stack.callback(zr.close)
+        z = PrefetchReader(zr, CHUNK)
+        try:
+            last_key: list[str] | None = None
+            last_sym = None
+            superseded: str | None = None  # a torn file's first, zero-completed member: its next copy may follow
+            for m, data in tarstream.iter_members(z, CHUNK):
+                name = safe_member(m.name)
+                if m.islnk():
+                    safe_member(m.linkname)
+                key = order_key(name)
+                if last_key is not None and key <= last_key and not (key == last_key and name == superseded):
+                    if key == last_key:
+                        raise RefusedError(f"archive {obj['key']} holds {m.name!r} twice; refusing to restore it")
+                    raise IntegrityError(f"{storage.name}: archive {obj['key']} is out of order at {m.name!r}",
+                                         hint="restore from another storage; run `backupctl verify --read-data`")
+                last_key, superseded = key, None
+                if last_sym is not None and name.startswith(last_sym):  # descendants follow their ancestor
+                    raise RefusedError(f"archive member {m.name!r} goes through a symlink of the same archive; refusing")
+                if m.issym():
+                    last_sym = name + "/"
+                if w is None or not m.isfile():
+                    continue
+                while w is not None and order_key(w[0]) < key:
+                    raise missing(w[0])
+                if w is None or w[0] != name:
+                    continue
+                _, dest, e = w
+                pfd, fname = tree.parent(dest)
+                try:
+                    if e.torn and m.size != e.size:  # the zero-completed copy of a torn file: the next one is it
                         superseded = name
-                writers.finish()
-            except tarstream.TarFormatError as exc:
-                raise IntegrityError(f"{storage.name}: archive {obj['key']} is damaged ({exc})",
-                                     hint="restore from another storage; run `backupctl verify --read-data`") from None
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"{storage.name}: archive {obj['key']} cannot be decompressed ({exc})",
-                                     hint="restore from another storage; run `backupctl verify --read-data`") from None
-            finally:
-                z.close()
-                writers.close()
-                tree.retire = os.close
-                for fds in (*batches, retired):  # not closed by the writer (a failure cancelled its tasks)
-                    for fd in fds:
-                        os.close(fd)
+                        continue
+                    if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
+                        content = data.read_all()
+                        writers.submit(pfd, fname, content, dest, e, meta, damaged(name))
+                        progress.advance(len(content))
+                        if retired:
+                            batches.append(retired[:])
+                            retired.clear()
+                            writers.close_later(batches[-1])
+                    else:
+                        if _write_large(pfd, fname, data, m.size, progress) != e.sha256:
+                            if e.torn:  # a zero-completed copy of the same size as what was read: the next one is it
+                                os.unlink(fname, dir_fd=pfd)
+                                superseded = name
+                                continue
+                            raise damaged(name)
+                        fd = os.open(fname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+                        try:
+                            meta(fd, dest, e)
+                        finally:
+                            os.close(fd)
+                except FileExistsError:
+                    raise RefusedError(f"{dest!r} is written twice by this restore; refusing") from None
+                out.files += 1
+                out.bytes += e.size
+                out.verified += 1
+                w = next(wanted, None)
+                if e.torn:  # its zero-completed copy, if it matched anyway, may be followed by the copy as read
+                    superseded = name
+            writers.finish()
+        except tarstream.TarFormatError as exc:
+            raise IntegrityError(f"{storage.name}: archive {obj['key']} is damaged ({exc})",
+                                 hint="restore from another storage; run `backupctl verify --read-data`") from None
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{storage.name}: archive {obj['key']} cannot be decompressed ({exc})",
+                                 hint="restore from another storage; run `backupctl verify --read-data`") from None
+        finally:
+            z.close()
+            writers.close()
+            tree.retire = os.close
+            for fds in (*batches, retired):  # not closed by the writer (a failure cancelled its tasks)
+                for fd in fds:
+                    os.close(fd)
     if w is not None:
         raise missing(w[0])
     for _ in wanted:  # drain: the index stream checks its own SHA-256 at the end

@@ -238,3 +238,94 @@ def iter_members(src: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[Member, 
         pad = -m.size % BLOCK
         if pad:
             _read_exact(src, pad)
+
+
+# ------------------------------------------------------------------------------------------------ frame table
+#: archives are cut into independent zstd frames at the first member boundary after this many uncompressed bytes
+FRAME_SIZE = 4 << 20
+_SKIPPABLE = 0x184D2A5B  #: a zstd skippable frame (magic 0x184D2A50-5F): ``zstd -dc`` passes over it
+_TAIL = b"BKFT"  #: the last 4 bytes of a seekable archive
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One zstd frame of an archive: where its compressed bytes are, where its tar bytes start, its first member."""
+
+    offset: int  #: compressed offset of the frame in the object
+    length: int  #: compressed length
+    uoffset: int  #: uncompressed (tar) offset of its first byte
+    first: str  #: name of the first member that starts in it (frames start at member boundaries)
+
+
+def frame_table(frames: list[Frame]) -> bytes:
+    """The frame table as a zstd skippable frame, to append after the last data frame (docs/format.md)."""
+    import json
+    import struct
+
+    import zstandard
+
+    body = zstandard.ZstdCompressor(level=3).compress(
+        json.dumps([[f.offset, f.length, f.uoffset, f.first] for f in frames], ensure_ascii=False,
+                   separators=(",", ":")).encode("utf-8", "surrogateescape"))
+    payload = body + struct.pack("<I", len(body)) + _TAIL
+    return struct.pack("<II", _SKIPPABLE, len(payload)) + payload
+
+
+class FrameTableError(Exception):
+    """The frame table is absent, damaged or inconsistent (readers then read the archive as one stream)."""
+
+
+def tail_length() -> int:
+    """How many bytes at the end of an archive hold the table's length and marker."""
+    return 8
+
+
+def table_span(tail: bytes, size: int) -> tuple[int, int]:
+    """(offset, length) of the whole skippable frame holding the table, from the archive's last 8 bytes."""
+    import struct
+
+    if len(tail) != 8 or tail[4:] != _TAIL:
+        raise FrameTableError("no frame table at the end of the archive")
+    n = struct.unpack("<I", tail[:4])[0]
+    length = 8 + n + 8
+    if length > size or n > 64 << 20:
+        raise FrameTableError("frame table length is past the start of the archive")
+    return size - length, length
+
+
+def parse_frame_table(data: bytes, size: int) -> list[Frame]:
+    """The frames described by the skippable frame ``data`` (which ends the archive of ``size`` bytes), validated:
+    non-empty, contiguous from offset 0 up to the table, uncompressed offsets increasing from 0, first member
+    names valid UTF-8 strings in canonical order. Anything else is a :class:`FrameTableError`."""
+    import json
+    import struct
+
+    import zstandard
+
+    try:
+        magic, n = struct.unpack_from("<II", data)
+        if magic != _SKIPPABLE or n != len(data) - 8 or data[-4:] != _TAIL:
+            raise FrameTableError("frame table header does not match")
+        blen = struct.unpack_from("<I", data, len(data) - 8)[0]
+        if blen != n - 8:
+            raise FrameTableError("frame table length does not match")
+        rows = json.loads(zstandard.ZstdDecompressor().decompress(data[8 : 8 + blen], max_output_size=256 << 20))
+        frames = [Frame(int(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows]
+    except (ValueError, TypeError, IndexError, KeyError, struct.error, zstandard.ZstdError) as exc:
+        raise FrameTableError(f"frame table is damaged ({exc.__class__.__name__})") from None
+    end = size - len(data)
+    if not frames:
+        raise FrameTableError("frame table is empty")
+    pos = upos = 0
+    last: list[str] | None = None
+    for i, f in enumerate(frames):
+        if (type(f.offset) is not int or f.offset != pos or f.length <= 0 or not isinstance(f.first, str)
+                or (i and f.uoffset <= upos) or (not i and f.uoffset != 0)):
+            raise FrameTableError(f"frame {i} overlaps, leaves a gap or goes backwards")
+        key = f.first.split("/")
+        if last is not None and key < last:
+            raise FrameTableError(f"frame {i} starts out of canonical order")
+        last, pos, upos = key, f.offset + f.length, f.uoffset
+    if pos != end:
+        raise FrameTableError("frames do not end where the frame table starts (offsets past the end, or a gap)")
+    return frames
