@@ -34,6 +34,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,6 +52,7 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+BATCH = 1 << 20  #: small members are handed to the compressor in batches of about this many bytes
 PARALLEL_HASH_MIN = 4 << 20  #: files at least this large are hashed on a helper thread while being compressed
 ZSTD_LEVEL = 3
 
@@ -83,10 +85,53 @@ def _record(key: str, hw: ThreadedHashingSink) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ tar writing
+_USTAR_KIND = dict(tarstream.TYPES)
+_NUL100 = bytes(100)
+_USTAR_TAIL = b"0000000\x000000000\x00" + bytes(167)  # devmajor, devminor, an empty prefix and the block's padding
+
+
+@lru_cache(maxsize=256)
+def owner_fields(uname: str, gname: str) -> tuple[bytes, int] | None:
+    """``magic version uname gname`` of a ustar header (72 bytes) and the sum of their bytes and of the
+    constant tail's (for the checksum), or None when a name needs a pax record."""
+    bu, bg = uname.encode("utf-8", "surrogateescape"), gname.encode("utf-8", "surrogateescape")
+    if len(bu) > 31 or len(bg) > 31 or not bu.isascii() or not bg.isascii():
+        return None
+    fields = b"ustar\x0000" + bu.ljust(32, b"\x00") + bg.ljust(32, b"\x00")
+    return fields, sum(fields) + sum(_USTAR_TAIL)
+
+
+def ustar_fast(path: str, kind: str, mode: int, mtime: int, size: int, link: str, uid: int, gid: int,
+                uname: str, gname: str) -> bytes | None:
+    """The header :func:`tarstream.header` writes when ustar alone holds every value (an ASCII name and link
+    of at most 100 bytes, no pax record, values in range), packed in a few C-level operations; None otherwise.
+
+    This is the header of nearly every member of a tree of small files, where packing it field by field cost
+    about a tenth of the backup's time. tests/unit/engine/test_tarstream.py checks it byte for byte."""
+    if not (path.isascii() and link.isascii() and 0 <= mtime < 8**11 and 0 <= uid < 8**7 and 0 <= gid < 8**7
+            and size < 8**11):
+        return None
+    name = (path + "/" if kind == "d" else path).encode("ascii")
+    blink = link.encode("ascii")
+    owner = owner_fields(uname, gname)
+    if len(name) > 100 or len(blink) > 100 or owner is None:
+        return None
+    numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % (mode & 0o7777, uid, gid, size, mtime)
+    tag = _USTAR_KIND[kind]
+    checksum = sum(name) + sum(numbers) + 8 * 32 + tag[0] + sum(blink) + owner[1]  # the field itself counts as spaces
+    return b"".join((name, _NUL100[len(name):], numbers, b"%06o\x00 " % checksum, tag, blink, _NUL100[len(blink):],
+                     owner[0], _USTAR_TAIL))
+
+
 def _tarinfo(e: Entry, size: int, kind: str | None = None, link: str | None = None) -> bytes:
     """The member header of ``e``: owner in the ustar fields, extended attributes and ACLs as pax records, and a
     mode never wider than the source's for a reader that ignores ACLs (see :mod:`backups.sources.fsmeta`)."""
     uid, gid, uname, gname = e.owner or (0, 0, "", "")
+    if not e.xattrs:
+        fast = ustar_fast(e.path, kind or e.type, e.mode, e.mtime_ns // 1_000_000_000, size,
+                           (e.link if link is None else link) or "", uid, gid, uname, gname)
+        if fast is not None:
+            return fast
     return tarstream.header(e.path, kind or e.type, narrowed_mode(e.mode, e.xattrs), e.mtime_ns // 1_000_000_000,
                             size, (e.link if link is None else link) or "", uid=uid, gid=gid, uname=uname,
                             gname=gname, pax=pax_records(e.xattrs) if e.xattrs else None)
@@ -103,7 +148,10 @@ def _entry(e: Entry, size: int, sha: str | None, snap: str, *, link: str | None 
 
 
 class _TarStream:
-    """Appends members to a zstd-compressed tar object, opened lazily on the first stored member."""
+    """Appends members to a zstd-compressed tar object, opened lazily on the first stored member.
+
+    Headers and small members are batched in memory (at most ``BATCH`` bytes plus one member) and handed to the
+    compressor in one call: one call per member cost more than compressing a small file."""
 
     def __init__(self, stack: ExitStack, storage: Storage, key: str) -> None:
         self.stack, self.storage, self.key = stack, storage, key
@@ -113,6 +161,20 @@ class _TarStream:
         self.raw_bytes = 0
         self._views = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
         self._pool: Any = None
+        self._batch = bytearray()
+
+    def _put(self, *parts: bytes) -> None:
+        self._open()
+        for p in parts:
+            self._batch += p
+        if len(self._batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the batched members to the compressor."""
+        if self._batch:
+            self._open().write(self._batch)
+            self._batch = bytearray()
 
     def _open(self) -> BinaryIO:
         if self.out is None:
@@ -120,19 +182,16 @@ class _TarStream:
         return self.out
 
     def add_meta(self, e: Entry) -> None:
-        self._open().write(_tarinfo(e, 0))
+        self._put(_tarinfo(e, 0))
         self.members += 1
 
     def add_hardlink(self, e: Entry, target: str) -> None:
-        self._open().write(_tarinfo(e, 0, "h", target))
+        self._put(_tarinfo(e, 0, "h", target))
         self.members += 1
 
     def add_bytes(self, e: Entry, content: bytes, progress: Progress) -> str:
         """Store a member whose bytes are all in memory; returns their SHA-256."""
-        out = self._open()
-        out.write(_tarinfo(e, len(content)))
-        out.write(content)
-        out.write(tarstream.padding(len(content)))
+        self._put(_tarinfo(e, len(content)), content, tarstream.padding(len(content)))
         progress.advance(len(content))
         self.members += 1
         self.raw_bytes += len(content)
@@ -151,6 +210,7 @@ class _TarStream:
         Reads into reused buffers (no per-chunk allocation or page faults) and hands the same memory to the
         hash and to the compressor. For large files the SHA-256 runs on a helper thread, double-buffered, while
         this thread feeds the compressor (hashlib releases the GIL)."""
+        self.flush()
         out = self._open()
         out.write(_tarinfo(e, size))
         h = hashlib.sha256()
@@ -198,7 +258,8 @@ class _TarStream:
     def close(self) -> dict[str, Any] | None:
         if self.out is None:
             return None
-        self.out.write(tarstream.end_of_archive())
+        self._put(tarstream.end_of_archive())
+        self.flush()
         return None
 
 
