@@ -265,27 +265,43 @@ class _TarStream:
 
 # ------------------------------------------------------------------------------------------------ main entry
 class _IndexWriters:
-    """The three metadata objects of a source, written as the entries stream by (constant memory)."""
+    """The three metadata objects of a source, written as the entries stream by (constant memory: lines are
+    batched, ``BATCH`` bytes at most per object, and handed to each compressor in one call)."""
 
     def __init__(self, stack: ExitStack, storage: Storage, snap_id: str, source: str) -> None:
         self.keys = {k: object_key(snap_id, source, k) for k in ("index", "sums", "deleted")}
         self.out = {k: stack.enter_context(_object_writer(storage, key, threads=0)) for k, key in self.keys.items()}
+        self.batch = {k: bytearray() for k in self.keys}
         self.entries = self.files = self.bytes = self.deleted = 0
 
+    def _put(self, kind: str, line: bytes) -> None:
+        buf = self.batch[kind]
+        buf += line
+        if len(buf) >= BATCH:
+            self.out[kind][0].write(buf)
+            self.batch[kind] = bytearray()
+
+    def flush(self) -> None:
+        """Hand every batched line to its compressor (before the objects are closed)."""
+        for kind, buf in self.batch.items():
+            if buf:
+                self.out[kind][0].write(buf)
+                self.batch[kind] = bytearray()
+
     def add(self, path: str, e: IndexEntry) -> None:
-        self.out["index"][0].write(entry_json(path, e).encode("utf-8", "surrogateescape") + b"\n")
+        self._put("index", entry_json(path, e).encode("utf-8", "surrogateescape") + b"\n")
         self.entries += 1
         if e[0] == "f":
             self.files += 1
             self.bytes += e[1]
             if "\\" in path or "\n" in path or "\r" in path:  # escaped exactly as GNU sha256sum does
                 esc = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-                self.out["sums"][0].write(f"\\{e[5]}  {esc}\n".encode("utf-8", "surrogateescape"))
+                self._put("sums", f"\\{e[5]}  {esc}\n".encode("utf-8", "surrogateescape"))
             else:
-                self.out["sums"][0].write(f"{e[5]}  {path}\n".encode("utf-8", "surrogateescape"))
+                self._put("sums", f"{e[5]}  {path}\n".encode("utf-8", "surrogateescape"))
 
     def delete(self, path: str) -> None:
-        self.out["deleted"][0].write(path.encode("utf-8", "surrogateescape") + b"\n")
+        self._put("deleted", path.encode("utf-8", "surrogateescape") + b"\n")
         self.deleted += 1
 
     def records(self) -> dict[str, Any]:
@@ -337,6 +353,8 @@ def backup_source(
                 if prev.type != e.type:  # a type change is a deletion then a new entry (the by-hand restore needs it)
                     idx.delete(e.path)
                     prev = None
+            if e.xattrs_deferred and (prev is not None or e.nlink > 1):  # compared, or in a hard-link header
+                _load_xattrs(e, f"/proc/self/fd/{e.dir_fd}/{e.fs_path}", prep.unreadable)
             if e.unreadable:  # a directory we could not read: its previous version, whole subtree, is kept
                 if prev is not None:
                     idx.add(e.path, prev)
@@ -403,8 +421,11 @@ def backup_source(
                 e.mtime_ns, e.mode, e.ino = st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino  # what is read
                 if e.owner is not None:  # a files source: owner and attributes of what is read, too
                     e.owner = owner_of(st.st_uid, st.st_gid)
-                    with suppress(OSError):
-                        e.xattrs = read_xattrs(fd)
+                    if e.xattrs_deferred:
+                        _load_xattrs(e, fd, prep.unreadable)
+                    else:
+                        with suppress(OSError):
+                            e.xattrs = read_xattrs(fd)
                 if (detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
                         and prev.mode == e.mode and prev.size == size and _same_meta(prev, e)):
                     sha = _hash_open(fh)
@@ -454,6 +475,7 @@ def backup_source(
             warnings.append(f"{len(prep.unreadable)} unreadable path(s) skipped (previous version kept where there was one): "
                             + "; ".join(prep.unreadable[:20]))
         tar.close()
+        idx.flush()
         details = dict(prep.details)
         warnings.extend(prep.warnings)
     # ExitStack closed: the archive (if any) and the index objects are committed on the storage
@@ -475,6 +497,17 @@ def backup_source(
     }
     save_part(storage, snap_id, reader.name, record)
     return record
+
+
+def _load_xattrs(e: Entry, target: int | str, unreadable: list[str]) -> None:
+    """Read the deferred extended attributes of ``e`` (a descriptor, or a path never followed); one that cannot
+    be read is reported like any unreadable path (the source fails unless ``on_unreadable: warn``)."""
+    try:
+        e.xattrs = read_xattrs(target)
+    except OSError as exc:
+        e.xattrs = ()
+        unreadable.append(f"{e.path}: extended attributes ({exc.strerror})")
+    e.xattrs_deferred = False
 
 
 def _read_upto(fh: BinaryIO, limit: int) -> bytes:

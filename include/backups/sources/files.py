@@ -196,8 +196,8 @@ class FilesSource(SourceReader):
                     finally:
                         os.close(sub)
                 elif self._included(rel):
-                    if e.type == "f":
-                        e.xattrs = xattrs_of(f"/proc/self/fd/{dfd}/{de.name}", rel)
+                    if e.type == "f":  # read by the archiver, once (see Entry.xattrs_deferred)
+                        e.xattrs_deferred = True
                     yield from pending
                     pending.clear()
                     yield e
