@@ -52,7 +52,7 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
-BATCH = 1 << 20  #: small members are handed to the compressor in batches of about this many bytes
+BATCH = 256 << 10  #: small members are handed to the compressor in batches of about this many bytes
 PARALLEL_HASH_MIN = 4 << 20  #: files at least this large are hashed on a helper thread while being compressed
 ZSTD_LEVEL = 3
 
