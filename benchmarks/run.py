@@ -13,6 +13,10 @@ Algorithm:
 3. ``fmr.mutate`` (≈ 1 % changed) → state S1; incremental backups: backupctl, restic (baseline), borg;
 4. restores: backupctl ``latest`` (S1 chain), ``zstd -dc | tar -x`` (baseline, S0), restic, borg (S1); each
    restored tree is checked against the listing it should reproduce (paths and sizes, SQLite row counts);
+   then backupctl again with ``--reread`` (``n/a`` when ``restore --help`` has no such option) and a partial
+   restore of 1 % of the files source (every 100th path), checked and compared with the full restore;
+4b. many small files (``--small-files``, default 200,000): full backup vs ``tar | zstd -3 -T0`` and restore
+   vs ``zstd -dc | tar -x`` on a tree of 0.5-12 KB files, both restores checked;
 5. PostgreSQL: ``bench_pg`` filled by ``pgbench -i -s N`` (or generate_series), backupctl full backup of a
    postgres source vs ``pg_dump -Fc``; the database is dropped at the end;
 6. DAG folder parse time (``DagBag``), only when ``dags/`` holds Python files.
@@ -742,6 +746,7 @@ def bench_files(b: Bench) -> None:
         diff = (diff + "; " if diff else "") + f"row counts differ: {fmr.table_counts(db)} != {s1_db}"
     r = ratio(run.wall, base.wall)
     res = verdict(r, 1.3) if not diff else "FAIL"
+    full_restore = run.wall
     b.add(
         Row(
             "restore",
@@ -761,6 +766,8 @@ def bench_files(b: Bench) -> None:
     b.add(Row("restore + data validation", "backupctl", run.wall, run.rss_mb, du(out) / 1e6, ratio(run.wall, base.wall),
               "info", "—", note="the CLI default: re-hash + Great Expectations on app.db (GX import ~10 s)"))
     rm(out)
+    bench_reread(b, ctl, out, base.wall)
+    bench_partial(b, ctl, out, selected(s1), full_restore)
 
     if have_restic:
         out = b.base / "restore-restic"
@@ -922,6 +929,128 @@ def bench_postgres(b: Bench) -> None:
         b.quiet([psql, *PG_ADMIN, "-d", "postgres", "-c", "DROP DATABASE IF EXISTS bench_pg"])
         if not args.keep:
             rm(repo)
+
+
+def has_reread(ctl: list[str]) -> bool:
+    """Whether ``backupctl restore`` offers the opt-in re-read of the restored tree (``--reread``)."""
+    out = subprocess.run([*ctl, "restore", "--help"], capture_output=True, text=True).stdout
+    return "--reread" in out
+
+
+def bench_reread(b: Bench, ctl: list[str], out: Path, baseline: float) -> None:
+    """The S1 restore again with ``--reread`` (every restored file read and hashed a second time), next to the
+    ``restore`` row above (each file hashed once, while written); n/a when the CLI has no ``--reread``."""
+    if not has_reread(ctl):
+        b.add(Row("restore with re-read", "backupctl", target="info", result="n/a",
+                  note="`backupctl restore --help` lists no --reread (this version always re-reads: the restore row)"))
+        return
+    rm(out)
+    run = b.measure("restore-backupctl-reread", [*ctl, "restore", "latest", "--tier", "bench", "--target", str(out),
+                                                 "--no-validate", "--reread"])
+    b.add(Row("restore with re-read", "backupctl", run.wall, run.rss_mb, du(out) / 1e6, ratio(run.wall, baseline),
+              "info", note="--reread --no-validate; the restore row above hashes each file once, while written"))
+    rm(out)
+
+
+def partial_selection(files: dict[str, int], fraction: float = 0.01) -> list[str]:
+    """About ``fraction`` of the files, spread over the whole tree (every n-th path in canonical order)."""
+    paths = sorted(files)
+    step = max(1, round(1 / fraction))
+    return paths[step // 2 :: step] or paths[:1]
+
+
+def bench_partial(b: Bench, ctl: list[str], out: Path, expected: dict[str, int], full_restore: float | None) -> None:
+    """Restore 1 % of the files source's files (every 100th path, one --include each) from the S1 chain;
+    compared with the full restore: the target is ≤ 0.1× once archives are seekable (issue 18)."""
+    from backups.sources.files import glob_escape
+
+    pick = partial_selection(expected)
+    rm(out)
+    cmd = [*ctl, "restore", "latest", "--tier", "bench", "--target", str(out), "--no-validate", "--source", "app_files"]
+    for path in pick:
+        cmd += ["--include", glob_escape(path)]
+    run = b.measure("restore-backupctl-partial", cmd)
+    got = listing(out / "app_files") if (out / "app_files").is_dir() else {}
+    diff = compare({k: expected[k] for k in pick}, got)
+    r = ratio(run.wall, full_restore)
+    b.add(Row(f"partial restore (1 %: {len(pick):,} files)", "backupctl", run.wall, run.rss_mb, du(out) / 1e6, r,
+              "≤ 0.1× full restore", verdict(r, 0.1) if not diff else "FAIL",
+              note=diff or "verified; ratio to the backupctl restore row"))
+    rm(out)
+
+
+def small_tree(root: Path, files: int, seed: int) -> int:
+    """``files`` small files (0.5-12 KB, half text, half random bytes) in directories of 500; returns the bytes."""
+    import random
+
+    rng = random.Random(seed)
+    words = [b"robot", b"fleet", b"config", b"mission", b"sensor", b"battery", b"status", b"error", b"ok", b"map"]
+    total = 0
+    for i in range(files):
+        d = root / f"d{i // 500:05d}"
+        if i % 500 == 0:
+            d.mkdir(parents=True)
+        size = rng.randint(512, 12 * 1024)
+        if i % 2:
+            data = rng.randbytes(size)
+        else:
+            data = b" ".join(rng.choice(words) for _ in range(size // 5))[:size]
+        (d / f"f{i:07d}.dat").write_bytes(data)
+        total += len(data)
+    return total
+
+
+def bench_small_files(b: Bench) -> None:
+    """Many small files (``--small-files``, default 200,000): full backup vs ``tar | zstd -3 -T0`` and restore
+    vs ``zstd -dc | tar -x``, both trees checked (paths and sizes). Targets: backup ≤ 1.5×, restore ≤ 1.3×."""
+    n = b.args.small_files
+    tree, repo, cfg = b.base / "small", b.base / "small-repo", b.base / "small.yaml"
+    archive, out = b.base / "small.tar.zst", b.base / "small-restore"
+    for p in (tree, repo, archive, out):
+        rm(p)
+    print(f"small files: generating {n:,} files under {tree} ...", flush=True)
+    total = small_tree(tree, n, b.args.seed)
+    expected = listing(tree)
+    q_ = json.dumps
+    cfg.write_text(
+        f"""# written by benchmarks/run.py
+application: bench-small
+sources:
+  small: {{type: files, root: {q_(str(tree))}}}
+storages:
+  local: {{type: local, path: {q_(str(repo))}}}
+tiers:
+  small: {{type: full, schedule: "0 2 * * *", sources: [small], storages: [local]}}
+""",
+        encoding="utf-8",
+    )
+    ctl = [backupctl_bin(), "--config", str(cfg)]
+    label = f"{n:,} small files ({total / 1e6:,.0f} MB)"
+    base = b.measure("small-full-tar-zstd", f"tar -C {q(tree)} -cf - . | zstd -q -3 -T0 -o {q(archive)}")
+    b.add(Row(f"full backup, {label}", "tar + zstd -3 -T0", base.wall, base.rss_mb, du(archive) / 1e6, 1.0, "baseline"))
+    run = b.measure("small-full-backupctl", [*ctl, "backup", "--tier", "small", "--type", "full", "--logical-date",
+                                             "2024-06-01T02:00:00+00:00"])
+    b.backupctl_rss.append(run.rss_mb)
+    r = ratio(run.wall, base.wall)
+    b.add(Row(f"full backup, {label}", "backupctl", run.wall, run.rss_mb, du(repo) / 1e6, r, "≤ 1.5× tar+zstd",
+              verdict(r, 1.5)))
+    out.mkdir()
+    base = b.measure("small-restore-zstd-tar", f"zstd -q -dc {q(archive)} | tar -x -C {q(out)}")
+    diff = compare(expected, listing(out))
+    b.add(Row(f"restore, {label}", "zstd -dc + tar -x", base.wall, base.rss_mb, du(out) / 1e6, 1.0, "baseline",
+              note=diff or "verified"))
+    rm(out)
+    run = b.measure("small-restore-backupctl", [*ctl, "restore", "latest", "--tier", "small", "--target", str(out),
+                                                "--no-validate"])
+    b.backupctl_rss.append(run.rss_mb)
+    got = listing(out / "small") if (out / "small").is_dir() else {}
+    diff = compare(expected, got)
+    r = ratio(run.wall, base.wall)
+    b.add(Row(f"restore, {label}", "backupctl", run.wall, run.rss_mb, du(out) / 1e6, r, "≤ 1.3× zstd+tar",
+              verdict(r, 1.3) if not diff else "FAIL", note=diff or "verified; --no-validate"))
+    if not b.args.keep:
+        for p in (tree, repo, archive, out):
+            rm(p)
 
 
 def bench_rss_growth(b: Bench) -> float | None:
@@ -1107,6 +1236,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rss-growth", action="store_true", help="also back up a 4× tree with backupctl to check RSS stays flat"
     )
     p.add_argument("--dags", type=Path, default=ROOT / "dags", help="DAG folder whose parse time is measured")
+    p.add_argument(
+        "--small-files", type=int, default=None,
+        help="files in the many-small-files rows (default 200,000, --quick 20,000; 0 skips them)",
+    )
+    p.add_argument("--only-small-files", action="store_true", help="run only the many-small-files rows")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument(
         "--keep", action="store_true", help="keep trees and repositories under .bench/ (default: delete them)"
@@ -1115,6 +1249,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.scale = args.scale if args.scale is not None else (0.1 if args.quick else 1.0)
     args.pg_scale = args.pg_scale if args.pg_scale is not None else (3 if args.quick else 30)
+    args.small_files = args.small_files if args.small_files is not None else (20_000 if args.quick else 200_000)
+    if args.small_files < 0:
+        p.error("--small-files must be ≥ 0")
     if args.scale <= 0:
         p.error("--scale must be > 0")
     missing = [t for t in ("tar", "zstd") if not shutil.which(t)]
@@ -1124,14 +1261,21 @@ def main(argv: list[str] | None = None) -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     b = Bench(args, args.dir.resolve())
     started = time.monotonic()
-    bench_files(b)
-    if not args.skip_pg:
-        bench_postgres(b)
+    if args.only_small_files:
+        bench_small_files(b)
     else:
-        b.add(Row("PostgreSQL full", "backupctl", note="skipped (--skip-pg)"))
-    growth = bench_rss_growth(b) if args.rss_growth else None
-    bench_dags(b)
-    rss_rows(b, growth)
+        bench_files(b)
+        if args.small_files:
+            bench_small_files(b)
+        else:
+            b.add(Row("full backup, small files", "backupctl", note="skipped (--small-files 0)"))
+        if not args.skip_pg:
+            bench_postgres(b)
+        else:
+            b.add(Row("PostgreSQL full", "backupctl", note="skipped (--skip-pg)"))
+        growth = bench_rss_growth(b) if args.rss_growth else None
+        bench_dags(b)
+        rss_rows(b, growth)
 
     versions = getattr(b, "versions", {})
     b.notes += [

@@ -34,6 +34,7 @@ import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,6 +52,7 @@ from .progress import Progress
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+BATCH = 256 << 10  #: small members are handed to the compressor in batches of about this many bytes
 PARALLEL_HASH_MIN = 4 << 20  #: files at least this large are hashed on a helper thread while being compressed
 ZSTD_LEVEL = 3
 
@@ -87,10 +89,53 @@ def _record(key: str, hw: ThreadedHashingSink) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ tar writing
+_USTAR_KIND = dict(tarstream.TYPES)
+_NUL100 = bytes(100)
+_USTAR_TAIL = b"0000000\x000000000\x00" + bytes(167)  # devmajor, devminor, an empty prefix and the block's padding
+
+
+@lru_cache(maxsize=256)
+def owner_fields(uname: str, gname: str) -> tuple[bytes, int] | None:
+    """``magic version uname gname`` of a ustar header (72 bytes) and the sum of their bytes and of the
+    constant tail's (for the checksum), or None when a name needs a pax record."""
+    bu, bg = uname.encode("utf-8", "surrogateescape"), gname.encode("utf-8", "surrogateescape")
+    if len(bu) > 31 or len(bg) > 31 or not bu.isascii() or not bg.isascii():
+        return None
+    fields = b"ustar\x0000" + bu.ljust(32, b"\x00") + bg.ljust(32, b"\x00")
+    return fields, sum(fields) + sum(_USTAR_TAIL)
+
+
+def ustar_fast(path: str, kind: str, mode: int, mtime: int, size: int, link: str, uid: int, gid: int,
+                uname: str, gname: str) -> bytes | None:
+    """The header :func:`tarstream.header` writes when ustar alone holds every value (an ASCII name and link
+    of at most 100 bytes, no pax record, values in range), packed in a few C-level operations; None otherwise.
+
+    This is the header of nearly every member of a tree of small files, where packing it field by field cost
+    about a tenth of the backup's time. tests/unit/engine/test_tarstream.py checks it byte for byte."""
+    if not (path.isascii() and link.isascii() and 0 <= mtime < 8**11 and 0 <= uid < 8**7 and 0 <= gid < 8**7
+            and size < 8**11):
+        return None
+    name = (path + "/" if kind == "d" else path).encode("ascii")
+    blink = link.encode("ascii")
+    owner = owner_fields(uname, gname)
+    if len(name) > 100 or len(blink) > 100 or owner is None:
+        return None
+    numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % (mode & 0o7777, uid, gid, size, mtime)
+    tag = _USTAR_KIND[kind]
+    checksum = sum(name) + sum(numbers) + 8 * 32 + tag[0] + sum(blink) + owner[1]  # the field itself counts as spaces
+    return b"".join((name, _NUL100[len(name):], numbers, b"%06o\x00 " % checksum, tag, blink, _NUL100[len(blink):],
+                     owner[0], _USTAR_TAIL))
+
+
 def _tarinfo(e: Entry, size: int, kind: str | None = None, link: str | None = None) -> bytes:
     """The member header of ``e``: owner in the ustar fields, extended attributes and ACLs as pax records, and a
     mode never wider than the source's for a reader that ignores ACLs (see :mod:`backups.sources.fsmeta`)."""
     uid, gid, uname, gname = e.owner or (0, 0, "", "")
+    if not e.xattrs:
+        fast = ustar_fast(e.path, kind or e.type, e.mode, e.mtime_ns // 1_000_000_000, size,
+                           (e.link if link is None else link) or "", uid, gid, uname, gname)
+        if fast is not None:
+            return fast
     return tarstream.header(e.path, kind or e.type, narrowed_mode(e.mode, e.xattrs), e.mtime_ns // 1_000_000_000,
                             size, (e.link if link is None else link) or "", uid=uid, gid=gid, uname=uname,
                             gname=gname, pax=pax_records(e.xattrs) if e.xattrs else None)
@@ -107,7 +152,10 @@ def _entry(e: Entry, size: int, sha: str | None, snap: str, *, link: str | None 
 
 
 class _TarStream:
-    """Appends members to a zstd-compressed tar object, opened lazily on the first stored member."""
+    """Appends members to a zstd-compressed tar object, opened lazily on the first stored member.
+
+    Headers and small members are batched in memory (at most ``BATCH`` bytes plus one member) and handed to the
+    compressor in one call: one call per member cost more than compressing a small file."""
 
     def __init__(self, stack: ExitStack, storage: Storage, key: str) -> None:
         self.stack, self.storage, self.key = stack, storage, key
@@ -120,6 +168,21 @@ class _TarStream:
         self.frames: list[tarstream.Frame] = []  #: the frame table (complete after :meth:`close`)
         self._frame = (0, 0, "")  #: (compressed offset, uncompressed offset, first member) of the open frame
         self._z: Any = None
+        self._batch = bytearray()
+
+    def _put(self, name: str, *parts: bytes) -> None:
+        """Batch the bytes of member ``name`` (after the frame boundary hook); the compressor gets whole batches."""
+        self._open(name)
+        for p in parts:
+            self._batch += p
+        if len(self._batch) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the batched members to the compressor (into the open frame)."""
+        if self._batch:
+            self.out.write(self._batch)  # type: ignore[union-attr]
+            self._batch = bytearray()
 
     def _open(self, name: str) -> BinaryIO:
         """The writer, opened on the first member; also the frame boundary hook: called before every member
@@ -130,7 +193,8 @@ class _TarStream:
             self._z = z
             self.out = _Counting(z)
             self._frame = (0, 0, name)
-        elif self.out.n - self._frame[1] >= tarstream.FRAME_SIZE:
+        elif self.out.n + len(self._batch) - self._frame[1] >= tarstream.FRAME_SIZE:
+            self.flush()  # the members batched so far belong to the frame that ends here
             self._end_frame()
             self._frame = (self.hw.size, self.out.n, name)  # type: ignore[union-attr]
         return self.out
@@ -141,19 +205,16 @@ class _TarStream:
         self.frames.append(tarstream.Frame(coff, self.hw.size - coff, uoff, first))  # type: ignore[union-attr]
 
     def add_meta(self, e: Entry) -> None:
-        self._open(e.path).write(_tarinfo(e, 0))
+        self._put(e.path, _tarinfo(e, 0))
         self.members += 1
 
     def add_hardlink(self, e: Entry, target: str) -> None:
-        self._open(e.path).write(_tarinfo(e, 0, "h", target))
+        self._put(e.path, _tarinfo(e, 0, "h", target))
         self.members += 1
 
     def add_bytes(self, e: Entry, content: bytes, progress: Progress) -> str:
         """Store a member whose bytes are all in memory; returns their SHA-256."""
-        out = self._open(e.path)
-        out.write(_tarinfo(e, len(content)))
-        out.write(content)
-        out.write(tarstream.padding(len(content)))
+        self._put(e.path, _tarinfo(e, len(content)), content, tarstream.padding(len(content)))
         progress.advance(len(content))
         self.members += 1
         self.raw_bytes += len(content)
@@ -173,6 +234,7 @@ class _TarStream:
         hash and to the compressor. For large files the SHA-256 runs on a helper thread, double-buffered, while
         this thread feeds the compressor (hashlib releases the GIL)."""
         out = self._open(e.path)
+        self.flush()
         out.write(_tarinfo(e, size))
         h = hashlib.sha256()
         left, short = size, False
@@ -220,6 +282,7 @@ class _TarStream:
         """Write the end-of-archive blocks (in the last frame), end it and append the frame table."""
         if self.out is None:
             return None
+        self.flush()
         self.out.write(tarstream.end_of_archive())  # the compressor's close ends the last frame
         return None
 
@@ -243,27 +306,43 @@ class _Counting:
 
 # ------------------------------------------------------------------------------------------------ main entry
 class _IndexWriters:
-    """The three metadata objects of a source, written as the entries stream by (constant memory)."""
+    """The three metadata objects of a source, written as the entries stream by (constant memory: lines are
+    batched, ``BATCH`` bytes at most per object, and handed to each compressor in one call)."""
 
     def __init__(self, stack: ExitStack, storage: Storage, snap_id: str, source: str) -> None:
         self.keys = {k: object_key(snap_id, source, k) for k in ("index", "sums", "deleted")}
         self.out = {k: stack.enter_context(_object_writer(storage, key, threads=0)) for k, key in self.keys.items()}
+        self.batch = {k: bytearray() for k in self.keys}
         self.entries = self.files = self.bytes = self.deleted = 0
 
+    def _put(self, kind: str, line: bytes) -> None:
+        buf = self.batch[kind]
+        buf += line
+        if len(buf) >= BATCH:
+            self.out[kind][0].write(buf)
+            self.batch[kind] = bytearray()
+
+    def flush(self) -> None:
+        """Hand every batched line to its compressor (before the objects are closed)."""
+        for kind, buf in self.batch.items():
+            if buf:
+                self.out[kind][0].write(buf)
+                self.batch[kind] = bytearray()
+
     def add(self, path: str, e: IndexEntry) -> None:
-        self.out["index"][0].write(entry_json(path, e).encode("utf-8", "surrogateescape") + b"\n")
+        self._put("index", entry_json(path, e).encode("utf-8", "surrogateescape") + b"\n")
         self.entries += 1
         if e[0] == "f":
             self.files += 1
             self.bytes += e[1]
             if "\\" in path or "\n" in path or "\r" in path:  # escaped exactly as GNU sha256sum does
                 esc = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-                self.out["sums"][0].write(f"\\{e[5]}  {esc}\n".encode("utf-8", "surrogateescape"))
+                self._put("sums", f"\\{e[5]}  {esc}\n".encode("utf-8", "surrogateescape"))
             else:
-                self.out["sums"][0].write(f"{e[5]}  {path}\n".encode("utf-8", "surrogateescape"))
+                self._put("sums", f"{e[5]}  {path}\n".encode("utf-8", "surrogateescape"))
 
     def delete(self, path: str) -> None:
-        self.out["deleted"][0].write(path.encode("utf-8", "surrogateescape") + b"\n")
+        self._put("deleted", path.encode("utf-8", "surrogateescape") + b"\n")
         self.deleted += 1
 
     def records(self) -> dict[str, Any]:
@@ -315,6 +394,8 @@ def backup_source(
                 if prev.type != e.type:  # a type change is a deletion then a new entry (the by-hand restore needs it)
                     idx.delete(e.path)
                     prev = None
+            if e.xattrs_deferred and (prev is not None or e.nlink > 1):  # compared, or in a hard-link header
+                _load_xattrs(e, f"/proc/self/fd/{e.dir_fd}/{e.fs_path}", prep.unreadable)
             if e.unreadable:  # a directory we could not read: its previous version, whole subtree, is kept
                 if prev is not None:
                     idx.add(e.path, prev)
@@ -381,8 +462,11 @@ def backup_source(
                 e.mtime_ns, e.mode, e.ino = st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino  # what is read
                 if e.owner is not None:  # a files source: owner and attributes of what is read, too
                     e.owner = owner_of(st.st_uid, st.st_gid)
-                    with suppress(OSError):
-                        e.xattrs = read_xattrs(fd)
+                    if e.xattrs_deferred:
+                        _load_xattrs(e, fd, prep.unreadable)
+                    else:
+                        with suppress(OSError):
+                            e.xattrs = read_xattrs(fd)
                 if (detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
                         and prev.mode == e.mode and prev.size == size and _same_meta(prev, e)):
                     sha = _hash_open(fh)
@@ -432,6 +516,7 @@ def backup_source(
             warnings.append(f"{len(prep.unreadable)} unreadable path(s) skipped (previous version kept where there was one): "
                             + "; ".join(prep.unreadable[:20]))
         tar.close()
+        idx.flush()
         details = dict(prep.details)
         warnings.extend(prep.warnings)
     # ExitStack closed: the archive (if any) and the index objects are committed on the storage
@@ -454,6 +539,17 @@ def backup_source(
     }
     save_part(storage, snap_id, reader.name, record)
     return record
+
+
+def _load_xattrs(e: Entry, target: int | str, unreadable: list[str]) -> None:
+    """Read the deferred extended attributes of ``e`` (a descriptor, or a path never followed); one that cannot
+    be read is reported like any unreadable path (the source fails unless ``on_unreadable: warn``)."""
+    try:
+        e.xattrs = read_xattrs(target)
+    except OSError as exc:
+        e.xattrs = ()
+        unreadable.append(f"{e.path}: extended attributes ({exc.strerror})")
+    e.xattrs_deferred = False
 
 
 def _read_upto(fh: BinaryIO, limit: int) -> bytes:

@@ -37,6 +37,9 @@ class Entry:
     owner: tuple[int, int, str, str] | None = None  #: uid, gid, user and group name (``files`` sources record it)
     xattrs: tuple[tuple[str, bytes], ...] = ()  #: recorded extended attributes and ACLs (see ``sources.fsmeta``)
     unreadable: bool = False  #: a directory that could not be read: keep its previous version, whole subtree
+    #: a file whose extended attributes the consumer reads (the archiver: from the descriptor it reads the bytes
+    #: through, or from ``fs_path`` when it needs them first), so that they are read once, not twice
+    xattrs_deferred: bool = False
 
     @classmethod
     def from_stat(cls, rel: str, fs_path: str, st: os.stat_result, dir_fd: int | None = None) -> Entry | None:

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -67,6 +67,17 @@ def matches(path: str, patterns: list[str] | tuple[str, ...]) -> bool:
     return any(glob_to_regex(p).match(path) for p in patterns)
 
 
+def matcher(patterns: list[str] | tuple[str, ...]) -> Callable[[str], bool]:
+    """``matches(path, patterns)`` as one compiled alternation (one regex call per path, not one per glob):
+    the walk asks it several times for every entry."""
+    if not patterns:
+        return lambda path: False
+    if "**" in patterns:  # matches every path
+        return lambda path: True
+    one = re.compile("|".join(f"(?:{glob_to_regex(p).pattern})" for p in patterns), re.DOTALL)
+    return lambda path: one.match(path) is not None
+
+
 class FilesSource(SourceReader):
     kind = "files"
     change_detection = "meta"
@@ -79,6 +90,7 @@ class FilesSource(SourceReader):
         self.include = tuple(include) or ("**",)
         self.exclude = tuple(exclude)
         self.on_unreadable = on_unreadable
+        self._inc, self._exc = matcher(self.include), matcher(self.exclude)
         if checksum:
             self.change_detection = "checksum"
 
@@ -97,7 +109,7 @@ class FilesSource(SourceReader):
         return total
 
     def _included(self, rel: str) -> bool:
-        return matches(rel, self.include) and not matches(rel, self.exclude)
+        return self._inc(rel) and not self._exc(rel)
 
     def _scan(self, unreadable: list[str], warnings: list[str]) -> Iterator[Entry]:
         """Included entries in canonical order (by path components; a directory right before its contents).
@@ -137,7 +149,7 @@ class FilesSource(SourceReader):
                 except OSError as exc:
                     unreadable.append(f"{rel} ({exc.strerror})")
                     continue
-                if matches(rel, self.exclude):
+                if self._exc(rel):
                     continue
                 if e is None:
                     if self._included(rel):
@@ -184,8 +196,8 @@ class FilesSource(SourceReader):
                     finally:
                         os.close(sub)
                 elif self._included(rel):
-                    if e.type == "f":
-                        e.xattrs = xattrs_of(f"/proc/self/fd/{dfd}/{de.name}", rel)
+                    if e.type == "f":  # read by the archiver, once (see Entry.xattrs_deferred)
+                        e.xattrs_deferred = True
                     yield from pending
                     pending.clear()
                     yield e

@@ -102,7 +102,9 @@ def group_name(gid: int) -> str:
         return ""
 
 
+@lru_cache(maxsize=1024)
 def owner_of(uid: int, gid: int) -> Owner:
+    """The owner record of ``uid``/``gid`` (cached like the names: asked twice for every file of a backup)."""
     return (uid, gid, user_name(uid), group_name(gid))
 
 
