@@ -20,16 +20,9 @@ from backups.engine.snapshot import run_backup
 from backups.errors import IntegrityError, SourceError
 from backups.sources.files import FilesSource, glob_escape, matches
 from backups.storage import LocalStorage
-from tests.property.tools import APP, SOURCE, backupctl, engine_restore, files_config, fingerprint, hand_restore
+from tests.property.tools import APP, SOURCE, backupctl, engine_restore, fingerprint, hand_restore
 
 DATES = [f"2026-02-{d:02d}T01:00:00Z" for d in range(1, 29)]
-
-
-@pytest.fixture
-def env(tmp_path):
-    root, repo = tmp_path / "src", tmp_path / "repo"
-    root.mkdir()
-    return {"tmp": tmp_path, "root": root, "repo": repo, "cfg": files_config(tmp_path, root, repo)}
 
 
 def _snap(env, tier, i):

@@ -30,13 +30,6 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="owners can only be giv
 needs_acl = pytest.mark.skipif(not shutil.which("setfacl"), reason="needs the acl package (setfacl/getfacl)")
 
 
-@pytest.fixture
-def env(tmp_path):
-    root, repo = tmp_path / "src", tmp_path / "repo"
-    root.mkdir()
-    return {"tmp": tmp_path, "root": root, "repo": repo, "cfg": files_config(tmp_path, root, repo)}
-
-
 def _snap(env, tier, i):
     snap, _ = run_backup(env["cfg"], tier, logical_date=DATES[i])
     return snap
