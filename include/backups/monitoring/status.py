@@ -358,9 +358,9 @@ def record_rollbacks(storages: list[dict[str, Any]], previous: dict[str, Any] | 
         for sid, f in was_open.items():
             if not isinstance(f, dict) or sid in doc["open"] or (sid != "*" and sid not in held):
                 continue
-            failed_at = parse_iso(f.get("at"))
+            failed_at = parse_iso(f.get("at"))  # stamps have whole seconds: a pass in the same second is later
             passes = [doc["verified"].get(sid) or {}, doc["verified"].get("*") or {}]
-            if any(parse_iso(v.get("at")) and failed_at and parse_iso(v.get("at")) > failed_at
+            if any(parse_iso(v.get("at")) and failed_at and parse_iso(v.get("at")) >= failed_at
                    and (v.get("read_data") or not f.get("read_data")) for v in passes):
                 continue  # verified since: closed for good
             carried = {"since": f.get("since"), "at": f.get("at"), "read_data": f.get("read_data"),
