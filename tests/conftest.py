@@ -48,3 +48,12 @@ settings.register_profile("default", max_examples=300, deadline=None, database=N
 settings.register_profile("long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=_PHASES)
 settings.load_profile("default")
 settings.register_profile("quick", max_examples=20, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow], phases=_PHASES)
+
+
+@pytest.fixture(autouse=True)
+def _no_airflow_task_context(monkeypatch):
+    """``dag.test()`` runs tasks in this process, and the task runner leaves its AIRFLOW_CTX_* variables in
+    ``os.environ``: a later test's ``backupctl`` child would believe it is an Airflow task (a drill records the run
+    as its owner, and its leftovers are then kept for days instead of removed when the process is gone)."""
+    for name in [n for n in os.environ if n.startswith("AIRFLOW_CTX_")]:
+        monkeypatch.delenv(name)
