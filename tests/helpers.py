@@ -155,7 +155,7 @@ def run_backup(cfg, tier: str, **kw):
 def commit_unverified(cfg, tier: str, *, logical_date=None, resolver=None):
     """A snapshot committed on the tier's first storage and never verified — what a backup killed between its commit
     and its integrity check leaves (or one written by an older version): the engine's plan, extract and commit
-    under the backup lock, nothing after. Returns the Snapshot."""
+    under the backup lock, nothing after. Returns ``(Snapshot, Plan)``."""
     from backups.engine import snapshot
     from backups.repository import Repository
     from backups.storage import open_storage
@@ -167,4 +167,4 @@ def commit_unverified(cfg, tier: str, *, logical_date=None, resolver=None):
     with repo.backup_lock(p.snapshot_id) as held:
         for source in p.sources:
             snapshot.extract(cfg, p, source, st, resolver=resolver)
-        return snapshot.commit(cfg, p, st, locks=held)
+        return snapshot.commit(cfg, p, st, locks=held), p

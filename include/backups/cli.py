@@ -159,11 +159,16 @@ def cmd_backup(args: argparse.Namespace) -> int:
               f"{mb(i['bytes_hashed'])} re-hashed)")
     rt = checks["restore_test"]
     print(f"test restore from {rt['storage']}: {rt['files']} file(s) restored, every SHA-256 checked")
-    for name, v in sorted(rt["validation"].items()):
-        stats = v.get("statistics") or {}
-        print(f"  {name}: " + (v.get("skipped") or "not validated" if v.get("success") is None else
-                               f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} "
-                               "expectations met (Great Expectations)"))
+    for name, src in sorted((rt.get("sources") or {}).items()):
+        said = ["the dump loaded into a scratch database (dropped again)"] if src.get("kind") == "postgres" else []
+        v = rt["validation"].get(name)
+        if v is not None:
+            stats = v.get("statistics") or {}
+            said.append(v.get("skipped") or "not validated" if v.get("success") is None else
+                        f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations "
+                        "met (Great Expectations)")
+        if said:
+            print(f"  {name}: " + "; ".join(said))
     for key in out.get("report") or []:
         print(f"result document: {key}")
     return 0

@@ -530,15 +530,19 @@ def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None)
     problems = list(structure.problems)
     hashed = hashed_bytes = 0
     failed = {sid: list(p) for sid, p in structure.failed.items()}
+    # an archive storage class (GLACIER) cannot be read without a thaw: its copy was SHA-256 checked as it was
+    # written (upload), so here its objects are checked for presence and size only
+    frozen = is_archive(cfg, storage)
     for obj in snap.objects():
-        problem = object_problem(st, obj, read_data=True)
-        hashed += 1
-        hashed_bytes += obj["size"]
+        problem = object_problem(st, obj, read_data=not frozen)
+        if not frozen:
+            hashed += 1
+            hashed_bytes += obj["size"]
         if problem:
             problems.append(f"{snap.id}: {problem}")
             failed.setdefault(snap.id, []).append(f"{snap.id}: {problem}")
     seconds = round(time.monotonic() - t0, 3)
-    _record_integrity(cfg, st, snap.id, failed)
+    _record_integrity(cfg, st, snap.id, failed, read_data=not frozen)
     report = IntegrityResult(storage=storage, ok=not problems, snapshot_id=snap.id, objects_hashed=hashed,
                              bytes_hashed=hashed_bytes, chain_objects=structure.objects, problems=problems[:20],
                              seconds=seconds)
@@ -546,18 +550,29 @@ def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None)
         raise IntegrityError(f"integrity check of {snap.id} on {storage} failed ({len(problems)} problem(s)):\n  - "
                              + "\n  - ".join(problems[:20]),
                              hint="re-run the upload for this storage (clear backup.upload), then check again")
-    log.info("integrity of %s on %s: %d object(s), %s re-hashed, chain of %d object(s) present, in %.1fs",
-             snap.id, storage, hashed, mb(hashed_bytes), structure.objects, seconds)
+    if frozen:
+        log.info("integrity of %s on %s (archive class, not readable without a thaw): every object present with its "
+                 "size (their SHA-256 was checked as they were copied), chain of %d object(s) present, in %.1fs",
+                 snap.id, storage, structure.objects, seconds)
+    else:
+        log.info("integrity of %s on %s: %d object(s), %s re-hashed, chain of %d object(s) present, in %.1fs",
+                 snap.id, storage, hashed, mb(hashed_bytes), structure.objects, seconds)
     return report
 
 
-def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str, list[str]]) -> None:
+def is_archive(cfg: Config, storage: str) -> bool:
+    """An archive storage class (GLACIER, DEEP_ARCHIVE): its objects are not readable without a thaw."""
+    return getattr(cfg.storages[storage], "storage_class", None) in ARCHIVE_CLASSES
+
+
+def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str, list[str]], *,
+                      read_data: bool = True) -> None:
     """Add the check to the storage's verification record: it re-hashed only ``snap_id``'s own objects, so it
     records (and may clear) that snapshot only, never another one's open failure. Logged, never fatal."""
     from ..repository import Repository
 
     try:
-        Repository(storage, cfg).record_verification(read_data=True, checked=[snap_id], failed=failed, every=False,
+        Repository(storage, cfg).record_verification(read_data=read_data, checked=[snap_id], failed=failed, every=False,
                                                      by="backup")
     except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a good backup
         log.warning("could not write the verification record of %s: %s", storage.name,
@@ -565,7 +580,8 @@ def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str,
 
 
 def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None, *, validate: bool = True) -> RestoreTestResult:
-    """Restore the whole chain from the last storage of the run (a replica when there is one), read-only, into
+    """Restore the whole chain from the last storage of the run that is readable without a thaw (a replica when there
+    is one; never an archive class), read-only, into
     this task's scratch dir: every file SHA-256 checked by the restorer; every PostgreSQL dump loaded with
     pg_restore into a scratch database (:func:`~backups.commands.validate.pg_check_server`), dropped afterwards —
     a dump that does not load fails the step (ValidationFailedError, exit 4); then the Great Expectations suite on
@@ -576,12 +592,19 @@ def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None, *
 
     p = as_plan(plan)
     t0 = time.monotonic()
-    st = open_storage(cfg, p.storages[-1], resolver, read_only=True)
+    # the last storage that is readable now (a replica when there is one); an archive class would need a thaw
+    st = open_storage(cfg, [n for n in p.storages if not is_archive(cfg, n)][-1], resolver, read_only=True)
     cat = Catalog(st, cfg.application)
     snap = cat.get(p.snapshot_id)
     chain = [s.id for s in cat.chain_of(snap)]
     log.info("test restore of %s (chain %s) from %s", snap.id, " -> ".join(chain), st.describe())
-    results = restore(st, cat, snap, scratch / "restore")
+    try:
+        results = restore(st, cat, snap, scratch / "restore")
+    except IntegrityError as exc:  # the snapshot is committed, but its chain does not restore: say what to do
+        raise IntegrityError(f"test restore of {snap.id} from {st.name} failed: {exc.message}",
+                             hint=f"the chain {' -> '.join(chain)} is not restorable from {st.name}: take a full backup "
+                                  f"now (`backupctl backup --tier {p.tier} --type full`, or trigger backup_manual), then "
+                                  "`backupctl verify --all --read-data` to find every damaged object") from None
     sources = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
     # every PostgreSQL dump is loaded into a scratch database (drill.postgres or the documented default) and
     # validated there: a dump that does not load fails this step, naming pg_restore's error
@@ -597,7 +620,8 @@ def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None, *
                 details = snap.sources[r.source]["details"]
                 loaded = load_pg_dump(Path(r.path) / "dump", details, servers[r.source],
                                       f"{r.source} ({details.get('database')})", validate=False)
-                validated[r.source]["skipped"] += f"; the dump loaded ({loaded['tables']} table(s))"
+                log.info("test restore of %s: the dump of %s loaded into a scratch database (%d table(s)), not "
+                         "validated (--no-validate)", snap.id, r.source, loaded["tables"])
     for name, r in validated.items():
         log.info("validation of %s: %s", name, "skipped" if r.get("success") is None else
                  f"{r['statistics']['successful_expectations']}/{r['statistics']['evaluated_expectations']} met")
@@ -657,7 +681,8 @@ def completion_summary(cfg: Config, plan: Plan, committed: CommitResult, integri
                                       "bytes_hashed": i.bytes_hashed} for i in integrity if i},
             "validation": validation.databases,
             "restore_test": {"storage": restore_test.storage, "files": sum(
-                s["files"] for s in restore_test.sources.values()), "validation": restore_test.validation},
+                s["files"] for s in restore_test.sources.values()), "validation": restore_test.validation,
+                "sources": {n: {"kind": s["kind"], "files": s["files"]} for n, s in restore_test.sources.items()}},
         },
         status="success",
         warnings=list(d.get("warnings") or []) or None,
@@ -756,9 +781,12 @@ def report_key(snapshot_id: str, ext: str) -> str:
 
 def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[str, Any], markdown: str,
                  resolver: Any = None) -> list[str]:
-    """Store the result document (JSON + Markdown) next to the snapshot on every storage of the run."""
+    """Store the result document (JSON + Markdown) next to the snapshot on every storage of the run that is readable
+    without a thaw (on an archive class it could not be read when it is wanted)."""
     keys = []
     for name in storages:
+        if is_archive(cfg, name):
+            continue
         st = open_storage(cfg, name, resolver)
         for key, data in ((report_key(snapshot_id, "json"), (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode()),
                           (report_key(snapshot_id, "md"), markdown.encode())):
@@ -975,6 +1003,13 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | datetime | None = 
                 raise NotFoundError(f"no {kind} named {name!r}", hint=f"{did_you_mean(name, known)}use one of: {', '.join(known)}")
     ld = parse_logical_date(logical_date)
     check_logical_date(ld, now)  # before any lock or scratch
+    import importlib.util
+
+    if validate and any(cfg.sources[n].type in DB_KINDS for n in (sources or t.sources)) \
+            and importlib.util.find_spec("great_expectations") is None:
+        raise ConfigError("backup: the test restore validates the databases, but Great Expectations is not installed",
+                          hint="install the validation extra (pip install 'fmr-backups[validation]'), or pass "
+                               "--no-validate (the test restore still checks every SHA-256 and loads every dump)")
     sel = Selection(tier, type_override, list(sources or t.sources), list(storages or t.storages), comment)
     started = datetime.now(UTC)
     ctx = RunContext(cfg, resolver, dag_id="backupctl", run_id=f"{snapshot_id(tier, ld)}-{started:%Y%m%dT%H%M%S}-{os.getpid()}",
@@ -985,8 +1020,16 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | datetime | None = 
     ctx.state["started"] = started
     # from the plan to the commit, the run of one id is exclusive on the primary: a second `backupctl backup` of the
     # same tier and logical date waits, then finds it committed and only verifies it (the DAG: max_active_runs=1)
-    ctx.state["run_lock"] = lambda: Repository(open_storage(cfg, sel.storages[0], resolver), cfg).lock(
-        f"run/{snapshot_id(tier, ld)}", exclusive=True, operation="backup")
+    # (with the shared repository lock: no prune removes the plan's parent before the commit)
+
+    @contextlib.contextmanager
+    def run_lock() -> Iterator[None]:
+        repo = Repository(open_storage(cfg, sel.storages[0], resolver), cfg)
+        with repo.lock("repo", exclusive=False, operation="backup"), \
+                repo.lock(f"run/{snapshot_id(tier, ld)}", exclusive=True, operation="backup"):
+            yield
+
+    ctx.state["run_lock"] = run_lock
     # the run's scratch (the test restore): in $BACKUP_STAGING or the temp dir, owner-tagged, so a run killed with -9
     # leaves nothing the next backup does not remove (engine.snapshot.clean_staging)
     with owned_staging(RUN_STAGING) as base, contextlib.ExitStack() as held:
