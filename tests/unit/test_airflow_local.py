@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from backups.orchestration import airflow_local as local
+from tools import airflow_local as local
 
 # stands in for an Airflow component: its argv names airflow, it starts a child that leaves the process group
 # (start_new_session) but keeps the environment, then both sleep
