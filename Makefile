@@ -107,7 +107,8 @@ airflow-stop:
 	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m tools.airflow_local stop
 
 airflow-status:
-	@AIRFLOW_HOME=$(AF_HOME) AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) $(PY) -m tools.airflow_local status
+	@AIRFLOW_HOME=$(AF_HOME) AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AF_PORT) \
+	  $(PY) -m tools.airflow_local status
 
 lint: venv
 	$(VENV)/bin/ruff check dags include tools tests benchmarks

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -432,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or metadata_db(home)
         print(f"its environment (for airflow CLI commands or backupctl doctor):\n"
               f"  export AIRFLOW_HOME={home} AIRFLOW__DATABASE__SQL_ALCHEMY_CONN={url}")
+        pw = password(home)
+        if pw:  # the REST API connection the servers got from `make airflow` (doctor checks it)
+            api_url = os.environ.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
+            print(f"  export AIRFLOW_CONN_BACKUP_AIRFLOW_API={shlex.quote(api_connection_json(api_url, 'admin', pw))}")
         return 0
     env = {**LOCAL_DEFAULTS, **os.environ}
     url = env.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
