@@ -561,12 +561,9 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
 # ------------------------------------------------------------------------------------------------ verify
 def include_selector(includes: list[str] | None) -> Callable[[str], bool]:
     """The restorer's selection: a glob matches a path, and ``dir/**`` also selects ``dir`` itself."""
-    from ..sources.files import matches
+    from ..engine.restorer import _selector
 
-    if not includes:
-        return lambda p: True
-    dir_globs = [g for g in includes if g.endswith("/**")]
-    return lambda p: matches(p, includes) or any(matches(p + "/x", [g]) for g in dir_globs)
+    return _selector(includes)
 
 
 def sha256_file(root: Path, rel: str) -> tuple[str, int]:

@@ -36,6 +36,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tempfile
@@ -53,7 +54,7 @@ from ..config import is_safe_name
 from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError
 from ..repository.index import IndexEntry, iter_index, order_key
 from ..sources import fsmeta
-from ..sources.files import matches
+from ..sources.files import matcher
 from ..storage.base import Storage
 from ..storage.util import PrefetchReader
 from . import tarstream
@@ -101,11 +102,33 @@ def safe_member(name: str) -> str:
     return norm
 
 
+_WILD = re.compile(r"(?<!\\)(?:\\\\)*[*?]")  #: an unescaped ``*`` or ``?``
+
+
+def _dir_of(glob: str) -> str:
+    """``dir`` of ``dir/**`` (an escaped ``\\/`` is a ``/`` too)."""
+    head = glob[:-3]
+    return head[:-1] if (len(head) - len(head.rstrip("\\"))) % 2 else head
+
+
 def _selector(includes: list[str] | None) -> Callable[[str], bool]:
+    """``--include`` as a predicate: a path matches a glob, or ``p + "/x"`` matches a glob ``dir/**`` (the
+    directory itself is selected). Globs without wildcards (one path each, as a list of chosen files gives; also
+    the ``dir`` of a literal ``dir/**``) are a set lookup; the others one compiled alternation each way."""
     if not includes:
         return lambda p: True
-    dir_globs = [g for g in includes if g.endswith("/**")]
-    return lambda p: matches(p, includes) or any(matches(p + "/x", [g]) for g in dir_globs)
+    exact = {_unescape(g) for g in includes if not _WILD.search(g)}
+    exact |= {_unescape(_dir_of(g)) for g in includes if g.endswith("/**") and not _WILD.search(_dir_of(g))}
+    wild = matcher([g for g in includes if _WILD.search(g)])
+    wild_dirs = [g for g in includes if g.endswith("/**") and _WILD.search(_dir_of(g))]
+    below = matcher(wild_dirs) if wild_dirs else None
+    if below is None:
+        return lambda p: p in exact or wild(p)
+    return lambda p: p in exact or wild(p) or below(p + "/x")
+
+
+def _unescape(glob: str) -> str:
+    return re.sub(r"\\(.)", r"\1", glob, flags=re.DOTALL)
 
 
 def check_target(target: Path, force: bool) -> None:
@@ -211,7 +234,8 @@ def _has_default_acl(path: Path) -> bool:
 def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: str, target: Path, *,
                    includes: list[str] | None = None, force: bool = False, progress: Progress | None = None,
                    finish: Callable[[Path], dict[str, Any]] | None = None, no_owner: bool = False) -> SourceRestore:
-    """Restore one source. Memory holds only directories, symlinks and hard links; files are streamed and merged.
+    """Restore one source. Memory holds directories, symlinks, hard links and at most :data:`KEEP_ENTRIES` wanted
+    files (the archives those fit need no pass of their own over the index); other files are streamed and merged.
 
     Owners are restored when running as root unless ``no_owner`` (like tar's ``--no-same-owner``); modes,
     extended attributes, ACLs and times always; the source root's own metadata when the snapshot recorded it."""
@@ -228,6 +252,10 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
     alias: dict[str, str] = {}  # file not selected itself -> the first selected hard link to it, which gets its bytes
     needed_dirs: set[str] = set()
     per_snap: dict[str, int] = defaultdict(int)
+    # the wanted files of the archives that fit KEEP_ENTRIES (an incremental's few, a small full's): those archives
+    # need no pass of their own over the index; the largest lists are dropped (streamed later) when it is exceeded
+    kept: dict[str, list[tuple[str, str, IndexEntry]] | None] = {}
+    kept_n = 0
     for path, e in iter_index(storage, idx_obj):
         if e.type == "d":
             dirs[path] = e
@@ -238,6 +266,16 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
         if e.type == "f":
             if e.link is None:
                 per_snap[e.snap] += 1
+                if e.snap not in kept:
+                    kept[e.snap] = []
+                lst = kept[e.snap]
+                if lst is not None:
+                    lst.append((path, path, e))
+                    kept_n += 1
+                    if kept_n > KEEP_ENTRIES:
+                        big = max((k for k, v in kept.items() if v is not None), key=lambda k: len(kept[k] or ()))
+                        kept_n -= len(kept[big] or ())
+                        kept[big] = None
             else:
                 hardlinks[path] = e.link
                 if not select(e.link) and e.link not in alias:
@@ -249,6 +287,8 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
             parent = parent.rpartition("/")[0]
         if e.type == "d":
             needed_dirs.add(path)
+    if alias:  # a file that gets its bytes through a hard link is found by the streamed pass only
+        kept = {}
     wanted_dirs = {p: e for p, e in dirs.items() if p in needed_dirs}
     wanted_links = {p: e for p, e in links.items() if select(p)}
     if includes and not (per_snap or wanted_dirs or wanted_links or hardlinks):
@@ -283,10 +323,12 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
                             yield p, alias[p], e
 
             frames = load_frames(storage, obj)
+            listed = kept.get(sid)
             if frames is None or not includes:
-                _extract_archive(storage, obj, wanted(), tree, out, progress, meta, frames)
+                _extract_archive(storage, obj, wanted() if listed is None else iter(listed), tree, out, progress,
+                                 meta, frames)
             else:  # a partial restore reads only the frames holding what it restores
-                todo = list(wanted())
+                todo = list(wanted()) if listed is None else listed
                 _extract_archive(storage, obj, iter(todo), tree, out, progress, meta, frames,
                                  frame_index_runs(frames, todo))
         for path, first in hardlinks.items():  # after every file is written, before any symlink exists
@@ -346,6 +388,8 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
 
 
 SMALL_FILE = 1 << 20
+#: wanted files kept from the first pass over the index (so their archive needs no pass of its own): ~10 MB
+KEEP_ENTRIES = 32_768
 _ZEROS = bytes(CHUNK)
 
 

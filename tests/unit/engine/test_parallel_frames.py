@@ -100,7 +100,11 @@ def _spy(monkeypatch) -> dict[str, int]:
     return calls
 
 
-def test_multi_frame_chain_restores_byte_identical(chain, monkeypatch):
+@pytest.mark.parametrize("keep", [32_768, 5, 0])
+def test_multi_frame_chain_restores_byte_identical(chain, monkeypatch, keep):
+    """Whatever number of wanted files the first index pass keeps (all; the incremental's few, the full's
+    streamed by a pass of its own; none)."""
+    monkeypatch.setattr(restorer, "KEEP_ENTRIES", keep)
     calls = _spy(monkeypatch)
     frames = load_frames(LocalStorage(chain["repo"]), _archive(chain, chain["full"])[1])
     assert frames is not None and len(frames) >= 12
