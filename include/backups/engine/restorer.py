@@ -8,9 +8,11 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
    ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``). Every index path
    is validated as it is read (no absolute path, no ``.``/``..``/empty component, no duplicate, nothing below a
    non-directory, hard links only to such paths): see :func:`~backups.repository.index.iter_index`.
-3. Read each needed archive once, oldest first, as a stream (zstd → tar); with ``--include`` globs (a partial
-   restore), only the zstd frames that hold wanted members, found with the archive's frame table
-   (:func:`load_frames`, :func:`frame_runs`; docs/format.md) and read with ranged reads. Every member name is checked
+3. Read each needed archive once, oldest first, as a stream (zstd → tar): its zstd frames decompressed in
+   parallel, a few ahead of the tar reader (:class:`_ParallelFrames`; an archive without a frame table, format 1,
+   is one stream); with ``--include`` globs (a partial restore), only the frames that hold wanted members, found
+   with the archive's frame table (:func:`load_frames`, :func:`frame_runs`; docs/format.md) and read with ranged
+   reads. Every member name is checked
    (absolute paths, ``..``, duplicates and members below a symlink of the same archive are refused), but only
    members whose names equal a wanted index path are written — members of older archives below a path whose
    type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, each
