@@ -128,14 +128,21 @@ def test_partial_restore_from_parallel_frames_is_byte_identical(chain, includes)
 
 
 @pytest.mark.parametrize("where", ["header", "payload", "shifted"])
-@pytest.mark.parametrize("partial", [False, True])
-def test_damaged_frame_is_an_integrity_error_naming_the_archive(chain, where, partial):
-    """A frame whose first bytes (its zstd header) are zeroed, whose middle bytes are flipped, or 100 bytes of
-    whose middle moved to its end: an IntegrityError naming the archive object, and nothing left."""
+@pytest.mark.parametrize(("member", "partial"), [("d4/", False), ("d4/", True), ("d3/big.bin", False),
+                                                 ("d3/big.bin", True)])
+def test_damaged_frame_is_an_integrity_error_naming_the_archive(chain, where, member, partial):
+    """A frame (of small files, decompressed on the pool; or of a large file, streamed and written on a writer
+    thread) whose first bytes (its zstd header) are zeroed, whose middle bytes are flipped, or 100 bytes of whose
+    middle moved to its end: an IntegrityError naming the archive object, and nothing left."""
     path, rec = _archive(chain, chain["full"])
     frames = load_frames(LocalStorage(chain["repo"]), rec)
     assert frames is not None
-    k = next(i for i, f in enumerate(frames) if f.first.startswith("d4/"))  # a frame of small files of d4
+    # the frame holding the member: the last one starting before it (or at it)
+    k = max(i for i, f in enumerate(frames) if f.first.split("/") <= member.rstrip("/").split("/"))
+    if member.endswith("/"):  # a frame of small files of that directory
+        k = next(i for i, f in enumerate(frames) if f.first.startswith(member))
+    else:  # a frame of the large file: more than 256 KiB of tar bytes (streamed, written on a writer thread)
+        assert frames[k + 1].uoffset - frames[k].uoffset > restorer.WHOLE_FRAME_MAX
     f = frames[k]
     data = bytearray(path.read_bytes())
     if where == "header":
@@ -149,7 +156,8 @@ def test_damaged_frame_is_an_integrity_error_naming_the_archive(chain, where, pa
     path.write_bytes(bytes(data))
     target = chain["tmp"] / "out"
     with pytest.raises(IntegrityError) as ei:
-        _restore(chain, chain["full"], target, ["d4/**"] if partial else None)
+        _restore(chain, chain["full"], target, [member.rstrip("/") + ("/**" if member.endswith("/") else "")]
+                 if partial else None)
     assert rec["key"] in str(ei.value) and ei.value.exit_code == 4
     assert list(target.iterdir()) == []  # no source, no partial directory
 
