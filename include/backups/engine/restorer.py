@@ -390,8 +390,8 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
 
 
 SMALL_FILE = 1 << 20
-#: wanted files kept from the first pass over the index (so their archive needs no pass of its own): ~10 MB
-KEEP_ENTRIES = 32_768
+#: wanted files kept from the first pass over the index (so their archive needs no pass of its own): ~5 MB
+KEEP_ENTRIES = 8192
 _ZEROS = bytes(CHUNK)
 
 

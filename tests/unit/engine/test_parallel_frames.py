@@ -100,7 +100,7 @@ def _spy(monkeypatch) -> dict[str, int]:
     return calls
 
 
-@pytest.mark.parametrize("keep", [32_768, 5, 0])
+@pytest.mark.parametrize("keep", [8192, 5, 0])
 def test_multi_frame_chain_restores_byte_identical(chain, monkeypatch, keep):
     """Whatever number of wanted files the first index pass keeps (all; the incremental's few, the full's
     streamed by a pass of its own; none)."""
