@@ -34,6 +34,7 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -417,9 +418,10 @@ class _Writers:
         self.closing: list[tuple[int, list[int]]] = []
 
     @staticmethod
-    def _write(dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta, error: Exception) -> None:
+    def _write(dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta,
+               error: Callable[[], Exception]) -> None:
         if hashlib.sha256(content).hexdigest() != e.sha256:
-            raise error
+            raise error()
         # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
@@ -430,8 +432,10 @@ class _Writers:
         finally:
             os.close(fd)
 
-    def submit(self, dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta, error: Exception) -> None:
-        """Write ``name`` in ``dir_fd`` (which must stay open until then: see :meth:`close_later`)."""
+    def submit(self, dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta,
+               error: Callable[[], Exception]) -> None:
+        """Write ``name`` in ``dir_fd`` (which must stay open until then: see :meth:`close_later`); ``error()``
+        is raised when the content does not match the index (built only then: one exception per file costs)."""
         self.budget.acquire()
 
         def run() -> None:
@@ -778,7 +782,7 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                         continue
                     if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
                         content = data.read_all()
-                        writers.submit(pfd, fname, content, dest, e, meta, damaged(name))
+                        writers.submit(pfd, fname, content, dest, e, meta, functools.partial(damaged, name))
                         progress.advance(len(content))
                         if retired:
                             batches.append(retired[:])
