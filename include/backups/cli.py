@@ -258,7 +258,8 @@ def _thaw_timeout(text: str) -> float:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Restore, re-hash what was written, validate the databases (unless --no-validate) and write
+    """Restore (each file's SHA-256 checked while written), check the restored tree (--reread: re-read and re-hash
+    it), validate the databases (unless --no-validate) and write
     RESTORE_REPORT.md/.json into the target: the steps of :mod:`backups.commands.restore`, as the DAG runs them."""
     from .commands.restore import RestoreRequest, TablePlan, restore_snapshot
 
@@ -266,7 +267,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     req = RestoreRequest(target=os.path.abspath(args.target), snapshot=args.snapshot, tier=args.tier,
                          storage=args.storage, sources=args.source, includes=args.include, tables=args.table,
                          force=args.force, pg_target_name="--pg-target" if args.pg_target else None,
-                         include_dependencies=args.with_dependencies, no_owner=args.no_owner)
+                         include_dependencies=args.with_dependencies, no_owner=args.no_owner, reread=args.reread)
     out = restore_snapshot(cfg, req, resolver, pg_dsn=args.pg_target, validate=not args.no_validate,
                            poll_seconds=args.poll_seconds, thaw_timeout=args.thaw_timeout)
     if args.json:
@@ -275,7 +276,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     r, v = out.restored, out.verified
     print(f"restored {r.snapshot_id} from {r.storage} into {r.target}")
     print(_table([[n, s.kind, s.files, mb(s.bytes), s.verified, v.files.get(n, {}).get("files_checked", "-"), s.path]
-                  for n, s in r.sources.items()], ["source", "kind", "files", "size", "sha256 ok", "re-hashed", "path"]))
+                  for n, s in r.sources.items()], ["source", "kind", "files", "size", "sha256 ok",
+                                                   "re-hashed" if v.reread else "present", "path"]))
+    print(f"files: {v.content}" + ("" if v.reread else "; after the restore: present with their sizes (not re-read; "
+                                                       "--reread re-hashes them)"))
     for n, s in r.sources.items():
         for k, val in (s.extra or {}).items():
             print(f"{n}: {k}: {val}")
@@ -581,9 +585,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("restore", help="restore a snapshot into a directory",
                        description="Restore each source to TARGET/<source>/ (files under their paths, the SQLite database "
-                                   "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/'), re-hash "
-                                   "every written file against the snapshot, validate the databases with Great "
-                                   "Expectations and write RESTORE_REPORT.md/.json into TARGET.")
+                                   "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/'), check "
+                                   "every file's SHA-256 against the snapshot on the bytes written, check the restored "
+                                   "tree (every file present with its size; --reread: re-read and re-hashed), validate "
+                                   "the databases with Great Expectations and write RESTORE_REPORT.md/.json into TARGET.")
     r.add_argument("snapshot", help="snapshot id, a unique prefix of one (daily-2026113), or 'latest'")
     r.add_argument("--tier", help="with 'latest': newest of this tier")
     r.add_argument("--target", required=True, help="directory to restore into (must be empty unless --force)")
@@ -606,7 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="archive storages: give up waiting for the thaw after this long (seconds, or 90m, 12h, 2d; "
                         "default 48h), exit 5")
     r.add_argument("--no-validate", action="store_true",
-                   help="skip the Great Expectations suite on restored databases (files are still re-hashed)")
+                   help="skip the Great Expectations suite on restored databases (every file's SHA-256 is still "
+                        "checked while written)")
+    r.add_argument("--reread", action="store_true",
+                   help="after the restore, read every restored file back and re-hash it against the snapshot "
+                        "(for disks you distrust; each file's SHA-256 is always checked on the bytes written, and "
+                        "without --reread the tree is checked with a stat walk: present, type, size, no stray file)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_restore)
 

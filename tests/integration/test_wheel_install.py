@@ -60,11 +60,14 @@ def _cli(venv: Path, tmp: Path, *args: str, check: bool = True) -> subprocess.Co
 
 
 def test_installed_wheel_pulls_no_airflow_and_no_test_tools(wheel_venv):
+    """No Airflow, no test tools, and not the repository's development tooling (``tools/``: the local Airflow
+    launcher, the Airflow demo) — probed from outside the repository, where ``python -c`` cannot see ``tools/``."""
     py = str(wheel_venv / "bin" / "python")
     probe = ("import importlib.util as u; "
-             "print(' '.join(m for m in ('airflow', 'great_expectations', 'pytest', 'moto', 'ruff', 'boto3') "
+             "print(' '.join(m for m in ('airflow', 'great_expectations', 'pytest', 'moto', 'ruff', 'boto3', "
+             "'tools') "
              "if u.find_spec(m)))")
-    assert _run([py, "-c", probe]).stdout.strip() == ""
+    assert _run([py, "-c", probe], cwd=wheel_venv).stdout.strip() == ""
     # the core's own dependencies are all there (a missing one is what broke `pip install .`)
     _run([py, "-c", "import croniter, cryptography, pydantic, tqdm, yaml, zstandard"])
 

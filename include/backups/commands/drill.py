@@ -643,8 +643,7 @@ def _verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierR
 
     def rehash() -> tuple[bool, str]:
         v = restore_command.verify_restore(cfg, req, loc, rres, resolver, validate=False, locked=True)
-        n = sum(f["files_checked"] for f in v.files.values())
-        return True, f"{n} restored file(s) re-hashed against the snapshot's index"
+        return True, v.summary()
 
     checks.append(_timed("sha256", "sha256", None, rehash))
     dbs = scratch.databases.get(tier, {})
