@@ -180,6 +180,13 @@ def test_without_inotify_the_dump_is_read_after_pg_dump(app, pg_db, monkeypatch,
     counts, followed = digests_of(tmp_path / "a")
     assert counts == _counts(dsn, list(counts))
     assert len(followed) == 9  # ten tables, one of them partitioned (its rows are in its partitions' files)
+    assert not any(d.spool._rolled for d in followed.values())  # small compressed tables stay in memory
+
+    monkeypatch.setattr(pgsrc, "_SPOOLS_MEMORY", 0)  # memory for none: every complete table waits in staging
+    (tmp_path / "a2").mkdir()
+    counts_a2, followed_a2 = digests_of(tmp_path / "a2")
+    assert counts_a2 == counts and len(followed_a2) == 9 and all(d.spool._rolled for d in followed_a2.values())
+    monkeypatch.undo()
 
     def no_inotify(path):
         raise OSError(38, "inotify_init1")

@@ -157,6 +157,7 @@ def count_rows(cur: Any, tables: dict[str, Any], dump_dir: Path, digests: dict[s
 _TABLE_FILE = re.compile(r"[0-9]+\.dat")
 _READ = 1 << 20
 _SPOOL_MEMORY = 8 << 20  #: compressed bytes of one table kept in memory before its spool moves to staging
+_SPOOLS_MEMORY = 32 << 20  #: compressed bytes of all complete tables kept in memory; the others wait in staging
 
 
 @dataclass
@@ -186,7 +187,7 @@ class _Tail:
 
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.sha = hashlib.sha256()
-        self.size = self.lines = 0
+        self.size = self.lines = self.zsize = 0
         self.tail = b""
         self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=spool_dir)
         self.z = compressor().stream_writer(self.spool, closefd=False)
@@ -211,6 +212,7 @@ class _Tail:
         self.pump(1 << 62)
         os.close(self.fd)
         self.z.close()  # ends the frame; the spool stays open (closefd=False)
+        self.zsize = self.spool.tell()
         self.spool.seek(0)
         return Digest(self.size, self.sha.hexdigest(), self.spool, self._rows())  # type: ignore[arg-type]
 
@@ -289,6 +291,7 @@ class Follower:
         self.dump_dir, self.spool_dir = dump_dir, spool_dir
         self.digests: dict[str, Digest] = {}
         self.open: dict[str, _Tail] = {}
+        self.in_memory = 0  #: compressed bytes of complete tables held in memory
         self.exited = threading.Event()
         self.error: BaseException | None = None
         self.notify: _Inotify | None = None
@@ -318,17 +321,26 @@ class Follower:
                         if mask & _Inotify.CREATE and _TABLE_FILE.fullmatch(name) and name not in self.open:
                             self.open[name] = _Tail(self.dump_dir / name, self.spool_dir)
                         if mask & _Inotify.CLOSE_WRITE and name in self.open:
-                            self.digests[name] = self.open.pop(name).finish()
+                            self._complete(name)
                 for tail in list(self.open.values()):
                     moved += tail.pump(4 << 20)
                 if exited:  # pg_dump is gone: what is still open is complete
                     for name in list(self.open):
-                        self.digests[name] = self.open.pop(name).finish()
+                        self._complete(name)
                     return
                 if self.notify is None and not moved:
                     self.exited.wait(0.02)
         except BaseException as exc:  # noqa: BLE001 - reported by finish(); the archiver reads the files itself
             self.error = exc
+
+    def _complete(self, name: str) -> None:
+        """A file pg_dump closed: its digest; its spool stays in memory while they all fit in ``_SPOOLS_MEMORY``."""
+        tail = self.open.pop(name)
+        self.digests[name] = tail.finish()
+        if self.in_memory + tail.zsize > _SPOOLS_MEMORY:
+            tail.spool.rollover()  # to a file in staging (a no-op when it is one already)
+        else:
+            self.in_memory += tail.zsize
 
     def finish(self) -> dict[str, Digest]:
         """After pg_dump exited: the digests of the files followed to their end (empty after an error)."""
