@@ -76,8 +76,10 @@ def exact_table_pattern(key: str) -> str:
     return f"{exact_pattern(schema or 'public')}.{exact_pattern(name)}"
 
 
-def describe_tables(cur: Any, exclude: list[str]) -> dict[str, Any]:
-    """Columns, primary key and unique keys of every table (``rows`` is filled by :func:`count_rows`)."""
+def describe_tables(cur: Any, exclude: list[str], *, count: bool = True) -> dict[str, Any]:
+    """Row count (``count(*)``), columns, primary key and unique keys of every table in ``cur``'s transaction.
+    Without ``count``, ``rows`` is None (the backup fills it from the dump: :func:`count_rows`) and each table
+    keeps its quoted name in ``_ident`` for that."""
     cur.execute(
         "SELECT table_schema, table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE' "
         "AND table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2")
@@ -102,8 +104,14 @@ def describe_tables(cur: Any, exclude: list[str]) -> dict[str, Any]:
                 pk = list(colnames)
             unique.append(list(colnames))
         pk_set = set(pk)
-        tables[qualified] = {"rows": None, "columns": [[c, t, nn, c in pk_set] for c, t, nn in cols],
-                             "primary_key": pk, "unique": unique, "_ident": ident}
+        rows = None
+        if count:
+            cur.execute(f"SELECT count(*) FROM {ident}")
+            rows = int(cur.fetchone()[0])
+        tables[qualified] = {"rows": rows, "columns": [[c, t, nn, c in pk_set] for c, t, nn in cols],
+                             "primary_key": pk, "unique": unique}
+        if not count:
+            tables[qualified]["_ident"] = ident
     return tables
 
 
@@ -466,7 +474,7 @@ class PostgresSource(SourceReader):
                     follower.start()
                     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errlog)
                     try:
-                        tables = describe_tables(cur, self.exclude_tables)
+                        tables = describe_tables(cur, self.exclude_tables, count=False)
                     finally:
                         code = proc.wait()
                         digests = follower.finish()
