@@ -5,9 +5,11 @@ columns and keys of every table inside it, then run ``pg_dump -Fd -Z0 -j N --sna
 While pg_dump writes, a follower thread reads each table's data file (``dump/<id>.dat``) right behind it, in one
 pass: SHA-256, zstd (into a compressed spool) and the row count — the file is COPY text, one line per row (a
 newline inside a value is written as ``\\n``), ended by a ``\\.`` line. A file is complete when pg_dump closes
-it (inotify ``IN_CLOSE_WRITE``; without inotify, when pg_dump exits). The archiver then stores the spool as the
-member's bytes and never reads the file again (:class:`DumpEntry`); in a differential or incremental, a table file
-whose SHA-256 did not change is referenced from the parent instead of stored again.
+it (inotify ``IN_CLOSE_WRITE``; without inotify, when pg_dump exits); it then leaves staging at once (staging
+holds only the files pg_dump is writing), and the archiver stores its spool as the member's bytes
+(:class:`DumpEntry`); in a differential or incremental, a table file whose SHA-256 did not change is referenced
+from the parent instead of stored again. If following fails, the files not complete by then are read after
+pg_dump, as before.
 
 Row counts are those of ``SELECT count(*)`` in the dump's snapshot: a table's own rows (its data file) plus those
 of its inheritance children / partitions. A table whose rows the dump does not give exactly (not dumped, a data
@@ -176,6 +178,7 @@ class Digest:
     sha256: str
     spool: BinaryIO  #: the file's bytes as zstd frames (at offset 0), closed by the archiver / the source
     rows: int | None  #: COPY lines before the end marker; None without the marker (then ``count(*)`` is used)
+    stat: os.stat_result  #: the file's, once complete (it is removed from staging then: nothing reads it again)
 
 
 @dataclass(slots=True)
@@ -193,6 +196,7 @@ class _Tail:
 
         from ..engine.archiver import compressor
 
+        self.path = path
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self.sha = hashlib.sha256()
         self.size = self.lines = self.zsize = 0
@@ -215,14 +219,22 @@ class _Tail:
             moved += len(data)
         return moved
 
-    def finish(self) -> Digest:
-        """The file is complete: read its last bytes, end the zstd frame."""
+    def finish(self) -> Digest | None:
+        """The file is complete: read its last bytes, end the zstd frame and remove the file from staging (its
+        bytes are in the spool). None if the file does not hold exactly the bytes read (then it stays, and the
+        archiver reads it)."""
         self.pump(1 << 62)
+        st = os.fstat(self.fd)
         os.close(self.fd)
         self.z.close()  # ends the frame; the spool stays open (closefd=False)
         self.zsize = self.spool.tell()
         self.spool.seek(0)
-        return Digest(self.size, self.sha.hexdigest(), self.spool, self._rows())  # type: ignore[arg-type]
+        if st.st_size != self.size:
+            self.spool.close()
+            return None
+        digest = Digest(self.size, self.sha.hexdigest(), self.spool, self._rows(), st)  # type: ignore[arg-type]
+        os.unlink(self.path)
+        return digest
 
     def abandon(self) -> None:
         with suppress(OSError):
@@ -344,7 +356,10 @@ class Follower:
     def _complete(self, name: str) -> None:
         """A file pg_dump closed: its digest; its spool stays in memory while they all fit in ``_SPOOLS_MEMORY``."""
         tail = self.open.pop(name)
-        self.digests[name] = tail.finish()
+        digest = tail.finish()
+        if digest is None:
+            return
+        self.digests[name] = digest
         if self.in_memory + tail.zsize > _SPOOLS_MEMORY:
             tail.spool.rollover()  # to a file in staging (a no-op when it is one already)
         else:
@@ -358,10 +373,12 @@ class Follower:
         if self.notify is not None:
             self.notify.close()
             self.notify = None
-        if self.error is not None:
-            log.warning("postgres: reading the dump while pg_dump wrote it failed (%s); reading it again instead",
-                        self.error)
-            self.discard()
+        if self.error is not None:  # the files completed so far are right (and gone): the others are read again
+            log.warning("postgres: reading the dump while pg_dump wrote it failed (%s); the %d table file(s) not "
+                        "complete by then are read after pg_dump instead", self.error, len(self.open))
+            for tail in self.open.values():
+                tail.abandon()
+            self.open.clear()
         return self.digests
 
     def discard(self) -> None:
@@ -381,14 +398,21 @@ class Follower:
 
 
 def dump_entries(staging: Path, digests: dict[str, Digest]) -> Iterator[Entry]:
-    """The staging walk, each followed data file carrying its digest (when it still has the size read)."""
-    for e in walk_staging(staging):
-        d = digests.get(e.path[len("dump/"):]) if e.path.startswith("dump/") else None
-        if d is None or d.size != e.size:
-            yield e
-            continue
-        yield DumpEntry(e.path, e.type, e.size, e.mtime_ns, e.mode, e.ino, e.link, e.fs_path, e.dir_fd, e.nlink,
-                        e.dev, e.owner, e.xattrs, e.unreadable, e.xattrs_deferred, d)
+    """The dump's files in canonical order: those still in staging (``toc.dat``, files not followed) and the
+    followed data files, removed from staging once read, each carrying its digest."""
+    import heapq
+
+    from ..repository.index import order_key
+
+    def followed() -> Iterator[Entry]:
+        for name in sorted(digests, key=lambda n: order_key(f"dump/{n}")):
+            d = digests[name]
+            e = Entry.from_stat(f"dump/{name}", str(staging / "dump" / name), d.stat)
+            assert e is not None
+            yield DumpEntry(e.path, e.type, e.size, e.mtime_ns, e.mode, e.ino, e.link, e.fs_path, e.dir_fd, 1,
+                            e.dev, e.owner, e.xattrs, e.unreadable, e.xattrs_deferred, d)
+
+    yield from heapq.merge(walk_staging(staging), followed(), key=lambda e: order_key(e.path))
 
 
 class PostgresSource(SourceReader):
