@@ -5,11 +5,11 @@ columns and keys of every table inside it, then run ``pg_dump -Fd -Z0 -j N --sna
 While pg_dump writes, a follower thread reads each table's data file (``dump/<id>.dat``) right behind it, in one
 pass: SHA-256, zstd (into a compressed spool) and the row count — the file is COPY text, one line per row (a
 newline inside a value is written as ``\\n``), ended by a ``\\.`` line. A file is complete when pg_dump closes
-it (inotify ``IN_CLOSE_WRITE``; without inotify, when pg_dump exits); it then leaves staging at once (staging
+it (inotify ``IN_CLOSE_WRITE``); it then leaves staging at once (staging
 holds only the files pg_dump is writing), and the archiver stores its spool as the member's bytes
 (:class:`DumpEntry`); in a differential or incremental, a table file whose SHA-256 did not change is referenced
-from the parent instead of stored again. If following fails, the files not complete by then are read after
-pg_dump, as before.
+from the parent instead of stored again. Without inotify, or if following fails, the files not complete by then
+are read after pg_dump, as before (correct, only slower).
 
 Row counts are those of ``SELECT count(*)`` in the dump's snapshot: a table's own rows (its data file) plus those
 of its inheritance children / partitions. A table whose rows the dump does not give exactly (not dumped, a data
