@@ -32,7 +32,6 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -171,15 +170,10 @@ _SPOOL_MEMORY = 8 << 20  #: compressed bytes of one table kept in memory before 
 _SPOOLS_MEMORY = 32 << 20  #: compressed bytes of all complete tables kept in memory; the others wait in staging
 
 
-@lru_cache(maxsize=1)
-def _count_newlines() -> Any:
-    """``data.count(b"\\n")``, vectorised: numpy when installed (0.03 s for 194 MB here), else the length lost by
-    removing them (0.08 s; ``bytes.count`` of one byte takes 0.19 s, as long as SHA-256)."""
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy comes with Great Expectations
-        return lambda data: len(data) - len(data.replace(b"\n", b""))
-    return lambda data: int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10))
+def _newlines(data: bytes) -> int:
+    """``data.count(b"\\n")``, faster: the length lost by removing them (0.08 s for 194 MB here, against 0.19 s
+    for ``bytes.count`` of one byte — as long as SHA-256; numpy would take 0.03 s but 12 MB more memory)."""
+    return len(data) - len(data.replace(b"\n", b""))
 
 
 @dataclass
@@ -216,7 +210,6 @@ class _Tail:
         self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=spool_dir)
         # one thread: pg_dump writes far slower than zstd compresses, and the server needs the other core
         self.z = compressor(threads=0).stream_writer(self.spool, closefd=False)
-        self.newlines = _count_newlines()  # numpy is imported here, on the follower's thread, while pg_dump runs
 
     def pump(self, budget: int) -> int:
         """Read what pg_dump has written since (at most about ``budget`` bytes); returns the bytes read."""
@@ -226,7 +219,7 @@ class _Tail:
             if not data:
                 break
             self.sha.update(data)
-            self.lines += self.newlines(data)
+            self.lines += _newlines(data)
             self.tail = (self.tail + data[-64:])[-64:]
             self.z.write(data)
             self.size += len(data)
