@@ -136,25 +136,36 @@ def cmd_backup(args: argparse.Namespace) -> int:
     cfg, resolver = _load(args)
     storages = [args.storage] if args.storage else None
     out = run_backup(cfg, args.tier, logical_date=args.logical_date, type_override=args.type, storages=storages,
-                     resolver=resolver, checksum=args.checksum, sources=args.source or None, comment=args.comment or "")
-    d = out.pop("manifest")
+                     resolver=resolver, checksum=args.checksum, sources=args.source or None, comment=args.comment or "",
+                     validate=not args.no_validate)
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1, default=str))
         return 0
     if out["already_committed"]:
-        print(f"{out['id']} was already committed (same tier and logical date); nothing to do")
-        return 0
-    if d.get("promoted_reason"):
-        print(f"warning: {d['requested_type']} promoted to full: {d['promoted_reason']}", file=sys.stderr)
-    for w in d.get("warnings") or []:  # the plan's own (clock skew); the sources' are counted in the table
+        print(f"{out['id']} was already committed (same tier and logical date): not taken again; verified below")
+    if out.get("promoted_reason"):
+        print(f"warning: {out['requested_type']} promoted to full: {out['promoted_reason']}", file=sys.stderr)
+    for w in out.get("warnings") or []:  # the plan's own (clock skew); the sources' are counted in the table
         print(f"warning: {w}", file=sys.stderr)
-    rows = [[n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], mb(r["stored_bytes"]), r["deleted"], len(r["warnings"])]
-            for n, r in sorted(d["sources"].items())]
-    print(f"snapshot {out['id']}  type={d['type']}  parent={d.get('parent') or '-'}  storages={','.join(out['storages'])}  "
-          f"{d['duration_seconds']:.1f}s  stored {mb(d['totals']['stored_bytes'])}")
+    rows = [[n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], mb(r["stored_bytes"]), r["deleted"], r["warnings"]]
+            for n, r in sorted(out["sources"].items())]
+    took = out["durations"].get("snapshot_seconds")
+    print(f"snapshot {out['id']}  type={out['type']}  parent={out.get('parent') or '-'}  storages={','.join(out['storages'])}  "
+          f"{took or 0:.1f}s  stored {mb(out['totals']['stored_bytes'])}")
     print(_table(rows, ["source", "kind", "files", "size", "stored", "stored size", "deleted", "warnings"]))
-    for n in sorted(out.get("pg_load_check") or {}):
-        print(f"test restore: the dump of {n} loaded into a scratch database (dropped again)")
+    checks = out["checks"]
+    for name, i in checks["integrity"].items():
+        print(f"integrity on {name}: {'OK' if i['ok'] else 'FAILED'} ({i['objects_hashed']} object(s), "
+              f"{mb(i['bytes_hashed'])} re-hashed)")
+    rt = checks["restore_test"]
+    print(f"test restore from {rt['storage']}: {rt['files']} file(s) restored, every SHA-256 checked")
+    for name, v in sorted(rt["validation"].items()):
+        stats = v.get("statistics") or {}
+        print(f"  {name}: " + (v.get("skipped") or "not validated" if v.get("success") is None else
+                               f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} "
+                               "expectations met (Great Expectations)"))
+    for key in out.get("report") or []:
+        print(f"result document: {key}")
     return 0
 
 
@@ -532,7 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"backupctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("backup", help="take a snapshot of a tier", description="Take a snapshot of a tier's sources.")
+    b = sub.add_parser("backup", help="take a snapshot of a tier", description="Take a snapshot of a tier's sources: the tier DAG's steps in this process — system checks, plan, "
+                       "extraction, commit, a checked copy on every storage, integrity on every storage, a test restore "
+                       "(database dumps loaded, Great Expectations), the result document in reports/, cleanup.")
     b.add_argument("--tier", required=True, help="tier name from the config (daily, weekly, ...)")
     b.add_argument("--type", choices=["full", "differential", "incremental"], help="override the tier's backup type")
     b.add_argument("--storage", help="write to this storage only (default: every storage of the tier)")
@@ -540,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--logical-date", help="ISO date-time the snapshot id derives from (default: now, UTC, to the second)")
     b.add_argument("--checksum", action="store_true", help="detect changed files by re-hashing instead of size/mtime/inode")
     b.add_argument("--comment", help="free text stored in the manifest")
+    b.add_argument("--no-validate", action="store_true",
+                   help="skip Great Expectations in the test restore (the restore, every SHA-256 and the loading of "
+                        "every database dump still run)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=cmd_backup)
 

@@ -23,9 +23,8 @@ from collections import Counter
 import pytest
 
 from backups.config import load_config
-from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, task_states
-from tests.helpers import app_tree, db_rows, use_shipped_local_config
+from tests.helpers import app_tree, db_rows, run_backup, use_shipped_local_config
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401  (session fixture: moto's S3 server)
 
 pytestmark = pytest.mark.airflow

@@ -20,9 +20,8 @@ import pytest
 
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, run_note, task_states
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, run_backup
 
 pytestmark = pytest.mark.airflow
 
