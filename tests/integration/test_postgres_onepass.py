@@ -26,10 +26,9 @@ import pytest
 from backups.catalog import Catalog
 from backups.config import load_config
 from backups.engine.restorer import load_frames, restore
-from backups.engine.snapshot import run_backup
 from backups.sources import postgres as pgsrc
 from backups.storage import LocalStorage
-from tests.helpers import write_config
+from tests.helpers import run_backup, write_config
 
 TRICKY = ["a\nb", "c\r\nd", "tab\there", "back\\slash", "\\.", "\\", "", None, "\n", "x\\.\ny", "end\\"]
 
