@@ -36,6 +36,7 @@ from __future__ import annotations
 import errno
 import functools
 import hashlib
+import io
 import logging
 import os
 import posixpath
@@ -604,7 +605,12 @@ class _ParallelFrames:
         if dctx is None:
             dctx = self._local.dctx = zstandard.ZstdDecompressor()
         try:
-            out = dctx.decompress(comp, max_output_size=span)
+            # a row of the frame table may hold several zstd frames (a PostgreSQL table file is stored as its
+            # header, data and padding, each its own frame): read across them, never past the row's size
+            with dctx.stream_reader(io.BytesIO(comp), read_across_frames=True) as z:
+                out = z.read(span + 1)
+                while len(out) <= span and (more := z.read(span + 1 - len(out))):
+                    out += more
         except zstandard.ZstdError as exc:
             raise self._bad(i, f"cannot be decompressed ({exc})") from None
         if len(out) != span:
