@@ -544,15 +544,12 @@ class _ParallelFrames:
 
     # ---- the reading thread
     def _put(self, item: Any) -> bool:
-        import queue
-
-        while not self._stop.is_set():
-            try:
-                self._q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        # a plain blocking put (no timeout: a timed wait has an absolute deadline, which a wall clock set far ahead,
+        # e.g. under faketime, turns into decades); close() drains the queue, so it always returns
+        if self._stop.is_set():
+            return False
+        self._q.put(item)
+        return not self._stop.is_set()
 
     def _feed(self, runs: list[list[int]]) -> None:
         try:
@@ -657,13 +654,14 @@ class _ParallelFrames:
     def close(self) -> None:
         """Stop the reading thread (it may wait on a full queue), cancel queued frames, wait for both."""
         import queue
+        import time
 
         self._stop.set()
         while self._t.is_alive():
             try:
-                self._q.get(timeout=0.05)
+                self._q.get_nowait()  # makes room: a put the reading thread waits in returns, then it sees the stop
             except queue.Empty:
-                pass
+                time.sleep(0.005)
         self._t.join()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._buf = b""

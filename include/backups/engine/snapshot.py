@@ -214,10 +214,18 @@ def owned_staging(source: str) -> Iterator[str]:
     from ..repository.locks import HOST, pid_start
 
     root = staging_root()
-    path = tempfile.mkdtemp(prefix=f"backup-{source}-", dir=root)
+    # made under a name clean_staging ignores, then renamed once its owner file is written: a folder of a live run
+    # is never seen without its owner (and aged by mtimes, which a wall clock set ahead makes look decades old)
+    tmp = tempfile.mkdtemp(prefix=f".new-backup-{source}-", dir=root)
+    path = os.path.join(os.path.dirname(tmp), os.path.basename(tmp).removeprefix(".new-"))
     try:
-        with open(os.path.join(path, OWNER_FILE), "w") as fh:
+        with open(os.path.join(tmp, OWNER_FILE), "w") as fh:
             json.dump({"host": HOST, "pid": os.getpid(), "pid_start": pid_start(os.getpid()), "created": time.time()}, fh)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
