@@ -91,6 +91,7 @@ from .isolation import (
     owner_state,
     read_owner,
     teardown,
+    teardown_findings,
 )
 from .judge import DrillVerdict, judge, next_drill
 from .plan import DrillPlan, DrillRequest, TierPlan, check_request, guard_scratch_server, plan_drill
@@ -130,7 +131,7 @@ def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None
             extra.append(f"drill aborted: {_first_line(exc)}")
         finally:
             down = teardown(cfg, plan.drill_id, resolver)
-            extra += [f"teardown: {p}" for p in down.problems]
+            extra += teardown_findings(down)
         verdict = write_reports(cfg, judge(cfg, plan, scratch, restores, verifies, extra_findings=extra))
         verdict.reports["stored"] = ", ".join(store_reports(cfg, verdict, resolver))
     finally:
@@ -158,5 +159,5 @@ __all__ = [
     "owner_state", "plan_drill", "postgres_integrity", "prune_data_docs", "read_history", "read_owner",
     "render_html", "render_markdown", "restore_tier", "run_drill", "run_smoke_command", "run_smoke_sql",
     "runbook_link", "scratch_base", "scratch_db_name", "scratch_root", "settings", "sqlite_integrity",
-    "store_reports", "teardown", "verify_tier", "write_reports",
+    "store_reports", "teardown", "teardown_findings", "verify_tier", "write_reports",
 ]

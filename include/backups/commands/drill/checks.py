@@ -212,7 +212,6 @@ def verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRe
 def _verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRestore, loc: Location, done: Check,
                  t0: float, resolver: Any, docs_dir: Path | None) -> TierVerify:
     from ...storage import open_storage
-    from ...validation.datadocs import validate_postgres_with_docs, validate_sqlite_with_docs
     from .. import restore as restore_command
 
     tier = restored.tier
@@ -220,7 +219,29 @@ def _verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierR
     _cat, snap = restore_command.snapshot_still_there(cfg, open_storage(cfg, loc.storage, resolver, read_only=True),
                                                       loc.snapshot_id, step="drill verification",
                                                       since="the drill restored it")
-    checks: list[Check] = [done]
+    checks: list[Check] = [done, _rehash_check(cfg, scratch, restored, loc, resolver)]
+    dbs = scratch.databases.get(tier, {})
+    admin = admin_dsn(cfg, resolver) if dbs else None
+    docs_root = (docs_dir or drill_dir(cfg) / f"{plan.drill_id}.datadocs") / tier
+    db_where: dict[str, tuple[str, str]] = {}  # source -> (kind, sqlite path or dsn)
+    for name in sorted(restored.sources):
+        checks += _source_checks(name, snap.sources[name], restored.sources[name], dbs, admin, docs_root / name, docs,
+                                 db_where)
+    env = _smoke_env(plan, scratch, restored, loc, db_where)
+    checks += _smoke_checks(cfg, restored, loc, db_where, Path(scratch.targets[tier]), env)
+    ok = all(c.ok for c in checks)
+    for c in checks:
+        (log.info if c.ok else log.error)("drill %s: %s: %s %s: %s", plan.drill_id, tier, "PASS" if c.ok else "FAIL",
+                                          c.name, c.detail)
+    return TierVerify(tier=tier, ok=ok, checks=[c.to_dict() for c in checks], data_docs=docs,
+                      verify_seconds=round(time.monotonic() - t0, 3))
+
+
+def _rehash_check(cfg: Config, scratch: Scratch, restored: TierRestore, loc: Location, resolver: Any) -> Check:
+    """Every restored file re-hashed against the snapshot's index (the restore command's verification)."""
+    from .. import restore as restore_command
+
+    tier = restored.tier
     rres = RestoreResult(snapshot_id=loc.snapshot_id, storage=loc.storage, target=scratch.targets[tier],
                          sources={n: RestoredSource(**r) for n, r in restored.sources.items()}, seconds=restored.restore_seconds)
     req = RestoreRequest(target=scratch.targets[tier], snapshot=loc.snapshot_id, tier=tier, storage=loc.storage)
@@ -230,71 +251,79 @@ def _verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierR
         n = sum(f["files_checked"] for f in v.files.values())
         return True, f"{n} restored file(s) re-hashed against the snapshot's index"
 
-    checks.append(_timed("sha256", "sha256", None, rehash))
-    dbs = scratch.databases.get(tier, {})
-    admin = admin_dsn(cfg, resolver) if dbs else None
-    db_where: dict[str, tuple[str, str]] = {}  # source -> (kind, sqlite path or dsn)
-    docs_root = (docs_dir or drill_dir(cfg) / f"{plan.drill_id}.datadocs") / tier
-    for name in sorted(restored.sources):
-        rec = snap.sources[name]
-        kind = rec["kind"]
-        tables = rec["details"].get("tables") or {}
-        if kind == "sqlite":
-            path = _sqlite_path(rec, restored.sources[name])
-            db_where[name] = ("sqlite", str(path))
+    return _timed("sha256", "sha256", None, rehash)
 
-            def gx(path: Path = path, tables: dict = tables, name: str = name) -> tuple[bool, str]:
-                res = validate_sqlite_with_docs(path, tables, docs_root / name)
-                return _gx_outcome(res, docs, name)
 
-            checks.append(_timed(f"{name}: Great Expectations", "gx", name, gx))
-            checks.append(_timed(f"{name}: referential integrity", "integrity", name, lambda p=path: sqlite_integrity(p)))
-        elif kind == "postgres":
-            if name not in dbs or not admin:
-                checks.append(Check(name=f"{name}: loaded into a scratch database", kind="gx", ok=False, source=name,
-                                    detail="no scratch PostgreSQL server: the dump was restored as files but not loaded "
-                                           "(set drill.postgres to an admin connection of a server where the drill may "
-                                           "create databases)"))
-                continue
-            dsn = _db_dsn(admin, dbs[name])
-            db_where[name] = ("postgres", dsn)
+def _source_checks(name: str, rec: dict[str, Any], restored: dict[str, Any], dbs: dict[str, str], admin: str | None,
+                   docs_root: Path, docs: dict[str, str], db_where: dict[str, tuple[str, str]]) -> list[Check]:
+    """The checks of one restored source by its kind: a database's Great Expectations suite (its Data Docs into
+    ``docs``) and referential integrity, a folder's config files. A database is added to ``db_where`` (for the
+    smoke checks)."""
+    from ...validation.datadocs import validate_postgres_with_docs, validate_sqlite_with_docs
 
-            def gx_pg(dsn: str = dsn, tables: dict = tables, name: str = name) -> tuple[bool, str]:
-                res = validate_postgres_with_docs(dsn, tables, docs_root / name, label=f"{name} ({dbs[name]})")
-                return _gx_outcome(res, docs, name)
+    kind = rec["kind"]
+    tables = rec["details"].get("tables") or {}
+    if kind == "sqlite":
+        path = _sqlite_path(rec, restored)
+        db_where[name] = ("sqlite", str(path))
 
-            checks.append(_timed(f"{name}: Great Expectations", "gx", name, gx_pg))
-            checks.append(_timed(f"{name}: constraints", "integrity", name, lambda d=dsn: postgres_integrity(d)))
-        elif kind == "files":
-            root = Path(restored.sources[name]["path"])
-            checks.append(_timed(f"{name}: config files parse", "config", name, lambda r=root: config_files_parse(r)))
+        def gx() -> tuple[bool, str]:
+            return _gx_outcome(validate_sqlite_with_docs(path, tables, docs_root), docs, name)
+
+        return [_timed(f"{name}: Great Expectations", "gx", name, gx),
+                _timed(f"{name}: referential integrity", "integrity", name, lambda: sqlite_integrity(path))]
+    if kind == "postgres":
+        if name not in dbs or not admin:
+            return [Check(name=f"{name}: loaded into a scratch database", kind="gx", ok=False, source=name,
+                          detail="no scratch PostgreSQL server: the dump was restored as files but not loaded "
+                                 "(set drill.postgres to an admin connection of a server where the drill may "
+                                 "create databases)")]
+        dsn = _db_dsn(admin, dbs[name])
+        db_where[name] = ("postgres", dsn)
+
+        def gx_pg() -> tuple[bool, str]:
+            res = validate_postgres_with_docs(dsn, tables, docs_root, label=f"{name} ({dbs[name]})")
+            return _gx_outcome(res, docs, name)
+
+        return [_timed(f"{name}: Great Expectations", "gx", name, gx_pg),
+                _timed(f"{name}: constraints", "integrity", name, lambda: postgres_integrity(dsn))]
+    if kind == "files":
+        root = Path(restored["path"])
+        return [_timed(f"{name}: config files parse", "config", name, lambda: config_files_parse(root))]
+    return []
+
+
+def _smoke_env(plan: DrillPlan, scratch: Scratch, restored: TierRestore, loc: Location,
+               db_where: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The environment of a smoke command: the drill, the tier's root, each source's folder and database."""
+    tier = restored.tier
     env = {"DRILL_ID": plan.drill_id, "DRILL_TIER": tier, "DRILL_SNAPSHOT": loc.snapshot_id,
            "DRILL_ROOT": scratch.targets[tier]}
     for name, r in restored.sources.items():
         env[f"DRILL_SOURCE_{name.upper()}"] = r["path"]
     for name, (_kind, where) in db_where.items():
         env[f"DRILL_DB_{name.upper()}"] = where
+    return env
+
+
+def _smoke_checks(cfg: Config, restored: TierRestore, loc: Location, db_where: dict[str, tuple[str, str]],
+                  cwd: Path, env: dict[str, str]) -> list[Check]:
+    """The ``drill.smoke`` checks: SQL queries on a restored database, commands run in the tier's root."""
+    checks: list[Check] = []
     for chk in settings(cfg).smoke:
-        if chk.sql:
-            if chk.source not in restored.sources:
-                checks.append(Check(name=chk.name, kind="smoke-sql", ok=False, source=chk.source,
-                                    detail=f"source {chk.source} is not in snapshot {loc.snapshot_id}"))
-                continue
-            if chk.source not in db_where:
-                checks.append(Check(name=chk.name, kind="smoke-sql", ok=False, source=chk.source,
-                                    detail=f"source {chk.source} was not loaded into a database"))
-                continue
-            kind, where = db_where[chk.source]
-            checks.append(_timed(chk.name, "smoke-sql", chk.source, lambda c=chk, k=kind, w=where: run_smoke_sql(c, k, w)))
+        if not chk.sql:
+            checks.append(_timed(chk.name, "smoke-command", None, lambda c=chk: run_smoke_command(c, cwd, env)))
+        elif chk.source not in restored.sources:
+            checks.append(Check(name=chk.name, kind="smoke-sql", ok=False, source=chk.source,
+                                detail=f"source {chk.source} is not in snapshot {loc.snapshot_id}"))
+        elif chk.source not in db_where:
+            checks.append(Check(name=chk.name, kind="smoke-sql", ok=False, source=chk.source,
+                                detail=f"source {chk.source} was not loaded into a database"))
         else:
-            checks.append(_timed(chk.name, "smoke-command", None,
-                                 lambda c=chk: run_smoke_command(c, Path(scratch.targets[tier]), env)))
-    ok = all(c.ok for c in checks)
-    for c in checks:
-        (log.info if c.ok else log.error)("drill %s: %s: %s %s: %s", plan.drill_id, tier, "PASS" if c.ok else "FAIL",
-                                          c.name, c.detail)
-    return TierVerify(tier=tier, ok=ok, checks=[c.to_dict() for c in checks], data_docs=docs,
-                      verify_seconds=round(time.monotonic() - t0, 3))
+            kind, where = db_where[chk.source]
+            checks.append(_timed(chk.name, "smoke-sql", chk.source,
+                                 lambda c=chk, k=kind, w=where: run_smoke_sql(c, k, w)))
+    return checks
 
 
 def _gx_outcome(res: dict[str, Any], docs: dict[str, str], name: str) -> tuple[bool, str]:

@@ -266,3 +266,12 @@ def teardown(cfg: Config, drill_id: str, resolver: Any = None) -> Teardown:
                                             f"; PROBLEMS: {'; '.join(problems)}" if problems else "")
     return Teardown(drill_id=drill_id, directory=str(root), directory_removed=removed, databases_dropped=dropped,
                     problems=problems)
+
+
+def teardown_findings(down: Teardown | dict[str, Any] | None) -> list[str]:
+    """The findings a teardown hands to the report (both doors): what it could not remove, or, ``None``, that it
+    did not finish."""
+    if down is None:
+        return ["teardown did not finish: scratch data may be left behind (see its task log)"]
+    problems = down.problems if isinstance(down, Teardown) else down.get("problems", [])
+    return [f"teardown: {problem}" for problem in problems]
