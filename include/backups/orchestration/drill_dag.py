@@ -121,7 +121,7 @@ def _runtime() -> tuple[Config, Any, Any]:
 TEARDOWN_KEY = "teardown"
 
 
-def report(plan: dict[str, Any], restores: Any, verifies: Any) -> dict[str, Any]:
+def report_drill(plan: dict[str, Any], restores: Any, verifies: Any) -> dict[str, Any]:
     """The ``report`` task: judge, write and store the reports, publish the summary; fail when the drill failed."""
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -185,7 +185,7 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
 
     @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
     def report_task(plan: dict[str, Any], restores: Any = None, verifies: Any = None) -> dict[str, Any]:
-        return report(plan, restores, verifies)
+        return report_drill(plan, restores, verifies)
 
     @task(task_id="teardown", **on_host)
     def teardown_task(plan: dict[str, Any]) -> dict[str, Any]:
