@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: venv demo demo-cli test test-fast test-deps bench lint airflow airflow-settings clean
 
 venv: $(STAMP)
-	@$(PY) -m compileall -q include dags plugins >/dev/null
+	@$(PY) -m compileall -q include dags plugins tools >/dev/null
 
 # Bytecode: site-packages is compiled at install (--compile-bytecode) and the project's own modules by `venv` above
 # (it only recompiles what changed). Machines that set PYTHONDONTWRITEBYTECODE (this one does) never write .pyc
@@ -26,16 +26,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 ## demo: the main job through Airflow on the embedded default (local storage, SQLite, no servers)
 demo: venv
-	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local stop --quiet
-	DEMO_AIRFLOW_DB=$(AF_DB) $(PY) -m backups.orchestration.demo
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m tools.airflow_local stop --quiet
+	DEMO_AIRFLOW_DB=$(AF_DB) $(PY) -m tools.demo_airflow
 
 ## demo-remote: the same Airflow demo on the production config (include/backups.yaml: local + cloud S3 + offsite
 ## SFTP, encrypted) against loopback servers it starts and stops itself (moto S3 in-process, OpenSSH sshd)
 .PHONY: demo-remote
 demo-remote: venv
 	@[ -x /usr/sbin/sshd ] || command -v sshd >/dev/null || { echo "demo-remote needs OpenSSH sshd: apt-get install openssh-server"; exit 1; }
-	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local stop --quiet
-	DEMO_AIRFLOW_DB=$(AF_DB) $(PY) -m backups.orchestration.demo --remote --config include/backups.yaml
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m tools.airflow_local stop --quiet
+	DEMO_AIRFLOW_DB=$(AF_DB) $(PY) -m tools.demo_airflow --remote --config include/backups.yaml
 
 ## demo-cli: the same engine demo without Airflow
 demo-cli: venv
@@ -75,7 +75,7 @@ bench: venv
 # else SQLite in $(AF_HOME) (one writer at a time: see README "Airflow UI"). Override: make airflow AF_DB=<url>.
 AF_HOME ?= $(CURDIR)/.demo/airflow
 AF_PORT ?= 8080
-AF_DB = $(or $(_AF_DB),$(eval _AF_DB := $(shell AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local db-url))$(_AF_DB))
+AF_DB = $(or $(_AF_DB),$(eval _AF_DB := $(shell AIRFLOW_HOME=$(AF_HOME) $(PY) -m tools.airflow_local db-url))$(_AF_DB))
 AF_ENV = AIRFLOW_HOME=$(AF_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFLOW__CORE__LOAD_EXAMPLES=False \
   AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins \
   AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) AIRFLOW__CORE__PARALLELISM=4 \
@@ -89,7 +89,7 @@ AF_ENV = AIRFLOW_HOME=$(AF_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFL
 airflow-settings: venv
 	@mkdir -p $(AF_HOME)
 	@echo "airflow db migrate ($(AF_DB))"; $(AF_ENV) airflow db migrate >/dev/null
-	@$(PY) -m backups.orchestration.settings airflow_settings.yaml --import-dir $(AF_HOME)/settings-import
+	@$(PY) -m tools.airflow_settings airflow_settings.yaml --import-dir $(AF_HOME)/settings-import
 	@$(AF_ENV) airflow connections import --overwrite $(AF_HOME)/settings-import/connections.json
 	@$(AF_ENV) airflow variables import $(AF_HOME)/settings-import/variables.json
 	@$(AF_ENV) airflow pools import $(AF_HOME)/settings-import/pools.json
@@ -100,17 +100,18 @@ airflow-settings: venv
 .PHONY: airflow-stop airflow-status
 airflow: venv
 	@mkdir -p $(AF_HOME)
-	@$(AF_ENV) $(PY) -m backups.orchestration.airflow_local start --settings airflow_settings.yaml
+	@$(AF_ENV) $(PY) -m tools.airflow_local start --settings airflow_settings.yaml
 
 ## airflow-stop: stop every process `make airflow` started (the group, and anything else of $(AF_HOME))
 airflow-stop:
-	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m backups.orchestration.airflow_local stop
+	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m tools.airflow_local stop
 
 airflow-status:
-	@AIRFLOW_HOME=$(AF_HOME) AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) $(PY) -m backups.orchestration.airflow_local status
+	@AIRFLOW_HOME=$(AF_HOME) AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AF_PORT) \
+	  $(PY) -m tools.airflow_local status
 
 lint: venv
-	$(VENV)/bin/ruff check dags include tests benchmarks
+	$(VENV)/bin/ruff check dags include tools tests benchmarks
 
 clean:
 	rm -rf .demo .bench .airflow .pytest_cache .ruff_cache

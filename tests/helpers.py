@@ -133,3 +133,38 @@ class LoopbackResolver:
 
     def postgres_dsn(self, conn_id: str) -> str:
         raise AssertionError("not used")
+
+
+def run_backup(cfg, tier: str, **kw):
+    """A backup through the product's one path (``backups.commands.backup.run_backup``, what ``backupctl backup``
+    runs): every step of the tier DAG, with the test restore but without Great Expectations unless ``validate=True``
+    (GX costs seconds per run). Returns ``(Snapshot, Plan)`` read back from the primary storage."""
+    from backups.catalog.manifest import Catalog
+    from backups.commands.backup import run_backup as backup
+    from backups.engine.snapshot import Plan
+    from backups.storage import open_storage
+
+    kw.setdefault("validate", False)
+    kw.setdefault("progress", False)
+    out = backup(cfg, tier, **kw)
+    plan = Plan.from_dict(out["plan"])
+    snap = Catalog(open_storage(cfg, plan.storages[0], kw.get("resolver"), read_only=True), cfg.application).get(out["id"])
+    return snap, plan
+
+
+def commit_unverified(cfg, tier: str, *, logical_date=None, resolver=None):
+    """A snapshot committed on the tier's first storage and never verified — what a backup killed between its commit
+    and its integrity check leaves (or one written by an older version): the engine's plan, extract and commit
+    under the backup lock, nothing after. Returns ``(Snapshot, Plan)``."""
+    from backups.engine import snapshot
+    from backups.repository import Repository
+    from backups.storage import open_storage
+
+    st = open_storage(cfg, cfg.tier(tier).storages[0], resolver)
+    repo = Repository(st, cfg)
+    p = snapshot.plan(cfg, tier, logical_date, storage=st, resolver=resolver, catalog=repo.catalog,
+                      storages=[st.name])
+    with repo.backup_lock(p.snapshot_id) as held:
+        for source in p.sources:
+            snapshot.extract(cfg, p, source, st, resolver=resolver)
+        return snapshot.commit(cfg, p, st, locks=held), p

@@ -136,25 +136,41 @@ def cmd_backup(args: argparse.Namespace) -> int:
     cfg, resolver = _load(args)
     storages = [args.storage] if args.storage else None
     out = run_backup(cfg, args.tier, logical_date=args.logical_date, type_override=args.type, storages=storages,
-                     resolver=resolver, checksum=args.checksum, sources=args.source or None, comment=args.comment or "")
-    d = out.pop("manifest")
+                     resolver=resolver, checksum=args.checksum, sources=args.source or None, comment=args.comment or "",
+                     validate=not args.no_validate)
     if args.json:
-        print(json.dumps(out, indent=1))
+        print(json.dumps(out, indent=1, default=str))
         return 0
     if out["already_committed"]:
-        print(f"{out['id']} was already committed (same tier and logical date); nothing to do")
-        return 0
-    if d.get("promoted_reason"):
-        print(f"warning: {d['requested_type']} promoted to full: {d['promoted_reason']}", file=sys.stderr)
-    for w in d.get("warnings") or []:  # the plan's own (clock skew); the sources' are counted in the table
+        print(f"{out['id']} was already committed (same tier and logical date): not taken again; verified below")
+    if out.get("promoted_reason"):
+        print(f"warning: {out['requested_type']} promoted to full: {out['promoted_reason']}", file=sys.stderr)
+    for w in out.get("warnings") or []:  # the plan's own (clock skew); the sources' are counted in the table
         print(f"warning: {w}", file=sys.stderr)
-    rows = [[n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], mb(r["stored_bytes"]), r["deleted"], len(r["warnings"])]
-            for n, r in sorted(d["sources"].items())]
-    print(f"snapshot {out['id']}  type={d['type']}  parent={d.get('parent') or '-'}  storages={','.join(out['storages'])}  "
-          f"{d['duration_seconds']:.1f}s  stored {mb(d['totals']['stored_bytes'])}")
+    rows = [[n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], mb(r["stored_bytes"]), r["deleted"], r["warnings"]]
+            for n, r in sorted(out["sources"].items())]
+    took = out["durations"].get("snapshot_seconds")
+    print(f"snapshot {out['id']}  type={out['type']}  parent={out.get('parent') or '-'}  storages={','.join(out['storages'])}  "
+          f"{took or 0:.1f}s  stored {mb(out['totals']['stored_bytes'])}")
     print(_table(rows, ["source", "kind", "files", "size", "stored", "stored size", "deleted", "warnings"]))
-    for n in sorted(out.get("pg_load_check") or {}):
-        print(f"test restore: the dump of {n} loaded into a scratch database (dropped again)")
+    checks = out["checks"]
+    for name, i in checks["integrity"].items():
+        print(f"integrity on {name}: {'OK' if i['ok'] else 'FAILED'} ({i['objects_hashed']} object(s), "
+              f"{mb(i['bytes_hashed'])} re-hashed)")
+    rt = checks["restore_test"]
+    print(f"test restore from {rt['storage']}: {rt['files']} file(s) restored, every SHA-256 checked")
+    for name, src in sorted((rt.get("sources") or {}).items()):
+        said = ["the dump loaded into a scratch database (dropped again)"] if src.get("kind") == "postgres" else []
+        v = rt["validation"].get(name)
+        if v is not None:
+            stats = v.get("statistics") or {}
+            said.append(v.get("skipped") or "not validated" if v.get("success") is None else
+                        f"{stats.get('successful_expectations')}/{stats.get('evaluated_expectations')} expectations "
+                        "met (Great Expectations)")
+        if said:
+            print(f"  {name}: " + "; ".join(said))
+    for key in out.get("report") or []:
+        print(f"result document: {key}")
     return 0
 
 
@@ -242,7 +258,8 @@ def _thaw_timeout(text: str) -> float:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    """Restore, re-hash what was written, validate the databases (unless --no-validate) and write
+    """Restore (each file's SHA-256 checked while written), check the restored tree (--reread: re-read and re-hash
+    it), validate the databases (unless --no-validate) and write
     RESTORE_REPORT.md/.json into the target: the steps of :mod:`backups.commands.restore`, as the DAG runs them."""
     from .commands.restore import RestoreRequest, TablePlan, restore_snapshot
 
@@ -250,7 +267,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     req = RestoreRequest(target=os.path.abspath(args.target), snapshot=args.snapshot, tier=args.tier,
                          storage=args.storage, sources=args.source, includes=args.include, tables=args.table,
                          force=args.force, pg_target_name="--pg-target" if args.pg_target else None,
-                         include_dependencies=args.with_dependencies, no_owner=args.no_owner)
+                         include_dependencies=args.with_dependencies, no_owner=args.no_owner, reread=args.reread)
     out = restore_snapshot(cfg, req, resolver, pg_dsn=args.pg_target, validate=not args.no_validate,
                            poll_seconds=args.poll_seconds, thaw_timeout=args.thaw_timeout)
     if args.json:
@@ -259,7 +276,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     r, v = out.restored, out.verified
     print(f"restored {r.snapshot_id} from {r.storage} into {r.target}")
     print(_table([[n, s.kind, s.files, mb(s.bytes), s.verified, v.files.get(n, {}).get("files_checked", "-"), s.path]
-                  for n, s in r.sources.items()], ["source", "kind", "files", "size", "sha256 ok", "re-hashed", "path"]))
+                  for n, s in r.sources.items()], ["source", "kind", "files", "size", "sha256 ok",
+                                                   "re-hashed" if v.reread else "present", "path"]))
+    print(f"files: {v.content}" + ("" if v.reread else "; after the restore: present with their sizes (not re-read; "
+                                                       "--reread re-hashes them)"))
     for n, s in r.sources.items():
         for k, val in (s.extra or {}).items():
             print(f"{n}: {k}: {val}")
@@ -525,7 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"backupctl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("backup", help="take a snapshot of a tier", description="Take a snapshot of a tier's sources.")
+    b = sub.add_parser("backup", help="take a snapshot of a tier", description="Take a snapshot of a tier's sources: the tier DAG's steps in this process — system checks, plan, "
+                       "extraction, commit, a checked copy on every storage, integrity on every storage, a test restore "
+                       "(database dumps loaded, Great Expectations), the result document in reports/, cleanup.")
     b.add_argument("--tier", required=True, help="tier name from the config (daily, weekly, ...)")
     b.add_argument("--type", choices=["full", "differential", "incremental"], help="override the tier's backup type")
     b.add_argument("--storage", help="write to this storage only (default: every storage of the tier)")
@@ -533,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--logical-date", help="ISO date-time the snapshot id derives from (default: now, UTC, to the second)")
     b.add_argument("--checksum", action="store_true", help="detect changed files by re-hashing instead of size/mtime/inode")
     b.add_argument("--comment", help="free text stored in the manifest")
+    b.add_argument("--no-validate", action="store_true",
+                   help="skip Great Expectations in the test restore (the restore, every SHA-256 and the loading of "
+                        "every database dump still run)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=cmd_backup)
 
@@ -553,9 +578,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("restore", help="restore a snapshot into a directory",
                        description="Restore each source to TARGET/<source>/ (files under their paths, the SQLite database "
-                                   "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/'), re-hash "
-                                   "every written file against the snapshot, validate the databases with Great "
-                                   "Expectations and write RESTORE_REPORT.md/.json into TARGET.")
+                                   "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/'), check "
+                                   "every file's SHA-256 against the snapshot on the bytes written, check the restored "
+                                   "tree (every file present with its size; --reread: re-read and re-hashed), validate "
+                                   "the databases with Great Expectations and write RESTORE_REPORT.md/.json into TARGET.")
     r.add_argument("snapshot", help="snapshot id, a unique prefix of one (daily-2026113), or 'latest'")
     r.add_argument("--tier", help="with 'latest': newest of this tier")
     r.add_argument("--target", required=True, help="directory to restore into (must be empty unless --force)")
@@ -578,7 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="archive storages: give up waiting for the thaw after this long (seconds, or 90m, 12h, 2d; "
                         "default 48h), exit 5")
     r.add_argument("--no-validate", action="store_true",
-                   help="skip the Great Expectations suite on restored databases (files are still re-hashed)")
+                   help="skip the Great Expectations suite on restored databases (every file's SHA-256 is still "
+                        "checked while written)")
+    r.add_argument("--reread", action="store_true",
+                   help="after the restore, read every restored file back and re-hash it against the snapshot "
+                        "(for disks you distrust; each file's SHA-256 is always checked on the bytes written, and "
+                        "without --reread the tree is checked with a stat walk: present, type, size, no stray file)")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_restore)
 

@@ -244,8 +244,9 @@ class Monitoring(_Strict):
     min_free_percent: float = Field(default=10.0, ge=0, lt=100)
     #: where status.json, the reports, their history and the alert state live (default: see monitoring.status_dir)
     status_dir: str | None = None
-    #: HTTP connection to Airflow's REST API (host http://host:port, login/password) for schedule verification
-    airflow_api_conn_id: str = "airflow_api"
+    #: deprecated: schedule verification uses the Airflow connection backup_airflow_api, like the run notes; a value
+    #: here names another connection to try first (with a deprecation warning)
+    airflow_api_conn_id: str | None = None
     alerts: Alerts = Field(default_factory=Alerts)
 
     _cron = field_validator("schedule")(classmethod(lambda cls, v: _check_cron(v)))

@@ -1,7 +1,7 @@
 """Browser tests: a real Airflow on loopback, driven through its UI in headless Chromium (Playwright).
 
 One Airflow for the whole session (``airflow_server``, ~45-60 s to start): api-server, scheduler, dag-processor
-and triggerer as one process group (:mod:`backups.orchestration.airflow_local`, the same launcher as ``make airflow``),
+and triggerer as one process group (:mod:`tools.airflow_local`, the same launcher as ``make airflow``),
 on a free loopback port, with a fresh PostgreSQL metadata database ``airflow_browser_<pid>`` (dropped at the end),
 ``AIRFLOW_HOME`` in a temporary directory, the repository's ``dags/`` and ``plugins/``, the simple auth manager
 with user ``admin`` / :data:`PASSWORD`, the ``backup_io`` pool, and the DAGs running the embedded default config
@@ -27,13 +27,12 @@ import os
 import re
 import shutil
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from backups.airflow_api import AirflowApi
 from tests.helpers import ROOT, free_port
 
 CHROMIUM = os.environ.get("BROWSER_CHROMIUM", "/usr/bin/chromium")
@@ -49,7 +48,7 @@ def _missing() -> str | None:
         return "the playwright Python package is not installed (requirements-dev.txt has it: make venv)"
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         return f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; or set BROWSER_CHROMIUM)"
-    from backups.orchestration.airflow_local import pg_reachable
+    from tools.airflow_local import pg_reachable
 
     if not pg_reachable():
         return "no PostgreSQL on 127.0.0.1:5432 for the Airflow metadata database"
@@ -75,34 +74,13 @@ def pytest_runtest_makereport(item, call):
 
 
 # ------------------------------------------------------------------------------------------- REST (setup)
-class Api:
-    """A tiny REST client of the test server (a bearer token from /auth/token) — for setup, not assertions."""
+class Api(AirflowApi):
+    """The REST client of the test server (the library's one client, logged in as :data:`USER`) — for setup, not
+    assertions. Paths may be given with their ``/api/v2`` prefix."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.token = self._call("POST", "/auth/token", {"username": USER, "password": PASSWORD}, auth=False)["access_token"]
-
-    def _call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
-        req = urllib.request.Request(self.url + path, method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        if auth:
-            req.add_header("Authorization", f"Bearer {self.token}")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            raise AssertionError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:2000]!r}") from None
-        return json.loads(raw) if raw else {}
-
-    def get(self, path: str) -> dict:
-        return self._call("GET", path)
-
-    def post(self, path: str, body: dict) -> dict:
-        return self._call("POST", path, body)
-
-    def patch(self, path: str, body: dict) -> dict:
-        return self._call("PATCH", path, body)
+        super().__init__(url, login=USER, password=PASSWORD, timeout=30)
+        self.token()
 
     def wait_run(self, dag_id: str, run_id: str, states=("success", "failed"), timeout: float = 300.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -137,7 +115,7 @@ def _wait_dags_parsed(api: Api, dag_ids: set[str], timeout: float = 120.0) -> No
 @pytest.fixture(scope="package")
 def airflow_server(tmp_path_factory) -> AirflowServer:
     from backups.demo import fmr
-    from backups.orchestration import airflow_local as local
+    from tools import airflow_local as local
 
     base = tmp_path_factory.mktemp("browser-airflow")
     fmr_home, backup_root, home = base / "fmr", base / "backups", base / "airflow"
@@ -157,8 +135,8 @@ def airflow_server(tmp_path_factory) -> AirflowServer:
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
         BACKUP_CONFIG=str(CONFIG), FMR_HOME=str(fmr_home), BACKUP_ROOT=str(backup_root),
-        # the DAGs set their run notes through the REST API with this connection (backups.orchestration.run_notes)
-        AIRFLOW_CONN_BACKUP_AIRFLOW_API=local.note_connection(f"http://127.0.0.1:{port}", USER, PASSWORD),
+        # the one REST API connection: run notes (backups.orchestration.run_notes) and the schedule check
+        AIRFLOW_CONN_BACKUP_AIRFLOW_API=local.api_connection_json(f"http://127.0.0.1:{port}", USER, PASSWORD),
     )
     af = None
     try:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from backups.airflow_api import AirflowApiError
+
 pytestmark = pytest.mark.timeout(900)
 
 RED, RED_BG, GREEN = "rgb(198, 40, 40)", "rgb(253, 236, 234)", "rgb(46, 125, 50)"
@@ -51,10 +53,12 @@ def stale_status(airflow_server):
     body = {"key": "backup_monitoring_status", "value": json.dumps(_status())}
     try:
         api.post("/api/v2/variables", body)
-    except AssertionError:  # it exists (an earlier test): replace it
+    except AirflowApiError as exc:  # 409: it exists (an earlier test): replace it
+        if exc.status != 409:
+            raise
         api.patch("/api/v2/variables/backup_monitoring_status", body)
     yield
-    api._call("DELETE", "/api/v2/variables/backup_monitoring_status")
+    api.delete("/api/v2/variables/backup_monitoring_status")
 
 
 def test_backups_page_from_the_navigation_shows_the_stale_tier_red(airflow_server, page, shot, stale_status):

@@ -45,19 +45,46 @@ def xcom(dr, task_id: str, map_index: int = -1):
     return ti.xcom_pull(task_ids=task_id, map_indexes=map_index)
 
 
+def _comparable(doc: dict) -> dict:
+    """A result document without what differs between two runs of the same data: timings, the run's ids, where
+    the repository lives, and the stored sizes (zstd frames hold timestamps of the manifests' neighbours)."""
+    doc = json.loads(json.dumps(doc))
+    for key in ("durations", "report", "requested_by", "approval", "id", "already_committed", "system_state", "plan",
+                "steps", "seconds"):
+        doc.pop(key, None)
+    doc["totals"].pop("stored_bytes")  # zstd of archives holding mtimes of the run's own scratch: a few bytes apart
+    for src in doc["sources"].values():
+        src.pop("extract_seconds", None)
+        src.pop("stored_bytes")
+    doc["checks"]["restore_test"]["validation"] = {
+        n: {k: v for k, v in r.items() if k != "seconds"} for n, r in doc["checks"]["restore_test"]["validation"].items()}
+    doc["checks"]["validation"] = doc["checks"]["restore_test"]["validation"]
+    for i in doc["checks"]["integrity"].values():
+        i.pop("bytes_hashed", None)
+    return doc
+
+
 def test_backup_and_verify_through_both_doors_agree(airflow_db, doors, capsys):
+    """`backupctl backup` runs the tier DAG's steps: the same result document (ids and timings aside), field by
+    field — integrity on every storage, the test restore with Great Expectations, the report in reports/."""
+    from backups.commands.backup import BACKUP
+
     code, by_cli = cli(capsys, doors, "backup", "--tier", "weekly", "--logical-date", WEEKLY.isoformat())
     assert code == 0
     dr = load_dags().dags["backup_weekly"].test(logical_date=WEEKLY)
     assert dr.state == "success", task_states(dr)
     summary = xcom(dr, "post_backup.notify_completion")
 
-    # the same snapshot: id, type, chain, what each source holds
     assert by_cli["id"] == summary["snapshot_id"] == "weekly-20260104T010000Z"
-    assert (by_cli["type"], by_cli["parent"], by_cli["storages"]) == (summary["type"], summary["parent"],
-                                                                        summary["storages"])
-    assert by_cli["files"] == summary["totals"]["files"] and by_cli["sources"] == sorted(summary["sources"])
-    # the same pre-checks ran through both doors (the CLI used to skip them)
+    assert _comparable(by_cli) == _comparable(summary)
+    # the CLI ran every step the DAG has, in the declared order, and each succeeded
+    assert list(by_cli["steps"]) == [s.name for s in BACKUP.steps]
+    assert set(by_cli["steps"].values()) == {"success"}, by_cli["steps"]
+    assert by_cli["checks"]["restore_test"]["validation"]["app_db"]["success"] is True
+    # both stored the result document next to the snapshot
+    for door in ("cli", "dag"):
+        assert (doors["tmp"] / door / "local" / "reports" / "weekly" / "weekly-20260104T010000Z.json").is_file()
+    # the same pre-checks ran through both doors
     state = xcom(dr, "pre_backup.check_system_state")
     assert set(by_cli["system_state"]) == set(state) and set(by_cli["system_state"]["estimates"]) == set(state["estimates"])
     assert by_cli["system_state"]["estimated_bytes"] == state["estimated_bytes"] > 0
@@ -70,9 +97,31 @@ def test_backup_and_verify_through_both_doors_agree(airflow_db, doors, capsys):
     assert report["snapshots"] == [integrity["snapshot_id"]] and report["objects"] == integrity["objects_hashed"]
 
 
+def test_the_backup_dags_are_the_declared_procedure():
+    """The tier DAGs' tasks are the steps of commands.backup.BACKUP — same ids, order of groups, fan-out as mapped
+    tasks, the cleanup step as the teardown — and backup_manual adds only its approval gate."""
+    from backups.commands.backup import BACKUP
+
+    dags = load_dags().dags
+    for dag_id in ("backup_daily", "backup_weekly", "backup_monthly", "backup_manual"):
+        dag = dags[dag_id]
+        ids = [t for t in dag.task_ids if t != "approve_backup"]
+        assert sorted(ids) == sorted(BACKUP.task_ids), dag_id
+        for step in BACKUP.steps:
+            task = dag.get_task(step.task_id)
+            assert ("Mapped" in type(task).__name__) == bool(step.fan_out), step.task_id
+            assert task.is_teardown == (step.kind == "cleanup"), step.task_id
+        # each step runs after the one declared before it (directly or through its group)
+        for before, after in zip(BACKUP.steps, BACKUP.steps[1:], strict=False):
+            if after.kind != "cleanup" and before.group != after.group:
+                assert before.task_id in dag.get_task(after.task_id).get_flat_relative_ids(upstream=True), \
+                    (dag_id, before.task_id, after.task_id)
+    assert "approve_backup" in dags["backup_manual"].task_ids
+
+
 def test_prune_through_both_doors_agrees(airflow_db, doors, capsys):
     from backups.commands.base import config_and_resolver
-    from backups.engine.snapshot import run_backup
+    from tests.helpers import run_backup
 
     for door in ("cli", "dag"):
         cfg, _ = config_and_resolver(str(doors["config"][door]))

@@ -43,6 +43,10 @@ COMMON_EDGES = {
     ("verify.test_restore", "post_backup.notify_completion"),
     ("backup.commit", "post_backup.notify_completion"),
     ("pre_backup.prepare_environment", "post_backup.notify_completion"),
+    ("backup.extract_data", "post_backup.notify_completion"),  # the summary reads every step's result
+    ("backup.extract_config", "post_backup.notify_completion"),
+    ("backup.upload", "post_backup.notify_completion"),
+    ("pre_backup.prepare_environment", "post_backup.cleanup"),  # the teardown reads the plan
     # the teardown waits for every task that uses scratch space
     ("backup.extract_data", "post_backup.cleanup"),
     ("backup.extract_config", "post_backup.cleanup"),

@@ -23,7 +23,7 @@ def task_log_files(tmp_path, monkeypatch):
     """The demo's handler on the root logger for one test (levels restored afterwards)."""
     from airflow.configuration import conf
 
-    from backups.orchestration.demo import _TaskLogFiles
+    from tools.demo_airflow import _TaskLogFiles
 
     monkeypatch.setenv("BACKUP_ROOT", str(tmp_path / "backups"))
     monkeypatch.setenv("BACKUP_CONFIG", str(ROOT / "include" / "backups.local.yaml"))
@@ -46,7 +46,7 @@ def test_demo_runs_have_readable_task_logs_and_their_real_start(airflow_db, task
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    from backups.orchestration.demo import _real_start
+    from tools.demo_airflow import _real_start
 
     dag = load_dags().dags["backup_retention"]
     started = datetime.now(UTC)

@@ -65,3 +65,55 @@ def test_pool_and_connections_missing_then_present(airflow_db, s3_config, monkey
     assert checks["airflow pool backup_io"]["status"] == OK
     assert checks["smtp smtp_default"]["status"] == FAIL and not result.ok
     assert checks["storage cloud"]["status"] == FAIL and checks["storage local"]["status"] == OK
+
+
+def test_one_api_connection_with_the_deprecated_fallbacks(airflow_db, s3_config, monkeypatch, caplog):
+    """Run notes and the schedule check share ``backup_airflow_api``; the schedule check's former ``airflow_api``
+    (and the config key ``monitoring.airflow_api_conn_id``) still work, with a deprecation warning, and doctor says
+    which one is used and how to move."""
+    from backups.commands.doctor import FAIL, OK, WARN
+    from backups.config import load_config
+    from backups.orchestration.api_connection import api_client
+    from backups.orchestration.doctor import AirflowDoctor
+
+    for var in ("AIRFLOW_CONN_BACKUP_AIRFLOW_API", "AIRFLOW_CONN_AIRFLOW_API", "AIRFLOW_CONN_MY_API"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = load_config()
+    check = lambda c: AirflowDoctor().api_connection(c)  # noqa: E731
+
+    assert api_client() == (None, "backup_airflow_api")
+    assert check(cfg).status == WARN and "schedules-unverified" in check(cfg).detail
+
+    legacy = {"conn_type": "http", "host": "airflow-api:8080/", "login": "monitor", "password": "pw"}
+    monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps(legacy))
+    with pytest.warns(DeprecationWarning, match="'airflow_api' is deprecated: rename it to 'backup_airflow_api'"):
+        api, conn_id = api_client()
+    assert (conn_id, api.base, api.login) == ("airflow_api", "http://airflow-api:8080", "monitor")
+    assert "rename it to 'backup_airflow_api'" in caplog.text  # in the task log too
+    c = check(cfg)
+    assert c.status == WARN and "'airflow_api' (http://airflow-api:8080) is used instead" in c.detail
+    assert c.fix == "rename the connection 'airflow_api' to 'backup_airflow_api'"
+
+    monkeypatch.setenv("AIRFLOW_CONN_BACKUP_AIRFLOW_API", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": 8080, "schema": "https", "login": "ops", "password": "pw"}))
+    caplog.clear()
+    api, conn_id = api_client()  # both defined: the one id, no warning
+    assert (conn_id, api.base, api.login) == ("backup_airflow_api", "https://127.0.0.1:8080", "ops")
+    assert "deprecated" not in caplog.text
+    assert check(cfg).status == OK and "https://127.0.0.1:8080" in check(cfg).detail
+
+    # an explicit monitoring.airflow_api_conn_id is tried first, deprecated
+    monkeypatch.setenv("AIRFLOW_CONN_MY_API", json.dumps({"conn_type": "http", "host": "http://other:9090"}))
+    configured = cfg.model_copy(update={"monitoring": cfg.monitoring.model_copy(update={"airflow_api_conn_id": "my_api"})})
+    with pytest.warns(DeprecationWarning, match="monitoring.airflow_api_conn_id .* is deprecated"):
+        api, conn_id = api_client("my_api")
+    assert (conn_id, api.base) == ("my_api", "http://other:9090")
+    c = check(configured)
+    assert c.status == WARN and "remove monitoring.airflow_api_conn_id" in c.fix
+
+    # a connection whose host and port disagree: doctor fails it, the client refuses it naming the connection
+    monkeypatch.setenv("AIRFLOW_CONN_BACKUP_AIRFLOW_API", json.dumps(
+        {"conn_type": "http", "host": "http://airflow-api:8080", "port": 9090}))
+    with pytest.raises(ValueError, match="Airflow connection 'backup_airflow_api': .*port 8080 .* says 9090"):
+        api_client()
+    assert check(cfg).status == FAIL and "says 9090" in check(cfg).detail

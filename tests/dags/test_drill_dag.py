@@ -13,9 +13,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from backups.config import load_config
-from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, task_states
-from tests.helpers import ROOT, use_shipped_local_config
+from tests.helpers import ROOT, run_backup, use_shipped_local_config
 
 pytestmark = pytest.mark.airflow
 

@@ -57,12 +57,13 @@ def webhook(monkeypatch):
 @pytest.fixture
 def api_server(approver, monkeypatch):
     """Airflow's REST API (the core app) on a loopback port, logged in as the approver fixture's user."""
-    from backups.monitoring.schedules import AirflowApi
+    from backups.airflow_api import AirflowApi
 
     with serve_core_api() as (url, port):
-        monkeypatch.setenv("AIRFLOW_CONN_AIRFLOW_API", json.dumps({
+        # the one API connection (the run notes use it too), given as host + port as the Connections form allows
+        monkeypatch.setenv("AIRFLOW_CONN_BACKUP_AIRFLOW_API", json.dumps({
             "conn_type": "http", "host": "127.0.0.1", "port": port, "login": USER, "password": PASSWORD}))
-        yield AirflowApi(url, USER, PASSWORD)
+        yield AirflowApi(url, login=USER, password=PASSWORD)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -181,7 +182,7 @@ def test_schedule_verification_catches_a_paused_tier_dag(airflow_db, setup, api_
     dag = load_dags().dags["backup_monitoring"]
     monitor(dag)  # parses and serialises the DAG folder, so the tier DAGs exist in the metadata DB
     for dag_id in ("backup_daily", "backup_weekly", "backup_monthly", "backup_manual"):
-        api_server._request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": dag_id == "backup_daily"})
+        api_server.patch(f"/dags/{dag_id}", {"is_paused": dag_id == "backup_daily"})
     monitor(dag)
     keys = {p["key"]: p for p in status_doc(setup)["problems"]}
     assert "dag-paused:backup_daily" in keys and keys["dag-paused:backup_daily"]["severity"] == "critical"

@@ -21,9 +21,8 @@ import pytest
 
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, task_states
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_backup
 
 pytestmark = pytest.mark.airflow
 

@@ -13,9 +13,8 @@ from backups.cli import main
 from backups.commands.restore import RUN_SPECIFIC
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, task_states
-from tests.helpers import ROOT, app_tree, db_rows
+from tests.helpers import ROOT, app_tree, db_rows, run_backup
 
 pytestmark = pytest.mark.airflow
 

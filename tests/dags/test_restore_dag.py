@@ -22,10 +22,10 @@ from collections import Counter
 
 import pytest
 
+from backups.commands import restore as rc
 from backups.config import load_config
-from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, task_states
-from tests.helpers import app_tree, db_rows, use_shipped_local_config
+from tests.helpers import app_tree, db_rows, run_backup, use_shipped_local_config
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401  (session fixture: moto's S3 server)
 
 pytestmark = pytest.mark.airflow
@@ -79,8 +79,10 @@ def test_restore_dag_parses_with_conventions_graph_and_form():
     assert isinstance(sensor, WaitForArchiveSensor) and sensor.deferrable and sensor.trigger_rule == "none_failed"
     p = dag.params
     assert set(p) == {"snapshot", "tier", "storage", "target", "sources", "include", "tables", "pg_target_conn_id",
-                      "force", "require_approval", "include_dependencies", "no_owner"}
+                      "force", "require_approval", "include_dependencies", "no_owner", "reread"}
     assert p["no_owner"] is False and p.get_param("no_owner").schema["type"] == ["null", "boolean"]
+    assert p["reread"] is False and p.get_param("reread").schema["type"] == ["null", "boolean"]
+    assert p.get_param("reread").schema["section"] == "Advanced"
     assert (p["snapshot"], p["storage"], p["force"], p["require_approval"], p["sources"]) == ("latest", None, False, True, None)
     assert p.get_param("storage").schema["enum"] == [None, "local"]
     assert "manual" in p.get_param("tier").schema["enum"]
@@ -118,6 +120,9 @@ def test_restore_latest_equals_source_verified_and_reported(airflow_db, app, mon
     verified = _xcom(dr, "verify_restored")
     assert verified["ok"] and verified["files"]["app_files"]["files_checked"] == verified["files"]["app_files"]["files_expected"] > 10
     assert verified["validation"]["app_db"]["success"] is True
+    # the default: SHA-256 checked while written, the tree then checked with a stat walk (nothing re-read)
+    assert verified["reread"] is False and verified["files"]["app_files"]["files_rehashed"] == 0
+    assert verified["files"]["app_files"]["check"] == "stat"
 
     doc = json.loads((target / "RESTORE_REPORT.json").read_text())
     assert doc["snapshot"]["snapshot_id"] == WEEKLY and doc["status"] == "success"
@@ -131,7 +136,7 @@ def test_restore_latest_equals_source_verified_and_reported(airflow_db, app, mon
 def test_partial_restore_one_glob_and_one_table(airflow_db, app):
     target = app["tmp"] / "partial"
     conf = {"target": str(target), "snapshot": WEEKLY, "storage": "local", "sources": ["app_files", "app_db"],
-            "include": ["config/**"], "tables": ["robots"], "require_approval": False}
+            "include": ["config/**"], "tables": ["robots"], "require_approval": False, "reread": True}
     dr = _dag().test(run_conf=conf)
     assert dr.state == "success", task_states(dr)
     want = {k: v for k, v in app_tree(app["home"]).items() if k.split(os.sep)[0] == "config"}
@@ -142,6 +147,12 @@ def test_partial_restore_one_glob_and_one_table(airflow_db, app):
     verified = _xcom(dr, "verify_restored")
     assert verified["files"]["app_files"]["files_checked"] == len([v for v in want.values() if v[0] == "f"])
     assert verified["validation"]["app_db"]["success"] is True
+    # the form's reread reached the verification task: every restored file read back and re-hashed, and said so
+    assert verified["reread"] is True and verified["files"]["app_files"]["check"] == "reread"
+    assert verified["files"]["app_files"]["files_rehashed"] == verified["files"]["app_files"]["files_checked"] > 0
+    doc = json.loads((target / "RESTORE_REPORT.json").read_text())
+    assert doc["params"]["reread"] is True and doc["verification"]["content"] == rc.REREAD
+    assert "re-read and re-hashed" in (target / "RESTORE_REPORT.md").read_text()
 
 
 @pytest.mark.timeout(240)
@@ -234,6 +245,9 @@ def test_request_from_the_form_is_checked(app):
     assert req.no_owner is False
     assert rd.request_from_params(cfg, {"target": str(app["tmp"] / "r"), "no_owner": True}).no_owner is True
     assert rd.request_from_params(cfg, {"target": str(app["tmp"] / "r"), "no_owner": None}).no_owner is False
+    assert req.reread is False
+    assert rd.request_from_params(cfg, {"target": str(app["tmp"] / "r"), "reread": True}).reread is True
+    assert rd.request_from_params(cfg, {"target": str(app["tmp"] / "r"), "reread": None}).reread is False
 
 
 # ------------------------------------------------------------------------------------------------ archive

@@ -10,10 +10,9 @@ import pytest
 from backups.catalog import Catalog
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from backups.storage import open_storage
 from tests.dags.common import load_dags, run_note
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_backup
 
 pytestmark = pytest.mark.airflow
 

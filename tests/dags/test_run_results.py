@@ -20,9 +20,8 @@ import pytest
 
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from tests.dags.common import load_dags, run_note, task_states
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, run_backup
 
 pytestmark = pytest.mark.airflow
 
@@ -144,7 +143,7 @@ def test_restore_note_through_the_rest_api_with_a_connection(airflow_db, app, ap
     monkeypatch.setenv("AIRFLOW_CONN_BACKUP_AIRFLOW_API", json.dumps({"conn_type": "http", "host": api_server["url"]}))
     how = run_notes.set_run_note(dr.dag_id, dr.run_id, "**replaced?**")
     assert how.startswith("skipped: the Airflow REST API (connection backup_airflow_api) refused or failed: "
-                          "RuntimeError: GET (no login in the connection)") and "HTTP 403" in how, how
+                          "AirflowApiError: no login in the connection") and "/auth/token: HTTP 403" in how, how
     with create_session() as s:
         assert s.scalar(select(DagRun).where(DagRun.run_id == dr.run_id, DagRun.dag_id == dr.dag_id)).note == content
 
@@ -157,7 +156,8 @@ def test_a_note_that_cannot_be_set_is_a_warning(airflow_db, monkeypatch, caplog)
         "conn_type": "http", "host": f"http://127.0.0.1:{port}", "login": "x", "password": "y"}))
     with caplog.at_level(logging.WARNING, logger="backups.orchestration.run_notes"):
         how = run_notes.set_run_note("backup_daily", "no-such-run", "**hello**")
-    assert how.startswith("skipped: the Airflow REST API (connection backup_airflow_api) refused or failed: ConnectError")
+    assert how.startswith("skipped: the Airflow REST API (connection backup_airflow_api) refused or failed: "
+                          f"AirflowApiError: POST http://127.0.0.1:{port}/auth/token: ") and "refused" in how, how
     assert "Fix: define the Airflow connection backup_airflow_api" in caplog.text
     monkeypatch.delenv("AIRFLOW_CONN_BACKUP_AIRFLOW_API")
     how = run_notes.set_run_note("backup_daily", "no-such-run", "**hello**")  # ORM path, but no such run

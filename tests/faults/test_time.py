@@ -41,12 +41,12 @@ def app(tmp_path):
 def test_a_host_whose_clock_is_an_hour_behind_builds_on_the_newest_data(app, tmp_path):
     """Before: the daily got an id older than the weekly, was promoted to full without a word, and `restore
     latest` returned the weekly's (older) data."""
-    p = ctl(app, "backup", "--tier", "weekly", "--json")
+    p = ctl(app, "backup", "--no-validate", "--tier", "weekly", "--json")
     assert p.returncode == 0, p.stderr
     weekly = json.loads(p.stdout)["id"]
     changed = app["home"] / "config" / "app.yaml"
     changed.write_text("changed after the weekly\n")
-    p = ctl(app, "backup", "--tier", "daily", "--json", clock="-1h")
+    p = ctl(app, "backup", "--no-validate", "--tier", "daily", "--json", clock="-1h")
     assert p.returncode == 0, p.stderr
     daily = json.loads(p.stdout)
     assert daily["id"] < weekly.replace("weekly", "daily")  # its id is an hour older ...
@@ -63,14 +63,14 @@ def test_a_host_whose_clock_is_an_hour_behind_builds_on_the_newest_data(app, tmp
 
 
 def test_the_text_output_of_a_skewed_backup_warns(app):
-    assert ctl(app, "backup", "--tier", "weekly").returncode == 0
-    p = ctl(app, "backup", "--tier", "daily", clock="-1h")
+    assert ctl(app, "backup", "--no-validate", "--tier", "weekly").returncode == 0
+    p = ctl(app, "backup", "--no-validate", "--tier", "daily", clock="-1h")
     assert p.returncode == 0, p.stderr
     assert "warning: logical date" in p.stderr and "clock of this host may be behind" in p.stderr
 
 
 def test_a_logical_date_in_the_future_is_refused_naming_it_and_now(app):
-    p = ctl(app, "backup", "--tier", "daily", "--logical-date", "2062-01-03T02:00:00Z")
+    p = ctl(app, "backup", "--no-validate", "--tier", "daily", "--logical-date", "2062-01-03T02:00:00Z")
     assert p.returncode == 2, p.stderr
     assert "2062-01-03T02:00:00+00:00" in p.stderr and f"now {datetime.now(UTC):%Y-%m-%d}" in p.stderr
     assert "fix:" in p.stderr and "Traceback" not in p.stderr
@@ -84,12 +84,12 @@ def test_a_snapshot_from_a_clock_in_the_future_never_makes_prune_forget_the_real
     today = datetime.now(UTC).replace(microsecond=0)
     real = [today - timedelta(days=2), today - timedelta(days=1)]
     for when in real:
-        assert ctl(app, "backup", "--tier", "daily", "--logical-date", when.isoformat()).returncode == 0
-    p = ctl(app, "backup", "--tier", "daily", "--json", clock="@2062-01-03 02:00:00")  # a clock that ran ahead
+        assert ctl(app, "backup", "--no-validate", "--tier", "daily", "--logical-date", when.isoformat()).returncode == 0
+    p = ctl(app, "backup", "--no-validate", "--tier", "daily", "--json", clock="@2062-01-03 02:00:00")  # a clock that ran ahead
     assert p.returncode == 0, p.stderr
     typo = json.loads(p.stdout)["id"]
     assert typo.startswith("daily-20620103T0200")
-    assert ctl(app, "backup", "--tier", "daily").returncode == 0  # taken after it, on the true clock
+    assert ctl(app, "backup", "--no-validate", "--tier", "daily").returncode == 0  # taken after it, on the true clock
     before = {s["id"] for s in json.loads(ctl(app, "list", "--json").stdout)["snapshots"]}
     assert len(before) == 4 and typo in before
     p = ctl(app, "prune", "--json")
@@ -105,10 +105,10 @@ def test_a_snapshot_from_a_clock_in_the_future_never_makes_prune_forget_the_real
 def test_a_snapshot_from_a_clock_in_the_future_never_makes_a_stale_tier_look_fresh(app):
     """Before: status took the newest snapshot by logical date and its age from its (2062) commit time, so a tier
     whose real backups had stopped showed fresh for 36 years."""
-    p = ctl(app, "backup", "--tier", "daily", "--json", clock="-4d")  # the last real backup, four days ago
+    p = ctl(app, "backup", "--no-validate", "--tier", "daily", "--json", clock="-4d")  # the last real backup, four days ago
     assert p.returncode == 0, p.stderr
     real = json.loads(p.stdout)["id"]
-    p = ctl(app, "backup", "--tier", "daily", "--json", clock="@2062-01-03 02:00:00")
+    p = ctl(app, "backup", "--no-validate", "--tier", "daily", "--json", clock="@2062-01-03 02:00:00")
     assert p.returncode == 0, p.stderr
     typo = json.loads(p.stdout)["id"]
     p = ctl(app, "status", "--json")
@@ -125,7 +125,7 @@ def test_a_snapshot_from_a_clock_in_the_future_never_makes_a_stale_tier_look_fre
 @pytest.mark.parametrize("date", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
 def test_a_logical_date_with_no_utc_equivalent_is_refused_without_a_traceback(app, date):
     """Before: an OverflowError traceback (exit 1)."""
-    p = ctl(app, "backup", "--tier", "weekly", "--logical-date", date)
+    p = ctl(app, "backup", "--no-validate", "--tier", "weekly", "--logical-date", date)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert date in p.stderr and "out of range" in p.stderr and "fix:" in p.stderr
     assert not list((app["root"]).rglob("*.json"))  # nothing written
@@ -134,7 +134,7 @@ def test_a_logical_date_with_no_utc_equivalent_is_refused_without_a_traceback(ap
 def test_a_backfill_before_year_1000_is_a_usable_snapshot_not_a_corrupt_manifest(app, tmp_path):
     """Before: the id was ``weekly-9990601T000000Z`` (``%Y`` is not zero-padded), which the catalog refuses: the
     backup committed a manifest, then failed reading it back (exit 7), and the storage had a CORRUPT snapshot."""
-    p = ctl(app, "backup", "--tier", "weekly", "--logical-date", "0999-06-01T00:00:00Z", "--json")
+    p = ctl(app, "backup", "--no-validate", "--tier", "weekly", "--logical-date", "0999-06-01T00:00:00Z", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["id"] == "weekly-09990601T000000Z"
     listed = json.loads(ctl(app, "list", "--json").stdout)
@@ -148,7 +148,7 @@ def test_a_verification_dated_in_the_future_never_counts_as_recent(app):
     """A ``verify --all --read-data`` on a host whose clock was 300 days ahead. Before: its record kept every tier
     "verified" (and the storage's read-data verification recent) until that date had passed plus the window — 100
     days later, with no verification since, the weekly still showed verification OK and no verify-overdue."""
-    assert ctl(app, "backup", "--tier", "weekly").returncode == 0
+    assert ctl(app, "backup", "--no-validate", "--tier", "weekly").returncode == 0
     p = ctl(app, "verify", "--all", "--read-data", clock="+300d")
     assert p.returncode == 0, p.stderr
     p = ctl(app, "status", "--json", clock="+100d")

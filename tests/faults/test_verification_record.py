@@ -23,6 +23,7 @@ import pytest
 from backups.commands.backup import run_backup
 from backups.commands.status import status
 from backups.commands.verify import verify
+from backups.errors import IntegrityError
 from backups.monitoring import status_dir
 from tests.helpers import make_app, subprocess_env
 
@@ -163,7 +164,9 @@ def test_a_record_deleted_and_restarted_by_the_next_backup_keeps_the_open_failur
     _remember(cfg)
     for gen in (failed["repo"] / "verification" / "fmr-test").glob("*.json"):
         gen.unlink()
-    run_backup(cfg, "daily", logical_date=_ago(1))
+    with pytest.raises(IntegrityError) as info:  # its chain holds the damaged weekly: its test restore fails
+        run_backup(cfg, "daily", logical_date=_ago(1))
+    assert "test restore of daily-" in info.value.message and "--type full" in info.value.hint
     keys = _keys(cfg)
     assert "verify-failed:local" in keys and failed["ids"]["weekly"] in keys["verify-failed:local"]["summary"], keys
     doc = status(cfg).status

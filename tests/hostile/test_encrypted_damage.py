@@ -40,7 +40,7 @@ def pristine(tmp_path_factory):
     try:
         for tier, when in [("weekly", "2026-05-03T01:00:00Z"), ("daily", "2026-05-04T02:00:00Z"),
                            ("weekly", "2026-05-10T01:00:00Z")]:
-            rc, _, err = _cli(cfg, "backup", "--tier", tier, "--logical-date", when)
+            rc, _, err = _cli(cfg, "backup", "--no-validate", "--tier", tier, "--logical-date", when)
             assert rc == 0, err
     finally:
         del os.environ["HOSTILE_KEY"]
@@ -186,7 +186,7 @@ def test_backups_go_on_over_a_damaged_encrypted_manifest(repo, tmp_path):
     Now the next backup runs (its parent is an intact snapshot) and restores."""
     cfg, root = repo
     _damage(root, f"snapshots/{W2}.json", "flip")
-    rc, out, err = _cli(cfg, "backup", "--tier", "daily", "--logical-date", "2026-05-11T02:00:00Z", "--json")
+    rc, out, err = _cli(cfg, "backup", "--no-validate", "--tier", "daily", "--logical-date", "2026-05-11T02:00:00Z", "--json")
     assert rc == 0, err
     rc, out, err = _cli(cfg, "list", "--json")
     doc = json.loads(out)
@@ -203,7 +203,7 @@ def test_a_damaged_encrypted_lock_blocks_like_an_unreadable_one_and_unlock_remov
     itself) fail with a decryption error; now it is the same unknown lock."""
     cfg, root = repo
     cfg.write_text(cfg.read_text() + "locks: {wait_seconds: 1}\n")
-    rc, _, err = _cli(cfg, "backup", "--tier", "daily", "--logical-date", "2026-05-11T02:00:00Z")
+    rc, _, err = _cli(cfg, "backup", "--no-validate", "--tier", "daily", "--logical-date", "2026-05-11T02:00:00Z")
     assert rc == 0, err
     from backups.config import load_config
     from backups.storage import open_storage

@@ -21,8 +21,8 @@ import pytest
 import zstandard
 
 from backups.catalog.manifest import seal
-from backups.engine.snapshot import run_backup
 from backups.errors import RefusedError
+from tests.helpers import run_backup
 from tests.property.tools import SOURCE, backupctl, engine_restore, files_config, fingerprint
 
 FULL = "full-20260104T010000Z"

@@ -16,9 +16,8 @@ import pytest
 
 from backups.cli import main
 from backups.config import load_config
-from backups.engine.snapshot import run_backup
 from backups.storage.s3 import S3Storage
-from tests.helpers import LoopbackResolver, make_app
+from tests.helpers import LoopbackResolver, make_app, run_backup
 from tests.unit.storage.test_s3 import BUCKET, s3_endpoint  # noqa: F401 - fixture
 
 WEEKLY = "weekly-20260104T010000Z"

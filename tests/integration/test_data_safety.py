@@ -17,9 +17,10 @@ import pytest
 from backups.catalog import Catalog
 from backups.cli import main
 from backups.config import load_config
-from backups.engine.snapshot import OWNER_FILE, clean_staging, run_backup
+from backups.engine.snapshot import OWNER_FILE, clean_staging
 from backups.errors import StorageError
 from backups.storage import LocalStorage
+from tests.helpers import run_backup
 
 from ..helpers import write_config
 
@@ -58,12 +59,12 @@ def test_problem3_two_runs_of_one_id_never_corrupt_it(app):
     cfg_path = _with_locks(app, "locks: {wait_seconds: 120}\n")
     # a source that takes 2 s keeps the first run extracting while the second starts (as a big database would)
     cfg_path.write_text(cfg_path.read_text().replace('["echo", "fmr-state"]', '["sh", "-c", "sleep 2; echo fmr-state"]'))
-    first = _spawn(cfg_path, "backup", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
+    first = _spawn(cfg_path, "backup", "--no-validate", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
     time.sleep(0.6)
     (app["home"] / "config" / "settings.yaml").write_text("rewritten: true\n")
     with open(app["home"] / "uploads" / "huge.bin", "r+b") as fh:
         fh.write(os.urandom(1 << 20))
-    second = _spawn(cfg_path, "backup", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
+    second = _spawn(cfg_path, "backup", "--no-validate", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
     for proc in (first, second):
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err.decode()
@@ -84,7 +85,7 @@ def test_problem1_prune_waits_for_a_running_incremental_and_keeps_its_parent(app
     run_backup(cfg, "weekly", logical_date="2026-03-01T01:00:00Z")
     run_backup(cfg, "weekly", logical_date="2026-03-08T01:00:00Z")
     cfg_path.write_text(cfg_path.read_text().replace('["echo", "fmr-state"]', '["sh", "-c", "sleep 2; echo fmr-state"]'))
-    inc = _spawn(cfg_path, "backup", "--tier", "daily", "--logical-date", "2026-03-09T02:00:00Z")
+    inc = _spawn(cfg_path, "backup", "--no-validate", "--tier", "daily", "--logical-date", "2026-03-09T02:00:00Z")
     data = app["root"] / "local" / "data" / "daily-20260309T020000Z"
     deadline = time.time() + 30
     while time.time() < deadline and not data.exists():
@@ -108,7 +109,7 @@ def test_problem1_prune_waits_for_a_running_incremental_and_keeps_its_parent(app
 def test_problem1_prune_that_cannot_wait_fails_with_exit_9_naming_the_holder(app):
     cfg_path = _with_locks(app, "locks: {wait_seconds: 0}\n")
     _big(app)
-    proc = _spawn(cfg_path, "backup", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
+    proc = _spawn(cfg_path, "backup", "--no-validate", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
     locks = app["root"] / "local" / "locks"
     deadline = time.time() + 30
     while time.time() < deadline and not (locks.exists() and any(locks.iterdir())):
@@ -164,7 +165,7 @@ def test_problem5_full_disk_is_exit_5_with_free_space_and_nothing_half_written(a
     try:
         _big(app, 8)
         cfg_path = write_config(app["tmp"] / "full.yaml", app["home"], mnt)
-        rc, _, err = _cli("--config", str(cfg_path), "backup", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
+        rc, _, err = _cli("--config", str(cfg_path), "backup", "--no-validate", "--tier", "weekly", "--logical-date", "2026-03-01T01:00:00Z")
         assert rc == 5, err
         # the system-state pre-check (the DAG's, now also backupctl's) refuses before anything is written
         assert "storage local (local): only" in err and "MB free" in err and "Traceback" not in err
@@ -181,7 +182,7 @@ def test_problem5_full_staging_disk_is_exit_5_naming_the_staging_folder(app, mon
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], check=True)
     try:
         monkeypatch.setenv("BACKUP_STAGING", str(mnt))
-        rc, _, err = _cli("--config", str(app["config_path"]), "backup", "--tier", "weekly")
+        rc, _, err = _cli("--config", str(app["config_path"]), "backup", "--no-validate", "--tier", "weekly")
         assert rc == 5 and f"no space left on device while staging app_db in {mnt}" in err and "MB free" in err, err
         assert list(mnt.iterdir()) == []  # the staging folder went with the failure
     finally:

@@ -21,10 +21,9 @@ import pytest
 from backups.cli import main
 from backups.commands.drill import DrillRequest, db_prefix, drill_dir, run_drill, scratch_base
 from backups.config import load_config
-from backups.engine.snapshot import run_backup
 from backups.errors import ConfigError, RefusedError
 from backups.monitoring import status_dir
-from tests.helpers import write_config
+from tests.helpers import run_backup, write_config
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 SMOKE = """\

@@ -8,8 +8,7 @@ import subprocess
 from pathlib import Path
 
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
-from tests.helpers import ROOT, app_tree, db_rows
+from tests.helpers import ROOT, app_tree, db_rows, run_backup
 
 DOC = ROOT / "docs" / "format.md"
 

@@ -9,9 +9,8 @@ from backups.commands.status import status
 from backups.commands.verify import verify
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from backups.storage import open_storage
-from tests.helpers import LoopbackResolver, write_config
+from tests.helpers import LoopbackResolver, run_backup, write_config
 from tests.unit.storage.test_s3 import BUCKET, s3_endpoint  # noqa: F401 - fixture
 
 EXTRA = """\

@@ -7,9 +7,8 @@ import psycopg
 from backups.catalog import Catalog
 from backups.config import load_config
 from backups.engine.restorer import restore
-from backups.engine.snapshot import run_backup
 from backups.storage import LocalStorage
-from tests.helpers import write_config
+from tests.helpers import run_backup, write_config
 
 
 def _seed(dsn: str) -> None:

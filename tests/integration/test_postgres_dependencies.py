@@ -12,9 +12,8 @@ import pytest
 
 from backups.commands import restore as rc
 from backups.config import load_config
-from backups.engine.snapshot import run_backup
 from backups.errors import IntegrityError, RefusedError
-from tests.helpers import make_app, write_config
+from tests.helpers import make_app, run_backup, write_config
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 

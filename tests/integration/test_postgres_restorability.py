@@ -25,9 +25,8 @@ from backups.cli import main
 from backups.commands import backup as steps
 from backups.commands import restore as rc
 from backups.config import load_config
-from backups.engine.snapshot import run_backup
 from backups.errors import ConfigError, IntegrityError, RefusedError, SourceError, StorageError
-from tests.helpers import make_app, write_config
+from tests.helpers import commit_unverified, make_app, run_backup, write_config
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
@@ -207,7 +206,7 @@ def test_drop_dangling_foreign_keys_backs_up_and_every_restore_leaves_them_out(t
     cfg_path = _config(tmp_path, src, ", exclude_tables: [customers], drop_dangling_foreign_keys: true")
     code, out, err = _cli("--config", str(cfg_path), "backup", "--tier", "weekly")
     assert code == 0, err
-    assert "test restore: the dump of fleet_db loaded into a scratch database" in out
+    assert "fleet_db: the dump loaded into a scratch database" in out
     cfg = load_config(cfg_path)
     target = dbs("restored")
     app = {"cfg": cfg, "tmp": tmp_path}
@@ -250,7 +249,9 @@ def test_dag_test_restore_step_loads_the_dump_and_fails_naming_pg_restore(tmp_pa
     src = dbs("src")
     _x(src, *_UNLOADABLE)
     cfg = load_config(_config(tmp_path, src))
-    _, plan = run_backup(cfg, "weekly", logical_date="2026-02-01T01:00:00Z")
+    with pytest.raises(IntegrityError, match='relation "fleet" does not exist'):  # the backup's own test restore
+        run_backup(cfg, "weekly", logical_date="2026-02-01T01:00:00Z")
+    _, plan = commit_unverified(cfg, "weekly", logical_date="2026-02-02T01:00:00Z")  # a snapshot no test restore saw
     before = _check_dbs()
     scratch = tmp_path / "scratch"
     scratch.mkdir()

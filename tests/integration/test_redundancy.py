@@ -17,10 +17,9 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.checker import verify
 from backups.engine.restorer import restore
-from backups.engine.snapshot import run_backup
 from backups.errors import EncryptionError, StorageError
 from backups.storage import open_storage
-from tests.helpers import LoopbackResolver, app_tree, db_rows, write_config
+from tests.helpers import LoopbackResolver, app_tree, db_rows, run_backup, write_config
 from tests.unit.storage.test_s3 import BUCKET, make_client, s3_endpoint  # noqa: F401 - fixture
 from tests.unit.storage.test_sftp import sshd  # noqa: F401 - fixture
 

@@ -12,10 +12,9 @@ import pytest
 from backups.catalog import Catalog
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from backups.errors import RefusedError
 from backups.storage.local import LocalStorage
-from tests.helpers import write_config
+from tests.helpers import run_backup, write_config
 
 WHEN = "2026-03-01T01:00:00Z"
 

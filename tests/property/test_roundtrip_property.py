@@ -11,6 +11,7 @@ deeper search: ``.venv/bin/python -m pytest tests/property --hypothesis-profile=
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -156,7 +157,7 @@ def _run_history(data: st.DataObject, tmp: Path, snapshots: int, ops_between: in
     root, repo = tmp / "src", tmp / "repo"
     root.mkdir()
     cfg = files_config(tmp, root, repo)
-    from backups.engine.snapshot import run_backup
+    from tests.helpers import run_backup
 
     h = History(root)
     states: dict[str, dict] = {}
@@ -176,6 +177,23 @@ def _coarse(fp: dict[str, tuple]) -> dict[str, tuple]:
     return {k: (v[0], v[1], v[2], v[3] // 10**9 if v[0] == "f" else None, *v[4:]) for k, v in fp.items()}  # as fingerprint(seconds=True, dir_times=False)
 
 
+def _without_stale_dir_attributes(got: dict, want: dict, earlier: list[dict]) -> dict:
+    """The by-hand result with the one documented difference taken out (docs/format.md, "Restoring by hand"): tar
+    extracts the chain's archives one over the other and never removes an attribute or ACL an existing directory
+    already has — an extra attribute is accepted on a directory only when an earlier snapshot of the chain gave that
+    directory exactly that attribute and value."""
+    out = dict(got)
+    for path, g in got.items():
+        w = want.get(path)
+        if g[0] != "d" or w is None or g == w or g[:-1] != w[:-1]:
+            continue
+        kept = dict(w[-1])
+        extra = {n: v for n, v in g[-1] if kept.get(n) != v}
+        if all(any(e.get(path) is not None and (n, v) in e[path][-1] for e in earlier) for n, v in extra.items()):
+            out[path] = w
+    return out
+
+
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.data())
 def test_every_snapshot_of_any_history_restores_exactly(data):
@@ -193,7 +211,9 @@ def test_every_snapshot_of_any_history_restores_exactly(data):
             out = tmp / "hand"
             proc = hand_restore(repo, sid, SOURCE, out)
             assert proc.returncode == 0 and proc.stdout == "", proc.stderr
-            assert fingerprint(out / SOURCE, seconds=True, dir_times=False, meta=True) == _coarse(states[sid])
+            got, want = fingerprint(out / SOURCE, seconds=True, dir_times=False, meta=True), _coarse(states[sid])
+            chain = json.loads((repo / "snapshots" / f"{sid}.json").read_text())["chain"]
+            assert _without_stale_dir_attributes(got, want, [states[c] for c in chain[:-1]]) == want
 
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -215,8 +235,8 @@ def test_include_globs_keep_matched_directories_even_empty(data):
     """With ``include: [<dir>/**, …]`` a restore holds exactly: the entries the globs match, every directory a glob
     matches or whose contents it matches (``user_data/**`` keeps an empty ``user_data/``), and the ancestors of
     those — with their modes."""
-    from backups.engine.snapshot import run_backup
     from backups.sources.files import matches
+    from tests.helpers import run_backup
 
     with tempfile.TemporaryDirectory(prefix="prop-glob-") as t:
         tmp = Path(t)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 
 import pytest
 
-from backups.orchestration import airflow_local as local
+from tools import airflow_local as local
 
 # stands in for an Airflow component: its argv names airflow, it starts a child that leaves the process group
 # (start_new_session) but keeps the environment, then both sleep
@@ -88,3 +89,20 @@ def test_ensure_password_is_kept_and_private(tmp_path):
     pw = local.ensure_password(tmp_path)
     assert len(pw) == 16 and local.ensure_password(tmp_path) == pw == local.password(tmp_path)
     assert (tmp_path / local.PASSWORDS_FILE).stat().st_mode & 0o077 == 0
+
+
+def test_status_prints_the_environment_doctor_needs(tmp_path, monkeypatch, capsys):
+    """`make airflow-status`: the variables of the servers' environment, the REST API connection included (doctor
+    checks it; without it in the shell doctor warned it was missing)."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "sqlite:///x.db")
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8090")
+    assert local.main(["status"]) == 0
+    assert "AIRFLOW_CONN_BACKUP_AIRFLOW_API" not in capsys.readouterr().out  # no password yet: no connection
+    pw = local.ensure_password(tmp_path)
+    assert local.main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and f"export AIRFLOW_HOME={tmp_path} AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:///x.db" in out
+    line = next(x for x in out.splitlines() if "AIRFLOW_CONN_BACKUP_AIRFLOW_API=" in x)
+    conn = json.loads(shlex.split(line.split("=", 1)[1])[0])
+    assert conn == {"conn_type": "http", "host": "http://127.0.0.1:8090", "login": "admin", "password": pw}

@@ -80,7 +80,7 @@ def test_cli_does_not_import_airflow_or_gx(tmp_path):
         "print('HEAVY', bad, file=sys.stderr); sys.exit(rc or (9 if bad else 0))"
     )
     e = subprocess_env()
-    for args in (["backup", "--tier", "weekly"], ["restore", "latest", "--target", str(tmp_path / "o"), "--no-validate"], ["list"]):
+    for args in (["backup", "--tier", "weekly", "--no-validate"], ["restore", "latest", "--target", str(tmp_path / "o"), "--no-validate"], ["list"]):
         p = subprocess.run([sys.executable, "-c", code, "--config", cfg, *args], capture_output=True, text=True, env=e)
         assert p.returncode == 0, p.stderr
         assert "HEAVY []" in p.stderr

@@ -38,7 +38,7 @@ def test_an_option_before_the_command_is_not_reset_by_the_command_parser():
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    from backups.engine.snapshot import run_backup
+    from tests.helpers import run_backup
 
     a = make_app(tmp_path_factory.mktemp("output"), scale=0.1, seed=4)
     run_backup(a["cfg"], "weekly", logical_date="2026-01-04T01:00:00Z")
@@ -96,7 +96,7 @@ def _run(s3_app, *args):
 @pytest.mark.timeout(600)
 def test_stdout_holds_only_the_output_with_a_conn_id_config(s3_app):
     cfg = s3_app["config"]
-    p = _run(s3_app, "--config", cfg, "backup", "--tier", "weekly", "--logical-date", "2026-01-04T01:00:00Z", "--json")
+    p = _run(s3_app, "--config", cfg, "backup", "--no-validate", "--tier", "weekly", "--logical-date", "2026-01-04T01:00:00Z", "--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["id"] == "weekly-20260104T010000Z"
     procs = {name: subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -125,7 +125,7 @@ def test_a_reader_that_leaves_early_never_turns_a_failure_into_exit_0(tmp_path):
     (exit 4), but its output was larger than the pipe's buffer, the reader left, the next write raised
     BrokenPipeError and backupctl exited 0 — a green cron job over data that cannot be restored. Now: 141 (as a
     process killed by SIGPIPE), never 0. Here the reader leaves before the first write (deterministic)."""
-    from backups.engine.snapshot import run_backup
+    from tests.helpers import run_backup
 
     a = make_app(tmp_path, scale=0.1, seed=4)
     run_backup(a["cfg"], "weekly", logical_date="2026-01-04T01:00:00Z")

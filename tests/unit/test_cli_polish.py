@@ -16,9 +16,8 @@ import pytest
 
 from backups.catalog.manifest import Catalog
 from backups.cli import files_listing, main
-from backups.engine.snapshot import run_backup
 from backups.errors import CHECK_EXIT_CODES, EXIT_CODES, ConfigError, NotFoundError
-from tests.helpers import ROOT, make_app, subprocess_env
+from tests.helpers import ROOT, make_app, run_backup, subprocess_env
 
 WEEKLY = "weekly-20260104T010000Z"
 
@@ -210,17 +209,17 @@ def test_periodic_log_line_has_a_percentage(caplog):
 
 def test_backup_progress_gets_the_plans_estimate(app, monkeypatch):
     from backups.commands import backup as backup_command
-    from backups.engine import snapshot
+    from backups.engine import progress
 
     seen = []
 
-    class Recorder(snapshot.Progress):
+    class Recorder(progress.Progress):
         def __init__(self, label, total_bytes=None, **kw):
             seen.append((label, total_bytes))
             super().__init__(label, total_bytes, tty=False)
 
-    monkeypatch.setattr(snapshot, "Progress", Recorder)
-    backup_command.run_backup(app["cfg"], "daily", logical_date="2026-01-07T02:00:00Z")
+    monkeypatch.setattr(progress, "Progress", Recorder)
+    backup_command.run_backup(app["cfg"], "daily", logical_date="2026-01-07T02:00:00Z", validate=False)
     (label, total), = [s for s in seen if s[0].startswith("backup ")]
     assert label == "backup daily-20260107T020000Z" and total and total > 100_000
 

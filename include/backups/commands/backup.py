@@ -42,6 +42,8 @@ from ..errors import (
 from ..sources import open_source
 from ..storage import open_storage
 from .base import Result, mb
+from .procedure import CLEANUP, Procedure, RunContext, Skip, Step
+from .procedure import run as run_procedure
 from .validate import DB_KINDS, compact_results, load_pg_dump, pg_check_server, raise_failed, validate_restored
 
 if TYPE_CHECKING:
@@ -245,7 +247,7 @@ class CompletionSummary(StepResult):
     """``completion_summary`` / ``complete_run``: the run's summary; ``report`` (result document keys) and, for
     backup_manual, ``requested_by`` and ``approval`` are set by :func:`complete_run`."""
 
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("report", "requested_by", "approval")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("report", "requested_by", "approval", "warnings")
     snapshot_id: str
     application: str
     tier: str
@@ -265,6 +267,8 @@ class CompletionSummary(StepResult):
     report: list[str] | None = None
     requested_by: str | None = None
     approval: dict[str, Any] | None = None
+    #: the plan's own warnings, as in the manifest (clock skew); the sources' are counted per source
+    warnings: list[str] | None = None
 
 
 @dataclass
@@ -391,13 +395,13 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> Sys
 
 
 def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | str, state: SystemState,
-                        resolver: Any = None) -> PreparedRun:
+                        resolver: Any = None, *, now: datetime | None = None) -> PreparedRun:
     """The plan: snapshot id from the logical date, parent and chain, estimated size (XCom: small dicts)."""
     from ..engine import snapshot
 
     primary = open_storage(cfg, sel.storages[0], resolver)
     p = snapshot.plan(cfg, sel.tier, logical_date, type_override=sel.type, storage=primary, resolver=resolver,
-                      sources=sel.sources, storages=sel.storages, comment=sel.comment)
+                      sources=sel.sources, storages=sel.storages, comment=sel.comment, now=now)
     p.estimated_bytes = int(state.estimated_bytes or 0)
     if p.already_committed:
         log.info("snapshot %s is already committed on %s: later steps only verify it", p.snapshot_id, primary.name)
@@ -426,65 +430,13 @@ def start_message(plan: Plan) -> str:
             + (" — already committed, nothing to extract" if p.already_committed else ""))
 
 
-# ------------------------------------------------------------------------------------------------ in one process
-def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
-               sources: list[str] | None = None, storages: list[str] | None = None, checksum: bool = False,
-               comment: str = "", resolver: Any = None) -> dict[str, Any]:
-    """The whole backup in one process (``backupctl backup``): the DAG's :func:`check_system_state` first (every
-    source readable, the primary reachable with room for the estimate), then plan, extract, commit and replicate
-    (:func:`backups.engine.snapshot.run_backup`), then the DAG's :func:`check_integrity` on every storage written
-    (recorded in the storage's verification record). Returns the snapshot's summary plus ``plan`` and ``system_state``;
-    raises SystemStateError before anything is written when the system is not ready."""
-    from ..engine import snapshot
-    from ..errors import NotFoundError, did_you_mean
-
-    t = cfg.tier(tier)
-    for kind, names, known in (("source", sources, cfg.sources), ("storage", storages, cfg.storages)):
-        for name in names or []:
-            if name not in known:
-                raise NotFoundError(f"no {kind} named {name!r}", hint=f"{did_you_mean(name, known)}use one of: {', '.join(known)}")
-    sel = Selection(tier, type_override, list(sources or t.sources), list(storages or t.storages), comment)
-    state = check_system_state(cfg, sel, resolver)
-    snap, p = snapshot.run_backup(cfg, tier, logical_date=logical_date, type_override=type_override,
-                                  storages=storages, resolver=resolver, checksum=checksum, sources=sources,
-                                  comment=comment, estimated_bytes=state.estimated_bytes)
-    for name in p.storages:  # the DAG's verify.check_integrity: re-hash what landed, record it (IntegrityError on damage)
-        check_integrity(cfg, p, name, resolver)
-    loaded = pg_load_check(cfg, snap.id, p.storages[-1], resolver)
-    return {**snap.summary(), "already_committed": p.already_committed, "promoted_reason": snap.doc.get("promoted_reason"),
-            "warnings": list(snap.doc.get("warnings") or []), "storages": p.storages, "system_state": state.to_dict(),
-            "manifest": snap.doc, **({"pg_load_check": loaded} if loaded else {})}
-
-
-def pg_load_check(cfg: Config, snapshot_id: str, storage: str, resolver: Any = None) -> dict[str, Any]:
-    """The CLI backup's proof that its PostgreSQL dumps restore (the DAG's :func:`test_restore` does the same with
-    GX): each postgres source of the snapshot is restored from ``storage`` (read-only, SHA-256 checked) into a temp
-    dir and loaded with pg_restore into a scratch database (:func:`~backups.commands.validate.load_pg_dump`),
-    dropped afterwards. A dump that does not load raises ValidationFailedError (exit 4). {} without postgres sources."""
-    from ..engine.restorer import restore
-
-    st = open_storage(cfg, storage, resolver, read_only=True)
-    cat = Catalog(st, cfg.application)
-    snap = cat.get(snapshot_id)
-    names = sorted(n for n, rec in snap.sources.items() if rec["kind"] == "postgres")
-    if not names:
-        return {}
-    out: dict[str, Any] = {}
-    staging = os.environ.get("BACKUP_STAGING")  # where dumps are staged (big enough for one), else the temp dir
-    with tempfile.TemporaryDirectory(prefix="backup-check-", dir=staging if staging and os.path.isdir(staging) else None) as tmp:
-        for r in restore(st, cat, snap, Path(tmp) / "restore", sources=names):
-            details = snap.sources[r.source]["details"]
-            out[r.source] = load_pg_dump(Path(r.path) / "dump", details, pg_check_server(cfg, r.source, resolver),
-                                         f"{r.source} ({details.get('database')})", validate=False)
-            log.info("test restore of %s: dump of %s loaded into a scratch database (%d table(s)) and dropped",
-                     snap.id, r.source, out[r.source]["tables"])
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ backup
-def extract_source(cfg: Config, plan: Plan, source: str, scratch: Path, resolver: Any = None,
-                   estimate: int | None = None) -> ExtractResult:
-    """Back up one source into the primary storage (objects + part record); idempotent for a retry."""
+def extract_source(cfg: Config, plan: Plan, source: str, scratch: Path | None, resolver: Any = None,
+                   estimate: int | None = None, *, checksum: bool = False, progress: Any = None) -> ExtractResult:
+    """Back up one source into the primary storage (objects + part record); idempotent for a retry. ``scratch``:
+    the task's private directory, where dumps are staged (``None``: ``$BACKUP_STAGING`` or the temp dir, as the CLI
+    does — its extractions share a process, and the environment); ``progress``: the run's progress (the CLI's bar),
+    else a log line every few seconds."""
     from ..engine import snapshot
     from ..engine.progress import Progress
 
@@ -495,15 +447,18 @@ def extract_source(cfg: Config, plan: Plan, source: str, scratch: Path, resolver
     from ..repository import Repository
 
     primary = open_storage(cfg, p.storages[0], resolver)
-    progress = Progress(f"{p.snapshot_id} {source}", estimate or None, interval=5.0, tty=False)
+    own = progress is None
+    prog = Progress(f"{p.snapshot_id} {source}", estimate or None, interval=5.0, tty=False) if own else progress
     log.info("extracting %s (%s) into %s", source, cfg.sources[source].type, primary.describe())
     try:
         # shared repo lock + exclusive lock on id + source: parallel extracts of other sources do not wait
-        with Repository(primary, cfg).backup_lock(p.snapshot_id, source, operation="extract"), _staging_env(scratch):
+        with Repository(primary, cfg).backup_lock(p.snapshot_id, source, operation="extract"), \
+                (_staging_env(scratch) if scratch is not None else contextlib.nullcontext()):
             snapshot.clean_staging(cfg, cfg.locks.orphan_grace_hours * 3600)
-            out = snapshot.extract(cfg, p, source, primary, resolver=resolver, progress=progress)
+            out = snapshot.extract(cfg, p, source, primary, resolver=resolver, checksum=checksum, progress=prog)
     finally:
-        progress.close()
+        if own:
+            prog.close()
     return ExtractResult(**out)
 
 
@@ -545,6 +500,7 @@ def upload_to(cfg: Config, plan: Plan, storage: str, resolver: Any = None) -> Up
                             bytes=sum(o["size"] for o in objects), seconds=round(time.monotonic() - t0, 3))
     src = open_storage(cfg, primary_name, resolver, read_only=True)
     dst = open_storage(cfg, storage, resolver)
+    dst.check()  # reachable, and its key matches, before anything (a lock) is written there
     log.info("replicating %s from %s to %s", p.snapshot_id, src.describe(), dst.describe())
     from ..repository import Repository
 
@@ -574,15 +530,19 @@ def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None)
     problems = list(structure.problems)
     hashed = hashed_bytes = 0
     failed = {sid: list(p) for sid, p in structure.failed.items()}
+    # an archive storage class (GLACIER) cannot be read without a thaw: its copy was SHA-256 checked as it was
+    # written (upload), so here its objects are checked for presence and size only
+    frozen = is_archive(cfg, storage)
     for obj in snap.objects():
-        problem = object_problem(st, obj, read_data=True)
-        hashed += 1
-        hashed_bytes += obj["size"]
+        problem = object_problem(st, obj, read_data=not frozen)
+        if not frozen:
+            hashed += 1
+            hashed_bytes += obj["size"]
         if problem:
             problems.append(f"{snap.id}: {problem}")
             failed.setdefault(snap.id, []).append(f"{snap.id}: {problem}")
     seconds = round(time.monotonic() - t0, 3)
-    _record_integrity(cfg, st, snap.id, failed)
+    _record_integrity(cfg, st, snap.id, failed, read_data=not frozen)
     report = IntegrityResult(storage=storage, ok=not problems, snapshot_id=snap.id, objects_hashed=hashed,
                              bytes_hashed=hashed_bytes, chain_objects=structure.objects, problems=problems[:20],
                              seconds=seconds)
@@ -590,46 +550,78 @@ def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None)
         raise IntegrityError(f"integrity check of {snap.id} on {storage} failed ({len(problems)} problem(s)):\n  - "
                              + "\n  - ".join(problems[:20]),
                              hint="re-run the upload for this storage (clear backup.upload), then check again")
-    log.info("integrity of %s on %s: %d object(s), %s re-hashed, chain of %d object(s) present, in %.1fs",
-             snap.id, storage, hashed, mb(hashed_bytes), structure.objects, seconds)
+    if frozen:
+        log.info("integrity of %s on %s (archive class, not readable without a thaw): every object present with its "
+                 "size (their SHA-256 was checked as they were copied), chain of %d object(s) present, in %.1fs",
+                 snap.id, storage, structure.objects, seconds)
+    else:
+        log.info("integrity of %s on %s: %d object(s), %s re-hashed, chain of %d object(s) present, in %.1fs",
+                 snap.id, storage, hashed, mb(hashed_bytes), structure.objects, seconds)
     return report
 
 
-def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str, list[str]]) -> None:
+def is_archive(cfg: Config, storage: str) -> bool:
+    """An archive storage class (GLACIER, DEEP_ARCHIVE): its objects are not readable without a thaw."""
+    return getattr(cfg.storages[storage], "storage_class", None) in ARCHIVE_CLASSES
+
+
+def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str, list[str]], *,
+                      read_data: bool = True) -> None:
     """Add the check to the storage's verification record: it re-hashed only ``snap_id``'s own objects, so it
     records (and may clear) that snapshot only, never another one's open failure. Logged, never fatal."""
     from ..repository import Repository
 
     try:
-        Repository(storage, cfg).record_verification(read_data=True, checked=[snap_id], failed=failed, every=False,
+        Repository(storage, cfg).record_verification(read_data=read_data, checked=[snap_id], failed=failed, every=False,
                                                      by="backup")
     except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail a good backup
         log.warning("could not write the verification record of %s: %s", storage.name,
                     getattr(exc, "message", None) or exc)
 
 
-def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None) -> RestoreTestResult:
-    """Restore the whole chain from the last storage of the run (a replica when there is one), read-only, into
+def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None, *, validate: bool = True) -> RestoreTestResult:
+    """Restore the whole chain from the last storage of the run that is readable without a thaw (a replica when there
+    is one; never an archive class), read-only, into
     this task's scratch dir: every file SHA-256 checked by the restorer; every PostgreSQL dump loaded with
     pg_restore into a scratch database (:func:`~backups.commands.validate.pg_check_server`), dropped afterwards —
     a dump that does not load fails the step (ValidationFailedError, exit 4); then the Great Expectations suite on
     the restored databases — the one GX run of a backup. A failed expectation does not fail the restore test (the
-    restore itself worked): :func:`validate_data` reports it from this result."""
+    restore itself worked): :func:`validate_data` reports it from this result. ``validate=False`` (``backupctl
+    backup --no-validate``) leaves out Great Expectations only: every dump is still loaded."""
     from ..engine.restorer import restore
 
     p = as_plan(plan)
     t0 = time.monotonic()
-    st = open_storage(cfg, p.storages[-1], resolver, read_only=True)
+    # the last storage that is readable now (a replica when there is one); an archive class would need a thaw
+    st = open_storage(cfg, [n for n in p.storages if not is_archive(cfg, n)][-1], resolver, read_only=True)
     cat = Catalog(st, cfg.application)
     snap = cat.get(p.snapshot_id)
     chain = [s.id for s in cat.chain_of(snap)]
     log.info("test restore of %s (chain %s) from %s", snap.id, " -> ".join(chain), st.describe())
-    results = restore(st, cat, snap, scratch / "restore")
+    try:
+        results = restore(st, cat, snap, scratch / "restore")
+    except IntegrityError as exc:  # the snapshot is committed, but its chain does not restore: say what to do
+        raise IntegrityError(f"test restore of {snap.id} from {st.name} failed: {exc.message}",
+                             hint=f"the chain {' -> '.join(chain)} is not restorable from {st.name}: take a full backup "
+                                  f"now (`backupctl backup --tier {p.tier} --type full`, or trigger backup_manual), then "
+                                  "`backupctl verify --all --read-data` to find every damaged object") from None
     sources = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
     # every PostgreSQL dump is loaded into a scratch database (drill.postgres or the documented default) and
     # validated there: a dump that does not load fails this step, naming pg_restore's error
     servers = {r.source: pg_check_server(cfg, r.source, resolver) for r in results if r.kind == "postgres"}
-    validated = validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS}, servers)
+    if validate:
+        validated = validate_restored(snap, {r.source: Path(r.path) for r in results if r.kind in DB_KINDS}, servers)
+    else:
+        validated = {}
+        for r in results:
+            if r.kind in DB_KINDS:
+                validated[r.source] = {"database": r.source, "success": None, "skipped": "not validated (--no-validate)"}
+            if r.kind == "postgres":  # the dump must still load: that is the proof it restores
+                details = snap.sources[r.source]["details"]
+                loaded = load_pg_dump(Path(r.path) / "dump", details, servers[r.source],
+                                      f"{r.source} ({details.get('database')})", validate=False)
+                log.info("test restore of %s: the dump of %s loaded into a scratch database (%d table(s)), not "
+                         "validated (--no-validate)", snap.id, r.source, loaded["tables"])
     for name, r in validated.items():
         log.info("validation of %s: %s", name, "skipped" if r.get("success") is None else
                  f"{r['statistics']['successful_expectations']}/{r['statistics']['evaluated_expectations']} met")
@@ -689,9 +681,11 @@ def completion_summary(cfg: Config, plan: Plan, committed: CommitResult, integri
                                       "bytes_hashed": i.bytes_hashed} for i in integrity if i},
             "validation": validation.databases,
             "restore_test": {"storage": restore_test.storage, "files": sum(
-                s["files"] for s in restore_test.sources.values()), "validation": restore_test.validation},
+                s["files"] for s in restore_test.sources.values()), "validation": restore_test.validation,
+                "sources": {n: {"kind": s["kind"], "files": s["files"]} for n, s in restore_test.sources.items()}},
         },
         status="success",
+        warnings=list(d.get("warnings") or []) or None,
     )
 
 
@@ -787,9 +781,12 @@ def report_key(snapshot_id: str, ext: str) -> str:
 
 def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[str, Any], markdown: str,
                  resolver: Any = None) -> list[str]:
-    """Store the result document (JSON + Markdown) next to the snapshot on every storage of the run."""
+    """Store the result document (JSON + Markdown) next to the snapshot on every storage of the run that is readable
+    without a thaw (on an archive class it could not be read when it is wanted)."""
     keys = []
     for name in storages:
+        if is_archive(cfg, name):
+            continue
         st = open_storage(cfg, name, resolver)
         for key, data in ((report_key(snapshot_id, "json"), (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode()),
                           (report_key(snapshot_id, "md"), markdown.encode())):
@@ -839,3 +836,211 @@ def cleanup(cfg: Config | None, plan: Plan | None, dag_id: str, run_id: str, res
             log.warning("cleanup could not inspect the primary storage: %s", exc.message)
     log.info("cleanup: removed %d scratch dir(s)", len(removed))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ the procedure
+# The backup, declared once: the tier DAGs and backup_manual build their tasks from this list
+# (orchestration/dags.py), `backupctl backup` runs it in one process (run_backup below). Each function below is
+# the step's body for both doors: (run context, results of the earlier steps, fan-out item) -> typed result.
+def _plan_of(r: dict[str, Any]) -> Plan:
+    return r["prepare_environment"].plan
+
+
+def _in_run(item: str, chosen: list[str], what: str) -> None:
+    if item not in chosen:
+        raise Skip(f"{what} {item} is not part of this run")
+
+
+def _run_check_system_state(ctx: RunContext, r: dict[str, Any], _: Any) -> SystemState:
+    return check_system_state(ctx.cfg, ctx.params["selection"], ctx.resolver)
+
+
+def _run_prepare_environment(ctx: RunContext, r: dict[str, Any], _: Any) -> PreparedRun:
+    if "run_lock" in ctx.state:  # the CLI: held until the commit (see run_backup)
+        ctx.state["held"].enter_context(ctx.state["run_lock"]())
+    prep = prepare_environment(ctx.cfg, ctx.params["selection"], ctx.params["logical_date"],
+                               r["check_system_state"], ctx.resolver, now=ctx.params.get("now"))
+    if "make_progress" in ctx.state:  # the CLI: one bar for every extraction
+        ctx.state["progress"] = ctx.state["make_progress"](prep.plan.estimated_bytes)
+    return prep
+
+
+def _run_notify_start(ctx: RunContext, r: dict[str, Any], _: Any) -> str:
+    msg = start_message(_plan_of(r))
+    log.info("%s", msg)
+    return msg
+
+
+def _run_extract(ctx: RunContext, r: dict[str, Any], source: str) -> ExtractResult:
+    prep = r["prepare_environment"]
+    _in_run(source, prep.plan.sources, "source")
+    scratch = ctx.state.get("scratch")  # the DAG: the task's private dir; the CLI: None (one process, one env)
+    return extract_source(ctx.cfg, prep.plan, source, scratch, ctx.resolver, prep.estimates.get(source),
+                          checksum=bool(ctx.params.get("checksum")), progress=ctx.state.get("progress"))
+
+
+def _run_commit(ctx: RunContext, r: dict[str, Any], _: Any) -> CommitResult:
+    out = commit_snapshot(ctx.cfg, _plan_of(r), ctx.resolver)
+    if "held" in ctx.state:
+        ctx.state["held"].close()  # the CLI's run lock: the rest only reads what is committed
+    return out
+
+
+def _run_upload(ctx: RunContext, r: dict[str, Any], storage: str) -> UploadResult:
+    _in_run(storage, _plan_of(r).storages, "storage")
+    return upload_to(ctx.cfg, _plan_of(r), storage, ctx.resolver)
+
+
+def _run_check_integrity(ctx: RunContext, r: dict[str, Any], storage: str) -> IntegrityResult:
+    _in_run(storage, _plan_of(r).storages, "storage")
+    return check_integrity(ctx.cfg, _plan_of(r), storage, ctx.resolver)
+
+
+def _run_test_restore(ctx: RunContext, r: dict[str, Any], _: Any) -> RestoreTestResult:
+    base = ctx.state.get("scratch_base")  # the CLI: its own temporary directory, gone when the run ends
+    with (tempfile.TemporaryDirectory(prefix="restore-", dir=base) if base else task_scratch(ctx.dag_id, ctx.run_id, "restore")) as scratch:
+        return test_restore(ctx.cfg, _plan_of(r), Path(scratch), ctx.resolver, validate=ctx.params.get("validate", True))
+
+
+def _run_validate_data(ctx: RunContext, r: dict[str, Any], _: Any) -> ValidationResult:
+    return validate_data(ctx.cfg, _plan_of(r), r["test_restore"])
+
+
+def _results(r: dict[str, Any], name: str) -> list[Any]:
+    """A fan-out step's results in item order (``None`` for skipped items), as the DAG's XCom pull gives them."""
+    return list((r.get(name) or {}).values())
+
+
+def _run_notify_completion(ctx: RunContext, r: dict[str, Any], _: Any) -> CompletionSummary:
+    return complete_run(
+        ctx.cfg, _plan_of(r), r["commit"], [i for i in _results(r, "check_integrity") if i],
+        r["validate_data"], r["test_restore"], _results(r, "extract_data") + _results(r, "extract_config"),
+        _results(r, "upload"), run_seconds=ctx.state.get("run_seconds") or _since(ctx.state.get("started")), dag_id=ctx.dag_id, run_id=ctx.run_id,
+        manual=ctx.params.get("manual"), resolver=ctx.resolver)
+
+
+def _since(started: datetime | None) -> float | None:
+    from datetime import UTC
+
+    return round((datetime.now(UTC) - started).total_seconds(), 3) if started else None
+
+
+def _run_cleanup(ctx: RunContext, r: dict[str, Any], _: Any) -> CleanupResult:
+    prep = r.get("prepare_environment")
+    return cleanup(ctx.cfg, prep.plan if prep else None, ctx.dag_id, ctx.run_id, ctx.resolver)
+
+
+def _data_sources(ctx: RunContext, r: dict[str, Any]) -> list[str]:
+    return list(r["prepare_environment"].data_sources)
+
+
+def _file_sources(ctx: RunContext, r: dict[str, Any]) -> list[str]:
+    return list(r["prepare_environment"].file_sources)
+
+
+def _storages(ctx: RunContext, r: dict[str, Any]) -> list[str]:
+    return list(_plan_of(r).storages)
+
+
+#: the backup procedure: pre-backup checks → extraction → upload → verification (integrity on every storage, test
+#: restore with Great Expectations) → completion (summary, result document) → cleanup. ``group.name`` is the DAG
+#: task id; the DAG maps the fan-out steps over the candidates of the tier (every source/storage for backup_manual)
+BACKUP = Procedure("backup", (
+    Step("check_system_state", "pre_backup", _run_check_system_state, result=SystemState,
+         doc="every source readable, every storage reachable with room for the estimate"),
+    Step("prepare_environment", "pre_backup", _run_prepare_environment, needs=("check_system_state",),
+         result=PreparedRun, doc="the plan: id, type, parent, chain"),
+    Step("notify_start", "pre_backup", _run_notify_start, needs=("prepare_environment",), doc="the start message"),
+    Step("extract_data", "backup", _run_extract, fan_out="source", items=_data_sources, parallel=2,
+         needs=("prepare_environment",), after=("notify_start",), result=ExtractResult,
+         doc="each database and command source dumped into the primary storage"),
+    Step("extract_config", "backup", _run_extract, fan_out="source", items=_file_sources, parallel=2,
+         needs=("prepare_environment",), after=("notify_start",), result=ExtractResult,
+         doc="each files source archived into the primary storage"),
+    Step("commit", "backup", _run_commit, needs=("prepare_environment",), after=("extract_data", "extract_config"),
+         result=CommitResult, doc="the manifest, written last, on the primary"),
+    Step("upload", "backup", _run_upload, fan_out="storage", items=_storages, parallel=8,
+         needs=("prepare_environment",), result=UploadResult,
+         doc="the primary checked, every other storage gets a SHA-256 checked copy"),
+    Step("check_integrity", "verify", _run_check_integrity, fan_out="storage", items=_storages, parallel=8,
+         needs=("prepare_environment",), after=("upload",), result=IntegrityResult,
+         doc="every new object re-hashed on every storage, the chain present"),
+    Step("test_restore", "verify", _run_test_restore, needs=("prepare_environment",), after=("upload",),
+         result=RestoreTestResult, doc="the chain restored from the last storage, dumps loaded, Great Expectations"),
+    Step("validate_data", "verify", _run_validate_data, needs=("prepare_environment", "test_restore"),
+         result=ValidationResult, doc="the Great Expectations results, failed on any failure"),
+    Step("notify_completion", "post_backup", _run_notify_completion,
+         needs=("prepare_environment", "commit", "extract_data", "extract_config", "upload", "check_integrity",
+                "test_restore", "validate_data"),
+         after=("check_integrity", "validate_data"), result=CompletionSummary, doc="summary and result document"),
+    Step("cleanup", "post_backup", _run_cleanup, kind=CLEANUP, needs=("prepare_environment",),
+         after=("extract_data", "extract_config", "test_restore", "validate_data", "notify_completion"),
+         result=CleanupResult, doc="scratch removed, leftovers reported"),
+))
+
+
+def run_backup(cfg: Config, tier: str, *, logical_date: str | datetime | None = None, type_override: str | None = None,
+               sources: list[str] | None = None, storages: list[str] | None = None, checksum: bool = False,
+               comment: str = "", resolver: Any = None, validate: bool = True,
+               progress: bool | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """``backupctl backup``: the tier DAG's steps (:data:`BACKUP`) in this process — the same checks, locks, test
+    restore, result document and cleanup. Returns the completion summary (the document the DAG's
+    ``notify_completion`` returns) plus ``id``, ``already_committed``, ``system_state`` and ``steps`` (each step's
+    state). Raises the run's failure(s) after the cleanup; SystemStateError before anything is written when the
+    system is not ready. ``progress``: a progress bar on a terminal (default: when stderr is one); ``now`` (default:
+    the clock) bounds the logical date."""
+    from datetime import UTC
+
+    from ..engine.progress import Progress
+    from ..engine.snapshot import RUN_STAGING, check_logical_date, owned_staging, parse_logical_date, snapshot_id
+    from ..errors import NotFoundError, did_you_mean
+    from ..repository import Repository
+
+    t = cfg.tier(tier)
+    for kind, names, known in (("source", sources, cfg.sources), ("storage", storages, cfg.storages)):
+        for name in names or []:
+            if name not in known:
+                raise NotFoundError(f"no {kind} named {name!r}", hint=f"{did_you_mean(name, known)}use one of: {', '.join(known)}")
+    ld = parse_logical_date(logical_date)
+    check_logical_date(ld, now)  # before any lock or scratch
+    import importlib.util
+
+    if validate and any(cfg.sources[n].type in DB_KINDS for n in (sources or t.sources)) \
+            and importlib.util.find_spec("great_expectations") is None:
+        raise ConfigError("backup: the test restore validates the databases, but Great Expectations is not installed",
+                          hint="install the validation extra (pip install 'fmr-backups[validation]'), or pass "
+                               "--no-validate (the test restore still checks every SHA-256 and loads every dump)")
+    sel = Selection(tier, type_override, list(sources or t.sources), list(storages or t.storages), comment)
+    started = datetime.now(UTC)
+    ctx = RunContext(cfg, resolver, dag_id="backupctl", run_id=f"{snapshot_id(tier, ld)}-{started:%Y%m%dT%H%M%S}-{os.getpid()}",
+                     params={"selection": sel, "logical_date": ld, "checksum": checksum, "validate": validate,
+                             "now": now})
+    # one progress for the extractions, with a percentage of the system-state estimate (made by prepare_environment)
+    ctx.state["make_progress"] = lambda total: Progress(f"backup {snapshot_id(tier, ld)}", total or None, tty=progress)
+    ctx.state["started"] = started
+    # from the plan to the commit, the run of one id is exclusive on the primary: a second `backupctl backup` of the
+    # same tier and logical date waits, then finds it committed and only verifies it (the DAG: max_active_runs=1)
+    # (with the shared repository lock: no prune removes the plan's parent before the commit)
+
+    @contextlib.contextmanager
+    def run_lock() -> Iterator[None]:
+        repo = Repository(open_storage(cfg, sel.storages[0], resolver), cfg)
+        with repo.lock("repo", exclusive=False, operation="backup"), \
+                repo.lock(f"run/{snapshot_id(tier, ld)}", exclusive=True, operation="backup"):
+            yield
+
+    ctx.state["run_lock"] = run_lock
+    # the run's scratch (the test restore): in $BACKUP_STAGING or the temp dir, owner-tagged, so a run killed with -9
+    # leaves nothing the next backup does not remove (engine.snapshot.clean_staging)
+    with owned_staging(RUN_STAGING) as base, contextlib.ExitStack() as held:
+        ctx.state["held"], ctx.state["scratch_base"] = held, base
+        try:
+            outcome = run_procedure(BACKUP, ctx)
+        finally:
+            if ctx.state.get("progress") is not None:
+                ctx.state["progress"].close()
+    r = outcome.results
+    summary = r["notify_completion"].to_dict()
+    return {"id": summary["snapshot_id"], **summary, "already_committed": _plan_of(r).already_committed,
+            "system_state": r["check_system_state"].to_dict(), "plan": _plan_of(r).to_dict(), "steps": dict(outcome.states),
+            "seconds": dict(outcome.seconds)}

@@ -81,7 +81,8 @@ def restore_note(doc: dict[str, Any], paths: list[str]) -> str:
              f"{_secs(d.get('run_seconds'))}", "",
              f"* requested by **{doc.get('requested_by') or 'unknown'}**; approval: {a.get('choice', '-')}"
              + (f" by **{a['by']}**" if a.get("by") else "") + (f" — {a['note']}" if a.get("note") else ""),
-             "* every file SHA-256 checked on restore and re-hashed after",
+             "* every file's SHA-256 checked while written" + (", then re-read and re-hashed" if ver.get("reread") else
+                                                               "; present with its size after (not re-read)"),
              f"* data (Great Expectations): {_validation_line(ver.get('validation') or {})}"]
     if paths:
         lines.append(f"* report: `{paths[-1]}`")

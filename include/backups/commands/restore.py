@@ -16,9 +16,11 @@ Steps, each taking typed inputs and returning a typed, JSON-able result (``to_di
    :func:`run_restore` — :func:`backups.engine.restorer.restore` (every write goes through it: SHA-256 checked,
    a source appears only when complete) under the repository's shared lock.
 6. :func:`verify_restore` — under the same shared lock (the CLI holds one lock over 5 and 6; the DAG's separate
-   task takes its own and names a snapshot pruned since the restore), the restored tree read back: every regular
-   file re-hashed against the snapshot's index, no stray file in a ``files`` source; the Great Expectations suite on restored databases (GX is imported
-   only here, and only when ``validate`` is true and a database was restored).
+   task takes its own and names a snapshot pruned since the restore), the restored tree checked against the
+   snapshot's index: every selected file present, a regular file of the right size, no stray file in a ``files``
+   source (a stat walk: each file's SHA-256 was already checked on the bytes written); with ``reread``
+   (``--reread``) every file also read back and re-hashed. Then the Great Expectations suite on restored
+   databases (GX is imported only here, and only when ``validate`` is true and a database was restored).
 7. :func:`build_report` / :func:`write_report` — ``RESTORE_REPORT.json`` and ``.md`` in the target directory; the
    same content from both doors except who asked, the approval and timings (:class:`RunInfo`).
 
@@ -70,6 +72,9 @@ class RestoreRequest:
     pg_target_name: str | None = None
     include_dependencies: bool = False  #: tables: add the tables they reference (foreign keys), transitively
     no_owner: bool = False  #: files: do not restore owners even as root (tar's ``--no-same-owner``)
+    #: verification: read every restored file back and re-hash it (each file's SHA-256 is always checked on the
+    #: bytes written; without this the verification checks presence, type and size with a stat only)
+    reread: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +113,8 @@ def check_request(cfg: Config, req: RestoreRequest) -> RestoreRequest:
                          tier=req.tier or None, storage=req.storage or None, sources=sources,
                          includes=_clean_list(req.includes), tables=_clean_list(req.tables), force=bool(req.force),
                          pg_target_name=req.pg_target_name or None,
-                         include_dependencies=bool(req.include_dependencies), no_owner=bool(req.no_owner))
+                         include_dependencies=bool(req.include_dependencies), no_owner=bool(req.no_owner),
+                         reread=bool(req.reread))
     guard_target(cfg, out.target)
     return out
 
@@ -381,7 +387,7 @@ def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn:
     if validate and any(k in DB_KINDS for k in loc.kinds.values()) and importlib.util.find_spec("great_expectations") is None:
         raise ConfigError("restore: the restored databases are to be validated, but Great Expectations is not installed",
                           hint="install the validation extra (pip install 'fmr-backups[validation]'), or pass "
-                               "--no-validate (every restored file is still re-hashed)")
+                               "--no-validate (every restored file's SHA-256 is still checked)")
     target = Path(req.target)
     check_target(target, req.force)
     check_writable(target, [target / s for s in loc.sources] if req.force else None)
@@ -555,12 +561,9 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
 # ------------------------------------------------------------------------------------------------ verify
 def include_selector(includes: list[str] | None) -> Callable[[str], bool]:
     """The restorer's selection: a glob matches a path, and ``dir/**`` also selects ``dir`` itself."""
-    from ..sources.files import matches
+    from ..engine.restorer import _selector
 
-    if not includes:
-        return lambda p: True
-    dir_globs = [g for g in includes if g.endswith("/**")]
-    return lambda p: matches(p, includes) or any(matches(p + "/x", [g]) for g in dir_globs)
+    return _selector(includes)
 
 
 def sha256_file(root: Path, rel: str) -> tuple[str, int]:
@@ -581,42 +584,143 @@ def sha256_file(root: Path, rel: str) -> tuple[str, int]:
 
 def regular_files(root: Path) -> Iterator[str]:
     """Relative POSIX paths of the regular files (not symlinks) below ``root`` (walked by directory descriptors)."""
-    for dirpath, _dirs, files, dir_fd in os.fwalk(root):
-        for f in files:
-            if stat.S_ISREG(os.stat(f, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                yield os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/")
+    for _key, rel, mode, _size, _fd, _name in walk_tree(root):
+        if stat.S_ISREG(mode):
+            yield rel
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def walk_tree(root: Path) -> Iterator[tuple[list[str], str, int, int, int, str]]:
+    """Every entry below ``root`` as (order key, relative path, ``st_mode``, ``st_size``, descriptor of its
+    directory, name), in the index's canonical order (a directory right before its contents, names sorted), so it
+    merges with an index stream in one pass and constant memory. Directories are opened one component at a time
+    with ``O_NOFOLLOW`` (paths longer than PATH_MAX work; a symlink is reported, never entered). The descriptor is
+    valid until the next entry is asked for."""
+    top = os.open(root, _DIR_FLAGS)
+    stack: list[tuple[int, list[str], str, Iterator[str]]] = []
+
+    def enter(fd: int, key: list[str], prefix: str) -> None:
+        with os.scandir(fd) as it:
+            names = sorted(e.name for e in it)
+        stack.append((fd, key, prefix, iter(names)))
+
+    try:
+        enter(top, [], "")
+        while stack:
+            fd, key, prefix, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                stack.pop()
+                if fd != top:
+                    os.close(fd)
+                continue
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:  # removed while walked
+                continue
+            k = [*key, name]
+            yield k, prefix + name, st.st_mode, st.st_size, fd, name
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError:  # replaced while walked: what should be below it is then missing
+                    continue
+                try:
+                    enter(sub, k, prefix + name + "/")
+                except BaseException:
+                    os.close(sub)
+                    raise
+    finally:
+        for fd, *_ in stack:
+            if fd != top:
+                os.close(fd)
+        os.close(top)
+
+
+def _sha256_at(dir_fd: int, name: str) -> tuple[str, int]:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb") as fh:
+        return sha256_of(fh)
 
 
 def hash_check(storage: Any, rec: dict[str, Any], root: Path, select: Callable[[str], bool], skip: set[str],
-               strict: bool) -> tuple[dict[str, int], list[str]]:
-    """Every selected regular file of the index re-hashed on disk; ``strict``: no other regular file allowed."""
-    from ..repository.index import iter_index
+               strict: bool, reread: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """Every selected regular file of the index checked on disk: present, a regular file, its size; with
+    ``reread`` also read back and re-hashed (SHA-256). ``strict``: no other regular file allowed. ``skip``: only
+    present (a database a table-level restore reduced). One pass merging the index stream with a walk of the tree
+    (both in canonical order): a stat per entry, constant memory.
 
-    checked = nbytes = 0
-    expected: set[str] = set()
+    Without ``reread`` nothing is read: each file's SHA-256 was checked against the index on the bytes the restore
+    wrote (:mod:`backups.engine.restorer`); this catches what happened to the tree since (a file deleted,
+    truncated, added), not a same-size change of content on the disk."""
+    from ..repository.index import iter_index, order_key
+
+    checked = nbytes = rehashed = expected = 0
     problems: list[str] = []
-    for path, e in iter_index(storage, rec["objects"]["index"]):
-        if e[0] != "f" or not select(path):
-            continue
-        expected.add(path)
-        if path in skip:
-            continue
-        try:
-            digest, size = sha256_file(root, path)
-        except FileNotFoundError:
-            problems.append(f"{path}: missing")
-            continue
-        except OSError as exc:  # a symlink or a non-directory where the snapshot has a directory
-            problems.append(f"{path}: not a regular file below {root} ({exc.strerror})")
-            continue
-        if digest != e[5] or size != e[1]:
-            problems.append(f"{path}: content differs from the snapshot (SHA-256 {digest[:12]}…, index {str(e[5])[:12]}…)")
-            continue
-        checked += 1
-        nbytes += size
-    if strict:
-        problems += [f"{p}: not in the snapshot" for p in sorted(set(regular_files(root)) - expected)]
-    return {"files_checked": checked, "bytes_checked": nbytes, "files_expected": len(expected)}, problems
+    walk = walk_tree(root)
+    cur = next(walk, None)
+    blocker = ""  # the last walked entry that is not a directory (a path below it cannot be there)
+
+    def passed(entry: tuple[list[str], str, int, int, int, str]) -> None:
+        nonlocal blocker
+        if strict and stat.S_ISREG(entry[2]):
+            problems.append(f"{entry[1]}: not in the snapshot")
+        if not stat.S_ISDIR(entry[2]):
+            blocker = entry[1] + "/"
+
+    try:
+        for path, e in iter_index(storage, rec["objects"]["index"]):
+            if e[0] != "f" or not select(path):
+                continue
+            expected += 1
+            key = order_key(path)
+            while cur is not None and cur[0] < key:
+                passed(cur)
+                cur = next(walk, None)
+            if cur is None or cur[0] != key:
+                problems.append(f"{path}: not a regular file below {root} ({blocker[:-1]!r} is not a directory)"
+                                if blocker and path.startswith(blocker) else f"{path}: missing")
+                continue
+            _, _, mode, size, dir_fd, name = cur
+            if not stat.S_ISREG(mode):
+                problems.append(f"{path}: not a regular file below {root} (a {_kind(mode)})")
+            elif path in skip:
+                pass
+            elif size != e[1]:
+                problems.append(f"{path}: size differs from the snapshot ({size} bytes on disk, {e[1]} in the index)")
+            elif reread:
+                try:
+                    digest, size = _sha256_at(dir_fd, name)
+                except OSError as exc:
+                    problems.append(f"{path}: cannot be read back ({exc.strerror})")
+                else:
+                    rehashed += 1
+                    if digest != e[5] or size != e[1]:
+                        problems.append(f"{path}: content differs from the snapshot (SHA-256 {digest[:12]}…, index "
+                                        f"{str(e[5])[:12]}…)")
+                    else:
+                        checked += 1
+                        nbytes += size
+            else:
+                checked += 1
+                nbytes += size
+            passed_file = cur
+            cur = next(walk, None)
+            if not stat.S_ISDIR(passed_file[2]):
+                blocker = passed_file[1] + "/"
+        while cur is not None:
+            passed(cur)
+            cur = next(walk, None)
+    finally:
+        walk.close()
+    return {"files_checked": checked, "bytes_checked": nbytes, "files_expected": expected, "files_rehashed": rehashed,
+            "check": "reread" if reread else "stat"}, problems
+
+
+def _kind(mode: int) -> str:
+    return "directory" if stat.S_ISDIR(mode) else "symlink" if stat.S_ISLNK(mode) else "special file"
 
 
 def _validate_db(snap: Any, name: str, path: Path, req: RestoreRequest, pg_dsn: str | None,
@@ -642,29 +746,51 @@ def _validate_db(snap: Any, name: str, path: Path, req: RestoreRequest, pg_dsn: 
     return None
 
 
+#: how the content of the restored files was checked, as the report and the run note say it
+CHECKED_WHILE_WRITTEN = "SHA-256 checked while written"
+REREAD = "SHA-256 checked while written, then re-read and re-hashed"
+
+
 @dataclass
 class Verification:
+    """What :func:`verify_restore` checked. ``files`` per source: ``files_checked`` (files found as the snapshot
+    has them: present, regular, right size — and, with ``reread``, the right SHA-256), ``bytes_checked``,
+    ``files_expected``, ``files_rehashed`` (read back and re-hashed: 0 without ``reread``), ``check``
+    (``stat`` or ``reread``) and ``problems``."""
+
     snapshot_id: str
     target: str
     ok: bool
     files: dict[str, dict[str, Any]]
     validation: dict[str, Any]
     seconds: float
+    reread: bool = False  #: every file read back and re-hashed (``--reread``); else presence, type and size only
+    content: str = CHECKED_WHILE_WRITTEN  #: how file contents were checked, in words (:data:`REREAD`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verification:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def summary(self) -> str:
+        """One line: how many restored files were checked, and how."""
+        n = sum(int(f.get("files_checked") or 0) for f in self.files.values())
+        if self.reread:
+            return f"{n} restored file(s) re-read and re-hashed against the snapshot's index"
+        return (f"{n} restored file(s) present with their sizes (each file's SHA-256 checked against the snapshot's "
+                "index while written; not re-read)")
 
 
 def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: RestoreResult, resolver: Any = None,
                    pg_dsn: str | None = None, *, validate: bool = True, scratch_dsn: str | None = None,
                    locked: bool = False) -> Verification:
-    """Read the restored tree back: re-hash every regular file against the snapshot's index; with ``validate``,
-    run the GX suite on the databases (``validation`` then says ``skipped`` per database otherwise). Every problem
-    is collected; IntegrityError lists them.
+    """Check the restored tree against the snapshot's index: every selected regular file present with its size
+    and type, no stray file in a ``files`` source (a stat walk, nothing read: every file's SHA-256 was checked on
+    the bytes written); with ``req.reread`` every file also read back and re-hashed. With ``validate``, run the GX
+    suite on the databases (``validation`` then says ``skipped`` per database otherwise). Every problem is
+    collected; IntegrityError lists them.
 
     Runs under the repository's shared lock, so a prune cannot forget the snapshot while it is checked:
     ``locked`` when the caller holds it across the restore and this step (the CLI, the drill); otherwise (the
@@ -694,7 +820,7 @@ def _verify_restored(cfg: Config, req: RestoreRequest, st: Any, snap: Any, resto
         kind = rec["kind"]
         skip = {rec["details"]["database"]} if kind == "sqlite" and req.tables else set()  # reduced: GX checks it
         stats, found = hash_check(st, rec, root, include_selector(req.includes) if kind == "files" else (lambda p: True),
-                                  skip, strict=kind == "files")
+                                  skip, strict=kind == "files", reread=bool(req.reread))
         files[name] = {"kind": kind, **stats, "problems": len(found)}
         problems += [f"{name}/{p}" for p in found]
         if kind == "sqlite" and req.tables:  # a table-level restore: every kept foreign key must resolve
@@ -721,13 +847,15 @@ def _verify_restored(cfg: Config, req: RestoreRequest, st: Any, snap: Any, resto
                              "problem(s):\n  - " + "\n  - ".join(problems[:30]),
                              hint="do not use this restore; run `backupctl verify --read-data` on the storage, then "
                                   "restore again (force) or from another storage")
-    log.info("restore of %s verified in %.1fs: %d file(s) re-hashed; %s", snap.id, seconds,
+    log.info("restore of %s verified in %.1fs: %d file(s) %s; %s", snap.id, seconds,
              sum(f["files_checked"] for f in files.values()),
+             "re-read and re-hashed" if req.reread else "present with their sizes (SHA-256 checked while written)",
              ", ".join(f"{n}: " + ("skipped" if v.get("success") is None else
                                    f"{v['statistics']['successful_expectations']}/{v['statistics']['evaluated_expectations']}"
                                    " expectations met") for n, v in validation.items()) or "no database")
     return Verification(snapshot_id=snap.id, target=req.target, ok=True, files=files,
-                        validation=compact_results(validation), seconds=seconds)
+                        validation=compact_results(validation), seconds=seconds, reread=bool(req.reread),
+                        content=REREAD if req.reread else CHECKED_WHILE_WRITTEN)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -781,7 +909,7 @@ class RestoreReport:
 def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, verified: Verification,
                  run: RunInfo) -> RestoreReport:
     """``RESTORE_REPORT`` as a JSON document and Markdown: the snapshot, where from and to, what was restored,
-    re-hashed and validated; who asked and the approval."""
+    checked (how: :attr:`Verification.content`) and validated; who asked and the approval."""
     params = {**req.to_dict(), "sources": loc.sources}
     approved = run.approval
     doc = {"kind": "restore-result", "dag_id": run.door, "run_id": run.run_id, "requested_by": run.requested_by or "unknown",
@@ -801,7 +929,10 @@ def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, ve
           f"* requested by: **{doc['requested_by']}** (run `{run.run_id}`)",
           f"* approval: {approved['choice']}" + (f" by **{approved['by']}** at {approved.get('at')}" if approved.get("by") else "")
           + (f" — {approved['note']}" if approved.get("note") else ""),
-          f"* options: include {req.includes or 'all'}, tables {req.tables or 'all'}, force {req.force}"
+          f"* files: {verified.content}" + ("" if verified.reread else
+                                            "; after the restore every file checked present with its size (no re-read)"),
+          f"* options: include {req.includes or 'all'}, tables {req.tables or 'all'}, force {req.force}, "
+          f"reread {bool(req.reread)}"
           + (f", with dependencies {req.include_dependencies}" if req.tables else "")
           + (f", PostgreSQL target {req.pg_target_name}" if req.pg_target_name else ""), ""]
     plan = TablePlan.from_dict(restored.tables)
@@ -820,7 +951,8 @@ def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, ve
     if run.archive_wait and run.archive_wait.get("archive"):
         md += [f"Archived objects: {run.archive_wait.get('keys')} made readable after "
                f"{run.archive_wait.get('waited_seconds')} s.", ""]
-    md += ["| source | kind | files | size | SHA-256 checked on restore | re-hashed after | path |",
+    after = "re-read and re-hashed after" if verified.reread else "present, right size after"
+    md += [f"| source | kind | files | size | SHA-256 checked while written | {after} | path |",
            "|---|---|---|---|---|---|---|"]
     for n, r in restored.sources.items():
         v = verified.files.get(n, {})
@@ -895,7 +1027,7 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
 
 __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",
            "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
-           "approval_from_hitl", "build_report", "check_prerequisites", "check_writable", "check_request", "cli_run_info",
+           "CHECKED_WHILE_WRITTEN", "REREAD", "approval_from_hitl", "build_report", "check_prerequisites", "check_writable", "check_request", "cli_run_info",
            "guard_target", "hash_check", "include_selector", "locate", "plan_tables", "TablePlan",
            "regular_files", "restore_snapshot", "run_restore", "sha256_file", "shared_lock", "snapshot_still_there", "target_state",
-           "verify_restore", "wait_for_archive", "write_report"]
+           "verify_restore", "wait_for_archive", "walk_tree", "write_report"]

@@ -51,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     home, root = base / "fmr", base / "backups"
     os.environ["FMR_HOME"], os.environ["BACKUP_ROOT"] = str(home), str(root)
     from ..catalog import Catalog
+    from ..commands.backup import run_backup
     from ..config import load_config
     from ..engine.checker import verify
     from ..engine.restorer import restore
-    from ..engine.snapshot import run_backup
     from ..storage import open_storage
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "backups.local.yaml")
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             changed = fmr.mutate(home, seed=100 + i)
             print(f"application activity: {changed}")
         t0 = time.monotonic()
-        snap, _ = run_backup(cfg, tier, logical_date=when.isoformat(), type_override=typ)
+        out = run_backup(cfg, tier, logical_date=when.isoformat(), type_override=typ, progress=False)
+        snap = Catalog(open_storage(cfg, "local"), cfg.application).get(out["id"])
         d = snap.doc
         rows.append((snap.id, d["type"], d.get("parent") or "-", d["totals"]["files"], d["totals"]["stored_files"],
                      d["totals"]["stored_bytes"] / 1e6, time.monotonic() - t0))

@@ -270,6 +270,26 @@ class _TarStream:
         self.raw_bytes += size
         return h.hexdigest(), short
 
+    def add_compressed(self, e: Entry, size: int, zdata: BinaryIO, progress: Progress) -> None:
+        """Store a member whose ``size`` bytes were already compressed (zstd frames in ``zdata``, as
+        :func:`compressor` makes them: a PostgreSQL table file compressed while pg_dump wrote it). The member
+        starts a frame-table row of its own, made of three zstd frames: its header, its bytes, its padding."""
+        out = self._open(e.path)
+        self.flush()
+        if out.n > self._frame[1]:  # the open row holds members already: it ends, this member starts the next
+            self._end_frame()
+            self._frame = (self.hw.size, out.n, e.path)  # type: ignore[union-attr]
+        out.write(_tarinfo(e, size))
+        self._z.flush(zstandard.FLUSH_FRAME)
+        while chunk := zdata.read(CHUNK):
+            self.hw.write(chunk)  # type: ignore[union-attr]
+        out.n += size
+        if size % 512:
+            out.write(tarstream.padding(size))
+        progress.advance(size)
+        self.members += 1
+        self.raw_bytes += size
+
     def _hasher(self) -> Any:
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -442,6 +462,19 @@ def backup_source(
             if e.type != "f":
                 tar.add_meta(e)
                 idx.add(e.path, _entry(e, 0, None, snap_id, link=e.link))
+                continue
+            digest = getattr(e, "digest", None)  # a postgres table file read while pg_dump wrote it
+            if digest is not None and e.type == "f":
+                if (detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
+                        and prev.mode == e.mode and prev.size == e.size and _same_meta(prev, e)
+                        and prev.sha256 == digest.sha256):
+                    idx.add(e.path, _entry(e, e.size, digest.sha256, prev.snap))
+                    progress.skip(e.size)
+                    continue
+                tar.add_compressed(e, e.size, digest.spool, progress)
+                idx.add(e.path, _entry(e, e.size, digest.sha256, snap_id))
+                stored += 1
+                progress.file_done()
                 continue
             try:
                 fd = e.open()

@@ -8,9 +8,11 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
    ``--include`` globs. Each entry names the snapshot whose archive holds its bytes (``in``). Every index path
    is validated as it is read (no absolute path, no ``.``/``..``/empty component, no duplicate, nothing below a
    non-directory, hard links only to such paths): see :func:`~backups.repository.index.iter_index`.
-3. Read each needed archive once, oldest first, as a stream (zstd → tar); with ``--include`` globs (a partial
-   restore), only the zstd frames that hold wanted members, found with the archive's frame table
-   (:func:`load_frames`, :func:`frame_runs`; docs/format.md) and read with ranged reads. Every member name is checked
+3. Read each needed archive once, oldest first, as a stream (zstd → tar): its zstd frames decompressed in
+   parallel, a few ahead of the tar reader (:class:`_ParallelFrames`; an archive without a frame table, format 1,
+   is one stream); with ``--include`` globs (a partial restore), only the frames that hold wanted members, found
+   with the archive's frame table (:func:`load_frames`, :func:`frame_runs`; docs/format.md) and read with ranged
+   reads. Every member name is checked
    (absolute paths, ``..``, duplicates and members below a symlink of the same archive are refused), but only
    members whose names equal a wanted index path are written — members of older archives below a path whose
    type changed since are simply not wanted. Files go to a private ``.<source>.partial-*`` directory, each
@@ -32,10 +34,12 @@ Algorithm (kopia's restore shape: the restorer resolves and streams, the target 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
 import posixpath
+import re
 import shutil
 import stat
 import tempfile
@@ -53,7 +57,7 @@ from ..config import is_safe_name
 from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError
 from ..repository.index import IndexEntry, iter_index, order_key
 from ..sources import fsmeta
-from ..sources.files import matches
+from ..sources.files import matcher
 from ..storage.base import Storage
 from ..storage.util import PrefetchReader
 from . import tarstream
@@ -101,11 +105,33 @@ def safe_member(name: str) -> str:
     return norm
 
 
+_WILD = re.compile(r"(?<!\\)(?:\\\\)*[*?]")  #: an unescaped ``*`` or ``?``
+
+
+def _dir_of(glob: str) -> str:
+    """``dir`` of ``dir/**`` (an escaped ``\\/`` is a ``/`` too)."""
+    head = glob[:-3]
+    return head[:-1] if (len(head) - len(head.rstrip("\\"))) % 2 else head
+
+
 def _selector(includes: list[str] | None) -> Callable[[str], bool]:
+    """``--include`` as a predicate: a path matches a glob, or ``p + "/x"`` matches a glob ``dir/**`` (the
+    directory itself is selected). Globs without wildcards (one path each, as a list of chosen files gives; also
+    the ``dir`` of a literal ``dir/**``) are a set lookup; the others one compiled alternation each way."""
     if not includes:
         return lambda p: True
-    dir_globs = [g for g in includes if g.endswith("/**")]
-    return lambda p: matches(p, includes) or any(matches(p + "/x", [g]) for g in dir_globs)
+    exact = {_unescape(g) for g in includes if not _WILD.search(g)}
+    exact |= {_unescape(_dir_of(g)) for g in includes if g.endswith("/**") and not _WILD.search(_dir_of(g))}
+    wild = matcher([g for g in includes if _WILD.search(g)])
+    wild_dirs = [g for g in includes if g.endswith("/**") and _WILD.search(_dir_of(g))]
+    below = matcher(wild_dirs) if wild_dirs else None
+    if below is None:
+        return lambda p: p in exact or wild(p)
+    return lambda p: p in exact or wild(p) or below(p + "/x")
+
+
+def _unescape(glob: str) -> str:
+    return re.sub(r"\\(.)", r"\1", glob, flags=re.DOTALL)
 
 
 def check_target(target: Path, force: bool) -> None:
@@ -211,7 +237,8 @@ def _has_default_acl(path: Path) -> bool:
 def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: str, target: Path, *,
                    includes: list[str] | None = None, force: bool = False, progress: Progress | None = None,
                    finish: Callable[[Path], dict[str, Any]] | None = None, no_owner: bool = False) -> SourceRestore:
-    """Restore one source. Memory holds only directories, symlinks and hard links; files are streamed and merged.
+    """Restore one source. Memory holds directories, symlinks, hard links and at most :data:`KEEP_ENTRIES` wanted
+    files (the archives those fit need no pass of their own over the index); other files are streamed and merged.
 
     Owners are restored when running as root unless ``no_owner`` (like tar's ``--no-same-owner``); modes,
     extended attributes, ACLs and times always; the source root's own metadata when the snapshot recorded it."""
@@ -228,6 +255,10 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
     alias: dict[str, str] = {}  # file not selected itself -> the first selected hard link to it, which gets its bytes
     needed_dirs: set[str] = set()
     per_snap: dict[str, int] = defaultdict(int)
+    # the wanted files of the archives that fit KEEP_ENTRIES (an incremental's few, a small full's): those archives
+    # need no pass of their own over the index; the largest lists are dropped (streamed later) when it is exceeded
+    kept: dict[str, list[tuple[str, str, IndexEntry]] | None] = {}
+    kept_n = 0
     for path, e in iter_index(storage, idx_obj):
         if e.type == "d":
             dirs[path] = e
@@ -238,6 +269,16 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
         if e.type == "f":
             if e.link is None:
                 per_snap[e.snap] += 1
+                if e.snap not in kept:
+                    kept[e.snap] = []
+                lst = kept[e.snap]
+                if lst is not None:
+                    lst.append((path, path, e))
+                    kept_n += 1
+                    if kept_n > KEEP_ENTRIES:
+                        big = max((k for k, v in kept.items() if v is not None), key=lambda k: len(kept[k] or ()))
+                        kept_n -= len(kept[big] or ())
+                        kept[big] = None
             else:
                 hardlinks[path] = e.link
                 if not select(e.link) and e.link not in alias:
@@ -249,6 +290,8 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
             parent = parent.rpartition("/")[0]
         if e.type == "d":
             needed_dirs.add(path)
+    if alias:  # a file that gets its bytes through a hard link is found by the streamed pass only
+        kept = {}
     wanted_dirs = {p: e for p, e in dirs.items() if p in needed_dirs}
     wanted_links = {p: e for p, e in links.items() if select(p)}
     if includes and not (per_snap or wanted_dirs or wanted_links or hardlinks):
@@ -282,12 +325,15 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
                         elif p in alias:
                             yield p, alias[p], e
 
-            frames = load_frames(storage, obj) if includes else None
-            if frames is None:
-                _extract_archive(storage, obj, wanted(), tree, out, progress, meta)
+            frames = load_frames(storage, obj)
+            listed = kept.get(sid)
+            if frames is None or not includes:
+                _extract_archive(storage, obj, wanted() if listed is None else iter(listed), tree, out, progress,
+                                 meta, frames)
             else:  # a partial restore reads only the frames holding what it restores
-                todo = list(wanted())
-                _extract_archive(storage, obj, iter(todo), tree, out, progress, meta, frame_runs(frames, todo))
+                todo = list(wanted()) if listed is None else listed
+                _extract_archive(storage, obj, iter(todo), tree, out, progress, meta, frames,
+                                 frame_index_runs(frames, todo))
         for path, first in hardlinks.items():  # after every file is written, before any symlink exists
             src = first if select(first) else alias[first]
             try:
@@ -345,6 +391,8 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
 
 
 SMALL_FILE = 1 << 20
+#: wanted files kept from the first pass over the index (so their archive needs no pass of its own): ~5 MB
+KEEP_ENTRIES = 8192
 _ZEROS = bytes(CHUNK)
 
 
@@ -370,9 +418,10 @@ class _Writers:
         self.closing: list[tuple[int, list[int]]] = []
 
     @staticmethod
-    def _write(dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta, error: Exception) -> None:
+    def _write(dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta,
+               error: Callable[[], Exception]) -> None:
         if hashlib.sha256(content).hexdigest() != e.sha256:
-            raise error
+            raise error()
         # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
@@ -383,8 +432,10 @@ class _Writers:
         finally:
             os.close(fd)
 
-    def submit(self, dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta, error: Exception) -> None:
-        """Write ``name`` in ``dir_fd`` (which must stay open until then: see :meth:`close_later`)."""
+    def submit(self, dir_fd: int, name: str, content: bytes, path: str, e: IndexEntry, meta: _Meta,
+               error: Callable[[], Exception]) -> None:
+        """Write ``name`` in ``dir_fd`` (which must stay open until then: see :meth:`close_later`); ``error()``
+        is raised when the content does not match the index (built only then: one exception per file costs)."""
         self.budget.acquire()
 
         def run() -> None:
@@ -448,38 +499,168 @@ def _write_large(dir_fd: int, name: str, data: tarstream.MemberReader, size: int
     return h.hexdigest()
 
 
-class _FrameRuns:
-    """The tar bytes of some runs of consecutive frames of one archive, read with ranged reads and decompressed one
-    run after the other (a file-like ``read``). Frames start at member boundaries, so the runs put end to end are
-    a tar stream holding only their members; when the last run does not end the archive, an end-of-archive marker
-    is added."""
+#: frames decompressed ahead of the tar reader: at most this many in flight (each about FRAME_SIZE of tar bytes)
+FRAMES_AHEAD = max(2, min(8, 2 * (os.cpu_count() or 1)))
+#: threads decompressing frames (zstandard releases the GIL while it decompresses)
+DECOMPRESSORS = max(1, min(4, os.cpu_count() or 1))
+#: a frame holding more tar bytes than this (a large file), or of unknown size (the archive's last), is streamed
+#: chunk by chunk on the reading thread instead of being decompressed whole on the pool: memory stays flat
+WHOLE_FRAME_MAX = 8 << 20
 
-    def __init__(self, storage: Storage, key: str, runs: list[tuple[int, int, bool]]) -> None:
-        self.storage, self.key, self.runs = storage, key, list(runs)
-        self.stack = ExitStack()
-        self.cur: Any = None
-        self.ended = bool(runs) and runs[-1][2]
+_END = object()
+
+
+def _frame_span(frames: list[tarstream.Frame], i: int) -> int | None:
+    """The tar bytes frame ``i`` holds (from the next frame's uncompressed offset), None for the last frame."""
+    return frames[i + 1].uoffset - frames[i].uoffset if i + 1 < len(frames) else None
+
+
+class _ParallelFrames:
+    """The tar bytes of some frames of one archive, in order (a file-like ``read``), decompressed ahead of the
+    reader on a small thread pool.
+
+    One reading thread reads each run of consecutive frames with one ranged read (a whole restore: one run, the
+    whole archive) and hands every frame of known size up to :data:`WHOLE_FRAME_MAX` to the pool; larger frames
+    (a large file) it decompresses itself, chunk by chunk. At most :data:`FRAMES_AHEAD` frames or chunks wait for
+    the reader (bounded memory: a few frames). Frames start at member boundaries, so the frames put end to end are
+    a tar stream; when the last run does not end the archive, an end-of-archive marker is added. A frame whose
+    size does not match the frame table, or that does not decompress, is an IntegrityError naming the object."""
+
+    def __init__(self, storage: Storage, key: str, frames: list[tarstream.Frame], runs: list[list[int]]) -> None:
+        import queue
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.storage, self.key, self.frames = storage, key, frames
+        self.ended = bool(runs) and runs[-1][-1] == len(frames) - 1
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=FRAMES_AHEAD)
+        self._stop = threading.Event()
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=DECOMPRESSORS, thread_name_prefix="restore-zstd")
+        self._buf, self._off, self._done = b"", 0, False
+        self._t = threading.Thread(target=self._feed, args=(runs,), name="restore-read", daemon=True)
+        self._t.start()
+
+    # ---- the reading thread
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _feed(self, runs: list[list[int]]) -> None:
+        try:
+            for run in runs:
+                first, last = self.frames[run[0]], self.frames[run[-1]]
+                with self.storage.open_read(self.key, first.offset, last.offset + last.length - first.offset) as raw:
+                    for i in run:
+                        f, span = self.frames[i], _frame_span(self.frames, i)
+                        if span is not None and span <= WHOLE_FRAME_MAX and f.length <= WHOLE_FRAME_MAX:
+                            comp = self._read_exact(raw, f.length, i)
+                            if not self._put(self._pool.submit(self._inflate, comp, span, i)):
+                                return
+                        elif not self._stream(raw, i, span):
+                            return
+            self._put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader
+            self._put(exc)
+
+    def _read_exact(self, raw: Any, n: int, i: int) -> bytes:
+        parts, left = [], n
+        while left:
+            b = raw.read(min(left, CHUNK * 4))
+            if not b:
+                raise self._bad(i, "ends early")
+            parts.append(b)
+            left -= len(b)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _stream(self, raw: Any, i: int, span: int | None) -> bool:
+        """Decompress a large frame here, chunk by chunk, into the queue (the pool's frames before it are queued)."""
+        from ..storage.util import LimitedReader
+
+        limited = LimitedReader(raw, self.frames[i].length)
+        n = 0
+        with zstandard.ZstdDecompressor().stream_reader(limited, read_size=CHUNK, closefd=False,
+                                                        read_across_frames=True) as z:
+            while chunk := z.read(CHUNK):
+                n += len(chunk)
+                if span is not None and n > span:
+                    raise self._bad(i, f"holds more than the {span} bytes of its frame table entry")
+                if not self._put(chunk):
+                    return False
+        if limited.left or (span is not None and n != span):
+            raise self._bad(i, "does not match its frame table entry")
+        return True
+
+    # ---- the pool
+    def _inflate(self, comp: bytes, span: int, i: int) -> bytes:
+        dctx = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = zstandard.ZstdDecompressor()
+        try:
+            out = dctx.decompress(comp, max_output_size=span)
+        except zstandard.ZstdError as exc:
+            raise self._bad(i, f"cannot be decompressed ({exc})") from None
+        if len(out) != span:
+            raise self._bad(i, f"holds {len(out)} bytes, its frame table entry {span}")
+        return out
+
+    def _bad(self, i: int, what: str) -> IntegrityError:
+        return IntegrityError(f"{self.storage.name}: archive {self.key} is damaged: frame {i} (at byte "
+                              f"{self.frames[i].offset}) {what}",
+                              hint="restore from another storage; run `backupctl verify --read-data`")
+
+    # ---- the tar reader's side
+    def _next(self) -> bool:
+        if self._done:
+            return False
+        item = self._q.get()
+        if item is _END:
+            self._done = True
+            if self.ended:
+                return False
+            item = tarstream.end_of_archive()
+        elif isinstance(item, BaseException):
+            self._done = True
+            raise item
+        elif not isinstance(item, bytes):
+            item = item.result()
+        self._buf, self._off = item, 0
+        return True
 
     def read(self, n: int = -1) -> bytes:
-        while True:
-            if self.cur is None:
-                if not self.runs:
-                    if not self.ended:
-                        self.ended = True
-                        return tarstream.end_of_archive()
-                    return b""
-                off, length, _ = self.runs.pop(0)
-                self.stack.close()
-                raw = self.stack.enter_context(self.storage.open_read(self.key, off, length))
-                self.cur = self.stack.enter_context(zstandard.ZstdDecompressor().stream_reader(
-                    raw, read_size=CHUNK, closefd=False, read_across_frames=True))
-            data = self.cur.read(n if n and n > 0 else CHUNK)
-            if data:
-                return data
-            self.cur = None
+        while self._off >= len(self._buf):
+            if not self._next():
+                return b""
+        if n is None or n < 0:
+            n = len(self._buf) - self._off
+        end = self._off + n
+        data = self._buf[self._off : end] if (self._off or end < len(self._buf)) else self._buf
+        self._off = min(end, len(self._buf))
+        return data
+
+    def readable(self) -> bool:
+        return True
 
     def close(self) -> None:
-        self.stack.close()
+        """Stop the reading thread (it may wait on a full queue), cancel queued frames, wait for both."""
+        import queue
+
+        self._stop.set()
+        while self._t.is_alive():
+            try:
+                self._q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._t.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._buf = b""
 
 
 def load_frames(storage: Storage, obj: dict[str, Any]) -> list[tarstream.Frame] | None:
@@ -502,6 +683,11 @@ def frame_runs(frames: list[tarstream.Frame], wanted: list[tuple[str, str, Index
     """The ranges of the archive (compressed offset, length, whether it reaches the last frame) holding the
     members ``wanted`` names: for each, the frames from the last one starting before it (or at it) to the last
     one starting at it (a torn file's second copy may start the next frame); adjacent frames are merged."""
+    return [_run(frames, run[0], run[-1]) for run in frame_index_runs(frames, wanted)]
+
+
+def frame_index_runs(frames: list[tarstream.Frame], wanted: list[tuple[str, str, IndexEntry]]) -> list[list[int]]:
+    """:func:`frame_runs` as lists of consecutive frame numbers."""
     import bisect
 
     keys = [order_key(f.first) for f in frames]
@@ -512,17 +698,12 @@ def frame_runs(frames: list[tarstream.Frame], wanted: list[tuple[str, str, Index
         first = lo if lo < len(keys) and keys[lo] == k and not e.torn else max(0, lo - 1)
         last = max(first, bisect.bisect_right(keys, k) - 1)
         need.update(range(first, last + 1))
-    runs: list[tuple[int, int, bool]] = []
-    start = prev = None
+    runs: list[list[int]] = []
     for i in sorted(need):
-        if start is not None and i == prev + 1:  # type: ignore[operator]
-            prev = i
-            continue
-        if start is not None:
-            runs.append(_run(frames, start, prev))  # type: ignore[arg-type]
-        start = prev = i
-    if start is not None:
-        runs.append(_run(frames, start, prev))  # type: ignore[arg-type]
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
     return runs
 
 
@@ -532,7 +713,7 @@ def _run(frames: list[tarstream.Frame], a: int, b: int) -> tuple[int, int, bool]
 
 def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tuple[str, str, IndexEntry]],
                      tree: _Tree, out: SourceRestore, progress: Progress, meta: _Meta,
-                     runs: list[tuple[int, int, bool]] | None = None) -> None:
+                     frames: list[tarstream.Frame] | None = None, runs: list[list[int]] | None = None) -> None:
     """Merge one archive's members with the wanted files it holds (both in canonical order).
 
     ``wanted`` yields (member path, path to write, entry): the two differ only for a file whose bytes go to a
@@ -540,7 +721,9 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
     was backed up (``torn`` in the index) may appear twice: first completed with zeros, then as read; the member
     whose content matches the index is the one kept, and only such a file may appear twice.
 
-    ``runs`` (from :func:`frame_runs`): read only these ranges of frames instead of the whole archive."""
+    ``frames`` (the archive's frame table, :func:`load_frames`): the frames are decompressed in parallel
+    (:class:`_ParallelFrames`), all of them or only the ``runs`` of frame numbers (:func:`frame_index_runs`, a
+    partial restore); without a table (format 1) the archive is one stream, decompressed ahead on one thread."""
 
     def missing(path: str) -> IntegrityError:
         return IntegrityError(f"{path}: not found in archive {obj['key']} where the index says it is",
@@ -559,14 +742,13 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
     # object hash is not recomputed here: that is `verify --read-data`'s job. Member names are only matched
     # against the (validated) index paths; every member name is still checked so a crafted archive is refused.
     with ExitStack() as stack:
-        if runs is None:
+        if frames is None:
             raw = stack.enter_context(storage.open_read(obj["key"]))
             zr = stack.enter_context(zstandard.ZstdDecompressor().stream_reader(raw, read_size=CHUNK, closefd=False,
                                                                                 read_across_frames=True))
+            z: Any = PrefetchReader(zr, CHUNK)
         else:
-            zr = _FrameRuns(storage, obj["key"], runs)
-            stack.callback(zr.close)
-        z = PrefetchReader(zr, CHUNK)
+            z = _ParallelFrames(storage, obj["key"], frames, runs if runs is not None else [list(range(len(frames)))])
         try:
             last_key: list[str] | None = None
             last_sym = None
@@ -600,7 +782,7 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                         continue
                     if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
                         content = data.read_all()
-                        writers.submit(pfd, fname, content, dest, e, meta, damaged(name))
+                        writers.submit(pfd, fname, content, dest, e, meta, functools.partial(damaged, name))
                         progress.advance(len(content))
                         if retired:
                             batches.append(retired[:])

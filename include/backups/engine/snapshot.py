@@ -10,7 +10,9 @@
 * :func:`commit` — assemble the parts into the manifest and write it **last**.
 * :func:`replicate` — copy a committed snapshot's objects to another storage, checking every object's SHA-256
   on the way, then write the manifest there last; also back-fills copies a storage is missing.
-* :func:`run_backup` — all of the above (the CLI's ``backup``).
+
+The sequence (checks, plan, extract, commit, copies, verification, test restore, result document, cleanup) is
+declared once, in :data:`backups.commands.backup.BACKUP`, for the CLI and the DAGs.
 """
 
 from __future__ import annotations
@@ -198,6 +200,8 @@ def staging_root() -> str | None:
 
 
 OWNER_FILE = ".backup-owner.json"
+#: the staging name of a `backupctl backup` run's own scratch (its test restore): ``backup-backupctl-*``
+RUN_STAGING = "backupctl"
 
 
 @contextmanager
@@ -230,7 +234,7 @@ def clean_staging(cfg: Config, grace_seconds: float) -> list[str]:
 
     root = staging_root() or tempfile.gettempdir()
     removed = []
-    prefixes = tuple(f"backup-{name}-" for name in cfg.sources)
+    prefixes = tuple(f"backup-{name}-" for name in [*cfg.sources, RUN_STAGING])
     try:
         entries = list(os.scandir(root))
     except OSError:
@@ -480,116 +484,3 @@ def backfill(cfg: Config, src: Storage, dst: Storage, *, tier: str | None = None
             done.append(s.id)
             dst_ids.update(s.chain)
     return done
-
-
-def run_backup(cfg: Config, tier: str, *, logical_date: str | None = None, type_override: str | None = None,
-               storages: list[str] | None = None, resolver: Any = None, checksum: bool = False,
-               sources: list[str] | None = None, comment: str = "",
-               estimated_bytes: int | None = None, now: datetime | None = None) -> tuple[Snapshot, Plan]:
-    """Plan, extract every source once into the primary storage, commit, then copy to the other storages.
-    ``estimated_bytes`` (the system-state check's estimate of the sources) gives the progress a percentage;
-    ``now`` (default: the clock) bounds the logical date (see :func:`check_logical_date`).
-
-    The primary (first) storage must be healthy. Another storage that is down, or whose encryption key does not
-    match, is skipped for this run; the snapshot is committed everywhere else, and the run then fails naming it
-    (the next run back-fills what it missed).
-    """
-
-    from ..repository import Repository
-
-    names = storages or list(cfg.tier(tier).storages)
-    opened = {n: open_storage(cfg, n, resolver) for n in names}
-    primary = opened[names[0]]
-    repo = Repository(primary, cfg)
-    ld = parse_logical_date(logical_date)
-    check_logical_date(ld, now)  # before any lock or staging folder
-    sid = snapshot_id(tier, ld)
-    clean_staging(cfg, cfg.locks.orphan_grace_hours * 3600)
-    with repo.backup_lock(sid) as held:
-        # under the id's exclusive lock: what is committed is decided here, once (a second run of the same id
-        # waits, then finds it committed)
-        p = plan(cfg, tier, logical_date, type_override=type_override, storage=primary, resolver=resolver,
-                 sources=sources, storages=names, comment=comment, catalog=repo.catalog, now=now)
-        snap, healthy, failures = _extract_and_commit(cfg, p, primary, opened, names, held, resolver, checksum,
-                                                      repo.catalog, estimated_bytes)
-    # replication reads only committed objects (a shared lock keeps prune away); each target takes its own locks
-    if healthy:
-        with repo.lock("repo", exclusive=False, operation="replicate"):
-            _replicate_all(cfg, p, primary, opened, healthy, failures)
-    if failures:
-        kinds = {type(f) for f in failures}
-        kind = kinds.pop() if len(kinds) == 1 else StorageError
-        raise kind(f"{p.snapshot_id} is committed on {primary.name} but not on every storage:\n  "
-                   + "\n  ".join(f.message for f in failures),
-                   hint="; ".join(dict.fromkeys(f.hint for f in failures if f.hint))
-                   or "fix the storage (or key) and re-run: missing copies are back-filled by the next run")
-    return snap, p
-
-
-def _extract_and_commit(cfg: Config, p: Plan, primary: Storage, opened: dict[str, Storage], names: list[str],
-                        held: list[Any], resolver: Any, checksum: bool,
-                        catalog: Catalog, estimated_bytes: int | None = None) -> tuple[Snapshot, list[str], list[Any]]:
-    """Under the id's exclusive lock and the shared repository lock (prune cannot run): the catalog loaded once
-    for the plan stays true for the whole run."""
-    from ..errors import BackupError
-
-    failures: list[BackupError] = []
-    healthy = []
-    for n in names[1:]:
-        try:
-            opened[n].check()
-            healthy.append(n)
-        except BackupError as exc:
-            failures.append(exc)
-            log.error("storage %s is unusable for this run: %s", n, exc.message)
-    if p.already_committed:
-        log.info("snapshot %s is already committed on %s; nothing to extract", p.snapshot_id, primary.name)
-    else:
-        primary.check()
-        for name in p.sources:
-            open_source(cfg, name, resolver).check()
-        # the sources are independent: extract two at a time (dumps, hashing and zstd release the GIL)
-        from concurrent.futures import ThreadPoolExecutor
-
-        workers = min(2, len(p.sources)) if primary.thread_safe else 1  # one SFTP session is not thread-safe
-        # one progress for the whole backup: on a terminal one bar with a percentage of the estimate
-        progress = Progress(f"backup {p.snapshot_id}", estimated_bytes or None)
-        try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
-                futures = [pool.submit(extract, cfg, p, name, primary, resolver=resolver, checksum=checksum,
-                                       catalog=catalog, progress=progress) for name in p.sources]
-                for fut in futures:
-                    fut.result()
-        finally:
-            progress.close()
-    snap = commit(cfg, p, primary, locks=held, catalog=catalog)
-    return snap, healthy, failures
-
-
-def _replicate_all(cfg: Config, p: Plan, primary: Storage, opened: dict[str, Storage], healthy: list[str],
-                   failures: list[Any]) -> None:
-    from ..errors import BackupError
-
-    def copy_to(n: str) -> None:
-        from ..repository import Repository
-
-        with Repository(opened[n], cfg).backup_lock(p.snapshot_id, operation="replicate") as held:
-            replicate(cfg, p.snapshot_id, primary, opened[n], locks=held)
-            filled = backfill(cfg, primary, opened[n])
-        if filled:
-            log.info("back-filled %d snapshot(s) on %s: %s", len(filled), n, ", ".join(filled))
-
-    if healthy:  # every other storage gets its copy at the same time (each from the primary, each verified)
-        from concurrent.futures import ThreadPoolExecutor
-
-        # each copy reads the primary: in parallel only when the primary may be shared between threads
-        workers = len(healthy) if primary.thread_safe else 1
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replicate") as pool:
-            futures = {n: pool.submit(copy_to, n) for n in healthy}
-        for n, fut in futures.items():
-            exc = fut.exception()
-            if isinstance(exc, BackupError):
-                failures.append(exc)
-                log.error("copy of %s to %s failed: %s", p.snapshot_id, n, exc.message)
-            elif exc is not None:
-                raise exc

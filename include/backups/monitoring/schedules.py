@@ -2,92 +2,34 @@
 happened when its cron says it should have — read from Airflow's own metadata through its public REST API.
 
 Why the REST API: in Airflow 3 a task cannot use the ORM, and the Task SDK's run queries
-(``get_dr_count``/``get_dagrun_state``) know nothing of paused DAGs or import errors. :class:`AirflowApi` is a
-small urllib client (no Airflow import): base URL and credentials come from an HTTP connection
-(``monitoring.airflow_api_conn_id``, host ``http://host:port``, login and password), a token from
-``POST /auth/token`` (no token is asked when login is empty: ``simple_auth_manager_all_admins``).
+(``get_dr_count``/``get_dagrun_state``) know nothing of paused DAGs or import errors. :func:`collect` reads it
+through :class:`backups.airflow_api.AirflowApi`, the one REST client (no Airflow import), built by the Airflow
+layer from the one API connection ``backup_airflow_api`` (the run notes use it too).
 
 :func:`check_schedules` is pure: it turns what the API returned into problems and per-DAG run facts.
 """
 
 from __future__ import annotations
 
-import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..airflow_api import AirflowApi
 from .store import iso, now_utc, parse_iso
 
 #: a scheduled run may start this late after its cron time before it counts as missed
 GRACE = timedelta(minutes=30)
 
 
-class ApiError(Exception):
-    pass
-
-
-class AirflowApi:
-    def __init__(self, base_url: str, login: str | None = None, password: str | None = None, timeout: float = 20.0):
-        self.base = base_url.rstrip("/")
-        self.login, self.password, self.timeout = login, password, timeout
-        self._token: str | None = None
-
-    def _request(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
-        headers = {"Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        if auth and self.login:
-            headers["Authorization"] = f"Bearer {self.token()}"
-        req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - configured http(s) URL
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            raise ApiError(f"{method} {path}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise ApiError(f"{method} {path}: {getattr(exc, 'reason', exc)}") from None
-
-    def token(self) -> str:
-        if self._token is None:
-            out = self._request("POST", "/auth/token", {"username": self.login, "password": self.password or ""},
-                                auth=False)
-            if not isinstance(out, dict) or "access_token" not in out:
-                raise ApiError("POST /auth/token: no access_token in the answer")
-            self._token = out["access_token"]
-        return self._token
-
-    def get(self, path: str, **params: Any) -> Any:
-        q = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None}, doseq=True)
-        return self._request("GET", path + (f"?{q}" if q else ""))
-
-    def dag(self, dag_id: str) -> dict[str, Any] | None:
-        try:
-            return self.get(f"/api/v2/dags/{urllib.parse.quote(dag_id)}")
-        except ApiError as exc:
-            if "HTTP 404" in str(exc):
-                return None
-            raise
-
-    def runs(self, dag_id: str, limit: int = 25) -> list[dict[str, Any]]:
-        out = self.get(f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns", order_by="-run_after", limit=limit)
-        return list((out or {}).get("dag_runs") or [])
-
-    def import_errors(self) -> list[dict[str, Any]]:
-        out = self.get("/api/v2/importErrors", limit=100)
-        return list((out or {}).get("import_errors") or [])
-
-    def collect(self, dag_ids: list[str]) -> dict[str, Any]:
-        """What :func:`check_schedules` needs: each DAG (or None), its recent runs, and the import errors."""
-        dags = {}
-        for d in dag_ids:
-            info = self.dag(d)
-            dags[d] = {"dag": info, "runs": self.runs(d) if info else []}
-        return {"dags": dags, "import_errors": self.import_errors(), "base_url": self.base}
+def collect(api: AirflowApi, dag_ids: list[str]) -> dict[str, Any]:
+    """What :func:`check_schedules` needs, read through ``api``: each DAG (or None), its recent runs, and the
+    import errors. Raises :class:`~backups.airflow_api.AirflowApiError`."""
+    dags = {}
+    for d in dag_ids:
+        info = api.dag(d)
+        dags[d] = {"dag": info, "runs": api.runs(d) if info else []}
+    return {"dags": dags, "import_errors": api.import_errors(), "base_url": api.base}
 
 
 def _run_info(r: dict[str, Any], base: str | None) -> dict[str, Any]:

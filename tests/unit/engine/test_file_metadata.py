@@ -19,9 +19,9 @@ import zstandard
 from backups.catalog import Catalog
 from backups.engine import archiver
 from backups.engine.restorer import restore
-from backups.engine.snapshot import run_backup
 from backups.repository.index import iter_index
 from backups.storage import LocalStorage
+from tests.helpers import run_backup
 from tests.property.tools import APP, SOURCE, backupctl, engine_restore, files_config, hand_restore
 
 DATES = [f"2026-02-{d:02d}T01:00:00Z" for d in range(1, 29)]
@@ -165,12 +165,12 @@ def test_unreadable_directory_under_warn_keeps_its_previous_subtree(tmp_path):
     cfg_path = tmp_path / "backups.yaml"
     files_config(tmp_path, root, repo)
     cfg_path.write_text(cfg_path.read_text().replace("exclude: []}", "exclude: [], on_unreadable: warn}"))
-    first = _backupctl_without_dac_override(cfg_path, "backup", "--tier", "full", "--logical-date", DATES[0])
+    first = _backupctl_without_dac_override(cfg_path, "backup", "--no-validate", "--tier", "full", "--logical-date", DATES[0])
     assert first.returncode == 0, first.stderr
     os.chmod(root / "uploads" / "2026", 0o000)
     try:
         (root / "zz").write_text("changed")
-        inc = _backupctl_without_dac_override(cfg_path, "backup", "--tier", "inc", "--logical-date", DATES[1])
+        inc = _backupctl_without_dac_override(cfg_path, "backup", "--no-validate", "--tier", "inc", "--logical-date", DATES[1])
     finally:
         os.chmod(root / "uploads" / "2026", 0o755)
     assert inc.returncode == 0, inc.stderr
@@ -355,11 +355,11 @@ def test_unreadable_directory_never_keeps_a_hard_link_to_a_file_that_is_gone(tmp
     cfg_path = tmp_path / "backups.yaml"
     files_config(tmp_path, root, repo)
     cfg_path.write_text(cfg_path.read_text().replace("exclude: []}", "exclude: [], on_unreadable: warn}"))
-    assert _backupctl_without_dac_override(cfg_path, "backup", "--tier", "full", "--logical-date", DATES[0]).returncode == 0
+    assert _backupctl_without_dac_override(cfg_path, "backup", "--no-validate", "--tier", "full", "--logical-date", DATES[0]).returncode == 0
     os.unlink(root / "a.bin")
     os.chmod(root / "d", 0o000)
     try:
-        inc = _backupctl_without_dac_override(cfg_path, "backup", "--tier", "inc", "--logical-date", DATES[1])
+        inc = _backupctl_without_dac_override(cfg_path, "backup", "--no-validate", "--tier", "inc", "--logical-date", DATES[1])
     finally:
         os.chmod(root / "d", 0o755)
     assert inc.returncode == 0, inc.stderr

@@ -19,9 +19,9 @@ from backups.catalog import Catalog
 from backups.catalog.manifest import seal
 from backups.engine import tarstream
 from backups.engine.restorer import load_frames, restore
-from backups.engine.snapshot import run_backup
 from backups.errors import IntegrityError
 from backups.storage import LocalStorage
+from tests.helpers import run_backup
 from tests.property.tools import APP, SOURCE, files_config, fingerprint
 
 FRAME = 64 << 10  #: a small frame size, so a small tree has many frames

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from backups.config import load_config
-from backups.engine.snapshot import plan, run_backup
+from backups.engine.snapshot import plan
 from backups.errors import ConfigError
 from backups.storage import LocalStorage
+from tests.helpers import run_backup
 
 CONFIG = """\
 application: plan-test

@@ -11,9 +11,8 @@ from backups.config import load_config
 from backups.engine.checker import verify
 from backups.engine.restorer import restore
 from backups.engine.retention import apply_prune, plan_prune
-from backups.engine.snapshot import run_backup
 from backups.storage import LocalStorage
-from tests.helpers import write_config
+from tests.helpers import run_backup, write_config
 
 
 def _cfg(app, daily="{keep_daily: 2}", weekly="{keep_weekly: 1}"):

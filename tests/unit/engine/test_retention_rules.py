@@ -15,8 +15,8 @@ import pytest
 from backups.catalog import Catalog
 from backups.config import load_config
 from backups.engine.retention import plan_prune
-from backups.engine.snapshot import run_backup
 from backups.storage import LocalStorage
+from tests.helpers import run_backup
 
 CONFIG = """\
 application: keep-test

@@ -18,7 +18,6 @@ from backups.commands.status import status
 from backups.commands.verify import verify
 from backups.config import load_config
 from backups.demo import fmr
-from backups.engine.snapshot import run_backup
 from backups.monitoring import status_path
 from backups.monitoring.alerts import transition
 from backups.monitoring.health import evaluate
@@ -27,7 +26,7 @@ from backups.monitoring.status import rpo_seconds, tier_state
 from backups.monitoring.store import read_jsonl
 from backups.repository import verification
 from backups.storage import open_storage
-from tests.helpers import subprocess_env, write_config
+from tests.helpers import commit_unverified, run_backup, subprocess_env, write_config
 
 H = 3600.0
 
@@ -206,7 +205,7 @@ def test_status_check_exit_codes(tmp_path, app):
     fresh = make_cfg(tmp_path, app)
     cfg = load_config(fresh)
     for tier in ("weekly", "daily", "monthly"):
-        run_backup(cfg, tier)  # the engine alone: no integrity check, so never verified
+        commit_unverified(cfg, tier)  # a backup killed after its commit: never verified
     p = _cli(fresh, "status", "--check")
     assert p.returncode == 1 and p.stdout.startswith("BACKUP WARNING - 3 problem(s): unverified:daily"), p.stdout
     verify(cfg, every=True, read_data=True)

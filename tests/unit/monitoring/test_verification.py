@@ -113,11 +113,11 @@ def test_a_failed_read_data_verification_stays_open_after_the_next_daily_backup(
 
 
 def test_a_failure_in_the_old_per_host_file_is_carried_over_until_verify_all_passes(env):
-    from backups.engine.snapshot import run_backup as engine_backup
+    from tests.helpers import commit_unverified
 
     cfg = env["cfg"]
     for tier, hours in (("weekly", 3), ("monthly", 2.5), ("daily", 2)):
-        engine_backup(cfg, tier, logical_date=_ago(hours))  # taken by an earlier version: no record in the repository
+        commit_unverified(cfg, tier, logical_date=_ago(hours))  # taken by an earlier version: no record in the repository
     legacy = status_path(cfg).parent / "verify_state.json"
     legacy.parent.mkdir(parents=True, exist_ok=True)
     legacy.write_text(json.dumps({"local": {"last": {"at": _ago(5), "ok": False, "read_data": True,
@@ -206,11 +206,11 @@ def test_a_tier_without_a_snapshot_has_no_verification_verdict(env):
 
 
 def test_a_tier_whose_chain_was_never_verified_is_not_ok(env):
-    from backups.engine.snapshot import run_backup as engine_backup
+    from tests.helpers import commit_unverified
 
     cfg = env["cfg"]
     for tier, hours in (("weekly", 3), ("monthly", 2.5), ("daily", 2)):
-        engine_backup(cfg, tier, logical_date=_ago(hours))  # the engine alone: no integrity check
+        commit_unverified(cfg, tier, logical_date=_ago(hours))  # killed after the commit: never verified
     result = status(cfg)
     assert result.check_code == 1 and _tier(result, "weekly")["state"] == "warning"
     assert "never verified" in _keys(result)["unverified:weekly"]["summary"]

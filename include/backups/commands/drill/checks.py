@@ -248,8 +248,7 @@ def _rehash_check(cfg: Config, scratch: Scratch, restored: TierRestore, loc: Loc
 
     def rehash() -> tuple[bool, str]:
         v = restore_command.verify_restore(cfg, req, loc, rres, resolver, validate=False, locked=True)
-        n = sum(f["files_checked"] for f in v.files.values())
-        return True, f"{n} restored file(s) re-hashed against the snapshot's index"
+        return True, v.summary()
 
     return _timed("sha256", "sha256", None, rehash)
 

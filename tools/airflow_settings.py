@@ -1,6 +1,6 @@
 """Load ``airflow_settings.yaml`` (Astro CLI format) into a local Airflow without the Astro CLI.
 
-``python -m backups.orchestration.settings airflow_settings.yaml --import-dir DIR`` writes ``connections.json``,
+``python -m tools.airflow_settings airflow_settings.yaml --import-dir DIR`` writes ``connections.json``,
 ``variables.json`` and ``pools.json`` for ``airflow connections|variables|pools import``;
 ``--env`` prints ``export AIRFLOW_CONN_…`` / ``AIRFLOW_VAR_…`` lines instead (for tests and ``dag.test``).
 Unlike Astro (which silently drops non-string extras) every extra value is kept.

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _environment(base: Path, config: Path) -> None:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.remote:
         return _run(args)
-    from ..demo.servers import ServerError, remote_servers
+    from backups.demo.servers import ServerError, remote_servers
 
     try:
         with remote_servers(Path(args.dir).resolve() / "offsite-sftp") as env:
@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _landed(cfg: Any, runs: list[tuple[str, str]]) -> bool:
     """Print which snapshots each storage holds; True when every run landed on every storage of its tier."""
-    from ..catalog import Catalog
-    from ..storage import open_storage
-    from .connections import AirflowResolver
+    from backups.catalog import Catalog
+    from backups.orchestration.connections import AirflowResolver
+    from backups.storage import open_storage
 
     resolver, ok = AirflowResolver(), True
     print()
@@ -161,13 +161,13 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
     shutil.rmtree(base, ignore_errors=True)
     _environment(base, Path(args.config).resolve())
 
-    from ..catalog import Catalog
-    from ..catalog.manifest import snapshot_id
-    from ..config import load_config
-    from ..demo import fmr
-    from ..demo.run import file_hashes, table_hashes
-    from ..engine.restorer import restore
-    from ..storage import open_storage
+    from backups.catalog import Catalog
+    from backups.catalog.manifest import snapshot_id
+    from backups.config import load_config
+    from backups.demo import fmr
+    from backups.demo.run import file_hashes, table_hashes
+    from backups.engine.restorer import restore
+    from backups.storage import open_storage
 
     cfg = load_config()
     info = fmr.generate(base / "fmr", seed=7)
@@ -243,7 +243,7 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
 def _drill(cfg: Any, bag: Any, runs: list[tuple[str, str]]) -> bool:
     """Run ``dr_drill`` with ``dag.test()`` on the tiers just backed up that the drill storage holds; print the
     verdict and the report path. True when the drill passed."""
-    from ..commands.drill import drill_dir, settings
+    from backups.commands.drill import drill_dir, settings
 
     d = settings(cfg)
     tiers = [t for t, _sid in runs if (not d.tiers or t in d.tiers)
@@ -274,10 +274,10 @@ def _drill(cfg: Any, bag: Any, runs: list[tuple[str, str]]) -> bool:
 def _monitoring_summary(bag: Any) -> bool:
     """Run ``backup_monitoring`` once, print the status table (as ``backupctl status``) and where the reports and
     the Backups page are. True when the monitoring run succeeded."""
-    from ..cli import main as backupctl
-    from ..config import load_config
-    from ..monitoring import status_path
-    from ..monitoring.store import read_json
+    from backups.cli import main as backupctl
+    from backups.config import load_config
+    from backups.monitoring import status_path
+    from backups.monitoring.store import read_json
 
     print()
     print("running backup_monitoring (status, health checks, reports, dashboard data) ...", flush=True)

@@ -1,6 +1,7 @@
 """A local Airflow for ``make airflow`` and the browser tests: the four components as one process group.
 
-Plain Python, no Airflow import (it runs the ``airflow`` CLI of this environment):
+Plain Python, no Airflow import (it runs the ``airflow`` CLI of this environment; REST calls through
+:class:`backups.airflow_api.AirflowApi`, the client the DAGs use):
 
 * :func:`metadata_db` — the metadata database: PostgreSQL ``<name>`` on 127.0.0.1:5432 when that server answers
   (the database is created if missing), otherwise SQLite in ``AIRFLOW_HOME``. SQLite serialises every write: with
@@ -14,7 +15,7 @@ Plain Python, no Airflow import (it runs the ``airflow`` CLI of this environment
 * :func:`stop` — SIGTERM to the group, SIGKILL after a grace period, then every remaining process whose
   environment has this ``AIRFLOW_HOME`` (a child that left the group); returns what could not be stopped.
 
-Command line (the Makefile): ``python -m backups.orchestration.airflow_local {db-url,start,stop,status}``; the
+Command line (the Makefile): ``python -m tools.airflow_local {db-url,start,stop,status}`` (from the repository root); the
 environment (``AIRFLOW_HOME``, ``AIRFLOW__API__PORT``, ...) is the caller's.
 """
 
@@ -23,15 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from backups.airflow_api import AirflowApi, AirflowApiError
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PIDFILE = "airflow-local.pid"
@@ -197,11 +199,11 @@ def _wait_api(url: str, proc: subprocess.Popen, home: Path, timeout: float = 300
             log = home / "logs" / "api-server.log"
             raise LocalAirflowError(f"airflow api-server exited with {proc.returncode}; {log}:\n{_tail(log)}")
         try:
-            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except (OSError, ValueError):
+            AirflowApi(url, timeout=5).health()
+            return
+        except AirflowApiError as exc:
+            if exc.status is not None:
+                return  # it answers
             time.sleep(1.0)
     raise LocalAirflowError(f"the API server at {url} did not answer within {timeout:.0f} s")
 
@@ -214,12 +216,11 @@ def wait_healthy(af: LocalAirflow, timeout: float = 300.0) -> dict:
             if p.poll() is not None:
                 raise LocalAirflowError(f"airflow {name} exited with {p.returncode}; {af.log(name)}:\n{_tail(af.log(name))}")
         try:
-            with urllib.request.urlopen(f"{af.url}/api/v2/monitor/health", timeout=5) as resp:
-                last = json.load(resp)
+            last = AirflowApi(af.url, timeout=5).health()
             if all((last.get(k) or {}).get("status") == "healthy"
                    for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
                 return last
-        except (OSError, urllib.error.URLError, ValueError):
+        except AirflowApiError:
             pass
         time.sleep(1.0)
     raise LocalAirflowError(f"Airflow at {af.url} not healthy after {timeout:.0f} s (last health: {last}); "
@@ -352,28 +353,15 @@ def ensure_password(home: Path, user: str = "admin") -> str:
     return known[user]
 
 
-def note_connection(url: str, user: str, pw: str) -> str:
-    """``AIRFLOW_CONN_BACKUP_AIRFLOW_API``: the connection the DAGs set their run notes through (the REST API)."""
+def api_connection_json(url: str, user: str, pw: str) -> str:
+    """``AIRFLOW_CONN_BACKUP_AIRFLOW_API``: the one connection to the REST API (run notes, schedule verification;
+    :mod:`backups.orchestration.api_connection`)."""
     return json.dumps({"conn_type": "http", "host": url, "login": user, "password": pw})
 
 
-# ------------------------------------------------------------------------------------------- REST
-def api_call(url: str, method: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
-    req = urllib.request.Request(url + path, method=method, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else {}
-
-
-def token(url: str, user: str, pw: str) -> str:
-    return api_call(url, "POST", "/auth/token", {"username": user, "password": pw})["access_token"]
-
-
-def apply_settings(url: str, tok: str, data: dict) -> list[str]:
-    """Connections, pools and variables (``backups.orchestration.settings.load``) through the REST API, replacing
+# ------------------------------------------------------------------------------------------- settings
+def apply_settings(api: AirflowApi, data: dict) -> list[str]:
+    """Connections, pools and variables (:func:`tools.airflow_settings.load`) through the REST API, replacing
     existing ones; what was applied."""
     from urllib.parse import quote
 
@@ -382,14 +370,13 @@ def apply_settings(url: str, tok: str, data: dict) -> list[str]:
     def put(collection: str, key: str, body: dict) -> None:
         try:
             try:
-                api_call(url, "POST", f"/api/v2/{collection}", body, tok)
-            except urllib.error.HTTPError as exc:
-                if exc.code != 409:
+                api.post(f"/{collection}", body)
+            except AirflowApiError as exc:
+                if exc.status != 409:
                     raise
-                api_call(url, "PATCH", f"/api/v2/{collection}/{quote(key, safe='')}", body, tok)
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:500].decode("utf-8", "replace")
-            print(f"warning: could not load {collection[:-1]} {key!r}: HTTP {exc.code} {detail}", file=sys.stderr)
+                api.patch(f"/{collection}/{quote(key, safe='')}", body)
+        except AirflowApiError as exc:
+            print(f"warning: could not load {collection[:-1]} {key!r}: {exc}", file=sys.stderr)
             done.append(f"{collection[:-1]} {key} FAILED")
             return
         done.append(f"{collection[:-1]} {key}")
@@ -446,20 +433,25 @@ def main(argv: list[str] | None = None) -> int:
         url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or metadata_db(home)
         print(f"its environment (for airflow CLI commands or backupctl doctor):\n"
               f"  export AIRFLOW_HOME={home} AIRFLOW__DATABASE__SQL_ALCHEMY_CONN={url}")
+        pw = password(home)
+        if pw:  # the REST API connection the servers got from `make airflow` (doctor checks it)
+            api_url = os.environ.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
+            print(f"  export AIRFLOW_CONN_BACKUP_AIRFLOW_API={shlex.quote(api_connection_json(api_url, 'admin', pw))}")
         return 0
     env = {**LOCAL_DEFAULTS, **os.environ}
     url = env.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
     pw = ensure_password(home)
-    env.setdefault("AIRFLOW_CONN_BACKUP_AIRFLOW_API", note_connection(url, "admin", pw))  # run notes (REST API)
+    # the one REST API connection: run notes and backup_monitoring's schedule check
+    env.setdefault("AIRFLOW_CONN_BACKUP_AIRFLOW_API", api_connection_json(url, "admin", pw))
     af = None
     try:
         af = start(env, migrate_db=not args.no_migrate)
         print(f"starting {', '.join(COMPONENTS)} (process group {af.pgid}, logs in {home / 'logs'}) ...", flush=True)
         wait_healthy(af, args.timeout)
         if args.settings:
-            from .settings import load
+            from tools.airflow_settings import load
 
-            done = apply_settings(af.url, token(af.url, "admin", pw), load(Path(args.settings)))
+            done = apply_settings(AirflowApi(af.url, login="admin", password=pw), load(Path(args.settings)))
             print(f"loaded {args.settings}: {', '.join(done) or 'nothing'}")
     except (LocalAirflowError, OSError) as exc:
         print(f"AIRFLOW FAILED: {exc}", file=sys.stderr)
