@@ -295,13 +295,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shared_lock(cfg: Any, storage: Any, operation: str):
-    """A shared repository lock (a prune waits for it; it waits for a running prune)."""
-    from .repository import Repository, repo_scope
-
-    return Repository(storage, cfg).lock(repo_scope(), exclusive=False, operation=operation)
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     from .commands.verify import verify
 

@@ -34,25 +34,6 @@ def keep_sqlite_tables(db: Path, tables: list[str]) -> list[str]:
     return sorted(tables)
 
 
-def dump_tables(tool: str, dump_dir: Path) -> set[str]:
-    """Table names in a directory-format dump (from ``pg_restore --list``: ``... TABLE <schema> <name> <owner>``)."""
-    proc = subprocess.run([tool, "--list", str(dump_dir)], capture_output=True, check=False)
-    if proc.returncode != 0:
-        raise SourceError(f"pg_restore --list failed (exit {proc.returncode}): "
-                          f"{proc.stderr.decode(errors='replace').strip()[-400:]}", hint="the dump may be damaged: run verify")
-    names = set()
-    for line in proc.stdout.decode(errors="replace").splitlines():
-        if line.startswith(";"):
-            continue
-        parts = line.split()
-        if "TABLE" not in parts[:5]:
-            continue
-        i = parts.index("TABLE") + (2 if parts[parts.index("TABLE") + 1 : parts.index("TABLE") + 2] == ["DATA"] else 1)
-        if i + 1 < len(parts):
-            names.add(parts[i + 1])  # parts[i] is the schema
-    return names
-
-
 def pg_restore(dump_dir: Path, target_dsn: str | None, tables: list[str] | None, *, force: bool = False,
                skip_foreign_keys: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Load a directory-format dump into ``target_dsn`` (or, without one, write the chosen tables as SQL).

@@ -121,6 +121,32 @@ def _runtime() -> tuple[Config, Any, Any]:
 TEARDOWN_KEY = "teardown"
 
 
+def report_drill(plan: dict[str, Any], restores: Any, verifies: Any) -> dict[str, Any]:
+    """The ``report`` task: judge, write and store the reports, publish the summary; fail when the drill failed."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    cfg, resolver, ctx = _runtime()
+    # pulled, not an argument: a setup task may only be followed by ALL_SUCCESS tasks (this one is ALL_DONE)
+    scratch = ctx["ti"].xcom_pull(task_ids="isolate")
+    p = DrillPlan.from_dict(plan)
+    # a slice is one XCom query (iterating a lazy sequence probes one past its end and logs "XCom not found")
+    rs = [TierRestore.from_dict(r) for r in (restores[:] if restores is not None else []) if r]
+    vs = [TierVerify.from_dict(v) for v in (verifies[:] if verifies is not None else []) if v]
+    missing = [] if scratch else ["isolate failed: no scratch space (see its task log)"]
+    missing += drill_command.teardown_findings(ctx["ti"].xcom_pull(task_ids="teardown", key=TEARDOWN_KEY) or None)
+    verdict = drill_command.write_reports(cfg, drill_command.judge(
+        cfg, p, Scratch.from_dict(scratch[0]) if scratch else None, rs, vs, extra_findings=missing))
+    verdict.reports["stored"] = ", ".join(drill_command.store_reports(cfg, verdict, resolver))
+    summary = {"drill_id": verdict.drill_id, "passed": verdict.passed, "rto_seconds": verdict.rto_seconds,
+               "rpo_seconds": verdict.rpo_seconds, "findings": verdict.findings, "reports": verdict.reports}
+    log.info("drill %s %s; report %s\n%s", verdict.drill_id, "PASSED" if verdict.passed else "FAILED",
+             verdict.reports.get("md"), drill_command.render_markdown(verdict))
+    notifiers.publish("drill_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
+    if not verdict.passed:
+        raise AirflowFailException(str(drill_command.failed_error(verdict)))
+    return summary
+
+
 def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -159,28 +185,7 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
 
     @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
     def report_task(plan: dict[str, Any], restores: Any = None, verifies: Any = None) -> dict[str, Any]:
-        cfg, resolver, ctx = _runtime()
-        # pulled, not an argument: a setup task may only be followed by ALL_SUCCESS tasks (this one is ALL_DONE)
-        scratch = ctx["ti"].xcom_pull(task_ids="isolate")
-        p = DrillPlan.from_dict(plan)
-        # a slice is one XCom query (iterating a lazy sequence probes one past its end and logs "XCom not found")
-        rs = [TierRestore.from_dict(r) for r in (restores[:] if restores is not None else []) if r]
-        vs = [TierVerify.from_dict(v) for v in (verifies[:] if verifies is not None else []) if v]
-        missing = [] if scratch else ["isolate failed: no scratch space (see its task log)"]
-        down = ctx["ti"].xcom_pull(task_ids="teardown", key=TEARDOWN_KEY)
-        missing += ([f"teardown: {problem}" for problem in down.get("problems", [])] if down
-                    else ["teardown did not finish: scratch data may be left behind (see its task log)"])
-        verdict = drill_command.write_reports(cfg, drill_command.judge(
-            cfg, p, Scratch.from_dict(scratch[0]) if scratch else None, rs, vs, extra_findings=missing))
-        verdict.reports["stored"] = ", ".join(drill_command.store_reports(cfg, verdict, resolver))
-        summary = {"drill_id": verdict.drill_id, "passed": verdict.passed, "rto_seconds": verdict.rto_seconds,
-                   "rpo_seconds": verdict.rpo_seconds, "findings": verdict.findings, "reports": verdict.reports}
-        log.info("drill %s %s; report %s\n%s", verdict.drill_id, "PASSED" if verdict.passed else "FAILED",
-                 verdict.reports.get("md"), drill_command.render_markdown(verdict))
-        notifiers.publish("drill_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
-        if not verdict.passed:
-            raise AirflowFailException(str(drill_command.failed_error(verdict)))
-        return summary
+        return report_drill(plan, restores, verifies)
 
     @task(task_id="teardown", **on_host)
     def teardown_task(plan: dict[str, Any]) -> dict[str, Any]:

@@ -144,8 +144,6 @@ def deliver(cfg: Config, message: dict[str, Any]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------ DAG
 def build_monitoring_dag(cfg: Config) -> DAG:
-    tiers = {f"backup_{t}": cfg.tiers[t].schedule for t in cfg.tiers}
-    tiers["backup_manual"] = None
     dag = DAG(
         dag_id=DAG_ID,
         description=f"Detect stale, failing and anomalous {cfg.application} backups; alert, escalate, report",
@@ -158,137 +156,152 @@ def build_monitoring_dag(cfg: Config) -> DAG:
         doc_md=_doc(cfg),
     )
     with dag:
-        @task(task_id="monitor_status")
-        @task_errors()
-        def monitor_status() -> dict[str, Any]:
-            from ..commands.status import collect
-
-            cfg_, resolver = _runtime()
-            return collect(cfg_, resolver)
-
-        @task(task_id="check_health")
-        @task_errors()
-        def check_health(doc: dict[str, Any]) -> list[dict[str, Any]]:
-            from ..monitoring.health import evaluate
-
-            cfg_, _ = _runtime()
-            problems = evaluate(cfg_, doc)
-            log.info("health: %d problem(s): %s", len(problems), ", ".join(p["key"] for p in problems) or "none")
-            return problems
-
-        @task(task_id="verify_schedules")
-        @task_errors()
-        def verify_schedules() -> dict[str, Any]:
-            from ..airflow_api import AirflowApiError
-            from ..monitoring.schedules import check_schedules, collect
-
-            try:
-                api, conn_id = airflow_api()
-            except Exception as exc:  # noqa: BLE001 - a host that is no URL, a broken secrets backend: say so
-                return {"problems": [{"key": "schedules-unverified", "severity": "warning",
-                                      "summary": f"schedules not verified: {exc}"}], "runs": {}}
-            if api is None:
-                return {"problems": [{"key": "schedules-unverified", "severity": "warning",
-                                      "summary": f"schedules not verified: no Airflow connection {conn_id!r} (an HTTP "
-                                                 "connection to the API server with a user allowed to read DAGs)"}],
-                        "runs": {}}
-            try:
-                data = collect(api, sorted(tiers))
-            except AirflowApiError as exc:
-                return {"problems": [{"key": "schedules-unverified", "severity": "warning",
-                                      "summary": f"schedules not verified: Airflow REST API via {conn_id!r}: {exc}"}],
-                        "runs": {}}
-            out = check_schedules(tiers, data, ui_url=_ui_base())
-            log.info("schedules: %s", ", ".join(p["key"] for p in out["problems"]) or "every tier DAG on time")
-            return out
-
-        @task(task_id="detect_issues")
-        @task_errors()
-        def detect_issues(doc: dict[str, Any], problems: list[dict[str, Any]], schedules: dict[str, Any]) -> dict[str, Any]:
-            from ..commands.status import finish
-            from ..monitoring.alerts import transition
-            from ..monitoring.store import now_utc
-
-            cfg_, _ = _runtime()
-            for t in doc["tiers"]:
-                runs = (schedules.get("runs") or {}).get(t["dag_id"])
-                if runs is not None:
-                    t["last_run"], t["last_failure"] = runs.get("last_run"), runs.get("last_failure")
-            now = now_utc()
-            every = list(problems) + list(schedules.get("problems") or [])
-            state, messages = transition(cfg_, every, load_alert_state(cfg_), now=now)
-            status = finish(cfg_, doc, every, now=now, alert_state=state)
-            log.info("state %s; %d open problem(s); messages: %s", status["state"], len(every),
-                     ", ".join(m["kind"] for m in messages) or "none")
-            return {"status": status, "messages": messages, "state": state}
-
-        @task(task_id="send_alerts")
-        @task_errors()
-        def send_alerts(plan: dict[str, Any]) -> dict[str, Any]:
-            cfg_, _ = _runtime()
-            sent = []
-            for m in plan["messages"]:
-                if m["kind"] != "escalation":
-                    deliver(cfg_, m)
-                    sent.append(m["kind"])
-            return {"sent": sent}
-
-        @task(task_id="escalate")
-        @task_errors()
-        def escalate(plan: dict[str, Any], _sent: dict[str, Any]) -> dict[str, Any]:
-            from airflow.sdk import Variable
-
-            from ..monitoring.alerts import save_state
-
-            cfg_, _ = _runtime()
-            sent = []
-            for m in plan["messages"]:
-                if m["kind"] == "escalation":
-                    deliver(cfg_, m)
-                    sent.append(m["kind"])
-            Variable.set(ALERT_VARIABLE, json.dumps(plan["state"], sort_keys=True))
-            try:
-                save_state(cfg_, plan["state"])
-            except OSError as exc:
-                log.warning("could not mirror the alert state to alert_state.json: %s", exc)
-            return {"sent": sent, "open": sorted(plan["state"]["problems"])}
-
-        @task(task_id="generate_reports")
-        @task_errors()
-        def generate_reports(plan: dict[str, Any]) -> dict[str, Any]:
-            from ..monitoring import status_path
-            from ..monitoring.report import write_html
-
-            cfg_, _ = _runtime()
-            html = write_html(cfg_, plan["status"])
-            log.info("report: %s", html)
-            return {"html": str(html), "json": str(status_path(cfg_))}
-
-        @task(task_id="document_status")
-        @task_errors()
-        def document_status(plan: dict[str, Any], reports: dict[str, Any]) -> dict[str, Any]:
-            from ..monitoring.report import document
-
-            cfg_, _ = _runtime()
-            return {**reports, **document(cfg_, {**plan["status"], "reports": reports})}
-
-        @task(task_id="update_dashboard")
-        @task_errors()
-        def update_dashboard(plan: dict[str, Any], docs: dict[str, Any] | None) -> dict[str, Any]:
-            from airflow.sdk import Variable
-
-            from ..monitoring.report import write_status
-
-            cfg_, _ = _runtime()
-            status = dict(plan["status"])
-            status["reports"] = {"html": (docs or {}).get("html"), "json": (docs or {}).get("json")}
-            path = write_status(cfg_, status)
-            Variable.set(STATUS_VARIABLE, json.dumps(status, sort_keys=True, default=str),
-                         description="backup monitoring status (written by backup_monitoring, read by the Backups page)")
-            return {"state": status["state"], "problems": len(status["problems"]), "json": str(path)}
-
-        doc = monitor_status()
-        plan = detect_issues(doc, check_health(doc), verify_schedules())
-        escalate(plan, send_alerts(plan))
-        update_dashboard(plan, document_status(plan, generate_reports(plan)))
+        add_monitoring_tasks(tier_dags(cfg))
     return dag
+
+
+def tier_dags(cfg: Config) -> dict[str, str | None]:
+    """The DAGs whose schedule ``verify_schedules`` checks: each tier's DAG with its cron, and the manual one."""
+    tiers: dict[str, str | None] = {f"backup_{t}": cfg.tiers[t].schedule for t in cfg.tiers}
+    tiers["backup_manual"] = None
+    return tiers
+
+
+def add_monitoring_tasks(tiers: dict[str, str | None]) -> None:
+    """The tasks and their order (in a ``with dag:`` block); each task's body is the function of the same name."""
+
+    def step(fn: Any, task_id: str) -> Any:
+        return task(task_id=task_id)(task_errors()(fn))
+
+    def verify_schedules() -> dict[str, Any]:
+        return check_tier_schedules(tiers)
+
+    doc = step(monitor_status, "monitor_status")()
+    plan = step(detect_issues, "detect_issues")(doc, step(check_health, "check_health")(doc),
+                                                step(verify_schedules, "verify_schedules")())
+    step(escalate, "escalate")(plan, step(send_alerts, "send_alerts")(plan))
+    reports = step(generate_reports, "generate_reports")(plan)
+    step(update_dashboard, "update_dashboard")(plan, step(document_status, "document_status")(plan, reports))
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+# No docstrings on the task bodies below: TaskFlow would show one as the task's documentation (the module doc has it)
+def monitor_status() -> dict[str, Any]:
+    from ..commands.status import collect
+
+    cfg_, resolver = _runtime()
+    return collect(cfg_, resolver)
+
+
+def check_health(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    from ..monitoring.health import evaluate
+
+    cfg_, _ = _runtime()
+    problems = evaluate(cfg_, doc)
+    log.info("health: %d problem(s): %s", len(problems), ", ".join(p["key"] for p in problems) or "none")
+    return problems
+
+
+def check_tier_schedules(tiers: dict[str, str | None]) -> dict[str, Any]:
+    # the body of verify_schedules
+    from ..airflow_api import AirflowApiError
+    from ..monitoring.schedules import check_schedules, collect
+
+    try:
+        api, conn_id = airflow_api()
+    except Exception as exc:  # noqa: BLE001 - a host that is no URL, a broken secrets backend: say so
+        return {"problems": [{"key": "schedules-unverified", "severity": "warning",
+                              "summary": f"schedules not verified: {exc}"}], "runs": {}}
+    if api is None:
+        return {"problems": [{"key": "schedules-unverified", "severity": "warning",
+                              "summary": f"schedules not verified: no Airflow connection {conn_id!r} (an HTTP "
+                                         "connection to the API server with a user allowed to read DAGs)"}],
+                "runs": {}}
+    try:
+        data = collect(api, sorted(tiers))
+    except AirflowApiError as exc:
+        return {"problems": [{"key": "schedules-unverified", "severity": "warning",
+                              "summary": f"schedules not verified: Airflow REST API via {conn_id!r}: {exc}"}],
+                "runs": {}}
+    out = check_schedules(tiers, data, ui_url=_ui_base())
+    log.info("schedules: %s", ", ".join(p["key"] for p in out["problems"]) or "every tier DAG on time")
+    return out
+
+
+def detect_issues(doc: dict[str, Any], problems: list[dict[str, Any]], schedules: dict[str, Any]) -> dict[str, Any]:
+    from ..commands.status import finish
+    from ..monitoring.alerts import transition
+    from ..monitoring.store import now_utc
+
+    cfg_, _ = _runtime()
+    for t in doc["tiers"]:
+        runs = (schedules.get("runs") or {}).get(t["dag_id"])
+        if runs is not None:
+            t["last_run"], t["last_failure"] = runs.get("last_run"), runs.get("last_failure")
+    now = now_utc()
+    every = list(problems) + list(schedules.get("problems") or [])
+    state, messages = transition(cfg_, every, load_alert_state(cfg_), now=now)
+    status = finish(cfg_, doc, every, now=now, alert_state=state)
+    log.info("state %s; %d open problem(s); messages: %s", status["state"], len(every),
+             ", ".join(m["kind"] for m in messages) or "none")
+    return {"status": status, "messages": messages, "state": state}
+
+
+def send_alerts(plan: dict[str, Any]) -> dict[str, Any]:
+    cfg_, _ = _runtime()
+    sent = []
+    for m in plan["messages"]:
+        if m["kind"] != "escalation":
+            deliver(cfg_, m)
+            sent.append(m["kind"])
+    return {"sent": sent}
+
+
+def escalate(plan: dict[str, Any], _sent: dict[str, Any]) -> dict[str, Any]:
+    from airflow.sdk import Variable
+
+    from ..monitoring.alerts import save_state
+
+    cfg_, _ = _runtime()
+    sent = []
+    for m in plan["messages"]:
+        if m["kind"] == "escalation":
+            deliver(cfg_, m)
+            sent.append(m["kind"])
+    Variable.set(ALERT_VARIABLE, json.dumps(plan["state"], sort_keys=True))
+    try:
+        save_state(cfg_, plan["state"])
+    except OSError as exc:
+        log.warning("could not mirror the alert state to alert_state.json: %s", exc)
+    return {"sent": sent, "open": sorted(plan["state"]["problems"])}
+
+
+def generate_reports(plan: dict[str, Any]) -> dict[str, Any]:
+    from ..monitoring import status_path
+    from ..monitoring.report import write_html
+
+    cfg_, _ = _runtime()
+    html = write_html(cfg_, plan["status"])
+    log.info("report: %s", html)
+    return {"html": str(html), "json": str(status_path(cfg_))}
+
+
+def document_status(plan: dict[str, Any], reports: dict[str, Any]) -> dict[str, Any]:
+    from ..monitoring.report import document
+
+    cfg_, _ = _runtime()
+    return {**reports, **document(cfg_, {**plan["status"], "reports": reports})}
+
+
+def update_dashboard(plan: dict[str, Any], docs: dict[str, Any] | None) -> dict[str, Any]:
+    from airflow.sdk import Variable
+
+    from ..monitoring.report import write_status
+
+    cfg_, _ = _runtime()
+    status = dict(plan["status"])
+    status["reports"] = {"html": (docs or {}).get("html"), "json": (docs or {}).get("json")}
+    path = write_status(cfg_, status)
+    Variable.set(STATUS_VARIABLE, json.dumps(status, sort_keys=True, default=str),
+                 description="backup monitoring status (written by backup_monitoring, read by the Backups page)")
+    return {"state": status["state"], "problems": len(status["problems"]), "json": str(path)}

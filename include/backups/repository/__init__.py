@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..catalog.manifest import ID_RE, Catalog, manifest_key, object_key
-from ..errors import ObjectNotFound
 from ..storage.base import ObjectInfo, Storage
 from .index import IndexEntry, iter_index
 from .locks import LOCKS, HeldLock, LockInfo, Locks, overlap
@@ -96,10 +95,6 @@ class Repository:
         if self._catalog is None:
             self._catalog = Catalog(self.storage, self.application)
         return self._catalog
-
-    def reload(self) -> Catalog:
-        self._catalog = None
-        return self.catalog
 
     def committed(self, snap_id: str) -> bool:
         """True when the manifest of ``snap_id`` exists (read from the storage, not the cache)."""
@@ -203,12 +198,3 @@ class Repository:
             out.append(f"data/{sid}/: {len(objs)} object(s) but no manifest snapshots/{sid}.json (a deleted manifest, "
                        "or the leftover of an interrupted run: prune removes it after the grace period)")
         return out
-
-    def remove_object(self, key: str) -> int:
-        """Delete one object; returns its size (0 when it was already gone)."""
-        try:
-            size = self.storage.stat(key).size
-        except ObjectNotFound:
-            return 0
-        self.storage.delete(key)
-        return size

@@ -5,8 +5,7 @@ consistent dump in a private staging directory for ``sqlite`` / ``postgres`` / `
 ``details`` (row counts, schema, exit code) that go into the manifest. Each source declares:
 
 * ``change_detection``: ``"meta"`` (size, mtime, inode against the parent, like restic/rsync) or ``"checksum"``
-  (content hash; logical dumps are complete each time and stored only when their bytes differ);
-* ``capabilities``: e.g. ``{"tables"}`` when a restore can be limited to tables.
+  (content hash; logical dumps are complete each time and stored only when their bytes differ).
 """
 
 from __future__ import annotations
@@ -79,7 +78,6 @@ class Prepared:
 class SourceReader(ABC):
     kind: str = "abstract"
     change_detection: str = "meta"
-    capabilities: frozenset[str] = frozenset()
 
     def __init__(self, name: str) -> None:
         self.name = name

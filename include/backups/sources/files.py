@@ -81,7 +81,6 @@ def matcher(patterns: list[str] | tuple[str, ...]) -> Callable[[str], bool]:
 class FilesSource(SourceReader):
     kind = "files"
     change_detection = "meta"
-    capabilities = frozenset({"paths"})
 
     def __init__(self, name: str, root: str, include: list[str], exclude: list[str], on_unreadable: str = "fail",
                  checksum: bool = False) -> None:

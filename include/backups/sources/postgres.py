@@ -424,7 +424,6 @@ def dump_entries(staging: Path, digests: dict[str, Digest]) -> Iterator[Entry]:
 class PostgresSource(SourceReader):
     kind = "postgres"
     change_detection = "checksum"
-    capabilities = frozenset({"tables"})
 
     def __init__(self, name: str, dsn: str, jobs: int = 2, schemas: list[str] | None = None,
                  exclude_tables: list[str] | None = None, *, drop_dangling_foreign_keys: bool = False) -> None:

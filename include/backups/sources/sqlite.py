@@ -38,7 +38,6 @@ def describe_tables(conn: sqlite3.Connection) -> dict[str, Any]:
 class SqliteSource(SourceReader):
     kind = "sqlite"
     change_detection = "checksum"
-    capabilities = frozenset({"tables"})
 
     def __init__(self, name: str, path: str) -> None:
         super().__init__(name)
