@@ -127,3 +127,24 @@ def hand_restore(repo: Path, snap: str, src: str, out: Path) -> subprocess.Compl
     script = extract.replace("<the chain, in order>", " ".join(manifest["chain"])) + "\n" + check
     env = {"REPO": str(repo), "SNAP": snap, "SRC": src, "OUT": str(out), "PATH": "/usr/bin:/bin"}
     return subprocess.run(["sh", "-e", "-c", script], env=env, capture_output=True, text=True)
+
+
+def as_format_1(archive: Path, manifest: Path, source: str) -> None:
+    """Rewrite one source's archive the way the previous writer made it (format 1: one zstd frame, no frame table,
+    no ``frames`` in its record), resealing the manifest."""
+    import hashlib
+    import io
+
+    import zstandard
+
+    from backups.catalog.manifest import seal
+
+    tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(archive.read_bytes()), read_across_frames=True).read()
+    old = zstandard.ZstdCompressor(level=3).compress(tar)
+    archive.write_bytes(old)
+    doc = json.loads(manifest.read_text())
+    rec = doc["sources"][source]["objects"]["archive"]
+    del rec["frames"]
+    rec.update(size=len(old), sha256=hashlib.sha256(old).hexdigest())
+    doc["format_version"] = 1
+    manifest.write_bytes(seal(doc))

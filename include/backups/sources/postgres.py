@@ -371,14 +371,17 @@ class Follower:
         else:
             self.in_memory += tail.zsize
 
-    def finish(self) -> dict[str, Digest]:
-        """After pg_dump exited: the digests of the files followed to their end (empty after an error)."""
+    def _stop(self) -> None:
         self.exited.set()
         if self.thread.is_alive():
             self.thread.join()
         if self.notify is not None:
             self.notify.close()
             self.notify = None
+
+    def finish(self) -> dict[str, Digest]:
+        """After pg_dump exited: the digests of the files followed to their end (empty after an error)."""
+        self._stop()
         if self.error is not None:  # the files completed so far are right (and gone): the others are read again
             log.warning("postgres: reading the dump while pg_dump wrote it failed (%s); the %d table file(s) not "
                         "complete by then are read after pg_dump instead", self.error, len(self.open))
@@ -389,12 +392,7 @@ class Follower:
 
     def discard(self) -> None:
         """Stop following and close every spool (after a failure, or once the archiver is done)."""
-        self.exited.set()
-        if self.thread.is_alive():
-            self.thread.join()
-        if self.notify is not None:
-            self.notify.close()
-            self.notify = None
+        self._stop()
         for tail in self.open.values():
             tail.abandon()
         self.open.clear()

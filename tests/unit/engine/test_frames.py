@@ -22,7 +22,7 @@ from backups.engine.restorer import load_frames, restore
 from backups.errors import IntegrityError
 from backups.storage import LocalStorage
 from tests.helpers import run_backup
-from tests.property.tools import APP, SOURCE, files_config, fingerprint
+from tests.property.tools import APP, SOURCE, as_format_1, files_config, fingerprint
 
 FRAME = 64 << 10  #: a small frame size, so a small tree has many frames
 
@@ -180,17 +180,7 @@ def test_frame_table_pointing_at_the_wrong_bytes_is_refused_and_nothing_is_left(
 def test_archive_without_a_frame_table_is_read_whole(repo):
     """A format 1 archive: one zstd frame, no table, no ``frames`` in its record (what the previous writer made)."""
     path, _ = _archive(repo)
-    data = path.read_bytes()
-    tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
-    old = zstandard.ZstdCompressor(level=3).compress(tar)
-    path.write_bytes(old)
-    mpath = repo["repo"] / "snapshots" / f"{repo['snap']}.json"
-    doc = json.loads(mpath.read_text())
-    rec = doc["sources"][SOURCE]["objects"]["archive"]
-    del rec["frames"]
-    rec.update(size=len(old), sha256=hashlib.sha256(old).hexdigest())
-    doc["format_version"] = 1
-    mpath.write_bytes(seal(doc))
+    as_format_1(path, repo["repo"] / "snapshots" / f"{repo['snap']}.json", SOURCE)
     out = _restore_d05(repo)
     assert len([p for p in fingerprint(out) if p.endswith(".bin")]) == 20
 

@@ -6,23 +6,18 @@ restores."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from backups.catalog import Catalog
-from backups.catalog.manifest import seal
 from backups.engine import restorer, tarstream
 from backups.engine.restorer import load_frames, restore
 from backups.errors import IntegrityError
 from backups.storage import LocalStorage
 from tests.helpers import run_backup
-from tests.property.tools import APP, SOURCE, files_config, fingerprint
+from tests.property.tools import APP, SOURCE, as_format_1, files_config, fingerprint
 
 FRAME = 64 << 10  #: small frames, so a small tree has many
 
@@ -166,16 +161,7 @@ def test_single_frame_archive_still_restores_whole_and_partially(chain):
     """Format 1: one zstd frame, no frame table, no ``frames`` in the record: read as one stream."""
     for snap_id in (chain["full"], chain["incr"]):
         path, _ = _archive(chain, snap_id)
-        tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(path.read_bytes()), read_across_frames=True).read()
-        old = zstandard.ZstdCompressor(level=3).compress(tar)
-        path.write_bytes(old)
-        mpath = chain["repo"] / "snapshots" / f"{snap_id}.json"
-        doc = json.loads(mpath.read_text())
-        rec = doc["sources"][SOURCE]["objects"]["archive"]
-        del rec["frames"]
-        rec.update(size=len(old), sha256=hashlib.sha256(old).hexdigest())
-        doc["format_version"] = 1
-        mpath.write_bytes(seal(doc))
+        as_format_1(path, chain["repo"] / "snapshots" / f"{snap_id}.json", SOURCE)
     out = _restore(chain, chain["incr"], chain["tmp"] / "whole")
     _same(fingerprint(out), fingerprint(chain["root"]))
     part = _restore(chain, chain["incr"], chain["tmp"] / "part", ["d3/**"])
