@@ -524,23 +524,27 @@ def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None)
     p = as_plan(plan)
     t0 = time.monotonic()
     st = open_storage(cfg, storage, resolver, read_only=True)
-    cat = Catalog(st, cfg.application)
-    snap = cat.get(p.snapshot_id)
-    structure = verify(st, cat, [snap], read_data=False, include_broken=False)
-    problems = list(structure.problems)
-    hashed = hashed_bytes = 0
-    failed = {sid: list(p) for sid, p in structure.failed.items()}
-    # an archive storage class (GLACIER) cannot be read without a thaw: its copy was SHA-256 checked as it was
-    # written (upload), so here its objects are checked for presence and size only
-    frozen = is_archive(cfg, storage)
-    for obj in snap.objects():
-        problem = object_problem(st, obj, read_data=not frozen)
-        if not frozen:
-            hashed += 1
-            hashed_bytes += obj["size"]
-        if problem:
-            problems.append(f"{snap.id}: {problem}")
-            failed.setdefault(snap.id, []).append(f"{snap.id}: {problem}")
+    from ..repository import Repository, repo_scope
+
+    # under the shared repository lock: a prune (exclusive) cannot remove a chain object while it is checked
+    with Repository(st, cfg).lock(repo_scope(), exclusive=False, operation="integrity"):
+        cat = Catalog(st, cfg.application)
+        snap = cat.get(p.snapshot_id)
+        structure = verify(st, cat, [snap], read_data=False, include_broken=False)
+        problems = list(structure.problems)
+        hashed = hashed_bytes = 0
+        failed = {sid: list(p) for sid, p in structure.failed.items()}
+        # an archive storage class (GLACIER) cannot be read without a thaw: its copy was SHA-256 checked as it was
+        # written (upload), so here its objects are checked for presence and size only
+        frozen = is_archive(cfg, storage)
+        for obj in snap.objects():
+            problem = object_problem(st, obj, read_data=not frozen)
+            if not frozen:
+                hashed += 1
+                hashed_bytes += obj["size"]
+            if problem:
+                problems.append(f"{snap.id}: {problem}")
+                failed.setdefault(snap.id, []).append(f"{snap.id}: {problem}")
     seconds = round(time.monotonic() - t0, 3)
     _record_integrity(cfg, st, snap.id, failed, read_data=not frozen)
     report = IntegrityResult(storage=storage, ok=not problems, snapshot_id=snap.id, objects_hashed=hashed,
@@ -593,18 +597,23 @@ def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None, *
     p = as_plan(plan)
     t0 = time.monotonic()
     # the last storage that is readable now (a replica when there is one); an archive class would need a thaw
+    from ..repository import Repository, repo_scope
+
     st = open_storage(cfg, [n for n in p.storages if not is_archive(cfg, n)][-1], resolver, read_only=True)
-    cat = Catalog(st, cfg.application)
-    snap = cat.get(p.snapshot_id)
-    chain = [s.id for s in cat.chain_of(snap)]
-    log.info("test restore of %s (chain %s) from %s", snap.id, " -> ".join(chain), st.describe())
-    try:
-        results = restore(st, cat, snap, scratch / "restore")
-    except IntegrityError as exc:  # the snapshot is committed, but its chain does not restore: say what to do
-        raise IntegrityError(f"test restore of {snap.id} from {st.name} failed: {exc.message}",
-                             hint=f"the chain {' -> '.join(chain)} is not restorable from {st.name}: take a full backup "
-                                  f"now (`backupctl backup --tier {p.tier} --type full`, or trigger backup_manual), then "
-                                  "`backupctl verify --all --read-data` to find every damaged object") from None
+    # under the shared repository lock: a prune (exclusive) cannot remove a chain object while it is read
+    with Repository(st, cfg).lock(repo_scope(), exclusive=False, operation="test-restore"):
+        cat = Catalog(st, cfg.application)
+        snap = cat.get(p.snapshot_id)
+        chain = [s.id for s in cat.chain_of(snap)]
+        log.info("test restore of %s (chain %s) from %s", snap.id, " -> ".join(chain), st.describe())
+        try:
+            results = restore(st, cat, snap, scratch / "restore")
+        except IntegrityError as exc:  # the snapshot is committed, but its chain does not restore: say what to do
+            raise IntegrityError(f"test restore of {snap.id} from {st.name} failed: {exc.message}",
+                                 hint=f"the chain {' -> '.join(chain)} is not restorable from {st.name}: take a full "
+                                      f"backup now (`backupctl backup --tier {p.tier} --type full`, or trigger "
+                                      "backup_manual), then `backupctl verify --all --read-data` to find every damaged "
+                                      "object") from None
     sources = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
     # every PostgreSQL dump is loaded into a scratch database (drill.postgres or the documented default) and
     # validated there: a dump that does not load fails this step, naming pg_restore's error
