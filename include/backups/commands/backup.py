@@ -1003,7 +1003,7 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | datetime | None = 
     from ..engine.progress import Progress
     from ..engine.snapshot import RUN_STAGING, check_logical_date, owned_staging, parse_logical_date, snapshot_id
     from ..errors import NotFoundError, did_you_mean
-    from ..repository import Repository
+    from ..repository import Repository, run_scope
 
     t = cfg.tier(tier)
     for kind, names, known in (("source", sources, cfg.sources), ("storage", storages, cfg.storages)):
@@ -1035,7 +1035,7 @@ def run_backup(cfg: Config, tier: str, *, logical_date: str | datetime | None = 
     def run_lock() -> Iterator[None]:
         repo = Repository(open_storage(cfg, sel.storages[0], resolver), cfg)
         with repo.lock("repo", exclusive=False, operation="backup"), \
-                repo.lock(f"run/{snapshot_id(tier, ld)}", exclusive=True, operation="backup"):
+                repo.lock(run_scope(snapshot_id(tier, ld)), exclusive=True, operation="backup"):
             yield
 
     ctx.state["run_lock"] = run_lock

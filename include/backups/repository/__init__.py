@@ -59,6 +59,16 @@ def snapshot_scope(snap_id: str, source: str | None = None) -> str:
     return f"snapshot/{snap_id}" + (f"/{source}" if source else "")
 
 
+def run_scope(snap_id: str) -> str:
+    """The lock of a whole `backupctl backup` run of ``snap_id``, held from its plan to its commit."""
+    return f"run/{snap_id}"
+
+
+def covers(lock_scope: str, snap_id: str) -> bool:
+    """Whether a held lock protects ``data/<snap_id>/`` (an extraction, a commit, or a CLI run of that id)."""
+    return overlap(lock_scope, snapshot_scope(snap_id)) or lock_scope == run_scope(snap_id)
+
+
 @dataclass
 class Leftovers:
     """What an interrupted run left behind, past the grace period (for prune)."""
@@ -176,7 +186,7 @@ class Repository:
         for sid, objs in sorted(self.uncommitted().items()):
             if ID_RE.match(sid) is None:
                 continue
-            if any(overlap(lk.scope, snapshot_scope(sid)) for lk in locks):
+            if any(covers(lk.scope, sid) for lk in locks):
                 out.locked.append(sid)
                 continue
             newest = max((o.mtime or now) for o in objs)
@@ -193,7 +203,7 @@ class Repository:
         locks = self.locks.list()
         out = []
         for sid, objs in sorted(self.uncommitted().items()):
-            if any(overlap(lk.scope, snapshot_scope(sid)) for lk in locks):
+            if any(covers(lk.scope, sid) for lk in locks):
                 continue
             out.append(f"data/{sid}/: {len(objs)} object(s) but no manifest snapshots/{sid}.json (a deleted manifest, "
                        "or the leftover of an interrupted run: prune removes it after the grace period)")
