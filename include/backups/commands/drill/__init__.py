@@ -69,11 +69,11 @@ from .checks import (
 )
 from .common import (
     RUNBOOK,
-    _first_line,
     admin_dsn,
     db_prefix,
     drill_dir,
     drill_id_for,
+    first_line,
     scratch_base,
     scratch_db_name,
     scratch_root,
@@ -128,7 +128,7 @@ def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None
                     restores.append(r)
                     verifies.append(verify_tier(cfg, plan, scratch, r, resolver, locked=r.ok))
         except BackupError as exc:
-            extra.append(f"drill aborted: {_first_line(exc)}")
+            extra.append(f"drill aborted: {first_line(exc)}")
         finally:
             down = teardown(cfg, plan.drill_id, resolver)
             extra += teardown_findings(down)

@@ -18,7 +18,7 @@ from ...engine.progress import mb
 from ...errors import BackupError
 from ..base import Result
 from ..restore import Location, RestoredSource, RestoreRequest, RestoreResult
-from .common import _db_dsn, _first_line, admin_dsn, drill_dir, log, settings
+from .common import admin_dsn, db_dsn_for, drill_dir, first_line, log, settings
 from .isolation import Scratch
 from .plan import DrillPlan
 from .tier_restore import TierRestore
@@ -51,7 +51,7 @@ def _timed(name: str, kind: str, source: str | None, fn: Any) -> Check:
     try:
         ok, detail = fn()
     except BackupError as exc:
-        ok, detail = False, _first_line(exc)
+        ok, detail = False, first_line(exc)
     except (OSError, sqlite3.Error, ValueError) as exc:
         ok, detail = False, f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # psycopg errors and anything a check query raises: the check failed, with why
@@ -203,7 +203,7 @@ def verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRe
                                                                        operation="drill verification"):
             return _verify_tier(cfg, plan, scratch, restored, loc, done, t0, resolver, docs_dir)
     except BackupError as exc:  # the snapshot gone since the restore, or the lock not taken
-        gone = Check(name="snapshot", kind="snapshot", ok=False, detail=_first_line(exc))
+        gone = Check(name="snapshot", kind="snapshot", ok=False, detail=first_line(exc))
         log.error("drill %s: %s: FAIL snapshot: %s", plan.drill_id, tier, gone.detail)
         return TierVerify(tier=tier, ok=False, checks=[done.to_dict(), gone.to_dict()], data_docs={},
                           verify_seconds=round(time.monotonic() - t0, 3))
@@ -277,7 +277,7 @@ def _source_checks(name: str, rec: dict[str, Any], restored: dict[str, Any], dbs
                           detail="no scratch PostgreSQL server: the dump was restored as files but not loaded "
                                  "(set drill.postgres to an admin connection of a server where the drill may "
                                  "create databases)")]
-        dsn = _db_dsn(admin, dbs[name])
+        dsn = db_dsn_for(admin, dbs[name])
         db_where[name] = ("postgres", dsn)
 
         def gx_pg() -> tuple[bool, str]:

@@ -78,26 +78,26 @@ def admin_dsn(cfg: Config, resolver: Any = None) -> str | None:
     return resolver.postgres_dsn(pg.conn_id)
 
 
-def _db_dsn(admin: str, dbname: str) -> str:
+def db_dsn_for(admin: str, dbname: str) -> str:
     from psycopg.conninfo import make_conninfo
 
     return make_conninfo(admin, dbname=dbname)
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(d: datetime) -> str:
+def iso_utc(d: datetime) -> str:
     return d.astimezone(UTC).isoformat(timespec="seconds")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return text.strip()
 
 
-def _dur(seconds: float | None) -> str:
+def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 120:
@@ -107,7 +107,7 @@ def _dur(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

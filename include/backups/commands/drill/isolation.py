@@ -17,7 +17,17 @@ from typing import Any
 from ...config import Config
 from ...errors import BackupError
 from ..base import Result
-from .common import _atomic_write, _iso, _now, admin_dsn, db_prefix, log, scratch_base, scratch_db_name, scratch_root
+from .common import (
+    admin_dsn,
+    atomic_write,
+    db_prefix,
+    iso_utc,
+    log,
+    scratch_base,
+    scratch_db_name,
+    scratch_root,
+    utc_now,
+)
 from .plan import DrillPlan, guard_scratch_server
 
 #: the owner record in a drill's scratch directory (the same JSON is the scratch databases' COMMENT)
@@ -50,7 +60,7 @@ def isolate(cfg: Config, plan: DrillPlan, resolver: Any = None) -> Scratch:
     root.parent.mkdir(parents=True, exist_ok=True)
     root.mkdir(mode=0o700)
     owner = json.dumps(owner_record(plan.drill_id), sort_keys=True)
-    _atomic_write(root / OWNER_FILE, owner + "\n")
+    atomic_write(root / OWNER_FILE, owner + "\n")
     targets = {t: str(root / t) for t in plan.names}
     databases: dict[str, dict[str, str]] = {}
     try:
@@ -88,7 +98,7 @@ def owner_record(drill_id: str) -> dict[str, Any]:
     from ...repository.locks import HOST, pid_start, run_identity
 
     return {"drill_id": drill_id, "host": HOST, "pid": os.getpid(), "pid_start": pid_start(os.getpid()),
-            "started_at": _iso(_now()), "run": run_identity()}
+            "started_at": iso_utc(utc_now()), "run": run_identity()}
 
 
 def _id_time(stamp: str) -> datetime | None:
@@ -103,7 +113,7 @@ def owner_state(owner: dict[str, Any] | None, created: datetime | None, now: dat
     Dead: on this host, outside Airflow, and its pid gone or reused; else older than LEFTOVER_MAX_AGE_DAYS."""
     from ...repository.locks import HOST, pid_alive
 
-    now = now or _now()
+    now = now or utc_now()
     if owner:
         if created is None:  # the drill id in the name is the start; the record's own time only without it
             try:

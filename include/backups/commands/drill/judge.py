@@ -10,7 +10,7 @@ from typing import Any
 from ...config import Config, Drill
 from ..base import Result
 from .checks import TierVerify
-from .common import RUNBOOK, _dur, _iso, _now, settings
+from .common import RUNBOOK, fmt_duration, iso_utc, settings, utc_now
 from .isolation import Scratch
 from .plan import DrillPlan, TierPlan
 from .tier_restore import TierRestore
@@ -42,7 +42,7 @@ def next_drill(schedule: str | None, after: datetime | None = None) -> str | Non
         return None
     from croniter import croniter
 
-    return _iso(croniter(schedule, after or _now()).get_next(datetime))
+    return iso_utc(croniter(schedule, after or utc_now()).get_next(datetime))
 
 
 def judge(cfg: Config, plan: DrillPlan, scratch: Scratch | None, restores: list[TierRestore | None],
@@ -61,12 +61,12 @@ def judge(cfg: Config, plan: DrillPlan, scratch: Scratch | None, restores: list[
     if rpo_all is None:
         findings.append("RPO: no tier could be restored: nothing is recoverable from this storage")
     elif not rpo_ok:
-        findings.append(f"RPO target missed: the newest restorable data is {_dur(rpo_all)} old at drill start "
+        findings.append(f"RPO target missed: the newest restorable data is {fmt_duration(rpo_all)} old at drill start "
                         f"(target {d.rpo_hours:g} h)")
     rtos = [t["rto_seconds"] for t in tiers if t["rto_seconds"] is not None]
     passed = bool(tiers) and all(t["passed"] for t in tiers) and rpo_ok and not extra_findings
-    end = finished_at or _now()
-    return DrillVerdict(drill_id=plan.drill_id, at=plan.started_at, finished_at=_iso(end), passed=passed,
+    end = finished_at or utc_now()
+    return DrillVerdict(drill_id=plan.drill_id, at=plan.started_at, finished_at=iso_utc(end), passed=passed,
                         door=plan.door, run_id=plan.run_id, application=cfg.application,
                         targets={"rto_minutes": d.rto_minutes, "rpo_hours": d.rpo_hours},
                         rto_seconds=max(rtos) if rtos else None, rpo_seconds=rpo_all, tiers=tiers, findings=findings,
@@ -114,7 +114,7 @@ def _tier_findings(d: Drill, tp: TierPlan, r: TierRestore | None, v: TierVerify 
         if not c["ok"] and c["kind"] != "restore":
             findings.append(f"{tp.tier}: check {c['name']} failed: {c['detail']}")
     if rto is not None and not rto_ok:
-        findings.append(f"{tp.tier}: RTO target missed: restore and verification took {_dur(rto)} "
+        findings.append(f"{tp.tier}: RTO target missed: restore and verification took {fmt_duration(rto)} "
                         f"(target {d.rto_minutes:g} min)")
     for p in tp.passed_over:
         findings.append(f"{tp.tier}: newer snapshot passed over (chain incomplete on {tp.storage}): {p}")

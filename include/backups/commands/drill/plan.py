@@ -12,7 +12,7 @@ from ...config import Config, same_database
 from ...errors import BackupError, ConfigError, RefusedError
 from ..base import Result
 from ..restore import RestoreRequest
-from .common import _iso, _now, admin_dsn, drill_id_for, log, scratch_root, settings
+from .common import admin_dsn, drill_id_for, iso_utc, log, scratch_root, settings, utc_now
 
 
 # ------------------------------------------------------------------------------------------------ request
@@ -42,11 +42,11 @@ def check_request(cfg: Config, req: DrillRequest) -> DrillRequest:
             raise ConfigError(f"drill: tier {t!r} does not write to storage {storage!r}",
                               hint=f"its storages: {', '.join(cfg.tiers[t].storages)}; drill it from one of them "
                                    "(or leave the storage unset: each tier's last storage)")
-    started = datetime.fromisoformat(req.started_at) if req.started_at else _now()
+    started = datetime.fromisoformat(req.started_at) if req.started_at else utc_now()
     if started.tzinfo is None:
         started = started.replace(tzinfo=UTC)
     started = started.replace(microsecond=0)
-    return DrillRequest(storage=storage, tiers=tiers, started_at=_iso(started),
+    return DrillRequest(storage=storage, tiers=tiers, started_at=iso_utc(started),
                         drill_id=req.drill_id or drill_id_for(started), door=req.door, run_id=req.run_id or "")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...engine.progress import mb
-from .common import RUNBOOK, _dur
+from .common import RUNBOOK, fmt_duration
 from .judge import DrillVerdict
 
 
@@ -25,8 +25,8 @@ def render_markdown(v: DrillVerdict) -> str:
     t = v.targets
     md = [f"# Disaster-recovery drill {v.drill_id}: {'PASSED' if v.passed else 'FAILED'}", "",
           f"* application: {v.application}; started {v.at}, finished {v.finished_at}; run `{v.run_id or v.door}`",
-          f"* targets: RTO {t['rto_minutes']:g} min, RPO {t['rpo_hours']:g} h — measured: RTO {_dur(v.rto_seconds)} "
-          f"(slowest tier), RPO {_dur(v.rpo_seconds)} (newest restorable data)",
+          f"* targets: RTO {t['rto_minutes']:g} min, RPO {t['rpo_hours']:g} h — measured: RTO {fmt_duration(v.rto_seconds)} "
+          f"(slowest tier), RPO {fmt_duration(v.rpo_seconds)} (newest restorable data)",
           f"* next scheduled drill: {v.next_drill or 'none (manual: `backupctl drill` or trigger dr_drill)'}"
           + (f" (`{v.schedule}`)" if v.schedule else ""),
           f"* runbook: [{RUNBOOK}]({runbook_link()})", ""]
@@ -36,7 +36,7 @@ def render_markdown(v: DrillVerdict) -> str:
            "|---|---|---|---|---|---|---|---|---|---|"]
     for x in v.tiers:
         md.append(f"| {x['tier']} | {x['storage']} | {x['snapshot_id'] or '-'} | {x['logical_date'] or '-'} | "
-                  f"{_dur(x['rto_seconds'])} | {_dur(x['rpo_seconds'])} | {x['files']} | {mb(x['bytes'])} | "
+                  f"{fmt_duration(x['rto_seconds'])} | {fmt_duration(x['rpo_seconds'])} | {x['files']} | {mb(x['bytes'])} | "
                   f"{x['throughput_mb_s'] if x['throughput_mb_s'] is not None else '-'} | "
                   f"{'pass' if x['passed'] else 'FAIL'} |")
     md += ["", "## Step timings (seconds)", "", "| tier | plan | isolate | thaw | restore | verify |", "|---|---|---|---|---|---|"]
@@ -115,7 +115,7 @@ def render_html(v: DrillVerdict, history: list[dict[str, Any]]) -> str:
     color = "#1a7f37" if v.passed else "#cf222e"
     rows = "".join(
         f"<tr><td>{e(x['tier'])}</td><td>{e(x['storage'])}</td><td>{e(x['snapshot_id'] or '-')}</td>"
-        f"<td>{e(x['logical_date'] or '-')}</td><td>{_dur(x['rto_seconds'])}</td><td>{_dur(x['rpo_seconds'])}</td>"
+        f"<td>{e(x['logical_date'] or '-')}</td><td>{fmt_duration(x['rto_seconds'])}</td><td>{fmt_duration(x['rpo_seconds'])}</td>"
         f"<td>{x['files']}</td><td>{mb(x['bytes'])}</td><td>{x['throughput_mb_s'] if x['throughput_mb_s'] is not None else '-'}</td>"
         f"<td style='color:{'#1a7f37' if x['passed'] else '#cf222e'}'>{'pass' if x['passed'] else 'FAIL'}</td></tr>"
         for x in v.tiers)
@@ -140,8 +140,8 @@ def render_html(v: DrillVerdict, history: list[dict[str, Any]]) -> str:
 td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}}</style></head><body>
 <h1>Disaster-recovery drill {e(v.drill_id)}: <span style="color:{color}">{'PASSED' if v.passed else 'FAILED'}</span></h1>
 <ul><li>application {e(v.application)}; started {e(v.at)}, finished {e(v.finished_at)}; run {e(v.run_id or v.door)}</li>
-<li>targets: RTO {t['rto_minutes']:g} min, RPO {t['rpo_hours']:g} h — measured: RTO {_dur(v.rto_seconds)} (slowest tier),
-RPO {_dur(v.rpo_seconds)} (newest restorable data)</li>
+<li>targets: RTO {t['rto_minutes']:g} min, RPO {t['rpo_hours']:g} h — measured: RTO {fmt_duration(v.rto_seconds)} (slowest tier),
+RPO {fmt_duration(v.rpo_seconds)} (newest restorable data)</li>
 <li>next scheduled drill: {e(v.next_drill or 'none (manual)')}</li>
 <li>runbook: <a href="{e(runbook_link())}">{RUNBOOK}</a></li></ul>
 <h2>Findings</h2><ul>{findings}</ul>

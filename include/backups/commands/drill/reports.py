@@ -10,7 +10,7 @@ from typing import Any
 
 from ...config import Config
 from ...errors import BackupError
-from .common import _atomic_write, _first_line, drill_dir, log
+from .common import atomic_write, drill_dir, first_line, log
 from .judge import DrillVerdict
 from .render import render_html, render_markdown
 
@@ -42,8 +42,8 @@ def write_reports(cfg: Config, verdict: DrillVerdict) -> DrillVerdict:
     texts = {"md": render_markdown(verdict), "html": render_html(verdict, history),
              "json": json.dumps(verdict.to_dict(), indent=1, sort_keys=True, default=str) + "\n"}
     for ext, text in texts.items():
-        _atomic_write(out / f"{verdict.drill_id}.{ext}", text)
-        _atomic_write(out / f"latest.{ext}", text)
+        atomic_write(out / f"{verdict.drill_id}.{ext}", text)
+        atomic_write(out / f"latest.{ext}", text)
     if not any(h.get("id") == verdict.drill_id for h in earlier):
         from ...monitoring.store import append_jsonl  # after a torn last line, on a line of its own
 
@@ -77,7 +77,7 @@ def store_reports(cfg: Config, verdict: DrillVerdict, resolver: Any = None) -> l
                 stored.append(f"{name}:{key}")
         except (BackupError, OSError) as exc:
             log.warning("drill %s: could not store its reports on storage %s: %s", verdict.drill_id, name, exc)
-            return [f"{name}: {_first_line(exc)}"]
+            return [f"{name}: {first_line(exc)}"]
         log.info("drill %s: reports also stored on %s", verdict.drill_id, ", ".join(stored))
         return stored
     return []

@@ -12,7 +12,7 @@ from ...config import Config
 from ...errors import BackupError
 from ..base import Result
 from ..restore import Location, RestoredSource, RestoreRequest
-from .common import _db_dsn, _first_line, admin_dsn, log, settings
+from .common import admin_dsn, db_dsn_for, first_line, log, settings
 from .isolation import Scratch
 from .plan import DrillPlan
 
@@ -68,7 +68,7 @@ def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, reso
         plain = [s for s in loc.sources if s not in dbs]
         merged: dict[str, RestoredSource] = {}
         steps: list[tuple[list[str], str | None]] = ([(plain, None)] if plain else []) + [
-            ([s], _db_dsn(admin, name)) for s, name in dbs.items() if admin]
+            ([s], db_dsn_for(admin, name)) for s, name in dbs.items() if admin]
         for i, (sources, pg_dsn) in enumerate(steps):
             part = Location.from_dict({**loc.to_dict(), "sources": sources,
                                        "kinds": {s: loc.kinds[s] for s in sources}})
@@ -85,6 +85,6 @@ def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, reso
         out.bytes = sum(r.bytes for r in merged.values())
         out.ok = True
     except BackupError as exc:
-        out.error = f"restore of snapshot {loc.snapshot_id} (tier {tier}) from storage {loc.storage} failed: {_first_line(exc)}"
+        out.error = f"restore of snapshot {loc.snapshot_id} (tier {tier}) from storage {loc.storage} failed: {first_line(exc)}"
         log.error("drill %s: %s", plan.drill_id, out.error)
     return out
