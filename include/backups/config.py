@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -465,19 +466,19 @@ class _RefError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def expand_env(node: Any, path: str, file: str, env: dict[str, str] | None = None) -> Any:
+def expand_env(node: Any, path: str, file: str, env: Mapping[str, str] | None = None) -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
-    env = os.environ if env is None else env
+    values: Mapping[str, str] = os.environ if env is None else env
     if isinstance(node, dict):
-        return {k: expand_env(v, f"{path}.{k}" if path else str(k), file, env) for k, v in node.items()}
+        return {k: expand_env(v, f"{path}.{k}" if path else str(k), file, values) for k, v in node.items()}
     if isinstance(node, list):
-        return [expand_env(v, f"{path}.{i}", file, env) for i, v in enumerate(node)]
+        return [expand_env(v, f"{path}.{i}", file, values) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
-            if name in env and env[name] != "":
-                return env[name]
+            if name in values and values[name] != "":
+                return values[name]
             if default is not None:
                 return default
             raise ConfigError(

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .storage import Resolver
 
 GROUP = "backups.resolvers"
 DEFAULT = "airflow"
 
 
-def registered_resolver(name: str = DEFAULT) -> Any:
+def registered_resolver(name: str = DEFAULT) -> Resolver:
     """The resolver registered as ``name`` in the ``backups.resolvers`` entry point group (instantiated)."""
     found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not found:
@@ -43,6 +47,6 @@ def registered_resolver(name: str = DEFAULT) -> Any:
     return factory()
 
 
-def resolver_for(cfg: Any) -> Any:
+def resolver_for(cfg: Config) -> Resolver | None:
     """The resolver the config's ``conn_id`` need (the registered one), or None when it names none."""
     return registered_resolver() if cfg.needs_airflow() else None
