@@ -7,13 +7,16 @@ the CLI get one from :func:`backups.connections.resolver_for` (injected, registe
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import ConfigError
 from .base import ObjectInfo, Storage
 from .local import LocalStorage
 from .memory import MemoryStorage
 from .wrappers import ReadOnlyStorage, RetryingStorage
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = [
     "ObjectInfo", "Storage", "LocalStorage", "MemoryStorage", "ReadOnlyStorage",
@@ -57,7 +60,7 @@ class NoAirflowResolver:
         raise self._fail(conn_id)
 
 
-def open_storage(cfg: Any, name: str, resolver: Resolver | None = None, *, read_only: bool = False) -> Storage:
+def open_storage(cfg: Config, name: str, resolver: Resolver | None = None, *, read_only: bool = False) -> Storage:
     """Build the storage called ``name`` from the config (wrapped read-only when asked)."""
     if name not in cfg.storages:
         from ..errors import NotFoundError, did_you_mean
@@ -85,7 +88,7 @@ def open_storage(cfg: Any, name: str, resolver: Resolver | None = None, *, read_
         from .wrappers import FaultInjectingStorage
 
         storage = FaultInjectingStorage(storage, os.environ["BACKUPS_FAULT"])
-    if getattr(sc, "encryption", None) is not None:
+    if sc.encryption is not None:  # every storage type has the field
         from .crypto import EncryptedStorage, load_key
 
         storage = EncryptedStorage(storage, load_key(sc.encryption, resolver, name))

@@ -56,10 +56,14 @@ import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import BackupError, EncryptionError, IntegrityError, ObjectExistsError
 from .base import CHUNK, ObjectInfo, Storage, exists_error, same_content
+
+if TYPE_CHECKING:
+    from ..config import EncryptionConfig
+    from . import Resolver
 
 MAGIC = b"FMRBKENC"
 VERSION = 1
@@ -87,7 +91,7 @@ def parse_key(text: str, source: str) -> bytes:
     return key
 
 
-def load_key(enc_cfg: Any, resolver: Any, storage_name: str) -> bytes:
+def load_key(enc_cfg: EncryptionConfig, resolver: Resolver, storage_name: str) -> bytes:
     """The key for storage ``storage_name`` from ``key_env`` or from the password of connection ``key_conn_id``."""
     if enc_cfg.key_env:
         value = os.environ.get(enc_cfg.key_env, "")
@@ -96,6 +100,7 @@ def load_key(enc_cfg: Any, resolver: Any, storage_name: str) -> bytes:
                                   hint=f"export {enc_cfg.key_env}=<the 64-hex-digit key that encrypted this repository> "
                                   "(a new repository: python -m backups.storage.crypto genkey)")
         return parse_key(value, f"environment variable {enc_cfg.key_env}")
+    assert enc_cfg.key_conn_id  # the config model requires exactly one of key_env / key_conn_id
     value = resolver.secret(enc_cfg.key_conn_id) or ""
     if not value.strip():
         raise EncryptionError(f"storage {storage_name}: Airflow connection {enc_cfg.key_conn_id} has no password",
@@ -367,7 +372,7 @@ class EncryptedStorage(Storage):
                 yield _Decryptor(raw, self._aead, header, 0, lambda: self._bad(key), ok=self._proof(key))  # type: ignore[misc]
             return
         if length == 0:
-            yield io.BytesIO(b"")  # type: ignore[misc]
+            yield io.BytesIO(b"")
             return
         with self.inner.open_read(key, 0, hlen) as raw:
             header = self._header(raw, key)

@@ -114,7 +114,7 @@ class LocalStorage(Storage):
             else:
                 from .util import LimitedReader
 
-                yield LimitedReader(fh, length)
+                yield LimitedReader(fh, length)  # type: ignore[misc]  # a duck-typed BinaryIO (read only)
 
     def stat(self, key: str) -> ObjectInfo:
         try:

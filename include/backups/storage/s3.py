@@ -33,10 +33,14 @@ import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import ObjectNotFound, StorageError, TransientStorageError
 from .base import ObjectInfo, Storage, check_key, exists_error, resolve_client, same_content
+
+if TYPE_CHECKING:
+    from ..config import S3Storage as S3StorageConfig
+    from . import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +76,7 @@ class S3Storage(Storage):
             self._sse["SSEKMSKeyId"] = kms_key_id
 
     @classmethod
-    def from_config(cls, sc: Any, name: str, resolver: Any) -> S3Storage:
+    def from_config(cls, sc: S3StorageConfig, name: str, resolver: Resolver) -> S3Storage:
         client = resolve_client(resolver.s3_client, sc.conn_id, timeout=float(getattr(sc, "timeout_seconds", TIMEOUT)),
                                 max_attempts=int(getattr(sc, "max_attempts", MAX_ATTEMPTS)))
         return cls(client, sc.bucket, sc.prefix, name=name, storage_class=sc.storage_class,
@@ -158,7 +162,7 @@ class S3Storage(Storage):
         except _RangePastEnd:  # a range past the end reads as empty, like a file
             pass
         if body is None:
-            yield io.BytesIO(b"")  # type: ignore[misc]
+            yield io.BytesIO(b"")
             return
         try:
             yield _Reader(self, key, body)  # type: ignore[misc]

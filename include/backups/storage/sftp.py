@@ -28,10 +28,14 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import BackupError, ObjectNotFound, StorageError, TransientStorageError
 from .base import TEMP_MARK, ObjectInfo, Storage, check_key, exists_error, resolve_client, same_content
+
+if TYPE_CHECKING:
+    from ..config import SftpStorage as SftpStorageConfig
+    from . import Resolver
 
 WINDOW = 8 << 20
 TIMEOUT = 60.0  #: seconds, the default of ``storages.*.timeout_seconds``
@@ -54,7 +58,7 @@ class SftpStorage(Storage):
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, sc: Any, name: str, resolver: Any) -> SftpStorage:
+    def from_config(cls, sc: SftpStorageConfig, name: str, resolver: Resolver) -> SftpStorage:
         timeout = float(getattr(sc, "timeout_seconds", TIMEOUT))
         return cls(resolve_client(resolver.sftp_client_factory, sc.conn_id, timeout=timeout), sc.path, name=name,
                    conn_id=sc.conn_id, timeout=timeout)

@@ -74,7 +74,7 @@ class ThreadedHashingSink:
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
                     self._err = exc
 
-    def write(self, data: bytes) -> int:  # type: ignore[override]
+    def write(self, data: bytes) -> int:
         if self._err is not None:
             raise self._err
         self._q.put(bytes(data))

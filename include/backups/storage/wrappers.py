@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import BinaryIO
 
 from ..errors import RefusedError, TransientStorageError
@@ -36,10 +36,10 @@ class _Wrapper(Storage):
     def describe(self) -> str:
         return self.inner.describe()
 
-    def open_write(self, key: str):  # type: ignore[override]
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
         return self.inner.open_write(key)
 
-    def open_read(self, key: str, offset: int = 0, length: int | None = None):  # type: ignore[override]
+    def open_read(self, key: str, offset: int = 0, length: int | None = None) -> AbstractContextManager[BinaryIO]:
         return self.inner.open_read(key, offset, length)
 
     def stat(self, key: str) -> ObjectInfo:
@@ -90,7 +90,7 @@ class ReadOnlyStorage(_Wrapper):
     def _refuse(self, what: str, key: str) -> RefusedError:
         return RefusedError(f"{self.name}: opened read-only, refusing to {what} {key}")
 
-    def open_write(self, key: str):  # type: ignore[override]
+    def open_write(self, key: str) -> AbstractContextManager[BinaryIO]:
         if key.startswith((LOCKS_PREFIX, VERIFICATION_PREFIX)):
             return self.inner.open_write(key)
         raise self._refuse("write", key)
@@ -151,7 +151,7 @@ class FaultInjectingStorage(_Wrapper):
         self.mode, self.at = mode, int(n)
 
     @contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:  # type: ignore[override]
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
         import errno
         import os
         import signal
