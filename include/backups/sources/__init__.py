@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .base import Entry, Prepared, SourceReader
 
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
-def open_source(cfg: Any, name: str, resolver: Any = None) -> SourceReader:
+
+def open_source(cfg: Config, name: str, resolver: Resolver | None = None) -> SourceReader:
     if name not in cfg.sources:
         from ..errors import NotFoundError
 
@@ -28,13 +32,15 @@ def open_source(cfg: Any, name: str, resolver: Any = None) -> SourceReader:
     if sc.type == "postgres":
         from .postgres import PostgresSource
 
-        dsn = sc.dsn
         if sc.conn_id:
             if resolver is None:
                 from ..storage import NoAirflowResolver
 
                 resolver = NoAirflowResolver()
             dsn = resolver.postgres_dsn(sc.conn_id)
+        else:
+            assert sc.dsn  # the config model requires exactly one of dsn / conn_id
+            dsn = sc.dsn
         return PostgresSource(name, dsn, sc.jobs, sc.schemas, sc.exclude_tables,
                               drop_dangling_foreign_keys=sc.drop_dangling_foreign_keys)
     raise AssertionError(sc.type)

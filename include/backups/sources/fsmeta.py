@@ -26,6 +26,7 @@ import os
 import pwd
 import struct
 from functools import lru_cache
+from typing import Any
 
 ACL_ACCESS = "system.posix_acl_access"
 ACL_DEFAULT = "system.posix_acl_default"
@@ -77,8 +78,9 @@ def xattrs_from_json(value: object) -> Xattrs:
 
 def owner_from_json(value: object) -> Owner:
     """An owner record ``[uid, gid, user, group]``; ValueError for anything else."""
+    fields: Any = value  # unpacked below: anything but four items raises
     try:
-        uid, gid, user, group = value  # type: ignore[misc]
+        uid, gid, user, group = fields
     except (TypeError, ValueError):
         raise ValueError("owner is not [uid, gid, user, group]") from None
     if type(uid) is not int or type(gid) is not int or uid < 0 or gid < 0 or type(user) is not str or type(group) is not str:

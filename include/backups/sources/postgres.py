@@ -207,7 +207,7 @@ class _Tail:
         self.sha = hashlib.sha256()
         self.size = self.lines = self.zsize = 0
         self.tail = b""
-        self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=spool_dir)
+        self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_MEMORY, dir=str(spool_dir))
         # one thread: pg_dump writes far slower than zstd compresses, and the server needs the other core
         self.z = compressor(threads=0).stream_writer(self.spool, closefd=False)
 
