@@ -20,13 +20,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog.manifest import ID_RE, Catalog, manifest_key, object_key
 from ..storage.base import ObjectInfo, Storage
 from .index import IndexEntry, iter_index
 from .locks import LOCKS, HeldLock, LockInfo, Locks, overlap
 from .verification import verification_key
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["Repository", "IndexEntry", "iter_index", "Leftovers", "Locks", "HeldLock", "LockInfo", "LOCKS", "manifest_key", "object_key",
            "data_prefix", "report_key", "report_prefix", "repo_scope", "snapshot_scope", "verification_key"]
@@ -82,7 +85,7 @@ class Leftovers:
 class Repository:
     """One storage seen as a repository. ``cfg`` provides ``application`` and ``locks`` (may be None in tests)."""
 
-    def __init__(self, storage: Storage, cfg: Any = None, *, application: str | None = None) -> None:
+    def __init__(self, storage: Storage, cfg: Config | None = None, *, application: str | None = None) -> None:
         self.storage = storage
         self.cfg = cfg
         self.application = application or getattr(cfg, "application", None)

@@ -26,6 +26,7 @@ dag/run/task, lower try number) whose heartbeat is stale is removed too: Airflow
 
 from __future__ import annotations
 
+import builtins  # the class Locks has a method named list: annotations after it name the type as builtins.list
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     BackupError,
@@ -48,6 +49,9 @@ from ..errors import (
     printable,
 )
 from ..storage.base import Storage
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +169,7 @@ class Locks:
         self.poll_seconds = poll_seconds
 
     @classmethod
-    def from_config(cls, storage: Storage, cfg: Any) -> Locks:
+    def from_config(cls, storage: Storage, cfg: Config | None) -> Locks:
         lc = getattr(cfg, "locks", None)
         if lc is None:
             return cls(storage)
@@ -206,7 +210,7 @@ class Locks:
             return "stale"
         return "live"
 
-    def _sweep(self, locks: list[LockInfo], me: str | None = None) -> list[LockInfo]:
+    def _sweep(self, locks: builtins.list[LockInfo], me: str | None = None) -> builtins.list[LockInfo]:
         """Remove locks whose holder is provably gone (logged); return the others."""
         mine = _airflow_try(run_identity())
         kept = []
@@ -230,7 +234,7 @@ class Locks:
         except ObjectNotFound:
             pass
 
-    def report(self) -> list[dict[str, Any]]:
+    def report(self) -> builtins.list[dict[str, Any]]:
         """Every lock with its state, for ``status`` and monitoring (stale ones logged as warnings)."""
         out = []
         for lk in self.list():
@@ -243,7 +247,7 @@ class Locks:
                         "heartbeat_age_seconds": round(lk.age(), 1), "state": st})
         return out
 
-    def unlock(self, *, everything: bool = False) -> list[LockInfo]:
+    def unlock(self, *, everything: bool = False) -> builtins.list[LockInfo]:
         """Remove dead and stale locks (``everything``: every lock). Returns what was removed."""
         removed = []
         for lk in self.list():
