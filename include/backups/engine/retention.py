@@ -34,11 +34,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog.manifest import FUTURE_TOLERANCE, Catalog, Snapshot, manifest_key
 from ..repository import data_prefix, report_prefix
 from ..storage.base import Storage
+
+if TYPE_CHECKING:
+    from ..config import Config, Retention
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +123,9 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None], now: d
     if policy.get("keep_last"):
         for s in newest_first[: policy["keep_last"]]:
             kept.setdefault(s.id, []).append("keep_last")
-    if policy.get("keep_within_days"):
+    if within := policy.get("keep_within_days"):
         try:
-            since = anchor - timedelta(days=policy["keep_within_days"])
+            since = anchor - timedelta(days=within)
         except OverflowError:  # reaches before year 1 (an operator's "forever"): every date is within
             since = datetime.min.replace(tzinfo=UTC)
         for s in newest_first:
@@ -149,7 +152,7 @@ def _kept_by_policy(snaps: list[Snapshot], policy: dict[str, int | None], now: d
     return kept
 
 
-def tier_retention(cfg: Any, tier: str) -> Any:
+def tier_retention(cfg: Config, tier: str) -> Retention | None:
     """The retention rules of ``tier``: the config's tier, ``manual_retention`` for backup_manual's ``manual`` tier,
     None for a tier the config does not describe (its snapshots are kept)."""
     t = cfg.tiers.get(tier)
@@ -160,7 +163,7 @@ def tier_retention(cfg: Any, tier: str) -> Any:
     return None
 
 
-def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | None = None,
+def plan_prune(cfg: Config, storage: Storage, catalog: Catalog, *, now: datetime | None = None,
                orphan_grace: timedelta | None = None) -> PrunePlan:
     """What a prune of ``storage`` would do, without changing anything: the snapshots each tier's rules keep
     (with the reasons, chains of kept snapshots included), the ones to forget, and the orphaned / temp objects
@@ -215,7 +218,7 @@ def plan_prune(cfg: Any, storage: Storage, catalog: Catalog, *, now: datetime | 
     return plan
 
 
-def prune_storage(cfg: Any, storage: Storage, *, dry_run: bool = False, now: datetime | None = None) -> PrunePlan:
+def prune_storage(cfg: Config, storage: Storage, *, dry_run: bool = False, now: datetime | None = None) -> PrunePlan:
     """Plan and apply the prune of one storage under its exclusive repository lock (a dry run: a shared one)."""
     from ..repository import Repository, repo_scope
 

@@ -41,7 +41,7 @@ from ..catalog.manifest import (
 from ..config import Config
 from ..errors import ConfigError, IntegrityError, NotFoundError, ObjectNotFound, RefusedError, SourceError, StorageError
 from ..sources import open_source
-from ..storage import Storage, open_storage
+from ..storage import Resolver, Storage, open_storage
 from ..storage.util import HashingReader
 from .archiver import load_part
 from .progress import Progress
@@ -120,7 +120,7 @@ def _usable(catalog: Catalog, snap: Snapshot) -> str | None:
 
 
 def plan(cfg: Config, tier: str, logical_date: str | datetime | None = None, *, type_override: str | None = None,
-         storage: Storage | None = None, resolver: Any = None, sources: list[str] | None = None,
+         storage: Storage | None = None, resolver: Resolver | None = None, sources: list[str] | None = None,
          storages: list[str] | None = None, comment: str = "", catalog: Catalog | None = None,
          now: datetime | None = None) -> Plan:
     """What one backup of ``tier`` at ``logical_date`` will be: the snapshot id (tier + logical date), the type
@@ -241,7 +241,7 @@ def clean_staging(cfg: Config, grace_seconds: float) -> list[str]:
     from ..repository.locks import HOST, pid_alive
 
     root = staging_root() or tempfile.gettempdir()
-    removed = []
+    removed: list[str] = []
     prefixes = tuple(f"backup-{name}-" for name in [*cfg.sources, RUN_STAGING])
     try:
         entries = list(os.scandir(root))
@@ -297,7 +297,7 @@ def clear_uncommitted(storage: Storage, snap_id: str, source: str) -> int:
     return n
 
 
-def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: Any = None, checksum: bool = False,
+def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: Resolver | None = None, checksum: bool = False,
             progress: Progress | None = None, catalog: Catalog | None = None) -> dict[str, Any]:
     """Back up one source of the plan into ``storage``; returns a small summary (XCom-sized).
 
