@@ -31,7 +31,7 @@ def file_hashes(root: Path) -> dict[str, str]:
     return out
 
 
-def table_hashes(db: Path) -> dict[str, int]:
+def table_hashes(db: Path) -> dict[str, str]:
     """table -> digest of its rows, of a SQLite database (to compare a restore with the live data)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
