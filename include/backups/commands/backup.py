@@ -40,7 +40,7 @@ from ..errors import (
     TransientStorageError,
 )
 from ..sources import open_source
-from ..storage import open_storage
+from ..storage import Resolver, open_storage
 from .base import Result, mb
 from .procedure import CLEANUP, Procedure, RunContext, Skip, Step
 from .procedure import run as run_procedure
@@ -342,12 +342,12 @@ def _retryable(kind: str, exc: BackupError) -> bool:
     return kind in ("postgres", "s3", "sftp") and isinstance(exc, SourceError | StorageError)
 
 
-def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> SystemState:
+def check_system_state(cfg: Config, sel: Selection, resolver: Resolver | None = None) -> SystemState:
     """Every source readable, every storage reachable with room for the estimated size; all problems at once."""
     problems: list[tuple[str, bool]] = []
     estimates: dict[str, int] = {}
     for name in sel.sources:
-        kind = cfg.sources[name].type
+        kind: str = cfg.sources[name].type  # a source kind here, a storage kind below
         try:
             src = open_source(cfg, name, resolver)
             src.check()
@@ -395,7 +395,7 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> Sys
 
 
 def prepare_environment(cfg: Config, sel: Selection, logical_date: datetime | str, state: SystemState,
-                        resolver: Any = None, *, now: datetime | None = None) -> PreparedRun:
+                        resolver: Resolver | None = None, *, now: datetime | None = None) -> PreparedRun:
     """The plan: snapshot id from the logical date, parent and chain, estimated size (XCom: small dicts)."""
     from ..engine import snapshot
 
@@ -431,7 +431,7 @@ def start_message(plan: Plan) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ backup
-def extract_source(cfg: Config, plan: Plan, source: str, scratch: Path | None, resolver: Any = None,
+def extract_source(cfg: Config, plan: Plan, source: str, scratch: Path | None, resolver: Resolver | None = None,
                    estimate: int | None = None, *, checksum: bool = False, progress: Any = None) -> ExtractResult:
     """Back up one source into the primary storage (objects + part record); idempotent for a retry. ``scratch``:
     the task's private directory, where dumps are staged (``None``: ``$BACKUP_STAGING`` or the temp dir, as the CLI
@@ -462,7 +462,7 @@ def extract_source(cfg: Config, plan: Plan, source: str, scratch: Path | None, r
     return ExtractResult(**out)
 
 
-def commit_snapshot(cfg: Config, plan: Plan, resolver: Any = None) -> CommitResult:
+def commit_snapshot(cfg: Config, plan: Plan, resolver: Resolver | None = None) -> CommitResult:
     """Write the manifest on the primary storage — last, it is the commit marker."""
     from ..engine import snapshot
     from ..repository import Repository
@@ -478,7 +478,7 @@ def commit_snapshot(cfg: Config, plan: Plan, resolver: Any = None) -> CommitResu
                         duration_seconds=d.get("duration_seconds"), already_committed=bool(p.already_committed))
 
 
-def upload_to(cfg: Config, plan: Plan, storage: str, resolver: Any = None) -> UploadResult:
+def upload_to(cfg: Config, plan: Plan, storage: str, resolver: Resolver | None = None) -> UploadResult:
     """Primary: check every object of the chain is there. Other storages: replicate (SHA-256 checked, manifest last)."""
     from ..engine import snapshot
 
@@ -516,7 +516,7 @@ def upload_to(cfg: Config, plan: Plan, storage: str, resolver: Any = None) -> Up
 
 
 # ------------------------------------------------------------------------------------------------ verify
-def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Any = None) -> IntegrityResult:
+def check_integrity(cfg: Config, plan: Plan, storage: str, resolver: Resolver | None = None) -> IntegrityResult:
     """What landed on ``storage``: every object of the new snapshot re-read and SHA-256 checked; the rest of
     its chain (manifests, presence and sizes) checked structurally."""
     from ..engine.checker import object_problem, verify
@@ -583,7 +583,7 @@ def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str,
                     getattr(exc, "message", None) or exc)
 
 
-def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None, *, validate: bool = True) -> RestoreTestResult:
+def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Resolver | None = None, *, validate: bool = True) -> RestoreTestResult:
     """Restore the whole chain from the last storage of the run that is readable without a thaw (a replica when there
     is one; never an archive class), read-only, into
     this task's scratch dir: every file SHA-256 checked by the restorer; every PostgreSQL dump loaded with
@@ -614,7 +614,7 @@ def test_restore(cfg: Config, plan: Plan, scratch: Path, resolver: Any = None, *
                                       f"backup now (`backupctl backup --tier {p.tier} --type full`, or trigger "
                                       "backup_manual), then `backupctl verify --all --read-data` to find every damaged "
                                       "object") from None
-    sources = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
+    sources: dict[str, dict[str, Any]] = {r.source: {"kind": r.kind, "files": r.files, "bytes": r.bytes, "verified": r.verified} for r in results}
     # every PostgreSQL dump is loaded into a scratch database (drill.postgres or the documented default) and
     # validated there: a dump that does not load fails this step, naming pg_restore's error
     servers = {r.source: pg_check_server(cfg, r.source, resolver) for r in results if r.kind == "postgres"}
@@ -668,7 +668,7 @@ def validate_data(cfg: Config, plan: Plan, restore_test: RestoreTestResult) -> V
 def completion_summary(cfg: Config, plan: Plan, committed: CommitResult, integrity: list[IntegrityResult],
                        validation: ValidationResult, restore_test: RestoreTestResult,
                        extracts: list[ExtractResult | None], uploads: list[UploadResult | None],
-                       run_seconds: float | None, resolver: Any = None) -> CompletionSummary:
+                       run_seconds: float | None, resolver: Resolver | None = None) -> CompletionSummary:
     """id, type, sizes, durations and checks of the run (read from the committed manifest + the tasks' XComs)."""
     p = as_plan(plan)
     st = open_storage(cfg, p.storages[0], resolver, read_only=True)
@@ -760,7 +760,7 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
 def complete_run(cfg: Config, plan: Plan, committed: CommitResult, integrity: list[IntegrityResult],
                  validation: ValidationResult, restore_test: RestoreTestResult, extracts: list[ExtractResult | None],
                  uploads: list[UploadResult | None], *, run_seconds: float | None, dag_id: str, run_id: str,
-                 manual: dict[str, Any] | None = None, resolver: Any = None) -> CompletionSummary:
+                 manual: dict[str, Any] | None = None, resolver: Resolver | None = None) -> CompletionSummary:
     """The end of a run: :func:`completion_summary`, logged, and its result document stored next to the snapshot
     on every storage of the run. ``manual`` (requested_by, approval, params) makes it the backup_manual document."""
     p = as_plan(plan)
@@ -789,7 +789,7 @@ def report_key(snapshot_id: str, ext: str) -> str:
 
 
 def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[str, Any], markdown: str,
-                 resolver: Any = None) -> list[str]:
+                 resolver: Resolver | None = None) -> list[str]:
     """Store the result document (JSON + Markdown) next to the snapshot on every storage of the run that is readable
     without a thaw (on an archive class it could not be read when it is wanted)."""
     keys = []
@@ -806,7 +806,7 @@ def write_report(cfg: Config, storages: list[str], snapshot_id: str, doc: dict[s
     return keys
 
 
-def cleanup(cfg: Config | None, plan: Plan | None, dag_id: str, run_id: str, resolver: Any = None,
+def cleanup(cfg: Config | None, plan: Plan | None, dag_id: str, run_id: str, resolver: Resolver | None = None,
             *, stale_after_seconds: float = 2 * 86400) -> CleanupResult:
     """Remove this run's scratch on this worker (each task already removed its own) and stale scratch of earlier
     runs of the DAG; report (never delete) uncommitted objects, which a retry of the run reuses."""
@@ -990,7 +990,7 @@ BACKUP = Procedure("backup", (
 
 def run_backup(cfg: Config, tier: str, *, logical_date: str | datetime | None = None, type_override: str | None = None,
                sources: list[str] | None = None, storages: list[str] | None = None, checksum: bool = False,
-               comment: str = "", resolver: Any = None, validate: bool = True,
+               comment: str = "", resolver: Resolver | None = None, validate: bool = True,
                progress: bool | None = None, now: datetime | None = None) -> dict[str, Any]:
     """``backupctl backup``: the tier DAG's steps (:data:`BACKUP`) in this process — the same checks, locks, test
     restore, result document and cleanup. Returns the completion summary (the document the DAG's

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config, load_config
 from ..engine.progress import mb
+
+if TYPE_CHECKING:
+    from ..storage import Resolver
 
 __all__ = ["Result", "config_and_resolver", "mb"]
 
@@ -24,7 +27,7 @@ class Result:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
-def config_and_resolver(path: str | None = None, resolver: Any = None) -> tuple[Config, Any]:
+def config_and_resolver(path: str | None = None, resolver: Resolver | None = None) -> tuple[Config, Resolver | None]:
     """The config (``path``, ``$BACKUP_CONFIG`` or the shipped file) and the resolver its ``conn_id`` need:
     ``resolver`` when the caller injects one, else :func:`backups.connections.resolver_for`."""
     from ..connections import resolver_for

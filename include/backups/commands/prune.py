@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
 from .base import Result, mb
 from .storages import each_storage, open_checked
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
 log = logging.getLogger("backups.commands.prune")
 
@@ -41,7 +45,7 @@ class PruneResult(Result):
                             hint="the other storages were pruned; fix the storage (or the network) and prune again")
 
 
-def prune_one(cfg: Any, name: str, *, dry_run: bool = False, resolver: Any = None) -> dict[str, Any]:
+def prune_one(cfg: Config, name: str, *, dry_run: bool = False, resolver: Resolver | None = None) -> dict[str, Any]:
     """Prune storage ``name`` (raises when it is unreachable); its :class:`~backups.engine.retention.PrunePlan`
     as a dict, ``keep`` reduced to the sorted ids."""
     from ..engine.retention import prune_storage
@@ -50,7 +54,7 @@ def prune_one(cfg: Any, name: str, *, dry_run: bool = False, resolver: Any = Non
     return _summary(prune_storage(cfg, storage, dry_run=dry_run).to_dict(), dry_run)
 
 
-def prune(cfg: Any, names: list[str] | None = None, *, dry_run: bool = False, resolver: Any = None) -> PruneResult:
+def prune(cfg: Config, names: list[str] | None = None, *, dry_run: bool = False, resolver: Resolver | None = None) -> PruneResult:
     """Prune the storages ``names`` (default: every configured one; an unreachable one is recorded, see module doc),
     then remove what killed drills left on this host (their scratch directories and ``drill_*`` databases)."""
     from ..engine.retention import prune_storage

@@ -11,9 +11,13 @@ import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ValidationFailedError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
 log = logging.getLogger("backups.commands.validate")
 
@@ -24,7 +28,7 @@ PG_SCRATCH_CONN = "backup_pg_scratch"
 PG_SCRATCH_ENV = "BACKUP_PG_SCRATCH_DSN"
 
 
-def pg_scratch_dsn(resolver: Any = None) -> str | None:
+def pg_scratch_dsn(resolver: Resolver | None = None) -> str | None:
     """Where PostgreSQL dumps are loaded for validation: ``$BACKUP_PG_SCRATCH_DSN``, else the connection
     ``backup_pg_scratch`` through ``resolver`` (the DAGs pass Airflow's); None when neither is configured."""
     if os.environ.get(PG_SCRATCH_ENV):
@@ -37,7 +41,7 @@ def pg_scratch_dsn(resolver: Any = None) -> str | None:
         return None
 
 
-def pg_check_server(cfg: Any, source: str, resolver: Any = None) -> str:
+def pg_check_server(cfg: Config, source: str, resolver: Resolver | None = None) -> str:
     """The PostgreSQL server where a backup's test restore loads the dump of ``source`` into a scratch database
     (``backup_check_<random>``, dropped afterwards): ``drill.postgres`` (the drill's scratch server) when configured,
     else ``$BACKUP_PG_SCRATCH_DSN`` / the connection ``backup_pg_scratch``, else the source's own server (its DSN:
@@ -50,17 +54,20 @@ def pg_check_server(cfg: Any, source: str, resolver: Any = None) -> str:
             from ..storage import NoAirflowResolver
 
             resolver = NoAirflowResolver()
+        assert pg.conn_id  # the config model requires exactly one of dsn / conn_id
         return str(resolver.postgres_dsn(pg.conn_id))
     dsn = pg_scratch_dsn(resolver)
     if dsn:
         return dsn
     sc = cfg.sources[source]
+    assert sc.type == "postgres"  # the caller passes the postgres sources only
     if sc.dsn:
         return str(sc.dsn)
     if resolver is None:
         from ..storage import NoAirflowResolver
 
         resolver = NoAirflowResolver()
+    assert sc.conn_id  # the config model requires exactly one of dsn / conn_id
     return str(resolver.postgres_dsn(sc.conn_id))
 
 

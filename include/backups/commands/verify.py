@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .base import Result
 from .storages import each_storage
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,8 @@ class VerifyResult(Result):
                 "unreachable": [f"{n}: unreachable: {m}" for n, m in self.unreachable.items()]}
 
 
-def verify(cfg: Any, names: list[str] | None = None, *, snapshot: str | None = None, tier: str | None = None,
-           every: bool = False, read_data: bool = False, resolver: Any = None) -> VerifyResult:
+def verify(cfg: Config, names: list[str] | None = None, *, snapshot: str | None = None, tier: str | None = None,
+           every: bool = False, read_data: bool = False, resolver: Resolver | None = None) -> VerifyResult:
     """Verify ``snapshot`` (default ``latest``, of ``tier``) or, with ``every``, every snapshot and the data left
     without a manifest, on the storages ``names`` (default: every configured one). Under a shared lock per storage."""
     from ..repository import Repository, repo_scope

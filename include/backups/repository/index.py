@@ -92,7 +92,8 @@ def iter_index(storage: Storage, obj: dict[str, Any]) -> Iterator[tuple[str, Ind
     try:
         with storage.open_read(obj["key"]) as raw:
             hr = HashingReader(raw)
-            with zstandard.ZstdDecompressor().stream_reader(hr, closefd=False) as z:  # type: ignore[arg-type]  # duck-typed: zstandard reads any object with read()
+            # HashingReader is duck-typed: zstandard reads any object with read()
+            with zstandard.ZstdDecompressor().stream_reader(hr, closefd=False) as z:  # type: ignore[arg-type]
                 for n, line in enumerate(io.TextIOWrapper(z, encoding="utf-8", errors="surrogateescape"), 1):
                     d = json.loads(line)
                     p = d["p"]
