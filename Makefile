@@ -112,6 +112,7 @@ airflow-status:
 
 lint: venv
 	$(VENV)/bin/ruff check dags include tools tests benchmarks
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf .demo .bench .airflow .pytest_cache .ruff_cache
