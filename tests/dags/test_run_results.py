@@ -91,7 +91,8 @@ def test_backup_validates_once_and_reports_in_note_and_asset_event(airflow_db, a
     note = run_note(dr)
     assert note.startswith(f"**Backup `{sid}`** — verified"), note
     assert "data (Great Expectations): app_db " in note and "✓" in note
-    assert f"report: `local:reports/weekly/{sid}.json`" in note and len(note) <= 1000
+    assert f"report: `local:reports/weekly/{sid}.json` — [open](/backups/snapshots/{sid}/report)" in note
+    assert len(note) <= 1000
 
     extras = _asset_extras("backup://fmr-v2/weekly", dr.run_id)
     assert len(extras) == 1

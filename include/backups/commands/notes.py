@@ -47,8 +47,9 @@ def backup_verdict(summary: dict[str, Any]) -> str:
     return "verified" + (f" (validation skipped: {', '.join(skipped)})" if skipped else "")
 
 
-def backup_note(summary: dict[str, Any]) -> str:
-    """The backup run's note from :class:`~backups.commands.backup.CompletionSummary` ``.to_dict()``."""
+def backup_note(summary: dict[str, Any], report_url: str | None = None) -> str:
+    """The backup run's note from :class:`~backups.commands.backup.CompletionSummary` ``.to_dict()``;
+    ``report_url``: where the Backups plugin serves its result document (a link after the report's key)."""
     s = summary
     t, d, checks = s["totals"], s.get("durations") or {}, s.get("checks") or {}
     kind = s["type"] + (f" (requested {s['requested_type']}: {s['promoted_reason']})" if s.get("promoted_reason") else "")
@@ -69,7 +70,8 @@ def backup_note(summary: dict[str, Any]) -> str:
     if rt:
         lines.append(f"* test restore from {rt.get('storage')}: {rt.get('files')} files, SHA-256 verified")
     if s.get("report"):
-        lines.append(f"* report: `{s['report'][0]}`" + (f" (+{len(s['report']) - 1})" if len(s["report"]) > 1 else ""))
+        lines.append(f"* report: `{s['report'][0]}`" + (f" (+{len(s['report']) - 1})" if len(s["report"]) > 1 else "")
+                     + (f" — [open]({report_url})" if report_url else ""))
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from . import links as urls
 from .store import parse_iso
 
 STATES = ("ok", "warning", "critical")
@@ -198,12 +199,15 @@ def render_dashboard(
     reports_href: dict[str, str] | None = None,
     metrics_href: str | None = "metrics",
     monitoring_dag: str = "backup_monitoring",
+    links_base: str = "..",
 ) -> str:
     """The dashboard HTML for a status document (``None`` -> the empty state).
 
     ``ui_base`` is the relative URL of the Airflow UI root seen from the page (DAG run links are
     ``{ui_base}dags/<dag_id>/runs/<run_id>``); ``reports_href`` maps ``"html"``/``"json"`` to where the page can
-    link the reports (the plugin serves them); ``source`` says where the status was read from.
+    link the reports (the plugin serves them); ``source`` says where the status was read from; ``links_base`` is
+    the URL of the server root seen from the page (the drill and backup reports are at ``<links_base>/backups/…``:
+    :mod:`backups.monitoring.links`).
     """
     if not status or not isinstance(status, dict):
         return render_empty(ui_base=ui_base, monitoring_dag=monitoring_dag)
@@ -252,7 +256,7 @@ def render_dashboard(
             "<th>Last failure</th><th>Last verification</th></tr></thead><tbody>"
         )
         for t in tiers:
-            parts.append(_tier_row(t, *tier_states[id(t)], ui_base=ui_base))
+            parts.append(_tier_row(t, *tier_states[id(t)], ui_base=ui_base, links_base=links_base))
         parts.append("</tbody></table>")
 
     # -- storages
@@ -289,12 +293,15 @@ def render_dashboard(
         parts.append('<p id="drill">No drill recorded.</p>')
     else:
         st = "ok" if drill.get("passed") else "critical"
-        report = drill.get("report")
+        did = str(drill.get("id") or "")
+        # the plugin serves the reports (never a filesystem path on the page): this drill's, and the newest one
+        link = (f' · <a id="drill-report" href="{_e(urls.drill_report_url(did, base=links_base))}">report</a>'
+                if urls.DRILL_ID.match(did) else "")
+        link += f' · <a href="{_e(urls.drill_report_url("latest", base=links_base))}">latest drill report</a>'
         parts.append(
-            f'<p id="drill">{_badge(st)} <code>{_e(drill.get("id"))}</code> at {_e(_when(drill.get("at")))} — '
+            f'<p id="drill">{_badge(st)} <code>{_e(did)}</code> at {_e(_when(drill.get("at")))} — '
             f"RTO {_e(human_seconds(drill.get('rto_seconds')))}, RPO {_e(human_seconds(drill.get('rpo_seconds')))}"
-            + (f' · report: <code>{_e(report)}</code>' if report else "")
-            + "</p>"
+            + link + "</p>"
         )
 
     # -- problems
@@ -365,13 +372,16 @@ def _verification_cell(t: dict) -> str:
     return "—"
 
 
-def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
+def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str, links_base: str = "..") -> str:
     name = t.get("tier")
     dag_id = t.get("dag_id")
     rpo = t.get("rpo_seconds")
     newest = t.get("newest_id")
     if newest:
         snap = f"<code>{_e(newest)}</code>"
+        if urls.SNAPSHOT_ID.match(str(newest)):  # its result document, served by the plugin
+            href = urls.backup_report_url(str(newest), base=links_base)
+            snap = f'<a class="backup-report" href="{_e(href)}" title="result document">{snap}</a>'
         logical = _when(t.get("newest_logical_date")) if t.get("newest_logical_date") else ""
         detail = " · ".join(_e(x) for x in (t.get("newest_type") or "", logical) if x)
         snap += f'<div class="small">{detail}</div>' if detail else ""
@@ -413,3 +423,18 @@ def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
         f"<td>{run_link(t.get('last_run'), 'start')}</td><td>{run_link(t.get('last_failure'), 'at')}</td>"
         f"<td>{ver_cell}</td></tr>"
     )
+
+
+def render_backup_report(snapshot_id: str, markdown: str, *, storage: str, ui_base: str = "../../../") -> str:
+    """A backup run's result document (its Markdown, from the repository) as a page of the plugin: rendered with
+    raw HTML disabled (the document holds user data: comments, names), with a link to its JSON form."""
+    try:
+        from markdown_it import MarkdownIt
+
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    except ImportError:  # pragma: no cover - markdown-it-py comes with Airflow (rich)
+        body = f"<pre>{_e(markdown)}</pre>"
+    head = (f'<div class="meta">result document of <code>{_e(snapshot_id)}</code>, read from storage '
+            f'<code>{_e(storage)}</code> · <a href="report.json">JSON</a> · <a href="{_e(ui_base)}backups/">'
+            "Backups page</a></div>")
+    return _page(f"Backup {snapshot_id}", head + "\n" + body)

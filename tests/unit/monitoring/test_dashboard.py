@@ -145,6 +145,21 @@ def test_storage_usage_problems_and_drill_are_shown():
     assert "RTO 2m 05s" in html and "RPO 2h 00m" in html
 
 
+def test_the_drill_and_backup_reports_are_links_served_by_the_plugin_not_paths():
+    doc = _status([_tier("daily", 60)],
+                  last_drill={"id": "drill-20261207T040000Z", "at": _iso(NOW), "passed": True, "rto_seconds": 125.0,
+                              "rpo_seconds": 7200.0, "report": "/srv/backups/reports/drill/drill-20261207T040000Z.html"})
+    html = render_dashboard(doc, now=NOW)
+    assert '<a id="drill-report" href="../backups/drills/drill-20261207T040000Z">report</a>' in html
+    assert 'href="../backups/drills/latest">latest drill report</a>' in html
+    assert "/srv/backups" not in html  # a filesystem path means nothing in a browser
+    newest = doc["tiers"][0]["newest_id"]
+    assert f'<a class="backup-report" href="../backups/snapshots/{newest}/report"' in html
+    odd = render_dashboard(_status([_tier("daily", 60)], last_drill={"id": "../x", "at": _iso(NOW), "passed": True}),
+                           now=NOW)
+    assert 'id="drill-report"' not in odd and "../backups/drills/latest" in odd  # an odd id is never a URL
+
+
 def test_missing_status_shows_how_to_get_one():
     for html in (render_dashboard(None), render_empty(reason="no Variable <x>")):
         assert 'id="empty-state"' in html and "backup_monitoring" in html
