@@ -22,7 +22,7 @@ from backups.commands.backup import run_backup  # with the integrity check, as i
 from backups.config import load_config
 from backups.demo import fmr
 from tests.dags.approvals import PASSWORD, USER, serve_core_api
-from tests.dags.common import load_dags, task_states
+from tests.dags.common import load_dags, run_note, task_states
 from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.airflow
@@ -135,15 +135,18 @@ def test_freshness_breach_alerts_once_escalates_and_resolves(airflow_db, setup, 
     dag = load_dags().dags["backup_monitoring"]
     ops, oncall = ["ops@example.com"], ["oncall@example.com"]
 
-    monitor(dag)  # baseline: everything fresh; only the (unconfigured) schedule check is a problem
+    dr = monitor(dag)  # baseline: everything fresh; only the (unconfigured) schedule check is a problem
     assert smtp_sink.take() == [(ops, "[backup] fmr-v2: WARNING new backup problem: schedules-unverified")]
+    note = run_note(dr).splitlines()  # every run leaves a note: the state, the count, the problems
+    assert note[0] == "**WARNING** — 1 open problem", note
+    assert note[2].startswith("* warning: `schedules-unverified` — schedules not verified: no Airflow connection")
     assert [p["json"]["kind"] for p in webhook] == ["alert"] and webhook[0]["path"] == "/hooks/backup"
     webhook.clear()
     assert status_doc(setup)["state"] == "warning"
 
     daily = status_doc(setup)["tiers"][0]["newest_id"]
     backdate(setup["root"], daily, 30)  # RPO 24 h: overdue, not yet twice the RPO
-    monitor(dag)
+    dr_stale = monitor(dag)
     mails = smtp_sink.take()
     assert (ops, "[backup] fmr-v2: WARNING new backup problem: stale:daily") in mails
     assert [m for m in mails if m[0] == ops] == [(ops, "[backup] fmr-v2: WARNING new backup problem: stale:daily")]
@@ -156,6 +159,8 @@ def test_freshness_breach_alerts_once_escalates_and_resolves(airflow_db, setup, 
     stale = next(p for p in doc["problems"] if p["key"] == "stale:daily")
     assert stale["runs"] == 1 and doc["tiers"][0]["overdue"] is True
 
+    assert run_note(dr_stale).startswith("**WARNING** — 2 open problems\n\n* warning: `schedules-unverified`")
+    assert "* warning: `stale:daily` — " in run_note(dr_stale)
     monitor(dag)  # second run with stale:daily open: escalated, not re-alerted
     assert smtp_sink.take() == [(oncall, "[backup] fmr-v2: WARNING ESCALATED backup problem: stale:daily")]
     assert [p["json"]["kind"] for p in webhook] == ["escalation"]

@@ -196,3 +196,23 @@ def failure_note(s: dict[str, Any]) -> str:
     tail = ("The task's log has the details." if fixed else
             "The task's log has the details; clear the task to retry once the cause is fixed.")
     return compose(f"**Failed**: {cause}", bullets, tail=tail)
+
+
+def monitoring_note(status: dict[str, Any], page_url: str | None = None) -> str:
+    """A ``backup_monitoring`` run's note from the published status document: the state and the count of open
+    problems on the first line, then each open problem (the critical ones first) as a bullet."""
+    problems = [p for p in status.get("problems") or [] if isinstance(p, dict)]
+    problems.sort(key=lambda p: (p.get("severity") != "critical", str(p.get("key"))))
+    state = str(status.get("state") or "unknown").upper()
+    n = len(problems)
+    head = f"**{state}** — " + (f"{n} open problem{'s' if n != 1 else ''}" if n else "no open problem")
+    if not n:
+        tiers = [t for t in status.get("tiers") or [] if isinstance(t, dict)]
+        head += f": {len(tiers)} tier(s) fresh and verified, every storage reachable"
+    bullets: list[Bullet] = []
+    for p in problems:
+        runs = p.get("runs")
+        seen = f" (open for {runs} checks)" if isinstance(runs, int) and runs > 1 else ""
+        bullets.append(f"{p.get('severity', 'warning')}: `{p.get('key')}` — {p.get('summary')}{seen}")
+    tail = f"Details: [the Backups page]({page_url})." if page_url else ""
+    return compose(head, bullets, tail=tail)

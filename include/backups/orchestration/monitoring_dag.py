@@ -304,4 +304,17 @@ def update_dashboard(plan: dict[str, Any], docs: dict[str, Any] | None) -> dict[
     path = write_status(cfg_, status)
     Variable.set(STATUS_VARIABLE, json.dumps(status, sort_keys=True, default=str),
                  description="backup monitoring status (written by backup_monitoring, read by the Backups page)")
+    set_note(status)
     return {"state": status["state"], "problems": len(status["problems"]), "json": str(path)}
+
+
+def set_note(status: dict[str, Any]) -> None:
+    """The run's note: the state and the count of open problems, then the problems (``notes.monitoring_note``)."""
+    from airflow.sdk import get_current_context
+
+    from ..commands.notes import monitoring_note
+    from ..monitoring.links import PREFIX
+    from .run_notes import set_run_note, ui_base
+
+    ctx = get_current_context()
+    set_run_note(ctx["dag"].dag_id, ctx["run_id"], monitoring_note(status, f"{ui_base()}{PREFIX}/"))

@@ -64,3 +64,20 @@ def test_compose_and_fit_keep_the_first_line():
     cut = fit(long)
     assert len(cut) <= MAX_NOTE and cut.startswith("**Warning** — 40 open problems\n") and cut.endswith("…")
     assert "\n" not in compose("a\nmultiline\nhead").split("\n\n")[0]
+
+
+def test_a_monitoring_note_states_the_state_and_lists_the_open_problems():
+    from backups.commands.notes import monitoring_note
+
+    status = {"state": "critical", "tiers": [{"tier": "daily"}], "problems": [
+        {"key": "schedules-unverified", "severity": "warning", "summary": "schedules not verified", "runs": 1},
+        {"key": "stale:monthly", "severity": "critical", "summary": "monthly: newest snapshot is 83 days old",
+         "runs": 4}]}
+    note = monitoring_note(status, "/backups/")
+    lines = note.splitlines()
+    assert lines[0] == "**CRITICAL** — 2 open problems"
+    assert lines[2] == "* critical: `stale:monthly` — monthly: newest snapshot is 83 days old (open for 4 checks)"
+    assert lines[3] == "* warning: `schedules-unverified` — schedules not verified"
+    assert lines[-1] == "Details: [the Backups page](/backups/)."
+    ok = monitoring_note({"state": "ok", "tiers": [{}, {}], "problems": []})
+    assert ok.splitlines()[0].startswith("**OK** — no open problem: 2 tier(s)") and "\n* " not in ok
