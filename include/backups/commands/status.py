@@ -15,7 +15,7 @@ from typing import Any
 
 from ..monitoring import status_path
 from ..monitoring.alerts import load_state
-from ..monitoring.health import annotate, evaluate, overall_state
+from ..monitoring.health import annotate, apply_tier_problems, evaluate, overall_state
 from ..monitoring.status import build_status, published
 from ..monitoring.store import now_utc, parse_iso, read_json
 from .base import Result
@@ -62,6 +62,7 @@ def finish(cfg: Any, doc: dict[str, Any], problems: list[dict[str, Any]], *, now
     """The published document: problems annotated with since/runs (from the alert state), the overall state."""
     out = published(doc)
     out["problems"] = annotate(problems, alert_state if alert_state is not None else load_state(cfg), now)
+    apply_tier_problems(out)  # a tier with an open size/duration (or other own) warning is not OK
     out["state"] = overall_state(out)
     html, js = status_path(cfg).with_name("status.html"), status_path(cfg)
     out["reports"] = {"html": str(html) if html.exists() else None, "json": str(js) if js.exists() else None}
