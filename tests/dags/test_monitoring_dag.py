@@ -126,6 +126,13 @@ def test_structure():
                                               "send_alerts", "escalate", "generate_reports", "document_status",
                                               "update_dashboard"}
     assert dag.task_dict["send_alerts"].downstream_task_ids == {"escalate"}
+    # the sequence is declared once (commands.status.STATUS): the DAG's tasks are its steps, the CLI runs the first four
+    from backups.commands.status import CHECK, STATUS
+
+    assert sorted(dag.task_ids) == sorted(STATUS.task_ids)
+    for step in STATUS.steps:
+        assert set(step.needs) <= dag.task_dict[step.name].upstream_task_ids, step.name
+    assert [s.name for s in CHECK.steps] == ["monitor_status", "check_health", "verify_schedules", "detect_issues"]
     assert dag.max_active_runs == 1 and "monitoring" in dag.tags and dag.schedule == "*/30 * * * *"
 
 
@@ -177,6 +184,14 @@ def test_freshness_breach_alerts_once_escalates_and_resolves(airflow_db, setup, 
 
     doc = status_doc(setup)
     assert [p["key"] for p in doc["problems"]] == ["schedules-unverified"]
+    # the CLI door runs the same steps: the same problems (the schedule check repeated from the DAG's last status),
+    # the same since/runs, the same tier states
+    from backups.commands.status import status
+
+    cli = status(setup["cfg"]).to_dict()
+    assert [(p["key"], p["since"], p["runs"]) for p in cli["problems"]] == [
+        (p["key"], p["since"], p["runs"]) for p in doc["problems"]]
+    assert [(t["tier"], t["state"]) for t in cli["tiers"]] == [(t["tier"], t["state"]) for t in doc["tiers"]]
     assert json.loads(Variable.get("backup_monitoring_status"))["generated_at"] == doc["generated_at"]  # noqa: AIR311
     html = (setup["status"] / "status.html").read_text()
     assert html.count("src='data:image/png;base64,") >= 4 and doc["reports"]["html"].endswith("status.html")
