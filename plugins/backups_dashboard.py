@@ -7,6 +7,12 @@ navigation (Browse menu) that shows it inside the UI.
 * ``GET /backups/status.json`` the status document as read
 * ``GET /backups/metrics``     Prometheus text format (``backups.monitoring.metrics``)
 * ``GET /backups/reports/html|json`` and ``/backups/reports/<file>``: the monitoring report and its images
+* ``GET /backups/drills/latest``, ``/backups/drills/<drill id>`` (HTML with its chart; ``.json``/``.md`` too) and
+  ``/backups/drills/<drill id>.datadocs/…``: the drill reports and their Great Expectations Data Docs
+* ``GET /backups/snapshots/<snapshot id>/report`` (``report.json``, ``report.md``): a backup run's result document
+  (``reports/<tier>/<id>.*`` on the first storage holding it)
+
+Which file a request may read is decided by ``backups.monitoring.links`` (ids validated, no path traversal).
 
 Security: plugin FastAPI apps are **not** protected by Airflow automatically. Every route here depends on
 Airflow's own authentication (``get_user``: the UI's session cookie or an ``Authorization: Bearer`` JWT from
@@ -36,7 +42,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backups.monitoring import STATUS_VARIABLE, status_dir, status_path
-from backups.monitoring.dashboard import SCRIPT_CSP_HASH, render_dashboard, render_empty
+from backups.monitoring.dashboard import SCRIPT_CSP_HASH, render_backup_report, render_dashboard, render_empty
+from backups.monitoring.links import MEDIA, SNAPSHOT_ID, backup_report, drill_file
 from backups.monitoring.metrics import CONTENT_TYPE, render_prometheus
 
 log = logging.getLogger(__name__)
@@ -257,14 +264,20 @@ def metrics(_access: MetricsAccessDep) -> Response:
     return Response(body, media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
 
-def _file(path: Path) -> FileResponse:
+#: a report is generated from user data: no scripts, no forms, no navigation of the Airflow UI around it
+_REPORT_CSP = "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
+#: Great Expectations Data Docs need their scripts and styles (from public CDNs): they run sandboxed without
+#: same-origin rights, so they cannot read the Airflow session or call its API
+_DATADOCS_CSP = ("sandbox allow-scripts allow-popups; default-src 'self'; script-src 'self' 'unsafe-inline' "
+                 "'unsafe-eval' https:; style-src 'self' 'unsafe-inline' https:; img-src 'self' data: https:; "
+                 "font-src 'self' data: https:; connect-src 'none'; form-action 'none'; frame-ancestors 'self'")
+
+
+def _file(path: Path, *, csp: str = _REPORT_CSP) -> FileResponse:
     headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
     if path.suffix in (".html", ".svg"):
-        # a report is generated from user data: no scripts, no forms, no navigation of the Airflow UI around it
-        headers["Content-Security-Policy"] = (
-            "sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
-        )
-    return FileResponse(path, headers=headers)
+        headers["Content-Security-Policy"] = csp
+    return FileResponse(path, headers=headers, media_type=MEDIA.get(path.suffix.lower()))
 
 
 @app.get("/reports/{name}")
@@ -283,6 +296,47 @@ def report(name: str, _user: UserDep) -> Response:
     if not path.is_file() or not _report_dir_allowed(path):
         raise HTTPException(status_code=404, detail="not found")
     return _file(path)
+
+
+@app.get("/drills/{path:path}")
+def drill_report(path: str, _user: UserDep) -> Response:
+    """A drill's report (``latest``, ``<drill id>``, ``<drill id>.json``…) or a file of its Data Docs."""
+    from backups.commands.drill.common import drill_dir
+
+    found = drill_file(drill_dir(_config()), path)
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"no drill report {path!r} (run the dr_drill DAG or "
+                                                    "`backupctl drill`)")
+    return _file(found, csp=_DATADOCS_CSP if "/" in path else _REPORT_CSP)
+
+
+@app.get("/snapshots/{snapshot_id}/{name}")
+def backup_result(snapshot_id: str, name: str, _user: UserDep) -> Response:
+    """A backup run's result document: ``report`` (HTML), ``report.json`` or ``report.md``."""
+    ext = {"report": "md", "report.md": "md", "report.json": "json"}.get(name)
+    if ext is None or not SNAPSHOT_ID.match(snapshot_id):
+        raise HTTPException(status_code=404, detail="not found")
+    cfg = _config()
+    found = backup_report(cfg, snapshot_id, ext, _resolver(cfg)) if cfg is not None else None
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"no result document of {snapshot_id} on any storage")
+    data, storage = found
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    if name == "report":
+        page = render_backup_report(snapshot_id, data.decode("utf-8", "replace"), storage=storage)
+        return HTMLResponse(page, headers=_SECURITY_HEADERS)
+    return Response(data, media_type=MEDIA[f".{ext}"], headers={**headers, "Content-Security-Policy": _REPORT_CSP})
+
+
+def _resolver(cfg: Any) -> Any:
+    """The Airflow connection resolver for remote storages (None when the config needs none, or it cannot load)."""
+    try:
+        from backups.orchestration.connections import task_resolver
+
+        return task_resolver(cfg)
+    except Exception as exc:  # noqa: BLE001 - local storages are still read
+        log.warning("backups dashboard: no connection resolver: %s", exc)
+        return None
 
 
 class SlashRedirect:

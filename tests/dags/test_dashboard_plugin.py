@@ -5,9 +5,11 @@ allow-list, the status from the Variable or the status file, and ``airflow plugi
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -201,6 +203,62 @@ def test_without_a_variable_the_status_file_is_read_and_reports_are_served_from_
         assert client.get("/backups/reports/status.json").status_code == 200  # a file of the folder, by name
     finally:
         status_path(load_config()).unlink()
+
+
+def test_drill_reports_and_backup_result_documents_are_served_to_logged_in_users(client):
+    """The drill's HTML report (``latest`` and by id), its Data Docs (linked relatively from the report) and a backup
+    run's result document open from the plugin; ids and paths out of their folder are refused (issue 20 item 7)."""
+    from backups.commands.drill.common import drill_dir
+    from backups.config import load_config
+    from backups.repository import report_key
+
+    cfg = load_config()
+    folder, did = drill_dir(cfg), "drill-20261207T040000Z"
+    docs = folder / f"{did}.datadocs" / "weekly" / "app_db"
+    docs.mkdir(parents=True, exist_ok=True)
+    (folder / f"{did}.html").write_text(f"<h1>drill {did}</h1><a href='{did}.datadocs/weekly/app_db/index.html'>x</a>")
+    (folder / "latest.html").write_text("<h1>the newest drill</h1>")
+    (folder / f"{did}.json").write_text('{"passed": true}')
+    (docs / "index.html").write_text("<h1>Data Docs</h1>")
+    sid = "daily-20261207T020000Z"
+    local = next(sc for sc in cfg.storages.values() if sc.type == "local")
+    md = Path(local.path) / report_key(sid, "md")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(f"# Backup {sid}\n\n* comment: <script>alert(1)</script>\n")
+    md.with_suffix(".json").write_text(json.dumps({"kind": "backup-result", "snapshot_id": sid}))
+    try:
+        _served(client, did, sid)
+    finally:  # the session's repository: leave no drill or report behind for other tests
+        shutil.rmtree(folder / f"{did}.datadocs")
+        for f in (folder / f"{did}.html", folder / "latest.html", folder / f"{did}.json", md, md.with_suffix(".json")):
+            f.unlink()
+
+
+def _served(client, did: str, sid: str) -> None:
+    paths = ["/backups/drills/latest", f"/backups/drills/{did}", f"/backups/snapshots/{sid}/report"]
+    for path in paths:
+        assert client.get(path).status_code == 401  # anonymous
+        assert client.get(path, headers={"Authorization": f"Bearer {client.tokens['none']}"}).status_code == 403
+    client.cookies.set("_token", client.tokens["viewer"])
+    r = client.get("/backups/drills/latest")
+    assert r.status_code == 200 and "the newest drill" in r.text and r.headers["content-type"].startswith("text/html")
+    assert "sandbox" in r.headers["content-security-policy"]
+    r = client.get(f"/backups/drills/{did}")
+    assert r.status_code == 200 and f"drill {did}" in r.text
+    assert client.get(f"/backups/drills/{did}.json").json() == {"passed": True}
+    r = client.get(f"/backups/drills/{did}.datadocs/weekly/app_db/index.html")  # the report's relative link
+    assert r.status_code == 200 and "Data Docs" in r.text and "allow-scripts" in r.headers["content-security-policy"]
+    assert "allow-same-origin" not in r.headers["content-security-policy"]
+    for bad in ("..%2F..%2Fstatus.json", "drill-x%2F..%2F..%2Fmonitoring%2Fstatus.json", "history.jsonl",
+                f"{did}.datadocs/..%2F..%2Fmonitoring/status.json", "drill-20991231T000000Z"):
+        assert client.get(f"/backups/drills/{bad}").status_code == 404, bad
+    r = client.get(f"/backups/snapshots/{sid}/report")
+    assert r.status_code == 200 and f"Backup {sid}" in r.text and "<script>alert" not in r.text
+    assert "&lt;script&gt;" in r.text and "read from storage" in r.text
+    assert client.get(f"/backups/snapshots/{sid}/report.json").json()["snapshot_id"] == sid
+    assert client.get("/backups/snapshots/daily-x/report").status_code == 404
+    assert client.get("/backups/snapshots/daily-20261208T020000Z/report").status_code == 404
+    assert client.get(f"/backups/snapshots/{sid}/manifest").status_code == 404
 
 
 def test_airflow_plugins_lists_the_dashboard(tmp_path):

@@ -22,7 +22,7 @@ from backups.commands.backup import run_backup  # with the integrity check, as i
 from backups.config import load_config
 from backups.demo import fmr
 from tests.dags.approvals import PASSWORD, USER, serve_core_api
-from tests.dags.common import load_dags, task_states
+from tests.dags.common import load_dags, run_note, task_states
 from tests.helpers import ROOT, free_port
 
 pytestmark = pytest.mark.airflow
@@ -126,6 +126,13 @@ def test_structure():
                                               "send_alerts", "escalate", "generate_reports", "document_status",
                                               "update_dashboard"}
     assert dag.task_dict["send_alerts"].downstream_task_ids == {"escalate"}
+    # the sequence is declared once (commands.status.STATUS): the DAG's tasks are its steps, the CLI runs the first four
+    from backups.commands.status import CHECK, STATUS
+
+    assert sorted(dag.task_ids) == sorted(STATUS.task_ids)
+    for step in STATUS.steps:
+        assert set(step.needs) <= dag.task_dict[step.name].upstream_task_ids, step.name
+    assert [s.name for s in CHECK.steps] == ["monitor_status", "check_health", "verify_schedules", "detect_issues"]
     assert dag.max_active_runs == 1 and "monitoring" in dag.tags and dag.schedule == "*/30 * * * *"
 
 
@@ -135,15 +142,18 @@ def test_freshness_breach_alerts_once_escalates_and_resolves(airflow_db, setup, 
     dag = load_dags().dags["backup_monitoring"]
     ops, oncall = ["ops@example.com"], ["oncall@example.com"]
 
-    monitor(dag)  # baseline: everything fresh; only the (unconfigured) schedule check is a problem
+    dr = monitor(dag)  # baseline: everything fresh; only the (unconfigured) schedule check is a problem
     assert smtp_sink.take() == [(ops, "[backup] fmr-v2: WARNING new backup problem: schedules-unverified")]
+    note = run_note(dr).splitlines()  # every run leaves a note: the state, the count, the problems
+    assert note[0] == "**WARNING** — 1 open problem", note
+    assert note[2].startswith("* warning: `schedules-unverified` — schedules not verified: no Airflow connection")
     assert [p["json"]["kind"] for p in webhook] == ["alert"] and webhook[0]["path"] == "/hooks/backup"
     webhook.clear()
     assert status_doc(setup)["state"] == "warning"
 
     daily = status_doc(setup)["tiers"][0]["newest_id"]
     backdate(setup["root"], daily, 30)  # RPO 24 h: overdue, not yet twice the RPO
-    monitor(dag)
+    dr_stale = monitor(dag)
     mails = smtp_sink.take()
     assert (ops, "[backup] fmr-v2: WARNING new backup problem: stale:daily") in mails
     assert [m for m in mails if m[0] == ops] == [(ops, "[backup] fmr-v2: WARNING new backup problem: stale:daily")]
@@ -156,6 +166,8 @@ def test_freshness_breach_alerts_once_escalates_and_resolves(airflow_db, setup, 
     stale = next(p for p in doc["problems"] if p["key"] == "stale:daily")
     assert stale["runs"] == 1 and doc["tiers"][0]["overdue"] is True
 
+    assert run_note(dr_stale).startswith("**WARNING** — 2 open problems\n\n* warning: `schedules-unverified`")
+    assert "* warning: `stale:daily` — " in run_note(dr_stale)
     monitor(dag)  # second run with stale:daily open: escalated, not re-alerted
     assert smtp_sink.take() == [(oncall, "[backup] fmr-v2: WARNING ESCALATED backup problem: stale:daily")]
     assert [p["json"]["kind"] for p in webhook] == ["escalation"]
@@ -172,6 +184,14 @@ def test_freshness_breach_alerts_once_escalates_and_resolves(airflow_db, setup, 
 
     doc = status_doc(setup)
     assert [p["key"] for p in doc["problems"]] == ["schedules-unverified"]
+    # the CLI door runs the same steps: the same problems (the schedule check repeated from the DAG's last status),
+    # the same since/runs, the same tier states
+    from backups.commands.status import status
+
+    cli = status(setup["cfg"]).to_dict()
+    assert [(p["key"], p["since"], p["runs"]) for p in cli["problems"]] == [
+        (p["key"], p["since"], p["runs"]) for p in doc["problems"]]
+    assert [(t["tier"], t["state"]) for t in cli["tiers"]] == [(t["tier"], t["state"]) for t in doc["tiers"]]
     assert json.loads(Variable.get("backup_monitoring_status"))["generated_at"] == doc["generated_at"]  # noqa: AIR311
     html = (setup["status"] / "status.html").read_text()
     assert html.count("src='data:image/png;base64,") >= 4 and doc["reports"]["html"].endswith("status.html")

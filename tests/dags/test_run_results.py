@@ -91,7 +91,8 @@ def test_backup_validates_once_and_reports_in_note_and_asset_event(airflow_db, a
     note = run_note(dr)
     assert note.startswith(f"**Backup `{sid}`** — verified"), note
     assert "data (Great Expectations): app_db " in note and "✓" in note
-    assert f"report: `local:reports/weekly/{sid}.json`" in note and len(note) <= 1000
+    assert f"report: `local:reports/weekly/{sid}.json` — [open](/backups/snapshots/{sid}/report)" in note
+    assert len(note) <= 1000
 
     extras = _asset_extras("backup://fmr-v2/weekly", dr.run_id)
     assert len(extras) == 1
@@ -181,5 +182,6 @@ def test_a_failed_run_says_what_failed_in_its_note(airflow_db, app):
     dr = load_dags().dags["restore_snapshot"].test(run_conf={"target": str(target), "require_approval": False})
     assert dr.state == "failed"
     note = run_note(dr)
-    assert note.startswith("**Failed** — task `restore`"), note
-    assert "not empty" in note and "```" in note and len(note) <= 1000
+    head = note.splitlines()[0]  # collapsed, the UI shows the first line: the verdict and the cause in words
+    assert head.startswith("**Failed**: ") and f"restore target {target} is not empty" in head, note
+    assert "* failed task: `restore`" in note and "```" not in note and len(note) <= 1000

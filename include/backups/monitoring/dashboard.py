@@ -21,6 +21,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from ..units import fmt_bytes, fmt_duration
+from . import links as urls
 from .store import parse_iso
 
 STATES = ("ok", "warning", "critical")
@@ -39,37 +41,6 @@ def _e(value: Any) -> str:
 
 def _q(value: Any) -> str:
     return quote(str(value), safe="")
-
-
-def human_bytes(n: Any) -> str:
-    if n is None or isinstance(n, bool) or not isinstance(n, (int, float)):
-        return "—"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} PiB"  # pragma: no cover
-
-
-def human_seconds(s: Any) -> str:
-    if s is None or isinstance(s, bool) or not isinstance(s, (int, float)):
-        return "—"
-    if math.isinf(s):
-        return "never"
-    s = float(s)
-    sign = "-" if s < 0 else ""
-    s = abs(s)
-    if s < 60:
-        return f"{sign}{s:.0f}s" if s >= 10 or s == int(s) else f"{sign}{s:.1f}s"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    d, h = divmod(h, 24)
-    if d:
-        return f"{sign}{d}d {h}h"
-    if h:
-        return f"{sign}{h}h {m:02d}m"
-    return f"{sign}{m}m {sec:02d}s"
 
 
 def _when(value: Any) -> str:
@@ -198,12 +169,15 @@ def render_dashboard(
     reports_href: dict[str, str] | None = None,
     metrics_href: str | None = "metrics",
     monitoring_dag: str = "backup_monitoring",
+    links_base: str = "..",
 ) -> str:
     """The dashboard HTML for a status document (``None`` -> the empty state).
 
     ``ui_base`` is the relative URL of the Airflow UI root seen from the page (DAG run links are
     ``{ui_base}dags/<dag_id>/runs/<run_id>``); ``reports_href`` maps ``"html"``/``"json"`` to where the page can
-    link the reports (the plugin serves them); ``source`` says where the status was read from.
+    link the reports (the plugin serves them); ``source`` says where the status was read from; ``links_base`` is
+    the URL of the server root seen from the page (the drill and backup reports are at ``<links_base>/backups/…``:
+    :mod:`backups.monitoring.links`).
     """
     if not status or not isinstance(status, dict):
         return render_empty(ui_base=ui_base, monitoring_dag=monitoring_dag)
@@ -214,6 +188,14 @@ def render_dashboard(
     problems = [p for p in status.get("problems") or [] if isinstance(p, dict)]
 
     tier_states = {id(t): freshness(t, now) for t in tiers}
+    from .health import problem_tier  # a tier is never OK while one of its own problems is open
+
+    for p in problems:
+        sev = p.get("severity") if p.get("severity") in _RANK else "warning"
+        for t in tiers:
+            if problem_tier(p.get("key")) == t.get("tier"):
+                st, age = tier_states[id(t)]
+                tier_states[id(t)] = (_worse(st, sev), age)
     overall = status.get("state") if status.get("state") in _RANK else "ok"
     for st, _age in tier_states.values():
         overall = _worse(overall, st)
@@ -223,7 +205,7 @@ def render_dashboard(
     gen = parse_iso(status.get("generated_at"))
     meta = [f"status generated {_e(_when(status.get('generated_at')))}"]
     if gen is not None:
-        meta[0] += f" ({_e(human_seconds((now - gen).total_seconds()))} ago)"
+        meta[0] += f" ({_e(fmt_duration((now - gen).total_seconds()))} ago)"
     if source:
         meta.append(f"from {_e(source)}")
     parts.append(f'<div class="meta">{" · ".join(meta)}</div>')
@@ -235,7 +217,7 @@ def render_dashboard(
         links.append(f'<a href="{_e(metrics_href)}">Prometheus metrics</a>')
     parts.append(f'<div class="meta">{"".join(links)}</div>')
     if gen is None or now - gen > STALE_STATUS_AFTER:
-        age_txt = "unknown age" if gen is None else human_seconds((now - gen).total_seconds()) + " old"
+        age_txt = "unknown age" if gen is None else fmt_duration((now - gen).total_seconds()) + " old"
         parts.append(
             f'<div class="banner warning" id="stale-status">This status is {_e(age_txt)}: is the '
             f"<code>{_e(monitoring_dag)}</code> DAG paused or failing? Ages below are recomputed for now.</div>"
@@ -252,7 +234,7 @@ def render_dashboard(
             "<th>Last failure</th><th>Last verification</th></tr></thead><tbody>"
         )
         for t in tiers:
-            parts.append(_tier_row(t, *tier_states[id(t)], ui_base=ui_base))
+            parts.append(_tier_row(t, *tier_states[id(t)], ui_base=ui_base, links_base=links_base))
         parts.append("</tbody></table>")
 
     # -- storages
@@ -274,8 +256,8 @@ def render_dashboard(
                 f'<td class="tier-name">{_e(s.get("storage"))}</td><td>{_e(s.get("type"))}</td>'
                 f"<td>{_badge(st) if reach is not None else '—'}</td>"
                 f"<td>{'yes' if writable else ('no' if writable is False else '—')}</td>"
-                f'<td class="num">{_e(human_bytes(s.get("used_bytes")))}</td>'
-                f'<td class="num">{_e(human_bytes(s.get("free_bytes")))}</td>'
+                f'<td class="num">{_e(fmt_bytes(s.get("used_bytes")))}</td>'
+                f'<td class="num">{_e(fmt_bytes(s.get("free_bytes")))}</td>'
                 f'<td class="num">{_e(s.get("snapshots", "—"))}</td>'
                 f"<td>{_storage_verification_cell(s)}</td>"
                 f'<td class="small">{_e(s.get("error") or "")}</td></tr>'
@@ -289,12 +271,15 @@ def render_dashboard(
         parts.append('<p id="drill">No drill recorded.</p>')
     else:
         st = "ok" if drill.get("passed") else "critical"
-        report = drill.get("report")
+        did = str(drill.get("id") or "")
+        # the plugin serves the reports (never a filesystem path on the page): this drill's, and the newest one
+        link = (f' · <a id="drill-report" href="{_e(urls.drill_report_url(did, base=links_base))}">report</a>'
+                if urls.DRILL_ID.match(did) else "")
+        link += f' · <a href="{_e(urls.drill_report_url("latest", base=links_base))}">latest drill report</a>'
         parts.append(
-            f'<p id="drill">{_badge(st)} <code>{_e(drill.get("id"))}</code> at {_e(_when(drill.get("at")))} — '
-            f"RTO {_e(human_seconds(drill.get('rto_seconds')))}, RPO {_e(human_seconds(drill.get('rpo_seconds')))}"
-            + (f' · report: <code>{_e(report)}</code>' if report else "")
-            + "</p>"
+            f'<p id="drill">{_badge(st)} <code>{_e(did)}</code> at {_e(_when(drill.get("at")))} — '
+            f"RTO {_e(fmt_duration(drill.get('rto_seconds')))}, RPO {_e(fmt_duration(drill.get('rpo_seconds')))}"
+            + link + "</p>"
         )
 
     # -- problems
@@ -365,13 +350,16 @@ def _verification_cell(t: dict) -> str:
     return "—"
 
 
-def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
+def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str, links_base: str = "..") -> str:
     name = t.get("tier")
     dag_id = t.get("dag_id")
     rpo = t.get("rpo_seconds")
     newest = t.get("newest_id")
     if newest:
         snap = f"<code>{_e(newest)}</code>"
+        if urls.SNAPSHOT_ID.match(str(newest)):  # its result document, served by the plugin
+            href = urls.backup_report_url(str(newest), base=links_base)
+            snap = f'<a class="backup-report" href="{_e(href)}" title="result document">{snap}</a>'
         logical = _when(t.get("newest_logical_date")) if t.get("newest_logical_date") else ""
         detail = " · ".join(_e(x) for x in (t.get("newest_type") or "", logical) if x)
         snap += f'<div class="small">{detail}</div>' if detail else ""
@@ -380,11 +368,11 @@ def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
     if isinstance(rpo, (int, float)) and not isinstance(rpo, bool) and rpo > 0 and not math.isinf(rpo):
         pct = 100.0 if age is None else min(100.0, 100.0 * age / (2 * rpo))
         age_cell = (
-            f"{_e(human_seconds(age) if age is not None else 'never')} / {_e(human_seconds(rpo))}"
+            f"{_e(fmt_duration(age) if age is not None else 'never')} / {_e(fmt_duration(rpo))}"
             f'<div class="bar"><span style="width:{pct:.0f}%"></span></div>'
         )
     else:
-        age_cell = f"{_e(human_seconds(age) if age is not None else 'never')} / no RPO"
+        age_cell = f"{_e(fmt_duration(age) if age is not None else 'never')} / no RPO"
     runs_href = f"{ui_base}dags/{_q(dag_id)}/runs" if dag_id else None
 
     def run_link(run: Any, at_key: str) -> str:
@@ -407,9 +395,24 @@ def _tier_row(t: dict, state: str, age: float | None, *, ui_base: str) -> str:
         f'<tr class="state-{_e(state)}" data-tier="{_e(name)}" data-state="{_e(state)}">'
         f'<td class="tier-name">{name_cell}</td><td>{_badge(state)}</td><td>{snap}</td>'
         f'<td class="age">{age_cell}</td>'
-        f'<td class="num">{_e(human_bytes(t.get("size_bytes")))}</td>'
-        f'<td class="num">{_e(human_seconds(t.get("duration_seconds")))}</td>'
+        f'<td class="num">{_e(fmt_bytes(t.get("size_bytes")))}</td>'
+        f'<td class="num">{_e(fmt_duration(t.get("duration_seconds")))}</td>'
         f'<td>{_e(", ".join(str(s) for s in t.get("storages") or []) or "—")}</td>'
         f"<td>{run_link(t.get('last_run'), 'start')}</td><td>{run_link(t.get('last_failure'), 'at')}</td>"
         f"<td>{ver_cell}</td></tr>"
     )
+
+
+def render_backup_report(snapshot_id: str, markdown: str, *, storage: str, ui_base: str = "../../../") -> str:
+    """A backup run's result document (its Markdown, from the repository) as a page of the plugin: rendered with
+    raw HTML disabled (the document holds user data: comments, names), with a link to its JSON form."""
+    try:
+        from markdown_it import MarkdownIt
+
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    except ImportError:  # pragma: no cover - markdown-it-py comes with Airflow (rich)
+        body = f"<pre>{_e(markdown)}</pre>"
+    head = (f'<div class="meta">result document of <code>{_e(snapshot_id)}</code>, read from storage '
+            f'<code>{_e(storage)}</code> · <a href="report.json">JSON</a> · <a href="{_e(ui_base)}backups/">'
+            "Backups page</a></div>")
+    return _page(f"Backup {snapshot_id}", head + "\n" + body)

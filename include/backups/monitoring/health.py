@@ -32,6 +32,7 @@ from statistics import median
 from typing import Any
 
 from ..catalog.manifest import FUTURE_TOLERANCE
+from ..units import fmt_bytes, fmt_duration
 from .status import MANUAL, worst
 from .store import drill_history_path, drill_history_problems, iso, now_utc, parse_iso
 
@@ -42,10 +43,7 @@ def _p(key: str, severity: str, summary: str) -> dict[str, Any]:
     return {"key": key, "severity": severity, "summary": summary}
 
 
-def _hours(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return f"{seconds / 3600:.1f} h" if seconds < 2 * DAY else f"{seconds / DAY:.1f} d"
+_hours = fmt_duration  # the one unit system (backups.units)
 
 
 def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[str, Any]]:
@@ -92,7 +90,7 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
             pct = 100.0 * s["free_bytes"] / total
             if pct < mon.min_free_percent:
                 out.append(_p(f"storage-space:{name}", "warning",
-                              f"storage {name}: {pct:.1f}% free ({s['free_bytes'] / 1e9:.2f} GB), under "
+                              f"storage {name}: {pct:.1f}% free ({fmt_bytes(s['free_bytes'])}), under "
                               f"{mon.min_free_percent:g}%"))
         if s.get("corrupt"):
             out.append(_p(f"corrupt:{name}", "critical",
@@ -163,15 +161,15 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
             med = median(h["size_bytes"] for h in before)
             if med > 0 and (newest["size_bytes"] > factor * med or newest["size_bytes"] * factor < med):
                 out.append(_p(f"anomaly-size:{tier}", "warning",
-                              f"tier {tier}: {newest['id']} is {newest['size_bytes'] / 1e6:.1f} MB, the median of the "
-                              f"previous {len(before)} is {med / 1e6:.1f} MB (factor {factor:g})"))
+                              f"tier {tier}: {newest['id']} is {fmt_bytes(newest['size_bytes'])}, the median of the "
+                              f"previous {len(before)} is {fmt_bytes(med)} (factor {factor:g})"))
             durs = [h["duration_seconds"] for h in before if h.get("duration_seconds")]
             if len(durs) >= 2 and newest.get("duration_seconds"):
                 dmed = median(durs)
                 if dmed > 0 and newest["duration_seconds"] > factor * max(dmed, 1.0):
                     out.append(_p(f"anomaly-duration:{tier}", "warning",
-                                  f"tier {tier}: {newest['id']} took {newest['duration_seconds']:.0f}s, the median of "
-                                  f"the previous {len(durs)} is {dmed:.0f}s (factor {factor:g})"))
+                                  f"tier {tier}: {newest['id']} took {fmt_duration(newest['duration_seconds'])}, the median "
+                                  f"of the previous {len(durs)} is {fmt_duration(dmed)} (factor {factor:g})"))
         if t.get("promoted_unexpectedly"):
             out.append(_p(f"promoted:{tier}", "warning",
                           f"tier {tier}: {t['newest_id']} was requested as {t['requested_type']} but promoted to full: "
@@ -261,6 +259,30 @@ def annotate(problems: list[dict[str, Any]], alert_state: dict[str, Any] | None,
         known = open_.get(p["key"]) or {}
         out.append({**p, "since": known.get("since") or stamp, "runs": int(known.get("runs") or 0) or 1})
     return out
+
+
+#: the checks whose key names a tier (``<check>:<tier>`` or ``<check>:<tier>:<object>``): their problems are the
+#: tier's own — a tier never shows OK while one of them is open (a size or duration anomaly included)
+TIER_CHECKS = ("stale", "future-dated", "replica-missing", "presence", "unverified", "anomaly-size",
+               "anomaly-duration", "promoted", "shrink")
+
+
+def problem_tier(key: Any) -> str | None:
+    """The tier a problem key names (``anomaly-size:daily`` → ``daily``), None for a storage or global problem."""
+    check, _, rest = str(key).partition(":")
+    return rest.split(":", 1)[0] or None if check in TIER_CHECKS and rest else None
+
+
+def apply_tier_problems(status: dict[str, Any]) -> None:
+    """Each tier's ``state`` raised to the worst severity of its own open problems (in place)."""
+    by_tier: dict[str, list[str]] = {}
+    for p in status.get("problems") or []:
+        tier = problem_tier(p.get("key"))
+        if tier:
+            by_tier.setdefault(tier, []).append(p.get("severity", "warning"))
+    for t in status.get("tiers") or []:
+        if by_tier.get(t.get("tier")):
+            t["state"] = worst(t.get("state") or "ok", *by_tier[t["tier"]])
 
 
 def overall_state(status: dict[str, Any]) -> str:

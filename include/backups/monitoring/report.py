@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from ..units import fmt_bytes, fmt_duration
 from . import status_dir, status_path
 from .store import HISTORY, append_jsonl, parse_iso, read_jsonl, write_atomic
 
@@ -87,7 +88,7 @@ def plots(status: dict[str, Any], history: list[dict[str, Any]] | None = None) -
     bars = ax.bar([s["storage"] for s in st], used, color="#1565c0")
     for bar, s in zip(bars, st, strict=True):
         note = ("unreachable" if not s["reachable"] else
-                f"{_mb(s['used_bytes'])}" + (f", {s['free_bytes'] / 1e9:,.1f} GB free" if s["free_bytes"] is not None else ""))
+                f"{_mb(s['used_bytes'])}" + (f", {_mb(s['free_bytes'])} free" if s["free_bytes"] is not None else ""))
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), note, ha="center", va="bottom", fontsize=8,
                 color=_COLORS["critical"] if not s["reachable"] else "black")
     ax.set_ylabel("MB used by backups")
@@ -109,14 +110,7 @@ def plots(status: dict[str, Any], history: list[dict[str, Any]] | None = None) -
     return out
 
 
-def _h(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.1f} d"
-
-
-def _mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:,.1f} MB"
+_h, _mb = fmt_duration, fmt_bytes  # the one unit system (backups.units)
 
 
 def render_html(status: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
@@ -124,7 +118,7 @@ def render_html(status: dict[str, Any], history: list[dict[str, Any]] | None = N
         f"<tr class='{t['state']}'><td>{escape(t['tier'])}</td><td>{escape(t['schedule'] or 'manual')}</td>"
         f"<td>{escape(t['newest_id'] or 'never')}</td><td>{escape(t['newest_type'] or '-')}</td>"
         f"<td>{_h(t['age_seconds'])}</td><td>{_h(t['rpo_seconds'])}</td><td>{'yes' if t['overdue'] else 'no'}</td>"
-        f"<td>{_mb(t['size_bytes'])}</td><td>{t['duration_seconds'] if t['duration_seconds'] is not None else '-'}</td>"
+        f"<td>{_mb(t['size_bytes'])}</td><td>{_h(t['duration_seconds'])}</td>"
         f"<td>{escape(', '.join(t['storages']) or '-')}</td><td>{t['state'].upper()}</td></tr>" for t in status["tiers"])
     srows = "".join(
         f"<tr class='{'ok' if s['reachable'] and s['writable'] is not False else 'critical'}'><td>{escape(s['storage'])}</td>"
@@ -137,8 +131,8 @@ def render_html(status: dict[str, Any], history: list[dict[str, Any]] | None = N
                     for p in status["problems"]) or "<tr><td colspan=5>none</td></tr>"
     d = status.get("last_drill")
     drill = ("none recorded" if not d else
-             f"{escape(d['id'])} at {escape(d['at'])}: {'passed' if d['passed'] else 'FAILED'}, RTO {d.get('rto_seconds')}s, "
-             f"RPO {d.get('rpo_seconds')}s")
+             f"{escape(d['id'])} at {escape(d['at'])}: {'passed' if d['passed'] else 'FAILED'}, RTO {_h(d.get('rto_seconds'))}, "
+             f"RPO {_h(d.get('rpo_seconds'))}")
     imgs = "".join(f"<figure><img alt='{escape(title)}' src='data:image/png;base64,{b64}'><figcaption>{escape(title)}"
                    "</figcaption></figure>" for title, b64 in plots(status, history).items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Backup status {escape(status['application'])}</title>
@@ -148,7 +142,7 @@ tr.warning{{background:#fff8e1}}tr.critical{{background:#ffebee}}figure{{display
 </head><body><h1>Backups of {escape(status['application'])}: {status['state'].upper()}</h1>
 <p>Generated {escape(status['generated_at'])}. Same data as <code>backupctl status</code>.</p>
 <h2>Tiers</h2><table><tr><th>tier</th><th>schedule</th><th>newest</th><th>type</th><th>age</th><th>RPO</th><th>overdue</th>
-<th>size</th><th>duration (s)</th><th>storages</th><th>state</th></tr>{rows}</table>
+<th>size</th><th>duration</th><th>storages</th><th>state</th></tr>{rows}</table>
 <h2>Storages</h2><table><tr><th>storage</th><th>type</th><th>reachable</th><th>writable</th><th>used</th><th>free</th>
 <th>snapshots</th><th>error</th></tr>{srows}</table>
 <h2>Open problems</h2><table><tr><th>severity</th><th>key</th><th>summary</th><th>since</th><th>runs</th></tr>{prows}</table>

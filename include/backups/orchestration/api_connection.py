@@ -1,5 +1,5 @@
 """The one Airflow connection to the API server, for everything that calls the REST API from a task: the run notes
-(``run_notes.py``), schedule verification (``monitoring_dag.verify_schedules``) and doctor's check.
+(``run_notes.py``), schedule verification (``monitoring_dag.check_tier_schedules``, the ``verify_schedules`` task) and doctor's check.
 
 :data:`CONN_ID` is ``backup_airflow_api`` (``BACKUP_NOTE_CONN_ID`` renames it): type ``http``, host = the API
 server's URL, login/password of a user who may read DAGs and edit DAG runs (or ``{"token": "<JWT>"}`` in the

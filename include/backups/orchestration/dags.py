@@ -216,7 +216,8 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
     # snapshots, and the event's extra carries sizes, duration and the verdict
     def completed(actx: Any, result: dict[str, Any]) -> None:
         actx["outlet_events"][asset].extra = asset_extra(result, app)
-        run_notes.set_run_note(actx["dag"].dag_id, actx["run_id"], notes.backup_note(result))
+        url = run_notes.backup_report_url(result["snapshot_id"]) if result.get("report") else None
+        run_notes.set_run_note(actx["dag"].dag_id, actx["run_id"], notes.backup_note(result, url))
         notifiers.publish("backup_complete", {"dag_id": actx["dag"].dag_id, "run_id": actx["run_id"], **result})
 
     built = add_procedure_tasks(

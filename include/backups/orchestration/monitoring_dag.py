@@ -1,10 +1,10 @@
 """The ``backup_monitoring`` DAG: notice stale, failing and anomalous backups, alert once, escalate, report.
 
-::
+Its tasks are the steps of the procedure :data:`backups.commands.status.STATUS` — the sequence ``backupctl status``
+runs too (its first four steps) — built by :func:`backups.orchestration.procedures.add_procedure_tasks`::
 
-    monitor_status ─► check_health ─┐
-    verify_schedules ───────────────┴► detect_issues ─► send_alerts ─► escalate
-                                                    └─► generate_reports ─► document_status ─► update_dashboard
+    monitor_status ─► check_health ─► verify_schedules ─► detect_issues ─► send_alerts ─► escalate
+                                                                      └─► generate_reports ─► document_status ─► update_dashboard
 
 * ``monitor_status`` — :func:`backups.commands.status.collect` (every tier incl. manual, every storage probed);
 * ``check_health`` — :func:`backups.monitoring.health.evaluate` (freshness, storages, locks, verification and
@@ -18,10 +18,12 @@
   ``smtp_default``) and a JSON POST through the webhook's HTTP connection (Slack payload for hooks.slack.com);
   ``escalate`` saves the new alert state once every message went out (a failed send is retried next run);
 * ``generate_reports`` / ``document_status`` / ``update_dashboard`` — ``status.html`` with plots,
-  ``status.md`` and a ``history.jsonl`` line, then ``status.json`` and the Variable ``backup_monitoring_status``
-  (what the Backups page and ``/metrics`` read).
+  ``status.md`` and a ``history.jsonl`` line, then ``status.json``, the Variable ``backup_monitoring_status``
+  (what the Backups page and ``/metrics`` read) and the run's note (the state and the open problems).
 
-Nothing is read at parse time but the config; Variables and connections are read by the tasks.
+What is Airflow's alone (the REST API, Variables, the smtp/http providers, the note) is :class:`AirflowMonitoring`,
+handed to the steps in their run context. Nothing is read at parse time but the config; Variables and connections
+are read by the tasks.
 """
 
 from __future__ import annotations
@@ -31,11 +33,10 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG
 
 from ..config import Config
 from ..monitoring import STATUS_VARIABLE
-from .adapters import task_errors
 from .dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.monitoring")
@@ -142,6 +143,40 @@ def deliver(cfg: Config, message: dict[str, Any]) -> list[str]:
     return used
 
 
+class AirflowMonitoring:
+    """The :class:`~backups.commands.status.MonitoringHooks` of the DAG: what only Airflow can do."""
+
+    def __init__(self, tiers: dict[str, str | None]) -> None:
+        self.tiers = tiers
+
+    def verify_schedules(self) -> dict[str, Any]:
+        return check_tier_schedules(self.tiers)
+
+    def load_alert_state(self, cfg: Config) -> dict[str, Any]:
+        return load_alert_state(cfg)
+
+    def save_alert_state(self, cfg: Config, state: dict[str, Any]) -> None:
+        from airflow.sdk import Variable
+
+        from ..monitoring.alerts import save_state
+
+        Variable.set(ALERT_VARIABLE, json.dumps(state, sort_keys=True))
+        try:
+            save_state(cfg, state)
+        except OSError as exc:
+            log.warning("could not mirror the alert state to alert_state.json: %s", exc)
+
+    def deliver(self, cfg: Config, message: dict[str, Any]) -> list[str]:
+        return deliver(cfg, message)
+
+    def publish(self, status: dict[str, Any]) -> None:
+        from airflow.sdk import Variable
+
+        Variable.set(STATUS_VARIABLE, json.dumps(status, sort_keys=True, default=str),
+                     description="backup monitoring status (written by backup_monitoring, read by the Backups page)")
+        set_note(status)
+
+
 # ------------------------------------------------------------------------------------------------ DAG
 def build_monitoring_dag(cfg: Config) -> DAG:
     dag = DAG(
@@ -167,43 +202,23 @@ def tier_dags(cfg: Config) -> dict[str, str | None]:
     return tiers
 
 
-def add_monitoring_tasks(tiers: dict[str, str | None]) -> None:
-    """The tasks and their order (in a ``with dag:`` block); each task's body is the function of the same name."""
+def add_monitoring_tasks(tiers: dict[str, str | None]) -> Any:
+    """The tasks of :data:`~backups.commands.status.STATUS` (in a ``with dag:`` block), with the Airflow hooks."""
+    from ..commands.procedure import RunContext
+    from ..commands.status import STATUS
+    from .procedures import add_procedure_tasks
 
-    def step(fn: Any, task_id: str) -> Any:
-        return task(task_id=task_id)(task_errors()(fn))
+    def context(actx: Any, _step: Any) -> RunContext:
+        cfg, resolver = _runtime()
+        return RunContext(cfg, resolver, dag_id=actx["dag"].dag_id, run_id=actx["run_id"],
+                          state={"hooks": AirflowMonitoring(tiers)})
 
-    def verify_schedules() -> dict[str, Any]:
-        return check_tier_schedules(tiers)
-
-    doc = step(monitor_status, "monitor_status")()
-    plan = step(detect_issues, "detect_issues")(doc, step(check_health, "check_health")(doc),
-                                                step(verify_schedules, "verify_schedules")())
-    step(escalate, "escalate")(plan, step(send_alerts, "send_alerts")(plan))
-    reports = step(generate_reports, "generate_reports")(plan)
-    step(update_dashboard, "update_dashboard")(plan, step(document_status, "document_status")(plan, reports))
+    return add_procedure_tasks(STATUS, context=context, candidates=lambda _step: [])
 
 
 # ------------------------------------------------------------------------------------------------ tasks
-# No docstrings on the task bodies below: TaskFlow would show one as the task's documentation (the module doc has it)
-def monitor_status() -> dict[str, Any]:
-    from ..commands.status import collect
-
-    cfg_, resolver = _runtime()
-    return collect(cfg_, resolver)
-
-
-def check_health(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    from ..monitoring.health import evaluate
-
-    cfg_, _ = _runtime()
-    problems = evaluate(cfg_, doc)
-    log.info("health: %d problem(s): %s", len(problems), ", ".join(p["key"] for p in problems) or "none")
-    return problems
-
-
 def check_tier_schedules(tiers: dict[str, str | None]) -> dict[str, Any]:
-    # the body of verify_schedules
+    """The body of ``verify_schedules`` in the DAG: the tier DAGs as Airflow's REST API sees them."""
     from ..airflow_api import AirflowApiError
     from ..monitoring.schedules import check_schedules, collect
 
@@ -228,80 +243,13 @@ def check_tier_schedules(tiers: dict[str, str | None]) -> dict[str, Any]:
     return out
 
 
-def detect_issues(doc: dict[str, Any], problems: list[dict[str, Any]], schedules: dict[str, Any]) -> dict[str, Any]:
-    from ..commands.status import finish
-    from ..monitoring.alerts import transition
-    from ..monitoring.store import now_utc
+def set_note(status: dict[str, Any]) -> None:
+    """The run's note: the state and the count of open problems, then the problems (``notes.monitoring_note``)."""
+    from airflow.sdk import get_current_context
 
-    cfg_, _ = _runtime()
-    for t in doc["tiers"]:
-        runs = (schedules.get("runs") or {}).get(t["dag_id"])
-        if runs is not None:
-            t["last_run"], t["last_failure"] = runs.get("last_run"), runs.get("last_failure")
-    now = now_utc()
-    every = list(problems) + list(schedules.get("problems") or [])
-    state, messages = transition(cfg_, every, load_alert_state(cfg_), now=now)
-    status = finish(cfg_, doc, every, now=now, alert_state=state)
-    log.info("state %s; %d open problem(s); messages: %s", status["state"], len(every),
-             ", ".join(m["kind"] for m in messages) or "none")
-    return {"status": status, "messages": messages, "state": state}
+    from ..commands.notes import monitoring_note
+    from ..monitoring.links import PREFIX
+    from .run_notes import set_run_note, ui_base
 
-
-def send_alerts(plan: dict[str, Any]) -> dict[str, Any]:
-    cfg_, _ = _runtime()
-    sent = []
-    for m in plan["messages"]:
-        if m["kind"] != "escalation":
-            deliver(cfg_, m)
-            sent.append(m["kind"])
-    return {"sent": sent}
-
-
-def escalate(plan: dict[str, Any], _sent: dict[str, Any]) -> dict[str, Any]:
-    from airflow.sdk import Variable
-
-    from ..monitoring.alerts import save_state
-
-    cfg_, _ = _runtime()
-    sent = []
-    for m in plan["messages"]:
-        if m["kind"] == "escalation":
-            deliver(cfg_, m)
-            sent.append(m["kind"])
-    Variable.set(ALERT_VARIABLE, json.dumps(plan["state"], sort_keys=True))
-    try:
-        save_state(cfg_, plan["state"])
-    except OSError as exc:
-        log.warning("could not mirror the alert state to alert_state.json: %s", exc)
-    return {"sent": sent, "open": sorted(plan["state"]["problems"])}
-
-
-def generate_reports(plan: dict[str, Any]) -> dict[str, Any]:
-    from ..monitoring import status_path
-    from ..monitoring.report import write_html
-
-    cfg_, _ = _runtime()
-    html = write_html(cfg_, plan["status"])
-    log.info("report: %s", html)
-    return {"html": str(html), "json": str(status_path(cfg_))}
-
-
-def document_status(plan: dict[str, Any], reports: dict[str, Any]) -> dict[str, Any]:
-    from ..monitoring.report import document
-
-    cfg_, _ = _runtime()
-    return {**reports, **document(cfg_, {**plan["status"], "reports": reports})}
-
-
-def update_dashboard(plan: dict[str, Any], docs: dict[str, Any] | None) -> dict[str, Any]:
-    from airflow.sdk import Variable
-
-    from ..monitoring.report import write_status
-
-    cfg_, _ = _runtime()
-    status = dict(plan["status"])
-    status["reports"] = {"html": (docs or {}).get("html"), "json": (docs or {}).get("json")}
-    path = write_status(cfg_, status)
-    Variable.set(STATUS_VARIABLE, json.dumps(status, sort_keys=True, default=str),
-                 description="backup monitoring status (written by backup_monitoring, read by the Backups page)")
-    return {"state": status["state"], "problems": len(status["problems"]), "json": str(path)}
+    ctx = get_current_context()
+    set_run_note(ctx["dag"].dag_id, ctx["run_id"], monitoring_note(status, f"{ui_base()}{PREFIX}/"))

@@ -21,6 +21,8 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from ..commands.notes import failure_note
+
 log = logging.getLogger("backups.orchestration.notify")
 
 #: callables receiving every summary dict (``event``, ``dag_id``, ``run_id``, ``task_id``, ``snapshot_id``,
@@ -102,16 +104,6 @@ class BackupNotifier(BaseNotifier):
                 set_run_note(s["dag_id"], s["run_id"], failure_note(s))
             except Exception:
                 log.exception("the run note of the failure could not be set")
-
-
-def failure_note(s: dict[str, Any]) -> str:
-    """The run's note when a task failed for good: which task, after how many tries, the reason."""
-    task = f"`{s['task_id']}`" + (f"[{s['map_index']}]" if s.get("map_index") is not None else "")
-    tries = f" after {s['try_number']} tries" if s.get("try_number") and s["try_number"] > 1 else ""
-    snap = f" · snapshot `{s['snapshot_id']}`" if s.get("snapshot_id") else ""
-    reason = str(s.get("reason") or "no reason recorded").strip()
-    return (f"**Failed** — task {task}{tries}{snap}\n\n```\n{reason[:700]}\n```\n\n"
-            "The task's log has the details; clear the task to retry once the cause is fixed.")
 
 
 def publish(event: str, payload: dict[str, Any]) -> None:

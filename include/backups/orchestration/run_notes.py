@@ -17,6 +17,9 @@ apache/airflow#64890). The public REST API does: ``PATCH /api/v2/dags/{dag_id}/d
 
 It never raises: a run whose note could not be set is still a good backup. Notes are cut to Airflow's limit
 (1000 characters) with a pointer to the full report.
+
+Links for notes: :func:`drill_report_url` and :func:`backup_report_url` — the reports the Backups plugin serves
+(:mod:`backups.monitoring.links`), under the API server's ``[api] base_url`` when set (else root-relative).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 from typing import Any
 
 from ..airflow_api import AirflowApi
+from ..monitoring import links
 from .api_connection import CONN_ID as NOTE_CONN_ID
 from .api_connection import api_connection
 
@@ -43,6 +47,26 @@ def fit(markdown: str, limit: int = MAX_NOTE) -> str:
     if "\n" in cut:
         cut = cut[: cut.rindex("\n")]
     return cut + tail
+
+
+def ui_base() -> str:
+    """The API server's ``[api] base_url`` without its trailing slash ("" when unset: links stay root-relative)."""
+    try:
+        from airflow.sdk import conf
+
+        return (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    except Exception:  # noqa: BLE001 - no Airflow config here: a root-relative link still works in the UI
+        return ""
+
+
+def drill_report_url(drill_id: str = "latest") -> str:
+    """The URL of a drill's HTML report served by the Backups plugin (``latest``: the newest drill's), for a note."""
+    return links.drill_report_url(drill_id, base=ui_base())
+
+
+def backup_report_url(snapshot_id: str) -> str:
+    """The URL of a backup run's result document served by the Backups plugin, for a note."""
+    return links.backup_report_url(snapshot_id, base=ui_base())
 
 
 def set_run_note(dag_id: str, run_id: str, markdown: str) -> str:

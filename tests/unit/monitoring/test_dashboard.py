@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
-from backups.monitoring.dashboard import freshness, human_bytes, human_seconds, render_dashboard, render_empty
+from backups.monitoring.dashboard import freshness, render_dashboard, render_empty
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 DAY = 86400.0
@@ -140,9 +140,24 @@ def test_storage_usage_problems_and_drill_are_shown():
                   last_drill={"id": "drill-1", "at": _iso(NOW), "passed": True, "rto_seconds": 125.0,
                               "rpo_seconds": 7200.0, "report": "/x/drill.html"})
     html = render_dashboard(doc, now=NOW)
-    assert "3.0 GiB" in html and "10.0 GiB" in html
+    assert "3.2 GB" in html and "10.7 GB" in html
     assert "Open problems (1)" in html and "weekly is 9d old" in html and 'data-key="stale:weekly"' in html
     assert "RTO 2m 05s" in html and "RPO 2h 00m" in html
+
+
+def test_the_drill_and_backup_reports_are_links_served_by_the_plugin_not_paths():
+    doc = _status([_tier("daily", 60)],
+                  last_drill={"id": "drill-20261207T040000Z", "at": _iso(NOW), "passed": True, "rto_seconds": 125.0,
+                              "rpo_seconds": 7200.0, "report": "/srv/backups/reports/drill/drill-20261207T040000Z.html"})
+    html = render_dashboard(doc, now=NOW)
+    assert '<a id="drill-report" href="../backups/drills/drill-20261207T040000Z">report</a>' in html
+    assert 'href="../backups/drills/latest">latest drill report</a>' in html
+    assert "/srv/backups" not in html  # a filesystem path means nothing in a browser
+    newest = doc["tiers"][0]["newest_id"]
+    assert f'<a class="backup-report" href="../backups/snapshots/{newest}/report"' in html
+    odd = render_dashboard(_status([_tier("daily", 60)], last_drill={"id": "../x", "at": _iso(NOW), "passed": True}),
+                           now=NOW)
+    assert 'id="drill-report"' not in odd and "../backups/drills/latest" in odd  # an odd id is never a URL
 
 
 def test_missing_status_shows_how_to_get_one():
@@ -159,9 +174,26 @@ def test_garbage_fields_do_not_break_the_page():
     assert _rows(html)["t"][0] in ("unknown", "critical")
 
 
-def test_formatters():
-    assert human_bytes(None) == "—" and human_bytes(512) == "512 B" and human_bytes(1536) == "1.5 KiB"
-    assert human_seconds(59) == "59s" and human_seconds(3 * 3600 + 60) == "3h 01m" and human_seconds(2 * DAY) == "2d 0h"
+def test_the_page_uses_the_one_unit_system():
+    """Decimal sizes and one duration format (backups.units), as the CLI and the notes print them."""
+    tier = _tier("daily", 3 * 3600 + 60)
+    tier.update(size_bytes=1_500_000, duration_seconds=327.0)
+    doc = _status([tier])
+    doc["storages"][0].update(used_bytes=3 * 1024**3, free_bytes=10 * 10**9)
+    html = render_dashboard(doc, now=NOW)
+    assert "1.5 MB" in html and "5m 27s" in html and "3.2 GB" in html and "10.0 GB" in html
+    assert "3h 01m" in html and "MiB" not in html and "GiB" not in html
+
+
+def test_a_tier_with_its_own_open_warning_is_not_ok():
+    """Issue 20 item 11: a fresh, verified tier whose size anomaly is open shows WARNING, not OK."""
+    doc = _status([_tier("daily", 60), _tier("weekly", 60, dag_id="backup_weekly")],
+                  problems=[{"key": "anomaly-size:daily", "severity": "warning", "summary": "daily is 9x the median",
+                             "since": _iso(NOW), "runs": 1},
+                            {"key": "storage-space:weekly", "severity": "warning", "summary": "a storage named weekly",
+                             "since": _iso(NOW), "runs": 1}])
+    rows = _rows(render_dashboard(doc, now=NOW))
+    assert rows["daily"][0] == "warning" and rows["weekly"][0] == "ok"  # a storage's problem is not the tier's
 
 
 def test_the_pages_only_script_is_the_one_the_csp_hash_allows():
@@ -184,3 +216,18 @@ def test_a_failed_last_run_and_the_last_failure_are_marked():
     assert html.count('<span class="run-bad">failed</span>') == 2
     ok = render_dashboard(_status([_tier("daily", 60)]), now=NOW)
     assert '<span class="run">success</span>' in ok and "run-bad\">" not in ok
+
+
+def test_the_published_tier_state_counts_its_own_problems():
+    """``commands.status.finish`` raises a tier's state to its own open problems (``health.apply_tier_problems``),
+    so the CLI, the document and /metrics agree with the page."""
+    from backups.monitoring.health import apply_tier_problems, problem_tier
+
+    doc = _status([_tier("daily", 60), _tier("weekly", 60)], problems=[
+        {"key": "anomaly-duration:daily", "severity": "warning"}, {"key": "shrink:weekly:app_db.orders",
+                                                                   "severity": "warning"},
+        {"key": "storage-space:daily", "severity": "critical"}, {"key": "drill-overdue", "severity": "warning"}])
+    apply_tier_problems(doc)
+    assert [t["state"] for t in doc["tiers"]] == ["warning", "warning"]
+    assert problem_tier("presence:daily:local") == "daily" and problem_tier("storage-unreachable:daily") is None
+    assert problem_tier("schedules-unverified") is None

@@ -375,3 +375,21 @@ def test_a_drill_dated_in_the_future_never_hides_a_later_failed_one(tmp_path, ap
     problems = {p["key"]: p for p in doc["problems"]}
     assert {"drill-failed", "drill-overdue", "drill-history"} <= set(problems), sorted(problems)
     assert "d1" in problems["drill-history"]["summary"] and "in the future" in problems["drill-history"]["summary"]
+
+
+def test_the_status_procedure_without_airflow_skips_alerting_and_publishing(tmp_path, app):
+    """One declaration (commands.status.STATUS) for both doors: without Airflow's hooks the whole procedure still
+    runs — the status is built, the reports are written — and the steps only Airflow can do skip themselves."""
+    from backups.commands.procedure import RunContext, run
+    from backups.commands.status import CHECK, STATUS
+
+    cfg = load_config(make_cfg(tmp_path, app))
+    run_backup(cfg, "daily")
+    out = run(STATUS, RunContext(cfg))
+    assert [s.name for s in CHECK.steps] == [s.name for s in STATUS.steps[:4]]
+    assert {k: v for k, v in out.states.items() if v != "success"} == {
+        "send_alerts": "skipped", "escalate": "skipped", "update_dashboard": "skipped"}
+    assert out.results["detect_issues"]["status"]["tiers"][0]["tier"] == "daily"
+    assert Path(out.results["generate_reports"]["html"]).is_file()
+    assert not status_path(cfg).exists()  # the published document is the DAG's (update_dashboard)
+    assert status(cfg).to_dict()["state"] == out.results["detect_issues"]["status"]["state"]
