@@ -36,7 +36,7 @@ from ..commands import drill as drill_command
 from ..commands.drill import DrillPlan, DrillRequest, Scratch, TierRestore, TierVerify
 from ..config import Config, load_config
 from ..errors import BackupError
-from . import notifiers
+from . import notifiers, run_notes
 from .adapters import POOL, task_errors
 from .dags import START_DATE, default_args
 
@@ -109,7 +109,7 @@ def build_drill_dag(cfg: Config) -> DAG:
         on_failure_callback=notifiers.dag_failure_callbacks(cfg),
     )
     with dag:
-        add_drill_tasks(on_host, heavy)
+        add_drill_tasks(on_host, heavy, failure)
     return dag
 
 
@@ -119,6 +119,7 @@ def _runtime() -> tuple[Config, Any, Any]:
 
 
 TEARDOWN_KEY = "teardown"
+NOTE_KEY = "note"
 
 
 def report_drill(plan: dict[str, Any], restores: Any, verifies: Any) -> dict[str, Any]:
@@ -139,15 +140,30 @@ def report_drill(plan: dict[str, Any], restores: Any, verifies: Any) -> dict[str
     verdict.reports["stored"] = ", ".join(drill_command.store_reports(cfg, verdict, resolver))
     summary = {"drill_id": verdict.drill_id, "passed": verdict.passed, "rto_seconds": verdict.rto_seconds,
                "rpo_seconds": verdict.rpo_seconds, "findings": verdict.findings, "reports": verdict.reports}
-    log.info("drill %s %s; report %s\n%s", verdict.drill_id, "PASSED" if verdict.passed else "FAILED",
-             verdict.reports.get("md"), drill_command.render_markdown(verdict))
+    # the note once in the log (the full report is in the files it names, not repeated here)
+    note = drill_command.drill_note(verdict.to_dict())
+    log.info("%s", note)
+    run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], note)
     notifiers.publish("drill_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
     if not verdict.passed:
+        # the failure notifier replaces the run's note with "Failed — task report"; put the drill's note back after it
+        ctx["ti"].xcom_push(key=NOTE_KEY, value=note)
         raise AirflowFailException(str(drill_command.failed_error(verdict)))
     return summary
 
 
-def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
+def note_again(context: Any) -> None:
+    """The ``report`` task's last failure callback: a failed drill's run note is the drill's own (verdict, cause,
+    RTO/RPO per tier, findings, report), not the generic "Failed — task report" the failure notifier just set."""
+    try:
+        note = context["ti"].xcom_pull(task_ids="report", key=NOTE_KEY)
+        if note:
+            run_notes.set_run_note(context["dag"].dag_id, context["run_id"], note)
+    except Exception:  # a callback never hides the failure itself
+        log.exception("the drill's run note could not be set again")
+
+
+def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     @task(task_id="plan")
@@ -183,7 +199,7 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         return drill_command.verify_tier(cfg, DrillPlan.from_dict(plan), Scratch.from_dict(scratch[0]),
                                          TierRestore.from_dict(restored), resolver).to_dict()
 
-    @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
+    @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=[*failure, note_again])
     def report_task(plan: dict[str, Any], restores: Any = None, verifies: Any = None) -> dict[str, Any]:
         return report_drill(plan, restores, verifies)
 
