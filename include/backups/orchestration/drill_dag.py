@@ -6,7 +6,10 @@ Graph (each task calls one step of :mod:`backups.commands.drill`, the steps ``ba
          → teardown (teardown task: always) → report (always)
 
 * ``plan`` — per tier the newest snapshot whose chain is complete on the drill storage (opened read-only). The
-  drill id derives from the run (``drill-<run_after, UTC>``), so a cleared task works on the same scratch names.
+  drill is named by the time it ran (``drill-<plan's start, UTC>``, as ``backupctl drill``) — never by the logical
+  date or ``run_after`` of its run: unpausing a scheduled drill (the UI's "Unpause on trigger") also starts its
+  latest scheduled slot, days late, and that drill ran today. A cleared downstream task works on the same scratch
+  names (the plan's XCom keeps the id).
 * ``isolate`` — the scratch directory and the ``drill_<run>_<tier>_<source>`` PostgreSQL databases.
 * ``restore_tier`` — archive storages: the thaw wait (only with ``drill.approve_archive``; it polls inside the
   task, holding a worker slot for the hours a GLACIER retrieval takes — drill from a non-archive storage where you
@@ -170,12 +173,10 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: lis
     def plan_task() -> dict[str, Any]:
         cfg, resolver, ctx = _runtime()
         p = dict(ctx["params"] or {})
-        dag_run = ctx["dag_run"]
-        when = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
         with task_errors(fail_fast=(BackupError,)):
             plan = drill_command.plan_drill(cfg, DrillRequest(
                 storage=p.get("storage") or None, tiers=p.get("tiers") or None, started_at=datetime.now(UTC).isoformat(),
-                drill_id=drill_command.drill_id_for(when), door=ctx["dag"].dag_id, run_id=ctx["run_id"]), resolver)
+                door=ctx["dag"].dag_id, run_id=ctx["run_id"]), resolver)
         return plan.to_dict()
 
     @task(task_id="isolate", **on_host)
