@@ -20,7 +20,8 @@ config. Steps (each returns a typed, JSON-able result; the DAG maps each to a ta
 4. :func:`verify_tier` — every restored file re-hashed (:func:`~.restore.verify_restore`); the Great Expectations
    suite on each restored database with its Data Docs; referential integrity (``PRAGMA foreign_key_check``,
    PostgreSQL constraints validated); config files parse (YAML / JSON / TOML by extension); the ``smoke`` checks.
-5. :func:`judge` — per tier RTO (plan + isolate + thaw + restore + verify) and RPO (drill start − the snapshot's
+5. :func:`judge` — per tier RTO (plan + isolate + thaw + restore + verify) and RPO (drill start − when the
+   snapshot's data was read, :func:`backups.catalog.data_time`: the basis of the status's age too — not its
    logical date), bytes, files, throughput; pass/fail of every check and of ``rto_minutes`` / ``rpo_hours``.
 6. :func:`write_reports` — ``<drill id>.md/.html/.json`` and ``latest.*`` in :func:`drill_dir`, one line appended
    to ``history.jsonl`` (the HTML charts RTO/RPO over that history).

@@ -56,7 +56,7 @@ def drill_note(v: dict[str, Any], link: str | None = None, limit: int = NOTE_LIM
     head = [f"**Drill `{v['drill_id']}` {'passed' if v['passed'] else 'FAILED'}** — {drill_cause(v)}", "",
             f"* targets: RTO {fmt_duration(rto_target)} per tier, RPO {fmt_duration(rpo_target)}; measured: RTO "
             f"{fmt_duration(v.get('rto_seconds'))} (slowest tier), RPO {fmt_duration(v.get('rpo_seconds'))} (newest "
-            "restorable data)"]
+            "restorable data; RPO counts from when it was read)"]
     head += [_tier_line(x, rto_target, rpo_target) for x in v["tiers"]]
     reports = v.get("reports") or {}
     where = link or reports.get("html") or reports.get("md")
