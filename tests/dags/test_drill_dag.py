@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from backups.config import load_config
-from tests.dags.common import load_dags, task_states
+from tests.dags.common import load_dags, run_note, task_states
 from tests.helpers import ROOT, run_backup, use_shipped_local_config
 
 pytestmark = pytest.mark.airflow
@@ -58,19 +58,27 @@ def test_drill_dag_passes_then_fails_on_a_corrupted_object(airflow_db, tmp_path,
     monkeypatch.setattr(notifiers, "LISTENERS", [calls.append])
     dag = _dag()
 
-    dr = dag.test(run_after=now)
+    # a stale scheduled slot (what "Unpause on trigger" starts): the drill is named by when it ran, not by the slot
+    stale = now - timedelta(days=6)
+    dr = dag.test(run_after=stale, logical_date=stale)
     states = task_states(dr)
     assert dr.state == "success", states
     assert set(states.values()) == {"success"} and "restore_tier[1]" in states
     reports = root / "local" / "reports" / "drill"
     v = json.loads((reports / "latest.json").read_text())
-    assert v["passed"] and v["drill_id"] == f"drill-{now.strftime('%Y%m%dT%H%M%SZ')}" and v["door"] == DAG_ID
+    assert v["passed"] and v["door"] == DAG_ID
+    assert f"drill-{now:%Y%m%dT%H%M%SZ}" <= v["drill_id"] <= f"drill-{datetime.now(UTC):%Y%m%dT%H%M%SZ}", v["drill_id"]
     tiers = {t["tier"]: t for t in v["tiers"]}
     assert tiers["daily"]["snapshot_id"] == daily.id and tiers["weekly"]["snapshot_id"] == weekly.id
     assert all(t["rto_seconds"] > 0 and t["rpo_seconds"] > 0 for t in tiers.values())
     assert {c["name"] for c in tiers["daily"]["checks"]} >= {"missions_reference_robots", "robots_known_status",
                                                             "fleet_not_empty", "config_loads"}
     assert [e for e in calls if e.get("event") == "drill_complete"][0]["passed"] is True
+    # the run's note: the verdict and its cause first, then RTO/RPO per tier against the targets and the report
+    note = run_note(dr)
+    assert note.startswith(f"**Drill `{v['drill_id']}` passed** — 2 tier(s) restored"), note
+    assert f"`daily` (`{daily.id}` from `local`): RTO " in note and "RPO " in note and "```" not in note, note
+    assert f"* report: `{reports / (v['drill_id'] + '.html')}`" in note, note
 
     obj = root / "local" / "data" / weekly.id / "app_db.tar.zst"
     raw = bytearray(obj.read_bytes())
@@ -82,6 +90,11 @@ def test_drill_dag_passes_then_fails_on_a_corrupted_object(airflow_db, tmp_path,
     assert states["report"] == "failed" and states["teardown"] == "success"
     v = json.loads((reports / "latest.json").read_text())
     assert not v["passed"] and any(weekly.id in f and "app_db" in f for f in v["findings"])
+    # a failed drill's note is the drill's own (not the failure notifier's "Failed — task report"), cause first
+    note = run_note(dr)
+    assert note.startswith(f"**Drill `{v['drill_id']}` FAILED** — daily: restore of snapshot {daily.id}"), note
+    assert "(+2 more finding(s))" in note.splitlines()[0] and weekly.id in note, note
+    assert "`weekly`" in note and "**not restored**" in note and "* findings (" in note and "```" not in note, note
     hist = (reports / "history.jsonl").read_text().splitlines()
     assert [json.loads(h)["passed"] for h in hist] == [True, False]
     assert not any(scratch_base(cfg).glob("drill-*"))

@@ -18,11 +18,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from backups.catalog import Catalog, data_time
 from backups.cli import main
 from backups.commands.drill import DrillRequest, db_prefix, drill_dir, run_drill, scratch_base
 from backups.config import load_config
 from backups.errors import ConfigError, RefusedError
 from backups.monitoring import status_dir
+from backups.storage import open_storage
 from tests.helpers import run_backup, write_config
 
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -74,12 +76,17 @@ def test_drill_passes_and_reports_rto_rpo_per_tier(backed_up, capsys):
                 "app_files: config files parse", "missions_reference_robots", "config_loads"} <= set(names)
         assert all(c["ok"] for c in t["checks"])
         assert Path(t["data_docs"]["app_db"]).is_file()  # GX Data Docs index.html
-    assert 2 * 3600 - 60 < tiers["daily"]["rpo_seconds"] < 2 * 3600 + 600
-    assert 30 * 3600 - 60 < tiers["weekly"]["rpo_seconds"] < 30 * 3600 + 600
+    # the RPO counts from when the data was read (the backup run's start in the manifest), not from the logical
+    # dates (30 h and 2 h ago): both backups read today's data a moment ago — the status gives the same age
+    cfg = load_config(path)
+    for name in ("daily", "weekly"):
+        snap = Catalog(open_storage(cfg, "local"), cfg.application).get(app[name])
+        assert tiers[name]["data_time"] == data_time(snap).isoformat(timespec="seconds") == snap.doc["started_at"][:19] + "+00:00"
+        assert 0 < tiers[name]["rpo_seconds"] < 600
+    assert tiers["weekly"]["rpo_seconds"] >= tiers["daily"]["rpo_seconds"]
     assert v["rpo_seconds"] == tiers["daily"]["rpo_seconds"]  # the newest restorable data
     assert v["rto_seconds"] == max(t["rto_seconds"] for t in tiers.values())
     # reports next to the monitoring status, the newest at a stable path, and the history line
-    cfg = load_config(path)
     d = drill_dir(cfg)
     assert d == status_dir(cfg).parent / "drill" and d.is_dir()
     for ext in ("md", "html", "json"):
@@ -115,10 +122,13 @@ def test_missed_rpo_and_failing_smoke_query_fail_with_their_figures(backed_up):
     smoke = ("  smoke:\n    - {name: too_many_robots, source: app_db, sql: \"SELECT count(*) FROM robots\", max: 1}\n")
     path = _config(app["tmp"], app["home"], app["root"], "  tiers: [daily]\n  rpo_hours: 1\n" + smoke)
     cfg = load_config(path)
-    v = run_drill(cfg, DrillRequest()).verdict
+    # a drill starting 2 h after the backups read the data (its logical date says 2 h earlier still: not counted)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    v = run_drill(cfg, DrillRequest(started_at=start.isoformat())).verdict
     assert not v["passed"]
     rpo = [f for f in v["findings"] if f.startswith("RPO target missed")]
-    assert rpo and "2.0 h old" in rpo[0] and "target 1 h" in rpo[0]
+    assert rpo and "data was read 2h 0" in rpo[0] and "(target 1h 00m)" in rpo[0], rpo
+    assert 2 * 3600 - 5 <= v["rpo_seconds"] < 2 * 3600 + 600
     smoke_f = [f for f in v["findings"] if "too_many_robots" in f]
     assert smoke_f == ["daily: check too_many_robots failed: result 12, expected <= 1"]
     robots = next(c for c in v["tiers"][0]["checks"] if c["name"] == "too_many_robots")

@@ -130,6 +130,29 @@ def unseal(raw: bytes, where: str) -> dict[str, Any]:
 _PRINTED = ("tier", "type", "requested_type", "promoted_reason", "comment", "host", "tool", "tool_version")
 
 
+def _aware(text: Any) -> datetime | None:
+    try:
+        d = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+
+
+def data_time(snapshot: Snapshot | dict[str, Any]) -> datetime:
+    """When the snapshot's data was read — the one basis of a snapshot's age everywhere (the drill's RPO, the
+    status's freshness): the backup run's ``started_at`` in the manifest (the extraction follows it, so the data
+    is at least this new), else its commit time ``finished_at``, else its logical date. Never the logical date
+    when the manifest says when the run started: a backup of a stale scheduled slot, or with ``--logical-date`` in
+    the past, holds the data of the day it ran."""
+    doc = snapshot.doc if isinstance(snapshot, Snapshot) else snapshot
+    for key in ("started_at", "finished_at", "logical_date"):
+        when = _aware(doc.get(key)) if doc.get(key) else None
+        if when is not None:
+            return when
+    raise IntegrityError(f"snapshot {doc.get('id')!r}: its manifest records no time (started_at, finished_at, "
+                         "logical_date)", hint="the manifest is damaged: see `backupctl verify`")
+
+
 @dataclass
 class Snapshot:
     """A committed snapshot (a parsed, checksum-verified manifest)."""

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+from ..catalog import data_time
 from . import SCHEMA_VERSION
 from .store import iso, last_drill, now_utc, parse_iso
 
@@ -232,7 +233,8 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         newest = max(current, key=lambda s: s.newness()) if current else None  # the newest data (docs/format.md)
         rpo = rpo_seconds(cfg, tier)
         committed = parse_iso(newest.doc["finished_at"]) if newest else None
-        age = max(0.0, (now - committed).total_seconds()) if committed else None
+        # the age counts from when the data was read (catalog.data_time), the basis of the drill's RPO too
+        age = max(0.0, (now - data_time(newest)).total_seconds()) if newest else None
         overdue, state = tier_state(age, rpo)
         dag_id = f"backup_{tier}"  # the DAG factory's naming (orchestration.dags), manual included
         runs = (airflow_runs or {}).get(dag_id)

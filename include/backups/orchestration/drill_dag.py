@@ -6,7 +6,10 @@ Graph (each task calls one step of :mod:`backups.commands.drill`, the steps ``ba
          → teardown (teardown task: always) → report (always)
 
 * ``plan`` — per tier the newest snapshot whose chain is complete on the drill storage (opened read-only). The
-  drill id derives from the run (``drill-<run_after, UTC>``), so a cleared task works on the same scratch names.
+  drill is named by the time it ran (``drill-<plan's start, UTC>``, as ``backupctl drill``) — never by the logical
+  date or ``run_after`` of its run: unpausing a scheduled drill (the UI's "Unpause on trigger") also starts its
+  latest scheduled slot, days late, and that drill ran today. A cleared downstream task works on the same scratch
+  names (the plan's XCom keeps the id).
 * ``isolate`` — the scratch directory and the ``drill_<run>_<tier>_<source>`` PostgreSQL databases.
 * ``restore_tier`` — archive storages: the thaw wait (only with ``drill.approve_archive``; it polls inside the
   task, holding a worker slot for the hours a GLACIER retrieval takes — drill from a non-archive storage where you
@@ -36,7 +39,7 @@ from ..commands import drill as drill_command
 from ..commands.drill import DrillPlan, DrillRequest, Scratch, TierRestore, TierVerify
 from ..config import Config, load_config
 from ..errors import BackupError
-from . import notifiers
+from . import notifiers, run_notes
 from .adapters import POOL, task_errors
 from .dags import START_DATE, default_args
 
@@ -109,7 +112,7 @@ def build_drill_dag(cfg: Config) -> DAG:
         on_failure_callback=notifiers.dag_failure_callbacks(cfg),
     )
     with dag:
-        add_drill_tasks(on_host, heavy)
+        add_drill_tasks(on_host, heavy, failure)
     return dag
 
 
@@ -119,6 +122,7 @@ def _runtime() -> tuple[Config, Any, Any]:
 
 
 TEARDOWN_KEY = "teardown"
+NOTE_KEY = "note"
 
 
 def report_drill(plan: dict[str, Any], restores: Any, verifies: Any) -> dict[str, Any]:
@@ -139,27 +143,40 @@ def report_drill(plan: dict[str, Any], restores: Any, verifies: Any) -> dict[str
     verdict.reports["stored"] = ", ".join(drill_command.store_reports(cfg, verdict, resolver))
     summary = {"drill_id": verdict.drill_id, "passed": verdict.passed, "rto_seconds": verdict.rto_seconds,
                "rpo_seconds": verdict.rpo_seconds, "findings": verdict.findings, "reports": verdict.reports}
-    log.info("drill %s %s; report %s\n%s", verdict.drill_id, "PASSED" if verdict.passed else "FAILED",
-             verdict.reports.get("md"), drill_command.render_markdown(verdict))
+    # the note once in the log (the full report is in the files it names, not repeated here)
+    note = drill_command.drill_note(verdict.to_dict())
+    log.info("%s", note)
+    run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], note)
     notifiers.publish("drill_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
     if not verdict.passed:
+        # the failure notifier replaces the run's note with "Failed — task report"; put the drill's note back after it
+        ctx["ti"].xcom_push(key=NOTE_KEY, value=note)
         raise AirflowFailException(str(drill_command.failed_error(verdict)))
     return summary
 
 
-def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
+def note_again(context: Any) -> None:
+    """The ``report`` task's last failure callback: a failed drill's run note is the drill's own (verdict, cause,
+    RTO/RPO per tier, findings, report), not the generic "Failed — task report" the failure notifier just set."""
+    try:
+        note = context["ti"].xcom_pull(task_ids="report", key=NOTE_KEY)
+        if note:
+            run_notes.set_run_note(context["dag"].dag_id, context["run_id"], note)
+    except Exception:  # a callback never hides the failure itself
+        log.exception("the drill's run note could not be set again")
+
+
+def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     @task(task_id="plan")
     def plan_task() -> dict[str, Any]:
         cfg, resolver, ctx = _runtime()
         p = dict(ctx["params"] or {})
-        dag_run = ctx["dag_run"]
-        when = getattr(dag_run, "run_after", None) or getattr(dag_run, "logical_date", None) or datetime.now(UTC)
         with task_errors(fail_fast=(BackupError,)):
             plan = drill_command.plan_drill(cfg, DrillRequest(
                 storage=p.get("storage") or None, tiers=p.get("tiers") or None, started_at=datetime.now(UTC).isoformat(),
-                drill_id=drill_command.drill_id_for(when), door=ctx["dag"].dag_id, run_id=ctx["run_id"]), resolver)
+                door=ctx["dag"].dag_id, run_id=ctx["run_id"]), resolver)
         return plan.to_dict()
 
     @task(task_id="isolate", **on_host)
@@ -183,7 +200,7 @@ def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         return drill_command.verify_tier(cfg, DrillPlan.from_dict(plan), Scratch.from_dict(scratch[0]),
                                          TierRestore.from_dict(restored), resolver).to_dict()
 
-    @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE)
+    @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=[*failure, note_again])
     def report_task(plan: dict[str, Any], restores: Any = None, verifies: Any = None) -> dict[str, Any]:
         return report_drill(plan, restores, verifies)
 

@@ -20,7 +20,8 @@ config. Steps (each returns a typed, JSON-able result; the DAG maps each to a ta
 4. :func:`verify_tier` — every restored file re-hashed (:func:`~.restore.verify_restore`); the Great Expectations
    suite on each restored database with its Data Docs; referential integrity (``PRAGMA foreign_key_check``,
    PostgreSQL constraints validated); config files parse (YAML / JSON / TOML by extension); the ``smoke`` checks.
-5. :func:`judge` — per tier RTO (plan + isolate + thaw + restore + verify) and RPO (drill start − the snapshot's
+5. :func:`judge` — per tier RTO (plan + isolate + thaw + restore + verify) and RPO (drill start − when the
+   snapshot's data was read, :func:`backups.catalog.data_time`: the basis of the status's age too — not its
    logical date), bytes, files, throughput; pass/fail of every check and of ``rto_minutes`` / ``rpo_hours``.
 6. :func:`write_reports` — ``<drill id>.md/.html/.json`` and ``latest.*`` in :func:`drill_dir`, one line appended
    to ``history.jsonl`` (the HTML charts RTO/RPO over that history).
@@ -44,6 +45,7 @@ The package, by concern (everything is re-exported here: ``from backups.commands
 * :mod:`.plan` — step 1; :mod:`.isolation` — steps 2 and 7 and the leftovers of killed drills;
   :mod:`.tier_restore` — step 3; :mod:`.checks` — step 4; :mod:`.judge` — step 5;
 * :mod:`.render` (Markdown, HTML, the history chart) and :mod:`.reports` (files, history, stored copies) — step 6;
+  :mod:`.note` — the ``dr_drill`` run's note (verdict and cause, RTO/RPO per tier, findings, the report);
 * this module — :func:`run_drill`, every step in order (the CLI door; the ``dr_drill`` DAG maps each step to a
   task).
 """
@@ -94,6 +96,7 @@ from .isolation import (
     teardown_findings,
 )
 from .judge import DrillVerdict, judge, next_drill
+from .note import drill_cause, drill_note
 from .plan import DrillPlan, DrillRequest, TierPlan, check_request, guard_scratch_server, plan_drill
 from .render import history_chart, render_html, render_markdown, runbook_link
 from .reports import HISTORY, KEEP_DATA_DOCS, prune_data_docs, read_history, store_reports, write_reports
@@ -154,7 +157,7 @@ __all__ = [
     "HISTORY", "KEEP_DATA_DOCS", "LEFTOVER_MAX_AGE_DAYS", "OWNER_FILE", "RUNBOOK",
     "Check", "DrillOutcome", "DrillPlan", "DrillRequest", "DrillVerdict", "Leftovers", "Scratch", "Teardown",
     "TierPlan", "TierRestore", "TierVerify",
-    "admin_dsn", "check_request", "clean_leftovers", "config_files_parse", "db_prefix", "drill_dir", "drill_id_for",
+    "admin_dsn", "check_request", "clean_leftovers", "config_files_parse", "db_prefix", "drill_cause", "drill_dir", "drill_note", "drill_id_for",
     "failed_error", "guard_scratch_server", "history_chart", "isolate", "judge", "next_drill", "owner_record",
     "owner_state", "plan_drill", "postgres_integrity", "prune_data_docs", "read_history", "read_owner",
     "render_html", "render_markdown", "restore_tier", "run_drill", "run_smoke_command", "run_smoke_sql",

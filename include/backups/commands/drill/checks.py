@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ...config import Config
-from ...engine.progress import mb
 from ...errors import BackupError
+from ...units import fmt_bytes
 from ..base import Result
 from ..restore import Location, RestoredSource, RestoreRequest, RestoreResult
 from .common import admin_dsn, db_dsn_for, drill_dir, first_line, log, settings
@@ -196,7 +196,7 @@ def verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRe
         return TierVerify(tier=tier, ok=False, checks=[failed.to_dict()], data_docs={}, verify_seconds=0.0)
     loc = Location.from_dict(plan.tier(tier).location or {})
     done = Check(name="restore", kind="restore", ok=True,
-                 detail=f"{restored.files} file(s), {mb(restored.bytes)} restored, every SHA-256 checked while written",
+                 detail=f"{restored.files} file(s), {fmt_bytes(restored.bytes)} restored, every SHA-256 checked while written",
                  seconds=restored.restore_seconds)
     try:
         with nullcontext() if locked else restore_command.shared_lock(cfg, loc.storage, resolver,

@@ -1,5 +1,5 @@
 """What every step of the drill shares: the ``drill:`` settings, where reports and scratch data live, the drill
-id and the names derived from it, the scratch PostgreSQL server, and small formatting helpers."""
+id and the names derived from it, the scratch PostgreSQL server, and small helpers (text figures: :mod:`backups.units`)."""
 
 from __future__ import annotations
 
@@ -95,16 +95,6 @@ def iso_utc(d: datetime) -> str:
 def first_line(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return text.strip()
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def atomic_write(path: Path, text: str) -> None:

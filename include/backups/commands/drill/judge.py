@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from ...config import Config, Drill
+from ...units import fmt_duration
 from ..base import Result
 from .checks import TierVerify
-from .common import RUNBOOK, fmt_duration, iso_utc, settings, utc_now
+from .common import RUNBOOK, iso_utc, settings, utc_now
 from .isolation import Scratch
 from .plan import DrillPlan, TierPlan
 from .tier_restore import TierRestore
@@ -61,8 +62,8 @@ def judge(cfg: Config, plan: DrillPlan, scratch: Scratch | None, restores: list[
     if rpo_all is None:
         findings.append("RPO: no tier could be restored: nothing is recoverable from this storage")
     elif not rpo_ok:
-        findings.append(f"RPO target missed: the newest restorable data is {fmt_duration(rpo_all)} old at drill start "
-                        f"(target {d.rpo_hours:g} h)")
+        findings.append(f"RPO target missed: the newest restorable data was read {fmt_duration(rpo_all)} before the "
+                        f"drill started (target {fmt_duration(d.rpo_hours * 3600)})")
     rtos = [t["rto_seconds"] for t in tiers if t["rto_seconds"] is not None]
     passed = bool(tiers) and all(t["passed"] for t in tiers) and rpo_ok and not extra_findings
     end = finished_at or utc_now()
@@ -81,15 +82,16 @@ def _judge_tier(d: Drill, plan: DrillPlan, scratch: Scratch | None, tp: TierPlan
              "verify": v.verify_seconds if v else None}
     ok_restore = bool(r and r.ok)
     rto = round(sum(x for x in steps.values() if x), 3) if ok_restore and v else None
-    rpo = (round((datetime.fromisoformat(plan.started_at) - datetime.fromisoformat(tp.logical_date)).total_seconds(), 1)
-           if tp.logical_date else None)
+    # the RPO counts from when the data was read (the status's age uses the same basis), not from the logical date
+    read = tp.data_time or tp.logical_date  # a plan made before data_time existed: its logical date
+    rpo = round((datetime.fromisoformat(plan.started_at) - datetime.fromisoformat(read)).total_seconds(), 1) if read else None
     checks = v.checks if v else []
     rto_ok = rto is not None and rto <= d.rto_minutes * 60
     findings += _tier_findings(d, tp, r, v, rto, rto_ok)
     nbytes = r.bytes if r else 0
     return {
         "tier": tp.tier, "storage": tp.storage, "snapshot_id": tp.snapshot_id, "logical_date": tp.logical_date,
-        "restored": ok_restore, "checks_passed": bool(v and v.ok), "rto_seconds": rto, "rto_ok": rto_ok,
+        "data_time": tp.data_time, "restored": ok_restore, "checks_passed": bool(v and v.ok), "rto_seconds": rto, "rto_ok": rto_ok,
         "rpo_seconds": rpo, "steps": steps, "files": r.files if r else 0, "bytes": nbytes,
         "throughput_mb_s": round(nbytes / 1e6 / r.restore_seconds, 2) if r and r.ok and r.restore_seconds else None,
         "checks": checks, "data_docs": v.data_docs if v else {}, "passed_over": tp.passed_over,
@@ -115,7 +117,7 @@ def _tier_findings(d: Drill, tp: TierPlan, r: TierRestore | None, v: TierVerify 
             findings.append(f"{tp.tier}: check {c['name']} failed: {c['detail']}")
     if rto is not None and not rto_ok:
         findings.append(f"{tp.tier}: RTO target missed: restore and verification took {fmt_duration(rto)} "
-                        f"(target {d.rto_minutes:g} min)")
+                        f"(target {fmt_duration(d.rto_minutes * 60)})")
     for p in tp.passed_over:
         findings.append(f"{tp.tier}: newer snapshot passed over (chain incomplete on {tp.storage}): {p}")
     return findings

@@ -57,6 +57,8 @@ class TierPlan(Result):
     storage: str
     snapshot_id: str | None = None
     logical_date: str | None = None
+    #: when its data was read (:func:`backups.catalog.data_time`): what the RPO counts from
+    data_time: str | None = None
     location: dict[str, Any] | None = None
     passed_over: list[str] = field(default_factory=list)
     error: str | None = None
@@ -84,7 +86,7 @@ class DrillPlan(Result):
 
 
 def _plan_tier(cfg: Config, req: DrillRequest, tier: str, resolver: Any) -> TierPlan:
-    from ...catalog import Catalog
+    from ...catalog import Catalog, data_time
     from ...storage import open_storage
     from .. import restore as restore_command
 
@@ -122,6 +124,7 @@ def _plan_tier(cfg: Config, req: DrillRequest, tier: str, resolver: Any) -> Tier
         loc = restore_command.locate(cfg, RestoreRequest(target=target, snapshot=chosen.id, tier=tier, storage=storage),
                                      resolver)
         out.snapshot_id, out.logical_date, out.location = chosen.id, loc.logical_date, loc.to_dict()
+        out.data_time = iso_utc(data_time(chosen))
     except BackupError as exc:
         out.error = f"tier {tier}: storage {storage}: {exc.message}"
     if out.passed_over:
@@ -143,7 +146,7 @@ def plan_drill(cfg: Config, req: DrillRequest, resolver: Any = None) -> DrillPla
         guard_scratch_server(cfg, resolver)
     for t in tiers:
         log.info("drill %s: tier %s: %s", plan.drill_id, t.tier, t.error or
-                 f"{t.snapshot_id} (logical date {t.logical_date}) from {t.storage}")
+                 f"{t.snapshot_id} (logical date {t.logical_date}, data read {t.data_time}) from {t.storage}")
     return plan
 
 

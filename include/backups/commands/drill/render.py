@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ...engine.progress import mb
-from .common import RUNBOOK, fmt_duration
+from ...units import fmt_bytes, fmt_duration
+from .common import RUNBOOK
 from .judge import DrillVerdict
 
 
@@ -25,18 +25,19 @@ def render_markdown(v: DrillVerdict) -> str:
     t = v.targets
     md = [f"# Disaster-recovery drill {v.drill_id}: {'PASSED' if v.passed else 'FAILED'}", "",
           f"* application: {v.application}; started {v.at}, finished {v.finished_at}; run `{v.run_id or v.door}`",
-          f"* targets: RTO {t['rto_minutes']:g} min, RPO {t['rpo_hours']:g} h — measured: RTO {fmt_duration(v.rto_seconds)} "
-          f"(slowest tier), RPO {fmt_duration(v.rpo_seconds)} (newest restorable data)",
+          f"* targets: RTO {fmt_duration(t['rto_minutes'] * 60)}, RPO {fmt_duration(t['rpo_hours'] * 3600)} — measured: "
+          f"RTO {fmt_duration(v.rto_seconds)} (slowest tier), RPO {fmt_duration(v.rpo_seconds)} (newest restorable "
+          "data; RPO counts from when the data was read: the backup run's start in its manifest)",
           f"* next scheduled drill: {v.next_drill or 'none (manual: `backupctl drill` or trigger dr_drill)'}"
           + (f" (`{v.schedule}`)" if v.schedule else ""),
           f"* runbook: [{RUNBOOK}]({runbook_link()})", ""]
     md += ["## Findings", ""] + ([f"* {f}" for f in v.findings] or ["* none: every check passed and both targets were met"])
     md += ["", "## Tiers", "",
-           "| tier | storage | snapshot | logical date | RTO | RPO | files | size | MB/s | result |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| tier | storage | snapshot | logical date | data read | RTO | RPO | files | size | MB/s | result |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in v.tiers:
         md.append(f"| {x['tier']} | {x['storage']} | {x['snapshot_id'] or '-'} | {x['logical_date'] or '-'} | "
-                  f"{fmt_duration(x['rto_seconds'])} | {fmt_duration(x['rpo_seconds'])} | {x['files']} | {mb(x['bytes'])} | "
+                  f"{x.get('data_time') or '-'} | {fmt_duration(x['rto_seconds'])} | {fmt_duration(x['rpo_seconds'])} | {x['files']} | {fmt_bytes(x['bytes'])} | "
                   f"{x['throughput_mb_s'] if x['throughput_mb_s'] is not None else '-'} | "
                   f"{'pass' if x['passed'] else 'FAIL'} |")
     md += ["", "## Step timings (seconds)", "", "| tier | plan | isolate | thaw | restore | verify |", "|---|---|---|---|---|---|"]
@@ -115,8 +116,8 @@ def render_html(v: DrillVerdict, history: list[dict[str, Any]]) -> str:
     color = "#1a7f37" if v.passed else "#cf222e"
     rows = "".join(
         f"<tr><td>{e(x['tier'])}</td><td>{e(x['storage'])}</td><td>{e(x['snapshot_id'] or '-')}</td>"
-        f"<td>{e(x['logical_date'] or '-')}</td><td>{fmt_duration(x['rto_seconds'])}</td><td>{fmt_duration(x['rpo_seconds'])}</td>"
-        f"<td>{x['files']}</td><td>{mb(x['bytes'])}</td><td>{x['throughput_mb_s'] if x['throughput_mb_s'] is not None else '-'}</td>"
+        f"<td>{e(x['logical_date'] or '-')}</td><td>{e(x.get('data_time') or '-')}</td><td>{fmt_duration(x['rto_seconds'])}</td><td>{fmt_duration(x['rpo_seconds'])}</td>"
+        f"<td>{x['files']}</td><td>{fmt_bytes(x['bytes'])}</td><td>{x['throughput_mb_s'] if x['throughput_mb_s'] is not None else '-'}</td>"
         f"<td style='color:{'#1a7f37' if x['passed'] else '#cf222e'}'>{'pass' if x['passed'] else 'FAIL'}</td></tr>"
         for x in v.tiers)
     checks = ""
@@ -140,12 +141,13 @@ def render_html(v: DrillVerdict, history: list[dict[str, Any]]) -> str:
 td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}}</style></head><body>
 <h1>Disaster-recovery drill {e(v.drill_id)}: <span style="color:{color}">{'PASSED' if v.passed else 'FAILED'}</span></h1>
 <ul><li>application {e(v.application)}; started {e(v.at)}, finished {e(v.finished_at)}; run {e(v.run_id or v.door)}</li>
-<li>targets: RTO {t['rto_minutes']:g} min, RPO {t['rpo_hours']:g} h — measured: RTO {fmt_duration(v.rto_seconds)} (slowest tier),
-RPO {fmt_duration(v.rpo_seconds)} (newest restorable data)</li>
+<li>targets: RTO {fmt_duration(t['rto_minutes'] * 60)}, RPO {fmt_duration(t['rpo_hours'] * 3600)} — measured:
+RTO {fmt_duration(v.rto_seconds)} (slowest tier), RPO {fmt_duration(v.rpo_seconds)} (newest restorable data; RPO counts
+from when the data was read: the backup run's start in its manifest)</li>
 <li>next scheduled drill: {e(v.next_drill or 'none (manual)')}</li>
 <li>runbook: <a href="{e(runbook_link())}">{RUNBOOK}</a></li></ul>
 <h2>Findings</h2><ul>{findings}</ul>
-<h2>Tiers</h2><table><tr><th>tier</th><th>storage</th><th>snapshot</th><th>logical date</th><th>RTO</th><th>RPO</th>
+<h2>Tiers</h2><table><tr><th>tier</th><th>storage</th><th>snapshot</th><th>logical date</th><th>data read</th><th>RTO</th><th>RPO</th>
 <th>files</th><th>size</th><th>MB/s</th><th>result</th></tr>{rows}</table>
 {img}
 <h2>Checks</h2>{checks}
