@@ -66,7 +66,8 @@ def test_restore_dag_parses_with_conventions_graph_and_form():
     from backups.orchestration.archive import WaitForArchiveSensor
 
     dag = _dag()
-    assert dag.schedule is None and dag.catchup is False and dag.max_active_runs == 1
+    assert dag.schedule is None and dag.catchup is False
+    assert dag.max_active_runs > 1  # concurrent runs: a restore left waiting for approval blocks no other one
     assert "restore" in dag.tags
     assert dag.doc_md and "approve_restore" in dag.doc_md and "RESTORE_REPORT" in dag.doc_md
     assert dag.on_success_callback and dag.on_failure_callback
@@ -203,6 +204,29 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
     assert dr.state == "success", task_states(dr)
     assert sorted(p.name for p in target.iterdir()) == ["RESTORE_REPORT.json", "RESTORE_REPORT.md", "app_db", "keep.txt"]
     assert db_rows(target / "app_db" / "app.db") == db_rows(app["home"] / "app.db")
+
+
+def test_a_target_claimed_by_another_run_fails_restore_at_once_naming_it(airflow_db, app, monkeypatch):
+    """Two runs into one directory: the second is refused at once (no retry), naming the run that holds the
+    target; nothing is written. A run that ends (here: succeeds) releases its own claim."""
+    from backups.commands import target_lock as tl
+    from backups.orchestration import notifiers
+
+    calls: list[dict] = []
+    monkeypatch.setattr(notifiers, "LISTENERS", [calls.append])
+    target = app["tmp"] / "shared"
+    tl.claim(target, tl.TargetOwner(door=DAG_ID, run_id="manual__other", user="olga.ops"))
+    dr = _dag().test(run_conf={"target": str(target), "require_approval": False})
+    assert dr.state == "failed" and task_states(dr)["restore"] == "failed"
+    assert not target.exists()
+    (failure,) = [c for c in calls if c["event"] == "task_failure"]
+    assert failure["try_number"] == 1
+    assert f"target {target} is already being restored by {DAG_ID} run manual__other of olga.ops" in failure["reason"]
+    assert tl.holder(target).run_id == "manual__other"  # the failed run did not take the other run's claim away
+    tl.release(target, "manual__other")
+    dr = _dag().test(run_conf={"target": str(target), "require_approval": False, "sources": ["app_db"]})
+    assert dr.state == "success", task_states(dr)
+    assert not tl.lock_path(target).exists()
 
 
 def test_table_dependencies_refused_then_included(airflow_db, app, monkeypatch):

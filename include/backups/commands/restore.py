@@ -375,15 +375,18 @@ def check_writable(target: Path, replaced: list[Path] | None = None) -> None:
 
 
 def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn: str | None = None, *,
-                        validate: bool = True) -> Prerequisites:
-    """The target (not the root, not in a repository, a directory, empty unless ``force``, writable, enough free space for
-    the whole sources), the PostgreSQL target (answers) and, when databases are to be validated, Great
-    Expectations (installed; not imported here). Nothing is written. ConfigError / RefusedError / SourceError."""
+                        validate: bool = True, run_id: str | None = None) -> Prerequisites:
+    """The target (not the root, not in a repository, not claimed by another run than ``run_id``, a directory,
+    empty unless ``force``, writable, enough free space for the whole sources), the PostgreSQL target (answers)
+    and, when databases are to be validated, Great Expectations (installed; not imported here). Nothing is
+    written. ConfigError / RefusedError / SourceError."""
     import importlib.util
 
     from ..engine.restorer import check_target
+    from .target_lock import check_free
 
     guard_target(cfg, req.target)
+    check_free(req.target, run_id)
     if validate and any(k in DB_KINDS for k in loc.kinds.values()) and importlib.util.find_spec("great_expectations") is None:
         raise ConfigError("restore: the restored databases are to be validated, but Great Expectations is not installed",
                           hint="install the validation extra (pip install 'fmr-backups[validation]'), or pass "
@@ -1009,19 +1012,24 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
     restore, verify, report — the table plan, the restore and its verification under one shared repository lock
     (a prune waits until the restore is verified).
     Raises the first step's BackupError; the report is written only after a verified restore."""
+    from .target_lock import TargetOwner, claimed
+
     t0 = time.monotonic()
+    run = cli_run_info()
     req = check_request(cfg, req)
     loc = locate(cfg, req, resolver)
-    check_prerequisites(cfg, req, loc, pg_dsn, validate=validate)
-    wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds, timeout_seconds=thaw_timeout)
-    with shared_lock(cfg, loc.storage, resolver, operation="restore"):  # one lock over restore and verification
-        plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
-        restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan, locked=True)
-        verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
-                                  scratch_dsn=pg_scratch_dsn(resolver) if validate else None, locked=True)
-    report = build_report(req, loc, restored, verified,
-                          cli_run_info(round(time.monotonic() - t0, 1), wait.to_dict()))
-    paths = write_report(req.target, report)
+    check_prerequisites(cfg, req, loc, pg_dsn, validate=validate, run_id=run.run_id)
+    # one restore per target: the claim is held for the whole run (another restore into it is refused at once)
+    with claimed(req.target, TargetOwner(door="cli", run_id=run.run_id, user=run.requested_by)):
+        wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds, timeout_seconds=thaw_timeout)
+        with shared_lock(cfg, loc.storage, resolver, operation="restore"):  # one lock over restore and verification
+            plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
+            restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan, locked=True)
+            verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
+                                      scratch_dsn=pg_scratch_dsn(resolver) if validate else None, locked=True)
+        run.run_seconds, run.archive_wait = round(time.monotonic() - t0, 1), wait.to_dict()
+        report = build_report(req, loc, restored, verified, run)
+        paths = write_report(req.target, report)
     return RestoreOutcome(location=loc, restored=restored, verified=verified, report=report, report_paths=paths)
 
 

@@ -35,6 +35,7 @@ the params/XCom, call one step, push its ``to_dict()`` and map library errors to
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -191,6 +192,23 @@ def _runtime() -> tuple[Config, Any, RestoreRequest, Any]:
     return cfg, task_resolver(cfg), req, ctx
 
 
+def release_target(context: Any) -> None:
+    """Failure callback of the tasks that hold the target's claim (restore, verify_restored, report): the run is
+    over for the target, another restore may use it. Never raises."""
+    from ..commands.target_lock import release
+
+    try:
+        target = str((context.get("params") or {}).get("target") or "").strip()
+        if target and release(os.path.normpath(target), context["run_id"]):
+            log.info("released the claim on the restore target %s", target)
+    except Exception:
+        log.exception("the restore target's claim could not be released")
+
+
+def _requested_by(ctx: Any) -> str:
+    return getattr(ctx["dag_run"], "triggering_user_name", None) or "unknown"
+
+
 def build_restore_dag(cfg: Config) -> DAG:
     on_host = {"queue": TARGET_QUEUE} if TARGET_QUEUE else {}
     heavy = {**on_host, **({"pool": POOL} if POOL else {})}
@@ -203,8 +221,7 @@ def build_restore_dag(cfg: Config) -> DAG:
         description=f"Restore a snapshot of {cfg.application} into a directory: approved, verified, reported",
         schedule=None,
         start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
+        catchup=False,  # runs are concurrent: the target's claim refuses two runs into one directory
         default_args={**default_args(cfg), "on_failure_callback": failure},
         tags=["restore"],
         doc_md=restore_doc(cfg),
@@ -214,13 +231,15 @@ def build_restore_dag(cfg: Config) -> DAG:
             f"succeeded: restored, checked and validated. Application {cfg.application}.</p>")],
         on_failure_callback=notifiers.dag_failure_callbacks(cfg),
     )
+    claim_holder = {"on_failure_callback": [*failure, release_target]}
     with dag:
-        add_restore_tasks(on_host, heavy)
+        add_restore_tasks({**on_host, **claim_holder}, {**heavy, **claim_holder})
     return dag
 
 
 def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
     """The tasks and their order; each ``@task`` calls one step of :mod:`backups.commands.restore`."""
+    from ..commands.target_lock import TargetOwner, claim, release
     from .approval import BackupApprovalOperator, note_param
     from .archive import WaitForArchiveSensor
 
@@ -272,7 +291,9 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         # every library error fails at once: a retry would only meet the half-filled target and be refused
         with task_errors(fail_fast=(BackupError,)):
             pg_dsn = pg_target_dsn(req)
-            restore_command.check_prerequisites(cfg, req, location, pg_dsn)
+            restore_command.check_prerequisites(cfg, req, location, pg_dsn, run_id=_ctx["run_id"])
+            # one restore per target: claimed for this run until its report (or a failure) releases it
+            claim(req.target, TargetOwner(door=DAG_ID, run_id=_ctx["run_id"], user=_requested_by(_ctx)))
             plan = restore_command.plan_tables(cfg, req, location, resolver, pg_dsn)  # refuses before writing
             return restore_command.run_restore(cfg, req, location, resolver, pg_dsn, plan=plan).to_dict()
 
@@ -289,7 +310,7 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         _cfg, _resolver, req, ctx = _runtime()
         ti, dag_run = ctx["ti"], ctx["dag_run"]
         run = RunInfo(door=ctx["dag"].dag_id, run_id=ctx["run_id"],
-                      requested_by=getattr(dag_run, "triggering_user_name", None) or "unknown",
+                      requested_by=_requested_by(ctx),
                       approval=restore_command.approval_from_hitl(ti.xcom_pull(task_ids=APPROVE_TASK, map_indexes=-1)),
                       run_seconds=run_seconds(dag_run),
                       archive_wait=ti.xcom_pull(task_ids=WAIT_TASK, map_indexes=-1))
@@ -298,6 +319,7 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
                                               Verification.from_dict(verified), run)
         paths = restore_command.write_report(req.target, report)
         log.info("restore report written to %s:\n%s", ", ".join(paths), report.markdown)
+        release(req.target, ctx["run_id"])
         run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], notes.restore_note(report.doc, paths))
         notifiers.publish("restore_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], "report": paths,
                                                "snapshot_id": location.snapshot_id, "target": req.target})
