@@ -24,7 +24,7 @@ import pytest
 
 from backups.commands import restore as rc
 from backups.config import load_config
-from tests.dags.common import load_dags, task_states
+from tests.dags.common import load_dags, run_note, task_states
 from tests.helpers import app_tree, db_rows, run_backup, use_shipped_local_config
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401  (session fixture: moto's S3 server)
 
@@ -164,20 +164,41 @@ def test_approval_gate_answered(airflow_db, app, approver, choice):
     dr = _dag().test(run_conf={"target": str(target), "sources": ["app_files"]})
     responder.join(5)  # answered through the API, as olga.ops, with that choice
     states = task_states(dr)
-    assert dr.state == "success", states
-    assert states["approve_restore"] == "success"
     hitl = responder.detail
     assert hitl["task_instance"]["dag_run_id"] == dr.run_id and hitl["options"] == ["Approve", "Reject"]
+    assert not hitl["defaults"]  # no default: Reject is not the highlighted button, a timeout is no answer
     assert hitl["subject"] == f"Restore {WEEKLY} from local into {target}?"
     assert "* sources: app_files" in hitl["body"] and "currently missing (will be created)" in hitl["body"]
-    if choice == "Reject":  # nothing thawed, nothing written
-        assert {states[t] for t in TASKS[2:]} == {"skipped"}
+    if choice == "Reject":  # not a green run: failed, nothing thawed, nothing written, and the note says why
+        assert dr.state == "failed", states
+        assert states["approve_restore"] == "failed"
+        assert {states[t] for t in TASKS[2:]} == {"upstream_failed"}
         assert not target.exists()
+        note = run_note(dr)
+        assert note.splitlines()[0].startswith("**Rejected** by olga.ops at 20")
+        assert note.splitlines()[0].endswith(" UTC — nothing was restored") and "incident 42" in note
         return
+    assert dr.state == "success", states
+    assert states["approve_restore"] == "success"
     assert {states[t] for t in TASKS[2:]} == {"success"}
     doc = json.loads((target / "RESTORE_REPORT.json").read_text())
     assert doc["approval"]["by"] == "olga.ops" and doc["approval"]["choice"] == "Approve"
     assert doc["approval"]["note"] == "incident 42"
+
+
+@pytest.mark.parametrize("event", [
+    {"error": "The Human-in-the-loop response timeout has passed without a response.", "error_type": "timeout"},
+    # a default recorded by Airflow (no user): never taken as an approval
+    {"chosen_options": ["Approve"], "params_input": {}, "responded_at": None, "responded_by_user": None},
+])
+def test_an_unanswered_approval_fails_the_gate_with_a_no_answer_note(event):
+    from backups.orchestration.approval import GateClosed
+
+    gate = _dag().task_dict["approve_restore"]
+    with pytest.raises(GateClosed) as ei:
+        gate.execute_complete({"params": {}}, dict(event))
+    assert ei.value.note.splitlines()[0] == "**No answer within 24 h** — nothing was restored"
+    assert str(ei.value) == "No answer within 24 h — nothing was restored"
 
 
 def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow_db, app, monkeypatch):

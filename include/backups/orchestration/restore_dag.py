@@ -8,9 +8,10 @@ Graph::
 * ``locate`` — ``commands.restore.locate``: the named storage, or the first one (config order) that is reachable and holds the snapshot with
   its whole chain (every object present with its size). Checks the params against the snapshot. Small XCom:
   storage, snapshot id, chain, archive or not, object count, the sources to restore, the target's state.
-* ``approve_restore`` — Airflow's ``ApprovalOperator`` (skipped when ``require_approval`` is false). It comes
-  *before* the archive wait on purpose: S3 bills every GLACIER retrieval, so nothing is thawed before a person
-  said yes. Reject (or no answer in 24 h) skips everything after it.
+* ``approve_restore`` — :class:`~backups.orchestration.approval.BackupApprovalOperator` (skipped when
+  ``require_approval`` is false). It comes *before* the archive wait on purpose: S3 bills every GLACIER retrieval,
+  so nothing is thawed before a person said yes. Reject (or no answer in 24 h) fails the gate: the run ends
+  *failed*, its note "**Rejected** by … at … — nothing was restored" (or "No answer within 24 h — …").
 * ``wait_for_archive`` — :class:`~backups.orchestration.archive.WaitForArchiveSensor`: at once for non-archive
   storage; otherwise requests the S3 restores and defers to the triggerer until every object is readable.
 * ``restore`` — ``check_prerequisites`` (target, free space, PostgreSQL target) then ``run_restore``:
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
@@ -169,7 +169,8 @@ def restore_doc(cfg: Config) -> str:
         "1. `locate` finds the snapshot and checks its chain is complete on that storage.",
         "2. `approve_restore`: a person approves (**Required Actions** in the UI, or `PATCH /api/v2/dags/"
         f"{DAG_ID}/dagRuns/{{run_id}}/taskInstances/{APPROVE_TASK}/-1/hitlDetails`); Reject or no answer in 24 h "
-        "stops the run. `require_approval=false` skips the gate.",
+        "ends the run as failed, with a note saying nothing was restored. `require_approval=false` skips the gate. "
+        "Runs are concurrent; a second run into the same target directory is refused.",
         "3. `wait_for_archive`: for S3 GLACIER / DEEP_ARCHIVE storage, requests the restores and waits in the "
         "triggerer (hours); at once otherwise.",
         "4. `restore`: every file SHA-256 checked; a non-empty target is refused unless `force`.",
@@ -233,14 +234,14 @@ def build_restore_dag(cfg: Config) -> DAG:
     )
     claim_holder = {"on_failure_callback": [*failure, release_target]}
     with dag:
-        add_restore_tasks({**on_host, **claim_holder}, {**heavy, **claim_holder})
+        add_restore_tasks({**on_host, **claim_holder}, {**heavy, **claim_holder}, failure)
     return dag
 
 
-def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
+def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
     """The tasks and their order; each ``@task`` calls one step of :mod:`backups.commands.restore`."""
     from ..commands.target_lock import TargetOwner, claim, release
-    from .approval import BackupApprovalOperator, note_param
+    from .approval import BackupApprovalOperator, gate_note, note_param
     from .archive import WaitForArchiveSensor
 
     @task(task_id=LOCATE_TASK)
@@ -268,10 +269,10 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
              "{% if params.pg_target_conn_id %}; PostgreSQL target: connection `{{ params.pg_target_conn_id }}`{% endif %}\n"
              "{% if loc['target_state'].startswith('not empty') and not params.force %}\n**The target is not empty and "
              "force is off: the restore will be refused.**\n{% endif %}\n"
-             "Approve to restore now; Reject (or no answer in 24 h) stops the run.",
-        defaults="Reject",
-        response_timeout=timedelta(hours=24),
+             "Approve to restore now; Reject (or no answer in 24 h) ends the run as failed, nothing restored.",
+        outcome="restored",
         params={"note": note_param("restore report")},
+        on_failure_callback=[*failure, gate_note],  # the gate's note replaces the generic failure note
     )
 
     wait = WaitForArchiveSensor(
