@@ -169,6 +169,8 @@ def test_approval_gate_answered(airflow_db, app, approver, choice):
     assert not hitl["defaults"]  # no default: Reject is not the highlighted button, a timeout is no answer
     assert hitl["subject"] == f"Restore {WEEKLY} from local into {target}?"
     assert "* sources: app_files" in hitl["body"] and "currently missing (will be created)" in hitl["body"]
+    assert "readable now (no thaw)" in hitl["body"] and "MB free at the target" in hitl["body"]
+    assert "Checked before this request: target missing (will be created), writable" in hitl["body"]
     if choice == "Reject":  # not a green run: failed, nothing thawed, nothing written, and the note says why
         assert dr.state == "failed", states
         assert states["approve_restore"] == "failed"
@@ -212,11 +214,15 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
     dr = _dag().test(run_conf={"target": str(target), "require_approval": False})
     states = task_states(dr)
     assert dr.state == "failed"
+    # refused before the approval (a person is never asked to approve a restore that cannot run)
     assert (states["locate"], states["restore"], states["verify_restored"], states["report"]) == (
-        "success", "failed", "upstream_failed", "upstream_failed")
+        "failed", "upstream_failed", "upstream_failed", "upstream_failed")
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]  # no source, no .partial dir, no report
     failures = [c for c in calls if c["event"] == "task_failure"]
-    assert [(c["task_id"], c["try_number"]) for c in failures] == [("restore", 1)]  # at once, no retry
+    assert [(c["task_id"], c["try_number"]) for c in failures] == [("locate", 1)]  # at once, no retry
+    note = run_note(dr)
+    assert note.startswith(f"**Refused before approval** — restore target {target} is not empty")
+    assert "Trigger the DAG again with the changed parameters" in note and "clear the task" not in note
     assert f"restore target {target} is not empty" in failures[0]["reason"]
     assert "fix: choose an empty or new directory, or pass --force" in failures[0]["reason"]
 
@@ -227,9 +233,10 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
     assert db_rows(target / "app_db" / "app.db") == db_rows(app["home"] / "app.db")
 
 
-def test_a_target_claimed_by_another_run_fails_restore_at_once_naming_it(airflow_db, app, monkeypatch):
-    """Two runs into one directory: the second is refused at once (no retry), naming the run that holds the
-    target; nothing is written. A run that ends (here: succeeds) releases its own claim."""
+def test_a_target_claimed_by_another_run_is_refused_at_once_naming_it(airflow_db, app, monkeypatch):
+    """Two runs into one directory: the second is refused at once (no retry, before its approval is asked),
+    naming the run that holds the target; nothing is written. A run that ends (here: succeeds) releases its own
+    claim. (``restore`` checks again after the approval, and claims the target itself.)"""
     from backups.commands import target_lock as tl
     from backups.orchestration import notifiers
 
@@ -238,7 +245,7 @@ def test_a_target_claimed_by_another_run_fails_restore_at_once_naming_it(airflow
     target = app["tmp"] / "shared"
     tl.claim(target, tl.TargetOwner(door=DAG_ID, run_id="manual__other", user="olga.ops"))
     dr = _dag().test(run_conf={"target": str(target), "require_approval": False})
-    assert dr.state == "failed" and task_states(dr)["restore"] == "failed"
+    assert dr.state == "failed" and task_states(dr)["locate"] == "failed"
     assert not target.exists()
     (failure,) = [c for c in calls if c["event"] == "task_failure"]
     assert failure["try_number"] == 1
@@ -261,10 +268,18 @@ def test_table_dependencies_refused_then_included(airflow_db, app, monkeypatch):
     conf = {"target": str(target), "sources": ["app_db"], "tables": ["missions"], "require_approval": False,
             "include_dependencies": None}
     dr = _dag().test(run_conf=conf)
-    assert dr.state == "failed" and task_states(dr)["restore"] == "failed"
+    assert dr.state == "failed" and task_states(dr)["locate"] == "failed"  # before the approval
     assert not target.exists()
     (failure,) = [c for c in calls if c["event"] == "task_failure"]
     assert "robots (referenced by missions)" in failure["reason"] and "include_dependencies" in failure["reason"]
+    note = run_note(dr)
+    assert note.startswith("**Refused before approval** — the chosen tables reference tables")
+    assert "* fix: trigger again with include_dependencies: true" in note and "* app_db: robots" in note
+    dr = _dag().test(run_conf={**conf, "tables": ["missions", "no_such_table"]})
+    assert dr.state == "failed"
+    note = run_note(dr)
+    assert "no_such_table not in snapshot" in note and "robots" in note and "missions" in note  # its tables listed
+    assert "trigger again with tables from that list" in note
     dr = _dag().test(run_conf={**conf, "include_dependencies": True})
     assert dr.state == "success", task_states(dr)
     rows = db_rows(app["home"] / "app.db")

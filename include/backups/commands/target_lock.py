@@ -61,7 +61,7 @@ def holder(target: str | Path) -> TargetOwner | None:
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         owner = TargetOwner(**{k: data[k] for k in TargetOwner.__dataclass_fields__ if k in data})
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError, TypeError):
         # unreadable or foreign: still a claim, by someone we cannot name

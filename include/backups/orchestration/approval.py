@@ -34,12 +34,16 @@ log = logging.getLogger("backups.orchestration.approval")
 RESPONSE_TIMEOUT = timedelta(hours=24)
 
 
-class GateClosed(AirflowFailException):
-    """The approval gate ended the run: rejected, or not answered in time. ``note`` is the run's note."""
+class RunEnded(AirflowFailException):
+    """A failure that ends the run on purpose (no retry) and says why in the run's note (``note``, Markdown)."""
 
     def __init__(self, message: str, note: str) -> None:
         super().__init__(message)
         self.note = note
+
+
+class GateClosed(RunEnded):
+    """The approval gate ended the run: rejected, or not answered in time."""
 
 
 def _when(value: Any) -> str:
@@ -111,18 +115,22 @@ class BackupApprovalOperator(ApprovalOperator):
         return GateClosed(first, note)
 
 
-def gate_note(context: Any) -> None:
-    """The gate's last failure callback: a :class:`GateClosed` sets the run's note (after the generic failure
-    notifier, whose "Failed — task …" note it replaces). Never raises."""
+def ended_note(context: Any) -> None:
+    """The last failure callback of a task that may raise :class:`RunEnded` (the gate, the restore's request
+    checks): sets the run's note from it, after the generic failure notifier, whose "Failed — task …" note it
+    replaces. Other failures keep the generic note. Never raises."""
     exc = context.get("exception")
-    if not isinstance(exc, GateClosed):
+    if not isinstance(exc, RunEnded):
         return
     try:
         from .run_notes import set_run_note
 
         set_run_note(context["dag"].dag_id, context["run_id"], exc.note)
     except Exception:
-        log.exception("the run note of the closed approval gate could not be set")
+        log.exception("the run note of the ended run could not be set")
+
+
+gate_note = ended_note
 
 
 def note_param(what: str) -> Any:
