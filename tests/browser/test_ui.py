@@ -46,8 +46,9 @@ def submit_trigger(page, dialog, dag_id: str) -> str:
 
 
 def approve(page, api, url: str, dag_id: str, run_id: str, task_id: str, shot,
-            timeout: float = RUN_TIMEOUT) -> None:
-    """Open the task's Required Actions view, wait until the approval can be given, click Approve once.
+            timeout: float = RUN_TIMEOUT, choice: str = "Approve") -> None:
+    """Open the task's Required Actions view, wait until the approval can be given, click Approve (or
+    ``choice``) once.
 
     The UI shows the Approve button as soon as the task has written its question, but keeps it disabled until the
     task instance is ``deferred`` / ``awaiting_input`` (Airflow 3.3's HITL form: ``disabled = !(state in
@@ -63,7 +64,7 @@ def approve(page, api, url: str, dag_id: str, run_id: str, task_id: str, shot,
     while True:
         state = api.get(ti_path).get("state")
         page.goto(view)
-        button = page.get_by_role("button", name="Approve", exact=True)
+        button = page.get_by_role("button", name=choice, exact=True)
         try:
             button.wait_for(timeout=15_000)
         except Exception:  # noqa: BLE001 - the task has not reached the approval yet
@@ -77,7 +78,7 @@ def approve(page, api, url: str, dag_id: str, run_id: str, task_id: str, shot,
                 break
             if state in ("deferred", "awaiting_input"):
                 shot("approval-disabled")
-                raise AssertionError(f"{dag_id}/{run_id}: Approve is disabled while {task_id} is {state}: the form "
+                raise AssertionError(f"{dag_id}/{run_id}: {choice} is disabled while {task_id} is {state}: the form "
                                      "treats a param as required (the approval note must be optional)")
         if time.monotonic() > deadline:
             shot("approval-never-asked")

@@ -24,7 +24,7 @@ import pytest
 
 from backups.commands import restore as rc
 from backups.config import load_config
-from tests.dags.common import load_dags, task_states
+from tests.dags.common import load_dags, run_note, task_states
 from tests.helpers import app_tree, db_rows, run_backup, use_shipped_local_config
 from tests.unit.storage.test_s3 import BUCKET, SECRET, s3_endpoint  # noqa: F401  (session fixture: moto's S3 server)
 
@@ -66,7 +66,8 @@ def test_restore_dag_parses_with_conventions_graph_and_form():
     from backups.orchestration.archive import WaitForArchiveSensor
 
     dag = _dag()
-    assert dag.schedule is None and dag.catchup is False and dag.max_active_runs == 1
+    assert dag.schedule is None and dag.catchup is False
+    assert dag.max_active_runs > 1  # concurrent runs: a restore left waiting for approval blocks no other one
     assert "restore" in dag.tags
     assert dag.doc_md and "approve_restore" in dag.doc_md and "RESTORE_REPORT" in dag.doc_md
     assert dag.on_success_callback and dag.on_failure_callback
@@ -163,20 +164,43 @@ def test_approval_gate_answered(airflow_db, app, approver, choice):
     dr = _dag().test(run_conf={"target": str(target), "sources": ["app_files"]})
     responder.join(5)  # answered through the API, as olga.ops, with that choice
     states = task_states(dr)
-    assert dr.state == "success", states
-    assert states["approve_restore"] == "success"
     hitl = responder.detail
     assert hitl["task_instance"]["dag_run_id"] == dr.run_id and hitl["options"] == ["Approve", "Reject"]
+    assert not hitl["defaults"]  # no default: Reject is not the highlighted button, a timeout is no answer
     assert hitl["subject"] == f"Restore {WEEKLY} from local into {target}?"
     assert "* sources: app_files" in hitl["body"] and "currently missing (will be created)" in hitl["body"]
-    if choice == "Reject":  # nothing thawed, nothing written
-        assert {states[t] for t in TASKS[2:]} == {"skipped"}
+    assert "readable now (no thaw)" in hitl["body"] and "MB free at the target" in hitl["body"]
+    assert "Checked before this request: target missing (will be created), writable" in hitl["body"]
+    if choice == "Reject":  # not a green run: failed, nothing thawed, nothing written, and the note says why
+        assert dr.state == "failed", states
+        assert states["approve_restore"] == "failed"
+        assert {states[t] for t in TASKS[2:]} == {"upstream_failed"}
         assert not target.exists()
+        note = run_note(dr)
+        assert note.splitlines()[0].startswith("**Rejected** by olga.ops at 20")
+        assert note.splitlines()[0].endswith(" UTC — nothing was restored") and "incident 42" in note
         return
+    assert dr.state == "success", states
+    assert states["approve_restore"] == "success"
     assert {states[t] for t in TASKS[2:]} == {"success"}
     doc = json.loads((target / "RESTORE_REPORT.json").read_text())
     assert doc["approval"]["by"] == "olga.ops" and doc["approval"]["choice"] == "Approve"
     assert doc["approval"]["note"] == "incident 42"
+
+
+@pytest.mark.parametrize("event", [
+    {"error": "The Human-in-the-loop response timeout has passed without a response.", "error_type": "timeout"},
+    # a default recorded by Airflow (no user): never taken as an approval
+    {"chosen_options": ["Approve"], "params_input": {}, "responded_at": None, "responded_by_user": None},
+])
+def test_an_unanswered_approval_fails_the_gate_with_a_no_answer_note(event):
+    from backups.orchestration.approval import GateClosed
+
+    gate = _dag().task_dict["approve_restore"]
+    with pytest.raises(GateClosed) as ei:
+        gate.execute_complete({"params": {}}, dict(event))
+    assert ei.value.note.splitlines()[0] == "**No answer within 24 h** — nothing was restored"
+    assert str(ei.value) == "No answer within 24 h — nothing was restored"
 
 
 def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow_db, app, monkeypatch):
@@ -190,11 +214,15 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
     dr = _dag().test(run_conf={"target": str(target), "require_approval": False})
     states = task_states(dr)
     assert dr.state == "failed"
+    # refused before the approval (a person is never asked to approve a restore that cannot run)
     assert (states["locate"], states["restore"], states["verify_restored"], states["report"]) == (
-        "success", "failed", "upstream_failed", "upstream_failed")
+        "failed", "upstream_failed", "upstream_failed", "upstream_failed")
     assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]  # no source, no .partial dir, no report
     failures = [c for c in calls if c["event"] == "task_failure"]
-    assert [(c["task_id"], c["try_number"]) for c in failures] == [("restore", 1)]  # at once, no retry
+    assert [(c["task_id"], c["try_number"]) for c in failures] == [("locate", 1)]  # at once, no retry
+    note = run_note(dr)
+    assert note.startswith(f"**Refused before approval** — restore target {target} is not empty")
+    assert "Trigger the DAG again with the changed parameters" in note and "clear the task" not in note
     assert f"restore target {target} is not empty" in failures[0]["reason"]
     assert "fix: choose an empty or new directory, or pass --force" in failures[0]["reason"]
 
@@ -203,6 +231,30 @@ def test_non_empty_target_without_force_fails_restore_and_writes_nothing(airflow
     assert dr.state == "success", task_states(dr)
     assert sorted(p.name for p in target.iterdir()) == ["RESTORE_REPORT.json", "RESTORE_REPORT.md", "app_db", "keep.txt"]
     assert db_rows(target / "app_db" / "app.db") == db_rows(app["home"] / "app.db")
+
+
+def test_a_target_claimed_by_another_run_is_refused_at_once_naming_it(airflow_db, app, monkeypatch):
+    """Two runs into one directory: the second is refused at once (no retry, before its approval is asked),
+    naming the run that holds the target; nothing is written. A run that ends (here: succeeds) releases its own
+    claim. (``restore`` checks again after the approval, and claims the target itself.)"""
+    from backups.commands import target_lock as tl
+    from backups.orchestration import notifiers
+
+    calls: list[dict] = []
+    monkeypatch.setattr(notifiers, "LISTENERS", [calls.append])
+    target = app["tmp"] / "shared"
+    tl.claim(target, tl.TargetOwner(door=DAG_ID, run_id="manual__other", user="olga.ops"))
+    dr = _dag().test(run_conf={"target": str(target), "require_approval": False})
+    assert dr.state == "failed" and task_states(dr)["locate"] == "failed"
+    assert not target.exists()
+    (failure,) = [c for c in calls if c["event"] == "task_failure"]
+    assert failure["try_number"] == 1
+    assert f"target {target} is already being restored by {DAG_ID} run manual__other of olga.ops" in failure["reason"]
+    assert tl.holder(target).run_id == "manual__other"  # the failed run did not take the other run's claim away
+    tl.release(target, "manual__other")
+    dr = _dag().test(run_conf={"target": str(target), "require_approval": False, "sources": ["app_db"]})
+    assert dr.state == "success", task_states(dr)
+    assert not tl.lock_path(target).exists()
 
 
 def test_table_dependencies_refused_then_included(airflow_db, app, monkeypatch):
@@ -216,10 +268,18 @@ def test_table_dependencies_refused_then_included(airflow_db, app, monkeypatch):
     conf = {"target": str(target), "sources": ["app_db"], "tables": ["missions"], "require_approval": False,
             "include_dependencies": None}
     dr = _dag().test(run_conf=conf)
-    assert dr.state == "failed" and task_states(dr)["restore"] == "failed"
+    assert dr.state == "failed" and task_states(dr)["locate"] == "failed"  # before the approval
     assert not target.exists()
     (failure,) = [c for c in calls if c["event"] == "task_failure"]
     assert "robots (referenced by missions)" in failure["reason"] and "include_dependencies" in failure["reason"]
+    note = run_note(dr)
+    assert note.startswith("**Refused before approval** — the chosen tables reference tables")
+    assert "* fix: trigger again with include_dependencies: true" in note and "* app_db: robots" in note
+    dr = _dag().test(run_conf={**conf, "tables": ["missions", "no_such_table"]})
+    assert dr.state == "failed"
+    note = run_note(dr)
+    assert "no_such_table not in snapshot" in note and "robots" in note and "missions" in note  # its tables listed
+    assert "trigger again with tables from that list" in note
     dr = _dag().test(run_conf={**conf, "include_dependencies": True})
     assert dr.state == "success", task_states(dr)
     rows = db_rows(app["home"] / "app.db")

@@ -23,7 +23,7 @@ from backups.config import load_config
 from backups.demo import fmr
 from backups.engine.restorer import restore
 from backups.storage import open_storage
-from tests.dags.common import load_dags, task_states
+from tests.dags.common import load_dags, run_note, task_states
 from tests.helpers import ROOT, app_tree, db_rows
 
 pytestmark = pytest.mark.airflow
@@ -148,17 +148,21 @@ def test_manual_approval_gate_answered(airflow_db, app, approver, choice):
                   run_conf={"sources": ["app_db"], "storages": ["local"], "comment": "schema change"})
     responder.join(5)  # answered through the API, as olga.ops, with that choice
     states = task_states(dr)
-    assert dr.state == "success", states
-    assert states["approve_backup"] == "success"
+    assert not responder.detail["defaults"]  # Reject is not the highlighted button
     cfg = load_config()
     storage = open_storage(cfg, "local", read_only=True)
     sid = f"manual-202602{day:02d}T090000Z"
-    if choice == "Reject":  # nothing touched data; the teardown still ran
-        assert states["pre_backup.check_system_state"] == "skipped"
-        assert {s for t, s in states.items() if t.startswith(("pre_backup", "backup", "verify"))} == {"skipped"}
+    if choice == "Reject":  # a failed run, not a green one; nothing touched data; the teardown still ran
+        assert dr.state == "failed", states
+        assert states["approve_backup"] == "failed"
+        assert {s for t, s in states.items() if t.startswith(("pre_backup", "backup", "verify"))} == {"upstream_failed"}
         assert states["post_backup.cleanup"] == "success"
         assert sid not in Catalog(storage, cfg.application).snapshots
+        first = run_note(dr).splitlines()[0]
+        assert first.startswith("**Rejected** by olga.ops at ") and first.endswith(" — nothing was backed up")
         return
+    assert dr.state == "success", states
+    assert states["approve_backup"] == "success"
     assert states["backup.extract_config[0]"] == "skipped"  # app_files not chosen
     doc = json.loads(storage.get_bytes(f"reports/manual/{sid}.json"))
     assert doc["approval"]["by"] == "olga.ops" and doc["approval"]["choice"] == "Approve"

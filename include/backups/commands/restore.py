@@ -160,6 +160,14 @@ class Location:
     target_state: str
     source_bytes: int = 0  #: the chosen sources' size as backed up (the free-space check)
     skipped_storages: dict[str, str] = field(default_factory=dict)
+    #: the snapshot's tables per chosen database source (from its manifest): what ``tables`` may name
+    db_tables: dict[str, list[str]] = field(default_factory=dict)
+    #: filled by :func:`check_before_approval`: the table plan (foreign keys; None: no tables chosen, or an
+    #: archive storage, whose plan needs the thaw), the free space at the target, the bytes a restore needs
+    tables: dict[str, Any] | None = None
+    free_bytes: int | None = None
+    needed_bytes: int | None = None
+    checked: list[str] = field(default_factory=list)  #: what was checked before the approval, in words
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -203,12 +211,14 @@ def locate(cfg: Config, req: RestoreRequest, resolver: Any = None) -> Location:
                           hint="clear it, or add the postgres source to the sources")
     chain = cat.chain_of(snap)
     keys = needed_keys(cat, snap)
+    db_tables = {n: sorted((snap.sources[n].get("details") or {}).get("tables") or {})
+                 for n in chosen if kinds[n] in DB_KINDS}
     loc = Location(snapshot_id=snap.id, tier=snap.tier, type=snap.type, logical_date=snap.doc["logical_date"],
                    chain=list(snap.chain), storage=st.name, storage_type=cfg.storages[st.name].type,
                    archive=bool(st.archive), objects=len(keys),
                    chain_bytes=sum(o["size"] for s in chain for o in s.objects()), sources=chosen, kinds=kinds,
                    source_bytes=sum(int(snap.sources[n].get("bytes") or 0) for n in chosen), target=req.target,
-                   target_state=target_state(req.target), skipped_storages=skipped)
+                   target_state=target_state(req.target), skipped_storages=skipped, db_tables=db_tables)
     log.info("restore %s (%s, chain %s) from %s%s into %s (%s): sources %s", snap.id, snap.type, " -> ".join(snap.chain),
              st.name, f" (archive: {len(keys)} object(s) to thaw)" if st.archive else "", req.target,
              loc.target_state, ", ".join(chosen))
@@ -291,8 +301,8 @@ def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
             unknown = [t for t in wanted if t not in refs]
             if unknown:
                 raise NotFoundError(f"restore: table(s) {', '.join(unknown)} not in the backed-up database of source "
-                                    f"{name} ({snap.id})",
-                                    hint=f"its tables: {', '.join(sorted(refs))}")
+                                    f"{name} ({snap.id}); its tables: {', '.join(sorted(refs))}",
+                                    hint="trigger again with tables from that list (CLI: --table)")
             deps = dependency_closure(refs, wanted)
             state = pg_target_tables(pg_dsn, wanted + deps) if kind == "postgres" and pg_dsn else {}
             in_target = [t for t in deps if state.get(t) is not None]
@@ -313,8 +323,8 @@ def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
     if missing:
         raise RefusedError("restore: the chosen tables reference tables that are not restored with them (foreign keys); "
                            "nothing was written:\n  - " + "\n  - ".join(missing),
-                           hint="restore them too: add --with-dependencies (DAG: include_dependencies), or name them "
-                                "with --table / tables")
+                           hint="trigger again with include_dependencies: true (CLI: --with-dependencies) to restore "
+                                "them too, or name them in tables (--table)")
     if nonempty and not req.force:
         raise RefusedError("restore: the PostgreSQL target already holds rows in " + ", ".join(nonempty) +
                            "; nothing was written",
@@ -375,15 +385,18 @@ def check_writable(target: Path, replaced: list[Path] | None = None) -> None:
 
 
 def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn: str | None = None, *,
-                        validate: bool = True) -> Prerequisites:
-    """The target (not the root, not in a repository, a directory, empty unless ``force``, writable, enough free space for
-    the whole sources), the PostgreSQL target (answers) and, when databases are to be validated, Great
-    Expectations (installed; not imported here). Nothing is written. ConfigError / RefusedError / SourceError."""
+                        validate: bool = True, run_id: str | None = None) -> Prerequisites:
+    """The target (not the root, not in a repository, not claimed by another run than ``run_id``, a directory,
+    empty unless ``force``, writable, enough free space for the whole sources), the PostgreSQL target (answers)
+    and, when databases are to be validated, Great Expectations (installed; not imported here). Nothing is
+    written. ConfigError / RefusedError / SourceError."""
     import importlib.util
 
     from ..engine.restorer import check_target
+    from .target_lock import check_free
 
     guard_target(cfg, req.target)
+    check_free(req.target, run_id)
     if validate and any(k in DB_KINDS for k in loc.kinds.values()) and importlib.util.find_spec("great_expectations") is None:
         raise ConfigError("restore: the restored databases are to be validated, but Great Expectations is not installed",
                           hint="install the validation extra (pip install 'fmr-backups[validation]'), or pass "
@@ -417,6 +430,49 @@ def check_prerequisites(cfg: Config, req: RestoreRequest, loc: Location, pg_dsn:
             pg_state = f"reachable, holds {len(present)} table(s) (force: the dump's are replaced)" if present else "reachable, empty"
     return Prerequisites(target=req.target, target_state=target_state(req.target), free_bytes=free, needed_bytes=needed,
                          pg_target=pg_state)
+
+
+def _known_tables(req: RestoreRequest, loc: Location) -> None:
+    """NotFoundError when a chosen table is in none of the chosen database sources (from the manifest, so it
+    works before an archive's thaw), listing the snapshot's tables."""
+    if not req.tables or not loc.db_tables:
+        return
+    have = {t for ts in loc.db_tables.values() for t in ts} | {_pg_key(t) for ts in loc.db_tables.values() for t in ts}
+    if not any(loc.db_tables.values()):  # an old manifest without table names: the plan checks after the thaw
+        return
+    unknown = [t for t in req.tables if t not in have and _pg_key(t) not in have]
+    if unknown:
+        listing = "; ".join(f"{n}: {', '.join(ts)}" for n, ts in loc.db_tables.items())
+        raise NotFoundError(f"restore: table(s) {', '.join(unknown)} not in snapshot {loc.snapshot_id} (its tables: "
+                            f"{listing})", hint=f"trigger again with tables from that list (CLI: --table), e.g. "
+                                                f"{next(iter(t for ts in loc.db_tables.values() for t in ts), '-')}")
+
+
+def check_before_approval(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None,
+                          pg_dsn: str | None = None, *, validate: bool = True, run_id: str | None = None) -> Location:
+    """Everything that can be known before a person approves (and before an archive is thawed): the target
+    (:func:`check_prerequisites`: state, claim by another run, writable, free space), the chosen tables exist in the
+    snapshot, and — on a storage that is readable now — the foreign-key plan (:func:`plan_tables`: a missing
+    dependency refuses here, naming ``include_dependencies``). An archive storage's plan needs the thaw: it is
+    made after it (the approval text says so). Returns ``loc`` with ``tables``, ``free_bytes``, ``needed_bytes``
+    and ``checked`` filled in; raises the first refusal (nothing written)."""
+    pre = check_prerequisites(cfg, req, loc, pg_dsn, validate=validate, run_id=run_id)
+    loc.free_bytes, loc.needed_bytes = pre.free_bytes, pre.needed_bytes
+    loc.checked = [f"target {pre.target_state}, writable, {mb(pre.free_bytes)} free"
+                   + (f" for {mb(pre.needed_bytes)}" if pre.needed_bytes else "")]
+    if pre.pg_target:
+        loc.checked.append(f"PostgreSQL target {pre.pg_target}")
+    _known_tables(req, loc)
+    if req.tables and not loc.archive:
+        plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
+        loc.tables = plan.to_dict() if plan else None
+        if plan:
+            loc.checked += [f"tables of {n}: {', '.join(s['tables'])}"
+                            + (f" (dependencies added: {', '.join(s['added'])})" if s["added"] else
+                               " (no missing foreign-key dependency)") for n, s in plan.sources.items()]
+    elif req.tables:
+        loc.checked.append("foreign-key dependencies of the tables: checked after the thaw (archive storage)")
+    return loc
 
 
 # ------------------------------------------------------------------------------------------------ thaw
@@ -1009,25 +1065,31 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
     restore, verify, report — the table plan, the restore and its verification under one shared repository lock
     (a prune waits until the restore is verified).
     Raises the first step's BackupError; the report is written only after a verified restore."""
+    from .target_lock import TargetOwner, claimed
+
     t0 = time.monotonic()
+    run = cli_run_info()
     req = check_request(cfg, req)
     loc = locate(cfg, req, resolver)
-    check_prerequisites(cfg, req, loc, pg_dsn, validate=validate)
-    wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds, timeout_seconds=thaw_timeout)
-    with shared_lock(cfg, loc.storage, resolver, operation="restore"):  # one lock over restore and verification
-        plan = plan_tables(cfg, req, loc, resolver, pg_dsn)
-        restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan, locked=True)
-        verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
-                                  scratch_dsn=pg_scratch_dsn(resolver) if validate else None, locked=True)
-    report = build_report(req, loc, restored, verified,
-                          cli_run_info(round(time.monotonic() - t0, 1), wait.to_dict()))
-    paths = write_report(req.target, report)
+    loc = check_before_approval(cfg, req, loc, resolver, pg_dsn, validate=validate, run_id=run.run_id)
+    # one restore per target: the claim is held for the whole run (another restore into it is refused at once)
+    with claimed(req.target, TargetOwner(door="cli", run_id=run.run_id, user=run.requested_by)):
+        wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds, timeout_seconds=thaw_timeout)
+        with shared_lock(cfg, loc.storage, resolver, operation="restore"):  # one lock over restore and verification
+            plan = TablePlan.from_dict(loc.tables) or plan_tables(cfg, req, loc, resolver, pg_dsn)
+            restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan, locked=True)
+            verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
+                                      scratch_dsn=pg_scratch_dsn(resolver) if validate else None, locked=True)
+        run.run_seconds, run.archive_wait = round(time.monotonic() - t0, 1), wait.to_dict()
+        report = build_report(req, loc, restored, verified, run)
+        paths = write_report(req.target, report)
     return RestoreOutcome(location=loc, restored=restored, verified=verified, report=report, report_paths=paths)
 
 
 __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",
            "RestoreReport", "RestoreRequest", "RestoreResult", "RestoredSource", "RunInfo", "Verification",
-           "CHECKED_WHILE_WRITTEN", "REREAD", "approval_from_hitl", "build_report", "check_prerequisites", "check_writable", "check_request", "cli_run_info",
+           "CHECKED_WHILE_WRITTEN", "REREAD", "approval_from_hitl", "build_report", "check_before_approval",
+           "check_prerequisites", "check_writable", "check_request", "cli_run_info",
            "guard_target", "hash_check", "include_selector", "locate", "plan_tables", "TablePlan",
            "regular_files", "restore_snapshot", "run_restore", "sha256_file", "shared_lock", "snapshot_still_there", "target_state",
            "verify_restore", "wait_for_archive", "walk_tree", "write_report"]

@@ -110,7 +110,8 @@ def manual_doc(cfg: Config) -> str:
         f"# Manual backup of {cfg.application}", "",
         "Trigger with the form: backup type, sources, storages and a comment. A person must then approve the "
         "run (**Required Actions** in the UI, or `PATCH /api/v2/dags/backup_manual/dagRuns/{run_id}/taskInstances/"
-        "approve_backup/-1/hitlDetails`) before anything is read or written; no answer in 24 h rejects it. "
+        "approve_backup/-1/hitlDetails`) before anything is read or written; Reject, or no answer in 24 h, ends the "
+        "run as failed with a note saying nothing was backed up. "
         "`require_approval=false` skips the gate (scripts, tests).", "",
         f"Snapshots are ids `manual-<timestamp>` (tier `manual`, retention: {cfg.manual_retention.describe()} — "
         f"`manual_retention` in the config). The run is verified like "
@@ -238,7 +239,7 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
         })
 
     if manual:
-        from .approval import BackupApprovalOperator, note_param
+        from .approval import BackupApprovalOperator, gate_note, note_param
 
         approve = BackupApprovalOperator(
             task_id="approve_backup",
@@ -250,9 +251,9 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
                  "* sources: {{ (params.sources or []) | join(', ') or 'every source' }}\n"
                  "* storages: {{ (params.storages or []) | join(', ') or 'every storage' }}\n"
                  "* comment: {{ params.comment or '-' }}\n\n"
-                 "Approve to run it now; Reject (or no answer in 24 h) skips the backup.",
-            defaults="Reject",
-            response_timeout=timedelta(hours=24),
+                 "Approve to run it now; Reject (or no answer in 24 h) ends the run as failed, nothing backed up.",
+            outcome="backed up",
             params={"note": note_param("result document")},
+            on_failure_callback=[*notifiers.task_failure_callbacks(cfg), gate_note],
         )
         approve >> built.tasks["check_system_state"]

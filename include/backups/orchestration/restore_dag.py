@@ -8,9 +8,10 @@ Graph::
 * ``locate`` — ``commands.restore.locate``: the named storage, or the first one (config order) that is reachable and holds the snapshot with
   its whole chain (every object present with its size). Checks the params against the snapshot. Small XCom:
   storage, snapshot id, chain, archive or not, object count, the sources to restore, the target's state.
-* ``approve_restore`` — Airflow's ``ApprovalOperator`` (skipped when ``require_approval`` is false). It comes
-  *before* the archive wait on purpose: S3 bills every GLACIER retrieval, so nothing is thawed before a person
-  said yes. Reject (or no answer in 24 h) skips everything after it.
+* ``approve_restore`` — :class:`~backups.orchestration.approval.BackupApprovalOperator` (skipped when
+  ``require_approval`` is false). It comes *before* the archive wait on purpose: S3 bills every GLACIER retrieval,
+  so nothing is thawed before a person said yes. Reject (or no answer in 24 h) fails the gate: the run ends
+  *failed*, its note "**Rejected** by … at … — nothing was restored" (or "No answer within 24 h — …").
 * ``wait_for_archive`` — :class:`~backups.orchestration.archive.WaitForArchiveSensor`: at once for non-archive
   storage; otherwise requests the S3 restores and defers to the triggerer until every object is readable.
 * ``restore`` — ``check_prerequisites`` (target, free space, PostgreSQL target) then ``run_restore``:
@@ -35,7 +36,9 @@ the params/XCom, call one step, push its ``to_dict()`` and map library errors to
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
@@ -43,10 +46,10 @@ from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
 from ..commands import notes
 from ..commands import restore as restore_command
 from ..commands.backup import MANUAL_TIER
-from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RestoreResult, RunInfo, Verification
+from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RestoreResult, RunInfo, TablePlan, Verification
 from ..commands.validate import pg_scratch_dsn
 from ..config import Config, load_config
-from ..errors import BackupError
+from ..errors import BackupError, ConfigError, NotFoundError, RefusedError
 from . import notifiers, run_notes
 from .adapters import POOL, run_seconds, task_errors
 from .dags import START_DATE, default_args
@@ -168,7 +171,8 @@ def restore_doc(cfg: Config) -> str:
         "1. `locate` finds the snapshot and checks its chain is complete on that storage.",
         "2. `approve_restore`: a person approves (**Required Actions** in the UI, or `PATCH /api/v2/dags/"
         f"{DAG_ID}/dagRuns/{{run_id}}/taskInstances/{APPROVE_TASK}/-1/hitlDetails`); Reject or no answer in 24 h "
-        "stops the run. `require_approval=false` skips the gate.",
+        "ends the run as failed, with a note saying nothing was restored. `require_approval=false` skips the gate. "
+        "Runs are concurrent; a second run into the same target directory is refused.",
         "3. `wait_for_archive`: for S3 GLACIER / DEEP_ARCHIVE storage, requests the restores and waits in the "
         "triggerer (hours); at once otherwise.",
         "4. `restore`: every file SHA-256 checked; a non-empty target is refused unless `force`.",
@@ -181,30 +185,77 @@ def restore_doc(cfg: Config) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the DAG
+#: errors whose fix is a different request (a parameter): the run's note says "trigger again with …"
+REQUEST_ERRORS = (ConfigError, RefusedError, NotFoundError)
+
+
+def request_note(exc: BackupError, *, approved: bool) -> str:
+    """The run's note when the request itself cannot be restored as asked: the refusal, the fix, and that the
+    fix is a new run with other parameters (clearing a task would rerun it with the same ones)."""
+    lines = exc.message.strip().splitlines() or ["(no message)"]
+    head = "**Refused** — " if approved else "**Refused before approval** — "
+    out = [head + lines[0].removeprefix("restore: "), ""]
+    out += [f"* {ln.strip().removeprefix('- ')}" for ln in lines[1:] if ln.strip()]
+    if exc.hint:
+        out.append(f"* fix: {exc.hint}")
+    out += ["", ("Nothing was written. " if approved else "Nothing was thawed or written. ")
+            + "Trigger the DAG again with the changed parameters — clearing the task would rerun it with the same ones."]
+    return "\n".join(out)
+
+
+@contextmanager
+def refused_request(*, approved: bool) -> Iterator[None]:
+    """A request error (bad parameter, target, table, snapshot) ends the run at once with a "trigger again" note."""
+    from .approval import RunEnded
+
+    try:
+        yield
+    except REQUEST_ERRORS as exc:
+        raise RunEnded(str(exc), request_note(exc, approved=approved)) from None
+
+
 def _runtime() -> tuple[Config, Any, RestoreRequest, Any]:
     ctx = get_current_context()
     cfg = load_config()
-    with task_errors(fail_fast=(BackupError,)):
+    with task_errors(fail_fast=(BackupError,)), refused_request(approved=False):
         req = request_from_params(cfg, ctx["params"])
     from .connections import task_resolver
 
     return cfg, task_resolver(cfg), req, ctx
 
 
+def release_target(context: Any) -> None:
+    """Failure callback of the tasks that hold the target's claim (restore, verify_restored, report): the run is
+    over for the target, another restore may use it. Never raises."""
+    from ..commands.target_lock import release
+
+    try:
+        target = str((context.get("params") or {}).get("target") or "").strip()
+        if target and release(os.path.normpath(target), context["run_id"]):
+            log.info("released the claim on the restore target %s", target)
+    except Exception:
+        log.exception("the restore target's claim could not be released")
+
+
+def _requested_by(ctx: Any) -> str:
+    return getattr(ctx["dag_run"], "triggering_user_name", None) or "unknown"
+
+
 def build_restore_dag(cfg: Config) -> DAG:
+    from .approval import ended_note
+
     on_host = {"queue": TARGET_QUEUE} if TARGET_QUEUE else {}
     heavy = {**on_host, **({"pool": POOL} if POOL else {})}
     failure = [notifiers.BackupNotifier("task_failure"), *notifiers.mail_notifiers(
         cfg, "[restore] {{ dag.dag_id }}: {{ ti.task_id }} failed",
         "<p>Restore task <b>{{ ti.task_id }}</b> of <b>{{ dag.dag_id }}</b> failed (run {{ run_id }}, target "
-        "{{ params.target }}).</p><pre>{{ exception | e }}</pre>")]
+        "{{ params.target }}).</p><pre>{{ exception | e }}</pre>"), ended_note]
     dag = DAG(
         dag_id=DAG_ID,
         description=f"Restore a snapshot of {cfg.application} into a directory: approved, verified, reported",
         schedule=None,
         start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
+        catchup=False,  # runs are concurrent: the target's claim refuses two runs into one directory
         default_args={**default_args(cfg), "on_failure_callback": failure},
         tags=["restore"],
         doc_md=restore_doc(cfg),
@@ -214,21 +265,26 @@ def build_restore_dag(cfg: Config) -> DAG:
             f"succeeded: restored, checked and validated. Application {cfg.application}.</p>")],
         on_failure_callback=notifiers.dag_failure_callbacks(cfg),
     )
+    claim_holder = {"on_failure_callback": [*failure, release_target]}
     with dag:
-        add_restore_tasks(on_host, heavy)
+        add_restore_tasks({**on_host, **claim_holder}, {**heavy, **claim_holder}, failure)
     return dag
 
 
-def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
+def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
     """The tasks and their order; each ``@task`` calls one step of :mod:`backups.commands.restore`."""
+    from ..commands.target_lock import TargetOwner, claim, release
     from .approval import BackupApprovalOperator, note_param
     from .archive import WaitForArchiveSensor
 
     @task(task_id=LOCATE_TASK)
     def locate_task() -> dict[str, Any]:
-        cfg, resolver, req, _ctx = _runtime()
-        with task_errors():
-            return restore_command.locate(cfg, req, resolver).to_dict()
+        cfg, resolver, req, ctx = _runtime()
+        # everything knowable before the approval: the snapshot, the target, the space, the tables' foreign keys
+        with task_errors(), refused_request(approved=False):
+            loc = restore_command.locate(cfg, req, resolver)
+            return restore_command.check_before_approval(cfg, req, loc, resolver, pg_target_dsn(req),
+                                                         run_id=ctx["run_id"]).to_dict()
 
     loc_ref = "ti.xcom_pull(task_ids='" + LOCATE_TASK + "')"
     approve = BackupApprovalOperator(
@@ -246,13 +302,21 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
              "* sources: {{ loc['sources'] | join(', ') }}\n"
              "* include: {{ (params.include or []) | join(', ') or 'everything' }}; tables: "
              "{{ (params.tables or []) | join(', ') or 'all' }}"
+             "{% if params.tables %} (include dependencies: {{ params.include_dependencies or False }}){% endif %}"
              "{% if params.pg_target_conn_id %}; PostgreSQL target: connection `{{ params.pg_target_conn_id }}`{% endif %}\n"
-             "{% if loc['target_state'].startswith('not empty') and not params.force %}\n**The target is not empty and "
-             "force is off: the restore will be refused.**\n{% endif %}\n"
-             "Approve to restore now; Reject (or no answer in 24 h) stops the run.",
-        defaults="Reject",
-        response_timeout=timedelta(hours=24),
+             "{% for src, names in (loc.get('db_tables') or {}).items() %}"
+             "* tables of `{{ src }}` in this snapshot: {{ names[:40] | join(', ') or 'not recorded' }}"
+             "{% if names | length > 40 %} … ({{ names | length }} in all){% endif %}\n{% endfor %}"
+             "* space: {{ ((loc.get('free_bytes') or 0) / 1e6) | round(1) }} MB free at the target"
+             "{% if loc.get('needed_bytes') %}, {{ (loc['needed_bytes'] / 1e6) | round(1) }} MB needed{% endif %}; "
+             "the chain is {{ (loc['chain_bytes'] / 1e6) | round(1) }} MB"
+             "{% if loc['archive'] %}, all of it retrieved from the archive (thaw needed){% else %}, readable now "
+             "(no thaw){% endif %}\n\n"
+             "Checked before this request: {{ (loc.get('checked') or []) | join('; ') }}.\n\n"
+             "Approve to restore now; Reject (or no answer in 24 h) ends the run as failed, nothing restored.",
+        outcome="restored",
         params={"note": note_param("restore report")},
+        on_failure_callback=failure,  # ended_note last: the gate's note replaces the generic failure note
     )
 
     wait = WaitForArchiveSensor(
@@ -270,10 +334,15 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         cfg, resolver, req, _ctx = _runtime()
         location = Location.from_dict(loc)
         # every library error fails at once: a retry would only meet the half-filled target and be refused
-        with task_errors(fail_fast=(BackupError,)):
+        with task_errors(fail_fast=(BackupError,)), refused_request(approved=True):
             pg_dsn = pg_target_dsn(req)
-            restore_command.check_prerequisites(cfg, req, location, pg_dsn)
-            plan = restore_command.plan_tables(cfg, req, location, resolver, pg_dsn)  # refuses before writing
+            # checked again: the target may have changed while the request waited for approval
+            restore_command.check_prerequisites(cfg, req, location, pg_dsn, run_id=_ctx["run_id"])
+            # one restore per target: claimed for this run until its report (or a failure) releases it
+            claim(req.target, TargetOwner(door=DAG_ID, run_id=_ctx["run_id"], user=_requested_by(_ctx)))
+            # the plan made before the approval; an archive's after the thaw (refuses before writing)
+            plan = TablePlan.from_dict(location.tables) or restore_command.plan_tables(cfg, req, location, resolver,
+                                                                                       pg_dsn)
             return restore_command.run_restore(cfg, req, location, resolver, pg_dsn, plan=plan).to_dict()
 
     @task(task_id="verify_restored", **heavy)
@@ -289,7 +358,7 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
         _cfg, _resolver, req, ctx = _runtime()
         ti, dag_run = ctx["ti"], ctx["dag_run"]
         run = RunInfo(door=ctx["dag"].dag_id, run_id=ctx["run_id"],
-                      requested_by=getattr(dag_run, "triggering_user_name", None) or "unknown",
+                      requested_by=_requested_by(ctx),
                       approval=restore_command.approval_from_hitl(ti.xcom_pull(task_ids=APPROVE_TASK, map_indexes=-1)),
                       run_seconds=run_seconds(dag_run),
                       archive_wait=ti.xcom_pull(task_ids=WAIT_TASK, map_indexes=-1))
@@ -298,6 +367,7 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any]) -> None:
                                               Verification.from_dict(verified), run)
         paths = restore_command.write_report(req.target, report)
         log.info("restore report written to %s:\n%s", ", ".join(paths), report.markdown)
+        release(req.target, ctx["run_id"])
         run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], notes.restore_note(report.doc, paths))
         notifiers.publish("restore_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], "report": paths,
                                                "snapshot_id": location.snapshot_id, "target": req.target})
