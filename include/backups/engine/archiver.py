@@ -32,6 +32,8 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from functools import lru_cache
@@ -54,12 +56,28 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 BATCH = 256 << 10  #: small members are handed to the compressor in batches of about this many bytes
 PARALLEL_HASH_MIN = 4 << 20  #: files at least this large are hashed on a helper thread while being compressed
+#: threads compressing an archive's frames of small members, each frame on its own (one zstd context each)
+FRAME_WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: frames compressed ahead of the writer: memory stays at a few frames (each FRAME_SIZE plus one member < 4 MiB)
+FRAMES_AHEAD = 2 * FRAME_WORKERS
 ZSTD_LEVEL = 3
 
 def compressor(threads: int = -1) -> zstandard.ZstdCompressor:
     """zstd level 3 on all cores, with 2 MiB jobs: the default 8 MiB jobs cost ~100 MB of buffers."""
     params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, threads=threads, job_size=2 << 20, window_log=20)
     return zstandard.ZstdCompressor(compression_params=params)
+
+
+_FRAME_CTX = threading.local()
+
+
+def _compress_frame(data: bytes) -> bytes:
+    """One complete zstd frame of ``data`` (level :data:`ZSTD_LEVEL`, the stream's window), on a pool thread."""
+    z = getattr(_FRAME_CTX, "z", None)
+    if z is None:
+        params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, window_log=20)
+        z = _FRAME_CTX.z = zstandard.ZstdCompressor(compression_params=params)
+    return z.compress(data)
 
 
 @contextmanager
@@ -154,8 +172,13 @@ def _entry(e: Entry, size: int, sha: str | None, snap: str, *, link: str | None 
 class _TarStream:
     """Appends members to a zstd-compressed tar object, opened lazily on the first stored member.
 
-    Headers and small members are batched in memory (at most ``BATCH`` bytes plus one member) and handed to the
-    compressor in one call: one call per member cost more than compressing a small file."""
+    Headers and small members are batched in memory, a frame at a time (:data:`~backups.engine.tarstream.FRAME_SIZE`
+    bytes plus one member), and each full frame is compressed on its own on a small pool (:data:`FRAME_WORKERS`
+    single-threaded compressors, the GIL released), a few frames ahead, written in order. Small frames are what
+    lets a partial restore read little (issue 18), and ending a frame of zstd's multi-threaded stream blocks until
+    its workers finish (measured: the compression then no longer overlapped the Python work). A large member
+    (:meth:`add_file`, ≥ ``PARALLEL_HASH_MIN``) is streamed through zstd's multi-threaded stream instead, in a
+    frame that ends at the next member, as is the archive's last frame."""
 
     def __init__(self, stack: ExitStack, storage: Storage, key: str) -> None:
         self.stack, self.storage, self.key = stack, storage, key
@@ -169,20 +192,42 @@ class _TarStream:
         self._frame = (0, 0, "")  #: (compressed offset, uncompressed offset, first member) of the open frame
         self._z: Any = None
         self._batch = bytearray()
+        #: the open frame is still all in ``_batch`` (compressed on the pool when it ends), not in the stream
+        self._pooled = True
+        self._ahead: deque[tuple[Any, int, str]] = deque()  #: (future of compressed bytes, uoffset, first member)
+        self._zpool: Any = None
 
     def _put(self, name: str, *parts: bytes) -> None:
-        """Batch the bytes of member ``name`` (after the frame boundary hook); the compressor gets whole batches."""
+        """Batch the bytes of member ``name`` (after the frame boundary hook): a pooled frame is compressed whole
+        when it ends; a streamed one gets whole batches."""
         self._open(name)
         for p in parts:
             self._batch += p
-        if len(self._batch) >= BATCH:
+        if not self._pooled and len(self._batch) >= BATCH:
             self.flush()
 
     def flush(self) -> None:
-        """Hand the batched members to the compressor (into the open frame)."""
+        """Hand the batched members to the stream (into the open frame, which is then a streamed one)."""
+        self._streamed()
         if self._batch:
             self.out.write(self._batch)  # type: ignore[union-attr]
             self._batch = bytearray()
+
+    def _streamed(self) -> None:
+        """Make the open frame a streamed one: every pooled frame before it is written first (in order)."""
+        if self._pooled:
+            self._drain(0)
+            self._pooled = False
+            self._frame = (self.hw.size, *self._frame[1:])  # type: ignore[union-attr]
+
+    def _drain(self, keep: int) -> None:
+        """Write the compressed pooled frames, oldest first, until at most ``keep`` are still in flight."""
+        while len(self._ahead) > keep:
+            fut, uoff, first = self._ahead.popleft()
+            comp = fut.result()
+            coff = self.hw.size  # type: ignore[union-attr]
+            self.hw.write(comp)  # type: ignore[union-attr]
+            self.frames.append(tarstream.Frame(coff, len(comp), uoff, first))
 
     def _open(self, name: str) -> BinaryIO:
         """The writer, opened on the first member; also the frame boundary hook: called before every member
@@ -194,15 +239,30 @@ class _TarStream:
             self.out = _Counting(z)
             self._frame = (0, 0, name)
         elif self.out.n + len(self._batch) - self._frame[1] >= tarstream.FRAME_SIZE:
-            self.flush()  # the members batched so far belong to the frame that ends here
             self._end_frame()
-            self._frame = (self.hw.size, self.out.n, name)  # type: ignore[union-attr]
+            self._frame = (-1, self.out.n, name)  # compressed offset: set when it is written
+            self._pooled = True
         return self.out
 
     def _end_frame(self) -> None:
-        self._z.flush(zstandard.FLUSH_FRAME)
         coff, uoff, first = self._frame
+        if self._pooled:  # compressed on the pool, written (in order) a few frames later
+            data, self._batch = bytes(self._batch), bytearray()
+            self.out.n += len(data)  # type: ignore[union-attr]
+            self._ahead.append((self._compressors().submit(_compress_frame, data), uoff, first))
+            self._drain(FRAMES_AHEAD)
+            return
+        self.flush()  # the members batched so far belong to the frame that ends here
+        self._z.flush(zstandard.FLUSH_FRAME)
         self.frames.append(tarstream.Frame(coff, self.hw.size - coff, uoff, first))  # type: ignore[union-attr]
+
+    def _compressors(self) -> Any:
+        if self._zpool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._zpool = ThreadPoolExecutor(max_workers=FRAME_WORKERS, thread_name_prefix="zstd-frame")
+            self.stack.callback(self._zpool.shutdown, cancel_futures=True)
+        return self._zpool
 
     def add_meta(self, e: Entry) -> None:
         self._put(e.path, _tarinfo(e, 0))
@@ -234,7 +294,7 @@ class _TarStream:
         hash and to the compressor. For large files the SHA-256 runs on a helper thread, double-buffered, while
         this thread feeds the compressor (hashlib releases the GIL)."""
         out = self._open(e.path)
-        self.flush()
+        self.flush()  # the frame becomes a streamed one
         out.write(_tarinfo(e, size))
         h = hashlib.sha256()
         left, short = size, False
@@ -275,10 +335,11 @@ class _TarStream:
         :func:`compressor` makes them: a PostgreSQL table file compressed while pg_dump wrote it). The member
         starts a frame-table row of its own, made of three zstd frames: its header, its bytes, its padding."""
         out = self._open(e.path)
-        self.flush()
-        if out.n > self._frame[1]:  # the open row holds members already: it ends, this member starts the next
+        if out.n + len(self._batch) > self._frame[1]:  # the open row holds members: it ends, this one starts the next
             self._end_frame()
-            self._frame = (self.hw.size, out.n, e.path)  # type: ignore[union-attr]
+            self._frame = (-1, out.n, e.path)
+            self._pooled = True
+        self.flush()  # a streamed frame (pooled frames before it written)
         out.write(_tarinfo(e, size))
         self._z.flush(zstandard.FLUSH_FRAME)
         while chunk := zdata.read(CHUNK):
@@ -302,7 +363,7 @@ class _TarStream:
         """Write the end-of-archive blocks (in the last frame), end it and append the frame table."""
         if self.out is None:
             return None
-        self.flush()
+        self.flush()  # the last frame is a streamed one (pooled frames before it written)
         self.out.write(tarstream.end_of_archive())  # the compressor's close ends the last frame
         return None
 

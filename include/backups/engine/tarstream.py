@@ -242,7 +242,7 @@ def iter_members(src: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[Member, 
 
 # ------------------------------------------------------------------------------------------------ frame table
 #: archives are cut into independent zstd frames at the first member boundary after this many uncompressed bytes
-FRAME_SIZE = 4 << 20
+FRAME_SIZE = 256 << 10
 _SKIPPABLE = 0x184D2A5B  #: a zstd skippable frame (magic 0x184D2A50-5F): ``zstd -dc`` passes over it
 _TAIL = b"BKFT"  #: the last 4 bytes of a seekable archive
 
