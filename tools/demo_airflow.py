@@ -43,6 +43,18 @@ def _environment(base: Path, config: Path) -> None:
         "BACKUP_CONFIG": str(config),
     })
     (base / "airflow").mkdir(parents=True, exist_ok=True)
+    from tools.airflow_local import ensure_fernet_key
+
+    # the key `make airflow` then uses too (same home): connections stored encrypted, no "empty cryptography key"
+    os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", ensure_fernet_key(base / "airflow"))
+
+
+def _quiet_library_warnings() -> None:
+    """Warnings a demo user cannot act on: dag.test() runs the execution API in process through Starlette's test
+    client, which warns that it is used with httpx (a pairing of two libraries Airflow chose, not ours)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient` is deprecated")
 
 
 class _TaskLogFiles(logging.Handler):
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remote", action="store_true",
                     help="start loopback S3 (moto) and SFTP (sshd) servers for the config's remote storages")
     args = ap.parse_args(argv)
+    _quiet_library_warnings()
     if not args.remote:
         return _run(args)
     from backups.demo.servers import ServerError, remote_servers

@@ -15,8 +15,8 @@ import sys
 from typing import Any
 
 from . import __version__
-from .commands.base import mb
 from .errors import BROKEN_PIPE, EXIT_CODES, BackupError, StorageError
+from .units import fmt_bytes, fmt_duration
 
 log = logging.getLogger("backups")
 
@@ -28,7 +28,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     with contextlib.redirect_stdout(sys.stderr):  # what a third-party import binds to "stdout" goes to stderr
         cfg, resolver = config_and_resolver(args.config)
     if resolver is not None:  # the Airflow import reconfigured logging: stdout is for the command's output only
-        route_logging(getattr(args, "log_level", logging.INFO))
+        route_logging(getattr(args, "log_level", logging.WARNING))
     _check_names(cfg, args)
     return cfg, resolver
 
@@ -121,6 +121,13 @@ def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = Tru
     raise StorageError("no storage is reachable:\n  " + "\n  ".join(errors), hint="check the storages section and the network")
 
 
+def _words(value: Any) -> str:
+    """A value for a sentence: a list as ``a, b`` (never Python's ``['a', 'b']``)."""
+    if isinstance(value, (list, tuple, set)):
+        return ", ".join(str(v) for v in (sorted(value) if isinstance(value, set) else value)) or "none"
+    return str(value)
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -147,16 +154,16 @@ def cmd_backup(args: argparse.Namespace) -> int:
         print(f"warning: {out['requested_type']} promoted to full: {out['promoted_reason']}", file=sys.stderr)
     for w in out.get("warnings") or []:  # the plan's own (clock skew); the sources' are counted in the table
         print(f"warning: {w}", file=sys.stderr)
-    rows = [[n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], mb(r["stored_bytes"]), r["deleted"], r["warnings"]]
+    rows = [[n, r["kind"], r["files"], fmt_bytes(r["bytes"]), r["stored_files"], fmt_bytes(r["stored_bytes"]), r["deleted"], r["warnings"]]
             for n, r in sorted(out["sources"].items())]
     took = out["durations"].get("snapshot_seconds")
     print(f"snapshot {out['id']}  type={out['type']}  parent={out.get('parent') or '-'}  storages={','.join(out['storages'])}  "
-          f"{took or 0:.1f}s  stored {mb(out['totals']['stored_bytes'])}")
+          f"{fmt_duration(took or 0)}  stored {fmt_bytes(out['totals']['stored_bytes'])}")
     print(_table(rows, ["source", "kind", "files", "size", "stored", "stored size", "deleted", "warnings"]))
     checks = out["checks"]
     for name, i in checks["integrity"].items():
         print(f"integrity on {name}: {'OK' if i['ok'] else 'FAILED'} ({i['objects_hashed']} object(s), "
-              f"{mb(i['bytes_hashed'])} re-hashed)")
+              f"{fmt_bytes(i['bytes_hashed'])} re-hashed)")
     rt = checks["restore_test"]
     print(f"test restore from {rt['storage']}: {rt['files']} file(s) restored, every SHA-256 checked")
     for name, src in sorted((rt.get("sources") or {}).items()):
@@ -186,7 +193,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps({"storage": storage.name, "snapshots": snaps, "corrupt": broken}, indent=1))
         return 0
     rows = [[s["id"], s["tier"], s["type"], s["parent"] or "-", s["started_at"][:19], s["finished_at"][:19],
-             ",".join(s["sources"]), s["files"], mb(s["bytes"]), mb(s["stored_bytes"]), s["status"]] for s in snaps]
+             ",".join(s["sources"]), s["files"], fmt_bytes(s["bytes"]), fmt_bytes(s["stored_bytes"]), s["status"]] for s in snaps]
     rows += [[b["id"], "?", "?", "?", "?", "?", "?", "?", "?", "?", "CORRUPT"] for b in broken]
     print(f"storage: {storage.describe()}")
     print(_table(rows, ["id", "tier", "type", "parent", "started", "finished", "sources", "files", "size", "stored", "status"])
@@ -210,7 +217,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     d = snap.doc
     print(f"snapshot   {d['id']}\ntier       {d['tier']}\ntype       {d['type']}" +
           (f" (requested {d['requested_type']}: {d['promoted_reason']})" if d.get("promoted_reason") else ""))
-    print(f"logical    {d['logical_date']}\nstarted    {d['started_at']}\nfinished   {d['finished_at']} ({d['duration_seconds']}s)")
+    print(f"logical    {d['logical_date']}\nstarted    {d['started_at']}\nfinished   {d['finished_at']} ({fmt_duration(d['duration_seconds'])})")
     print(f"storage    {storage.describe()}\nchain      " + " -> ".join(f"{s.id} ({s.type})" for s in chain))
     rows = []
     for n, r in sorted(d["sources"].items()):
@@ -218,7 +225,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         extra = ""
         if "tables" in det:
             extra = ", ".join(f"{t}={v['rows']}" for t, v in sorted(det["tables"].items()))
-        rows.append([n, r["kind"], r["files"], mb(r["bytes"]), r["stored_files"], r["deleted"], extra[:80]])
+        rows.append([n, r["kind"], r["files"], fmt_bytes(r["bytes"]), r["stored_files"], r["deleted"], extra[:80]])
     print(_table(rows, ["source", "kind", "files", "size", "stored", "deleted", "tables (rows)"]))
     for n, r in sorted(d["sources"].items()):
         for w in r["warnings"]:
@@ -275,14 +282,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return 0
     r, v = out.restored, out.verified
     print(f"restored {r.snapshot_id} from {r.storage} into {r.target}")
-    print(_table([[n, s.kind, s.files, mb(s.bytes), s.verified, v.files.get(n, {}).get("files_checked", "-"), s.path]
+    print(_table([[n, s.kind, s.files, fmt_bytes(s.bytes), s.verified, v.files.get(n, {}).get("files_checked", "-"), s.path]
                   for n, s in r.sources.items()], ["source", "kind", "files", "size", "sha256 ok",
                                                    "re-hashed" if v.reread else "present", "path"]))
     print(f"files: {v.content}" + ("" if v.reread else "; after the restore: present with their sizes (not re-read; "
                                                        "--reread re-hashes them)"))
     for n, s in r.sources.items():
         for k, val in (s.extra or {}).items():
-            print(f"{n}: {k}: {val}")
+            print(f"{n}: {k}: {_words(val)}")
         for w in s.warnings or []:
             print(f"{n}: warning: {w}")
     for n, added in (TablePlan.from_dict(r.tables).added() if r.tables else {}).items():
@@ -307,7 +314,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     mode = "read-data (every byte re-hashed)" if args.read_data else "structure (presence and sizes)"
     for r in result.storages:
         print(f"verify {mode} on {r['describe']}: {len(r['snapshots'])} snapshot(s), {r['objects']} object(s), "
-              f"{mb(r['bytes'])}")
+              f"{fmt_bytes(r['bytes'])}")
     for p in result.problems:
         print(f"  PROBLEM {p}")
     print("OK" if result.ok else f"FAILED: {len(result.problems)} problem(s)")
@@ -322,12 +329,6 @@ def _verify_exit(result: Any) -> int:
     if any(s["problems"] for s in result.storages):
         return 4
     return StorageError.exit_code
-
-
-def _hours(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds / 3600:.1f}h" if seconds < 172800 else f"{seconds / 86400:.1f}d"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -383,30 +384,28 @@ def _status(args: argparse.Namespace) -> int:
         print(result.check_line())
     print(f"backups of {doc['application']}: {doc['state'].upper()}  (generated {doc['generated_at']})")
     print(_table([[t["tier"], t["schedule"] or "manual", t["snapshots"], t["newest_id"] or "never",
-                   t["newest_type"] or "-", _hours(t["age_seconds"]), _hours(t["rpo_seconds"]),
-                   "OVERDUE" if t["overdue"] else "no", mb(t["size_bytes"]) if t["size_bytes"] is not None else "-",
-                   f"{t['duration_seconds']:.1f}s" if t["duration_seconds"] is not None else "-",
+                   t["newest_type"] or "-", fmt_duration(t["age_seconds"]), fmt_duration(t["rpo_seconds"]),
+                   "OVERDUE" if t["overdue"] else "no", fmt_bytes(t["size_bytes"]), fmt_duration(t["duration_seconds"]),
                    (t["last_failure"] or {}).get("at") or "-", _verified(t), t["state"].upper()] for t in doc["tiers"]],
                  ["tier", "schedule", "snapshots", "newest", "type", "age", "rpo", "overdue", "size", "duration",
                   "last failure", "verified", "state"]))
     print()
     print(_table([[s["storage"], s["type"], "yes" if s["reachable"] else "NO",
                    "-" if s["writable"] is None else "yes" if s["writable"] else "NO",
-                   mb(s["used_bytes"]) if s["used_bytes"] is not None else "-",
-                   mb(s["free_bytes"]) if s["free_bytes"] is not None else "-", s["snapshots"],
+                   fmt_bytes(s["used_bytes"]), fmt_bytes(s["free_bytes"]), s["snapshots"],
                    (s["error"] or s["describe"] or "")[:90]] for s in doc["storages"]],
                  ["storage", "type", "reachable", "writable", "used", "free", "snapshots", "where / error"]))
     for s in doc["storages"]:  # archive storages: what a restore or drill must thaw first
         if (s.get("frozen") or {}).get("objects"):
             f = s["frozen"]
-            print(f"{s['storage']}: {f['objects']} frozen object(s), {mb(f['bytes'])} in an archive class ("
+            print(f"{s['storage']}: {f['objects']} frozen object(s), {fmt_bytes(f['bytes'])} in an archive class ("
                   + ", ".join(f"{t}: {n}" for t, n in f["tiers"].items()) + "); `backupctl restore` and `backupctl "
                   "drill` thaw what they need (--thaw-timeout)")
     locks = doc.get("locks") or []
     if locks:
         print("\nlocks:")
         print(_table([[lk["storage"], lk["state"].upper(), "exclusive" if lk["exclusive"] else "shared", lk["scope"],
-                       lk["operation"], lk["host"], lk["pid"], lk["run"] or "-", f"{lk['heartbeat_age_seconds']:.0f}s"]
+                       lk["operation"], lk["host"], lk["pid"], lk["run"] or "-", fmt_duration(lk["heartbeat_age_seconds"])]
                       for lk in locks], ["storage", "state", "kind", "scope", "operation", "host", "pid", "run", "heartbeat"]))
         if any(lk["state"] != "live" for lk in locks):
             print("stale or dead locks: remove them with `backupctl unlock --stale`", file=sys.stderr)
@@ -462,7 +461,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         for r in result.storages:
             print(f"{r['storage']}: keep {len(r['keep'])}, {verb} {len(r['forget'])}: {', '.join(r['forget']) or '-'}; "
                   f"orphans {len(r['orphans'])}, temp objects {len(r['temps'])}"
-                  + ("" if args.dry_run else f"; removed {r['deleted_objects']} object(s), {mb(r['deleted_bytes'])}"))
+                  + ("" if args.dry_run else f"; removed {r['deleted_objects']} object(s), {fmt_bytes(r['deleted_bytes'])}"))
             for w in r.get("warnings") or []:  # snapshots dated in the future (kept)
                 print(f"  WARNING {w}")
             if args.verbose:  # every snapshot with keep/forget and the rule that decided it
@@ -492,12 +491,9 @@ def cmd_drill(args: argparse.Namespace) -> int:
         print(json.dumps(out.to_dict(), indent=1, default=str))
         return 0 if v["passed"] else failed_error(v).exit_code
 
-    def dur(x: float | None) -> str:
-        return "-" if x is None else f"{x:.1f}s" if x < 120 else f"{x / 60:.1f}m" if x < 7200 else f"{x / 3600:.1f}h"
-
     print(f"drill {v['drill_id']}: targets RTO {v['targets']['rto_minutes']:g} min, RPO {v['targets']['rpo_hours']:g} h")
-    print(_table([[t["tier"], t["storage"], t["snapshot_id"] or "-", dur(t["rto_seconds"]), dur(t["rpo_seconds"]),
-                   t["files"], mb(t["bytes"]), sum(1 for c in t["checks"] if c["ok"]), sum(1 for c in t["checks"] if not c["ok"]),
+    print(_table([[t["tier"], t["storage"], t["snapshot_id"] or "-", fmt_duration(t["rto_seconds"]), fmt_duration(t["rpo_seconds"]),
+                   t["files"], fmt_bytes(t["bytes"]), sum(1 for c in t["checks"] if c["ok"]), sum(1 for c in t["checks"] if not c["ok"]),
                    "pass" if t["passed"] else "FAIL"] for t in v["tiers"]],
                  ["tier", "storage", "snapshot", "RTO", "RPO", "files", "size", "checks ok", "failed", "result"]))
     print(f"report: {v['reports']['md']} (also .html, .json; latest.* and history.jsonl in {v['reports']['dir']})")
@@ -507,7 +503,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
         err = failed_error(v)
         print(f"backupctl: error: {err}", file=sys.stderr)
         return err.exit_code
-    print(f"PASSED: RTO {dur(v['rto_seconds'])}, RPO {dur(v['rpo_seconds'])}")
+    print(f"PASSED: RTO {fmt_duration(v['rto_seconds'])}, RPO {fmt_duration(v['rpo_seconds'])}")
     return 0
 
 
@@ -516,7 +512,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     with contextlib.redirect_stdout(sys.stderr):  # the Airflow checks import Airflow (see route_logging)
         result = run_doctor(args.config, airflow=False if args.no_airflow else None, smtp_timeout=args.timeout)
-    route_logging(getattr(args, "log_level", logging.INFO))
+    route_logging(getattr(args, "log_level", logging.WARNING))
     print(json.dumps(result.to_dict(), indent=1) if args.json else format_report(result))
     return result.exit_code
 
@@ -695,19 +691,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
-    """--config, -v and -q: on the main parser (before the command) and on every command's parser (after it).
+    """--config, -v (repeatable) and -q: on the main parser (before the command) and on every command's parser (after it).
     After the command their default is SUPPRESS, so an option given only before the command is not reset."""
     default: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
     parser.add_argument("--config", help="configuration file (default: $BACKUP_CONFIG or include/backups.yaml)",
                         **default)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging", **default)
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only", **default)
+    parser.add_argument("-v", "--verbose", action="count", help="log what is being done (INFO lines on stderr; -vv: "
+                        "debug). Without it only warnings and errors are logged", **(default or {"default": 0}))
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors only (no warnings)", **default)
+
+
+def log_level(verbose: int, quiet: bool) -> int:
+    """The CLI's log level, as restic's: warnings and errors by default (stdout holds the result, stderr what went
+    wrong), INFO with ``-v``, DEBUG with ``-vv``; ``-q``: errors only."""
+    if verbose:
+        return logging.DEBUG if verbose > 1 else logging.INFO
+    return logging.ERROR if quiet else logging.WARNING
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.json = bool(getattr(args, "json", False) or args.global_json)
-    args.log_level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    args.log_level = log_level(args.verbose, args.quiet)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
     structlog = sys.modules.get("structlog")
     saved = structlog.get_config() if structlog is not None else None  # route_logging's change ends with main
@@ -736,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import shutil
 
-            free = f"; {shutil.disk_usage(os.path.dirname(str(exc.filename)) or '.').free / 1e6:,.1f} MB free there" if exc.filename else ""
+            free = f"; {fmt_bytes(shutil.disk_usage(os.path.dirname(str(exc.filename)) or '.').free)} free there" if exc.filename else ""
         except OSError:
             pass
         fix = ("free space (or point BACKUP_STAGING / the target at a bigger disk) and re-run"

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..sources import open_source
 from ..storage import open_storage
-from .base import Result, mb
+from .base import Result, approval_phrase, mb
 from .procedure import CLEANUP, Procedure, RunContext, Skip, Step
 from .procedure import run as run_procedure
 from .validate import DB_KINDS, compact_results, load_pg_dump, pg_check_server, raise_failed, validate_restored
@@ -735,8 +735,7 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
     md = [f"# Manual backup {s['snapshot_id']}", "",
           f"* requested by: **{doc['requested_by']}** (run `{run_id}`)",
           f"* comment: {s.get('comment') or '-'}",
-          f"* approval: {approved['choice']}" + (f" by **{approved['by']}** at {approved.get('at')}" if approved["by"] else "")
-          + (f" — {approved['note']}" if approved.get("note") else ""),
+          f"* approval: {approval_phrase(approved)}",
           f"* type: {s['type']}" + (f" (requested {s['requested_type']}: {s['promoted_reason']})" if s.get("promoted_reason") else "")
           + f", parent {s['parent'] or '-'}, chain {' -> '.join(s['chain'])}",
           f"* storages: {', '.join(s['storages'])}", "",

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..config import ENV_CONFIG, NO_SHIPPED_CONFIG_HINT, config_path, load_config, safe_load_yaml
 from ..errors import BackupError, ConfigError
+from ..units import fmt_bytes
 from .base import Result
 
 GROUP = "backups.doctor"  #: entry point group of the Airflow-side checks (``backups.orchestration.doctor``)
@@ -223,7 +224,7 @@ def _storage(cfg: Any, name: str, resolver: Any) -> Check:
     try:
         nbytes = storage.free_bytes()
         if nbytes is not None:
-            free = f", {nbytes / 1e9:,.1f} GB free"
+            free = f", {fmt_bytes(nbytes)} free"
     except (BackupError, OSError):
         pass
     return Check(label, OK, f"{where}: writable (probe written, read back, deleted){free}")
