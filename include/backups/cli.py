@@ -95,30 +95,11 @@ def _check_names(cfg: Any, args: argparse.Namespace) -> None:
 
 
 def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = True):
-    """The named storage, or the first one (config order) that answers."""
-    from .storage import open_storage
+    """The named storage, or the first one (config order) that answers (:func:`backups.storage.reach.first_serving`)."""
+    from .storage.reach import first_serving
 
-    if name:
-        s = open_storage(cfg, name, resolver, read_only=read_only)
-        s.check()
-        return s
-    errors: list[str] = []
-    kinds: set[type] = set()
-    for n in cfg.storages:
-        try:
-            s = open_storage(cfg, n, resolver, read_only=read_only)
-            s.check()
-            return s
-        except BackupError as exc:
-            errors.append(f"{n}: {exc.message}")
-            kinds.add(type(exc))
-            log.warning("storage %s unavailable: %s", n, exc.message)
-    from .errors import EncryptionError
-
-    if EncryptionError in kinds:  # a key problem is the thing to fix, whatever else failed (exit 8)
-        raise EncryptionError("no storage can be read:\n  " + "\n  ".join(errors),
-                              hint="set the encryption key the repository was written with (see the message above)")
-    raise StorageError("no storage is reachable:\n  " + "\n  ".join(errors), hint="check the storages section and the network")
+    storage, _, _ = first_serving(cfg, [name] if name else None, resolver, lambda s: None, read_only=read_only)
+    return storage
 
 
 def _words(value: Any) -> str:
@@ -429,24 +410,24 @@ def _unread_storages(doc: dict) -> int:
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
+    """Each storage on its own: an unreachable one is named (exit 5 at the end), the others are unlocked."""
     from .repository import Repository
-    from .storage import open_storage
+    from .storage.reach import each_storage
 
     cfg, resolver = _load(args)
-    names = [args.storage] if args.storage else list(cfg.storages)
-    out = []
-    for n in names:
-        storage = open_storage(cfg, n, resolver)
-        storage.check()
+    out, unreachable = [], {}
+    for storage in each_storage(cfg, [args.storage] if args.storage else None, resolver, unreachable, read_only=False):
         for lk in Repository(storage, cfg).locks.unlock(everything=args.all):
-            out.append({"storage": n, "key": lk.key, "lock": lk.describe()})
+            out.append({"storage": storage.name, "key": lk.key, "lock": lk.describe()})
     if args.json:
-        print(json.dumps({"removed": out}, indent=1))
-        return 0
-    for o in out:
-        print(f"{o['storage']}: removed {o['lock']}")
-    print(f"removed {len(out)} lock(s)" + ("" if args.all else " (stale or dead only; --all removes live ones too)"))
-    return 0
+        print(json.dumps({"removed": out, "unreachable": unreachable}, indent=1))
+    else:
+        for o in out:
+            print(f"{o['storage']}: removed {o['lock']}")
+        print(f"removed {len(out)} lock(s)" + ("" if args.all else " (stale or dead only; --all removes live ones too)"))
+    for name, message in unreachable.items():
+        print(f"backupctl: error: storage {name} unreachable, its locks were not looked at: {message}", file=sys.stderr)
+    return StorageError.exit_code if unreachable else 0
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

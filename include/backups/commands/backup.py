@@ -358,19 +358,24 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Any = None) -> Sys
     total = sum(estimates.values())
     free: dict[str, int | None] = {}
     unavailable: dict[str, str] = {}
-    for i, name in enumerate(sel.storages):
-        kind = cfg.storages[name].type
-        try:
-            st = open_storage(cfg, name, resolver)
-            st.check()
-            free[name] = st.free_bytes()
-            from ..repository import Repository
+    from ..repository import Repository
+    from ..storage.reach import open_each
 
-            Repository(st, cfg).locks.report()  # stale locks: a warning in this task's log (monitoring)
-        except BackupError as exc:
-            if i == 0:  # the primary receives the extraction: without it there is no backup at all
+    # the one unreachable-storage rule (storage.reach): each storage on its own; the primary is the one this
+    # operation needs (it receives the extraction: without it there is no backup at all), a copy target that is
+    # down is named and the backup goes ahead (its upload task fails, the run goes red, the next run back-fills)
+    for name, st, exc in open_each(cfg, sel.storages, resolver, read_only=False):
+        kind = cfg.storages[name].type
+        if st is not None:
+            try:
+                free[name] = st.free_bytes()
+                Repository(st, cfg).locks.report()  # stale locks: a warning in this task's log (monitoring)
+            except BackupError as error:
+                st, exc = None, error
+        if exc is not None:
+            if name == sel.storages[0]:
                 problems.append((_problem("storage", name, kind, exc), _retryable(kind, exc)))
-            else:  # a copy target: back up anyway; its upload task fails (the run goes red) and the next run back-fills
+            else:
                 unavailable[name] = exc.message
                 log.warning("%s — the backup goes ahead on the other storages; upload[%s] will fail and the next run "
                             "back-fills the copy", _problem("storage", name, kind, exc), name)
