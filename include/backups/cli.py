@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Any
 
-from . import __version__
+from .cli_logging import LOG_FORMAT, log_level, route_logging
+from .cli_parser import build_parser as _build_parser
 from .errors import BROKEN_PIPE, EXIT_CODES, BackupError, StorageError
 from .units import fmt_bytes, fmt_duration
 
@@ -31,55 +32,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         route_logging(getattr(args, "log_level", logging.WARNING))
     _check_names(cfg, args)
     return cfg, resolver
-
-
-#: the CLI's log line format (stderr)
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-
-
-def route_logging(level: int) -> None:
-    """Every log record to stderr at ``level`` (stdout holds only the command's output, so ``--json`` parses).
-
-    Applied after a third-party import that configures logging (``main`` starts with a plain stderr handler):
-    importing Airflow (to resolve a ``conn_id``) replaces the root handlers with one on stdout at INFO, sets its own loggers' levels and makes
-    structlog (which Airflow's hooks log through) print to stdout. Loggers set below ``level`` are raised to it
-    (``-q`` silences their INFO lines); handlers on stdout are moved to stderr."""
-    root = logging.getLogger()
-    for handler in root.handlers[:]:
-        if _on_stdout(handler):
-            root.removeHandler(handler)
-    if not any(isinstance(h, logging.StreamHandler) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.addHandler(handler)
-    root.setLevel(level)
-    for logger in list(logging.Logger.manager.loggerDict.values()):
-        if not isinstance(logger, logging.Logger):
-            continue
-        if logger.level != logging.NOTSET and logger.level < level:
-            logger.setLevel(level)
-        for handler in logger.handlers:
-            if _on_stdout(handler):
-                handler.setStream(sys.stderr)  # type: ignore[attr-defined]
-    structlog = sys.modules.get("structlog")
-    if structlog is not None:  # configured by a library (Airflow): hand its events to the stdlib loggers above
-        import structlog.stdlib
-
-        # stdlib BoundLogger: the loggers keep the stdlib interface Airflow's code calls (getEffectiveLevel, …)
-        structlog.configure(processors=[structlog.stdlib.filter_by_level, _structlog_to_stdlib],
-                            wrapper_class=structlog.stdlib.BoundLogger,
-                            logger_factory=structlog.stdlib.LoggerFactory(), cache_logger_on_first_use=False)
-
-
-def _on_stdout(handler: logging.Handler) -> bool:
-    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.__stdout__)
-
-
-def _structlog_to_stdlib(_logger: Any, _method: str, event_dict: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """structlog's last processor: the event as a plain stdlib log call (its other keys are dropped: they may be
-    LogRecord attribute names, and a bound context is Airflow's, not ours)."""
-    kwargs = {"exc_info": event_dict["exc_info"]} if event_dict.get("exc_info") else {}
-    return (str(event_dict.get("event", "")).replace("%", "%%"),), kwargs
 
 
 def _check_names(cfg: Any, args: argparse.Namespace) -> None:
@@ -232,17 +184,6 @@ def files_listing(entries: Any, chain: list[str]) -> Any:
         held = (e[7] or "-") if e[0] == "f" else "-"
         target = f" -> {e[6]}" if e[0] == "l" else (f" (hard link to {e[6]})" if e[0] == "f" and e[6] else "")
         yield f"  {kind:<4}  {oct(e[3])[2:]:>4}  {size:>15}  {held:<{width}}  {path}{target}"
-
-
-def _thaw_timeout(text: str) -> float:
-    """``--thaw-timeout``: seconds, or a number with s / m / h / d; positive."""
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text or "")
-    seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)] if m else 0.0
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: give seconds or e.g. 90m, 12h, 2d")
-    return seconds
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -513,181 +454,10 @@ def cmd_exit_codes(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="backupctl", description="Back up, list, verify and restore FMR V2 snapshots.",
-                                epilog="Exit codes: `backupctl exit-codes`. Config: --config, else $BACKUP_CONFIG, else include/backups.yaml.")
-    _global_options(p)
-    p.add_argument("--json", action="store_true", dest="global_json", help="machine-readable output (any command)")
-    p.add_argument("--version", action="version", version=f"backupctl {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    b = sub.add_parser("backup", help="take a snapshot of a tier", description="Take a snapshot of a tier's sources: the tier DAG's steps in this process — system checks, plan, "
-                       "extraction, commit, a checked copy on every storage, integrity on every storage, a test restore "
-                       "(database dumps loaded, Great Expectations), the result document in reports/, cleanup.")
-    b.add_argument("--tier", required=True, help="tier name from the config (daily, weekly, ...)")
-    b.add_argument("--type", choices=["full", "differential", "incremental"], help="override the tier's backup type")
-    b.add_argument("--storage", help="write to this storage only (default: every storage of the tier)")
-    b.add_argument("--source", action="append", help="back up only this source (repeatable)")
-    b.add_argument("--logical-date", help="ISO date-time the snapshot id derives from (default: now, UTC, to the second)")
-    b.add_argument("--checksum", action="store_true", help="detect changed files by re-hashing instead of size/mtime/inode")
-    b.add_argument("--comment", help="free text stored in the manifest")
-    b.add_argument("--no-validate", action="store_true",
-                   help="skip Great Expectations in the test restore (the restore, every SHA-256 and the loading of "
-                        "every database dump still run)")
-    b.add_argument("--json", action="store_true", help="machine-readable output")
-    b.set_defaults(func=cmd_backup)
-
-    ls = sub.add_parser("list", help="list snapshots", description="List committed snapshots (and corrupt manifests).")
-    ls.add_argument("--tier")
-    ls.add_argument("--storage")
-    ls.add_argument("--json", action="store_true")
-    ls.set_defaults(func=cmd_list)
-
-    sh = sub.add_parser("show", help="contents of a snapshot and the chain it needs")
-    sh.add_argument("snapshot", nargs="?", default="latest",
-                    help="snapshot id, a unique prefix of one, or 'latest' (the default)")
-    sh.add_argument("--tier", help="with 'latest': newest of this tier")
-    sh.add_argument("--storage")
-    sh.add_argument("--files", action="store_true", help="also list every path of every source (and which snapshot holds it)")
-    sh.add_argument("--json", action="store_true")
-    sh.set_defaults(func=cmd_show)
-
-    r = sub.add_parser("restore", help="restore a snapshot into a directory",
-                       description="Restore each source to TARGET/<source>/ (files under their paths, the SQLite database "
-                                   "under its file name, command output as 'stdout', a PostgreSQL dump as 'dump/'), check "
-                                   "every file's SHA-256 against the snapshot on the bytes written, check the restored "
-                                   "tree (every file present with its size; --reread: re-read and re-hashed), validate "
-                                   "the databases with Great Expectations and write RESTORE_REPORT.md/.json into TARGET.")
-    r.add_argument("snapshot", help="snapshot id, a unique prefix of one (daily-2026113), or 'latest'")
-    r.add_argument("--tier", help="with 'latest': newest of this tier")
-    r.add_argument("--target", required=True, help="directory to restore into (must be empty unless --force)")
-    r.add_argument("--source", action="append", help="restore only this source (repeatable)")
-    r.add_argument("--include", action="append", help="files sources: only paths matching this glob (repeatable)")
-    r.add_argument("--table", action="append", help="database sources: only this table (repeatable)")
-    r.add_argument("--with-dependencies", action="store_true",
-                   help="with --table: also restore the tables they reference (foreign keys, transitively); without "
-                        "it a missing one stops the restore before anything is written (exit 7)")
-    r.add_argument("--pg-target", help="postgres sources: load the dump into this database (DSN)")
-    r.add_argument("--storage", help="restore from this storage (default: the first healthy one)")
-    r.add_argument("--force", action="store_true",
-                   help="restore into a non-empty target, replacing restored sources; with --table and --pg-target, "
-                        "replace chosen tables that hold rows there (one transaction). Never / or a repository")
-    r.add_argument("--no-owner", action="store_true",
-                   help="files sources: leave restored files owned by the restoring user, even as root (as tar's "
-                        "--no-same-owner); by default root restores the recorded owners (names first, then ids)")
-    r.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between restore-status polls")
-    r.add_argument("--thaw-timeout", type=_thaw_timeout, metavar="DURATION",
-                   help="archive storages: give up waiting for the thaw after this long (seconds, or 90m, 12h, 2d; "
-                        "default 48h), exit 5")
-    r.add_argument("--no-validate", action="store_true",
-                   help="skip the Great Expectations suite on restored databases (every file's SHA-256 is still "
-                        "checked while written)")
-    r.add_argument("--reread", action="store_true",
-                   help="after the restore, read every restored file back and re-hash it against the snapshot "
-                        "(for disks you distrust; each file's SHA-256 is always checked on the bytes written, and "
-                        "without --reread the tree is checked with a stat walk: present, type, size, no stray file)")
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(func=cmd_restore)
-
-    v = sub.add_parser("verify", help="check stored snapshots")
-    v.add_argument("snapshot", nargs="?", help="snapshot id, a unique prefix of one, or 'latest' (default: latest)")
-    v.add_argument("--all", action="store_true", help="every snapshot, and report corrupt manifests")
-    v.add_argument("--read-data", action="store_true", help="re-hash every stored byte (slow, thorough)")
-    v.add_argument("--tier")
-    v.add_argument("--storage")
-    v.add_argument("--json", action="store_true")
-    v.set_defaults(func=cmd_verify)
-
-    st = sub.add_parser("status", help="every tier and storage: newest snapshot, age vs RPO, sizes, problems",
-                        description="Every tier (manual included) and every storage: the newest snapshot, its age "
-                                    "against the tier's RPO (monitoring.rpo_hours, default two cron intervals), an "
-                                    "overdue flag, sizes, storage reachability and usage, and the open problems. "
-                                    "--check exits with Nagios codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.")
-    st.add_argument("--storage", help="only this storage")
-    st.add_argument("--json", action="store_true", help="the status document (see backups.monitoring)")
-    st.add_argument("--check", action="store_true",
-                    help="exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (for cron, Nagios/Icinga and other monitors)")
-    st.add_argument("--prometheus", metavar="FILE", help="also write the metrics to FILE (node_exporter textfile, atomic)")
-    st.set_defaults(func=cmd_status)
-
-    pr = sub.add_parser("prune", help="apply the tiers' retention and remove orphaned objects",
-                        description="Forget snapshots the tiers' retention rules no longer keep (never one that a kept "
-                                    "snapshot's chain needs; manifest first, then objects) and remove objects left by "
-                                    "interrupted runs and temp objects of killed writers, once their modification time is older than "
-                                    "locks.orphan_grace_hours (48 h) and no lock covers them. Holds the repository's exclusive "
-                                    "lock (waits for running backups, restores and verifies). On every storage unless --storage.")
-    pr.add_argument("--storage")
-    pr.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
-    pr.add_argument("--json", action="store_true")
-    pr.set_defaults(func=cmd_prune)
-
-    ul = sub.add_parser("unlock", help="remove stale locks (or, with --all, every lock)",
-                        description="Remove locks whose holder is gone: dead processes of this host and locks of any "
-                                    "host whose heartbeat is older than locks.stale_after_seconds (--stale, the default). "
-                                    "--all removes every lock: only when you are sure no backup, prune, restore or verify "
-                                    "runs (a holder whose lock was removed aborts before committing).")
-    ul.add_argument("--stale", action="store_true", help="remove stale and dead locks (the default)")
-    ul.add_argument("--all", action="store_true", help="remove every lock, live ones included")
-    ul.add_argument("--storage")
-    ul.add_argument("--json", action="store_true")
-    ul.set_defaults(func=cmd_unlock)
-
-    dr = sub.add_parser("drill", help="disaster-recovery drill: restore into isolation, test, measure RTO/RPO",
-                        description="Restore each tier's newest restorable snapshot from the drill storage (read-only) "
-                                    "into a scratch directory (and PostgreSQL dumps into scratch databases), re-hash and "
-                                    "validate it (Great Expectations, integrity, config files, the drill.smoke checks), "
-                                    "measure RTO and RPO against drill.rto_minutes / drill.rpo_hours, write the report "
-                                    "(Markdown, HTML, JSON) and remove the scratch data. Exit 10 when a check failed or a "
-                                    "target was missed. Runbook: docs/disaster-recovery.md.")
-    dr.add_argument("--storage", help="drill from this storage (default: drill.storage, else each tier's last storage)")
-    dr.add_argument("--tier", action="append", help="drill this tier (repeatable; default: drill.tiers, else all)")
-    dr.add_argument("--poll-seconds", type=float, default=60.0, help="archive storages: seconds between thaw polls")
-    dr.add_argument("--thaw-timeout", type=_thaw_timeout, metavar="DURATION",
-                    help="archive storages (drill.approve_archive): give up waiting for the thaw after this long "
-                         "(seconds, or 90m, 12h, 2d; default 48h); the tier then fails the drill")
-    dr.add_argument("--json", action="store_true")
-    dr.set_defaults(func=cmd_drill)
-
-    ec = sub.add_parser("exit-codes", help="print the documented exit codes")
-    ec.add_argument("--json", action="store_true")
-    ec.set_defaults(func=cmd_exit_codes)
-
-    dr = sub.add_parser("doctor", help="check this host can run the backups (config, env, connections, storages, "
-                                       "pool, SMTP)",
-                        description="Check a deployment where the DAGs run (each worker and the triggerer): the config "
-                                    "loads, its environment variables are set, its connections resolve, every storage "
-                                    "is reachable and writable (a probe object is written, read back and deleted), "
-                                    "and - when Airflow is importable - the connections are defined in Airflow, the "
-                                    "backup_io pool exists and the SMTP server of notify_email answers. Each failed "
-                                    "check prints its fix. Exit 0 when ready, else the code of the first failed check "
-                                    "(2 setup, 5 storage, 8 encryption key).")
-    dr.add_argument("--no-airflow", action="store_true", help="skip the checks that need Airflow")
-    dr.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the SMTP server")
-    dr.add_argument("--json", action="store_true")
-    dr.set_defaults(func=cmd_doctor)
-    for command in sub.choices.values():  # `backupctl prune -v` as well as `backupctl -v prune`
-        _global_options(command, after_command=True)
-    return p
-
-
-def _global_options(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
-    """--config, -v (repeatable) and -q: on the main parser (before the command) and on every command's parser (after it).
-    After the command their default is SUPPRESS, so an option given only before the command is not reset."""
-    default: dict[str, Any] = {"default": argparse.SUPPRESS} if after_command else {}
-    parser.add_argument("--config", help="configuration file (default: $BACKUP_CONFIG or include/backups.yaml)",
-                        **default)
-    parser.add_argument("-v", "--verbose", action="count", help="log what is being done (INFO lines on stderr; -vv: "
-                        "debug). Without it only warnings and errors are logged", **(default or {"default": 0}))
-    parser.add_argument("-q", "--quiet", action="store_true", help="errors only (no warnings)", **default)
-
-
-def log_level(verbose: int, quiet: bool) -> int:
-    """The CLI's log level, as restic's: warnings and errors by default (stdout holds the result, stderr what went
-    wrong), INFO with ``-v``, DEBUG with ``-vv``; ``-q``: errors only."""
-    if verbose:
-        return logging.DEBUG if verbose > 1 else logging.INFO
-    return logging.ERROR if quiet else logging.WARNING
+    return _build_parser({"backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
+                          "verify": cmd_verify, "status": cmd_status, "prune": cmd_prune, "unlock": cmd_unlock,
+                          "drill": cmd_drill, "exit-codes": cmd_exit_codes, "doctor": cmd_doctor})
 
 
 def main(argv: list[str] | None = None) -> int:
