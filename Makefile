@@ -82,7 +82,8 @@ AF_ENV = AIRFLOW_HOME=$(AF_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags AIRFL
   AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AF_PORT) AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AF_PORT) \
   BACKUP_CONFIG=$${BACKUP_CONFIG:-$(CURDIR)/include/backups.local.yaml} \
   PYTHONPATH=$(CURDIR):$(CURDIR)/include FMR_HOME=$${FMR_HOME:-$(CURDIR)/.demo/fmr} \
-  BACKUP_ROOT=$${BACKUP_ROOT:-$(CURDIR)/.demo/backups} PATH=$(CURDIR)/$(VENV)/bin:$$PATH
+  BACKUP_ROOT=$${BACKUP_ROOT:-$(CURDIR)/.demo/backups} PATH=$(CURDIR)/$(VENV)/bin:$$PATH \
+  AIRFLOW__CORE__FERNET_KEY=$${AIRFLOW__CORE__FERNET_KEY:-$$(AIRFLOW_HOME=$(AF_HOME) $(PY) -m tools.airflow_local fernet-key)}
 
 ## airflow-settings: load airflow_settings.yaml (connections, pools, variables) into the local Airflow's metadata DB
 ## with the airflow CLI (`make airflow` loads the same file through the REST API once the API server is up)
@@ -106,9 +107,10 @@ airflow: venv
 airflow-stop:
 	@AIRFLOW_HOME=$(AF_HOME) $(PY) -m tools.airflow_local stop
 
+## airflow-status: the processes `make airflow` started and the servers' environment as `export` lines (what
+## `backupctl doctor` and the airflow CLI need to look at this Airflow)
 airflow-status:
-	@AIRFLOW_HOME=$(AF_HOME) AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(AF_DB) AIRFLOW__API__BASE_URL=http://127.0.0.1:$(AF_PORT) \
-	  $(PY) -m tools.airflow_local status
+	@$(AF_ENV) $(PY) -m tools.airflow_local status
 
 lint: venv
 	$(VENV)/bin/ruff check dags include tools tests benchmarks

@@ -38,6 +38,7 @@ from backups.airflow_api import AirflowApi, AirflowApiError
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PIDFILE = "airflow-local.pid"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+FERNET_KEY_FILE = "fernet.key"  #: the local Airflow's ``[core] fernet_key`` (connection passwords encrypted in its DB)
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 
 
@@ -353,10 +354,60 @@ def ensure_password(home: Path, user: str = "admin") -> str:
     return known[user]
 
 
+def ensure_fernet_key(home: Path) -> str:
+    """The local Airflow's Fernet key, generated into ``home/fernet.key`` when missing: without one Airflow stores
+    connection passwords unencrypted and warns "empty cryptography key" on every start. The servers of ``make
+    airflow``, ``make demo`` and doctor (through ``make airflow-status``) share it."""
+    import base64
+    import secrets
+
+    path = home / FERNET_KEY_FILE
+    try:
+        key = path.read_text().strip()
+    except OSError:
+        key = ""
+    if not key:
+        key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()  # what Fernet.generate_key() returns
+        home.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(key + "\n")
+    return key
+
+
 def api_connection_json(url: str, user: str, pw: str) -> str:
     """``AIRFLOW_CONN_BACKUP_AIRFLOW_API``: the one connection to the REST API (run notes, schedule verification;
     :mod:`backups.orchestration.api_connection`)."""
     return json.dumps({"conn_type": "http", "host": url, "login": user, "password": pw})
+
+
+def doctor_environment(home: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What ``backupctl doctor`` needs of the servers' environment besides AIRFLOW_HOME and the metadata DB: the
+    Fernet key (to read the connections stored in the DB), the REST API connection (``make airflow`` gives it to
+    the servers only, as an environment variable), ``BACKUP_CONFIG`` and every variable the config uses that is
+    set here (``FMR_HOME``, ``BACKUP_ROOT`` … — ``make airflow-status`` runs with the servers' environment)."""
+    import re
+
+    env = os.environ if env is None else env
+    out: dict[str, str] = {}
+    key = (home / FERNET_KEY_FILE).read_text().strip() if (home / FERNET_KEY_FILE).is_file() else ""
+    if env.get("AIRFLOW__CORE__FERNET_KEY") or key:
+        out["AIRFLOW__CORE__FERNET_KEY"] = env.get("AIRFLOW__CORE__FERNET_KEY") or key
+    pw = password(home)
+    if pw:  # the REST API connection the servers got from `make airflow` (doctor checks it)
+        api_url = env.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
+        out["AIRFLOW_CONN_BACKUP_AIRFLOW_API"] = api_connection_json(api_url, "admin", pw)
+    config = env.get("BACKUP_CONFIG")
+    if config:
+        out["BACKUP_CONFIG"] = config
+        try:
+            text = Path(config).read_text(encoding="utf-8")
+        except OSError:
+            text = ""
+        names = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text) + re.findall(r"key_env:\s*([A-Za-z_][A-Za-z0-9_]*)", text)
+        for name in sorted(set(names)):
+            if env.get(name):
+                out[name] = env[name]
+    return out
 
 
 # ------------------------------------------------------------------------------------------- settings
@@ -409,9 +460,13 @@ def main(argv: list[str] | None = None) -> int:
                                        "(through the REST API, once healthy)")
     sp = sub.add_parser("stop", help="stop every process of this AIRFLOW_HOME")
     sp.add_argument("--quiet", action="store_true", help="say nothing when nothing runs")
+    sub.add_parser("fernet-key", help="print the local Airflow's Fernet key (generated into AIRFLOW_HOME when missing)")
     sub.add_parser("status", help="list the running processes of this AIRFLOW_HOME")  # exit 0 either way
     args = ap.parse_args(argv)
     home = Path(os.environ.get("AIRFLOW_HOME") or ".").resolve()
+    if args.cmd == "fernet-key":
+        print(ensure_fernet_key(home))
+        return 0
     if args.cmd == "db-url":
         home.mkdir(parents=True, exist_ok=True)
         print(metadata_db(home, args.name))
@@ -429,18 +484,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "status":
         pids = status(home)
-        print(f"{len(pids)} process(es) of {home}: {' '.join(map(str, pids))}" if pids else f"no Airflow of {home} is running")
+        print(f"{len(pids)} process(es) of {home}: {' '.join(map(str, pids))}" if pids else f"no Airflow of {home} is running",
+              flush=True)
         url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or metadata_db(home)
         print(f"its environment (for airflow CLI commands or backupctl doctor):\n"
               f"  export AIRFLOW_HOME={home} AIRFLOW__DATABASE__SQL_ALCHEMY_CONN={url}")
-        pw = password(home)
-        if pw:  # the REST API connection the servers got from `make airflow` (doctor checks it)
-            api_url = os.environ.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
-            print(f"  export AIRFLOW_CONN_BACKUP_AIRFLOW_API={shlex.quote(api_connection_json(api_url, 'admin', pw))}")
+        for name, value in doctor_environment(home).items():
+            print(f"  export {name}={shlex.quote(value)}")
         return 0
     env = {**LOCAL_DEFAULTS, **os.environ}
     url = env.get("AIRFLOW__API__BASE_URL", "http://127.0.0.1:8080")
     pw = ensure_password(home)
+    env.setdefault("AIRFLOW__CORE__FERNET_KEY", ensure_fernet_key(home))
     # the one REST API connection: run notes and backup_monitoring's schedule check
     env.setdefault("AIRFLOW_CONN_BACKUP_AIRFLOW_API", api_connection_json(url, "admin", pw))
     af = None

@@ -26,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from backups.units import fmt_bytes, fmt_duration
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,6 +45,18 @@ def _environment(base: Path, config: Path) -> None:
         "BACKUP_CONFIG": str(config),
     })
     (base / "airflow").mkdir(parents=True, exist_ok=True)
+    from tools.airflow_local import ensure_fernet_key
+
+    # the key `make airflow` then uses too (same home): connections stored encrypted, no "empty cryptography key"
+    os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", ensure_fernet_key(base / "airflow"))
+
+
+def _quiet_library_warnings() -> None:
+    """Warnings a demo user cannot act on: dag.test() runs the execution API in process through Starlette's test
+    client, which warns that it is used with httpx (a pairing of two libraries Airflow chose, not ours)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"Using `httpx` with `starlette\.testclient` is deprecated")
 
 
 class _TaskLogFiles(logging.Handler):
@@ -117,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--remote", action="store_true",
                     help="start loopback S3 (moto) and SFTP (sshd) servers for the config's remote storages")
     args = ap.parse_args(argv)
+    _quiet_library_warnings()
     if not args.remote:
         return _run(args)
     from backups.demo.servers import ServerError, remote_servers
@@ -171,7 +186,7 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
 
     cfg = load_config()
     info = fmr.generate(base / "fmr", seed=7)
-    print(f"generated the FMR V2 sample application in {base / 'fmr'} ({info.get('bytes', 0) / 1e6:.1f} MB)")
+    print(f"generated the FMR V2 sample application in {base / 'fmr'} ({fmt_bytes(info.get('bytes', 0))})")
     db_url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     print(f"preparing Airflow (metadata DB: {db_url.split('://')[0].split('+')[0]} "
           f"{db_url.rsplit('/', 1)[-1]}) ...", flush=True)
@@ -202,7 +217,7 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
         dr = bag.get_dag(dag_id).test(logical_date=when, run_after=started)
         _real_start(dr, started)
         tis = sorted(dr.get_task_instances(), key=lambda ti: (ti.start_date or datetime.max.replace(tzinfo=UTC), ti.task_id))
-        print(f"  {dag_id}: {dr.state} in {time.monotonic() - t0:.1f}s")
+        print(f"  {dag_id}: {dr.state} in {fmt_duration(time.monotonic() - t0)}")
         for ti in tis:
             name = ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else "")
             print(f"    {name:<36} {ti.state}")
@@ -219,10 +234,10 @@ def _run(args: argparse.Namespace, landed: Callable[[Any, list[tuple[str, str]]]
     same_files = file_hashes(target / "app_files") == file_hashes(base / "fmr")
     same_db = table_hashes(target / "app_db" / "app.db") == table_hashes(base / "fmr" / "app.db")
     print()
-    print(f"{'snapshot':<26} {'type':<12} {'parent':<26} {'files':>6} {'stored':>6} {'stored MB':>9}")
+    print(f"{'snapshot':<26} {'type':<12} {'parent':<26} {'files':>6} {'stored':>6} {'stored size':>11}")
     for s in cat.ordered():
         t = s.doc["totals"]
-        print(f"{s.id:<26} {s.type:<12} {s.parent or '-':<26} {t['files']:>6} {t['stored_files']:>6} {t['stored_bytes'] / 1e6:>9.2f}")
+        print(f"{s.id:<26} {s.type:<12} {s.parent or '-':<26} {t['files']:>6} {t['stored_files']:>6} {fmt_bytes(t['stored_bytes']):>11}")
     print()
     print(f"restored {newest.id} (chain {' -> '.join(newest.chain)}) into {target}")
     print(f"files equal live data:   {'yes' if same_files else 'NO'}")
@@ -252,15 +267,14 @@ def _drill(cfg: Any, bag: Any, runs: list[tuple[str, str]]) -> bool:
     print(f"running dr_drill (disaster-recovery drill of {', '.join(tiers)}) ...", flush=True)
     t0 = time.monotonic()
     dr = bag.get_dag("dr_drill").test(run_conf={"tiers": tiers}, run_after=datetime.now(UTC))
-    print(f"  dr_drill: {dr.state} in {time.monotonic() - t0:.1f}s")
+    print(f"  dr_drill: {dr.state} in {fmt_duration(time.monotonic() - t0)}")
     try:
         v = json.loads((drill_dir(cfg) / "latest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         print("  no drill report was written (see the task states above)")
         return False
     for t in v["tiers"]:
-        rto = "-" if t["rto_seconds"] is None else f"{t['rto_seconds']:.1f}s"
-        rpo = "-" if t["rpo_seconds"] is None else f"{t['rpo_seconds'] / 3600:.1f}h"
+        rto, rpo = fmt_duration(t["rto_seconds"]), fmt_duration(t["rpo_seconds"])
         print(f"    {t['tier']:<8} {t['snapshot_id'] or '-':<26} RTO {rto:>7}  RPO {rpo:>6}  "
               f"{sum(c['ok'] for c in t['checks'])}/{len(t['checks'])} checks  {'pass' if t['passed'] else 'FAIL'}")
     for f in v["findings"]:

@@ -161,7 +161,7 @@ def test_restore_snapshot_with_only_a_target_and_one_click_approval(airflow_serv
     assert wait_for_run_state(page, url, dag_id, run_id, shot) == "success"
 
     text = run_note(page, f"Restore of {weekly_snapshot}", shot)
-    assert "verified" in text and str(target) in text and "approval: Approve by admin" in text, text
+    assert "verified" in text and str(target) in text and "approval: approved by admin" in text, text
     assert (target / "RESTORE_REPORT.md").is_file()
 
 
@@ -176,5 +176,5 @@ def test_backup_manual_with_its_defaults_and_one_click_approval(airflow_server, 
     assert wait_for_run_state(page, url, dag_id, run_id, shot) == "success"
 
     text = run_note(page, "Backup manual-", shot)
-    assert re.search(r"Backup manual-\d{8}T\d{6}Z", text) and "approval: Approve by admin" in text, text
+    assert re.search(r"Backup manual-\d{8}T\d{6}Z", text) and "approval: approved by admin" in text, text
     assert "Great Expectations" in text, text

@@ -117,3 +117,25 @@ def test_one_api_connection_with_the_deprecated_fallbacks(airflow_db, s3_config,
     with pytest.raises(ValueError, match="Airflow connection 'backup_airflow_api': .*port 8080 .* says 9090"):
         api_client()
     assert check(cfg).status == FAIL and "says 9090" in check(cfg).detail
+
+
+def test_connections_are_looked_up_as_a_task_does(airflow_db, s3_config, monkeypatch):
+    """A connection stored only in the metadata database (Admin -> Connections, `make airflow`'s settings) is
+    found — outside a task Airflow reads the environment only, so doctor reported it missing."""
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    from backups.commands.doctor import OK, run_doctor
+
+    monkeypatch.delenv("AIRFLOW_CONN_DOCTOR_S3", raising=False)
+    with create_session() as session:
+        session.query(Connection).filter(Connection.conn_id == "doctor_s3").delete()
+        session.add(Connection(conn_id="doctor_s3", conn_type="aws", login="a", password="b",
+                               extra=json.dumps({"endpoint_url": f"http://127.0.0.1:{free_port()}"})))
+    try:
+        checks = _checks(run_doctor(smtp_timeout=1))
+        assert checks["airflow connection doctor_s3"]["status"] == OK, checks["airflow connection doctor_s3"]
+        assert "airflow" not in checks  # the Airflow checks ran (no skip, no failure of the layer itself)
+    finally:
+        with create_session() as session:
+            session.query(Connection).filter(Connection.conn_id == "doctor_s3").delete()

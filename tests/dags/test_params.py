@@ -82,6 +82,20 @@ def test_approval_forms_need_nothing_typed(bag):
         t.validate_params_input({"note": ""})
 
 
+def test_an_empty_choice_has_words_not_null(bag):
+    """Issue 20: the drill form's Storage field showed a literal ``null``: a select whose choices include None
+    (the field's "empty") labels it with ``values_display``."""
+    seen = []
+    for dag_id, dag in bag.dags.items():
+        for name in dag.params:
+            schema = dag.params.get_param(name).schema
+            if None in (schema.get("enum") or []):
+                seen.append((dag_id, name))
+                label = (schema.get("values_display") or {}).get(None)
+                assert label and label != "null", (dag_id, name)
+    assert ("dr_drill", "storage") in seen and ("restore_snapshot", "storage") in seen
+
+
 def test_restore_sections_put_only_the_common_fields_first(bag):
     p = bag.dags["restore_snapshot"].params
     basic = [k for k in p if not p.get_param(k).schema.get("section")]

@@ -123,3 +123,18 @@ tiers:
     # bad input from the installed CLI: one message, the documented exit code, no traceback
     bad = _cli(wheel_venv, tmp_path, "--config", str(tmp_path / "missing.yaml"), "list", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "missing.yaml" in bad.stderr
+
+
+def test_installed_doctor_says_no_config_ships(wheel_venv, tmp_path):
+    """Issue 20 item 8: the pip route ships no config; doctor said it "used the shipped …/site-packages/backups.yaml",
+    which does not exist. Now it fails BACKUP_CONFIG, says no config ships, and names the copy to make."""
+    cfg = tmp_path / "backups.yaml"
+    cfg.write_text(f"application: doc\nsources:\n  f: {{type: files, root: \"{tmp_path}\"}}\nstorages:\n  local: {{type: local, path: "
+                   f"\"{tmp_path}/repo\"}}\ntiers:\n  daily: {{type: full, schedule: \"0 2 * * *\", sources: [f], "
+                   "storages: [local]}\n")
+    out = _cli(wheel_venv, tmp_path, "--config", str(cfg), "doctor", check=False)
+    assert out.returncode == 2, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("FAIL  env BACKUP_CONFIG"))
+    assert "no shipped config" in line and "ships none" in line and "the shipped" not in out.stdout
+    assert "copy the project's include/backups.yaml" in out.stdout
+    assert any(x.startswith("SKIP  airflow") for x in out.stdout.splitlines()), out.stdout  # no Airflow there

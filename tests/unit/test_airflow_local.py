@@ -106,3 +106,25 @@ def test_status_prints_the_environment_doctor_needs(tmp_path, monkeypatch, capsy
     line = next(x for x in out.splitlines() if "AIRFLOW_CONN_BACKUP_AIRFLOW_API=" in x)
     conn = json.loads(shlex.split(line.split("=", 1)[1])[0])
     assert conn == {"conn_type": "http", "host": "http://127.0.0.1:8090", "login": "admin", "password": pw}
+    assert "AIRFLOW__CORE__FERNET_KEY" not in out  # no key generated yet (status never creates one)
+
+    # issue 20: every variable doctor needs — the Fernet key, BACKUP_CONFIG and the config's own variables
+    key = local.ensure_fernet_key(tmp_path)
+    config = tmp_path / "backups.yaml"
+    config.write_text("sources:\n  a: {type: files, root: '${DOC_HOME}'}\nstorages:\n  l: {type: local, path: "
+                      "'${DOC_ROOT:-/x}', encryption: {key_env: DOC_KEY}}\n")
+    for name, value in {"BACKUP_CONFIG": str(config), "DOC_HOME": "/srv/app", "DOC_KEY": "k3y", "UNRELATED": "x"}.items():
+        monkeypatch.setenv(name, value)
+    assert local.main(["status"]) == 0
+    exported = dict(line.strip().removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines()
+                    if line.strip().startswith("export ") and "AIRFLOW_HOME" not in line and "_API=" not in line)
+    assert exported == {"AIRFLOW__CORE__FERNET_KEY": key, "BACKUP_CONFIG": str(config), "DOC_HOME": "/srv/app",
+                        "DOC_KEY": "k3y"}
+
+
+def test_fernet_key_is_kept_private_and_valid(tmp_path):
+    import base64
+
+    key = local.ensure_fernet_key(tmp_path)
+    assert local.ensure_fernet_key(tmp_path) == key and len(base64.urlsafe_b64decode(key)) == 32
+    assert (tmp_path / local.FERNET_KEY_FILE).stat().st_mode & 0o077 == 0

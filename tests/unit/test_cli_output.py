@@ -26,12 +26,12 @@ LOG_LINE = re.compile(r"(\bINFO\b|\[info\s*\]|\bDEBUG\b|\[debug\s*\])")
 ])
 def test_global_options_before_or_after_the_command(argv):
     args = build_parser().parse_args(argv)
-    assert args.verbose is True and args.config == "c.yaml" and args.quiet is False
+    assert args.verbose == 1 and args.config == "c.yaml" and args.quiet is False
 
 
 def test_an_option_before_the_command_is_not_reset_by_the_command_parser():
     args = build_parser().parse_args(["-q", "--config", "a.yaml", "list"])
-    assert args.quiet is True and args.config == "a.yaml" and args.verbose is False
+    assert args.quiet is True and args.config == "a.yaml" and not args.verbose
     args = build_parser().parse_args(["--config", "a.yaml", "list", "--config", "b.yaml", "-q"])
     assert args.config == "b.yaml" and args.quiet is True
 
@@ -43,6 +43,32 @@ def app(tmp_path_factory):
     a = make_app(tmp_path_factory.mktemp("output"), scale=0.1, seed=4)
     run_backup(a["cfg"], "weekly", logical_date="2026-01-04T01:00:00Z")
     return a
+
+
+def test_log_levels_are_restics():
+    """Issue 20: the result table is not preceded by INFO lines — warnings by default, INFO with -v, DEBUG with
+    -vv, errors only with -q."""
+    import logging
+
+    from backups.cli import log_level
+
+    levels = {argv: log_level(*(lambda a: (a.verbose, a.quiet))(build_parser().parse_args([*argv.split(), "list"])))
+              for argv in ("", "-v", "-vv", "-q")}
+    assert levels == {"": logging.WARNING, "-v": logging.INFO, "-vv": logging.DEBUG, "-q": logging.ERROR}
+
+
+def test_restore_prints_no_info_lines_unless_asked(app, tmp_path):
+    """``backupctl restore`` printed about ten timestamped INFO lines before its result table; now only with -v."""
+    args = ["--config", str(app["config_path"]), "restore", "latest", "--no-validate"]
+    quiet = subprocess.run([*CLI, *args, "--target", str(tmp_path / "a")], capture_output=True, text=True,
+                           env=subprocess_env(), timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "restored weekly-20260104T010000Z" in quiet.stdout
+    assert not LOG_LINE.search(quiet.stderr), quiet.stderr
+    verbose = subprocess.run([*CLI, *args, "-v", "--target", str(tmp_path / "b")], capture_output=True, text=True,
+                             env=subprocess_env(), timeout=300)
+    assert verbose.returncode == 0, verbose.stderr
+    assert LOG_LINE.search(verbose.stderr) and not re.search(r"\bDEBUG\b", verbose.stderr), verbose.stderr
 
 
 def test_prune_dash_v_after_the_command_prints_the_decisions(app, capsys):

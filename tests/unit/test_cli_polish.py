@@ -286,3 +286,27 @@ def test_readonly_open_is_immutable_only_without_pending_wal(tmp_path):
         assert sqlite_tables(db) == {"a", "b"}
     finally:
         writer.close()
+
+
+# ------------------------------------------------------------------------------------------------ words, not Python reprs
+def test_approval_reads_as_words():
+    """Issue 20: notes and reports said "approval: Approve by admin"; a list printed as ``['missions']``."""
+    from backups.cli import _words
+    from backups.commands.base import approval_phrase
+
+    assert approval_phrase({"choice": "Approve", "by": "admin", "at": "2026-12-07T10:00:00+00:00", "note": "go"}) \
+        == "approved by **admin** at 2026-12-07T10:00:00+00:00 — go"
+    assert approval_phrase({"choice": "Approve", "by": "admin", "at": "T"}, when=False) == "approved by **admin**"
+    assert approval_phrase({"choice": "Reject", "by": "bob"}, when=False) == "rejected by **bob**"
+    assert approval_phrase({"by": None, "choice": "not required", "note": "require_approval was false"}) \
+        == "not required (require_approval was false)"
+    assert approval_phrase(None) == "-"
+    assert _words(["missions", "crew"]) == "missions, crew" and _words("all") == "all" and _words([]) == "none"
+
+
+def test_restore_prints_table_lists_as_words(app, capsys, tmp_path):
+    code = main(["--config", str(app["config_path"]), "restore", "latest", "--source", "app_db", "--table", "missions",
+                 "--with-dependencies", "--no-validate", "--target", str(tmp_path / "t")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "tables: " in out and "[" not in out.split("tables: ", 1)[1].splitlines()[0], out

@@ -41,7 +41,7 @@ from ..errors import (
 )
 from ..sources import open_source
 from ..storage import Resolver, open_storage
-from .base import Result, mb
+from .base import Result, approval_phrase, mb
 from .procedure import CLEANUP, Procedure, RunContext, Skip, Step
 from .procedure import run as run_procedure
 from .validate import DB_KINDS, compact_results, load_pg_dump, pg_check_server, raise_failed, validate_restored
@@ -358,19 +358,24 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Resolver | None = 
     total = sum(estimates.values())
     free: dict[str, int | None] = {}
     unavailable: dict[str, str] = {}
-    for i, name in enumerate(sel.storages):
-        kind = cfg.storages[name].type
-        try:
-            st = open_storage(cfg, name, resolver)
-            st.check()
-            free[name] = st.free_bytes()
-            from ..repository import Repository
+    from ..repository import Repository
+    from ..storage.reach import open_each
 
-            Repository(st, cfg).locks.report()  # stale locks: a warning in this task's log (monitoring)
-        except BackupError as exc:
-            if i == 0:  # the primary receives the extraction: without it there is no backup at all
+    # the one unreachable-storage rule (storage.reach): each storage on its own; the primary is the one this
+    # operation needs (it receives the extraction: without it there is no backup at all), a copy target that is
+    # down is named and the backup goes ahead (its upload task fails, the run goes red, the next run back-fills)
+    for name, st, exc in open_each(cfg, sel.storages, resolver, read_only=False):
+        kind = cfg.storages[name].type
+        if st is not None:
+            try:
+                free[name] = st.free_bytes()
+                Repository(st, cfg).locks.report()  # stale locks: a warning in this task's log (monitoring)
+            except BackupError as error:
+                st, exc = None, error
+        if exc is not None:
+            if name == sel.storages[0]:
                 problems.append((_problem("storage", name, kind, exc), _retryable(kind, exc)))
-            else:  # a copy target: back up anyway; its upload task fails (the run goes red) and the next run back-fills
+            else:
                 unavailable[name] = exc.message
                 log.warning("%s — the backup goes ahead on the other storages; upload[%s] will fail and the next run "
                             "back-fills the copy", _problem("storage", name, kind, exc), name)
@@ -735,8 +740,7 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
     md = [f"# Manual backup {s['snapshot_id']}", "",
           f"* requested by: **{doc['requested_by']}** (run `{run_id}`)",
           f"* comment: {s.get('comment') or '-'}",
-          f"* approval: {approved['choice']}" + (f" by **{approved['by']}** at {approved.get('at')}" if approved["by"] else "")
-          + (f" — {approved['note']}" if approved.get("note") else ""),
+          f"* approval: {approval_phrase(approved)}",
           f"* type: {s['type']}" + (f" (requested {s['requested_type']}: {s['promoted_reason']})" if s.get("promoted_reason") else "")
           + f", parent {s['parent'] or '-'}, chain {' -> '.join(s['chain'])}",
           f"* storages: {', '.join(s['storages'])}", "",

@@ -11,7 +11,7 @@ from ..engine.progress import mb
 if TYPE_CHECKING:
     from ..storage import Resolver
 
-__all__ = ["Result", "config_and_resolver", "mb"]
+__all__ = ["Result", "approval_phrase", "config_and_resolver", "mb"]
 
 
 @dataclasses.dataclass
@@ -25,6 +25,22 @@ class Result:
     def from_dict(cls, d: dict[str, Any]) -> Any:
         """The result back from its :meth:`to_dict` form (an XCom pulled by a later task); unknown keys are ignored."""
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def approval_phrase(approval: dict[str, Any] | None, *, when: bool = True) -> str:
+    """An approval record (``{"choice", "by", "at", "note"}``) as words: ``approved by **admin** at 2026-12-07T10:00
+    — go``; ``not required (require_approval was false)``; ``-`` when there is none. ``when``: include the time."""
+    a = approval or {}
+    choice = str(a.get("choice") or "")
+    if not choice:
+        return "-"
+    words = {"approve": "approved", "reject": "rejected"}.get(choice.lower(), choice)
+    if a.get("by"):
+        words += f" by **{a['by']}**" + (f" at {a['at']}" if when and a.get("at") else "")
+    note = a.get("note") or ""
+    if note:
+        words += f" ({note})" if not a.get("by") else f" — {note}"
+    return words
 
 
 def config_and_resolver(path: str | None = None, resolver: Resolver | None = None) -> tuple[Config, Resolver | None]:

@@ -9,10 +9,12 @@ Run it where the DAGs run — on every worker and on the triggerer — with the 
 * ``connections`` — every ``conn_id`` of the config resolves through the registered connection resolver (Airflow's);
 * ``storage <name>`` — each storage answers and is writable: a probe object is written, read back and deleted
   (``doctor/probe-<host>-<pid>``, never a snapshot key);
-* the Airflow checks, when Airflow is importable (registered under the entry point group ``backups.doctor``,
-  ``backups.orchestration.doctor``; this module never imports Airflow): each connection is defined in Airflow,
-  the ``backup_io`` pool exists in the metadata database, and the SMTP connection is known when the config
-  has ``notify_email``;
+* the Airflow checks, when Airflow is installed (``python -m backups.orchestration.doctor`` in a child process;
+  this module never imports Airflow; installed but not importable is a failure): each connection is defined in
+  Airflow — looked up as a task does: ``AIRFLOW_CONN_<ID>``, the secrets backend, then the metadata database —,
+  the ``backup_io`` pool exists in the metadata database, and the SMTP connection is known when the config has
+  ``notify_email``. Doctor writes nothing to Airflow: no log folder, no database (a missing SQLite metadata
+  database is reported, not created), whatever ``AIRFLOW_HOME`` is.
 * ``smtp`` — the SMTP server answers (EHLO) when ``notify_email`` is set.
 
 The result is ``ok`` only when no check failed; a warning (something to look at) does not fail it.
@@ -20,6 +22,7 @@ The result is ``ok`` only when no check failed; a warning (something to look at)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -27,14 +30,15 @@ import smtplib
 import socket
 import ssl
 import time
-from importlib.metadata import entry_points
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ..config import ENV_CONFIG, NO_SHIPPED_CONFIG_HINT, config_path, load_config, safe_load_yaml
 from ..errors import BackupError, ConfigError
+from ..units import fmt_bytes
 from .base import Result
 
-GROUP = "backups.doctor"  #: entry point group of the Airflow-side checks (``backups.orchestration.doctor``)
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 
@@ -223,7 +227,7 @@ def _storage(cfg: Any, name: str, resolver: Any) -> Check:
     try:
         nbytes = storage.free_bytes()
         if nbytes is not None:
-            free = f", {nbytes / 1e9:,.1f} GB free"
+            free = f", {fmt_bytes(nbytes)} free"
     except (BackupError, OSError):
         pass
     return Check(label, OK, f"{where}: writable (probe written, read back, deleted){free}")
@@ -248,31 +252,128 @@ def smtp_check(endpoint: SmtpEndpoint, timeout: float = 5.0) -> Check:
     return Check(label, OK, f"{where} answers (EHLO)")
 
 
-def _airflow_doctor(enabled: bool | None) -> tuple[Any, Check | None]:
-    """The registered Airflow-side checks (None and why not when Airflow is absent or turned off)."""
-    if enabled is False:
-        return None, Check("airflow", SKIP, "Airflow checks turned off (--no-airflow)")
+#: the Airflow-side checks, run as ``python -m`` in a child process (this module never imports Airflow)
+AIRFLOW_CHECKS = "backups.orchestration.doctor"
+
+
+def _airflow_installed() -> bool:
     import importlib.util
 
     try:
-        importable = importlib.util.find_spec("airflow") is not None
+        return importlib.util.find_spec("airflow") is not None
     except (ImportError, ValueError):  # ValueError: sys.modules["airflow"] is None (blocked on purpose)
-        importable = False
-    if not importable:  # do not even load the Airflow layer
-        return None, Check("airflow", SKIP if enabled is None else FAIL,
-                           "Airflow is not installed here: pool and Airflow connections not checked",
-                           "" if enabled is None else "run doctor where Airflow is installed")
-    found = [ep for ep in entry_points(group=GROUP) if ep.name == "airflow"]
-    if not found:
-        return None, Check("airflow", SKIP if enabled is None else FAIL,
-                           "no Airflow checks registered (the package is not installed: pip install -e .)",
-                           "" if enabled is None else "install the package (pip install '.[airflow]')")
-    try:
-        return found[0].load()(), None
-    except ImportError as exc:
-        return None, Check("airflow", SKIP if enabled is None else FAIL,
-                           f"Airflow is not importable here ({exc.name or exc}): pool and Airflow connections not checked",
-                           "" if enabled is None else "run doctor where Airflow is installed")
+        return False
+
+
+def _metadata_db_problem(env: dict[str, str], home: Path) -> str:
+    """Why the metadata database cannot be read without creating it ("" when it can be tried): a SQLite file
+    that does not exist (opening it would create an empty database — ``~/airflow/airflow.db`` when doctor ran
+    without ``AIRFLOW_HOME``)."""
+    url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    if not url:
+        cfg_file = Path(env.get("AIRFLOW_CONFIG") or home / "airflow.cfg")
+        if cfg_file.is_file():
+            import configparser
+
+            parser = configparser.ConfigParser(interpolation=None)
+            try:
+                parser.read(cfg_file, encoding="utf-8")
+                url = parser.get("database", "sql_alchemy_conn", fallback="")
+            except (configparser.Error, OSError, UnicodeDecodeError):
+                url = ""
+        url = url or f"sqlite:///{home / 'airflow.db'}"
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[-1].split("?", 1)[0]
+        if path and path != ":memory:" and not Path(path).is_file():
+            return f"no metadata database at {path}"
+    return ""
+
+
+def airflow_read_env(env: dict[str, str], scratch: Path) -> tuple[dict[str, str], list[Check]]:
+    """The environment in which doctor looks at Airflow without writing to it: Airflow's log folder in
+    ``scratch`` (importing Airflow creates it), a scratch ``AIRFLOW_HOME`` when the home does not exist, and —
+    when the metadata database exists — the lookup order of a task's connections (``_AIRFLOW_PROCESS_CONTEXT=
+    server``: ``AIRFLOW_CONN_*`` variables, the secrets backend, then the metadata database; without it Airflow
+    outside a task reads the environment only). Plus the checks that say what was not looked at."""
+    out = dict(env)
+    notes: list[Check] = []
+    home = Path(env.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    if not home.is_dir():
+        out["AIRFLOW_HOME"] = str(scratch / "airflow-home")
+        notes.append(Check("airflow home", WARN, f"{home} does not exist (AIRFLOW_HOME "
+                           f"{'is ' + env['AIRFLOW_HOME'] if env.get('AIRFLOW_HOME') else 'is not set'}): this is not "
+                           "the environment of an Airflow component; nothing was created there",
+                           "run doctor with the environment of the workers and the triggerer (AIRFLOW_HOME, "
+                           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN, AIRFLOW__CORE__FERNET_KEY; for `make airflow`: the "
+                           "export lines of `make airflow-status`)"))
+    out["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(scratch / "logs")
+    problem = _metadata_db_problem(env, home)
+    if problem:
+        out["BACKUPS_DOCTOR_NO_DB"] = problem
+    else:
+        out["_AIRFLOW_PROCESS_CONTEXT"] = "server"
+    return out, notes
+
+
+def _airflow_checks(path: str | None, enabled: bool | None, env: dict[str, str],
+                    timeout: float = 300.0) -> tuple[list[Check], SmtpEndpoint | None]:
+    """The Airflow-side checks (:mod:`backups.orchestration.doctor`) in a child process with
+    :func:`airflow_read_env`: this process never imports Airflow, and a broken Airflow is a failed check."""
+    if enabled is False:
+        return [Check("airflow", SKIP, "Airflow checks turned off (--no-airflow)")], None
+    if not _airflow_installed():  # do not even start the Airflow layer
+        return [Check("airflow", SKIP if enabled is None else FAIL,
+                      "Airflow is not installed here: pool and Airflow connections not checked",
+                      "" if enabled is None else "run doctor where Airflow is installed")], None
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="backups-doctor-") as tmp:
+        child_env, notes = airflow_read_env(env, Path(tmp))
+        result = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", AIRFLOW_CHECKS, "--out", str(result)] + (["--config", str(path)] if path else [])
+        try:
+            proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+            err = proc.stderr
+        except subprocess.TimeoutExpired:
+            err = f"no answer in {timeout:.0f}s"
+        if not result.is_file():
+            lines = [x for x in err.strip().splitlines() if x.strip()]
+            return notes + [Check("airflow", FAIL, "Airflow is installed but cannot be used here: "
+                                  + (lines[-1][:300] if lines else "the check process failed"),
+                                  "repair the Airflow installation of this environment (`pip check`; "
+                                  f"`{sys.executable} -c 'import airflow.sdk'` shows the whole error)")], None
+        data = json.loads(result.read_text(encoding="utf-8"))
+    smtp = SmtpEndpoint(**data["smtp"]) if data.get("smtp") else None
+    return notes + [Check(**c) for c in data["checks"]], smtp
+
+
+@contextlib.contextmanager
+def _reading_airflow(env: dict[str, str], *, needed: bool) -> Iterator[None]:
+    """Resolving the config's ``conn_id`` imports Airflow in this process: with :func:`airflow_read_env`'s
+    variables for that time (no log folder or database created; connections looked up as a task does). Nothing
+    to do when Airflow is imported already (its settings are read at import)."""
+    import sys
+    import tempfile
+
+    if not needed or "airflow" in sys.modules:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="backups-doctor-") as tmp:
+        wanted, _ = airflow_read_env(env, Path(tmp))
+        saved = {k: os.environ.get(k) for k in wanted if os.environ.get(k) != wanted[k]}
+        os.environ.update({k: wanted[k] for k in saved})
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def run_doctor(path: str | None = None, *, resolver: Any = None, airflow: bool | None = None,
@@ -286,24 +387,22 @@ def run_doctor(path: str | None = None, *, resolver: Any = None, airflow: bool |
     checks.append(c)
     checks += _env(path, cfg, env)
     if cfg is not None:
-        resolver, c = _resolver(cfg, resolver)
-        checks.append(c)
-        for name in cfg.storages:
-            if resolver is None and conn_ids(cfg) and getattr(cfg.storages[name], "type", "") != "local":
-                checks.append(Check(f"storage {name}", SKIP, "its connection cannot be resolved (see connections)"))
-                continue
-            checks.append(_storage(cfg, name, resolver))
-        doctor, c = _airflow_doctor(airflow)
-        if c is not None:
+        with _reading_airflow(env, needed=resolver is None and bool(conn_ids(cfg))):
+            resolver, c = _resolver(cfg, resolver)
             checks.append(c)
-        if doctor is not None:
-            checks += doctor.checks(cfg)
-            if smtp is None and cfg.notify_email:
-                smtp = doctor.smtp_endpoint()
+            for name in cfg.storages:
+                if resolver is None and conn_ids(cfg) and getattr(cfg.storages[name], "type", "") != "local":
+                    checks.append(Check(f"storage {name}", SKIP, "its connection cannot be resolved (see connections)"))
+                    continue
+                checks.append(_storage(cfg, name, resolver))
+        found, endpoint = _airflow_checks(path, airflow, env)
+        checks += found
+        airflow_ran = not any(c.name == "airflow" for c in found)  # "airflow": skipped or broken
+        smtp = smtp or endpoint
         if cfg.notify_email:
             if smtp is not None:
                 checks.append(smtp_check(smtp, smtp_timeout))
-            elif doctor is None:
+            elif not airflow_ran:
                 checks.append(Check("smtp", SKIP, f"notify_email is set ({', '.join(cfg.notify_email)}) but the SMTP "
                                                   "connection is Airflow's: run doctor where Airflow is installed"))
         else:

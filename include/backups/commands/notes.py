@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..engine.progress import mb
+from .base import approval_phrase
 
 
 def _secs(value: Any) -> str:
@@ -58,8 +59,8 @@ def backup_note(summary: dict[str, Any], report_url: str | None = None) -> str:
              f"{mb(t['bytes'])} → {mb(t['stored_bytes'])} stored · run {_secs(d.get('run_seconds'))}", ""]
     if s.get("requested_by") or s.get("approval"):
         a = s.get("approval") or {}
-        lines.append(f"* requested by **{s.get('requested_by') or 'unknown'}**; approval: {a.get('choice', '-')}"
-                     + (f" by **{a['by']}**" if a.get("by") else "") + (f" — {a['note']}" if a.get("note") else ""))
+        lines.append(f"* requested by **{s.get('requested_by') or 'unknown'}**; approval: "
+                     f"{approval_phrase(a, when=False)}")
     if s.get("comment"):
         lines.append(f"* comment: {s['comment']}")
     integrity = checks.get("integrity") or {}
@@ -86,8 +87,7 @@ def restore_note(doc: dict[str, Any], paths: list[str]) -> str:
              f"from `{snap['storage']}` ({snap.get('storage_type')}), {snap.get('type')} of tier {snap.get('tier')} · "
              f"{len(sources)} source(s) ({', '.join(sources)}), {files} files, {mb(size)} · run "
              f"{_secs(d.get('run_seconds'))}", "",
-             f"* requested by **{doc.get('requested_by') or 'unknown'}**; approval: {a.get('choice', '-')}"
-             + (f" by **{a['by']}**" if a.get("by") else "") + (f" — {a['note']}" if a.get("note") else ""),
+             f"* requested by **{doc.get('requested_by') or 'unknown'}**; approval: {approval_phrase(a, when=False)}",
              "* every file's SHA-256 checked while written" + (", then re-read and re-hashed" if ver.get("reread") else
                                                                "; present with its size after (not re-read)"),
              f"* data (Great Expectations): {_validation_line(ver.get('validation') or {})}"]

@@ -48,6 +48,7 @@ from ..config import Config
 from ..engine.progress import mb
 from ..errors import ConfigError, IntegrityError, NotFoundError, RefusedError, SourceError, StorageError, did_you_mean
 from ..storage.base import sha256_of
+from .base import approval_phrase
 from .validate import DB_KINDS, compact_results, pg_scratch_dsn, validate_restored
 
 log = logging.getLogger("backups.commands.restore")
@@ -983,11 +984,11 @@ def build_report(req: RestoreRequest, loc: Location, restored: RestoreResult, ve
           f"* from storage: `{loc.storage}` ({loc.storage_type}" + (", archive" if loc.archive else "") + ")",
           f"* snapshot: {loc.type}, tier {loc.tier}, logical date {loc.logical_date}, chain " + " -> ".join(loc.chain),
           f"* requested by: **{doc['requested_by']}** (run `{run.run_id}`)",
-          f"* approval: {approved['choice']}" + (f" by **{approved['by']}** at {approved.get('at')}" if approved.get("by") else "")
-          + (f" — {approved['note']}" if approved.get("note") else ""),
+          f"* approval: {approval_phrase(approved)}",
           f"* files: {verified.content}" + ("" if verified.reread else
                                             "; after the restore every file checked present with its size (no re-read)"),
-          f"* options: include {req.includes or 'all'}, tables {req.tables or 'all'}, force {req.force}, "
+          f"* options: include {', '.join(req.includes or []) or 'all'}, tables {', '.join(req.tables or []) or 'all'}, "
+          f"force {req.force}, "
           f"reread {bool(req.reread)}"
           + (f", with dependencies {req.include_dependencies}" if req.tables else "")
           + (f", PostgreSQL target {req.pg_target_name}" if req.pg_target_name else ""), ""]

@@ -39,8 +39,6 @@ RETRY_DELAY = timedelta(minutes=5)
 PLAN_TASK = "pre_backup.prepare_environment"
 #: the backup_manual form fields kept in its result document
 MANUAL_PARAMS = ("backup_type", "sources", "storages", "comment", "require_approval")
-#: the backup_manual params a run cannot do without: none (every field is nullable or has a valid default)
-MANUAL_REQUIRED: tuple[str, ...] = ()
 
 
 def asset_uri(cfg: Config, tier: str) -> str:

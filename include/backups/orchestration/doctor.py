@@ -1,7 +1,10 @@
-"""The Airflow side of ``backupctl doctor`` (registered under the entry point group ``backups.doctor``).
+"""The Airflow side of ``backupctl doctor``: ``python -m backups.orchestration.doctor --out FILE [--config PATH]``.
 
-:mod:`backups.commands.doctor` loads :class:`AirflowDoctor` through that entry point, only when Airflow is
-importable, so the CLI itself never imports this layer. Checks: every ``conn_id`` of the config is defined in
+:mod:`backups.commands.doctor` runs this module in a child process when Airflow is installed (the CLI itself
+never imports this layer; an Airflow that cannot be imported is a failed check), with an environment that makes
+it read only (:func:`backups.commands.doctor.airflow_read_env`: no log folder, no SQLite database created) and
+looks connections up as a task does: ``AIRFLOW_CONN_<ID>`` variables, the secrets backend, then the metadata
+database. Checks: every ``conn_id`` of the config is defined in
 Airflow (environment ``AIRFLOW_CONN_*``, a secrets backend or the metadata database), the ``backup_io`` pool
 exists, the one REST API connection ``backup_airflow_api`` of the run notes and the schedule check (a warning when
 missing or when only the deprecated ``airflow_api`` provides it) and — with ``notify_email`` — the SMTP connection
@@ -10,6 +13,7 @@ missing or when only the deprecated ``airflow_api`` provides it) and — with ``
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import airflow.sdk  # noqa: F401  (a missing Airflow is an ImportError when the entry point loads: checks skipped)
@@ -101,6 +105,12 @@ class AirflowDoctor:
         if not POOL:
             return Check("airflow pool", OK, "the tasks use no pool (adapters.POOL is None)")
         label = f"airflow pool {POOL}"
+        no_db = os.environ.get("BACKUPS_DOCTOR_NO_DB")
+        if no_db:  # opening a missing SQLite file would create an empty database
+            return Check(label, WARN, f"{no_db}: the pool cannot be checked, connections were looked up in the "
+                                      "environment and the secrets backend only",
+                         "run doctor with the scheduler's environment (AIRFLOW_HOME, "
+                         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN; for `make airflow`: `make airflow-status`)")
         try:
             from airflow.models.pool import Pool
             from airflow.utils.session import create_session
@@ -131,4 +141,32 @@ class AirflowDoctor:
         return SmtpEndpoint(conn.conn_id, conn.host or "localhost", int(conn.port or (465 if use_ssl else 25)), use_ssl)
 
 
-__all__ = ["AirflowDoctor"]
+def main(argv: list[str] | None = None) -> int:
+    """The checks of :class:`AirflowDoctor` as JSON into ``--out`` (``{"checks": [...], "smtp": {...} | null}``)."""
+    import argparse
+    import contextlib
+    import dataclasses
+    import json
+    import sys
+
+    from ..config import load_config
+
+    ap = argparse.ArgumentParser(description="the Airflow-side checks of backupctl doctor")
+    ap.add_argument("--config")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    with contextlib.redirect_stdout(sys.stderr):
+        cfg = load_config(args.config)
+        doctor = AirflowDoctor()
+        checks = doctor.checks(cfg)
+        smtp = doctor.smtp_endpoint() if cfg.notify_email else None
+    doc = {"checks": [dataclasses.asdict(c) for c in checks], "smtp": dataclasses.asdict(smtp) if smtp else None}
+    with open(args.out, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+    return 0
+
+
+__all__ = ["AirflowDoctor", "main"]
+
+if __name__ == "__main__":  # pragma: no cover - run by backupctl doctor
+    raise SystemExit(main())

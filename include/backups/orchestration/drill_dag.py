@@ -62,6 +62,7 @@ def _resolver(cfg: Config) -> Any:
 def drill_params(cfg: Config) -> dict[str, Param]:
     return {
         "storage": Param(None, type=["null", "string"], enum=[None, *cfg.storages], title="Storage",
+                         values_display={None: "drill.storage, else each tier's last storage"},
                          description="Drill from this storage; empty: drill.storage, else each tier's last storage"),
         "tiers": Param(None, type=["null", "array"], items={"type": "string", "enum": list(cfg.tiers)},
                        uniqueItems=True, examples=list(cfg.tiers), title="Tiers",

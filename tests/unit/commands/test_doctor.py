@@ -131,3 +131,38 @@ def test_cli_doctor_without_airflow_loads_no_airflow_layer(ready):
     lines = out.stdout.strip().splitlines()
     assert json.loads(lines[-1]) == {"code": 0, "loaded": []}
     assert "READY" in lines and any(line.startswith("SKIP  airflow") for line in lines)
+
+
+# ------------------------------------------------------------------------------------------------ Airflow side (issue 20)
+def _doctor_child(tmp_path, **env):
+    """``backupctl doctor`` as a person runs it: a fresh process, HOME in tmp_path, no Airflow environment."""
+    base = {k: v for k, v in subprocess_env().items() if not k.startswith("AIRFLOW")}
+    base.update(HOME=str(tmp_path / "home-dir"), **env)
+    (tmp_path / "home-dir").mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "backups.cli", "doctor"], env=base, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+
+
+def test_doctor_without_airflow_home_creates_nothing(ready, tmp_path):
+    """Run without AIRFLOW_HOME it created ~/airflow/airflow.db (and ~/airflow/logs); now it creates nothing
+    there, says it is not looking at an Airflow component's environment, and cannot check the pool."""
+    pytest.importorskip("airflow")
+    out = _doctor_child(tmp_path, BACKUP_CONFIG=str(ready["config"]))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not (tmp_path / "home-dir" / "airflow").exists(), list((tmp_path / "home-dir").rglob("*"))
+    lines = out.stdout.splitlines()
+    assert any(x.startswith("WARN  airflow home") and "does not exist (AIRFLOW_HOME is not set)" in x for x in lines)
+    assert any(x.startswith("WARN  airflow pool backup_io") and "no metadata database" in x for x in lines), out.stdout
+
+
+def test_installed_but_broken_airflow_fails(ready, tmp_path):
+    """Airflow installed but not importable said ``SKIP … not importable`` and then READY; now it fails."""
+    broken = tmp_path / "broken" / "airflow"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('airflow is broken on purpose')\n")
+    out = _doctor_child(tmp_path, BACKUP_CONFIG=str(ready["config"]),
+                        PYTHONPATH=f"{tmp_path / 'broken'}:{ROOT}:{ROOT / 'include'}")
+    assert out.returncode == 2, out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("FAIL  airflow "))
+    assert "cannot be used here" in line and "broken on purpose" in line
+    assert out.stdout.rstrip().endswith("NOT READY: 1 check(s) failed")
