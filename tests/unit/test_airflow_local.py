@@ -128,3 +128,27 @@ def test_fernet_key_is_kept_private_and_valid(tmp_path):
     key = local.ensure_fernet_key(tmp_path)
     assert local.ensure_fernet_key(tmp_path) == key and len(base64.urlsafe_b64decode(key)) == 32
     assert (tmp_path / local.FERNET_KEY_FILE).stat().st_mode & 0o077 == 0
+
+
+def test_demo_environment_has_a_fernet_key_and_no_library_warning(tmp_path, monkeypatch):
+    """`make demo` printed "empty cryptography key" and a starlette/httpx deprecation warning a user cannot act
+    on: the demo's AIRFLOW_HOME gets the Fernet key `make airflow` shares, and that one warning is filtered."""
+    import os
+    import warnings
+
+    from tools import demo_airflow
+
+    for name in ("AIRFLOW_HOME", "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__LOAD_EXAMPLES",
+                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__LOGGING__LOGGING_LEVEL", "FMR_HOME", "BACKUP_ROOT",
+                 "BACKUP_CONFIG"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    monkeypatch.delenv("AIRFLOW__CORE__FERNET_KEY")
+    demo_airflow._environment(tmp_path, tmp_path / "backups.yaml")
+    assert os.environ["AIRFLOW__CORE__FERNET_KEY"] == local.ensure_fernet_key(tmp_path / "airflow")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        demo_airflow._quiet_library_warnings()
+        warnings.warn("Using `httpx` with `starlette.testclient` is deprecated; install `httpx2` instead.",
+                      DeprecationWarning, stacklevel=1)
+        warnings.warn("another deprecation", DeprecationWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["another deprecation"]
