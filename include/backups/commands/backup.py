@@ -40,7 +40,7 @@ from ..errors import (
     TransientStorageError,
 )
 from ..sources import open_source
-from ..storage import Resolver, open_storage
+from ..storage import Resolver, Storage, open_storage
 from .base import Result, approval_phrase, mb
 from .procedure import CLEANUP, Procedure, RunContext, Skip, Step
 from .procedure import run as run_procedure
@@ -574,7 +574,7 @@ def is_archive(cfg: Config, storage: str) -> bool:
     return getattr(cfg.storages[storage], "storage_class", None) in ARCHIVE_CLASSES
 
 
-def _record_integrity(cfg: Config, storage: Any, snap_id: str, failed: dict[str, list[str]], *,
+def _record_integrity(cfg: Config, storage: Storage, snap_id: str, failed: dict[str, list[str]], *,
                       read_data: bool = True) -> None:
     """Add the check to the storage's verification record: it re-hashed only ``snap_id``'s own objects, so it
     records (and may clear) that snapshot only, never another one's open failure. Logged, never fatal."""

@@ -23,7 +23,9 @@ from .storages import each_storage
 
 if TYPE_CHECKING:
     from ..config import Config
-    from ..storage import Resolver
+    from ..engine.checker import VerifyReport
+    from ..repository import Repository
+    from ..storage import Resolver, Storage
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def verify(cfg: Config, names: list[str] | None = None, *, snapshot: str | None 
     return out
 
 
-def _record(repo: Any, report: Any, *, every: bool, read_data: bool) -> None:
+def _record(repo: Repository, report: VerifyReport, *, every: bool, read_data: bool) -> None:
     """Add the storage's outcome to its verification record (monitoring's evidence). A record that cannot be
     written is logged, not fatal: the verification itself happened, and monitoring then still sees the old
     record (an open failure stays open)."""
@@ -83,8 +85,8 @@ def _record(repo: Any, report: Any, *, every: bool, read_data: bool) -> None:
                     getattr(exc, "message", None) or exc)
 
 
-def _verify_storage(repo: Any, storage: Any, *, snapshot: str | None, tier: str | None, every: bool, read_data: bool,
-                    skip_empty: bool) -> Any:
+def _verify_storage(repo: Repository, storage: Storage, *, snapshot: str | None, tier: str | None, every: bool, read_data: bool,
+                    skip_empty: bool) -> VerifyReport | None:
     from ..engine.checker import verify as check
 
     cat = repo.catalog

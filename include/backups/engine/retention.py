@@ -42,6 +42,7 @@ from ..storage.base import Storage
 
 if TYPE_CHECKING:
     from ..config import Config, Retention
+    from ..repository.locks import HeldLock
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def prune_storage(cfg: Config, storage: Storage, *, dry_run: bool = False, now: 
     return plan
 
 
-def apply_prune(storage: Storage, catalog: Catalog, plan: PrunePlan, *, lock: Any = None) -> PrunePlan:
+def apply_prune(storage: Storage, catalog: Catalog, plan: PrunePlan, *, lock: HeldLock | None = None) -> PrunePlan:
     """Forget the planned snapshots (manifest first) and remove orphans and temp objects; returns the plan with
     counts. ``lock`` (the exclusive repository lock) is checked right before anything is deleted."""
     if lock is not None:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog.manifest import (
     FUTURE_TOLERANCE,
@@ -45,6 +45,9 @@ from ..storage import Resolver, Storage, open_storage
 from ..storage.util import HashingReader
 from .archiver import load_part
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from ..repository.locks import HeldLock
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +357,7 @@ def extract(cfg: Config, p: Plan, source: str, storage: Storage, *, resolver: Re
 
 
 def commit(cfg: Config, p: Plan, storage: Storage, *, seconds: dict[str, float] | None = None,
-           locks: list[Any] | None = None, catalog: Catalog | None = None) -> Snapshot:
+           locks: list[HeldLock] | None = None, catalog: Catalog | None = None) -> Snapshot:
     """Assemble the per-source records into the manifest and write it last. Idempotent for a retry.
 
     The caller holds the snapshot id's exclusive lock; ``locks`` are checked right before the manifest is
@@ -444,7 +447,7 @@ def same_data(ours: Any, theirs: Any, src: str, dst: str) -> None:
                                 f"restore from it with `--storage {dst}`")
 
 
-def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage, *, locks: list[Any] | None = None) -> int:
+def replicate(cfg: Config, snap_id: str, src: Storage, dst: Storage, *, locks: list[HeldLock] | None = None) -> int:
     """Copy a committed snapshot (and any missing part of its chain) to ``dst``; manifest last. Returns bytes.
 
     Objects already on ``dst`` with the right size are kept (an interrupted copy resumes). Each manifest is

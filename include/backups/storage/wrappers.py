@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from ..errors import RefusedError, TransientStorageError
 from .base import ObjectInfo, Storage
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 LOCKS_PREFIX = "locks/"
 #: the verification record (:mod:`backups.repository.verification`); written by verify through a read-only handle
@@ -116,7 +117,7 @@ class RetryingStorage(_Wrapper):
         super().__init__(inner)
         self.attempts, self.base_delay, self.max_delay = attempts, base_delay, max_delay
 
-    def _retry(self, what: str, fn):
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()
@@ -182,5 +183,5 @@ class _Failing:
     def write(self, data: bytes) -> int:
         raise self.exc
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
