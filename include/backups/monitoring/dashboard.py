@@ -187,21 +187,50 @@ def render_dashboard(
     storages = [s for s in status.get("storages") or [] if isinstance(s, dict)]
     problems = [p for p in status.get("problems") or [] if isinstance(p, dict)]
 
-    tier_states = {id(t): freshness(t, now) for t in tiers}
-    from .health import problem_tier  # a tier is never OK while one of its own problems is open
+    tier_states = _tier_states(tiers, problems, now)
+    overall = status.get("state") if status.get("state") in _RANK else "ok"
+    for st, _age in tier_states.values():
+        overall = _worse(overall, st)
+    parts += _header(status, overall, now, source=source, ui_base=ui_base, reports_href=reports_href,
+                     metrics_href=metrics_href, monitoring_dag=monitoring_dag)
+    parts.append("<h2>Tiers</h2>")
+    if not tiers:
+        parts.append("<p>No tiers in the status.</p>")
+    else:
+        parts.append(
+            '<table id="tiers"><thead><tr><th>Tier</th><th>State</th><th>Newest snapshot</th>'
+            "<th>Age / RPO</th><th>Size</th><th>Duration</th><th>Storages</th><th>Last run</th>"
+            "<th>Last failure</th><th>Last verification</th></tr></thead><tbody>"
+        )
+        for t in tiers:
+            parts.append(_tier_row(t, *tier_states[id(t)], ui_base=ui_base, links_base=links_base))
+        parts.append("</tbody></table>")
+    parts += _storages_section(storages)
+    parts += _drill_section(status.get("last_drill"), links_base)
+    parts += _problems_section(problems)
+    return _page(f"Backups — {_LABEL.get(overall, overall)}", "\n".join(parts))
 
+
+def _tier_states(tiers: list[dict], problems: list[dict], now: datetime) -> dict[int, tuple[str, float | None]]:
+    """(state, age) per tier (by ``id``): freshness and the document's verdict, and never OK while one of the tier's
+    own problems is open."""
+    from .health import problem_tier
+
+    states = {id(t): freshness(t, now) for t in tiers}
     for p in problems:
         sev = p.get("severity") if p.get("severity") in _RANK else "warning"
         for t in tiers:
             if problem_tier(p.get("key")) == t.get("tier"):
-                st, age = tier_states[id(t)]
-                tier_states[id(t)] = (_worse(st, sev), age)
-    overall = status.get("state") if status.get("state") in _RANK else "ok"
-    for st, _age in tier_states.values():
-        overall = _worse(overall, st)
+                st, age = states[id(t)]
+                states[id(t)] = (_worse(st, sev), age)
+    return states
 
+
+def _header(status: dict, overall: str, now: datetime, *, source: str | None, ui_base: str,
+            reports_href: dict[str, str] | None, metrics_href: str | None, monitoring_dag: str) -> list[str]:
+    """The title with the overall state, when and where the status comes from, the links, the stale banner."""
     app = status.get("application") or ""
-    parts.append(f"<h1>Backups{(' — ' + _e(app)) if app else ''} {_badge(overall)}</h1>")
+    parts = [f"<h1>Backups{(' — ' + _e(app)) if app else ''} {_badge(overall)}</h1>"]
     gen = parse_iso(status.get("generated_at"))
     meta = [f"status generated {_e(_when(status.get('generated_at')))}"]
     if gen is not None:
@@ -222,82 +251,65 @@ def render_dashboard(
             f'<div class="banner warning" id="stale-status">This status is {_e(age_txt)}: is the '
             f"<code>{_e(monitoring_dag)}</code> DAG paused or failing? Ages below are recomputed for now.</div>"
         )
+    return parts
 
-    # -- tiers
-    parts.append("<h2>Tiers</h2>")
-    if not tiers:
-        parts.append("<p>No tiers in the status.</p>")
-    else:
-        parts.append(
-            '<table id="tiers"><thead><tr><th>Tier</th><th>State</th><th>Newest snapshot</th>'
-            "<th>Age / RPO</th><th>Size</th><th>Duration</th><th>Storages</th><th>Last run</th>"
-            "<th>Last failure</th><th>Last verification</th></tr></thead><tbody>"
-        )
-        for t in tiers:
-            parts.append(_tier_row(t, *tier_states[id(t)], ui_base=ui_base, links_base=links_base))
-        parts.append("</tbody></table>")
 
-    # -- storages
-    parts.append("<h2>Storages</h2>")
+def _storages_section(storages: list[dict]) -> list[str]:
+    parts = ["<h2>Storages</h2>"]
     if not storages:
-        parts.append("<p>No storages in the status.</p>")
-    else:
+        return parts + ["<p>No storages in the status.</p>"]
+    parts.append(
+        '<table id="storages"><thead><tr><th>Storage</th><th>Type</th><th>Reachable</th><th>Writable</th>'
+        '<th class="num">Used</th><th class="num">Free</th><th class="num">Snapshots</th><th>Verification</th>'
+        "<th>Error</th></tr></thead><tbody>"
+    )
+    for s in storages:
+        reach = s.get("reachable")
+        st = "ok" if reach else ("critical" if reach is False else "unknown")
+        writable = s.get("writable")
         parts.append(
-            '<table id="storages"><thead><tr><th>Storage</th><th>Type</th><th>Reachable</th><th>Writable</th>'
-            '<th class="num">Used</th><th class="num">Free</th><th class="num">Snapshots</th><th>Verification</th>'
-            "<th>Error</th></tr></thead><tbody>"
+            f'<tr class="state-{st}" data-storage="{_e(s.get("storage"))}">'
+            f'<td class="tier-name">{_e(s.get("storage"))}</td><td>{_e(s.get("type"))}</td>'
+            f"<td>{_badge(st) if reach is not None else '—'}</td>"
+            f"<td>{'yes' if writable else ('no' if writable is False else '—')}</td>"
+            f'<td class="num">{_e(fmt_bytes(s.get("used_bytes")))}</td>'
+            f'<td class="num">{_e(fmt_bytes(s.get("free_bytes")))}</td>'
+            f'<td class="num">{_e(s.get("snapshots", "—"))}</td>'
+            f"<td>{_storage_verification_cell(s)}</td>"
+            f'<td class="small">{_e(s.get("error") or "")}</td></tr>'
         )
-        for s in storages:
-            reach = s.get("reachable")
-            st = "ok" if reach else ("critical" if reach is False else "unknown")
-            writable = s.get("writable")
-            parts.append(
-                f'<tr class="state-{st}" data-storage="{_e(s.get("storage"))}">'
-                f'<td class="tier-name">{_e(s.get("storage"))}</td><td>{_e(s.get("type"))}</td>'
-                f"<td>{_badge(st) if reach is not None else '—'}</td>"
-                f"<td>{'yes' if writable else ('no' if writable is False else '—')}</td>"
-                f'<td class="num">{_e(fmt_bytes(s.get("used_bytes")))}</td>'
-                f'<td class="num">{_e(fmt_bytes(s.get("free_bytes")))}</td>'
-                f'<td class="num">{_e(s.get("snapshots", "—"))}</td>'
-                f"<td>{_storage_verification_cell(s)}</td>"
-                f'<td class="small">{_e(s.get("error") or "")}</td></tr>'
-            )
-        parts.append("</tbody></table>")
+    return parts + ["</tbody></table>"]
 
-    # -- last drill
-    parts.append("<h2>Last DR drill</h2>")
-    drill = status.get("last_drill")
+
+def _drill_section(drill: Any, links_base: str) -> list[str]:
+    parts = ["<h2>Last DR drill</h2>"]
     if not isinstance(drill, dict):
-        parts.append('<p id="drill">No drill recorded.</p>')
-    else:
-        st = "ok" if drill.get("passed") else "critical"
-        did = str(drill.get("id") or "")
-        # the plugin serves the reports (never a filesystem path on the page): this drill's, and the newest one
-        link = (f' · <a id="drill-report" href="{_e(urls.drill_report_url(did, base=links_base))}">report</a>'
-                if urls.DRILL_ID.match(did) else "")
-        link += f' · <a href="{_e(urls.drill_report_url("latest", base=links_base))}">latest drill report</a>'
-        parts.append(
-            f'<p id="drill">{_badge(st)} <code>{_e(did)}</code> at {_e(_when(drill.get("at")))} — '
-            f"RTO {_e(fmt_duration(drill.get('rto_seconds')))}, RPO {_e(fmt_duration(drill.get('rpo_seconds')))}"
-            + link + "</p>"
-        )
+        return parts + ['<p id="drill">No drill recorded.</p>']
+    st = "ok" if drill.get("passed") else "critical"
+    did = str(drill.get("id") or "")
+    # the plugin serves the reports (never a filesystem path on the page): this drill's, and the newest one
+    link = (f' · <a id="drill-report" href="{_e(urls.drill_report_url(did, base=links_base))}">report</a>'
+            if urls.DRILL_ID.match(did) else "")
+    link += f' · <a href="{_e(urls.drill_report_url("latest", base=links_base))}">latest drill report</a>'
+    return parts + [
+        f'<p id="drill">{_badge(st)} <code>{_e(did)}</code> at {_e(_when(drill.get("at")))} — '
+        f"RTO {_e(fmt_duration(drill.get('rto_seconds')))}, RPO {_e(fmt_duration(drill.get('rpo_seconds')))}"
+        + link + "</p>"]
 
-    # -- problems
-    parts.append(f"<h2>Open problems ({len(problems)})</h2>")
+
+def _problems_section(problems: list[dict]) -> list[str]:
+    parts = [f"<h2>Open problems ({len(problems)})</h2>"]
     if not problems:
-        parts.append('<p id="problems">None.</p>')
-    else:
-        items = []
-        for p in problems:
-            sev = p.get("severity") if p.get("severity") in _RANK else "warning"
-            items.append(
-                f'<li class="problem-{sev}" data-key="{_e(p.get("key"))}">{_badge(sev)} {_e(p.get("summary"))} '
-                f'<span class="small">(<code>{_e(p.get("key"))}</code>, since {_e(_when(p.get("since")))}, '
-                f"{_e(p.get('runs', 1))} check(s))</span></li>"
-            )
-        parts.append(f'<ul id="problems">{"".join(items)}</ul>')
-
-    return _page(f"Backups — {_LABEL.get(overall, overall)}", "\n".join(parts))
+        return parts + ['<p id="problems">None.</p>']
+    items = []
+    for p in problems:
+        sev = p.get("severity") if p.get("severity") in _RANK else "warning"
+        items.append(
+            f'<li class="problem-{sev}" data-key="{_e(p.get("key"))}">{_badge(sev)} {_e(p.get("summary"))} '
+            f'<span class="small">(<code>{_e(p.get("key"))}</code>, since {_e(_when(p.get("since")))}, '
+            f"{_e(p.get('runs', 1))} check(s))</span></li>"
+        )
+    return parts + [f'<ul id="problems">{"".join(items)}</ul>']
 
 
 def _storage_verification_cell(s: dict) -> str:

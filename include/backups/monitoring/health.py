@@ -50,8 +50,23 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
     """Every problem the status shows (without ``since``/``runs``: :func:`annotate` adds them)."""
     mon = cfg.monitoring
     now = now or parse_iso(status.get("generated_at")) or now_utc()
+    out = _freshness(status)
+    for s in status["storages"]:
+        out += _storage_problems(mon, s, now)
+    out += _chain_problems(status) + _drill_problems(cfg, status, now) + _anomalies(mon, status)
+    out += shrink_problems(cfg, status.get("_tables") or {})
+    seen: set[str] = set()
+    unique = []
+    for p in out:
+        if p["key"] not in seen:
+            seen.add(p["key"])
+            unique.append(p)
+    return unique
+
+
+def _freshness(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tiers past their RPO or without a snapshot, future-dated snapshots, missing replicas."""
     out: list[dict[str, Any]] = []
-    # ---- freshness
     for t in status["tiers"]:
         if t["rpo_seconds"] is None:
             continue
@@ -77,51 +92,60 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
             if gone:
                 out.append(_p(f"replica-missing:{tier}", "warning",
                               f"tier {tier}: newest snapshot {t['newest_id']} is not on storage(s) {', '.join(gone)}"))
-    # ---- storages
-    for s in status["storages"]:
-        name = s["storage"]
-        if not s["reachable"]:
-            out.append(_p(f"storage-unreachable:{name}", "critical", f"storage {name} is unreachable: {s['error']}"))
-            continue
-        if s["writable"] is False:
-            out.append(_p(f"storage-readonly:{name}", "critical", f"storage {name} is not writable: {s['error']}"))
-        total = s.get("total_bytes")
-        if s["free_bytes"] is not None and total:
-            pct = 100.0 * s["free_bytes"] / total
-            if pct < mon.min_free_percent:
-                out.append(_p(f"storage-space:{name}", "warning",
-                              f"storage {name}: {pct:.1f}% free ({fmt_bytes(s['free_bytes'])}), under "
-                              f"{mon.min_free_percent:g}%"))
-        if s.get("corrupt"):
-            out.append(_p(f"corrupt:{name}", "critical",
-                          f"storage {name}: {len(s['corrupt'])} damaged manifest(s): {', '.join(s['corrupt'][:5])}"))
-        bad = [lk for lk in s.get("locks") or [] if lk.get("state") != "live"]
-        if bad:
-            lk = bad[0]
-            out.append(_p(f"lock-stale:{name}", "warning",
-                          f"storage {name}: {len(bad)} stale or dead lock(s), e.g. {lk['operation']} by {lk['host']} pid "
-                          f"{lk['pid']} (heartbeat {lk['heartbeat_age_seconds']:.0f}s old): `backupctl unlock --stale`"))
-        # ---- the verification record (in the repository) and its open failures
-        rec = s.get("verification_record") or {}
-        if rec.get("problem"):
-            out.append(_p(f"verify-record:{name}", "critical", rec["problem"]))
-            continue
-        opened = s.get("open_failures") or {}
-        if opened:
-            out.append(_p(f"verify-failed:{name}", "critical", _failed_summary(name, opened, s.get("dependents") or {})))
-        if s["snapshots"]:
-            good = s.get("last_read_data_ok") or {}
-            at = parse_iso(s.get("last_read_data_at") or good.get("at"))
-            if at is not None and at > now + FUTURE_TOLERANCE:  # a host clock ahead: no evidence of a recent one
-                at = None
-            oldest = parse_iso(s.get("oldest_committed_at"))
-            held_long = oldest is None or (now - oldest).total_seconds() > mon.verify_within_days * DAY
-            if held_long and (at is None or (now - at).total_seconds() > mon.verify_within_days * DAY):
-                out.append(_p(f"verify-overdue:{name}", "warning",
-                              f"storage {name}: no successful read-data verification within {mon.verify_within_days:g} "
-                              f"days (last: {s.get('last_read_data_at') or good.get('at') or 'never'}); fix: "
-                              f"`backupctl verify --all --read-data --storage {name}`"))
-    # ---- presence and verification of each tier's newest chain
+    return out
+
+
+def _storage_problems(mon: Any, s: dict[str, Any], now: Any) -> list[dict[str, Any]]:
+    """One storage: reachable, writable, space, damaged manifests, stale locks, its verification record."""
+    out: list[dict[str, Any]] = []
+    name = s["storage"]
+    if not s["reachable"]:
+        out.append(_p(f"storage-unreachable:{name}", "critical", f"storage {name} is unreachable: {s['error']}"))
+        return out
+    if s["writable"] is False:
+        out.append(_p(f"storage-readonly:{name}", "critical", f"storage {name} is not writable: {s['error']}"))
+    total = s.get("total_bytes")
+    if s["free_bytes"] is not None and total:
+        pct = 100.0 * s["free_bytes"] / total
+        if pct < mon.min_free_percent:
+            out.append(_p(f"storage-space:{name}", "warning",
+                          f"storage {name}: {pct:.1f}% free ({fmt_bytes(s['free_bytes'])}), under "
+                          f"{mon.min_free_percent:g}%"))
+    if s.get("corrupt"):
+        out.append(_p(f"corrupt:{name}", "critical",
+                      f"storage {name}: {len(s['corrupt'])} damaged manifest(s): {', '.join(s['corrupt'][:5])}"))
+    bad = [lk for lk in s.get("locks") or [] if lk.get("state") != "live"]
+    if bad:
+        lk = bad[0]
+        out.append(_p(f"lock-stale:{name}", "warning",
+                      f"storage {name}: {len(bad)} stale or dead lock(s), e.g. {lk['operation']} by {lk['host']} pid "
+                      f"{lk['pid']} (heartbeat {lk['heartbeat_age_seconds']:.0f}s old): `backupctl unlock --stale`"))
+    # ---- the verification record (in the repository) and its open failures
+    rec = s.get("verification_record") or {}
+    if rec.get("problem"):
+        out.append(_p(f"verify-record:{name}", "critical", rec["problem"]))
+        return out
+    opened = s.get("open_failures") or {}
+    if opened:
+        out.append(_p(f"verify-failed:{name}", "critical", _failed_summary(name, opened, s.get("dependents") or {})))
+    if s["snapshots"]:
+        good = s.get("last_read_data_ok") or {}
+        at = parse_iso(s.get("last_read_data_at") or good.get("at"))
+        if at is not None and at > now + FUTURE_TOLERANCE:  # a host clock ahead: no evidence of a recent one
+            at = None
+        oldest = parse_iso(s.get("oldest_committed_at"))
+        held_long = oldest is None or (now - oldest).total_seconds() > mon.verify_within_days * DAY
+        if held_long and (at is None or (now - at).total_seconds() > mon.verify_within_days * DAY):
+            out.append(_p(f"verify-overdue:{name}", "warning",
+                          f"storage {name}: no successful read-data verification within {mon.verify_within_days:g} "
+                          f"days (last: {s.get('last_read_data_at') or good.get('at') or 'never'}); fix: "
+                          f"`backupctl verify --all --read-data --storage {name}`"))
+    return out
+
+
+def _chain_problems(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """Presence and verification of each tier's newest chain."""
+    out: list[dict[str, Any]] = []
     for t in status["tiers"]:
         tier = t["tier"]
         for name, probs in _by_storage((t.get("presence") or {}).get("problems") or []).items():
@@ -134,7 +158,13 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
                           f"tier {tier}: newest snapshot {t['newest_id']} has no passed verification of its whole "
                           f"chain within {v.get('max_age_days'):g} days ({when}); fix: `backupctl verify "
                           f"{t['newest_id']} --read-data`"))
-    # ---- drills
+    return out
+
+
+def _drill_problems(cfg: Any, status: dict[str, Any], now: Any) -> list[dict[str, Any]]:
+    """A damaged drill history, a failed last drill, no passed drill recently."""
+    mon = cfg.monitoring
+    out: list[dict[str, Any]] = []
     hist = drill_history_problems(cfg, now)
     if hist:
         out.append(_p("drill-history", "warning",
@@ -151,7 +181,12 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
         if at is None or (now - at).total_seconds() > mon.drill_within_days * DAY:
             out.append(_p("drill-overdue", "warning", f"no passed DR drill within {mon.drill_within_days:g} days "
                                                       f"(last passed: {passed.get('at') if passed else 'never'})"))
-    # ---- anomalies
+    return out
+
+
+def _anomalies(mon: Any, status: dict[str, Any]) -> list[dict[str, Any]]:
+    """Size or duration beyond the factor x the median, an unexpected promotion to full."""
+    out: list[dict[str, Any]] = []
     factor = mon.size_anomaly_factor
     for t in status["tiers"]:
         hist = t.get("history") or []
@@ -174,14 +209,7 @@ def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[
             out.append(_p(f"promoted:{tier}", "warning",
                           f"tier {tier}: {t['newest_id']} was requested as {t['requested_type']} but promoted to full: "
                           f"{t['promoted_reason']}"))
-    out += shrink_problems(cfg, status.get("_tables") or {})
-    seen: set[str] = set()
-    unique = []
-    for p in out:
-        if p["key"] not in seen:
-            seen.add(p["key"])
-            unique.append(p)
-    return unique
+    return out
 
 
 FIX_VERIFY = "`backupctl verify --all --read-data --storage {storage}` (lists every damaged object)"
