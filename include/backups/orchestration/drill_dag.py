@@ -173,7 +173,9 @@ def add_drill_tasks(cfg: Config, on_host: dict[str, Any], failure: list[Any]) ->
             "restore_tier": TaskOptions(task_args=on_host, io_pool=True),
             "verify_tier": TaskOptions(task_args=on_host),
             "teardown": TaskOptions(task_args=on_host, after=_teardown_done),
-            "report": TaskOptions(task_args={"on_failure_callback": [*failure, note_again]}, after=_reported),
+            # its log: the note once, not the verdict again as "Returned value was" (the report files hold it)
+            "report": TaskOptions(task_args={"on_failure_callback": [*failure, note_again],
+                                             "show_return_value_in_logs": False}, after=_reported),
         })
     down = built.tasks["teardown"]
     down.as_teardown(setups=built.tasks["isolate"])
