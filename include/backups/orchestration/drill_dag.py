@@ -41,6 +41,7 @@ from airflow.sdk import DAG, Param, TriggerRule
 from ..commands import drill as drill_command
 from ..commands.procedure import RunContext, Step
 from ..config import Config, load_config
+from ..units import fmt_duration
 from . import notifiers, run_notes
 from .dags import START_DATE, default_args
 
@@ -75,7 +76,8 @@ def drill_doc(cfg: Config) -> str:
     return "\n".join([
         f"# Disaster-recovery drill of {cfg.application}", "",
         f"Schedule: `{d.schedule}` (UTC)" if d.schedule else "Schedule: manual (set `drill.schedule` to a cron).",
-        f"Targets: RTO {d.rto_minutes:g} min, RPO {d.rpo_hours:g} h. Storage: "
+        f"Targets: RTO {fmt_duration(d.rto_minutes * 60)} per tier, RPO {fmt_duration(d.rpo_hours * 3600)} (from when "
+        "the data was read). Storage: "
         f"{d.storage or 'the last storage of each tier'}; tiers: {', '.join(d.tiers or cfg.tiers)}.", "",
         "1. `plan`: the newest snapshot of each tier whose chain is complete on the drill storage (read-only).",
         "2. `isolate`: a scratch directory and scratch PostgreSQL databases (never the live ones).",
@@ -84,7 +86,9 @@ def drill_doc(cfg: Config) -> str:
         f"{len(d.smoke)} smoke check(s).",
         "5. `teardown`: always removes the scratch data.",
         "6. `report`: RTO/RPO per tier judged against the targets; Markdown/HTML/JSON report and history in "
-        "`<reports>/drill/`; fails the run when the drill failed (a leftover of the teardown is a finding).", "",
+        "`<reports>/drill/`; the run's note (verdict, RTO/RPO per tier, findings, report); fails the run when the "
+        "drill failed (a leftover of the teardown is a finding).", "",
+        "Each drill is named by the time it ran: unpausing also runs the latest scheduled slot (README, Unpausing).", "",
         "Without Airflow: `backupctl drill`. Runbook: `docs/disaster-recovery.md`."])
 
 
