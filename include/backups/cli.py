@@ -426,6 +426,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
         print(f"backupctl: error: {err}", file=sys.stderr)
         return err.exit_code
     print(f"PASSED: RTO {fmt_duration(v['rto_seconds'])}, RPO {fmt_duration(v['rpo_seconds'])}")
+    for finding in v["findings"]:  # a pass can still report something (a newer snapshot passed over)
+        print(f"  finding: {finding}")
     return 0
 
 

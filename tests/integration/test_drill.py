@@ -136,6 +136,37 @@ def test_missed_rpo_and_failing_smoke_query_fail_with_their_figures(backed_up):
     assert _scratch_empty(cfg)
 
 
+def test_a_failed_isolation_is_a_finding_and_the_cli_still_tears_down_and_reports(app, monkeypatch):
+    """The CLI door runs the same procedure as the DAG: ``isolate`` refuses, the restore and verification are
+    skipped, the teardown still runs and the report (always, after it) names the cause and the teardown's leftover."""
+    from backups.commands import drill as drill_command
+
+    monkeypatch.setenv("BACKUP_STATUS_DIR", str(app["tmp"] / "status"))
+    path = _config(app["tmp"], app["home"], app["root"], "  tiers: [weekly]\n")
+    cfg = load_config(path)
+    run_backup(cfg, "weekly")
+    real_teardown, calls = drill_command.teardown, []
+
+    def refuse(*_a, **_k):
+        raise RefusedError("drill: the scratch server is the live database", hint="point drill.postgres elsewhere")
+
+    def teardown_with_a_leftover(*a, **k):
+        down = real_teardown(*a, **k)
+        calls.append("teardown")
+        down.problems.append("database drill_x_weekly_app_pg: still in use")
+        return down
+
+    monkeypatch.setattr(drill_command, "isolate", refuse)
+    monkeypatch.setattr(drill_command, "teardown", teardown_with_a_leftover)
+    out = run_drill(cfg, DrillRequest())
+    v = out.verdict
+    assert calls == ["teardown"] and not v["passed"]
+    assert v["findings"][:2] == ["isolate failed: no scratch space (drill: the scratch server is the live database)",
+                                 "teardown: database drill_x_weekly_app_pg: still in use"], v["findings"]
+    assert "weekly: the restore step did not run or did not report (see the task log)" in v["findings"]
+    assert out.teardown["problems"] and (drill_dir(cfg) / f"{v['drill_id']}.json").is_file()
+
+
 def test_drill_config_validation(app):
     base = write_config(app["tmp"] / "v.yaml", app["home"], app["root"]).read_text()
     cases = {

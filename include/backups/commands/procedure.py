@@ -2,14 +2,16 @@
 
 A :class:`Procedure` is an ordered list of :class:`Step`\\ s. Each step names its task (``group.name`` is the DAG's
 task id), the function that does the work, whether it fans out (one call per source or per storage of the run),
-and its kind: ``ordinary``, or ``cleanup`` (always runs, last — a DAG teardown, a ``finally`` in the CLI).
+and its kind: ``ordinary``, or ``cleanup`` (always runs, where it is declared — usually last: a DAG teardown, a
+``finally`` in the CLI).
 The DAG door turns the same list into tasks (``orchestration/dags.py`` builds the backup DAG's tasks from
 ``backups.commands.backup.BACKUP``; a test checks the DAG's task ids against it), the CLI door calls
 :func:`run` below. The semantics are Airflow's, so both doors behave alike:
 
 * the steps run in order; a fan-out step runs every item even when one fails (every other storage still gets its
   copy), then counts as failed;
-* after a failed step every later ordinary step is skipped (``upstream_failed``); cleanup steps still run;
+* after a failed step every later ordinary step is skipped (``upstream_failed``); cleanup steps and steps marked
+  ``always`` (a report written whatever happened) still run, in their declared place;
 * the run then raises the failures: one failure as is, several as one error of their common kind naming each.
 
 A step function takes ``(ctx, results, item)``: the run's :class:`RunContext`, the results of the steps before it
@@ -76,6 +78,9 @@ class Step:
     after: tuple[str, ...] = ()
     #: the type of its result (``from_dict`` rebuilds it from an XCom); None: a plain JSON value
     result: type | None = None
+    #: runs even after a failed step, in its place (the DAG: trigger rule ``all_done``) — a report that must be
+    #: written whatever happened; unlike a cleanup step its own failure fails the run
+    always: bool = False
 
     @property
     def task_id(self) -> str:
@@ -140,16 +145,11 @@ def run(proc: Procedure, ctx: RunContext) -> Outcome:
     after the cleanup steps ran, else returns the :class:`Outcome`."""
     o = Outcome()
     failed = False
-    for step in proc.steps:
-        if step.kind != CLEANUP and failed:
+    for step in proc.steps:  # in declaration order (a cleanup step runs where it is declared, as its DAG edges say)
+        if failed and step.kind != CLEANUP and not step.always:
             o.states[step.name] = "upstream_failed"
             continue
-        if step.kind == CLEANUP:
-            continue
         failed = _run_step(step, ctx, o) or failed
-    for step in proc.steps:
-        if step.kind == CLEANUP:
-            _run_step(step, ctx, o)
     if o.failures:
         raise combined(o.failures)
     return o

@@ -1,9 +1,13 @@
 """The ``dr_drill`` DAG: a disaster-recovery drill on the schedule of ``drill.schedule`` (null: manual only).
 
-Graph (each task calls one step of :mod:`backups.commands.drill`, the steps ``backupctl drill`` runs)::
+Graph: the procedure :data:`backups.commands.drill.DRILL` (the steps ``backupctl drill`` runs), built by the
+generic builder :func:`~backups.orchestration.procedures.add_procedure_tasks`; this module adds only what is
+Airflow's (the setup/teardown pair, the run note, the ``drill_complete`` event, the failing ``report``)::
 
-    plan → isolate (setup) → restore_tier (mapped per tier, pool backup_io) → verify_tier (mapped)
+    plan → isolate (setup) → restore_tier (mapped over the configured tiers, pool backup_io) → verify_tier (mapped)
          → teardown (teardown task: always) → report (always)
+
+A tier the run does not drill (the ``tiers`` param, ``drill.tiers``) skips its ``restore_tier`` and ``verify_tier``.
 
 * ``plan`` — per tier the newest snapshot whose chain is complete on the drill storage (opened read-only). The
   drill is named by the time it ran (``drill-<plan's start, UTC>``, as ``backupctl drill``) — never by the logical
@@ -17,8 +21,8 @@ Graph (each task calls one step of :mod:`backups.commands.drill`, the steps ``ba
 * ``verify_tier`` — re-hash, Great Expectations with Data Docs, integrity, config files, ``drill.smoke``.
 * ``teardown`` — an Airflow teardown task: runs even when a step (``isolate`` included) failed; removes the
   scratch data and hands what it could not remove to the report.
-* ``report`` — measure and judge (RTO/RPO per tier), write the Markdown/HTML/JSON reports and the history line;
-  **fails the run** (and the failure notifier alerts) when a check failed, a target was missed, ``isolate``
+* ``report`` — measure and judge (RTO/RPO per tier), write the Markdown/HTML/JSON reports and the history line,
+  set the run's note (:func:`backups.commands.drill.drill_note`; a failed drill keeps it); **fails the run** (and the failure notifier alerts) when a check failed, a target was missed, ``isolate``
   failed or the teardown left something behind. It is not upstream of the teardown, so a failed setup does not
   mark it ``upstream_failed``.
 
@@ -30,17 +34,15 @@ restore, verify and teardown: on Celery/Kubernetes route them to one host with :
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
-from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
+from airflow.sdk import DAG, Param, TriggerRule
 
 from ..commands import drill as drill_command
-from ..commands.drill import DrillPlan, DrillRequest, Scratch, TierRestore, TierVerify
+from ..commands.procedure import RunContext, Step
 from ..config import Config, load_config
-from ..errors import BackupError
+from ..units import fmt_duration
 from . import notifiers, run_notes
-from .adapters import POOL, task_errors
 from .dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.drill")
@@ -75,7 +77,8 @@ def drill_doc(cfg: Config) -> str:
     return "\n".join([
         f"# Disaster-recovery drill of {cfg.application}", "",
         f"Schedule: `{d.schedule}` (UTC)" if d.schedule else "Schedule: manual (set `drill.schedule` to a cron).",
-        f"Targets: RTO {d.rto_minutes:g} min, RPO {d.rpo_hours:g} h. Storage: "
+        f"Targets: RTO {fmt_duration(d.rto_minutes * 60)} per tier, RPO {fmt_duration(d.rpo_hours * 3600)} (from when "
+        "the data was read). Storage: "
         f"{d.storage or 'the last storage of each tier'}; tiers: {', '.join(d.tiers or cfg.tiers)}.", "",
         "1. `plan`: the newest snapshot of each tier whose chain is complete on the drill storage (read-only).",
         "2. `isolate`: a scratch directory and scratch PostgreSQL databases (never the live ones).",
@@ -84,14 +87,15 @@ def drill_doc(cfg: Config) -> str:
         f"{len(d.smoke)} smoke check(s).",
         "5. `teardown`: always removes the scratch data.",
         "6. `report`: RTO/RPO per tier judged against the targets; Markdown/HTML/JSON report and history in "
-        "`<reports>/drill/`; fails the run when the drill failed (a leftover of the teardown is a finding).", "",
+        "`<reports>/drill/`; the run's note (verdict, RTO/RPO per tier, findings, report); fails the run when the "
+        "drill failed (a leftover of the teardown is a finding).", "",
+        "Each drill is named by the time it ran: unpausing also runs the latest scheduled slot (README, Unpausing).", "",
         "Without Airflow: `backupctl drill`. Runbook: `docs/disaster-recovery.md`."])
 
 
 def build_drill_dag(cfg: Config) -> DAG:
     d = drill_command.settings(cfg)
     on_host = {"queue": DRILL_QUEUE} if DRILL_QUEUE else {}
-    heavy = {**on_host, **({"pool": POOL} if POOL else {})}
     failure = [notifiers.BackupNotifier("task_failure"), *notifiers.mail_notifiers(
         cfg, "[drill] {{ dag.dag_id }}: {{ ti.task_id }} failed",
         "<p>Disaster-recovery drill task <b>{{ ti.task_id }}</b> failed (run {{ run_id }}).</p>"
@@ -113,47 +117,36 @@ def build_drill_dag(cfg: Config) -> DAG:
         on_failure_callback=notifiers.dag_failure_callbacks(cfg),
     )
     with dag:
-        add_drill_tasks(on_host, heavy, failure)
+        add_drill_tasks(cfg, on_host, failure)
     return dag
 
 
-def _runtime() -> tuple[Config, Any, Any]:
-    cfg = load_config()
-    return cfg, _resolver(cfg), get_current_context()
-
-
-TEARDOWN_KEY = "teardown"
 NOTE_KEY = "note"
 
 
-def report_drill(plan: dict[str, Any], restores: Any, verifies: Any) -> dict[str, Any]:
-    """The ``report`` task: judge, write and store the reports, publish the summary; fail when the drill failed."""
+def _teardown_done(actx: Any, down: dict[str, Any]) -> None:
+    """The teardown task fails (visibly) when something is left; its result is pushed first: the report reads it."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    cfg, resolver, ctx = _runtime()
-    # pulled, not an argument: a setup task may only be followed by ALL_SUCCESS tasks (this one is ALL_DONE)
-    scratch = ctx["ti"].xcom_pull(task_ids="isolate")
-    p = DrillPlan.from_dict(plan)
-    # a slice is one XCom query (iterating a lazy sequence probes one past its end and logs "XCom not found")
-    rs = [TierRestore.from_dict(r) for r in (restores[:] if restores is not None else []) if r]
-    vs = [TierVerify.from_dict(v) for v in (verifies[:] if verifies is not None else []) if v]
-    missing = [] if scratch else ["isolate failed: no scratch space (see its task log)"]
-    missing += drill_command.teardown_findings(ctx["ti"].xcom_pull(task_ids="teardown", key=TEARDOWN_KEY) or None)
-    verdict = drill_command.write_reports(cfg, drill_command.judge(
-        cfg, p, Scratch.from_dict(scratch[0]) if scratch else None, rs, vs, extra_findings=missing))
-    verdict.reports["stored"] = ", ".join(drill_command.store_reports(cfg, verdict, resolver))
-    summary = {"drill_id": verdict.drill_id, "passed": verdict.passed, "rto_seconds": verdict.rto_seconds,
-               "rpo_seconds": verdict.rpo_seconds, "findings": verdict.findings, "reports": verdict.reports}
-    # the note once in the log (the full report is in the files it names, not repeated here)
-    note = drill_command.drill_note(verdict.to_dict())
+    if down.get("problems"):
+        actx["ti"].xcom_push(key="return_value", value=down)
+        raise AirflowFailException("drill teardown left scratch data behind:\n  - " + "\n  - ".join(down["problems"]))
+
+
+def _reported(actx: Any, verdict: dict[str, Any]) -> None:
+    """After the report: the run's note (logged once — the full report is in the files it names), the
+    ``drill_complete`` event; then the task fails when the drill failed (the failure notifier alerts)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    note = drill_command.drill_note(verdict)
     log.info("%s", note)
-    run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], note)
-    notifiers.publish("drill_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], **summary})
-    if not verdict.passed:
+    run_notes.set_run_note(actx["dag"].dag_id, actx["run_id"], note)
+    summary = {k: verdict[k] for k in ("drill_id", "passed", "rto_seconds", "rpo_seconds", "findings", "reports")}
+    notifiers.publish("drill_complete", {"dag_id": actx["dag"].dag_id, "run_id": actx["run_id"], **summary})
+    if not verdict["passed"]:
         # the failure notifier replaces the run's note with "Failed — task report"; put the drill's note back after it
-        ctx["ti"].xcom_push(key=NOTE_KEY, value=note)
+        actx["ti"].xcom_push(key=NOTE_KEY, value=note)
         raise AirflowFailException(str(drill_command.failed_error(verdict)))
-    return summary
 
 
 def note_again(context: Any) -> None:
@@ -167,66 +160,32 @@ def note_again(context: Any) -> None:
         log.exception("the drill's run note could not be set again")
 
 
-def add_drill_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+def add_drill_tasks(cfg: Config, on_host: dict[str, Any], failure: list[Any]) -> None:
+    """The drill's tasks: the procedure :data:`backups.commands.drill.DRILL` built by the generic builder, plus what
+    only Airflow has — ``isolate`` as the setup of the ``teardown`` task (trigger rule ``all_done``: it also runs
+    when ``isolate`` failed half-way), the note, the event and the failure of ``report``."""
+    from .procedures import TaskOptions, add_procedure_tasks
 
-    @task(task_id="plan")
-    def plan_task() -> dict[str, Any]:
-        cfg, resolver, ctx = _runtime()
-        p = dict(ctx["params"] or {})
-        with task_errors(fail_fast=(BackupError,)):
-            plan = drill_command.plan_drill(cfg, DrillRequest(
-                storage=p.get("storage") or None, tiers=p.get("tiers") or None, started_at=datetime.now(UTC).isoformat(),
-                door=ctx["dag"].dag_id, run_id=ctx["run_id"]), resolver)
-        return plan.to_dict()
+    def context(actx: Any, step: Step) -> RunContext:
+        cfg_ = load_config()
+        return RunContext(cfg_, _resolver(cfg_), dag_id=actx["dag"].dag_id, run_id=actx["run_id"],
+                          params=dict(actx["params"] or {}))
 
-    @task(task_id="isolate", **on_host)
-    def isolate_task(plan: dict[str, Any]) -> list[dict[str, Any]]:
-        """One scratch slot per tier (the scratch description plus the tier): what ``restore_tier`` maps over."""
-        cfg, resolver, _ctx = _runtime()
-        p = DrillPlan.from_dict(plan)
-        with task_errors(fail_fast=(BackupError,)):
-            scratch = drill_command.isolate(cfg, p, resolver).to_dict()
-        return [{**scratch, "tier": t} for t in p.names]
-
-    @task(task_id="restore_tier", map_index_template="{{ task.op_kwargs['slot']['tier'] }}", **heavy)
-    def restore_task(plan: dict[str, Any], slot: dict[str, Any]) -> dict[str, Any]:
-        cfg, resolver, _ctx = _runtime()
-        return drill_command.restore_tier(cfg, DrillPlan.from_dict(plan), Scratch.from_dict(slot), slot["tier"],
-                                          resolver).to_dict()
-
-    @task(task_id="verify_tier", map_index_template="{{ task.op_kwargs['restored']['tier'] }}", **on_host)
-    def verify_task(plan: dict[str, Any], scratch: list[dict[str, Any]], restored: dict[str, Any]) -> dict[str, Any]:
-        cfg, resolver, _ctx = _runtime()
-        return drill_command.verify_tier(cfg, DrillPlan.from_dict(plan), Scratch.from_dict(scratch[0]),
-                                         TierRestore.from_dict(restored), resolver).to_dict()
-
-    @task(task_id="report", trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=[*failure, note_again])
-    def report_task(plan: dict[str, Any], restores: Any = None, verifies: Any = None) -> dict[str, Any]:
-        return report_drill(plan, restores, verifies)
-
-    @task(task_id="teardown", **on_host)
-    def teardown_task(plan: dict[str, Any]) -> dict[str, Any]:
-        cfg, resolver, ctx = _runtime()
-        down = drill_command.teardown(cfg, plan["drill_id"], resolver)
-        ctx["ti"].xcom_push(key=TEARDOWN_KEY, value=down.to_dict())  # for the report, even when this task fails
-        if down.problems:
-            raise AirflowFailException("drill teardown left scratch data behind:\n  - " + "\n  - ".join(down.problems))
-        return down.to_dict()
-
-    planned = plan_task()
-    scratch = isolate_task(planned)
-    restores = restore_task.partial(plan=planned).expand(slot=scratch)
-    verifies = verify_task.partial(plan=planned, scratch=scratch).expand(restored=restores)
-    down = teardown_task(planned)
-    verifies >> down
-    down.as_teardown(setups=scratch)
+    built = add_procedure_tasks(
+        drill_command.DRILL, context=context, candidates=lambda step: list(cfg.tiers),
+        options={
+            "isolate": TaskOptions(task_args=on_host),
+            "restore_tier": TaskOptions(task_args=on_host, io_pool=True),
+            "verify_tier": TaskOptions(task_args=on_host),
+            "teardown": TaskOptions(task_args=on_host, after=_teardown_done),
+            # its log: the note once, not the verdict again as "Returned value was" (the report files hold it)
+            "report": TaskOptions(task_args={"on_failure_callback": [*failure, note_again],
+                                             "show_return_value_in_logs": False}, after=_reported),
+        })
+    down = built.tasks["teardown"]
+    down.as_teardown(setups=built.tasks["isolate"])
     # the teardown's trigger rule would skip it when isolate failed; isolate may have left a part behind (killed)
     down.operator.trigger_rule = TriggerRule.ALL_DONE
-    # after the teardown, as in the CLI: its problems are findings. Not upstream of the teardown, so outside the
-    # setup's scope: a failed isolate does not mark the report upstream_failed (it reports the failure instead)
-    report = report_task(planned, restores, verifies)
-    down >> report
 
 
 __all__ = ["DAG_ID", "DRILL_QUEUE", "build_drill_dag", "drill_doc", "drill_params"]

@@ -6,7 +6,8 @@ pulls the results of the steps the body reads from XCom (typed again with ``from
 its ``to_dict()``. A fan-out step is mapped (``expand``) over the candidates known when the DAG is parsed; an item
 that is not part of the run skips itself (:class:`~backups.commands.procedure.Skip`). A step that follows a
 fan-out step runs when none failed and at least one succeeded; a ``cleanup`` step is a teardown that runs whatever
-happened. What is Airflow's alone — notifications, run notes, asset events, the approval gate — comes in as
+happened; a step marked ``always`` (a report) runs whatever happened too (``all_done``) but fails the run when it
+fails. A step without a group is a task at the DAG's top level. What is Airflow's alone — notifications, run notes, asset events, the approval gate — comes in as
 ``after`` hooks and task options, never inside a step.
 """
 
@@ -120,7 +121,7 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
         if step.group and step.group not in groups:  # a step without a group is a top-level task
             groups[step.group] = TaskGroup(step.group, tooltip=(tooltips or {}).get(step.group, ""))
         follows_fan_out = any(by_name[a].fan_out for a in (step.after or ((prev.name,) if prev else ())))
-        rule = opts.trigger_rule or (first_trigger_rule if prev is None else
+        rule = opts.trigger_rule or (TriggerRule.ALL_DONE if step.always else first_trigger_rule if prev is None else
                                      TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if follows_fan_out else TriggerRule.ALL_SUCCESS)
         args: dict[str, Any] = {"task_id": step.name, **({"task_group": groups[step.group]} if step.group else {}),
                                 **opts.task_args}

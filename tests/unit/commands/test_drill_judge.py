@@ -31,8 +31,11 @@ def _plan(*tiers: dc.TierPlan) -> dc.DrillPlan:
 
 
 def _tier(name: str, hours_old: float, **kw) -> dc.TierPlan:
+    """A tier whose data was read ``hours_old`` before the drill started; its logical date is 10 days older still
+    (a stale slot, a --logical-date in the past): the RPO does not count from it."""
     return dc.TierPlan(**{"tier": name, "storage": "local", "snapshot_id": f"{name}-x",
-                          "logical_date": (START - timedelta(hours=hours_old)).isoformat(), **kw})
+                          "logical_date": (START - timedelta(hours=hours_old, days=10)).isoformat(),
+                          "data_time": (START - timedelta(hours=hours_old)).isoformat(), **kw})
 
 
 def _restored(name: str, seconds: float = 10.0) -> dc.TierRestore:
@@ -64,7 +67,7 @@ def test_a_drill_within_both_targets_passes_with_its_measures(cfg):
 
 def test_every_failure_is_a_finding_and_fails_the_drill(cfg):
     plan = _plan(_tier("daily", 3, passed_over=["daily-y: 1 object(s) of its chain missing"]),
-                 _tier("weekly", 30), _tier("monthly", 0, snapshot_id=None, logical_date=None,
+                 _tier("weekly", 30), _tier("monthly", 0, snapshot_id=None, logical_date=None, data_time=None,
                                             error="no restorable snapshot of tier monthly on storage local"))
     failed_restore = dc.TierRestore(tier="weekly", ok=False, error="restore of snapshot weekly-x failed: damaged")
     v = dc.judge(cfg, plan, _scratch(), [_restored("daily", 70.0), failed_restore],
@@ -74,11 +77,11 @@ def test_every_failure_is_a_finding_and_fails_the_drill(cfg):
     assert v.findings == [
         "teardown: database drill_x: still in use",
         "daily: check app_db: Great Expectations failed: 2/3 expectations met",
-        "daily: RTO target missed: restore and verification took 78.0 s (target 1 min)",
+        "daily: RTO target missed: restore and verification took 1m 18s (target 1m 00s)",
         "daily: newer snapshot passed over (chain incomplete on local): daily-y: 1 object(s) of its chain missing",
         "weekly: restore of snapshot weekly-x failed: damaged",
         "monthly: no restorable snapshot of tier monthly on storage local",
-        "RPO target missed: the newest restorable data is 3.0 h old at drill start (target 2 h)",
+        "RPO target missed: the newest restorable data was read 3h 00m before the drill started (target 2h 00m)",
     ]
     assert [t["passed"] for t in v.tiers] == [False, False, False]
     assert v.tiers[1]["rto_seconds"] is None and v.tiers[1]["error"].endswith("damaged")

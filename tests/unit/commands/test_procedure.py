@@ -76,3 +76,34 @@ def test_a_failed_cleanup_does_not_hide_the_run_result():
     calls: list = []
     out = run(_proc(calls, fail={"tidy"}), RunContext(cfg=None))
     assert out.states["tidy"] == "failed" and out.states["check"] == "success"
+
+
+def test_an_always_step_runs_after_a_failure_in_its_place_after_the_cleanup_and_its_failure_counts():
+    """The drill's report: declared after the teardown (a cleanup step), it runs after it even when an earlier
+    step failed (the DAG's all_done), sees the cleanup's result, and fails the run when it fails."""
+    calls: list = []
+
+    def body(name: str, fail: bool = False):
+        def fn(ctx, results, item):
+            calls.append(name)
+            if fail:
+                raise SourceError(f"{name} broke")
+            return sorted(results)
+        return fn
+
+    proc = Procedure("toy", (
+        Step("first", "", body("first", fail=True)),
+        Step("middle", "", body("middle")),
+        Step("tidy", "", body("tidy"), kind=CLEANUP),
+        Step("report", "", body("report"), always=True),
+    ))
+    ctx = RunContext(cfg=None)
+    with pytest.raises(SourceError, match="first broke"):
+        run(proc, ctx)
+    assert calls == ["first", "tidy", "report"]
+    proc = Procedure("toy", (Step("first", "", body("first")), Step("tidy", "", body("tidy"), kind=CLEANUP),
+                             Step("report", "", body("report", fail=True), always=True)))
+    calls.clear()
+    with pytest.raises(SourceError, match="report broke"):
+        run(proc, ctx)
+    assert calls == ["first", "tidy", "report"]

@@ -2,7 +2,8 @@
 
 A drill restores the newest restorable snapshot of each tier from the copy you would use in a disaster, into
 isolation, tests the restored application and measures RTO and RPO against the targets of ``drill:`` in the
-config. Steps (each returns a typed, JSON-able result; the DAG maps each to a task):
+config. The steps are declared once, as the procedure :data:`DRILL` (:mod:`.steps`); each returns a typed,
+JSON-able result, and each is one task of the ``dr_drill`` DAG (built by the generic builder):
 
 1. :func:`plan_drill` — per tier: the drill storage (``--storage`` / ``drill.storage`` / the tier's last storage),
    opened **read-only**; the newest snapshot whose chain is complete there (newer ones with a missing object or
@@ -20,13 +21,15 @@ config. Steps (each returns a typed, JSON-able result; the DAG maps each to a ta
 4. :func:`verify_tier` — every restored file re-hashed (:func:`~.restore.verify_restore`); the Great Expectations
    suite on each restored database with its Data Docs; referential integrity (``PRAGMA foreign_key_check``,
    PostgreSQL constraints validated); config files parse (YAML / JSON / TOML by extension); the ``smoke`` checks.
-5. :func:`judge` — per tier RTO (plan + isolate + thaw + restore + verify) and RPO (drill start − when the
-   snapshot's data was read, :func:`backups.catalog.data_time`: the basis of the status's age too — not its
-   logical date), bytes, files, throughput; pass/fail of every check and of ``rto_minutes`` / ``rpo_hours``.
-6. :func:`write_reports` — ``<drill id>.md/.html/.json`` and ``latest.*`` in :func:`drill_dir`, one line appended
-   to ``history.jsonl`` (the HTML charts RTO/RPO over that history).
-7. :func:`teardown` — always: the scratch directory and every ``drill_<run>_*`` database removed (found by name,
-   so it also cleans after a step that failed half-way).
+5. :func:`teardown` — always (a cleanup step): the scratch directory and every ``drill_<run>_*`` database
+   removed (found by name, so it also cleans after a step that failed half-way); what it could not remove is a
+   finding (:func:`teardown_findings`).
+6. ``report`` — runs whatever happened before it, after the teardown: :func:`judge` — per tier RTO (plan +
+   isolate + thaw + restore + verify) and RPO (drill start − when the snapshot's data was read,
+   :func:`backups.catalog.data_time`: the basis of the status's age too — not its logical date), bytes, files,
+   throughput; pass/fail of every check and of ``rto_minutes`` / ``rpo_hours``; then :func:`write_reports` —
+   ``<drill id>.md/.html/.json`` and ``latest.*`` in :func:`drill_dir`, one line appended to ``history.jsonl``
+   (the HTML charts RTO/RPO over that history), and a copy on another storage (:func:`store_reports`).
 
 A drill killed with ``kill -9`` never reaches its teardown. Its scratch directory and databases carry their owner
 (host, pid, the pid's kernel start time, start time, the Airflow run if any), and :func:`clean_leftovers` — run by
@@ -34,31 +37,23 @@ the next drill and by ``backupctl prune`` — removes those whose owner is dead:
 reused by another process). A DAG run's leftovers (its tasks are separate processes) and other hosts' leftovers
 are removed only when older than :data:`LEFTOVER_MAX_AGE_DAYS`; so are leftovers without an owner record.
 
-:func:`run_drill` runs them in order with the teardown in ``finally`` (the CLI door). Failures of a tier (no
-restorable snapshot, a damaged object, a failed check) are *findings*: the drill goes on with the other tiers and
-always writes its report; the verdict says whether it passed.
+:func:`run_drill` runs :data:`DRILL` in this process (the CLI door: :func:`backups.commands.procedure.run`).
+Failures of a tier (no restorable snapshot, a damaged object, a failed check) are *findings*: the drill goes on
+with the other tiers and always writes its report; the verdict says whether it passed.
 
 The package, by concern (everything is re-exported here: ``from backups.commands.drill import X``):
 
 * :mod:`.common` — the ``drill:`` settings, the drill id and the names derived from it, where reports and
   scratch data live, the scratch PostgreSQL server;
 * :mod:`.plan` — step 1; :mod:`.isolation` — steps 2 and 7 and the leftovers of killed drills;
-  :mod:`.tier_restore` — step 3; :mod:`.checks` — step 4; :mod:`.judge` — step 5;
-* :mod:`.render` (Markdown, HTML, the history chart) and :mod:`.reports` (files, history, stored copies) — step 6;
+  :mod:`.tier_restore` — step 3; :mod:`.checks` — step 4; :mod:`.judge`, :mod:`.render` (Markdown, HTML, the
+  history chart) and :mod:`.reports` (files, history, stored copies) — step 6;
   :mod:`.note` — the ``dr_drill`` run's note (verdict and cause, RTO/RPO per tier, findings, the report);
-* this module — :func:`run_drill`, every step in order (the CLI door; the ``dr_drill`` DAG maps each step to a
-  task).
+* :mod:`.steps` — :data:`DRILL` (the sequence, declared once) and :func:`run_drill` (the CLI door).
 """
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import Any
-
-from ...config import Config
-from ...errors import BackupError, DrillFailedError
-from ..base import Result
 from .checks import (
     Check,
     TierVerify,
@@ -75,7 +70,6 @@ from .common import (
     db_prefix,
     drill_dir,
     drill_id_for,
-    first_line,
     scratch_base,
     scratch_db_name,
     scratch_root,
@@ -100,61 +94,11 @@ from .note import drill_cause, drill_note
 from .plan import DrillPlan, DrillRequest, TierPlan, check_request, guard_scratch_server, plan_drill
 from .render import history_chart, render_html, render_markdown, runbook_link
 from .reports import HISTORY, KEEP_DATA_DOCS, prune_data_docs, read_history, store_reports, write_reports
+from .steps import DRILL, DrillOutcome, failed_error, run_drill
 from .tier_restore import TierRestore, restore_tier
 
-
-# ------------------------------------------------------------------------------------------------ all steps
-@dataclass
-class DrillOutcome(Result):
-    verdict: dict[str, Any]
-    teardown: dict[str, Any] | None
-
-
-def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None, *, poll_seconds: float = 60.0,
-              thaw_timeout: float | None = None, raise_on_failure: bool = False) -> DrillOutcome:
-    """Every step in order, teardown in ``finally`` (the CLI door). The report is written even when the drill
-    fails; ``raise_on_failure`` then raises :class:`~backups.errors.DrillFailedError` with the findings."""
-    req = check_request(cfg, req or DrillRequest())
-    plan = plan_drill(cfg, req, resolver)
-    scratch: Scratch | None = None
-    restores: list[TierRestore | None] = []
-    verifies: list[TierVerify | None] = []
-    extra: list[str] = []
-    down: Teardown | None = None
-    try:
-        try:
-            scratch = isolate(cfg, plan, resolver)
-            for name in plan.names:
-                with ExitStack() as hold:  # the shared lock from the restore through its verification
-                    r = restore_tier(cfg, plan, scratch, name, resolver, poll_seconds=poll_seconds,
-                                     thaw_timeout=thaw_timeout, hold=hold)
-                    restores.append(r)
-                    verifies.append(verify_tier(cfg, plan, scratch, r, resolver, locked=r.ok))
-        except BackupError as exc:
-            extra.append(f"drill aborted: {first_line(exc)}")
-        finally:
-            down = teardown(cfg, plan.drill_id, resolver)
-            extra += teardown_findings(down)
-        verdict = write_reports(cfg, judge(cfg, plan, scratch, restores, verifies, extra_findings=extra))
-        verdict.reports["stored"] = ", ".join(store_reports(cfg, verdict, resolver))
-    finally:
-        if down is None:  # pragma: no cover - only when teardown itself raised unexpectedly
-            teardown(cfg, plan.drill_id, resolver)
-    if raise_on_failure and not verdict.passed:
-        raise failed_error(verdict)
-    return DrillOutcome(verdict=verdict.to_dict(), teardown=down.to_dict() if down else None)
-
-
-def failed_error(verdict: DrillVerdict | dict[str, Any]) -> DrillFailedError:
-    v = verdict if isinstance(verdict, dict) else verdict.to_dict()
-    return DrillFailedError(
-        f"disaster-recovery drill {v['drill_id']} FAILED: {len(v['findings'])} finding(s):\n  - "
-        + "\n  - ".join(v["findings"][:30]) + f"\n  report: {v['reports'].get('md')}",
-        hint=f"fix what the findings name (see the report and {RUNBOOK}), then run `backupctl drill` again")
-
-
 __all__ = [
-    "HISTORY", "KEEP_DATA_DOCS", "LEFTOVER_MAX_AGE_DAYS", "OWNER_FILE", "RUNBOOK",
+    "DRILL", "HISTORY", "KEEP_DATA_DOCS", "LEFTOVER_MAX_AGE_DAYS", "OWNER_FILE", "RUNBOOK",
     "Check", "DrillOutcome", "DrillPlan", "DrillRequest", "DrillVerdict", "Leftovers", "Scratch", "Teardown",
     "TierPlan", "TierRestore", "TierVerify",
     "admin_dsn", "check_request", "clean_leftovers", "config_files_parse", "db_prefix", "drill_cause", "drill_dir", "drill_note", "drill_id_for",

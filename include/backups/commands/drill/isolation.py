@@ -241,6 +241,8 @@ class Teardown(Result):
     directory_removed: bool
     databases_dropped: list[str]
     problems: list[str]
+    #: what ``isolate`` had set up (:class:`Scratch` ``.to_dict()``); None when it did not finish
+    scratch: dict[str, Any] | None = None
 
 
 def teardown(cfg: Config, drill_id: str, resolver: Any = None) -> Teardown:

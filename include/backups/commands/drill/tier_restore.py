@@ -31,6 +31,8 @@ class TierRestore(Result):
     thaw_seconds: float = 0.0
     restore_seconds: float = 0.0
     error: str | None = None
+    #: the scratch it restored into (:class:`Scratch` ``.to_dict()``): what its verification reads
+    scratch: dict[str, Any] | None = None
 
 
 def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, resolver: Any = None, *,
@@ -45,7 +47,8 @@ def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, reso
     from .. import restore as restore_command
 
     tp = plan.tier(tier)
-    out = TierRestore(tier=tier, ok=False, snapshot_id=tp.snapshot_id, storage=tp.storage, target=scratch.targets[tier])
+    out = TierRestore(tier=tier, ok=False, snapshot_id=tp.snapshot_id, storage=tp.storage, target=scratch.targets[tier],
+                      scratch=scratch.to_dict())
     if tp.error or not tp.location:
         out.error = f"not restored: {tp.error}"
         return out
