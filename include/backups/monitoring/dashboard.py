@@ -152,8 +152,8 @@ def render_empty(*, reason: str | None = None, ui_base: str = "../", monitoring_
         '<div class="empty" id="empty-state"><h2>No monitoring status yet</h2>'
         f"<p>The dashboard reads the status that the <a data-ui href=\"{_e(dag)}\"><code>{_e(monitoring_dag)}</code></a> "
         "DAG writes. Unpause and trigger it (it runs every 30 minutes), then reload this page.</p>"
-        "<p>Without Airflow's scheduler, <code>backupctl status --json</code> writes the same status file "
-        "on this machine.</p>"
+        "<p>Without Airflow's scheduler, <code>backupctl status</code> (<code>--json</code> for the document) "
+        "runs the same checks on this machine and prints the result.</p>"
         + (f'<p class="small">Details: {_e(reason)}</p>' if reason else "")
         + "</div>"
     )

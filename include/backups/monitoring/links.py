@@ -26,6 +26,8 @@ from urllib.parse import quote
 
 #: where the Airflow API server mounts the plugin
 PREFIX = "/backups"
+#: the Backups page inside the Airflow UI (the plugin's external view: the UI's navigation around the page)
+PAGE = "/plugin/backups"
 #: a drill id (``drill-20261207T040000Z``; a drill requested with its own id: letters, digits, ``_``, ``-``)
 DRILL_ID = re.compile(r"^drill-[A-Za-z0-9][A-Za-z0-9_-]{0,100}$")
 #: a snapshot id (``daily-20261207T020000Z``): the catalog's pattern
@@ -38,6 +40,11 @@ MEDIA = {".html": "text/html; charset=utf-8", ".json": "application/json", ".md"
          ".css": "text/css", ".js": "text/javascript", ".png": "image/png", ".svg": "image/svg+xml",
          ".ico": "image/x-icon", ".woff": "font/woff", ".woff2": "font/woff2", ".ttf": "font/ttf", ".otf": "font/otf",
          ".jpg": "image/jpeg", ".gif": "image/gif"}
+
+
+def page_url(*, base: str = "") -> str:
+    """The URL of the Backups page inside the Airflow UI."""
+    return f"{base.rstrip('/')}{PAGE}"
 
 
 def drill_report_url(drill_id: str = "latest", *, base: str = "") -> str:

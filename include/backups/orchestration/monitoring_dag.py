@@ -248,8 +248,8 @@ def set_note(status: dict[str, Any]) -> None:
     from airflow.sdk import get_current_context
 
     from ..commands.notes import monitoring_note
-    from ..monitoring.links import PREFIX
+    from ..monitoring.links import page_url
     from .run_notes import set_run_note, ui_base
 
     ctx = get_current_context()
-    set_run_note(ctx["dag"].dag_id, ctx["run_id"], monitoring_note(status, f"{ui_base()}{PREFIX}/"))
+    set_run_note(ctx["dag"].dag_id, ctx["run_id"], monitoring_note(status, page_url(base=ui_base())))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from backups.monitoring.links import backup_report_url, drill_file, drill_report_url
+from backups.monitoring.links import backup_report_url, drill_file, drill_report_url, page_url
 
 DID = "drill-20261207T040000Z"
 
@@ -51,6 +51,7 @@ def test_a_symlink_out_of_the_folder_is_refused(folder, tmp_path):
 
 def test_urls_for_notes():
     assert drill_report_url() == "/backups/drills/latest"
+    assert page_url() == "/plugin/backups" and page_url(base="https://af.example/x/") == "https://af.example/x/plugin/backups"
     assert drill_report_url(DID, base="http://af:8080/") == f"http://af:8080/backups/drills/{DID}"
     assert backup_report_url("daily-20261207T020000Z") == "/backups/snapshots/daily-20261207T020000Z/report"
     for bad in ("../x", "drill-a/b", "drill-"):
