@@ -117,4 +117,4 @@ lint: venv
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf .demo .bench .airflow .pytest_cache .ruff_cache
+	rm -rf .demo .bench .airflow .pytest_cache .ruff_cache .mypy_cache
