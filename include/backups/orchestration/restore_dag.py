@@ -271,23 +271,11 @@ def build_restore_dag(cfg: Config) -> DAG:
     return dag
 
 
-def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
-    """The tasks and their order; each ``@task`` calls one step of :mod:`backups.commands.restore`."""
-    from ..commands.target_lock import TargetOwner, claim, release
+def approval_gate(loc_ref: str, failure: list[Any]) -> Any:
+    """``approve_restore``: the approval text shows what ``locate`` found and checked (``loc_ref``: its XCom)."""
     from .approval import BackupApprovalOperator, note_param
-    from .archive import WaitForArchiveSensor
 
-    @task(task_id=LOCATE_TASK)
-    def locate_task() -> dict[str, Any]:
-        cfg, resolver, req, ctx = _runtime()
-        # everything knowable before the approval: the snapshot, the target, the space, the tables' foreign keys
-        with task_errors(), refused_request(approved=False):
-            loc = restore_command.locate(cfg, req, resolver)
-            return restore_command.check_before_approval(cfg, req, loc, resolver, pg_target_dsn(req),
-                                                         run_id=ctx["run_id"]).to_dict()
-
-    loc_ref = "ti.xcom_pull(task_ids='" + LOCATE_TASK + "')"
-    approve = BackupApprovalOperator(
+    return BackupApprovalOperator(
         task_id=APPROVE_TASK,
         subject="Restore {{ " + loc_ref + "['snapshot_id'] }} from {{ " + loc_ref + "['storage'] }} into "
                 "{{ params.target }}?",
@@ -318,6 +306,24 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: l
         params={"note": note_param("restore report")},
         on_failure_callback=failure,  # ended_note last: the gate's note replaces the generic failure note
     )
+
+
+def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
+    """The tasks and their order; each ``@task`` calls one step of :mod:`backups.commands.restore`."""
+    from ..commands.target_lock import TargetOwner, claim, release
+    from .archive import WaitForArchiveSensor
+
+    @task(task_id=LOCATE_TASK)
+    def locate_task() -> dict[str, Any]:
+        cfg, resolver, req, ctx = _runtime()
+        # everything knowable before the approval: the snapshot, the target, the space, the tables' foreign keys
+        with task_errors(), refused_request(approved=False):
+            loc = restore_command.locate(cfg, req, resolver)
+            return restore_command.check_before_approval(cfg, req, loc, resolver, pg_target_dsn(req),
+                                                         run_id=ctx["run_id"]).to_dict()
+
+    loc_ref = "ti.xcom_pull(task_ids='" + LOCATE_TASK + "')"
+    approve = approval_gate(loc_ref, failure)
 
     wait = WaitForArchiveSensor(
         task_id=WAIT_TASK,
