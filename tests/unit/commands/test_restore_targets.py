@@ -38,13 +38,15 @@ def test_two_restores_at_once_into_different_targets_both_succeed(app, monkeypat
     """Both runs are inside their restore step at the same time (a barrier in the restorer), so neither waits for
     the other: the repository's shared lock lets them both read."""
     barrier = threading.Barrier(2, timeout=60)
-    real = rc.run_restore
+    from backups.commands.restore import steps
+
+    real = steps.run_restore
 
     def meet_then_restore(*a, **kw):
         barrier.wait()  # raises BrokenBarrierError if the other restore cannot get this far at the same time
         return real(*a, **kw)
 
-    monkeypatch.setattr(rc, "run_restore", meet_then_restore)
+    monkeypatch.setattr(steps, "run_restore", meet_then_restore)
     out: dict[str, object] = {}
 
     def one(name):

@@ -41,11 +41,11 @@ from __future__ import annotations
 import logging
 import shutil  # noqa: F401  (tests patch shutil.disk_usage through this package)
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 from ...config import Config
-from ..validate import pg_scratch_dsn
 from .plan import (
     ArchiveWait,
     Prerequisites,
@@ -96,29 +96,30 @@ class RestoreOutcome:
 def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, pg_dsn: str | None = None,
                      validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None,
                      thaw_timeout: float | None = None) -> RestoreOutcome:
-    """Every step in order, as the CLI runs them: check, locate, prerequisites, thaw, table plan (foreign keys),
-    restore, verify, report — the table plan, the restore and its verification under one shared repository lock
-    (a prune waits until the restore is verified).
-    Raises the first step's BackupError; the report is written only after a verified restore."""
-    from ..target_lock import TargetOwner, claimed
+    """``backupctl restore``: the procedure :data:`~.steps.RESTORE` (the DAG's steps) in this process — locate and
+    every check before the approval, no gate (the CLI asks nothing), the thaw polled, the target claimed, the table
+    plan, the restore and its verification under one shared repository lock (a prune waits until the restore is
+    verified), the report. Raises the first step's BackupError; the report is written only after a verified
+    restore; the target's claim is released whatever happened."""
+    from ..procedure import RunContext, run
+    from ..target_lock import release
+    from .steps import RESTORE
 
-    t0 = time.monotonic()
-    run = cli_run_info()
+    info = cli_run_info()
     req = check_request(cfg, req)
-    loc = locate(cfg, req, resolver)
-    loc = check_before_approval(cfg, req, loc, resolver, pg_dsn, validate=validate, run_id=run.run_id)
-    # one restore per target: the claim is held for the whole run (another restore into it is refused at once)
-    with claimed(req.target, TargetOwner(door="cli", run_id=run.run_id, user=run.requested_by)):
-        wait = wait_for_archive(cfg, loc, resolver, poll_seconds=poll_seconds, timeout_seconds=thaw_timeout)
-        with shared_lock(cfg, loc.storage, resolver, operation="restore"):  # one lock over restore and verification
-            plan = TablePlan.from_dict(loc.tables) or plan_tables(cfg, req, loc, resolver, pg_dsn)
-            restored = run_restore(cfg, req, loc, resolver, pg_dsn, tty=tty, plan=plan, locked=True)
-            verified = verify_restore(cfg, req, loc, restored, resolver, pg_dsn, validate=validate,
-                                      scratch_dsn=pg_scratch_dsn(resolver) if validate else None, locked=True)
-        run.run_seconds, run.archive_wait = round(time.monotonic() - t0, 1), wait.to_dict()
-        report = build_report(req, loc, restored, verified, run)
-        paths = write_report(req.target, report)
-    return RestoreOutcome(location=loc, restored=restored, verified=verified, report=report, report_paths=paths)
+    ctx = RunContext(cfg, resolver, dag_id="backupctl", run_id=info.run_id,
+                     params={"request": req, "pg_dsn": pg_dsn, "validate": validate, "poll_seconds": poll_seconds,
+                             "thaw_timeout": thaw_timeout, "tty": tty},
+                     state={"run": info, "t0": time.monotonic()})
+    try:
+        with ExitStack() as locks:
+            ctx.state["locks"] = locks
+            out = run(RESTORE, ctx)
+    finally:
+        release(req.target, info.run_id)
+    r = out.results
+    return RestoreOutcome(location=r["locate"], restored=r["restore"], verified=r["verify_restored"],
+                          report=r["report"], report_paths=ctx.state["report_paths"])
 
 
 __all__ = ["ArchiveWait", "Location", "Prerequisites", "REPORT_NAME", "RUN_SPECIFIC", "RestoreOutcome",

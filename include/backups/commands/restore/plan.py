@@ -279,6 +279,10 @@ class ArchiveWait:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArchiveWait:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None})
+
 
 def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_seconds: float = 60.0,
                      timeout_seconds: float | None = None) -> ArchiveWait:
