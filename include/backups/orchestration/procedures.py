@@ -132,14 +132,14 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
     prev: Step | None = None
     for step in proc.steps:
         opts = options.get(step.name, TaskOptions())
-        if step.group not in groups:
+        if step.group and step.group not in groups:  # a step without a group is a top-level task
             groups[step.group] = TaskGroup(step.group, tooltip=(tooltips or {}).get(step.group, ""))
         follows = [by_name[a] for a in (step.after or ((prev.name,) if prev else ()))]
         rule = opts.trigger_rule or (first_trigger_rule if prev is None else
                                      TriggerRule.NONE_FAILED if any(a.kind == GATE for a in follows) else
                                      TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if any(a.fan_out for a in follows)
                                      else TriggerRule.ALL_SUCCESS)
-        args: dict[str, Any] = {"task_id": step.name, "task_group": groups[step.group], **opts.task_args}
+        args: dict[str, Any] = {"task_id": step.name, "task_group": groups.get(step.group), **opts.task_args}
         if step.kind != CLEANUP:
             args["trigger_rule"] = rule
         if opts.io_pool:
