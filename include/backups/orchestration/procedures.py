@@ -42,6 +42,8 @@ class TaskOptions:
     #: an operator instead of the generic task (a gate's approval text, a deferrable wait): called with the step
     #: and the task arguments (``task_id``, ``task_group``, ``trigger_rule``, …)
     operator: Callable[[Step, dict[str, Any]], Any] | None = None
+    #: the error mapping instead of ``task_errors()`` (a context-manager factory usable as a decorator)
+    errors: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -149,7 +151,7 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
         if opts.operator is not None or step.kind == GATE:
             tasks[step.name] = (opts.operator or _approval)(step, args)
         else:
-            fn = task_errors()(adapter(step))
+            fn = (opts.errors or task_errors)()(adapter(step))
             decorated = (task.sensor(mode="reschedule", **args) if step.kind == WAIT else task(**args))(fn)
             if step.kind == CLEANUP:
                 decorated = teardown(decorated)

@@ -17,7 +17,7 @@ from typing import Any
 from ..procedure import GATE, WAIT, Procedure, RunContext, Step, Wait
 from ..target_lock import TargetOwner, claim
 from ..validate import pg_scratch_dsn
-from .plan import ArchiveWait, TablePlan, check_before_approval, plan_tables
+from .plan import ArchiveWait, TablePlan, check_before_approval, check_prerequisites, plan_tables
 from .report import RestoreReport, build_report, write_report
 from .request import Location, RestoreRequest, locate
 from .run import RestoreResult, Verification, run_restore, shared_lock, verify_restore
@@ -68,12 +68,15 @@ def _wait(ctx: RunContext, results: dict[str, Any], _: Any) -> ArchiveWait | Wai
 
 def _restore(ctx: RunContext, results: dict[str, Any], _: Any) -> RestoreResult:
     req, loc = _req(ctx), results["locate"]
+    pg_dsn = ctx.params.get("pg_dsn")
+    # checked again: the target may have changed while the request waited for the approval or the thaw
+    check_prerequisites(ctx.cfg, req, loc, pg_dsn, validate=bool(ctx.params.get("validate", True)),
+                        run_id=ctx.run_id)
     _claim(ctx)
     locks = ctx.state.get("locks")
     if locks is not None:  # one shared lock over the restore and its verification (a prune waits for both)
         locks.enter_context(shared_lock(ctx.cfg, loc.storage, ctx.resolver, operation="restore"))
         ctx.state["locked"] = True
-    pg_dsn = ctx.params.get("pg_dsn")
     plan = TablePlan.from_dict(loc.tables) or plan_tables(ctx.cfg, req, loc, ctx.resolver, pg_dsn)
     return run_restore(ctx.cfg, req, loc, ctx.resolver, pg_dsn, tty=ctx.params.get("tty"), plan=plan,
                        locked=bool(ctx.state.get("locked")))
@@ -92,8 +95,9 @@ def _report(ctx: RunContext, results: dict[str, Any], _: Any) -> RestoreReport:
     run = ctx.state["run"]
     if "t0" in ctx.state:
         run.run_seconds = round(time.monotonic() - ctx.state["t0"], 1)
-    wait = results.get("wait_for_archive")
-    run.archive_wait = wait.to_dict() if hasattr(wait, "to_dict") else wait
+    wait = results.get("wait_for_archive")  # the CLI's result; the DAG's sensor result is in the RunInfo already
+    if wait is not None:
+        run.archive_wait = wait.to_dict() if hasattr(wait, "to_dict") else wait
     report = build_report(_req(ctx), results["locate"], results["restore"], results["verify_restored"], run)
     ctx.state["report_paths"] = write_report(_req(ctx).target, report)
     return report
@@ -109,6 +113,6 @@ RESTORE = Procedure("restore", (
          doc="claim the target, plan the tables, restore (every SHA-256 checked while written)"),
     Step("verify_restored", "", _verify, needs=("locate", "restore"), result=Verification,
          doc="the restored tree against the snapshot's index; Great Expectations on the databases"),
-    Step("report", "", _report, needs=("locate", "restore", "verify_restored", "wait_for_archive"),
+    Step("report", "", _report, needs=("locate", "restore", "verify_restored"),
          doc="RESTORE_REPORT.json and .md in the target directory"),
 ))
