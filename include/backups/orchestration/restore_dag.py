@@ -5,7 +5,8 @@ Graph::
 
     locate → approve_restore → wait_for_archive → restore → verify_restored → report
 
-* ``locate`` — ``commands.restore.locate``: the named storage, or the first one (config order) that is reachable and holds the snapshot with
+* ``locate`` — ``commands.restore.locate`` and ``check_before_approval`` (target, space, claim, tables and their
+  foreign keys — everything knowable before the approval; a refusal ends the run with "trigger again with …"): the named storage, or the first one (config order) that is reachable and holds the snapshot with
   its whole chain (every object present with its size). Checks the params against the snapshot. Small XCom:
   storage, snapshot id, chain, archive or not, object count, the sources to restore, the target's state.
 * ``approve_restore`` — :class:`~backups.orchestration.approval.BackupApprovalOperator` (skipped when
@@ -14,7 +15,8 @@ Graph::
   *failed*, its note "**Rejected** by … at … — nothing was restored" (or "No answer within 24 h — …").
 * ``wait_for_archive`` — :class:`~backups.orchestration.archive.WaitForArchiveSensor`: at once for non-archive
   storage; otherwise requests the S3 restores and defers to the triggerer until every object is readable.
-* ``restore`` — ``check_prerequisites`` (target, free space, PostgreSQL target) then ``run_restore``:
+* ``restore`` — ``check_prerequisites`` again (the target may have changed during the approval), the target
+  claimed for this run, the table plan (made in ``locate``; an archive's now), then ``run_restore``:
   :func:`backups.engine.restorer.restore` from the storage opened read-only; every file's SHA-256
   is checked while it is written, a source only appears when complete, a non-empty target is refused without
   ``force``. Any library error fails the task at once with its message (a retry would only meet a half-filled
@@ -28,9 +30,11 @@ Graph::
 
 The target directory is the DAG's output: ``restore``, ``verify_restored`` and ``report`` must run on the host
 that owns it. With LocalExecutor that is always true; on Celery/Kubernetes set :data:`TARGET_QUEUE` to a queue
-served only by that host (or use a shared mount). The work is done by the steps of
-:mod:`backups.commands.restore` (the same ones ``backupctl restore`` runs); the ``@task`` adapters here only read
-the params/XCom, call one step, push its ``to_dict()`` and map library errors to Airflow's fail semantics.
+served only by that host (or use a shared mount). The tasks are built from the one declaration
+:data:`backups.commands.restore.steps.RESTORE` (the steps ``backupctl restore`` runs) by
+:func:`~backups.orchestration.procedures.add_procedure_tasks`; this module adds the form, the run context
+(:func:`restore_context`), the approval text, the deferrable archive sensor, the run note and the error mapping.
+Runs are concurrent; two runs into one target are refused (:mod:`backups.commands.target_lock`).
 """
 
 from __future__ import annotations
