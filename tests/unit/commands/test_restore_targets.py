@@ -106,3 +106,25 @@ def test_a_dead_cli_process_claim_is_taken_over(app):
     tl.claim(target, tl.TargetOwner(door="cli", run_id="cli-dead", pid=int(p.stdout)))
     assert tl.holder(target) is None  # stale: its process is gone
     assert _restore(app, target).verified.ok
+
+
+def test_a_cli_restore_opens_its_storage_once(app, monkeypatch):
+    """The run context shares what a run opened: locate, the table plan, the restore, its verification and the
+    lock all read through one opened storage (a spy around the real ``open_storage``)."""
+    import backups.engine.locate as engine_locate
+    import backups.storage as storage_module
+
+    opened: list[str] = []
+    real = storage_module.open_storage
+
+    def counting(cfg, name, *a, **kw):
+        opened.append(name)
+        return real(cfg, name, *a, **kw)
+
+    monkeypatch.setattr(storage_module, "open_storage", counting)
+    monkeypatch.setattr(engine_locate, "open_storage", counting)
+    out = rc.restore_snapshot(app["cfg"], rc.RestoreRequest(target=str(app["tmp"] / "once"), snapshot=WEEKLY,
+                                                            storage="local", sources=["app_db"], tables=["robots"]),
+                              validate=False)
+    assert out.verified.ok
+    assert opened == ["local"]

@@ -57,7 +57,16 @@ from .plan import (
     wait_for_archive,
 )
 from .report import RUN_SPECIFIC, RestoreReport, RunInfo, approval_from_hitl, build_report, cli_run_info, write_report
-from .request import REPORT_NAME, Location, RestoreRequest, check_request, guard_target, locate, target_state
+from .request import (
+    REPORT_NAME,
+    Location,
+    RestoreRequest,
+    check_request,
+    guard_target,
+    locate,
+    sharing_storages,
+    target_state,
+)
 from .run import (
     CHECKED_WHILE_WRITTEN,
     REREAD,
@@ -111,8 +120,8 @@ def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, 
                      params={"request": req, "pg_dsn": pg_dsn, "validate": validate, "poll_seconds": poll_seconds,
                              "thaw_timeout": thaw_timeout, "tty": tty},
                      state={"run": info, "t0": time.monotonic()})
-    try:
-        with ExitStack() as locks:
+    try:  # one opened storage per name for the whole run; the shared lock held from the restore to the report
+        with ExitStack() as locks, sharing_storages(ctx.state.setdefault("storages", {})):
             ctx.state["locks"] = locks
             out = run(RESTORE, ctx)
     finally:

@@ -15,7 +15,7 @@ from ...config import Config
 from ...engine.progress import mb
 from ...errors import ConfigError, NotFoundError, RefusedError, SourceError, StorageError
 from ..validate import DB_KINDS
-from .request import Location, RestoreRequest, guard_target, target_state
+from .request import Location, RestoreRequest, guard_target, read_only_storage, target_state
 
 log = logging.getLogger("backups.commands.restore")
 
@@ -67,9 +67,7 @@ def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
     from ...engine.databases import dependency_closure, pg_dump_schema, pg_target_tables, sqlite_foreign_keys
     from ...engine.restorer import restore_source
     from ...engine.snapshot import staging_root
-    from ...storage import open_storage
-
-    st = open_storage(cfg, loc.storage, resolver, read_only=True)
+    st = read_only_storage(cfg, loc.storage, resolver)
     cat = Catalog(st, cfg.application)
     snap = cat.get(loc.snapshot_id)
     plan = TablePlan(requested=list(req.tables), include_dependencies=req.include_dependencies, sources={})
@@ -291,9 +289,7 @@ def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_s
     ``--thaw-timeout``), then StorageError (exit 5) saying how many objects are still frozen."""
     from ...catalog import Catalog
     from ...engine.thaw import THAW_TIMEOUT_SECONDS, needed_keys, wait_readable
-    from ...storage import open_storage
-
-    st = open_storage(cfg, loc.storage, resolver, read_only=True)
+    st = read_only_storage(cfg, loc.storage, resolver)
     if not st.archive:
         return ArchiveWait(storage=loc.storage, archive=False, keys=0)
     cat = Catalog(st, cfg.application)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +160,9 @@ def locate(cfg: Config, req: RestoreRequest, resolver: Any = None) -> Location:
     from ...engine.thaw import needed_keys
 
     st, cat, snap, skipped = find_snapshot(cfg, req.snapshot, req.tier, storage=req.storage, resolver=resolver)
+    cache = _OPENED.get()
+    if cache is not None:  # the run's later steps read through the storage opened here
+        cache.setdefault(st.name, st)
     chosen = req.sources or sorted(snap.sources)
     absent = [s for s in chosen if s not in snap.sources]
     if absent:
@@ -187,3 +193,32 @@ def locate(cfg: Config, req: RestoreRequest, resolver: Any = None) -> Location:
     if loc.target_state.startswith("not empty") and not req.force:
         log.warning("the target %s is not empty and force is off: the restore will refuse it", req.target)
     return loc
+
+
+# ------------------------------------------------------------------------------------------------ shared storages
+#: the storages a run opened, by name (``RunContext.state["storages"]``), while :func:`sharing_storages` is active
+_OPENED: ContextVar[dict[str, Any] | None] = ContextVar("restore_opened_storages", default=None)
+
+
+def read_only_storage(cfg: Config, name: str, resolver: Any = None) -> Any:
+    """The storage ``name`` opened read-only — once per run while the run shares its storages (the CLI: every
+    step of one ``backupctl restore`` reads through the same opened storage); else opened afresh (a DAG task)."""
+    from ...storage import open_storage
+
+    cache = _OPENED.get()
+    if cache is not None and name in cache:
+        return cache[name]
+    st = open_storage(cfg, name, resolver, read_only=True)
+    if cache is not None:
+        cache[name] = st
+    return st
+
+
+@contextmanager
+def sharing_storages(cache: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """For the block, :func:`read_only_storage` keeps what it opens in ``cache`` (a run context's state)."""
+    token = _OPENED.set(cache)
+    try:
+        yield cache
+    finally:
+        _OPENED.reset(token)

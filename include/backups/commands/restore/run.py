@@ -20,7 +20,7 @@ from ...errors import IntegrityError, NotFoundError, StorageError
 from ...storage.base import sha256_of
 from ..validate import DB_KINDS, compact_results, validate_restored
 from .plan import TablePlan, existing_parent
-from .request import Location, RestoreRequest
+from .request import Location, RestoreRequest, read_only_storage
 
 log = logging.getLogger("backups.commands.restore")
 
@@ -69,9 +69,7 @@ def shared_lock(cfg: Config, storage: str, resolver: Any = None, *, operation: s
     (exclusive) waits while it is held, so a snapshot cannot be forgotten between a restore and its verification:
     the CLI and the drill hold it across both steps."""
     from ...repository import Repository, repo_scope
-    from ...storage import open_storage
-
-    repo = Repository(open_storage(cfg, storage, resolver, read_only=True), cfg)
+    repo = Repository(read_only_storage(cfg, storage, resolver), cfg)
     with repo.lock(repo_scope(), exclusive=False, operation=operation):
         yield
 
@@ -100,9 +98,7 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
     the caller already holds that lock (:func:`shared_lock`, e.g. across the restore and its verification)."""
     from ...engine.progress import Progress
     from ...engine.restorer import restore
-    from ...storage import open_storage
-
-    st = open_storage(cfg, loc.storage, resolver, read_only=True)
+    st = read_only_storage(cfg, loc.storage, resolver)
     t0 = time.monotonic()
     with nullcontext() if locked else shared_lock(cfg, loc.storage, resolver, operation="restore"):
         cat, snap = snapshot_still_there(cfg, st, loc.snapshot_id, step="restore", since="it was located")
@@ -367,9 +363,7 @@ def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: Re
     ``locked`` when the caller holds it across the restore and this step (the CLI, the drill); otherwise (the
     DAG's separate ``verify_restored`` task) it takes its own, and a snapshot that a prune removed between the
     tasks is NotFoundError (exit 3) naming it."""
-    from ...storage import open_storage
-
-    st = open_storage(cfg, loc.storage, resolver, read_only=True)
+    st = read_only_storage(cfg, loc.storage, resolver)
     with nullcontext() if locked else shared_lock(cfg, loc.storage, resolver, operation="verify restore"):
         _cat, snap = snapshot_still_there(cfg, st, loc.snapshot_id, step="verification of the restore",
                                           since="it was restored")

@@ -19,7 +19,7 @@ from ..target_lock import TargetOwner, claim
 from ..validate import pg_scratch_dsn
 from .plan import ArchiveWait, TablePlan, check_before_approval, check_prerequisites, plan_tables
 from .report import RestoreReport, build_report, write_report
-from .request import Location, RestoreRequest, locate
+from .request import Location, RestoreRequest, locate, read_only_storage
 from .run import RestoreResult, Verification, run_restore, shared_lock, verify_restore
 
 
@@ -50,11 +50,9 @@ def _wait(ctx: RunContext, results: dict[str, Any], _: Any) -> ArchiveWait | Wai
     that could not write)."""
     from ...catalog import Catalog
     from ...engine.thaw import THAW_TIMEOUT_SECONDS, ThawPoll, needed_keys
-    from ...storage import open_storage
-
     loc: Location = results["locate"]
     _claim(ctx)
-    st = open_storage(ctx.cfg, loc.storage, ctx.resolver, read_only=True)
+    st = read_only_storage(ctx.cfg, loc.storage, ctx.resolver)
     if not st.archive:
         return ArchiveWait(storage=loc.storage, archive=False, keys=0)
     cat = Catalog(st, ctx.cfg.application)
