@@ -17,6 +17,7 @@ poke — or the deferrable operator ``TaskOptions.operator`` makes over the same
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from ..commands.procedure import CLEANUP, GATE, WAIT, Procedure, RunContext, Skip, Step, Wait
 from .adapters import io_pool_args, task_errors
+
+log = logging.getLogger("backups.orchestration.procedures")
 
 
 @dataclass
@@ -106,7 +109,7 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
             if isinstance(out, Wait):  # one poke: one poll
                 if not out.poll():
                     if out.progress is not None:
-                        actx["ti"].log.info("%s", out.progress())
+                        log.info("%s", out.progress())
                     return PokeReturnValue(False)
                 out = out.result()
                 done = out.to_dict() if hasattr(out, "to_dict") else out
