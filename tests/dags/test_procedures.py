@@ -90,3 +90,70 @@ def test_a_toy_procedure_runs_alike_through_both_executors(airflow_db, tmp_path)
     assert states["work.count[2]"] == "skipped" and states["work.total"] == "success" and states["end.tidy"] == "success"
     ti = next(t for t in dr.get_task_instances() if t.task_id == "work.total")
     assert Total.from_dict(ti.xcom_pull(task_ids="work.total", map_indexes=-1)) == by_cli.results["total"]
+
+
+def _approve_step(ctx, results, _):  # a gate's body never runs: the CLI skips it, the DAG asks a person
+    raise AssertionError("not called")
+
+
+def _thaw(ctx, results, _):
+    from pathlib import Path
+
+    from backups.commands.procedure import Wait
+
+    polls = Path(ctx.params["polls"])
+
+    def poll() -> bool:
+        polls.write_text(polls.read_text() + "p" if polls.exists() else "p")
+        return len(polls.read_text()) >= 2
+
+    return Wait(poll=poll, interval=0.0, result=lambda: {"polls": len(polls.read_text())})
+
+
+GATED = Procedure("gated", (
+    Step("approve", "", _approve_step, kind="gate", doc="Go ahead?"),
+    Step("thaw", "", _thaw, kind="wait"),
+    Step("use", "", lambda ctx, r, _: {"thawed_after": r["thaw"]["polls"]}, needs=("thaw",)),
+))
+
+GATED_DAG_FILE = """
+from datetime import UTC, datetime
+
+from airflow.sdk import DAG, Param
+
+from backups.commands.procedure import RunContext
+from backups.orchestration.procedures import TaskOptions, add_procedure_tasks
+from tests.dags.test_procedures import GATED
+
+with DAG("gated_procedure", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=UTC),
+         params={"require_approval": Param(True, type="boolean"), "polls": Param("", type="string")}) as dag:
+    add_procedure_tasks(GATED, context=lambda actx, step: RunContext(cfg=None, params=dict(actx["params"])),
+                        candidates=lambda step: [], options={"thaw": TaskOptions(task_args={"poke_interval": 1})})
+"""
+
+
+def test_a_gate_and_a_wait_step_become_an_approval_and_a_sensor_over_the_same_poll(airflow_db, tmp_path):
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk import BaseSensorOperator
+
+    by_cli = run(GATED, RunContext(cfg=None, params={"polls": str(tmp_path / "cli-polls")}))
+    assert by_cli.states == {"approve": "skipped", "thaw": "success", "use": "success"}
+    assert by_cli.results["use"] == {"thawed_after": 2}
+
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "gated.py").write_text(GATED_DAG_FILE)
+    DagBundlesManager().sync_bundles_to_db()
+    bag = BundleDagBag(dag_folder=str(tmp_path / "dags"), bundle_path=tmp_path / "dags", bundle_name="dags-folder")
+    assert bag.import_errors == {}
+    sync_bag_to_db(bag, "dags-folder", None)
+    dag = bag.dags["gated_procedure"]
+    assert isinstance(dag.get_task("approve"), ApprovalOperator) and dag.get_task("approve").subject == "Go ahead?"
+    assert isinstance(dag.get_task("thaw"), BaseSensorOperator) and dag.get_task("thaw").trigger_rule == "none_failed"
+    dr = dag.test(run_conf={"require_approval": False, "polls": str(tmp_path / "dag-polls")})
+    states = task_states(dr)
+    assert dr.state == "success", states
+    assert states == {"approve": "skipped", "thaw": "success", "use": "success"}
+    ti = next(t for t in dr.get_task_instances() if t.task_id == "use")
+    assert ti.xcom_pull(task_ids="use", map_indexes=-1) == {"thawed_after": 2}

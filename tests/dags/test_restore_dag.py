@@ -34,6 +34,7 @@ DAG_ID = "restore_snapshot"
 WEEKLY = "weekly-20260104T010000Z"
 TASKS = ["locate", "approve_restore", "wait_for_archive", "restore", "verify_restored", "report"]
 EDGES = {("locate", "approve_restore"), ("approve_restore", "wait_for_archive"), ("wait_for_archive", "restore"),
+         ("locate", "wait_for_archive"),
          ("locate", "restore"), ("restore", "verify_restored"), ("locate", "verify_restored"),
          ("verify_restored", "report"), ("restore", "report"), ("locate", "report")}
 

@@ -2,8 +2,11 @@
 
 A :class:`Procedure` is an ordered list of :class:`Step`\\ s. Each step names its task (``group.name`` is the DAG's
 task id), the function that does the work, whether it fans out (one call per source or per storage of the run),
-and its kind: ``ordinary``, or ``cleanup`` (always runs, where it is declared — usually last: a DAG teardown, a
-``finally`` in the CLI).
+and its kind: ``ordinary``; ``cleanup`` (always runs, where it is declared — usually last: a DAG teardown, a
+``finally`` in the CLI); ``gate`` (a person approves: the DAG's approval operator; the CLI asks nothing — whoever
+runs ``backupctl`` decided — and the step counts as skipped, so the next step runs on ``none_failed``); or ``wait``
+(the body returns a :class:`Wait` whose ``poll()`` says when it is done: the CLI loops ``poll`` with a sleep, the
+DAG runs a sensor — or a deferrable trigger — over the same ``poll``).
 The DAG door turns the same list into tasks (``orchestration/dags.py`` builds the backup DAG's tasks from
 ``backups.commands.backup.BACKUP``; a test checks the DAG's task ids against it), the CLI door calls
 :func:`run` below. The semantics are Airflow's, so both doors behave alike:
@@ -35,7 +38,41 @@ from ..storage import Resolver
 
 log = logging.getLogger("backups.commands.procedure")
 
-ORDINARY, CLEANUP = "ordinary", "cleanup"
+ORDINARY, CLEANUP, GATE, WAIT = "ordinary", "cleanup", "gate", "wait"
+
+
+@dataclass
+class Wait:
+    """What a ``wait`` step's body returns: ``poll()`` (True when done; a
+    :class:`~backups.errors.TransientStorageError` just means "ask again"), every ``interval`` seconds for at most
+    ``timeout`` seconds (None: no limit) — then ``expired(timeout)`` is raised; ``result()`` is the step's result."""
+
+    poll: Callable[[], bool]
+    interval: float
+    result: Callable[[], Any]
+    timeout: float | None = None
+    expired: Callable[[float], BaseException] | None = None
+    progress: Callable[[], str] | None = None
+
+
+def wait_until_done(w: Wait, *, sleep: Callable[[float], None] = time.sleep) -> Any:
+    """The CLI's executor of a ``wait`` step: poll every ``w.interval`` seconds until done; ``w.result()``."""
+    from ..errors import TransientStorageError
+
+    t0 = time.monotonic()
+    while True:
+        try:
+            if w.poll():
+                return w.result()
+        except TransientStorageError as exc:
+            log.warning("poll failed (%s); asking again in %.0fs", exc.message, w.interval)
+        else:
+            if w.progress is not None:
+                log.info("%s", w.progress())
+        waited = time.monotonic() - t0
+        if w.timeout is not None and waited > w.timeout:
+            raise (w.expired(w.timeout) if w.expired else StorageError(f"still waiting after {waited:.0f} s"))
+        sleep(max(0.0, min(w.interval, (w.timeout - waited + 0.01) if w.timeout is not None else w.interval)))
 
 
 class Skip(Exception):
@@ -111,8 +148,14 @@ class Outcome:
 
 
 def _call(step: Step, ctx: RunContext, results: dict[str, Any], item: Any) -> tuple[str, Any]:
+    if step.kind == GATE:  # the CLI asks nothing: who runs the command decided
+        log.info("%s: no approval asked (run from the command line)", step.task_id)
+        return "skipped", None
     try:
-        return "success", step.run(ctx, results, item)
+        out = step.run(ctx, results, item)
+        if step.kind == WAIT and isinstance(out, Wait):
+            out = wait_until_done(out)
+        return "success", out
     except Skip as why:
         log.info("%s%s skipped: %s", step.task_id, f"[{item}]" if item is not None else "", why)
         return "skipped", None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from ..catalog.manifest import Catalog, Snapshot
 from ..errors import StorageError
@@ -34,26 +35,56 @@ def pending(storage: Storage, keys: Iterable[str], days: int = 2) -> list[str]:
     return [k for k in keys if not storage.restore_request(k, days)]
 
 
+@dataclass
+class ThawPoll:
+    """One archive wait, polled: :meth:`poll` requests the restores of what is still frozen and says whether every
+    key is readable. **The one poll** of every archive wait: :func:`wait_readable` (the CLI's loop), the DAG's
+    ``WaitForArchiveSensor.poke`` and its deferrable ``WaitForArchiveTrigger.run`` all call it."""
+
+    storage: Storage
+    keys: list[str]
+    days: int = 2
+    left: list[str] | None = None  #: the keys not readable at the last poll (None: not polled yet)
+    polls: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def poll(self) -> bool:
+        """Request restores of the keys still frozen; True when every key is readable (at once for a storage that
+        is not an archive). Storage errors propagate (a transient one: the caller polls again later)."""
+        if not self.storage.archive:
+            self.left = []
+            return True
+        self.polls += 1
+        self.left = pending(self.storage, self.keys if self.left is None else self.left, self.days)
+        return not self.left
+
+    @property
+    def waited(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    def progress(self) -> str:
+        return (f"{self.storage.name}: {len(self.left or [])} of {len(self.keys)} archived object(s) still being "
+                f"restored by S3 ({self.waited / 60:.0f} min so far)")
+
+    def expired(self, timeout_seconds: float) -> StorageError:
+        left = self.left or ["?"]
+        return StorageError(f"{self.storage.name}: {len(left)} of {len(self.keys)} archived object(s) still not thawed "
+                            f"after {_duration(self.waited)} (thaw timeout {_duration(timeout_seconds)}), e.g. {left[0]}",
+                            hint="the thaw requests stay active: run the same command again later, with a longer "
+                                 "--thaw-timeout (restore, drill), or restore from an instant storage (--storage); "
+                                 "GLACIER takes minutes to hours, DEEP_ARCHIVE up to 48 h")
+
+
 def wait_readable(storage: Storage, keys: list[str], *, poll_seconds: float = 60.0,
                   timeout_seconds: float = THAW_TIMEOUT_SECONDS) -> None:
-    """Request the restores of ``keys`` and poll every ``poll_seconds`` until all are readable (at once for a
-    storage that is not an archive); StorageError after ``timeout_seconds``."""
-    if not storage.archive:
-        return
-    start = time.monotonic()
-    left = pending(storage, keys)
-    while left:
-        waited = time.monotonic() - start
-        if waited > timeout_seconds:
-            raise StorageError(f"{storage.name}: {len(left)} of {len(keys)} archived object(s) still not thawed after "
-                               f"{_duration(waited)} (thaw timeout {_duration(timeout_seconds)}), e.g. {left[0]}",
-                               hint="the thaw requests stay active: run the same command again later, with a longer "
-                                    "--thaw-timeout (restore, drill), or restore from an instant storage (--storage); "
-                                    "GLACIER takes minutes to hours, DEEP_ARCHIVE up to 48 h")
-        log.info("%s: waiting for %d of %d archived object(s) to be restored (%.0f min so far)", storage.name, len(left),
-                 len(keys), waited / 60)
-        time.sleep(max(0.0, min(poll_seconds, timeout_seconds - waited + 0.01)))
-        left = pending(storage, left)
+    """Request the restores of ``keys`` and poll (:class:`ThawPoll`) every ``poll_seconds`` until all are readable
+    (at once for a storage that is not an archive); StorageError after ``timeout_seconds``."""
+    p = ThawPoll(storage, list(keys))
+    while not p.poll():
+        if p.waited > timeout_seconds:
+            raise p.expired(timeout_seconds)
+        log.info("%s", p.progress())
+        time.sleep(max(0.0, min(poll_seconds, timeout_seconds - p.waited + 0.01)))
 
 
 def _duration(seconds: float) -> str:

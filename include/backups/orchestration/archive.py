@@ -6,8 +6,9 @@ and then *defers* to :class:`WaitForArchiveTrigger`, which runs in the triggerer
 ``poke_interval`` until nothing is pending; the task then resumes on a worker and the restore can read.
 
 * Storage that is not an archive (local, SFTP, S3 STANDARD…): the sensor succeeds at once, without deferring.
-* The check is :func:`backups.engine.thaw.pending` — "request a restore of every key that is not readable yet,
-  return those keys" — run with :func:`asyncio.to_thread` in the trigger because boto3 is synchronous.
+* The check is :class:`backups.engine.thaw.ThawPoll` ``.poll()`` — "request a restore of every key that is not
+  readable yet; all readable?" — the same poll the CLI's :func:`~backups.engine.thaw.wait_readable` loops over;
+  run with :func:`asyncio.to_thread` in the trigger because boto3 is synchronous.
 * The trigger rebuilds the storage from the config by name (``$BACKUP_CONFIG`` must be set on the triggerer
   as on the workers, and the project importable there: ``PYTHONPATH=<project>`` / ``<project>/include``).
   Connections are resolved through the triggerer's own comms, like in a task.
@@ -58,10 +59,11 @@ def snapshot_keys(storage: Any, snapshot_id: str) -> list[str]:
     return needed_keys(cat, cat.get(snapshot_id))
 
 
-def _pending(storage: Any, keys: list[str], days: int) -> list[str]:
-    from ..engine.thaw import pending
+def thaw_poll(storage: Any, keys: list[str], days: int) -> Any:
+    """The one archive poll (:class:`backups.engine.thaw.ThawPoll`) the trigger and the sensor call."""
+    from ..engine.thaw import ThawPoll
 
-    return pending(storage, keys, days)
+    return ThawPoll(storage, list(keys), days)
 
 
 class WaitForArchiveTrigger(BaseTrigger):
@@ -95,27 +97,25 @@ class WaitForArchiveTrigger(BaseTrigger):
         except BackupError as exc:
             yield TriggerEvent({"status": "error", "storage": self.storage, "message": str(exc)})
             return
-        total, left, polls = len(keys), keys, 0
+        p = thaw_poll(storage, keys, self.days)
         while True:
-            polls += 1
             try:
-                left = await asyncio.to_thread(_pending, storage, left, self.days)
+                done = await asyncio.to_thread(p.poll)
             except TransientStorageError as exc:  # throttling, 5xx: the next poll asks again
-                self.log.warning("%s: poll %d failed (%s); asking again in %.0fs", self.storage, polls, exc.message,
+                self.log.warning("%s: poll %d failed (%s); asking again in %.0fs", self.storage, p.polls, exc.message,
                                  self.poke_interval)
             except BackupError as exc:
                 yield TriggerEvent({"status": "error", "storage": self.storage, "message": str(exc)})
                 return
             else:
-                if not left:
+                if done:
                     waited = round(time.monotonic() - started, 3)
                     self.log.info("%s: all %d archived object(s) readable after %d poll(s), %.0fs", self.storage,
-                                  total, polls, waited)
-                    yield TriggerEvent({"status": "success", "storage": self.storage, "archive": True, "keys": total,
-                                        "polls": polls, "waited_seconds": waited})
+                                  len(keys), p.polls, waited)
+                    yield TriggerEvent({"status": "success", "storage": self.storage, "archive": True,
+                                        "keys": len(keys), "polls": p.polls, "waited_seconds": waited})
                     return
-                self.log.info("%s: %d of %d archived object(s) still being restored by S3 (%.0f min so far)",
-                              self.storage, len(left), total, (time.monotonic() - started) / 60)
+                self.log.info("%s", p.progress())
             await asyncio.sleep(self.poke_interval)
 
 
@@ -134,7 +134,7 @@ class WaitForArchiveSensor(BaseSensorOperator):
             raise ValueError(f"{self.task_id}: give snapshot_id or keys")
         self.storage, self.snapshot_id, self.keys = storage, snapshot_id, keys
         self.deferrable, self.days = deferrable, days
-        self._left: list[str] | None = None
+        self._poll: Any = None  #: the one archive poll (ThawPoll), kept across pokes
 
     def _result(self, archive: bool, keys: int, deferred: bool = False, **extra: Any) -> dict[str, Any]:
         return {"storage": self.storage, "archive": archive, "keys": keys, "deferred": deferred, **extra}
@@ -161,15 +161,16 @@ class WaitForArchiveSensor(BaseSensorOperator):
             return super().execute(context)
         try:
             keys = self._keys(storage)
-            left = _pending(storage, keys, self.days)
+            p = thaw_poll(storage, keys, self.days)
+            done = p.poll()
         except BackupError as exc:
             raise AirflowFailException(str(exc)) from None
-        if not left:
+        if done:
             self.log.info("%s: all %d archived object(s) are readable already", self.storage, len(keys))
             return self._result(True, len(keys), polls=1, waited_seconds=0.0)
         self.log.info("%s: restores requested; %d of %d archived object(s) pending; deferring (poll every %.0fs)",
-                      self.storage, len(left), len(keys), self.poke_interval)
-        self.defer(trigger=WaitForArchiveTrigger(storage=self.storage, keys=left, poke_interval=self.poke_interval,
+                      self.storage, len(p.left or []), len(keys), self.poke_interval)
+        self.defer(trigger=WaitForArchiveTrigger(storage=self.storage, keys=p.left, poke_interval=self.poke_interval,
                                                  days=self.days),
                    method_name="execute_complete", timeout=timedelta(seconds=self.timeout))
 
@@ -178,20 +179,19 @@ class WaitForArchiveSensor(BaseSensorOperator):
 
         storage = self._open()
         try:
-            if self._left is None:
-                self._left = self._keys(storage)
-                self._total = len(self._left)
-            self._left = _pending(storage, self._left, self.days)
+            if self._poll is None:
+                self._poll = thaw_poll(storage, self._keys(storage), self.days)
+            self._poll.storage = storage
+            done = self._poll.poll()
         except TransientStorageError as exc:
             self.log.warning("%s: poll failed (%s); asking again", self.storage, exc.message)
             return False
         except BackupError as exc:
             raise AirflowFailException(str(exc)) from None
-        if self._left:
-            self.log.info("%s: %d of %d archived object(s) still being restored by S3", self.storage, len(self._left),
-                          self._total)
+        if not done:
+            self.log.info("%s", self._poll.progress())
             return False
-        return PokeReturnValue(True, self._result(True, self._total))
+        return PokeReturnValue(True, self._result(True, len(self._poll.keys)))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("status") != "success":

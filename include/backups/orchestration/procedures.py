@@ -7,22 +7,31 @@ its ``to_dict()``. A fan-out step is mapped (``expand``) over the candidates kno
 that is not part of the run skips itself (:class:`~backups.commands.procedure.Skip`). A step that follows a
 fan-out step runs when none failed and at least one succeeded; a ``cleanup`` step is a teardown that runs whatever
 happened; a step marked ``always`` (a report) runs whatever happened too (``all_done``) but fails the run when it
-fails. A step without a group is a task at the DAG's top level. What is Airflow's alone — notifications, run notes, asset events, the approval gate — comes in as
+fails. A step without a group is a task at the DAG's top level. A ``gate`` step is an approval operator
+(:class:`~backups.orchestration.approval.BackupApprovalOperator`, or the one ``TaskOptions.operator`` makes); the step
+after it runs on ``none_failed`` (a gate skipped by ``require_approval=false`` lets it through, a Reject fails the
+run). A ``wait`` step is a sensor (``@task.sensor``, reschedule mode) that calls its
+:class:`~backups.commands.procedure.Wait`'s ``poll()`` once per poke — or the deferrable operator
+``TaskOptions.operator`` makes over the same poll. What is Airflow's alone — notifications, run notes, asset events,
+the approval gate — comes in as
 ``after`` hooks and task options, never inside a step.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow.sdk import TaskGroup, TriggerRule, get_current_context, task, teardown
+from airflow.sdk import PokeReturnValue, TaskGroup, TriggerRule, get_current_context, task, teardown
 from airflow.sdk.exceptions import AirflowSkipException
 
-from ..commands.procedure import CLEANUP, Procedure, RunContext, Skip, Step
+from ..commands.procedure import CLEANUP, GATE, WAIT, Procedure, RunContext, Skip, Step, Wait
 from .adapters import io_pool_args, task_errors
+
+log = logging.getLogger("backups.orchestration.procedures")
 
 
 @dataclass
@@ -36,6 +45,11 @@ class TaskOptions:
     scratch: bool = False
     trigger_rule: str | None = None
     after: Callable[[Any, dict[str, Any]], None] | None = None
+    #: an operator instead of the generic task (a gate's approval text, a deferrable wait): called with the step
+    #: and the task arguments (``task_id``, ``task_group``, ``trigger_rule``, …)
+    operator: Callable[[Step, dict[str, Any]], Any] | None = None
+    #: the error mapping instead of ``task_errors()`` (a context-manager factory usable as a decorator)
+    errors: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -95,6 +109,14 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
                     out = step.run(ctx, results, item)
             except Skip as why:
                 raise AirflowSkipException(str(why)) from None
+            if isinstance(out, Wait):  # one poke: one poll
+                if not out.poll():
+                    if out.progress is not None:
+                        log.info("%s", out.progress())
+                    return PokeReturnValue(False)
+                out = out.result()
+                done = out.to_dict() if hasattr(out, "to_dict") else out
+                return PokeReturnValue(True, done)
             value = out.to_dict() if hasattr(out, "to_dict") else out
             if opts.after is not None:
                 opts.after(actx, value)
@@ -120,9 +142,11 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
         opts = options.get(step.name, TaskOptions())
         if step.group and step.group not in groups:  # a step without a group is a top-level task
             groups[step.group] = TaskGroup(step.group, tooltip=(tooltips or {}).get(step.group, ""))
-        follows_fan_out = any(by_name[a].fan_out for a in (step.after or ((prev.name,) if prev else ())))
+        follows = [by_name[a] for a in (step.after or ((prev.name,) if prev else ()))]
         rule = opts.trigger_rule or (TriggerRule.ALL_DONE if step.always else first_trigger_rule if prev is None else
-                                     TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if follows_fan_out else TriggerRule.ALL_SUCCESS)
+                                     TriggerRule.NONE_FAILED if any(a.kind == GATE for a in follows) else
+                                     TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS if any(a.fan_out for a in follows)
+                                     else TriggerRule.ALL_SUCCESS)
         args: dict[str, Any] = {"task_id": step.name, **({"task_group": groups[step.group]} if step.group else {}),
                                 **opts.task_args}
         if step.kind != CLEANUP:
@@ -131,14 +155,25 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
             args.update(io_pool_args())
         if step.fan_out:
             args["map_index_template"] = "{{ " + step.fan_out + "_name }}"
-        fn = task_errors()(adapter(step))
-        decorated = task(**args)(fn)
-        if step.kind == CLEANUP:
-            decorated = teardown(decorated)
-        tasks[step.name] = decorated.expand(**{step.fan_out: candidates(step)}) if step.fan_out else decorated()
+        if opts.operator is not None or step.kind == GATE:
+            tasks[step.name] = (opts.operator or _approval)(step, args)
+        else:
+            fn = (opts.errors or task_errors)()(adapter(step))
+            decorated = (task.sensor(mode="reschedule", **args) if step.kind == WAIT else task(**args))(fn)
+            if step.kind == CLEANUP:
+                decorated = teardown(decorated)
+            tasks[step.name] = decorated.expand(**{step.fan_out: candidates(step)}) if step.fan_out else decorated()
         # it waits for what it follows and for every step whose result it reads
         for name in dict.fromkeys((*(step.after or ((prev.name,) if prev else ())), *step.needs)):
             tasks[name] >> tasks[step.name]
         if step.kind != CLEANUP:
             prev = step
     return Built(tasks=tasks, groups=groups)
+
+
+def _approval(step: Step, args: dict[str, Any]) -> Any:
+    """The default operator of a ``gate`` step: an approval asking the step's doc."""
+    from .approval import BackupApprovalOperator, note_param
+
+    return BackupApprovalOperator(subject=step.doc or f"Approve {step.name}?", outcome="done",
+                                  params={"note": note_param(step.name)}, **args)

@@ -5,7 +5,8 @@ Graph::
 
     locate → approve_restore → wait_for_archive → restore → verify_restored → report
 
-* ``locate`` — ``commands.restore.locate``: the named storage, or the first one (config order) that is reachable and holds the snapshot with
+* ``locate`` — ``commands.restore.locate`` and ``check_before_approval`` (target, space, claim, tables and their
+  foreign keys — everything knowable before the approval; a refusal ends the run with "trigger again with …"): the named storage, or the first one (config order) that is reachable and holds the snapshot with
   its whole chain (every object present with its size). Checks the params against the snapshot. Small XCom:
   storage, snapshot id, chain, archive or not, object count, the sources to restore, the target's state.
 * ``approve_restore`` — :class:`~backups.orchestration.approval.BackupApprovalOperator` (skipped when
@@ -14,7 +15,8 @@ Graph::
   *failed*, its note "**Rejected** by … at … — nothing was restored" (or "No answer within 24 h — …").
 * ``wait_for_archive`` — :class:`~backups.orchestration.archive.WaitForArchiveSensor`: at once for non-archive
   storage; otherwise requests the S3 restores and defers to the triggerer until every object is readable.
-* ``restore`` — ``check_prerequisites`` (target, free space, PostgreSQL target) then ``run_restore``:
+* ``restore`` — ``check_prerequisites`` again (the target may have changed during the approval), the target
+  claimed for this run, the table plan (made in ``locate``; an archive's now), then ``run_restore``:
   :func:`backups.engine.restorer.restore` from the storage opened read-only; every file's SHA-256
   is checked while it is written, a source only appears when complete, a non-empty target is refused without
   ``force``. Any library error fails the task at once with its message (a retry would only meet a half-filled
@@ -28,9 +30,11 @@ Graph::
 
 The target directory is the DAG's output: ``restore``, ``verify_restored`` and ``report`` must run on the host
 that owns it. With LocalExecutor that is always true; on Celery/Kubernetes set :data:`TARGET_QUEUE` to a queue
-served only by that host (or use a shared mount). The work is done by the steps of
-:mod:`backups.commands.restore` (the same ones ``backupctl restore`` runs); the ``@task`` adapters here only read
-the params/XCom, call one step, push its ``to_dict()`` and map library errors to Airflow's fail semantics.
+served only by that host (or use a shared mount). The tasks are built from the one declaration
+:data:`backups.commands.restore.steps.RESTORE` (the steps ``backupctl restore`` runs) by
+:func:`~backups.orchestration.procedures.add_procedure_tasks`; this module adds the form, the run context
+(:func:`restore_context`), the approval text, the deferrable archive sensor, the run note and the error mapping.
+Runs are concurrent; two runs into one target are refused (:mod:`backups.commands.target_lock`).
 """
 
 from __future__ import annotations
@@ -39,14 +43,16 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
+from airflow.sdk import DAG, Param
 
 from ..commands import notes
 from ..commands import restore as restore_command
 from ..commands.backup import MANUAL_TIER
-from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RestoreResult, RunInfo, TablePlan, Verification
+from ..commands.procedure import RunContext, Step
+from ..commands.restore import REPORT_NAME, Location, RestoreRequest, RunInfo
 from ..commands.validate import pg_scratch_dsn
 from ..config import Config, load_config
 from ..errors import BackupError, ConfigError, NotFoundError, RefusedError
@@ -214,16 +220,6 @@ def refused_request(*, approved: bool) -> Iterator[None]:
         raise RunEnded(str(exc), request_note(exc, approved=approved)) from None
 
 
-def _runtime() -> tuple[Config, Any, RestoreRequest, Any]:
-    ctx = get_current_context()
-    cfg = load_config()
-    with task_errors(fail_fast=(BackupError,)), refused_request(approved=False):
-        req = request_from_params(cfg, ctx["params"])
-    from .connections import task_resolver
-
-    return cfg, task_resolver(cfg), req, ctx
-
-
 def release_target(context: Any) -> None:
     """Failure callback of the tasks that hold the target's claim (restore, verify_restored, report): the run is
     over for the target, another restore may use it. Never raises."""
@@ -271,24 +267,13 @@ def build_restore_dag(cfg: Config) -> DAG:
     return dag
 
 
-def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
-    """The tasks and their order; each ``@task`` calls one step of :mod:`backups.commands.restore`."""
-    from ..commands.target_lock import TargetOwner, claim, release
+def approval_gate(loc_ref: str, failure: list[Any], args: dict[str, Any] | None = None) -> Any:
+    """``approve_restore``: the approval text shows what ``locate`` found and checked (``loc_ref``: its XCom)."""
     from .approval import BackupApprovalOperator, note_param
-    from .archive import WaitForArchiveSensor
 
-    @task(task_id=LOCATE_TASK)
-    def locate_task() -> dict[str, Any]:
-        cfg, resolver, req, ctx = _runtime()
-        # everything knowable before the approval: the snapshot, the target, the space, the tables' foreign keys
-        with task_errors(), refused_request(approved=False):
-            loc = restore_command.locate(cfg, req, resolver)
-            return restore_command.check_before_approval(cfg, req, loc, resolver, pg_target_dsn(req),
-                                                         run_id=ctx["run_id"]).to_dict()
-
-    loc_ref = "ti.xcom_pull(task_ids='" + LOCATE_TASK + "')"
-    approve = BackupApprovalOperator(
-        task_id=APPROVE_TASK,
+    args = {"task_id": APPROVE_TASK, **(args or {})}
+    return BackupApprovalOperator(
+        **args,
         subject="Restore {{ " + loc_ref + "['snapshot_id'] }} from {{ " + loc_ref + "['storage'] }} into "
                 "{{ params.target }}?",
         body="{% set loc = " + loc_ref + " %}"
@@ -319,62 +304,69 @@ def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: l
         on_failure_callback=failure,  # ended_note last: the gate's note replaces the generic failure note
     )
 
-    wait = WaitForArchiveSensor(
-        task_id=WAIT_TASK,
-        storage="{{ " + loc_ref + "['storage'] }}",
-        snapshot_id="{{ " + loc_ref + "['snapshot_id'] }}",
-        deferrable=DEFERRABLE,
-        mode="poke" if DEFERRABLE else "reschedule",  # without a triggerer: free the worker slot between polls
-        poke_interval=ARCHIVE_POKE_SECONDS,
-        trigger_rule=TriggerRule.NONE_FAILED,  # a skipped gate (require_approval=false) lets it through
-    )
 
-    @task(task_id="restore", **heavy)
-    def restore_task(loc: dict[str, Any]) -> dict[str, Any]:
-        cfg, resolver, req, _ctx = _runtime()
-        location = Location.from_dict(loc)
-        # every library error fails at once: a retry would only meet the half-filled target and be refused
-        with task_errors(fail_fast=(BackupError,)), refused_request(approved=True):
-            pg_dsn = pg_target_dsn(req)
-            # checked again: the target may have changed while the request waited for approval
-            restore_command.check_prerequisites(cfg, req, location, pg_dsn, run_id=_ctx["run_id"])
-            # one restore per target: claimed for this run until its report (or a failure) releases it
-            claim(req.target, TargetOwner(door=DAG_ID, run_id=_ctx["run_id"], user=_requested_by(_ctx)))
-            # the plan made before the approval; an archive's after the thaw (refuses before writing)
-            plan = TablePlan.from_dict(location.tables) or restore_command.plan_tables(cfg, req, location, resolver,
-                                                                                       pg_dsn)
-            return restore_command.run_restore(cfg, req, location, resolver, pg_dsn, plan=plan).to_dict()
+@contextmanager
+def restore_errors(*, approved: bool) -> Iterator[None]:
+    """The restore's error mapping: every library error fails at once (a retry would only meet the half-filled
+    target, or the same request), and a request error ends the run with a "trigger again with …" note."""
+    with task_errors(fail_fast=(BackupError,)), refused_request(approved=approved):
+        yield
 
-    @task(task_id="verify_restored", **heavy)
-    def verify_task(loc: dict[str, Any], restored: dict[str, Any]) -> dict[str, Any]:
-        cfg, resolver, req, _ctx = _runtime()
-        location = Location.from_dict(loc)
-        with task_errors():
-            return restore_command.verify_restore(cfg, req, location, RestoreResult.from_dict(restored), resolver,
-                                                  pg_target_dsn(req), scratch_dsn=scratch_dsn(location)).to_dict()
 
-    @task(task_id="report", **on_host)
-    def report_task(loc: dict[str, Any], restored: dict[str, Any], verified: dict[str, Any]) -> dict[str, Any]:
-        _cfg, _resolver, req, ctx = _runtime()
-        ti, dag_run = ctx["ti"], ctx["dag_run"]
-        run = RunInfo(door=ctx["dag"].dag_id, run_id=ctx["run_id"],
-                      requested_by=_requested_by(ctx),
-                      approval=restore_command.approval_from_hitl(ti.xcom_pull(task_ids=APPROVE_TASK, map_indexes=-1)),
-                      run_seconds=run_seconds(dag_run),
-                      archive_wait=ti.xcom_pull(task_ids=WAIT_TASK, map_indexes=-1))
-        location = Location.from_dict(loc)
-        report = restore_command.build_report(req, location, RestoreResult.from_dict(restored),
-                                              Verification.from_dict(verified), run)
-        paths = restore_command.write_report(req.target, report)
-        log.info("restore report written to %s:\n%s", ", ".join(paths), report.markdown)
-        release(req.target, ctx["run_id"])
-        run_notes.set_run_note(ctx["dag"].dag_id, ctx["run_id"], notes.restore_note(report.doc, paths))
-        notifiers.publish("restore_complete", {"dag_id": ctx["dag"].dag_id, "run_id": ctx["run_id"], "report": paths,
-                                               "snapshot_id": location.snapshot_id, "target": req.target})
-        return {"report": paths, "snapshot_id": location.snapshot_id, "target": req.target}
+def restore_context(actx: Any, step: Step) -> RunContext:
+    """The run context of one restore task: the checked request (from the form), the PostgreSQL DSNs from their
+    Airflow connections (never in XCom), and for ``report`` who asked, the approval and the archive wait."""
+    cfg = load_config()
+    from .connections import task_resolver
 
-    loc = locate_task()
-    restored = restore_task(loc)
-    verified = verify_task(loc, restored)
-    loc >> approve >> wait >> restored
-    report_task(loc, restored, verified)
+    req = request_from_params(cfg, actx["params"])
+    ctx = RunContext(cfg, task_resolver(cfg), dag_id=actx["dag"].dag_id, run_id=actx["run_id"],
+                     params={"request": req, "pg_dsn": pg_target_dsn(req), "validate": True})
+    ti, dag_run = actx["ti"], actx["dag_run"]
+    if step.name == "verify_restored":
+        loc = Location.from_dict(ti.xcom_pull(task_ids=LOCATE_TASK, map_indexes=-1))
+        ctx.params["scratch_dsn"] = scratch_dsn(loc)
+    if step.name in ("wait_for_archive", "restore", "report"):
+        ctx.state["run"] = RunInfo(
+            door=actx["dag"].dag_id, run_id=actx["run_id"], requested_by=_requested_by(actx),
+            approval=restore_command.approval_from_hitl(ti.xcom_pull(task_ids=APPROVE_TASK, map_indexes=-1)),
+            run_seconds=run_seconds(dag_run), archive_wait=ti.xcom_pull(task_ids=WAIT_TASK, map_indexes=-1))
+    return ctx
+
+
+def add_restore_tasks(on_host: dict[str, Any], heavy: dict[str, Any], failure: list[Any]) -> None:
+    """The procedure :data:`backups.commands.restore.steps.RESTORE` (the steps ``backupctl restore`` runs) built by
+    :func:`~backups.orchestration.procedures.add_procedure_tasks`, plus what only Airflow has: the approval text,
+    the deferrable archive wait, the run note, the ``restore_complete`` event and the target's release."""
+    from ..commands.restore.steps import RESTORE
+    from ..commands.target_lock import release
+    from .archive import WaitForArchiveSensor
+    from .procedures import TaskOptions, add_procedure_tasks
+
+    loc_ref = "ti.xcom_pull(task_ids='" + LOCATE_TASK + "')"
+
+    def wait(step: Step, args: dict[str, Any]) -> Any:
+        # the DAG's wait: the same poll (engine.thaw.ThawPoll), deferred to the triggerer
+        return WaitForArchiveSensor(
+            storage="{{ " + loc_ref + "['storage'] }}", snapshot_id="{{ " + loc_ref + "['snapshot_id'] }}",
+            deferrable=DEFERRABLE, mode="poke" if DEFERRABLE else "reschedule",  # no triggerer: free the slot
+            poke_interval=ARCHIVE_POKE_SECONDS, **args)
+
+    def reported(actx: Any, result: dict[str, Any]) -> None:
+        req = request_from_params(load_config(), actx["params"])
+        paths = [str(Path(req.target) / f"{REPORT_NAME}.{ext}") for ext in ("json", "md")]
+        log.info("restore report written to %s:\n%s", ", ".join(paths), result["markdown"])
+        release(req.target, actx["run_id"])
+        run_notes.set_run_note(actx["dag"].dag_id, actx["run_id"], notes.restore_note(result["doc"], paths))
+        notifiers.publish("restore_complete", {"dag_id": actx["dag"].dag_id, "run_id": actx["run_id"],
+                                               "report": paths, "snapshot_id": result["doc"]["snapshot"]["snapshot_id"],
+                                               "target": req.target})
+
+    add_procedure_tasks(RESTORE, context=restore_context, candidates=lambda step: [], options={
+        "locate": TaskOptions(errors=lambda: restore_errors(approved=False)),
+        "approve_restore": TaskOptions(operator=lambda step, args: approval_gate(loc_ref, failure, args)),
+        "wait_for_archive": TaskOptions(operator=wait),
+        "restore": TaskOptions(task_args=heavy, errors=lambda: restore_errors(approved=True)),
+        "verify_restored": TaskOptions(task_args=heavy),
+        "report": TaskOptions(task_args=on_host, after=reported),
+    })

@@ -107,3 +107,43 @@ def test_an_always_step_runs_after_a_failure_in_its_place_after_the_cleanup_and_
     with pytest.raises(SourceError, match="report broke"):
         run(proc, ctx)
     assert calls == ["first", "tidy", "report"]
+
+
+def test_a_gate_asks_nothing_on_the_command_line_and_a_wait_polls_until_done():
+    """The two step kinds of a human gate and of a wait: the CLI skips the gate (the next step still runs) and
+    loops the wait's ``poll()`` — a transient storage error only means "ask again" — then takes its result."""
+    from backups.commands.procedure import GATE, WAIT, Wait
+    from backups.errors import TransientStorageError
+
+    answers = iter([False, TransientStorageError("throttled"), False, True])
+    polled: list = []
+
+    def poll():
+        polled.append(1)
+        a = next(answers)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    proc = Procedure("gated", (
+        Step("approve", "", lambda ctx, r, i: pytest.fail("a gate's body never runs on the command line"), kind=GATE),
+        Step("thaw", "", lambda ctx, r, i: Wait(poll=poll, interval=0.0, result=lambda: {"polls": len(polled)}),
+             kind=WAIT),
+        Step("after", "", lambda ctx, r, i: r["thaw"]),
+    ))
+    out = run(proc, RunContext(cfg=None))
+    assert out.states == {"approve": "skipped", "thaw": "success", "after": "success"}
+    assert out.results["after"] == {"polls": 4}
+
+
+def test_a_wait_that_outlasts_its_timeout_fails_with_its_own_error():
+    from backups.commands.procedure import WAIT, Wait
+
+    proc = Procedure("slow", (
+        Step("thaw", "", lambda ctx, r, i: Wait(poll=lambda: False, interval=0.0, result=lambda: None, timeout=0.0,
+                                                expired=lambda t: StorageError("still frozen", hint="wait longer")),
+             kind=WAIT),
+        Step("after", "", lambda ctx, r, i: "never"),
+    ))
+    with pytest.raises(StorageError, match="still frozen"):
+        run(proc, RunContext(cfg=None))

@@ -358,7 +358,9 @@ def _prune_right_after(monkeypatch, module, step: str, cfg) -> dict:
 
 def test_a_waiting_prune_cannot_forget_the_snapshot_between_the_restore_and_its_verification(app, monkeypatch):
     cfg = _keep_one_weekly(app)
-    box = _prune_right_after(monkeypatch, rc, "run_restore", cfg)
+    from backups.commands.restore import steps
+
+    box = _prune_right_after(monkeypatch, steps, "run_restore", cfg)
     out = rc.restore_snapshot(cfg, rc.RestoreRequest(target=str(app["tmp"] / "t"), snapshot=WEEKLY), validate=False)
     assert out.verified.ok and out.verified.files["app_files"]["files_checked"] > 0
     assert box["ran_before_next_step"] is False  # the prune waited for the verification

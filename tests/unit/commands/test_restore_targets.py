@@ -38,13 +38,15 @@ def test_two_restores_at_once_into_different_targets_both_succeed(app, monkeypat
     """Both runs are inside their restore step at the same time (a barrier in the restorer), so neither waits for
     the other: the repository's shared lock lets them both read."""
     barrier = threading.Barrier(2, timeout=60)
-    real = rc.run_restore
+    from backups.commands.restore import steps
+
+    real = steps.run_restore
 
     def meet_then_restore(*a, **kw):
         barrier.wait()  # raises BrokenBarrierError if the other restore cannot get this far at the same time
         return real(*a, **kw)
 
-    monkeypatch.setattr(rc, "run_restore", meet_then_restore)
+    monkeypatch.setattr(steps, "run_restore", meet_then_restore)
     out: dict[str, object] = {}
 
     def one(name):
@@ -104,3 +106,25 @@ def test_a_dead_cli_process_claim_is_taken_over(app):
     tl.claim(target, tl.TargetOwner(door="cli", run_id="cli-dead", pid=int(p.stdout)))
     assert tl.holder(target) is None  # stale: its process is gone
     assert _restore(app, target).verified.ok
+
+
+def test_a_cli_restore_opens_its_storage_once(app, monkeypatch):
+    """The run context shares what a run opened: locate, the table plan, the restore, its verification and the
+    lock all read through one opened storage (a spy around the real ``open_storage``)."""
+    import backups.engine.locate as engine_locate
+    import backups.storage as storage_module
+
+    opened: list[str] = []
+    real = storage_module.open_storage
+
+    def counting(cfg, name, *a, **kw):
+        opened.append(name)
+        return real(cfg, name, *a, **kw)
+
+    monkeypatch.setattr(storage_module, "open_storage", counting)
+    monkeypatch.setattr(engine_locate, "open_storage", counting)
+    out = rc.restore_snapshot(app["cfg"], rc.RestoreRequest(target=str(app["tmp"] / "once"), snapshot=WEEKLY,
+                                                            storage="local", sources=["app_db"], tables=["robots"]),
+                              validate=False)
+    assert out.verified.ok
+    assert opened == ["local"]
