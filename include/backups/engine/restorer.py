@@ -391,9 +391,11 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
     return out
 
 
-SMALL_FILE = 1 << 20
-#: wanted files kept from the first pass over the index (so their archive needs no pass of its own): ~5 MB
-KEEP_ENTRIES = 8192
+#: files up to this size are read whole and hashed, created and written on a writer thread (the hash and the
+#: writes release the GIL, so they overlap the tar parsing); larger ones are streamed by the reading thread
+SMALL_FILE = 8 << 20
+#: wanted files kept from the first pass over the index (so their archive needs no pass of its own): ~15 MB
+KEEP_ENTRIES = 32768
 _ZEROS = bytes(CHUNK)
 
 
@@ -402,19 +404,26 @@ _ZEROS = bytes(CHUNK)
 WRITERS = 2
 
 
-class _Writers:
-    """Create and write small files on a small pool of writer threads (file creation is the slowest syscall of a
-    restore; the GIL is released during it), with at most ~64 MiB of content in flight. Each file is hashed once,
-    on the bytes about to be written, before it is created."""
+#: files handed to a writer thread in one task (a task per file cost more than writing a small file)
+WRITE_BATCH_FILES = 32
+WRITE_BATCH_BYTES = 1 << 20
 
-    def __init__(self, workers: int | None = None, max_bytes: int = 64 << 20) -> None:
-        import threading
+
+class _Writers:
+    """Create and write files of up to :data:`SMALL_FILE` on a small pool of writer threads (file creation is the
+    slowest syscall of a restore; the GIL is released during it and during the hash), in batches of a few files
+    per task, with at most ~32 MiB of content in flight. Each file is hashed once, on the bytes about to be
+    written, before it is created."""
+
+    def __init__(self, workers: int | None = None, max_bytes: int = 32 << 20) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.pool = ThreadPoolExecutor(max_workers=workers or WRITERS, thread_name_prefix="restore-write")
-        self.budget = threading.BoundedSemaphore(max_bytes // SMALL_FILE)
-        self.futures: list[Any] = []
-        self.submitted = self.reaped = 0
+        self.budget = _Budget(max(max_bytes, SMALL_FILE))
+        self.futures: list[tuple[Any, int]] = []  #: (future of one batch, files in it)
+        self.batch: list[tuple[Any, ...]] = []
+        self.batch_bytes = 0
+        self.submitted = self.reaped = 0  #: files queued (a batch not yet handed over included), files written
         #: (number of writes submitted before, descriptors): closed once those writes are done
         self.closing: list[tuple[int, list[int]]] = []
 
@@ -426,9 +435,7 @@ class _Writers:
         # O_EXCL: every path is written once into a fresh private directory; anything already there is wrong
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
         try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, content)
             meta(fd, path, e)
         finally:
             os.close(fd)
@@ -437,17 +444,29 @@ class _Writers:
                error: Callable[[], Exception]) -> None:
         """Write ``name`` in ``dir_fd`` (which must stay open until then: see :meth:`close_later`); ``error()``
         is raised when the content does not match the index (built only then: one exception per file costs)."""
-        self.budget.acquire()
+        self.batch.append((dir_fd, name, content, path, e, meta, error))
+        self.batch_bytes += len(content)
+        self.submitted += 1
+        if len(self.batch) >= WRITE_BATCH_FILES or self.batch_bytes >= WRITE_BATCH_BYTES:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Queue the batch as one task (waits while the content in flight would exceed the budget)."""
+        if not self.batch:
+            return
+        batch, n = self.batch, self.batch_bytes
+        self.batch, self.batch_bytes = [], 0
+        self.budget.acquire(n)
 
         def run() -> None:
             try:
-                self._write(dir_fd, name, content, path, e, meta, error)
+                for item in batch:
+                    self._write(*item)
             finally:
-                self.budget.release()
+                self.budget.release(n)
 
-        self.futures.append(self.pool.submit(run))
-        self.submitted += 1
-        if len(self.futures) >= 256:
+        self.futures.append((self.pool.submit(run), len(batch)))
+        if len(self.futures) >= 64:
             self._reap(len(self.futures) // 2)
 
     def close_later(self, fds: list[int]) -> None:
@@ -465,16 +484,61 @@ class _Writers:
 
     def _reap(self, n: int) -> None:
         done, self.futures = self.futures[:n], self.futures[n:]
-        for f in done:
+        for f, files in done:
             f.result()
-            self.reaped += 1
+            self.reaped += files
         self._close_done()
 
     def finish(self) -> None:
+        self._hand_over()
         self._reap(len(self.futures))
 
     def close(self) -> None:
+        self.batch = []
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Budget:
+    """Bytes of file content in flight to the writers: :meth:`acquire` waits while more than ``limit`` would be
+    (one file alone may always go: a file is at most :data:`SMALL_FILE`)."""
+
+    def __init__(self, limit: int) -> None:
+        import threading
+
+        self.limit, self.used = limit, 0
+        self.cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self.cond:
+            while self.used and self.used + n > self.limit:
+                self.cond.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+def _write_all(fd: int, content: bytes) -> None:
+    """Write ``content``; all-zero :data:`CHUNK` s of a larger file become holes (sparse files come back sparse)."""
+    view = memoryview(content)
+    if len(content) < 2 * CHUNK:
+        while view:
+            view = view[os.write(fd, view):]
+        return
+    hole = False
+    for at in range(0, len(content), CHUNK):
+        part = view[at : at + CHUNK]
+        # (a memoryview compares item by item: bytes compare with memcmp, sliced only when it may be zeros)
+        if len(part) == CHUNK and not content[at] and not content[at + CHUNK - 1] and content[at : at + CHUNK] == _ZEROS:
+            os.lseek(fd, CHUNK, os.SEEK_CUR)
+            hole = True
+            continue
+        while part:
+            part = part[os.write(fd, part):]
+    if hole:
+        os.ftruncate(fd, len(content))
 
 
 def _write_large(dir_fd: int, name: str, data: tarstream.MemberReader, size: int, progress: Progress) -> str:
@@ -500,13 +564,14 @@ def _write_large(dir_fd: int, name: str, data: tarstream.MemberReader, size: int
     return h.hexdigest()
 
 
-#: frames decompressed ahead of the tar reader: at most this many in flight (each about FRAME_SIZE of tar bytes)
-FRAMES_AHEAD = max(2, min(8, 2 * (os.cpu_count() or 1)))
+#: frames decompressed ahead of the tar reader: at most this many in flight (each about FRAME_SIZE of tar bytes,
+#: at most WHOLE_FRAME_MAX, or a CHUNK of a streamed frame)
+FRAMES_AHEAD = max(4, min(12, 4 * (os.cpu_count() or 1)))
 #: threads decompressing frames (zstandard releases the GIL while it decompresses)
 DECOMPRESSORS = max(1, min(4, os.cpu_count() or 1))
 #: a frame holding more tar bytes than this (a large file), or of unknown size (the archive's last), is streamed
 #: chunk by chunk on the reading thread instead of being decompressed whole on the pool: memory stays flat
-WHOLE_FRAME_MAX = 8 << 20
+WHOLE_FRAME_MAX = 4 << 20
 
 _END = object()
 
@@ -784,7 +849,7 @@ def _extract_archive(storage: Storage, obj: dict[str, Any], wanted: Iterator[tup
                     if e.torn and m.size != e.size:  # the zero-completed copy of a torn file: the next one is it
                         superseded = name
                         continue
-                    if m.size <= SMALL_FILE:  # hashed, created and written on a writer thread (GIL-free work)
+                    if m.size <= SMALL_FILE and not e.torn:  # hashed, created, written on a writer thread (GIL-free)
                         content = data.read_all()
                         writers.submit(pfd, fname, content, dest, e, meta, functools.partial(damaged, name))
                         progress.advance(len(content))
