@@ -210,9 +210,9 @@ def test_partial_restore_on_an_encrypted_storage_reads_only_the_chunks_of_its_fr
 def test_writer_pool_restores_every_file_and_closes_every_directory(repo, monkeypatch):
     """Many writer threads over many directories: every file exact, and no directory descriptor left open (they are
     closed only once every earlier write is done, whichever thread ran it)."""
-    from backups.engine import restorer
+    from backups.engine import restore_write
 
-    monkeypatch.setattr(restorer, "WRITERS", 8)
+    monkeypatch.setattr(restore_write, "WRITERS", 8)
     storage = LocalStorage(repo["repo"])
     cat = Catalog(storage, APP)
     before = len(os.listdir("/proc/self/fd"))
