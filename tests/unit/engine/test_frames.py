@@ -210,9 +210,9 @@ def test_partial_restore_on_an_encrypted_storage_reads_only_the_chunks_of_its_fr
 def test_writer_pool_restores_every_file_and_closes_every_directory(repo, monkeypatch):
     """Many writer threads over many directories: every file exact, and no directory descriptor left open (they are
     closed only once every earlier write is done, whichever thread ran it)."""
-    from backups.engine import restorer
+    from backups.engine import restore_write
 
-    monkeypatch.setattr(restorer, "WRITERS", 8)
+    monkeypatch.setattr(restore_write, "WRITERS", 8)
     storage = LocalStorage(repo["repo"])
     cat = Catalog(storage, APP)
     before = len(os.listdir("/proc/self/fd"))
@@ -270,3 +270,23 @@ def test_scattered_small_files_restore_reads_only_their_frames_at_the_default_fr
         {p: v[:2] for p, v in want.items()}
     listing = subprocess.run(f"zstd -dc {path} | tar -t", shell=True, capture_output=True, text=True, check=True)
     assert sum(1 for n in listing.stdout.splitlines() if n.endswith(".bin")) == 1001
+
+
+def test_altered_bytes_of_a_file_hashed_on_a_writer_thread_are_refused_and_nothing_is_left(tmp_path):
+    """Files up to SMALL_FILE (8 MiB: the 5 MiB one here) are hashed on a writer thread since issue 18; a byte
+    changed inside its stored bytes (zstd still decodes them: incompressible data is stored raw, no frame
+    checksum) must fail the restore naming the file, and leave nothing that looks restored."""
+    root, repo_dir = tmp_path / "src", tmp_path / "repo"
+    _tree(root, dirs=3, files=5)
+    (root / "d01" / "big.bin").write_bytes(os.urandom(5 << 20))
+    snap, _ = run_backup(files_config(tmp_path, root, repo_dir), "full", logical_date="2026-01-04T01:00:00Z")
+    path, rec = _archive({"repo": repo_dir, "snap": snap.id})
+    frame = max(load_frames(LocalStorage(repo_dir), rec), key=lambda f: f.length)  # the one holding big.bin
+    data = bytearray(path.read_bytes())
+    data[frame.offset + frame.length // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    storage = LocalStorage(repo_dir)
+    cat = Catalog(storage, APP)
+    with pytest.raises(IntegrityError, match="big.bin: restored content does not match its SHA-256"):
+        restore(storage, cat, cat.get(snap.id), tmp_path / "t")
+    assert list((tmp_path / "t").iterdir()) == []

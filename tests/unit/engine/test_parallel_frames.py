@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backups.catalog import Catalog
-from backups.engine import restorer, tarstream
+from backups.engine import restore_frames, restore_plan, restorer, tarstream
 from backups.engine.restorer import load_frames, restore
 from backups.errors import IntegrityError
 from backups.storage import LocalStorage
@@ -45,8 +45,8 @@ def chain(tmp_path, monkeypatch):
     """A full and an incremental backup of the tree (a few files changed, one added, one removed), frames of 64 KiB;
     the restorer with two frames ahead and frames over 256 KiB streamed."""
     monkeypatch.setattr(tarstream, "FRAME_SIZE", FRAME)
-    monkeypatch.setattr(restorer, "FRAMES_AHEAD", 2)
-    monkeypatch.setattr(restorer, "WHOLE_FRAME_MAX", 256 << 10)
+    monkeypatch.setattr(restore_frames, "FRAMES_AHEAD", 2)
+    monkeypatch.setattr(restore_frames, "WHOLE_FRAME_MAX", 256 << 10)
     root, repo = tmp_path / "src", tmp_path / "repo"
     _tree(root)
     cfg = files_config(tmp_path, root, repo)
@@ -99,7 +99,7 @@ def _spy(monkeypatch) -> dict[str, int]:
 def test_multi_frame_chain_restores_byte_identical(chain, monkeypatch, keep):
     """Whatever number of wanted files the first index pass keeps (all; the incremental's few, the full's
     streamed by a pass of its own; none)."""
-    monkeypatch.setattr(restorer, "KEEP_ENTRIES", keep)
+    monkeypatch.setattr(restore_plan, "KEEP_ENTRIES", keep)
     calls = _spy(monkeypatch)
     frames = load_frames(LocalStorage(chain["repo"]), _archive(chain, chain["full"])[1])
     assert frames is not None and len(frames) >= 12
@@ -137,7 +137,7 @@ def test_damaged_frame_is_an_integrity_error_naming_the_archive(chain, where, me
     if member.endswith("/"):  # a frame of small files of that directory
         k = next(i for i, f in enumerate(frames) if f.first.startswith(member))
     else:  # a frame of the large file: more than 256 KiB of tar bytes (streamed, written on a writer thread)
-        assert frames[k + 1].uoffset - frames[k].uoffset > restorer.WHOLE_FRAME_MAX
+        assert frames[k + 1].uoffset - frames[k].uoffset > restore_frames.WHOLE_FRAME_MAX
     f = frames[k]
     data = bytearray(path.read_bytes())
     if where == "header":
