@@ -183,5 +183,7 @@ def test_a_failed_run_says_what_failed_in_its_note(airflow_db, app):
     assert dr.state == "failed"
     note = run_note(dr)
     head = note.splitlines()[0]  # collapsed, the UI shows the first line: the verdict and the cause in words
-    assert head.startswith("**Failed**: ") and f"restore target {target} is not empty" in head, note
-    assert "* failed task: `restore`" in note and "```" not in note and len(note) <= 1000
+    # a non-empty target is known before the approval: refused by ``locate``, the note says so and how to retry
+    assert head.startswith("**Refused before approval** — ") and f"restore target {target} is not empty" in head, note
+    assert "* fix: choose an empty or new directory" in note and "Trigger the DAG again" in note, note
+    assert "```" not in note and len(note) <= 1000

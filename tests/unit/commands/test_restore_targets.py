@@ -111,8 +111,8 @@ def test_a_dead_cli_process_claim_is_taken_over(app):
 def test_a_cli_restore_opens_its_storage_once(app, monkeypatch):
     """The run context shares what a run opened: locate, the table plan, the restore, its verification and the
     lock all read through one opened storage (a spy around the real ``open_storage``)."""
-    import backups.engine.locate as engine_locate
     import backups.storage as storage_module
+    import backups.storage.reach as reach
 
     opened: list[str] = []
     real = storage_module.open_storage
@@ -122,7 +122,7 @@ def test_a_cli_restore_opens_its_storage_once(app, monkeypatch):
         return real(cfg, name, *a, **kw)
 
     monkeypatch.setattr(storage_module, "open_storage", counting)
-    monkeypatch.setattr(engine_locate, "open_storage", counting)
+    monkeypatch.setattr(reach, "open_storage", counting)  # locate opens storages through the reach rule
     out = rc.restore_snapshot(app["cfg"], rc.RestoreRequest(target=str(app["tmp"] / "once"), snapshot=WEEKLY,
                                                             storage="local", sources=["app_db"], tables=["robots"]),
                               validate=False)
