@@ -29,12 +29,15 @@ problem across runs. Checks:
 from __future__ import annotations
 
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog.manifest import FUTURE_TOLERANCE
 from ..units import fmt_bytes, fmt_duration
 from .status import MANUAL, worst
 from .store import drill_history_path, drill_history_problems, iso, now_utc, parse_iso
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 DAY = 86400.0
 
@@ -46,7 +49,7 @@ def _p(key: str, severity: str, summary: str) -> dict[str, Any]:
 _hours = fmt_duration  # the one unit system (backups.units)
 
 
-def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[str, Any]]:
+def evaluate(cfg: Config, status: dict[str, Any], *, now: Any = None) -> list[dict[str, Any]]:
     """Every problem the status shows (without ``since``/``runs``: :func:`annotate` adds them)."""
     mon = cfg.monitoring
     now = now or parse_iso(status.get("generated_at")) or now_utc()
@@ -161,7 +164,7 @@ def _chain_problems(status: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _drill_problems(cfg: Any, status: dict[str, Any], now: Any) -> list[dict[str, Any]]:
+def _drill_problems(cfg: Config, status: dict[str, Any], now: Any) -> list[dict[str, Any]]:
     """A damaged drill history, a failed last drill, no passed drill recently."""
     mon = cfg.monitoring
     out: list[dict[str, Any]] = []
@@ -254,7 +257,7 @@ def _failed_summary(storage: str, opened: dict[str, Any], dependents: dict[str, 
             "`backupctl verify SNAPSHOT --read-data` (or `--all --read-data`) closes it")
 
 
-def shrink_problems(cfg: Any, tables: dict[str, Any]) -> list[dict[str, Any]]:
+def shrink_problems(cfg: Config, tables: dict[str, Any]) -> list[dict[str, Any]]:
     """A source (bytes) or a table (rows) that shrank more than ``max_shrink_percent`` between a tier's two newest
     snapshots."""
     limit = cfg.monitoring.max_shrink_percent
