@@ -26,6 +26,8 @@ from . import status_dir
 from .store import ALERT_STATE, iso, now_utc, read_json, write_atomic
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from ..config import Config
 
 
@@ -44,7 +46,7 @@ def _escalate_now(p: dict[str, Any]) -> bool:
     return p["key"].startswith("stale:") and p["severity"] == "critical"
 
 
-def transition(cfg: Config, problems: list[dict[str, Any]], state: dict[str, Any], *, now: Any = None,
+def transition(cfg: Config, problems: list[dict[str, Any]], state: dict[str, Any], *, now: datetime | None = None,
                application: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(new state, messages) for this run's ``problems`` (see the module docstring). Pure: nothing is sent."""
     alerts = cfg.monitoring.alerts
