@@ -12,17 +12,22 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cli_logging import LOG_FORMAT, log_level, route_logging
 from .cli_parser import build_parser as _build_parser
 from .errors import BROKEN_PIPE, EXIT_CODES, BackupError, StorageError
 from .units import fmt_bytes, fmt_duration
 
+if TYPE_CHECKING:
+    from .config import Config
+    from .storage import Resolver
+    from .storage.base import Storage
+
 log = logging.getLogger("backups")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+def _load(args: argparse.Namespace) -> tuple[Config, Resolver | None]:
     """The config and its connection resolver (injected: :mod:`backups.connections`; never the Airflow layer)."""
     from .commands.base import config_and_resolver
 
@@ -34,7 +39,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     return cfg, resolver
 
 
-def _check_names(cfg: Any, args: argparse.Namespace) -> None:
+def _check_names(cfg: Config, args: argparse.Namespace) -> None:
     """``--tier`` / ``--storage`` / ``--source`` against the config: a misspelt name is exit 3 with a suggestion
     (``--tier dayly`` → did you mean 'daily'?) instead of an empty result further down."""
     from .commands.backup import MANUAL_TIER
@@ -46,7 +51,7 @@ def _check_names(cfg: Any, args: argparse.Namespace) -> None:
             check_name(kind, name, known, f"--{kind}")
 
 
-def _storage(cfg: Any, resolver: Any, name: str | None, *, read_only: bool = True):
+def _storage(cfg: Config, resolver: Resolver | None, name: str | None, *, read_only: bool = True) -> Storage:
     """The named storage, or the first one (config order) that answers (:func:`backups.storage.reach.first_serving`)."""
     from .storage.reach import first_serving
 
@@ -61,7 +66,7 @@ def _words(value: Any) -> str:
     return str(value)
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> str:
+def _table(rows: list[list[Any]], headers: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*headers), fmt.format(*["-" * w for w in widths])]
@@ -214,7 +219,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
             print(f"{n}: {k}: {_words(val)}")
         for w in s.warnings or []:
             print(f"{n}: warning: {w}")
-    for n, added in (TablePlan.from_dict(r.tables).added() if r.tables else {}).items():
+    table_plan = TablePlan.from_dict(r.tables)  # None exactly when r.tables is empty
+    for n, added in (table_plan.added() if table_plan else {}).items():
         print(f"{n}: dependencies restored with the tables (foreign keys): {', '.join(added)}")
     for n, res in v.validation.items():
         stats = res.get("statistics") or {}
@@ -356,7 +362,8 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     from .storage.reach import each_storage
 
     cfg, resolver = _load(args)
-    out, unreachable = [], {}
+    out: list[dict[str, Any]] = []
+    unreachable: dict[str, str] = {}
     for storage in each_storage(cfg, [args.storage] if args.storage else None, resolver, unreachable, read_only=False):
         for lk in Repository(storage, cfg).locks.unlock(everything=args.all):
             out.append({"storage": storage.name, "key": lk.key, "lock": lk.describe()})
@@ -504,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
                  if args.func is cmd_backup else ""), file=sys.stderr)
         return StorageError.exit_code
     finally:
-        if saved is not None:  # an in-process caller (the Airflow demo, tests) gets its structlog setup back
+        if structlog is not None and saved is not None:  # an in-process caller (the Airflow demo, tests) gets its structlog setup back
             structlog.configure(**saved)
 
 

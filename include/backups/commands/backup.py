@@ -364,21 +364,21 @@ def check_system_state(cfg: Config, sel: Selection, resolver: Resolver | None = 
     # the one unreachable-storage rule (storage.reach): each storage on its own; the primary is the one this
     # operation needs (it receives the extraction: without it there is no backup at all), a copy target that is
     # down is named and the backup goes ahead (its upload task fails, the run goes red, the next run back-fills)
-    for name, st, exc in open_each(cfg, sel.storages, resolver, read_only=False):
+    for name, st, fault in open_each(cfg, sel.storages, resolver, read_only=False):
         kind = cfg.storages[name].type
         if st is not None:
             try:
                 free[name] = st.free_bytes()
                 Repository(st, cfg).locks.report()  # stale locks: a warning in this task's log (monitoring)
             except BackupError as error:
-                st, exc = None, error
-        if exc is not None:
+                st, fault = None, error
+        if fault is not None:
             if name == sel.storages[0]:
-                problems.append((_problem("storage", name, kind, exc), _retryable(kind, exc)))
+                problems.append((_problem("storage", name, kind, fault), _retryable(kind, fault)))
             else:
-                unavailable[name] = exc.message
+                unavailable[name] = fault.message
                 log.warning("%s — the backup goes ahead on the other storages; upload[%s] will fail and the next run "
-                            "back-fills the copy", _problem("storage", name, kind, exc), name)
+                            "back-fills the copy", _problem("storage", name, kind, fault), name)
             continue
         room = free[name]
         if room is not None and room < total:

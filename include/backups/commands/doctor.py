@@ -32,12 +32,16 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import ENV_CONFIG, NO_SHIPPED_CONFIG_HINT, config_path, load_config, safe_load_yaml
 from ..errors import BackupError, ConfigError
 from ..units import fmt_bytes
 from .base import Result
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
@@ -80,15 +84,17 @@ class DoctorResult(Result):
         return next((c["code"] for c in self.checks if c["status"] == FAIL), 0)
 
 
-def conn_ids(cfg: Any) -> dict[str, str]:
+def conn_ids(cfg: Config) -> dict[str, str]:
     """Every connection id the config names → what uses it (``storage cloud``, ``encryption key of offsite``...)."""
     out: dict[str, str] = {}
     for name, src in cfg.sources.items():
-        if getattr(src, "conn_id", None):
-            out.setdefault(src.conn_id, f"source {name}")
+        src_conn = getattr(src, "conn_id", None)
+        if src_conn:
+            out.setdefault(src_conn, f"source {name}")
     for name, sto in cfg.storages.items():
-        if getattr(sto, "conn_id", None):
-            out.setdefault(sto.conn_id, f"storage {name}")
+        sto_conn = getattr(sto, "conn_id", None)
+        if sto_conn:
+            out.setdefault(sto_conn, f"storage {name}")
         enc = getattr(sto, "encryption", None)
         if enc is not None and enc.key_conn_id:
             out.setdefault(enc.key_conn_id, f"encryption key of storage {name}")
@@ -106,7 +112,7 @@ def _config(path: str | None) -> tuple[Any, Check]:
                                     f"tiers {', '.join(cfg.tiers)}")
 
 
-def _env(path: str | None, cfg: Any, env: dict[str, str]) -> list[Check]:
+def _env(path: str | None, cfg: Config, env: dict[str, str]) -> list[Check]:
     checks = []
     if env.get(ENV_CONFIG):
         checks.append(Check("env BACKUP_CONFIG", OK, env[ENV_CONFIG]))
@@ -159,7 +165,7 @@ def _env(path: str | None, cfg: Any, env: dict[str, str]) -> list[Check]:
     return checks
 
 
-def _resolver(cfg: Any, resolver: Any) -> tuple[Any, Check]:
+def _resolver(cfg: Config, resolver: Resolver | None) -> tuple[Any, Check]:
     ids = conn_ids(cfg)
     if not ids:
         return resolver, Check("connections", OK, "the config names no connection id")
@@ -171,7 +177,7 @@ def _resolver(cfg: Any, resolver: Any) -> tuple[Any, Check]:
     try:
         resolver = registered_resolver()
     except BackupError as exc:
-        return None, Check("connections", FAIL, f"{listed}: {exc.message}", exc.hint)
+        return None, Check("connections", FAIL, f"{listed}: {exc.message}", exc.hint)  # type: ignore[arg-type]  # a None hint stays "fix": null in --json
     return resolver, Check("connections", OK, f"resolver {type(resolver).__name__}: {listed}")
 
 
@@ -189,7 +195,7 @@ def _no_retries(storage: Any) -> None:
         storage = getattr(storage, "inner", None)
 
 
-def _storage(cfg: Any, name: str, resolver: Any) -> Check:
+def _storage(cfg: Config, name: str, resolver: Resolver | None) -> Check:
     from ..storage import open_storage
 
     label = f"storage {name}"
@@ -239,7 +245,7 @@ def smtp_check(endpoint: SmtpEndpoint, timeout: float = 5.0) -> Check:
     where = f"{endpoint.host}:{endpoint.port}"
     try:
         cls = smtplib.SMTP_SSL if endpoint.ssl else smtplib.SMTP
-        kwargs = {"context": ssl.create_default_context()} if endpoint.ssl else {}
+        kwargs: dict[str, Any] = {"context": ssl.create_default_context()} if endpoint.ssl else {}
         with cls(endpoint.host, endpoint.port, timeout=timeout, **kwargs) as smtp:
             code, _ = smtp.ehlo()
             if code != 250:
@@ -376,7 +382,7 @@ def _reading_airflow(env: dict[str, str], *, needed: bool) -> Iterator[None]:
                     os.environ[k] = v
 
 
-def run_doctor(path: str | None = None, *, resolver: Any = None, airflow: bool | None = None,
+def run_doctor(path: str | None = None, *, resolver: Resolver | None = None, airflow: bool | None = None,
                env: dict[str, str] | None = None, smtp: SmtpEndpoint | None = None,
                smtp_timeout: float = 5.0) -> DoctorResult:
     """Every check (see the module docstring). ``airflow``: None = when importable, False = skip, True = require.

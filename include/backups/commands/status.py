@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..monitoring import status_path
 from ..monitoring.alerts import load_state, transition
@@ -32,6 +32,10 @@ from ..monitoring.status import build_status, published
 from ..monitoring.store import now_utc, parse_iso, read_json
 from .base import Result
 from .procedure import Procedure, RunContext, Skip, Step, run
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
 log = logging.getLogger("backups.commands.status")
 
@@ -63,7 +67,7 @@ class StatusResult(Result):
         return f"BACKUP {CHECK_NAMES[self.check_code]} - {what} | {perf}"
 
 
-def collect(cfg: Any, resolver: Any = None, *, now: datetime | None = None, write_probe: bool = True,
+def collect(cfg: Config, resolver: Resolver | None = None, *, now: datetime | None = None, write_probe: bool = True,
             airflow_runs: dict[str, Any] | None = None) -> dict[str, Any]:
     """``monitor_status``: the status document without problems (internal ``_tables`` kept for the checks).
     Without ``airflow_runs`` the last runs are carried over from the last status the monitoring DAG wrote."""
@@ -72,7 +76,7 @@ def collect(cfg: Any, resolver: Any = None, *, now: datetime | None = None, writ
                         previous=previous if isinstance(previous, dict) else None)
 
 
-def finish(cfg: Any, doc: dict[str, Any], problems: list[dict[str, Any]], *, now: datetime | None = None,
+def finish(cfg: Config, doc: dict[str, Any], problems: list[dict[str, Any]], *, now: datetime | None = None,
            alert_state: dict[str, Any] | None = None) -> dict[str, Any]:
     """The published document: problems annotated with since/runs (from the alert state), the overall state."""
     out = published(doc)
@@ -84,7 +88,7 @@ def finish(cfg: Any, doc: dict[str, Any], problems: list[dict[str, Any]], *, now
     return out
 
 
-def status(cfg: Any, resolver: Any = None, *, now: datetime | None = None, write_probe: bool = True,
+def status(cfg: Config, resolver: Resolver | None = None, *, now: datetime | None = None, write_probe: bool = True,
            airflow_runs: dict[str, Any] | None = None, extra_problems: list[dict[str, Any]] | None = None) -> StatusResult:
     """The whole status in one call (``backupctl status``): the steps of :data:`CHECK`."""
     ctx = RunContext(cfg, resolver, params={"now": now or now_utc(), "write_probe": write_probe,
@@ -99,13 +103,13 @@ class MonitoringHooks(Protocol):
     def verify_schedules(self) -> dict[str, Any]:
         """``{"problems": [...], "runs": {dag_id: {"last_run", "last_failure"}}}`` from Airflow's metadata."""
 
-    def load_alert_state(self, cfg: Any) -> dict[str, Any]:
+    def load_alert_state(self, cfg: Config) -> dict[str, Any]:
         """The alert state saved by the last run."""
 
-    def save_alert_state(self, cfg: Any, state: dict[str, Any]) -> None:
+    def save_alert_state(self, cfg: Config, state: dict[str, Any]) -> None:
         """Keep the alert state for the next run."""
 
-    def deliver(self, cfg: Any, message: dict[str, Any]) -> list[str]:
+    def deliver(self, cfg: Config, message: dict[str, Any]) -> list[str]:
         """Send one alert / escalation / resolved message; the channels used."""
 
     def publish(self, status: dict[str, Any]) -> None:
@@ -233,7 +237,7 @@ AIRFLOW_KEYS = ("dag-missing:", "dag-import-error:", "dag-paused:", "run-missed:
 CARRY_OVER = timedelta(hours=6)
 
 
-def monitoring_silence(cfg: Any) -> timedelta:
+def monitoring_silence(cfg: Config) -> timedelta:
     """How old the DAG's last status may get before ``status`` reports ``monitoring-silent``: three monitoring
     intervals, at least 2 hours."""
     from ..monitoring.status import cron_max_gap_seconds
@@ -242,7 +246,7 @@ def monitoring_silence(cfg: Any) -> timedelta:
     return max(timedelta(hours=2), timedelta(seconds=3 * cron_max_gap_seconds(sched)) if sched else timedelta(days=2))
 
 
-def airflow_problems(cfg: Any, now: datetime) -> list[dict[str, Any]]:
+def airflow_problems(cfg: Config, now: datetime) -> list[dict[str, Any]]:
     """The schedule problems of the last status written by ``backup_monitoring`` (when recent), marked as such."""
     prev = read_json(status_path(cfg), None)
     if not isinstance(prev, dict):

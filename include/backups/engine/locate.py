@@ -3,16 +3,20 @@ holds the snapshot with its whole chain — the CLI's ``restore`` and the ``rest
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..catalog.manifest import Catalog, Snapshot
 from ..errors import IntegrityError
 from ..storage import Storage
 from ..storage.reach import first_serving
 
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
-def find_snapshot(cfg: Any, ref: str, tier: str | None = None, *, storage: str | None = None,
-                  resolver: Any = None) -> tuple[Storage, Catalog, Snapshot, dict[str, str]]:
+
+def find_snapshot(cfg: Config, ref: str, tier: str | None = None, *, storage: str | None = None,
+                  resolver: Resolver | None = None) -> tuple[Storage, Catalog, Snapshot, dict[str, str]]:
     """(storage opened read-only, its catalog, the snapshot, {skipped storage: why}) — the rule of
     :func:`backups.storage.reach.first_serving`: a storage that is unreachable or lacks part of the chain is
     skipped and named; the named ``storage`` must serve."""

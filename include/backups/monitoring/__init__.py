@@ -60,14 +60,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 SCHEMA_VERSION = 1
 #: the Airflow Variable the monitoring DAG writes the status JSON to (read by the dashboard plugin)
 STATUS_VARIABLE = "backup_monitoring_status"
 
 
-def status_dir(cfg: Any) -> Path:
+def status_dir(cfg: Config) -> Path:
     """The folder of ``status.json`` (and the monitoring reports and alert state, when kept locally).
 
     ``monitoring.status_dir`` when configured; otherwise ``reports/monitoring`` under the first local storage;
@@ -84,5 +87,5 @@ def status_dir(cfg: Any) -> Path:
     return Path(env) if env else Path.home() / ".local" / "state" / "fmr-backups" / "monitoring"
 
 
-def status_path(cfg: Any) -> Path:
+def status_path(cfg: Config) -> Path:
     return status_dir(cfg) / "status.json"

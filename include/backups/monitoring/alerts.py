@@ -20,20 +20,25 @@ So one run sends at most three messages, and a problem that stays open sends not
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import status_dir
 from .store import ALERT_STATE, iso, now_utc, read_json, write_atomic
 
+if TYPE_CHECKING:
+    from datetime import datetime
 
-def load_state(cfg: Any) -> dict[str, Any]:
+    from ..config import Config
+
+
+def load_state(cfg: Config) -> dict[str, Any]:
     state = read_json(status_dir(cfg) / ALERT_STATE, None)
     if not isinstance(state, dict) or not isinstance(state.get("problems"), dict):
         return {"updated_at": None, "problems": {}}
     return state
 
 
-def save_state(cfg: Any, state: dict[str, Any]) -> None:
+def save_state(cfg: Config, state: dict[str, Any]) -> None:
     write_atomic(status_dir(cfg) / ALERT_STATE, json.dumps(state, indent=1, sort_keys=True))
 
 
@@ -41,7 +46,7 @@ def _escalate_now(p: dict[str, Any]) -> bool:
     return p["key"].startswith("stale:") and p["severity"] == "critical"
 
 
-def transition(cfg: Any, problems: list[dict[str, Any]], state: dict[str, Any], *, now: Any = None,
+def transition(cfg: Config, problems: list[dict[str, Any]], state: dict[str, Any], *, now: datetime | None = None,
                application: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(new state, messages) for this run's ``problems`` (see the module docstring). Pure: nothing is sent."""
     alerts = cfg.monitoring.alerts

@@ -188,7 +188,7 @@ def render_dashboard(
     problems = [p for p in status.get("problems") or [] if isinstance(p, dict)]
 
     tier_states = _tier_states(tiers, problems, now)
-    overall = status.get("state") if status.get("state") in _RANK else "ok"
+    overall: str = status["state"] if status.get("state") in _RANK else "ok"
     for st, _age in tier_states.values():
         overall = _worse(overall, st)
     parts += _header(status, overall, now, source=source, ui_base=ui_base, reports_href=reports_href,
@@ -218,7 +218,7 @@ def _tier_states(tiers: list[dict], problems: list[dict], now: datetime) -> dict
 
     states = {id(t): freshness(t, now) for t in tiers}
     for p in problems:
-        sev = p.get("severity") if p.get("severity") in _RANK else "warning"
+        sev: str = p["severity"] if p.get("severity") in _RANK else "warning"
         for t in tiers:
             if problem_tier(p.get("key")) == t.get("tier"):
                 st, age = states[id(t)]
@@ -303,7 +303,7 @@ def _problems_section(problems: list[dict]) -> list[str]:
         return parts + ['<p id="problems">None.</p>']
     items = []
     for p in problems:
-        sev = p.get("severity") if p.get("severity") in _RANK else "warning"
+        sev: str = p["severity"] if p.get("severity") in _RANK else "warning"
         items.append(
             f'<li class="problem-{sev}" data-key="{_e(p.get("key"))}">{_badge(sev)} {_e(p.get("summary"))} '
             f'<span class="small">(<code>{_e(p.get("key"))}</code>, since {_e(_when(p.get("since")))}, '
@@ -354,7 +354,7 @@ def _verification_cell(t: dict) -> str:
                 f'(window {_e(v.get("max_age_days"))} d)</div>')
     if state == "failed":
         f = (v.get("failures") or [{}])[0]
-        sev = v.get("severity") if v.get("severity") in _RANK else "critical"
+        sev: str = v["severity"] if v.get("severity") in _RANK else "critical"
         return (f'{_badge(sev)} <div class="small">FAILED since {_e(_when(f.get("since")))}: snapshot '
                 f'<code>{_e(f.get("snapshot"))}</code>{where}</div>')
     if state == "unknown":

@@ -29,12 +29,17 @@ problem across runs. Checks:
 from __future__ import annotations
 
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..catalog.manifest import FUTURE_TOLERANCE
 from ..units import fmt_bytes, fmt_duration
 from .status import MANUAL, worst
 from .store import drill_history_path, drill_history_problems, iso, now_utc, parse_iso
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ..config import Config, Monitoring
 
 DAY = 86400.0
 
@@ -46,7 +51,7 @@ def _p(key: str, severity: str, summary: str) -> dict[str, Any]:
 _hours = fmt_duration  # the one unit system (backups.units)
 
 
-def evaluate(cfg: Any, status: dict[str, Any], *, now: Any = None) -> list[dict[str, Any]]:
+def evaluate(cfg: Config, status: dict[str, Any], *, now: datetime | None = None) -> list[dict[str, Any]]:
     """Every problem the status shows (without ``since``/``runs``: :func:`annotate` adds them)."""
     mon = cfg.monitoring
     now = now or parse_iso(status.get("generated_at")) or now_utc()
@@ -95,7 +100,7 @@ def _freshness(status: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _storage_problems(mon: Any, s: dict[str, Any], now: Any) -> list[dict[str, Any]]:
+def _storage_problems(mon: Monitoring, s: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
     """One storage: reachable, writable, space, damaged manifests, stale locks, its verification record."""
     out: list[dict[str, Any]] = []
     name = s["storage"]
@@ -161,7 +166,7 @@ def _chain_problems(status: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _drill_problems(cfg: Any, status: dict[str, Any], now: Any) -> list[dict[str, Any]]:
+def _drill_problems(cfg: Config, status: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
     """A damaged drill history, a failed last drill, no passed drill recently."""
     mon = cfg.monitoring
     out: list[dict[str, Any]] = []
@@ -184,7 +189,7 @@ def _drill_problems(cfg: Any, status: dict[str, Any], now: Any) -> list[dict[str
     return out
 
 
-def _anomalies(mon: Any, status: dict[str, Any]) -> list[dict[str, Any]]:
+def _anomalies(mon: Monitoring, status: dict[str, Any]) -> list[dict[str, Any]]:
     """Size or duration beyond the factor x the median, an unexpected promotion to full."""
     out: list[dict[str, Any]] = []
     factor = mon.size_anomaly_factor
@@ -254,7 +259,7 @@ def _failed_summary(storage: str, opened: dict[str, Any], dependents: dict[str, 
             "`backupctl verify SNAPSHOT --read-data` (or `--all --read-data`) closes it")
 
 
-def shrink_problems(cfg: Any, tables: dict[str, Any]) -> list[dict[str, Any]]:
+def shrink_problems(cfg: Config, tables: dict[str, Any]) -> list[dict[str, Any]]:
     """A source (bytes) or a table (rows) that shrank more than ``max_shrink_percent`` between a tier's two newest
     snapshots."""
     limit = cfg.monitoring.max_shrink_percent
@@ -278,7 +283,7 @@ def shrink_problems(cfg: Any, tables: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def annotate(problems: list[dict[str, Any]], alert_state: dict[str, Any] | None, now: Any = None) -> list[dict[str, Any]]:
+def annotate(problems: list[dict[str, Any]], alert_state: dict[str, Any] | None, now: datetime | None = None) -> list[dict[str, Any]]:
     """Add ``since`` and ``runs`` from the alert state (a problem not yet in it: since now, first run)."""
     open_ = (alert_state or {}).get("problems") or {}
     stamp = iso(now or now_utc())

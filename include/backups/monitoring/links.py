@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
 #: where the Airflow API server mounts the plugin
 PREFIX = "/backups"
@@ -93,7 +97,7 @@ def drill_file(folder: Path, path: str) -> Path | None:
     return real
 
 
-def backup_report(cfg: Any, snapshot_id: str, ext: str, resolver: Any = None) -> tuple[bytes, str] | None:
+def backup_report(cfg: Config, snapshot_id: str, ext: str, resolver: Resolver | None = None) -> tuple[bytes, str] | None:
     """A backup's result document (``ext``: ``md`` or ``json``) and the storage it came from, read from the first
     storage of the config that holds it (instant storages only: an archive class would need a thaw); None when no
     storage has it. A storage that cannot be opened or read is skipped."""

@@ -13,11 +13,14 @@ import io
 import json
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..units import fmt_bytes, fmt_duration
 from . import status_dir, status_path
 from .store import HISTORY, append_jsonl, parse_iso, read_jsonl, write_atomic
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 _COLORS = {"ok": "#2e7d32", "warning": "#f9a825", "critical": "#c62828"}
 
@@ -45,10 +48,10 @@ def plots(status: dict[str, Any], history: list[dict[str, Any]] | None = None) -
         fig, ax = plt.subplots(figsize=(7.5, 3.2))
         drawn = False
         for t in tiers:
-            pts = [(parse_iso(h["logical_date"]), h[key]) for h in t.get("history") or [] if h.get(key) is not None]
-            pts = [(x, y / scale) for x, y in pts if x is not None]
+            raw = [(parse_iso(h["logical_date"]), h[key]) for h in t.get("history") or [] if h.get(key) is not None]
+            pts = [(x, y / scale) for x, y in raw if x is not None]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t["tier"])
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t["tier"])  # type: ignore[arg-type]  # matplotlib converts datetimes (its date units)
                 drawn = True
         ax.set_title(f"{what} over time per tier")
         ax.set_ylabel(unit)
@@ -98,10 +101,10 @@ def plots(status: dict[str, Any], history: list[dict[str, Any]] | None = None) -
     if history and len(history) >= 2:
         fig, ax = plt.subplots(figsize=(7.5, 3.2))
         for t in tiers:
-            pts = [(parse_iso(h.get("at")), (h.get("ages") or {}).get(t["tier"])) for h in history]
-            pts = [(x, y / 3600) for x, y in pts if x is not None and y is not None]
+            raw = [(parse_iso(h.get("at")), (h.get("ages") or {}).get(t["tier"])) for h in history]
+            pts = [(x, y / 3600) for x, y in raw if x is not None and y is not None]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=t["tier"])
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=t["tier"])  # type: ignore[arg-type]  # matplotlib converts datetimes (its date units)
         ax.set_title("Age of the newest snapshot over the recent monitoring runs")
         ax.set_ylabel("hours")
         ax.legend(loc="best", fontsize=8)
@@ -160,7 +163,7 @@ def history_record(status: dict[str, Any]) -> dict[str, Any]:
             "problems": [p["key"] for p in status["problems"]]}
 
 
-def write_html(cfg: Any, status: dict[str, Any]) -> Path:
+def write_html(cfg: Config, status: dict[str, Any]) -> Path:
     d = status_dir(cfg)
     history = read_jsonl(d / HISTORY, limit=500)
     return write_atomic(d / "status.html", render_html(status, history))
@@ -181,7 +184,7 @@ def render_markdown(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def document(cfg: Any, status: dict[str, Any]) -> dict[str, str]:
+def document(cfg: Config, status: dict[str, Any]) -> dict[str, str]:
     """``status.md`` and one history line; returns the paths."""
     d = status_dir(cfg)
     md = write_atomic(d / "status.md", render_markdown(status))
@@ -189,6 +192,6 @@ def document(cfg: Any, status: dict[str, Any]) -> dict[str, str]:
     return {"markdown": str(md), "history": str(d / HISTORY)}
 
 
-def write_status(cfg: Any, status: dict[str, Any]) -> Path:
+def write_status(cfg: Config, status: dict[str, Any]) -> Path:
     """The contract document at its stable path (atomically)."""
     return write_atomic(status_path(cfg), json.dumps(status, indent=1, sort_keys=True, default=str))

@@ -68,7 +68,7 @@ def check_schedules(tiers: dict[str, str | None], api_data: dict[str, Any], *, n
         last = runs[0] if runs else None
         failed = next((r for r in runs if r.get("state") == "failed"), None)
         scheduled = [r for r in runs if r.get("run_type") == "scheduled"]
-        entry = {"last_run": _run_info(last, base) if last else None,
+        entry: dict[str, Any] = {"last_run": _run_info(last, base) if last else None,
                  "last_failure": ({**_run_info(failed, base), "at": failed.get("end_date") or failed.get("start_date")}
                                   if failed else None),
                  "is_paused": bool(info.get("is_paused")), "missed": None}
@@ -79,8 +79,8 @@ def check_schedules(tiers: dict[str, str | None], api_data: dict[str, Any], *, n
             # the newest cron time that should have produced a run (its run starts after the interval it covers)
             it = croniter(cron, now - GRACE)
             expected = it.get_prev(datetime)
-            have = [parse_iso(r.get("run_after") or r.get("logical_date")) for r in scheduled]
-            have = [h for h in have if h is not None]
+            stamps = [parse_iso(r.get("run_after") or r.get("logical_date")) for r in scheduled]
+            have = [h for h in stamps if h is not None]
             newest = max(have) if have else None
             # a DAG added after that time is not late: Airflow's own next run is then later than it
             next_after = parse_iso(info.get("next_dagrun_run_after"))

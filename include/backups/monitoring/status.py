@@ -18,11 +18,15 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..catalog import data_time
 from . import SCHEMA_VERSION
 from .store import iso, last_drill, now_utc, parse_iso
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..storage import Resolver
 
 log = logging.getLogger("backups.monitoring")
 
@@ -59,7 +63,7 @@ def cron_max_gap_seconds(cron: str) -> float:
     return gap
 
 
-def rpo_seconds(cfg: Any, tier: str) -> float | None:
+def rpo_seconds(cfg: Config, tier: str) -> float | None:
     """The tier's recovery point objective in seconds; None for an unscheduled tier without ``rpo_hours``."""
     mon = cfg.monitoring
     if tier in mon.rpo_hours:
@@ -87,7 +91,7 @@ def worst(*states: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- storages
-def probe_storage(cfg: Any, name: str, resolver: Any = None, *, write_probe: bool = True) -> tuple[dict[str, Any], Any]:
+def probe_storage(cfg: Config, name: str, resolver: Resolver | None = None, *, write_probe: bool = True) -> tuple[dict[str, Any], Any]:
     """The storage's entry of the status, and its catalog (None when unreachable). Never raises."""
     from ..errors import BackupError
     from ..repository import Repository
@@ -199,7 +203,7 @@ def _snap_record(s: Any) -> dict[str, Any]:
             "duration_seconds": d.get("duration_seconds"), "type": d["type"], "finished_at": d["finished_at"]}
 
 
-def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None, write_probe: bool = True,
+def build_status(cfg: Config, resolver: Resolver | None = None, *, now: datetime | None = None, write_probe: bool = True,
                  airflow_runs: dict[str, dict[str, Any]] | None = None,
                  previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """The status document without its problems (see :func:`backups.monitoring.health.evaluate`).
@@ -291,7 +295,7 @@ def build_status(cfg: Any, resolver: Any = None, *, now: datetime | None = None,
         stamps = [v.get("at") for v in (rec.get("verified") or {}).values() if v.get("read_data")]
         stamps += [(rec.get("last_read_data_ok") or {}).get("at")]
         entry["last_read_data_at"] = max((a for a in stamps if isinstance(a, str) and _not_future(parse_iso(a), now)),
-                                         key=lambda a: parse_iso(a), default=None)
+                                         key=lambda a: cast(datetime, parse_iso(a)), default=None)
         entry["dependents"] = _dependents(catalogs.get(entry["storage"]), entry.get("open_failures") or {})
     doc = {
         "schema_version": SCHEMA_VERSION,
@@ -362,7 +366,7 @@ def record_rollbacks(storages: list[dict[str, Any]], previous: dict[str, Any] | 
                 continue
             failed_at = parse_iso(f.get("at"))  # stamps have whole seconds: a pass in the same second is later
             passes = [doc["verified"].get(sid) or {}, doc["verified"].get("*") or {}]
-            if any(parse_iso(v.get("at")) and failed_at and parse_iso(v.get("at")) >= failed_at
+            if any((passed_at := parse_iso(v.get("at"))) and failed_at and passed_at >= failed_at
                    and (v.get("read_data") or not f.get("read_data")) for v in passes):
                 continue  # verified since: closed for good
             carried = {"since": f.get("since"), "at": f.get("at"), "read_data": f.get("read_data"),
@@ -414,7 +418,7 @@ def presence(newest: Any, where: list[str], catalogs: dict[str, Any], by_storage
     return out
 
 
-def tier_verification(cfg: Any, newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any],
+def tier_verification(cfg: Config, newest: Any, where: list[str], catalogs: dict[str, Any], by_storage: dict[str, Any],
                       now: datetime) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(last_verification, verdict) of a tier's newest snapshot, from the verification records of the storages
     holding it. The chain's verification time is the oldest of its snapshots' last passed verifications.
@@ -453,7 +457,7 @@ def tier_verification(cfg: Any, newest: Any, where: list[str], catalogs: dict[st
         at = None if any(t is None for t in times) else min(t for t in times if t is not None)
         cand = {"at": iso(at), "ok": at is not None, "storage": name,
                 "read_data": at is not None and all(rec["verified"][sid].get("read_data") for sid in chain)}
-        if best is None or (at is not None and (parse_iso(best["at"]) is None or at > parse_iso(best["at"]))):
+        if best is None or (at is not None and ((best_at := parse_iso(best["at"])) is None or at > best_at)):
             best = cand
     limit = cfg.monitoring.verify_max_age_days * 86400.0
     if unknown:
@@ -467,6 +471,7 @@ def tier_verification(cfg: Any, newest: Any, where: list[str], catalogs: dict[st
     if at is None:
         verdict.update(state="never", severity="warning", storage=best["storage"] if best else None)
         return None, verdict
+    assert best is not None  # at came from best
     verdict.update(storage=best["storage"], at=best["at"])
     if (now - at).total_seconds() > limit:
         verdict.update(state="overdue", severity="warning")

@@ -19,9 +19,12 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import status_dir
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("backups.monitoring")
 
@@ -137,7 +140,7 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ drills
-def drill_history_path(cfg: Any) -> Path:
+def drill_history_path(cfg: Config) -> Path:
     return status_dir(cfg).parent / "drill" / "history.jsonl"
 
 
@@ -150,7 +153,7 @@ def _in_future(rec: dict[str, Any], now: datetime | None) -> bool:
     return at is not None and at > (now or now_utc()) + FUTURE_TOLERANCE
 
 
-def drill_history_problems(cfg: Any, now: datetime | None = None) -> list[str]:
+def drill_history_problems(cfg: Config, now: datetime | None = None) -> list[str]:
     """What is wrong with lines of the drill history (bad bytes, truncated lines, drills dated in the future), for a
     monitoring problem."""
     recs, problems = read_jsonl_checked(drill_history_path(cfg), limit=500)
@@ -159,20 +162,20 @@ def drill_history_problems(cfg: Any, now: datetime | None = None) -> list[str]:
     return problems
 
 
-def last_drill(cfg: Any, now: datetime | None = None) -> dict[str, Any] | None:
+def last_drill(cfg: Config, now: datetime | None = None) -> dict[str, Any] | None:
     """The newest DR drill record (keys id, at, passed, rto_seconds, rpo_seconds, report) or None; one dated in
     the future does not count."""
     recs = [r for r in read_jsonl(drill_history_path(cfg), limit=200) if parse_iso(r.get("at"))
             and not _in_future(r, now)]
     if not recs:
         return None
-    r = max(recs, key=lambda x: parse_iso(x["at"]))
+    r = max(recs, key=lambda x: cast(datetime, parse_iso(x["at"])))
     return {"id": str(r.get("id") or ""), "at": r["at"], "passed": bool(r.get("passed")),
             "rto_seconds": r.get("rto_seconds"), "rpo_seconds": r.get("rpo_seconds"), "report": r.get("report")}
 
 
-def last_passed_drill(cfg: Any, now: datetime | None = None) -> dict[str, Any] | None:
+def last_passed_drill(cfg: Config, now: datetime | None = None) -> dict[str, Any] | None:
     """The newest passed drill record not dated in the future, or None."""
     recs = [r for r in read_jsonl(drill_history_path(cfg), limit=500) if r.get("passed") and parse_iso(r.get("at"))
             and not _in_future(r, now)]
-    return max(recs, key=lambda x: parse_iso(x["at"])) if recs else None
+    return max(recs, key=lambda x: cast(datetime, parse_iso(x["at"]))) if recs else None

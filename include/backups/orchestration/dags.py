@@ -193,10 +193,11 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
                 raise
             cfg_, resolver = None, None  # the teardown still removes this run's scratch
         params = dict(actx["params"] or {})
-        run = RunContext(cfg_, resolver, dag_id=actx["dag"].dag_id, run_id=actx["run_id"], params={
+        # the cleanup step runs without a config when it cannot be loaded (RunContext's cfg is typed Config)
+        run = RunContext(cfg_, resolver, dag_id=actx["dag"].dag_id, run_id=actx["run_id"], params={  # type: ignore[arg-type]
             "logical_date": actx.get("logical_date") or actx["dag_run"].run_after, "validate": True})
         if step.name in ("check_system_state", "prepare_environment"):
-            run.params["selection"] = steps.selection(cfg_, tier, params)
+            run.params["selection"] = steps.selection(cfg_, tier, params)  # type: ignore[arg-type]  # not a cleanup step: cfg_ loaded
         if step.name == "notify_completion":
             run.state["run_seconds"] = run_seconds(actx["dag_run"])
             if manual:
@@ -228,7 +229,8 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
                   "post_backup": "summary (and the manual result document); cleanup"},
         options={
             "prepare_environment": TaskOptions(task_args={"multiple_outputs": True}),
-            "notify_start": TaskOptions(after=started),
+            # TaskOptions.after is typed for dict results; notify_start's value is its message (procedures.py)
+            "notify_start": TaskOptions(after=started),  # type: ignore[arg-type]
             "extract_data": TaskOptions(io_pool=True, scratch=True),
             "extract_config": TaskOptions(io_pool=True, scratch=True),
             "upload": TaskOptions(io_pool=True),

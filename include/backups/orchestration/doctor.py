@@ -14,12 +14,15 @@ missing or when only the deprecated ``airflow_api`` provides it) and — with ``
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import airflow.sdk  # noqa: F401  (a missing Airflow is an ImportError when the entry point loads: checks skipped)
 
 from ..commands.doctor import FAIL, OK, WARN, Check, SmtpEndpoint, conn_ids
 from .adapters import POOL
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def _connection(conn_id: str) -> Any:
@@ -37,7 +40,7 @@ def _smtp_conn_id() -> str:
 class AirflowDoctor:
     """Checks that need Airflow: connections defined, the pool present, the SMTP connection."""
 
-    def checks(self, cfg: Any) -> list[Check]:
+    def checks(self, cfg: Config) -> list[Check]:
         out = []
         for conn_id, used_by in conn_ids(cfg).items():
             out.append(self._defined(conn_id, used_by))
@@ -48,7 +51,7 @@ class AirflowDoctor:
             out.append(self._defined(conn_id, f"notification mail to {', '.join(cfg.notify_email)}"))
         return out
 
-    def api_connection(self, cfg: Any) -> Check:
+    def api_connection(self, cfg: Config) -> Check:
         """The one REST API connection (run notes, schedule verification): a warning when missing — the runs still
         work, their notes are skipped and the schedule check reports ``schedules-unverified`` — or when only a
         deprecated id (``airflow_api``, ``monitoring.airflow_api_conn_id``) provides it."""

@@ -34,7 +34,7 @@ restore, verify and teardown: on Celery/Kubernetes route them to one host with :
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Param, TriggerRule
 
@@ -45,6 +45,9 @@ from ..units import fmt_duration
 from . import notifiers, run_notes
 from .dags import START_DATE, default_args
 
+if TYPE_CHECKING:
+    from .connections import AirflowResolver
+
 log = logging.getLogger("backups.orchestration.drill")
 
 DAG_ID = "dr_drill"
@@ -53,7 +56,7 @@ DAG_ID = "dr_drill"
 DRILL_QUEUE: str | None = None
 
 
-def _resolver(cfg: Config) -> Any:
+def _resolver(cfg: Config) -> AirflowResolver | None:
     """Airflow's connections, always: besides the storages' conn_id, the scratch PostgreSQL server may be the
     ``backup_pg_scratch`` connection even when the config names no conn_id."""
     from .connections import task_resolver

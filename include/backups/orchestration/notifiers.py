@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseNotifier
+from airflow.sdk import BaseNotifier, Context
 
 from ..commands.notes import failure_note
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("backups.orchestration.notify")
 
@@ -42,7 +45,7 @@ def _snapshot_id(ti: Any) -> str | None:
     return plan.get("snapshot_id") if isinstance(plan, dict) else None
 
 
-def summarize(event: str, context: dict[str, Any]) -> dict[str, Any]:
+def summarize(event: str, context: Mapping[str, Any]) -> dict[str, Any]:
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
     dag = context.get("dag")
@@ -85,7 +88,7 @@ class BackupNotifier(BaseNotifier):
     def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
         """Nothing to render (the summary is built from the context)."""
 
-    def notify(self, context: dict[str, Any]) -> None:
+    def notify(self, context: Context) -> None:
         try:
             s = summarize(self.event, context)
         except Exception as exc:  # a notifier must never hide the original failure
@@ -134,13 +137,13 @@ def _smtp_class() -> type:
     return BackupSmtpNotifier
 
 
-def mail_notifiers(cfg: Any, subject: str, html: str) -> list[Any]:
+def mail_notifiers(cfg: Config, subject: str, html: str) -> list[Any]:
     if not cfg.notify_email:
         return []
     return [_smtp_class()(to=list(cfg.notify_email), subject=subject, html_content=html)]
 
 
-def task_failure_callbacks(cfg: Any) -> list[Any]:
+def task_failure_callbacks(cfg: Config) -> list[Any]:
     return [BackupNotifier("task_failure"), *mail_notifiers(
         cfg, "[backup] {{ dag.dag_id }}: {{ ti.task_id }} failed",
         "<p>Backup task <b>{{ ti.task_id }}</b> of <b>{{ dag.dag_id }}</b> failed (run {{ run_id }}, try "
@@ -149,14 +152,14 @@ def task_failure_callbacks(cfg: Any) -> list[Any]:
         "be cleared and retried.</p>")]
 
 
-def dag_success_callbacks(cfg: Any) -> list[Any]:
+def dag_success_callbacks(cfg: Config) -> list[Any]:
     return [BackupNotifier("dag_success"), *mail_notifiers(
         cfg, "[backup] {{ dag.dag_id }} succeeded",
         "<p>Backup run {{ run_id }} of <b>{{ dag.dag_id }}</b> succeeded: committed, replicated, verified, "
         f"validated and test-restored. Application {cfg.application}.</p>")]
 
 
-def dag_failure_callbacks(cfg: Any) -> list[Any]:
+def dag_failure_callbacks(cfg: Config) -> list[Any]:
     return [BackupNotifier("dag_failure")]
 
 

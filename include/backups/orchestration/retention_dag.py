@@ -79,5 +79,6 @@ def build_retention_dag(cfg: Config) -> DAG:
                     "decisions": {r["storage"]: [{k: d[k] for k in ("id", "action", "reasons")}
                                                  for d in r.get("decisions") or []] for r in done}}
 
-        report(prune.expand(storage=sorted(cfg.storages)))
+        pruned: Any = prune.expand(storage=sorted(cfg.storages))  # an XComArg here, the results list at run time
+        report(pruned)
     return dag

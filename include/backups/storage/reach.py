@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import BackupError, EncryptionError, StorageError
 from . import Storage, open_storage
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from . import Resolver
 
 log = logging.getLogger("backups.storage")
 T = TypeVar("T")
@@ -28,14 +32,14 @@ T = TypeVar("T")
 __all__ = ["each_storage", "first_serving", "open_checked", "open_each"]
 
 
-def open_checked(cfg: Any, name: str, resolver: Any = None, *, read_only: bool = True) -> Storage:
+def open_checked(cfg: Config, name: str, resolver: Resolver | None = None, *, read_only: bool = True) -> Storage:
     """The storage ``name``, checked reachable (raises its StorageError/EncryptionError otherwise)."""
     storage = open_storage(cfg, name, resolver, read_only=read_only)
     storage.check()
     return storage
 
 
-def open_each(cfg: Any, names: Iterable[str] | None, resolver: Any = None, *,
+def open_each(cfg: Config, names: Iterable[str] | None, resolver: Resolver | None = None, *,
               read_only: bool = True) -> Iterator[tuple[str, Storage | None, BackupError | None]]:
     """``(name, storage, None)`` for each reachable storage among ``names`` (default: every configured one, config
     order), ``(name, None, error)`` for one that is not (logged as a warning, naming it)."""
@@ -47,7 +51,7 @@ def open_each(cfg: Any, names: Iterable[str] | None, resolver: Any = None, *,
             yield name, None, exc
 
 
-def each_storage(cfg: Any, names: list[str] | None, resolver: Any, unreachable: dict[str, str], *,
+def each_storage(cfg: Config, names: list[str] | None, resolver: Resolver | None, unreachable: dict[str, str], *,
                  read_only: bool = True, required: Iterable[str] | None = None) -> Iterator[Storage]:
     """The reachable storages among ``names`` (default: every configured one). An unreachable one is added to
     ``unreachable`` (name → message) and skipped — unless it is ``required`` (default: ``names`` when given,
@@ -63,7 +67,7 @@ def each_storage(cfg: Any, names: list[str] | None, resolver: Any, unreachable: 
         yield storage
 
 
-def first_serving(cfg: Any, names: list[str] | None, resolver: Any, serve: Callable[[Storage], T], *,
+def first_serving(cfg: Config, names: list[str] | None, resolver: Resolver | None, serve: Callable[[Storage], T], *,
                   read_only: bool = True, what: str = "be read",
                   hint: str = "check the storages section and the network") -> tuple[Storage, T, dict[str, str]]:
     """``(storage, serve(storage), {skipped storage: why})`` for the first storage among ``names`` (default: every

@@ -11,7 +11,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from ...errors import BackupError
@@ -22,6 +22,9 @@ from .common import admin_dsn, db_dsn_for, drill_dir, first_line, log, settings
 from .isolation import Scratch
 from .plan import DrillPlan
 from .tier_restore import TierRestore
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 CONFIG_EXTENSIONS = {".yaml": "YAML", ".yml": "YAML", ".json": "JSON", ".toml": "TOML"}
 
@@ -159,9 +162,9 @@ def run_smoke_sql(chk: Any, kind: str, where: str) -> tuple[bool, str]:
     else:
         import psycopg
 
-        with psycopg.connect(where, connect_timeout=10) as conn:
-            conn.execute("SET TRANSACTION READ ONLY")  # a smoke query only reads
-            row = conn.execute(chk.sql).fetchone()
+        with psycopg.connect(where, connect_timeout=10) as pg_conn:
+            pg_conn.execute("SET TRANSACTION READ ONLY")  # a smoke query only reads
+            row = pg_conn.execute(chk.sql).fetchone()
     return _compare(None if row is None else row[0], chk)
 
 
@@ -177,7 +180,7 @@ def run_smoke_command(chk: Any, cwd: Path, env: dict[str, str]) -> tuple[bool, s
     return proc.returncode == 0, f"exit {proc.returncode}" + (f": {' | '.join(tail)[:300]}" if tail else "")
 
 
-def verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRestore, resolver: Any = None, *,
+def verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRestore, resolver: Resolver | None = None, *,
                 docs_dir: Path | None = None, locked: bool = False) -> TierVerify:
     """Every check on one restored tier; failed checks are returned (``ok`` false), never raised.
 
@@ -210,7 +213,7 @@ def verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRe
 
 
 def _verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierRestore, loc: Location, done: Check,
-                 t0: float, resolver: Any, docs_dir: Path | None) -> TierVerify:
+                 t0: float, resolver: Resolver | None, docs_dir: Path | None) -> TierVerify:
     from ...storage import open_storage
     from .. import restore as restore_command
 
@@ -237,7 +240,7 @@ def _verify_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, restored: TierR
                       verify_seconds=round(time.monotonic() - t0, 3))
 
 
-def _rehash_check(cfg: Config, scratch: Scratch, restored: TierRestore, loc: Location, resolver: Any) -> Check:
+def _rehash_check(cfg: Config, scratch: Scratch, restored: TierRestore, loc: Location, resolver: Resolver | None) -> Check:
     """Every restored file re-hashed against the snapshot's index (the restore command's verification)."""
     from .. import restore as restore_command
 

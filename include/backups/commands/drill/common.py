@@ -9,10 +9,13 @@ import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from ...config import Config, Drill
 from ...errors import ConfigError
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 log = logging.getLogger("backups.commands.drill")
 
@@ -20,7 +23,7 @@ log = logging.getLogger("backups.commands.drill")
 RUNBOOK = "docs/disaster-recovery.md"
 
 
-def drill_dir(cfg: Any) -> Path:
+def drill_dir(cfg: Config) -> Path:
     """Where drill reports and the history live: next to the monitoring status (``<status dir>/../drill``)."""
     from ...monitoring import status_dir
 
@@ -61,7 +64,7 @@ def scratch_db_name(drill_id: str, tier: str, source: str) -> str:
     return name
 
 
-def admin_dsn(cfg: Config, resolver: Any = None) -> str | None:
+def admin_dsn(cfg: Config, resolver: Resolver | None = None) -> str | None:
     """The scratch PostgreSQL server (``drill.postgres``; else ``$BACKUP_PG_SCRATCH_DSN`` / connection
     ``backup_pg_scratch`` as the restore validation uses), or None."""
     from ..validate import pg_scratch_dsn
@@ -75,7 +78,7 @@ def admin_dsn(cfg: Config, resolver: Any = None) -> str | None:
         from ...storage import NoAirflowResolver
 
         resolver = NoAirflowResolver()
-    return resolver.postgres_dsn(pg.conn_id)
+    return resolver.postgres_dsn(cast(str, pg.conn_id))  # config validation: exactly one of dsn / conn_id
 
 
 def db_dsn_for(admin: str, dbname: str) -> str:

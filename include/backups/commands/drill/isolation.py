@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from ...errors import BackupError
@@ -29,6 +29,9 @@ from .common import (
     utc_now,
 )
 from .plan import DrillPlan, guard_scratch_server
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 #: the owner record in a drill's scratch directory (the same JSON is the scratch databases' COMMENT)
 OWNER_FILE = ".drill-owner.json"
@@ -49,7 +52,7 @@ class Scratch(Result):
     seconds: float
 
 
-def isolate(cfg: Config, plan: DrillPlan, resolver: Any = None) -> Scratch:
+def isolate(cfg: Config, plan: DrillPlan, resolver: Resolver | None = None) -> Scratch:
     """A fresh scratch directory and the scratch PostgreSQL databases. What it created is removed again when a
     later part fails (the teardown also finds everything by the drill id)."""
     t0 = time.monotonic()
@@ -149,7 +152,7 @@ class Leftovers(Result):
     problems: list[str] = field(default_factory=list)
 
 
-def clean_leftovers(cfg: Config, resolver: Any = None, *, keep: str | None = None, dry_run: bool = False,
+def clean_leftovers(cfg: Config, resolver: Resolver | None = None, *, keep: str | None = None, dry_run: bool = False,
                     now: datetime | None = None) -> Leftovers:
     """Remove the scratch directories (``<scratch>/drill-*``) and ``drill_*`` databases of drills that died without
     their teardown (see the module doc for when an owner is dead). ``keep``: a drill id never touched (the caller's
@@ -198,7 +201,7 @@ def read_owner(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _clean_databases(cfg: Config, resolver: Any, out: Leftovers, keep: str | None, now: datetime | None) -> None:
+def _clean_databases(cfg: Config, resolver: Resolver | None, out: Leftovers, keep: str | None, now: datetime | None) -> None:
     try:
         admin = admin_dsn(cfg, resolver)
         if not admin:
@@ -245,7 +248,7 @@ class Teardown(Result):
     scratch: dict[str, Any] | None = None
 
 
-def teardown(cfg: Config, drill_id: str, resolver: Any = None) -> Teardown:
+def teardown(cfg: Config, drill_id: str, resolver: Resolver | None = None) -> Teardown:
     """Remove the drill's scratch directory and every ``drill_<run>_*`` database. Never raises for what is
     already gone; ``problems`` lists what could not be removed."""
     root = scratch_root(cfg, drill_id)

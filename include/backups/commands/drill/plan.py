@@ -6,13 +6,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ...config import Config, same_database
 from ...errors import BackupError, ConfigError, RefusedError
 from ..base import Result
 from ..restore import RestoreRequest
 from .common import admin_dsn, drill_id_for, iso_utc, log, scratch_root, settings, utc_now
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 
 # ------------------------------------------------------------------------------------------------ request
@@ -85,7 +88,7 @@ class DrillPlan(Result):
         return [t["tier"] for t in self.tiers]
 
 
-def _plan_tier(cfg: Config, req: DrillRequest, tier: str, resolver: Any) -> TierPlan:
+def _plan_tier(cfg: Config, req: DrillRequest, tier: str, resolver: Resolver | None) -> TierPlan:
     from ...catalog import Catalog, data_time
     from ...storage import open_storage
     from .. import restore as restore_command
@@ -133,7 +136,7 @@ def _plan_tier(cfg: Config, req: DrillRequest, tier: str, resolver: Any) -> Tier
     return out
 
 
-def plan_drill(cfg: Config, req: DrillRequest, resolver: Any = None) -> DrillPlan:
+def plan_drill(cfg: Config, req: DrillRequest, resolver: Resolver | None = None) -> DrillPlan:
     """Per tier the snapshot to restore (newest with a complete chain on the drill storage), from a storage opened
     read-only. A tier without one is planned with its ``error`` (a finding), not raised. Refuses a scratch
     PostgreSQL server that is a source's live database."""
@@ -150,7 +153,7 @@ def plan_drill(cfg: Config, req: DrillRequest, resolver: Any = None) -> DrillPla
     return plan
 
 
-def guard_scratch_server(cfg: Config, resolver: Any = None) -> None:
+def guard_scratch_server(cfg: Config, resolver: Resolver | None = None) -> None:
     """RefusedError when the scratch server's DSN is the live database of a postgres source."""
     admin = admin_dsn(cfg, resolver)
     if not admin:
@@ -159,7 +162,7 @@ def guard_scratch_server(cfg: Config, resolver: Any = None) -> None:
         if src.type != "postgres":
             continue
         try:
-            live = src.dsn or (resolver.postgres_dsn(src.conn_id) if resolver is not None else None)
+            live = src.dsn or (resolver.postgres_dsn(cast(str, src.conn_id)) if resolver is not None else None)
         except BackupError:
             live = None
         if live and same_database(admin, live):

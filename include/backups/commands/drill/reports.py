@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from ...errors import BackupError
 from .common import atomic_write, drill_dir, first_line, log
 from .judge import DrillVerdict
 from .render import render_html, render_markdown
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 HISTORY = "history.jsonl"
 #: Great Expectations Data Docs (a few MB per database) are kept for this many of the newest drills
@@ -53,7 +56,7 @@ def write_reports(cfg: Config, verdict: DrillVerdict) -> DrillVerdict:
     return verdict
 
 
-def store_reports(cfg: Config, verdict: DrillVerdict, resolver: Any = None) -> list[str]:
+def store_reports(cfg: Config, verdict: DrillVerdict, resolver: Resolver | None = None) -> list[str]:
     """A copy of the reports in the repository of the first writable, non-archive storage other than the drills'
     storages (and other than the local storage :func:`drill_dir` already lives in): ``reports/drill/<id>.*``.
     Existing objects are never overwritten (a re-run of the same drill id keeps the first copy). Problems are

@@ -17,7 +17,7 @@ from __future__ import annotations
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from ...errors import BackupError, DrillFailedError
@@ -30,6 +30,9 @@ from .isolation import Scratch, Teardown
 from .judge import DrillVerdict
 from .plan import DrillPlan, DrillRequest, check_request
 from .tier_restore import TierRestore
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 
 def _drill() -> Any:
@@ -143,7 +146,7 @@ class DrillOutcome(Result):
     teardown: dict[str, Any] | None
 
 
-def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Any = None, *, poll_seconds: float = 60.0,
+def run_drill(cfg: Config, req: DrillRequest | None = None, resolver: Resolver | None = None, *, poll_seconds: float = 60.0,
               thaw_timeout: float | None = None, raise_on_failure: bool = False) -> DrillOutcome:
     """``backupctl drill``: :data:`DRILL` in this process (the teardown always runs, the report after it). The
     report is written even when the drill fails; ``raise_on_failure`` then raises

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from ...errors import BackupError
@@ -15,6 +15,9 @@ from ..restore import Location, RestoredSource, RestoreRequest
 from .common import admin_dsn, db_dsn_for, first_line, log, settings
 from .isolation import Scratch
 from .plan import DrillPlan
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 
 # ------------------------------------------------------------------------------------------------ 3. restore
@@ -35,7 +38,7 @@ class TierRestore(Result):
     scratch: dict[str, Any] | None = None
 
 
-def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, resolver: Any = None, *,
+def restore_tier(cfg: Config, plan: DrillPlan, scratch: Scratch, tier: str, resolver: Resolver | None = None, *,
                  poll_seconds: float = 60.0, thaw_timeout: float | None = None,
                  hold: ExitStack | None = None) -> TierRestore:
     """Restore the tier's planned snapshot into its scratch folder (and PostgreSQL dumps into the scratch
