@@ -273,9 +273,9 @@ def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
     import tempfile
 
     from ..catalog import Catalog
+    from ..engine.backup_pipeline import staging_root
     from ..engine.databases import dependency_closure, pg_dump_schema, pg_target_tables, sqlite_foreign_keys
     from ..engine.restorer import restore_source
-    from ..engine.snapshot import staging_root
     from ..storage import open_storage
 
     st = open_storage(cfg, loc.storage, resolver, read_only=True)
