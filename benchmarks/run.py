@@ -118,9 +118,9 @@ def hwm():
         return next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:")), 0)
 phases = {"extract": [], "replicate": []}
 if "backup" in argv:
-    import backups.engine.snapshot as snapshot
+    import backups.engine.backup_pipeline as pipeline
     def wrap(name):
-        orig = getattr(snapshot, name)
+        orig = getattr(pipeline, name)
         def counted(*a, **kw):
             r0, t0, h0 = io()["rchar"], time.perf_counter(), hwm()
             try:
@@ -130,7 +130,7 @@ if "backup" in argv:
                 r1, t1 = io()["rchar"], time.perf_counter()
                 phases[name].append({"target": str(what), "rchar": r1 - r0, "seconds": t1 - t0, "r0": r0, "r1": r1,
                                      "t0": t0, "t1": t1, "hwm_before": h0, "hwm_after": hwm()})
-        setattr(snapshot, name, counted)
+        setattr(pipeline, name, counted)
     wrap("extract")
     wrap("replicate")
 from backups.cli import main
@@ -858,7 +858,7 @@ EXTRACT = """
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from backups.config import load_config
-from backups.engine import snapshot
+from backups.engine import backup_pipeline as pipeline
 from backups.repository import Repository
 from backups.storage import open_storage
 
@@ -866,12 +866,12 @@ cfg_path, tier, kind, when = sys.argv[1:5]
 cfg = load_config(cfg_path)
 st = open_storage(cfg, cfg.tier(tier).storages[0])
 repo = Repository(st, cfg)
-p = snapshot.plan(cfg, tier, when, type_override=kind, storage=st, catalog=repo.catalog, storages=[st.name])
+p = pipeline.plan(cfg, tier, when, type_override=kind, storage=st, catalog=repo.catalog, storages=[st.name])
 with repo.backup_lock(p.snapshot_id) as held:
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for f in [pool.submit(snapshot.extract, cfg, p, source, st) for source in p.sources]:
+        for f in [pool.submit(pipeline.extract, cfg, p, source, st) for source in p.sources]:
             f.result()
-    snapshot.commit(cfg, p, st, locks=held)
+    pipeline.commit(cfg, p, st, locks=held)
 """
 
 
@@ -962,7 +962,7 @@ def bench_postgres(b: Bench) -> None:
             )
         b.notes.append(
             "PostgreSQL: `backupctl backup` includes its test restore (the dump restored and loaded with pg_restore into "
-            "a scratch database, dropped) and its other checks; \"extract + commit\" is the backup alone (`engine.snapshot` "
+            "a scratch database, dropped) and its other checks; \"extract + commit\" is the backup alone (`engine.backup_pipeline` "
             "plan, extract and commit under the backup lock: the DAG's extract and commit tasks)."
         )
         b.add(Row("PostgreSQL full", "pg_dump -Fc", base.wall, base.rss_mb, dump_mb, 1.0, "baseline"))

@@ -141,7 +141,7 @@ def run_backup(cfg, tier: str, **kw):
     (GX costs seconds per run). Returns ``(Snapshot, Plan)`` read back from the primary storage."""
     from backups.catalog.manifest import Catalog
     from backups.commands.backup import run_backup as backup
-    from backups.engine.snapshot import Plan
+    from backups.engine.backup_pipeline import Plan
     from backups.storage import open_storage
 
     kw.setdefault("validate", False)
@@ -156,15 +156,15 @@ def commit_unverified(cfg, tier: str, *, logical_date=None, resolver=None):
     """A snapshot committed on the tier's first storage and never verified — what a backup killed between its commit
     and its integrity check leaves (or one written by an older version): the engine's plan, extract and commit
     under the backup lock, nothing after. Returns ``(Snapshot, Plan)``."""
-    from backups.engine import snapshot
+    from backups.engine import backup_pipeline as pipeline
     from backups.repository import Repository
     from backups.storage import open_storage
 
     st = open_storage(cfg, cfg.tier(tier).storages[0], resolver)
     repo = Repository(st, cfg)
-    p = snapshot.plan(cfg, tier, logical_date, storage=st, resolver=resolver, catalog=repo.catalog,
+    p = pipeline.plan(cfg, tier, logical_date, storage=st, resolver=resolver, catalog=repo.catalog,
                       storages=[st.name])
     with repo.backup_lock(p.snapshot_id) as held:
         for source in p.sources:
-            snapshot.extract(cfg, p, source, st, resolver=resolver)
-        return snapshot.commit(cfg, p, st, locks=held), p
+            pipeline.extract(cfg, p, source, st, resolver=resolver)
+        return pipeline.commit(cfg, p, st, locks=held), p

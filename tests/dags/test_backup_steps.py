@@ -73,10 +73,10 @@ def test_unreachable_postgres_is_retryable(env, tmp_path):
 def _run(cfg, tier, when, scratch):
     sel = steps.selection(cfg, tier)
     state = steps.check_system_state(cfg, sel)
-    prep = steps.prepare_environment(cfg, sel, when, state)
+    prep = steps.plan_run(cfg, sel, when, state)
     extracts = [steps.extract_source(cfg, prep.plan, s, scratch) for s in prep.plan.sources]
     committed = steps.commit_snapshot(cfg, prep.plan)
-    uploads = [steps.upload_to(cfg, prep.plan, s) for s in prep.storages]
+    uploads = [steps.replicate_to(cfg, prep.plan, s) for s in prep.storages]
     return prep, extracts, committed, uploads
 
 
@@ -104,8 +104,8 @@ def test_cleanup_removes_scratch_and_keeps_uncommitted_objects_for_a_retry(env, 
     (tmp_path / "staging").mkdir()
     cfg = env["cfg"]
     sel = steps.selection(cfg, "daily")
-    prep = steps.prepare_environment(cfg, sel, datetime(2026, 4, 6, 2, 0, tzinfo=UTC),
-                                     steps.check_system_state(cfg, sel))
+    prep = steps.plan_run(cfg, sel, datetime(2026, 4, 6, 2, 0, tzinfo=UTC),
+                          steps.check_system_state(cfg, sel))
     with steps.task_scratch("backup_daily", "run-1", "extract-app_db") as scratch:
         steps.extract_source(cfg, prep.plan, "app_db", scratch)
         (scratch / "leftover").write_text("x")

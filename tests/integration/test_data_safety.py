@@ -18,7 +18,7 @@ import pytest
 from backups.catalog import Catalog
 from backups.cli import main
 from backups.config import load_config
-from backups.engine.snapshot import OWNER_FILE, clean_staging
+from backups.engine.backup_pipeline import OWNER_FILE, clean_staging
 from backups.errors import StorageError
 from backups.storage import LocalStorage
 from tests.helpers import run_backup

@@ -12,7 +12,7 @@ Algorithm (one pass over the source, memory bounded by the index, never by file 
    parent's entries of its whole subtree.
 4. Paths of the parent that were not seen are *deleted*.
 5. Write the index, the ``sha256sum`` list and the deletions, then the source record (``part.json``).
-   The manifest that commits the snapshot is written later, by :mod:`backups.engine.snapshot`.
+   The manifest that commits the snapshot is written later, by :mod:`backups.engine.backup_pipeline`.
 
 A file that changes size while it is read is stored as the bytes actually read (small files are read whole
 before their tar header is written; a large file that shrinks is re-read whole into a spool and stored again

@@ -1,4 +1,4 @@
-"""The planner (engine/snapshot.py ``plan``): which parent a snapshot builds on, its chain, and promotion to full.
+"""The planner (engine/backup_pipeline.py ``plan``): which parent a snapshot builds on, its chain, and promotion to full.
 
 pgBackRest's words: a *full* has no parent; a *differential* builds on the newest full; an *incremental* on the
 newest snapshot of any tier — "newest" meaning the newest DATA (the highest manifest ``sequence``), never the
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from backups.config import load_config
-from backups.engine.snapshot import plan
+from backups.engine.backup_pipeline import plan
 from backups.errors import ConfigError
 from backups.storage import LocalStorage
 from tests.helpers import run_backup

@@ -50,15 +50,15 @@ def _all_tiers(cfg) -> dict[str, str]:
 def _dag_run(cfg, tier: str, hours_ago: float, tmp: Path) -> str:
     """One run of the tier's DAG, step by step as its tasks call them (no Airflow needed): the snapshot id."""
     sel = steps.selection(cfg, tier)
-    prep = steps.prepare_environment(cfg, sel, datetime.now(UTC) - timedelta(hours=hours_ago),
-                                     steps.check_system_state(cfg, sel))
+    prep = steps.plan_run(cfg, sel, datetime.now(UTC) - timedelta(hours=hours_ago),
+                          steps.check_system_state(cfg, sel))
     scratch = tmp / f"scratch-{tier}"
     scratch.mkdir(exist_ok=True)
     for source in prep.plan.sources:
         steps.extract_source(cfg, prep.plan, source, scratch)
     steps.commit_snapshot(cfg, prep.plan)
     for name in prep.storages:
-        steps.upload_to(cfg, prep.plan, name)
+        steps.replicate_to(cfg, prep.plan, name)
         assert steps.check_integrity(cfg, prep.plan, name).ok
     return prep.plan.snapshot_id
 

@@ -64,9 +64,9 @@ def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any =
     import tempfile
 
     from ...catalog import Catalog
+    from ...engine.backup_pipeline import staging_root
     from ...engine.databases import dependency_closure, pg_dump_schema, pg_target_tables, sqlite_foreign_keys
     from ...engine.restorer import restore_source
-    from ...engine.snapshot import staging_root
     st = read_only_storage(cfg, loc.storage, resolver)
     cat = Catalog(st, cfg.application)
     snap = cat.get(loc.snapshot_id)

@@ -1,4 +1,5 @@
-"""Planning, extraction and commit of a snapshot — the steps the CLI runs in a row and the DAG runs as tasks.
+"""The backup pipeline's engine half: planning, extraction, commit, replication and back-fill of a snapshot (the
+steps of :mod:`backups.commands.backup` call it; :class:`backups.catalog.Snapshot` is a committed snapshot).
 
 * :func:`plan` — deterministic id from tier + logical date (refused more than ``FUTURE_TOLERANCE`` ahead of the
   clock), the parent (incremental: the snapshot of any tier holding the newest data, see
