@@ -16,7 +16,7 @@ except ImportError:  # Astro-style project: the package lives in <project>/inclu
 
 from backups.commands.backup import MANUAL_TIER  # noqa: E402
 from backups.config import load_config  # noqa: E402
-from backups.orchestration.dags import build_backup_dag  # noqa: E402
+from backups.orchestration.backup_dags import build_backup_dag  # noqa: E402
 
 _dag = build_backup_dag(load_config(), MANUAL_TIER)
 globals()[_dag.dag_id] = _dag

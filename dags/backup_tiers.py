@@ -16,7 +16,7 @@ except ImportError:  # Astro-style project: the package lives in <project>/inclu
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "include"))
 
 from backups.config import load_config  # noqa: E402
-from backups.orchestration.dags import build_backup_dag  # noqa: E402
+from backups.orchestration.backup_dags import build_backup_dag  # noqa: E402
 
 _cfg = load_config()
 for _tier in sorted(_cfg.tiers):

@@ -7,7 +7,7 @@ and its kind: ``ordinary``; ``cleanup`` (always runs, where it is declared — u
 runs ``backupctl`` decided — and the step counts as skipped, so the next step runs on ``none_failed``); or ``wait``
 (the body returns a :class:`Wait` whose ``poll()`` says when it is done: the CLI loops ``poll`` with a sleep, the
 DAG runs a sensor — or a deferrable trigger — over the same ``poll``).
-The DAG door turns the same list into tasks (``orchestration/dags.py`` builds the backup DAG's tasks from
+The DAG door turns the same list into tasks (``orchestration/backup_dags.py`` builds the backup DAG's tasks from
 ``backups.commands.backup.BACKUP``; a test checks the DAG's task ids against it), the CLI door calls
 :func:`run` below. The semantics are Airflow's, so both doors behave alike:
 

@@ -240,7 +240,7 @@ def build_status(cfg: Config, resolver: Resolver | None = None, *, now: datetime
         # the age counts from when the data was read (catalog.data_time), the basis of the drill's RPO too
         age = max(0.0, (now - data_time(newest)).total_seconds()) if newest else None
         overdue, state = tier_state(age, rpo)
-        dag_id = f"backup_{tier}"  # the DAG factory's naming (orchestration.dags), manual included
+        dag_id = f"backup_{tier}"  # the DAG factory's naming (orchestration.backup_dags), manual included
         runs = (airflow_runs or {}).get(dag_id)
         if runs is None:
             runs = {k: prev_tiers.get(tier, {}).get(k) for k in ("last_run", "last_failure")}

@@ -43,7 +43,7 @@ from ..commands.procedure import RunContext, Step
 from ..config import Config, load_config
 from ..units import fmt_duration
 from . import notifiers, run_notes
-from .dags import START_DATE, default_args
+from .backup_dags import START_DATE, default_args
 
 if TYPE_CHECKING:
     from .connections import AirflowResolver

@@ -37,7 +37,7 @@ from airflow.sdk import DAG
 
 from ..config import Config
 from ..monitoring import STATUS_VARIABLE
-from .dags import START_DATE, default_args
+from .backup_dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.monitoring")
 

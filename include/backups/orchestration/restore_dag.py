@@ -58,7 +58,7 @@ from ..config import Config, load_config
 from ..errors import BackupError, ConfigError, NotFoundError, RefusedError
 from . import notifiers, run_notes
 from .adapters import POOL, run_seconds, task_errors
-from .dags import START_DATE, default_args
+from .backup_dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.restore")
 

@@ -18,7 +18,7 @@ from ..commands.prune import decision_table, prune_one
 from ..config import Config
 from . import notifiers, run_notes
 from .adapters import io_pool_args, runtime, task_errors
-from .dags import START_DATE, default_args
+from .backup_dags import START_DATE, default_args
 
 log = logging.getLogger("backups.orchestration.retention")
 

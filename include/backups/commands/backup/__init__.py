@@ -1,5 +1,5 @@
 """The backup command, step by step (no Airflow import): ``backupctl backup`` runs the steps in a row, the ``@task`` adapters in
-:mod:`backups.orchestration.dags` pass context values in (logical date, params, run id) and map errors.
+:mod:`backups.orchestration.backup_dags` pass context values in (logical date, params, run id) and map errors.
 
 Each step resolves what it needs from the config, calls the engine (:mod:`backups.engine.backup_pipeline`), and
 returns a small typed result (a :class:`~backups.commands.base.Result` dataclass, :mod:`.results`); its

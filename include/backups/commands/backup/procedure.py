@@ -1,5 +1,5 @@
 """The backup, declared once (:data:`BACKUP`): the tier DAGs and backup_manual build one task per step
-(:mod:`backups.orchestration.dags`), ``backupctl backup`` runs the same steps in one process (:func:`run_backup`)."""
+(:mod:`backups.orchestration.backup_dags`), ``backupctl backup`` runs the same steps in one process (:func:`run_backup`)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("backups.commands.backup")
 
 # The backup, declared once: the tier DAGs and backup_manual build their tasks from this list
-# (orchestration/dags.py), `backupctl backup` runs it in one process (run_backup below). Each function below is
+# (orchestration/backup_dags.py), `backupctl backup` runs it in one process (run_backup below). Each function below is
 # the step's body for both doors: (run context, results of the earlier steps, fan-out item) -> typed result.
 def _plan_of(r: dict[str, Any]) -> Plan:
     return r["prepare_environment"].plan
