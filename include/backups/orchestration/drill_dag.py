@@ -141,7 +141,11 @@ def _reported(actx: Any, verdict: dict[str, Any]) -> None:
     ``drill_complete`` event; then the task fails when the drill failed (the failure notifier alerts)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    note = drill_command.drill_note(verdict)
+    try:  # the report as the Backups plugin serves it (authenticated like the UI), not a path on the worker
+        link: str | None = run_notes.drill_report_url(verdict["drill_id"])
+    except (KeyError, ValueError):
+        link = None
+    note = drill_command.drill_note(verdict, link)
     log.info("%s", note)
     run_notes.set_run_note(actx["dag"].dag_id, actx["run_id"], note)
     summary = {k: verdict[k] for k in ("drill_id", "passed", "rto_seconds", "rpo_seconds", "findings", "reports")}
