@@ -36,7 +36,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -45,12 +44,15 @@ import zstandard
 from ..catalog.manifest import object_key
 from ..errors import SourceError
 from ..repository.index import IndexEntry, entry_json, iter_index, order_key
-from ..sources.base import Entry, SourceReader
-from ..sources.fsmeta import narrowed_mode, owner_of, pax_records, read_xattrs
+from ..sources.base import Entry, Prepared, SourceReader
+from ..sources.fsmeta import owner_of, read_xattrs
 from ..storage.base import Storage, sha256_of
 from ..storage.util import ThreadedHashingSink
 from . import tarstream
 from .progress import Progress
+from .tarheaders import owner_fields as owner_fields  # re-exported: imported from here
+from .tarheaders import tarinfo
+from .tarheaders import ustar_fast as ustar_fast  # re-exported: imported from here
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -104,59 +106,6 @@ def _object_writer(storage: Storage, key: str, compress: bool = True, threads: i
 
 def _record(key: str, hw: ThreadedHashingSink) -> dict[str, Any]:
     return {"key": key, "size": hw.size, "sha256": hw.hexdigest()}
-
-
-# ------------------------------------------------------------------------------------------------ tar writing
-_USTAR_KIND = dict(tarstream.TYPES)
-_NUL100 = bytes(100)
-_USTAR_TAIL = b"0000000\x000000000\x00" + bytes(167)  # devmajor, devminor, an empty prefix and the block's padding
-
-
-@lru_cache(maxsize=256)
-def owner_fields(uname: str, gname: str) -> tuple[bytes, int] | None:
-    """``magic version uname gname`` of a ustar header (72 bytes) and the sum of their bytes and of the
-    constant tail's (for the checksum), or None when a name needs a pax record."""
-    bu, bg = uname.encode("utf-8", "surrogateescape"), gname.encode("utf-8", "surrogateescape")
-    if len(bu) > 31 or len(bg) > 31 or not bu.isascii() or not bg.isascii():
-        return None
-    fields = b"ustar\x0000" + bu.ljust(32, b"\x00") + bg.ljust(32, b"\x00")
-    return fields, sum(fields) + sum(_USTAR_TAIL)
-
-
-def ustar_fast(path: str, kind: str, mode: int, mtime: int, size: int, link: str, uid: int, gid: int,
-                uname: str, gname: str) -> bytes | None:
-    """The header :func:`tarstream.header` writes when ustar alone holds every value (an ASCII name and link
-    of at most 100 bytes, no pax record, values in range), packed in a few C-level operations; None otherwise.
-
-    This is the header of nearly every member of a tree of small files, where packing it field by field cost
-    about a tenth of the backup's time. tests/unit/engine/test_tarstream.py checks it byte for byte."""
-    if not (path.isascii() and link.isascii() and 0 <= mtime < 8**11 and 0 <= uid < 8**7 and 0 <= gid < 8**7
-            and size < 8**11):
-        return None
-    name = (path + "/" if kind == "d" else path).encode("ascii")
-    blink = link.encode("ascii")
-    owner = owner_fields(uname, gname)
-    if len(name) > 100 or len(blink) > 100 or owner is None:
-        return None
-    numbers = b"%07o\x00%07o\x00%07o\x00%011o\x00%011o\x00" % (mode & 0o7777, uid, gid, size, mtime)
-    tag = _USTAR_KIND[kind]
-    checksum = sum(name) + sum(numbers) + 8 * 32 + tag[0] + sum(blink) + owner[1]  # the field itself counts as spaces
-    return b"".join((name, _NUL100[len(name):], numbers, b"%06o\x00 " % checksum, tag, blink, _NUL100[len(blink):],
-                     owner[0], _USTAR_TAIL))
-
-
-def _tarinfo(e: Entry, size: int, kind: str | None = None, link: str | None = None) -> bytes:
-    """The member header of ``e``: owner in the ustar fields, extended attributes and ACLs as pax records, and a
-    mode never wider than the source's for a reader that ignores ACLs (see :mod:`backups.sources.fsmeta`)."""
-    uid, gid, uname, gname = e.owner or (0, 0, "", "")
-    if not e.xattrs:
-        fast = ustar_fast(e.path, kind or e.type, e.mode, e.mtime_ns // 1_000_000_000, size,
-                           (e.link if link is None else link) or "", uid, gid, uname, gname)
-        if fast is not None:
-            return fast
-    return tarstream.header(e.path, kind or e.type, narrowed_mode(e.mode, e.xattrs), e.mtime_ns // 1_000_000_000,
-                            size, (e.link if link is None else link) or "", uid=uid, gid=gid, uname=uname,
-                            gname=gname, pax=pax_records(e.xattrs) if e.xattrs else None)
 
 
 def _same_meta(prev: IndexEntry, e: Entry) -> bool:
@@ -265,16 +214,16 @@ class _TarStream:
         return self._zpool
 
     def add_meta(self, e: Entry) -> None:
-        self._put(e.path, _tarinfo(e, 0))
+        self._put(e.path, tarinfo(e, 0))
         self.members += 1
 
     def add_hardlink(self, e: Entry, target: str) -> None:
-        self._put(e.path, _tarinfo(e, 0, "h", target))
+        self._put(e.path, tarinfo(e, 0, "h", target))
         self.members += 1
 
     def add_bytes(self, e: Entry, content: bytes, progress: Progress) -> str:
         """Store a member whose bytes are all in memory; returns their SHA-256."""
-        self._put(e.path, _tarinfo(e, len(content)), content, tarstream.padding(len(content)))
+        self._put(e.path, tarinfo(e, len(content)), content, tarstream.padding(len(content)))
         progress.advance(len(content))
         self.members += 1
         self.raw_bytes += len(content)
@@ -295,7 +244,7 @@ class _TarStream:
         this thread feeds the compressor (hashlib releases the GIL)."""
         out = self._open(e.path)
         self.flush()  # the frame becomes a streamed one
-        out.write(_tarinfo(e, size))
+        out.write(tarinfo(e, size))
         h = hashlib.sha256()
         left, short = size, False
         threaded = size >= PARALLEL_HASH_MIN
@@ -340,7 +289,7 @@ class _TarStream:
             self._frame = (-1, out.n, e.path)
             self._pooled = True
         self.flush()  # a streamed frame (pooled frames before it written)
-        out.write(_tarinfo(e, size))
+        out.write(tarinfo(e, size))
         self._z.flush(zstandard.FLUSH_FRAME)
         while chunk := zdata.read(CHUNK):
             self.hw.write(chunk)  # type: ignore[union-attr]
@@ -449,170 +398,20 @@ def backup_source(
     """
     progress = progress or Progress.null()
     detection = "checksum" if checksum else reader.change_detection
-    warnings: list[str] = []
-    stored = 0
     akey = object_key(snap_id, reader.name, "archive")
     parent_iter = iter_index(storage, parent_obj) if parent_obj else iter(())
     with tempfile.TemporaryDirectory(prefix=f"backup-{reader.name}-", dir=staging_root) as staging, ExitStack() as stack:
         prep = stack.enter_context(reader.prepare(Path(staging)))
         tar = _TarStream(stack, storage, akey)
         idx = _IndexWriters(stack, storage, snap_id, reader.name)
-        nxt = next(parent_iter, None)
-        last: list[str] | None = None
-        primaries: dict[tuple[int, int], tuple[str, IndexEntry, bool]] = {}  # (dev, ino) -> first path, entry, stored now
+        run = _SourceRun(reader.name, snap_id, detection, progress, staging, prep, tar, idx, parent_iter)
         for e in prep.entries:
-            key = order_key(e.path)
-            if last is not None and key <= last:
-                raise SourceError(f"source {reader.name}: entries out of order at {e.path!r} (internal error)")
-            last = key
-            while nxt is not None and order_key(nxt[0]) < key:
-                idx.delete(nxt[0])
-                nxt = next(parent_iter, None)
-            prev: IndexEntry | None = None
-            if nxt is not None and nxt[0] == e.path:
-                prev = nxt[1]
-                nxt = next(parent_iter, None)
-                if prev.type != e.type:  # a type change is a deletion then a new entry (the by-hand restore needs it)
-                    idx.delete(e.path)
-                    prev = None
-            if e.xattrs_deferred and (prev is not None or e.nlink > 1):  # compared, or in a hard-link header
-                _load_xattrs(e, f"/proc/self/fd/{e.dir_fd}/{e.fs_path}", prep.unreadable)
-            if e.unreadable:  # a directory we could not read: its previous version, whole subtree, is kept
-                if prev is not None:
-                    idx.add(e.path, prev)
-                    below = e.path + "/"
-                    linked: set[str] | None = None
-                    while nxt is not None and nxt[0].startswith(below):
-                        cp, ce = nxt
-                        nxt = next(parent_iter, None)
-                        if ce.type == "f" and ce.link is not None and not ce.link.startswith(below):
-                            # a hard link to a file outside: kept only while that file is still a linked file of
-                            # this snapshot (else the restore could not link it: the snapshot must stay restorable)
-                            linked = linked if linked is not None else {v[0] for v in primaries.values()}
-                            if ce.link not in linked:
-                                idx.delete(cp)
-                                msg = (f"{cp}: hard link to {ce.link}, which is no longer linked to it; not kept from "
-                                       "the previous snapshot (its directory could not be read)")
-                                warnings.append(msg)
-                                log.warning("source %s: %s", reader.name, msg)
-                                continue
-                        idx.add(cp, ce)
-                continue
-            if e.type == "f" and e.nlink > 1:
-                first = primaries.get((e.dev, e.ino))
-                if first is not None:  # a hard link to a file stored (or referenced) above
-                    ppath, pe, pstored = first
-                    ent = pe._replace(ino=e.ino, link=ppath)
-                    if pstored or prev is None or prev.link != ppath:
-                        tar.add_hardlink(e, ppath)  # the by-hand restore (tar) needs it again when the file changed
-                    idx.add(e.path, ent)
-                    continue
-            if prev is not None and prev.mode == e.mode and _same_meta(prev, e):
-                if prev.owner is None:  # recorded before owners were: the entry gets them, the bytes stay where they are
-                    prev = prev._replace(owner=e.owner, xattrs=e.xattrs)
-                if (e.type == "f" and detection == "meta" and prev.link is None and prev.size == e.size
-                        and prev.mtime_ns == e.mtime_ns and prev.ino == e.ino):
-                    idx.add(e.path, prev)
-                    if e.nlink > 1:
-                        primaries[(e.dev, e.ino)] = (e.path, prev, False)
-                    progress.skip(e.size)
-                    continue
-                if e.type in "dl" and prev.mtime_ns == e.mtime_ns and prev.link == e.link:
-                    idx.add(e.path, prev._replace(ino=e.ino))
-                    continue
-            if e.type != "f":
-                tar.add_meta(e)
-                idx.add(e.path, _entry(e, 0, None, snap_id, link=e.link))
-                continue
-            digest = getattr(e, "digest", None)  # a postgres table file read while pg_dump wrote it
-            if digest is not None and e.type == "f":
-                if (detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
-                        and prev.mode == e.mode and prev.size == e.size and _same_meta(prev, e)
-                        and prev.sha256 == digest.sha256):
-                    idx.add(e.path, _entry(e, e.size, digest.sha256, prev.snap))
-                    progress.skip(e.size)
-                    continue
-                tar.add_compressed(e, e.size, digest.spool, progress)
-                idx.add(e.path, _entry(e, e.size, digest.sha256, snap_id))
-                stored += 1
-                progress.file_done()
-                continue
-            try:
-                fd = e.open()
-            except OSError as exc:
-                if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:  # gone, or replaced by a symlink
-                    warnings.append(f"{e.path}: file removed before we read it")
-                    log.warning("source %s: %r: file removed before we read it", reader.name, e.path)
-                    if prev is not None:
-                        idx.delete(e.path)
-                    continue
-                prep.unreadable.append(f"{e.path} ({exc.strerror})")
-                if prev is not None:  # keep the last good version rather than losing the file from the snapshot
-                    idx.add(e.path, prev)
-                continue
-            with open(fd, "rb", buffering=0, closefd=True) as fh:
-                st = os.fstat(fd)
-                size = st.st_size
-                e.mtime_ns, e.mode, e.ino = st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino  # what is read
-                if e.owner is not None:  # a files source: owner and attributes of what is read, too
-                    e.owner = owner_of(st.st_uid, st.st_gid)
-                    if e.xattrs_deferred:
-                        _load_xattrs(e, fd, prep.unreadable)
-                    else:
-                        with suppress(OSError):
-                            e.xattrs = read_xattrs(fd)
-                if (detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
-                        and prev.mode == e.mode and prev.size == size and _same_meta(prev, e)):
-                    sha = _hash_open(fh)
-                    if sha == prev.sha256:
-                        ent = _entry(e, size, sha, prev.snap)
-                        idx.add(e.path, ent)
-                        if e.nlink > 1:
-                            primaries[(e.dev, e.ino)] = (e.path, ent, False)
-                        progress.skip(size)
-                        continue
-                    fh.seek(0)
-                stored_size, sha, short = size, "", False
-                if size < PARALLEL_HASH_MIN:  # read whole first: the header carries the size actually read
-                    content = _read_upto(fh, size + PARALLEL_HASH_MIN)
-                    stored_size = len(content)
-                    sha = tar.add_bytes(e, content, progress)
-                else:
-                    sha, short = tar.add_file(e, fh, size, progress)
-                    if short:  # the member above holds zeros past the end: store what the file holds now after it
-                        fh.seek(0)
-                        with tempfile.TemporaryFile(dir=staging) as spool:
-                            shutil.copyfileobj(fh, spool, CHUNK)
-                            stored_size = spool.tell()
-                            spool.seek(0)
-                            sha = tar.add_spooled(e, spool, stored_size, progress)  # type: ignore[arg-type]
-                after = os.fstat(fd)
-            torn = short or stored_size != size or after.st_mtime_ns != st.st_mtime_ns or after.st_size != size
-            if torn:
-                msg = f"{e.path}: changed while being read ({size} bytes before, {after.st_size} after); stored as read ({stored_size} bytes), flagged torn"
-                warnings.append(msg)
-                log.warning("source %s: %s", reader.name, msg)
-            ent = _entry(e, stored_size, sha, snap_id, torn=torn)
-            idx.add(e.path, ent)
-            if e.nlink > 1:
-                primaries[(e.dev, e.ino)] = (e.path, ent, True)
-            stored += 1
-            progress.file_done()
-        while nxt is not None:
-            idx.delete(nxt[0])
-            nxt = next(parent_iter, None)
-        if prep.unreadable:
-            listing = "\n    ".join(prep.unreadable[:50]) + (f"\n    … and {len(prep.unreadable) - 50} more" if len(prep.unreadable) > 50 else "")
-            if on_unreadable == "fail":
-                raise SourceError(
-                    f"source {reader.name}: {len(prep.unreadable)} path(s) could not be read:\n    {listing}",
-                    hint=f"give the backup user read access to them, exclude them, or set sources.{reader.name}.on_unreadable: warn")
-            warnings.append(f"{len(prep.unreadable)} unreadable path(s) skipped (previous version kept where there was one): "
-                            + "; ".join(prep.unreadable[:20]))
+            run.entry(e)
+        run.finish(on_unreadable)
         tar.close()
         idx.flush()
         details = dict(prep.details)
-        warnings.extend(prep.warnings)
+        run.warnings.extend(prep.warnings)
     # ExitStack closed: the archive (if any) and the index objects are committed on the storage
     objects = {"archive": _record(akey, tar.hw) | {"frames": len(tar.frames)} if tar.hw is not None else None,
                **idx.records()}
@@ -625,14 +424,227 @@ def backup_source(
         "files": idx.files,
         "bytes": idx.bytes,
         "stored_members": tar.members,
-        "stored_files": stored,
+        "stored_files": run.stored,
         "stored_bytes": tar.raw_bytes,
         "deleted": idx.deleted,
-        "warnings": warnings,
+        "warnings": run.warnings,
         "details": details,
     }
     save_part(storage, snap_id, reader.name, record)
     return record
+
+
+class _SourceRun:
+    """The walk of :func:`backup_source`: each entry of the source, in order, merged with the parent's index
+    (``nxt``: the parent's next entry not yet matched), decided unchanged or stored (see the module docstring)."""
+
+    def __init__(self, name: str, snap_id: str, detection: str, progress: Progress, staging: str, prep: Prepared,
+                 tar: _TarStream, idx: _IndexWriters, parent_iter: Iterator[tuple[str, IndexEntry]]) -> None:
+        self.name, self.snap_id, self.detection, self.progress, self.staging = name, snap_id, detection, progress, staging
+        self.prep, self.tar, self.idx, self.parent_iter = prep, tar, idx, parent_iter
+        self.nxt = next(parent_iter, None)
+        self.last: list[str] | None = None
+        self.primaries: dict[tuple[int, int], tuple[str, IndexEntry, bool]] = {}  # (dev, ino) -> first path, entry, stored now
+        self.warnings: list[str] = []
+        self.stored = 0
+
+    def _warn(self, msg: str) -> None:
+        self.warnings.append(msg)
+        log.warning("source %s: %s", self.name, msg)
+
+    def entry(self, e: Entry) -> None:
+        """Record one entry of the source: unchanged (the parent's entry), or stored in the archive."""
+        prev = self._parent_of(e)
+        if e.xattrs_deferred and (prev is not None or e.nlink > 1):  # compared, or in a hard-link header
+            _load_xattrs(e, f"/proc/self/fd/{e.dir_fd}/{e.fs_path}", self.prep.unreadable)
+        if e.unreadable:  # a directory we could not read: its previous version, whole subtree, is kept
+            if prev is not None:
+                self._keep_subtree(e, prev)
+            return
+        if e.type == "f" and e.nlink > 1 and self._hardlink(e, prev):
+            return
+        if prev is not None and prev.mode == e.mode and _same_meta(prev, e):
+            if prev.owner is None:  # recorded before owners were: the entry gets them, the bytes stay where they are
+                prev = prev._replace(owner=e.owner, xattrs=e.xattrs)
+            if self._unchanged(e, prev):
+                return
+        if e.type != "f":
+            self.tar.add_meta(e)
+            self.idx.add(e.path, _entry(e, 0, None, self.snap_id, link=e.link))
+            return
+        digest = getattr(e, "digest", None)  # a postgres table file read while pg_dump wrote it
+        if digest is not None and e.type == "f":
+            self._precompressed(e, prev, digest)
+            return
+        self._file(e, prev)
+
+    def finish(self, on_unreadable: str) -> None:
+        """Paths of the parent not seen are deleted; unreadable paths fail the source or become a warning."""
+        while self.nxt is not None:
+            self.idx.delete(self.nxt[0])
+            self.nxt = next(self.parent_iter, None)
+        unreadable = self.prep.unreadable
+        if unreadable:
+            listing = "\n    ".join(unreadable[:50]) + (f"\n    … and {len(unreadable) - 50} more" if len(unreadable) > 50 else "")
+            if on_unreadable == "fail":
+                raise SourceError(
+                    f"source {self.name}: {len(unreadable)} path(s) could not be read:\n    {listing}",
+                    hint=f"give the backup user read access to them, exclude them, or set sources.{self.name}.on_unreadable: warn")
+            self.warnings.append(f"{len(unreadable)} unreadable path(s) skipped (previous version kept where there was one): "
+                                 + "; ".join(unreadable[:20]))
+
+    def _parent_of(self, e: Entry) -> IndexEntry | None:
+        """The parent's entry of ``e``'s path (None if none, or of another type); parent paths passed are deleted."""
+        key = order_key(e.path)
+        if self.last is not None and key <= self.last:
+            raise SourceError(f"source {self.name}: entries out of order at {e.path!r} (internal error)")
+        self.last = key
+        nxt = self.nxt
+        while nxt is not None and order_key(nxt[0]) < key:
+            self.idx.delete(nxt[0])
+            nxt = next(self.parent_iter, None)
+        prev: IndexEntry | None = None
+        if nxt is not None and nxt[0] == e.path:
+            prev = nxt[1]
+            nxt = next(self.parent_iter, None)
+            if prev.type != e.type:  # a type change is a deletion then a new entry (the by-hand restore needs it)
+                self.idx.delete(e.path)
+                prev = None
+        self.nxt = nxt
+        return prev
+
+    def _keep_subtree(self, e: Entry, prev: IndexEntry) -> None:
+        """Keep the parent's entries of the unreadable directory ``e`` and of its whole subtree."""
+        idx = self.idx
+        idx.add(e.path, prev)
+        below = e.path + "/"
+        linked: set[str] | None = None
+        while self.nxt is not None and self.nxt[0].startswith(below):
+            cp, ce = self.nxt
+            self.nxt = next(self.parent_iter, None)
+            if ce.type == "f" and ce.link is not None and not ce.link.startswith(below):
+                # a hard link to a file outside: kept only while that file is still a linked file of
+                # this snapshot (else the restore could not link it: the snapshot must stay restorable)
+                linked = linked if linked is not None else {v[0] for v in self.primaries.values()}
+                if ce.link not in linked:
+                    idx.delete(cp)
+                    self._warn(f"{cp}: hard link to {ce.link}, which is no longer linked to it; not kept from "
+                               "the previous snapshot (its directory could not be read)")
+                    continue
+            idx.add(cp, ce)
+
+    def _hardlink(self, e: Entry, prev: IndexEntry | None) -> bool:
+        """Record ``e`` as a hard link to a file stored (or referenced) above; False if it is the first seen."""
+        first = self.primaries.get((e.dev, e.ino))
+        if first is None:
+            return False
+        ppath, pe, pstored = first
+        ent = pe._replace(ino=e.ino, link=ppath)
+        if pstored or prev is None or prev.link != ppath:
+            self.tar.add_hardlink(e, ppath)  # the by-hand restore (tar) needs it again when the file changed
+        self.idx.add(e.path, ent)
+        return True
+
+    def _unchanged(self, e: Entry, prev: IndexEntry) -> bool:
+        """Keep the parent's entry of a file unchanged by its metadata, or of an unchanged directory or symlink."""
+        if (e.type == "f" and self.detection == "meta" and prev.link is None and prev.size == e.size
+                and prev.mtime_ns == e.mtime_ns and prev.ino == e.ino):
+            self.idx.add(e.path, prev)
+            if e.nlink > 1:
+                self.primaries[(e.dev, e.ino)] = (e.path, prev, False)
+            self.progress.skip(e.size)
+            return True
+        if e.type in "dl" and prev.mtime_ns == e.mtime_ns and prev.link == e.link:
+            self.idx.add(e.path, prev._replace(ino=e.ino))
+            return True
+        return False
+
+    def _precompressed(self, e: Entry, prev: IndexEntry | None, digest: Any) -> None:
+        """A file whose bytes were compressed and hashed while the source was prepared."""
+        if (self.detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
+                and prev.mode == e.mode and prev.size == e.size and _same_meta(prev, e)
+                and prev.sha256 == digest.sha256):
+            self.idx.add(e.path, _entry(e, e.size, digest.sha256, prev.snap))
+            self.progress.skip(e.size)
+            return
+        self.tar.add_compressed(e, e.size, digest.spool, self.progress)
+        self.idx.add(e.path, _entry(e, e.size, digest.sha256, self.snap_id))
+        self.stored += 1
+        self.progress.file_done()
+
+    def _file(self, e: Entry, prev: IndexEntry | None) -> None:
+        """Read a regular file: kept if its checksum is unchanged, else stored (flagged torn if it changed)."""
+        try:
+            fd = e.open()
+        except OSError as exc:
+            self._open_failed(e, prev, exc)
+            return
+        with open(fd, "rb", buffering=0, closefd=True) as fh:
+            st = os.fstat(fd)
+            size = st.st_size
+            self._refresh_meta(e, fd, st)
+            if (self.detection == "checksum" and prev is not None and prev.type == "f" and prev.link is None
+                    and prev.mode == e.mode and prev.size == size and _same_meta(prev, e)):
+                sha = _hash_open(fh)
+                if sha == prev.sha256:
+                    ent = _entry(e, size, sha, prev.snap)
+                    self.idx.add(e.path, ent)
+                    if e.nlink > 1:
+                        self.primaries[(e.dev, e.ino)] = (e.path, ent, False)
+                    self.progress.skip(size)
+                    return
+                fh.seek(0)
+            stored_size, sha, short = self._store(e, fh, size)
+            after = os.fstat(fd)
+        torn = short or stored_size != size or after.st_mtime_ns != st.st_mtime_ns or after.st_size != size
+        if torn:
+            self._warn(f"{e.path}: changed while being read ({size} bytes before, {after.st_size} after); "
+                       f"stored as read ({stored_size} bytes), flagged torn")
+        ent = _entry(e, stored_size, sha, self.snap_id, torn=torn)
+        self.idx.add(e.path, ent)
+        if e.nlink > 1:
+            self.primaries[(e.dev, e.ino)] = (e.path, ent, True)
+        self.stored += 1
+        self.progress.file_done()
+
+    def _open_failed(self, e: Entry, prev: IndexEntry | None, exc: OSError) -> None:
+        if isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP:  # gone, or replaced by a symlink
+            self.warnings.append(f"{e.path}: file removed before we read it")
+            log.warning("source %s: %r: file removed before we read it", self.name, e.path)
+            if prev is not None:
+                self.idx.delete(e.path)
+            return
+        self.prep.unreadable.append(f"{e.path} ({exc.strerror})")
+        if prev is not None:  # keep the last good version rather than losing the file from the snapshot
+            self.idx.add(e.path, prev)
+
+    def _refresh_meta(self, e: Entry, fd: int, st: os.stat_result) -> None:
+        """The entry's metadata becomes that of what is read (the open descriptor)."""
+        e.mtime_ns, e.mode, e.ino = st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_ino
+        if e.owner is not None:  # a files source: owner and attributes of what is read, too
+            e.owner = owner_of(st.st_uid, st.st_gid)
+            if e.xattrs_deferred:
+                _load_xattrs(e, fd, self.prep.unreadable)
+            else:
+                with suppress(OSError):
+                    e.xattrs = read_xattrs(fd)
+
+    def _store(self, e: Entry, fh: BinaryIO, size: int) -> tuple[int, str, bool]:
+        """Append the file to the archive; returns (bytes stored, their SHA-256, shrank while streamed)."""
+        tar, progress = self.tar, self.progress
+        if size < PARALLEL_HASH_MIN:  # read whole first: the header carries the size actually read
+            content = _read_upto(fh, size + PARALLEL_HASH_MIN)
+            return len(content), tar.add_bytes(e, content, progress), False
+        sha, short = tar.add_file(e, fh, size, progress)
+        stored_size = size
+        if short:  # the member above holds zeros past the end: store what the file holds now after it
+            fh.seek(0)
+            with tempfile.TemporaryFile(dir=self.staging) as spool:
+                shutil.copyfileobj(fh, spool, CHUNK)
+                stored_size = spool.tell()
+                spool.seek(0)
+                sha = tar.add_spooled(e, spool, stored_size, progress)  # type: ignore[arg-type]
+        return stored_size, sha, short
 
 
 def _load_xattrs(e: Entry, target: int | str, unreadable: list[str]) -> None:

@@ -211,19 +211,7 @@ def build_status(cfg: Config, resolver: Resolver | None = None, *, now: datetime
     ``airflow_runs``: dag_id -> {"last_run": ..., "last_failure": ...} from Airflow's metadata (REST API);
     without it, the values of ``previous`` (the last status the monitoring DAG wrote) are carried over."""
     now = now or now_utc()
-    storages: list[dict[str, Any]] = []
-    snaps: dict[str, Any] = {}  # id -> Snapshot (first storage in config order that holds it)
-    holders: dict[str, list[str]] = {}
-    catalogs: dict[str, Any] = {}
-    for name in cfg.storages:
-        entry, catalog = probe_storage(cfg, name, resolver, write_probe=write_probe)
-        storages.append(entry)
-        if catalog is None:
-            continue
-        catalogs[name] = catalog
-        for sid, s in catalog.snapshots.items():
-            snaps.setdefault(sid, s)
-            holders.setdefault(sid, []).append(name)
+    storages, snaps, holders, catalogs = _probe_storages(cfg, resolver, write_probe)
     record_rollbacks(storages, previous)
     by_storage = {e["storage"]: e for e in storages}
     prev_tiers = {t.get("tier"): t for t in (previous or {}).get("tiers", []) if isinstance(t, dict)}
@@ -251,11 +239,7 @@ def build_status(cfg: Config, resolver: Resolver | None = None, *, now: datetime
         freshness = state
         if newest is not None:  # OK only when fresh, present and verified
             state = worst(state, "critical" if present["problems"] else "ok", verification["severity"])
-        unexpected = False
-        if newest is not None and newest.doc.get("promoted_reason"):
-            req = newest.doc.get("requested_type")
-            unexpected = any(s.newness() < newest.newness() and (req == "incremental" or s.type == "full")
-                             for s in snaps.values())
+        unexpected = _promoted_unexpectedly(newest, snaps)
         tiers.append({
             "tier": tier, "dag_id": dag_id,
             "schedule": cfg.tiers[tier].schedule if tier in cfg.tiers else None,
@@ -297,7 +281,42 @@ def build_status(cfg: Config, resolver: Resolver | None = None, *, now: datetime
         entry["last_read_data_at"] = max((a for a in stamps if isinstance(a, str) and _not_future(parse_iso(a), now)),
                                          key=lambda a: cast(datetime, parse_iso(a)), default=None)
         entry["dependents"] = _dependents(catalogs.get(entry["storage"]), entry.get("open_failures") or {})
-    doc = {
+    doc = _document(cfg, now, tiers, storages)
+    doc["_tables"] = _table_rows(snaps)
+    return doc
+
+
+def _probe_storages(cfg: Any, resolver: Any, write_probe: bool) -> tuple[list[dict[str, Any]], dict[str, Any],
+                                                                          dict[str, list[str]], dict[str, Any]]:
+    """(storage entries, snapshots by id, the storages holding each snapshot, catalogs of the reachable storages)."""
+    storages: list[dict[str, Any]] = []
+    snaps: dict[str, Any] = {}  # id -> Snapshot (first storage in config order that holds it)
+    holders: dict[str, list[str]] = {}
+    catalogs: dict[str, Any] = {}
+    for name in cfg.storages:
+        entry, catalog = probe_storage(cfg, name, resolver, write_probe=write_probe)
+        storages.append(entry)
+        if catalog is None:
+            continue
+        catalogs[name] = catalog
+        for sid, s in catalog.snapshots.items():
+            snaps.setdefault(sid, s)
+            holders.setdefault(sid, []).append(name)
+    return storages, snaps, holders, catalogs
+
+
+def _promoted_unexpectedly(newest: Any, snaps: dict[str, Any]) -> bool:
+    """A newest snapshot promoted to a full although an earlier snapshot could have been its parent."""
+    unexpected = False
+    if newest is not None and newest.doc.get("promoted_reason"):
+        req = newest.doc.get("requested_type")
+        unexpected = any(s.newness() < newest.newness() and (req == "incremental" or s.type == "full")
+                         for s in snaps.values())
+    return unexpected
+
+
+def _document(cfg: Any, now: datetime, tiers: list[dict[str, Any]], storages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": iso(now),
         "application": cfg.application,
@@ -309,8 +328,6 @@ def build_status(cfg: Config, resolver: Resolver | None = None, *, now: datetime
         "reports": {"html": None, "json": None},
         "locks": [{"storage": s["storage"], **lk} for s in storages for lk in s.get("locks") or []],
     }
-    doc["_tables"] = _table_rows(snaps)
-    return doc
 
 
 # -------------------------------------------------------------------------------------------------- evidence

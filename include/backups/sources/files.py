@@ -118,97 +118,15 @@ class FilesSource(SourceReader):
         descriptors (``openat``), so paths of any total length work and no symlink is ever followed; an entry's
         ``dir_fd`` stays open until the consumer asks for the next entry. Entries that vanish while the tree is
         walked and sockets, FIFOs and device nodes are reported in ``warnings``."""
-        pending: list[Entry] = []  # ancestors not emitted yet
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-        def vanished(rel: str) -> None:
-            warnings.append(f"{rel}: file removed before we read it")
-            log.warning("source %s: %r: file removed before we read it", self.name, rel)
-
-        def listing(dfd: int) -> list[os.DirEntry[str]]:
-            with os.scandir(dfd) as it:
-                return sorted(it, key=lambda d: d.name)
-
-        def xattrs_of(target: int | str, rel: str) -> tuple[tuple[str, bytes], ...]:
-            try:
-                return read_xattrs(target)
-            except OSError as exc:
-                unreadable.append(f"{rel}: extended attributes ({exc.strerror})")
-                return ()
-
-        def walk(dfd: int, rel_dir: str, items: list[os.DirEntry[str]]) -> Iterator[Entry]:
-            for de in items:
-                rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
-                try:
-                    st = de.stat(follow_symlinks=False)
-                    e = Entry.from_stat(rel, de.name, st, dfd)
-                except FileNotFoundError:
-                    vanished(rel)
-                    continue
-                except OSError as exc:
-                    unreadable.append(f"{rel} ({exc.strerror})")
-                    continue
-                if self._exc(rel):
-                    continue
-                if e is None:
-                    if self._included(rel):
-                        msg = f"{rel}: {special_kind(st)} skipped (sockets, FIFOs and device nodes are not backed up)"
-                        warnings.append(msg)
-                        log.warning("source %s: %s", self.name, msg)
-                    continue
-                e.owner = owner_of(st.st_uid, st.st_gid)
-                if e.type == "d":
-                    try:
-                        sub = os.open(de.name, flags, dir_fd=dfd)
-                    except FileNotFoundError:
-                        vanished(rel)
-                        continue
-                    except OSError as exc:  # kept from the previous snapshot, whole subtree (see the archiver)
-                        unreadable.append(f"{rel}/ ({exc.strerror})")
-                        e.unreadable = True
-                        yield from pending
-                        pending.clear()
-                        yield e
-                        continue
-                    try:
-                        try:
-                            sub_items = listing(sub)
-                        except OSError as exc:
-                            unreadable.append(f"{rel}/ ({exc.strerror})")
-                            e.unreadable = True
-                            yield from pending
-                            pending.clear()
-                            yield e
-                            continue
-                        e.xattrs = xattrs_of(sub, rel)
-                        # a directory is kept when a glob matches it, or its contents (``uploads/**``), even empty
-                        if self._included(rel) or self._included(rel + "/"):
-                            yield from pending
-                            pending.clear()
-                            yield e
-                            yield from walk(sub, rel, sub_items)
-                        else:
-                            pending.append(e)
-                            yield from walk(sub, rel, sub_items)
-                            if pending and pending[-1] is e:
-                                pending.pop()
-                    finally:
-                        os.close(sub)
-                elif self._included(rel):
-                    if e.type == "f":  # read by the archiver, once (see Entry.xattrs_deferred)
-                        e.xattrs_deferred = True
-                    yield from pending
-                    pending.clear()
-                    yield e
-
+        walker = _TreeWalk(self, unreadable, warnings)
         root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             try:
-                items = listing(root)
+                items = _listing(root)
             except OSError as exc:  # nothing of the source could be kept or recorded: never a snapshot of nothing
                 raise SourceError(f"source {self.name}: root directory {self.root} cannot be listed ({exc.strerror})",
                                   hint="run the backup as a user that can read it") from None
-            yield from walk(root, "", items)
+            yield from walker.walk(root, "", items)
         finally:
             os.close(root)
 
@@ -228,3 +146,103 @@ class FilesSource(SourceReader):
         prepared = Prepared(entries=iter(()), details={"root": self.root_meta()})
         prepared.entries = self._scan(prepared.unreadable, prepared.warnings)
         yield prepared
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _listing(dfd: int) -> list[os.DirEntry[str]]:
+    with os.scandir(dfd) as it:
+        return sorted(it, key=lambda d: d.name)
+
+
+class _TreeWalk:
+    """One walk of a files source's tree (see :meth:`FilesSource._scan`); ``pending`` holds the ancestors not
+    emitted yet (a directory is emitted just before the first included entry below it)."""
+
+    def __init__(self, source: FilesSource, unreadable: list[str], warnings: list[str]) -> None:
+        self.source, self.unreadable, self.warnings = source, unreadable, warnings
+        self.pending: list[Entry] = []
+
+    def _vanished(self, rel: str) -> None:
+        self.warnings.append(f"{rel}: file removed before we read it")
+        log.warning("source %s: %r: file removed before we read it", self.source.name, rel)
+
+    def _xattrs_of(self, target: int | str, rel: str) -> tuple[tuple[str, bytes], ...]:
+        try:
+            return read_xattrs(target)
+        except OSError as exc:
+            self.unreadable.append(f"{rel}: extended attributes ({exc.strerror})")
+            return ()
+
+    def _emit(self, e: Entry) -> Iterator[Entry]:
+        """``e``, after its ancestors not emitted yet."""
+        yield from self.pending
+        self.pending.clear()
+        yield e
+
+    def walk(self, dfd: int, rel_dir: str, items: list[os.DirEntry[str]]) -> Iterator[Entry]:
+        """The included entries of the directory ``dfd`` (listed as ``items``) and below it."""
+        src, pending = self.source, self.pending
+        for de in items:
+            rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+            try:
+                st = de.stat(follow_symlinks=False)
+                e = Entry.from_stat(rel, de.name, st, dfd)
+            except FileNotFoundError:
+                self._vanished(rel)
+                continue
+            except OSError as exc:
+                self.unreadable.append(f"{rel} ({exc.strerror})")
+                continue
+            if src._exc(rel):
+                continue
+            if e is None:
+                if src._included(rel):
+                    msg = f"{rel}: {special_kind(st)} skipped (sockets, FIFOs and device nodes are not backed up)"
+                    self.warnings.append(msg)
+                    log.warning("source %s: %s", src.name, msg)
+                continue
+            e.owner = owner_of(st.st_uid, st.st_gid)
+            if e.type == "d":
+                yield from self._directory(dfd, de.name, rel, e)
+            elif src._included(rel):
+                if e.type == "f":  # read by the archiver, once (see Entry.xattrs_deferred)
+                    e.xattrs_deferred = True
+                yield from pending
+                pending.clear()
+                yield e
+
+    def _directory(self, dfd: int, name: str, rel: str, e: Entry) -> Iterator[Entry]:
+        """The directory entry ``e`` (when kept) and the included entries below it."""
+        try:
+            sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except FileNotFoundError:
+            self._vanished(rel)
+            return
+        except OSError as exc:  # kept from the previous snapshot, whole subtree (see the archiver)
+            self.unreadable.append(f"{rel}/ ({exc.strerror})")
+            e.unreadable = True
+            yield from self._emit(e)
+            return
+        try:
+            try:
+                sub_items = _listing(sub)
+            except OSError as exc:
+                self.unreadable.append(f"{rel}/ ({exc.strerror})")
+                e.unreadable = True
+                yield from self._emit(e)
+                return
+            e.xattrs = self._xattrs_of(sub, rel)
+            # a directory is kept when a glob matches it, or its contents (``uploads/**``), even empty
+            if self.source._included(rel) or self.source._included(rel + "/"):
+                yield from self._emit(e)
+                yield from self.walk(sub, rel, sub_items)
+            else:
+                pending = self.pending
+                pending.append(e)
+                yield from self.walk(sub, rel, sub_items)
+                if pending and pending[-1] is e:
+                    pending.pop()
+        finally:
+            os.close(sub)
