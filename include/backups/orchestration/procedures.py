@@ -60,7 +60,7 @@ class Built:
     groups: dict[str, Any]
 
 
-def _pull(ti: Any, step: Step, candidates: list[str] | None, rtype: type | None) -> Any:
+def _pull(ti: Any, step: Step, candidates: list[str] | None, rtype: type[Any] | None) -> Any:
     """The result of an earlier step from XCom, typed again: a plain step's value; a fan-out step's as
     ``{item: result or None}`` over the DAG's candidates (a skipped item pushed nothing)."""
 
@@ -130,7 +130,7 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
 
             mapped.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
                 [inspect.Parameter(item_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
-            fn = mapped
+            fn: Callable[..., Any] = mapped
         else:
             fn = body
         fn.__name__ = step.name

@@ -46,7 +46,7 @@ class RestoreRequest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RestoreRequest:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def _clean_list(value: Any) -> list[str] | None:

@@ -8,7 +8,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,7 +159,7 @@ def regular_files(root: Path) -> Iterator[str]:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def walk_tree(root: Path) -> Iterator[tuple[list[str], str, int, int, int, str]]:
+def walk_tree(root: Path) -> Generator[tuple[list[str], str, int, int, int, str], None, None]:
     """Every entry below ``root`` as (order key, relative path, ``st_mode``, ``st_size``, descriptor of its
     directory, name), in the index's canonical order (a directory right before its contents, names sorted), so it
     merges with an index stream in one pass and constant memory. Directories are opened one component at a time
