@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from typing import Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -105,7 +105,7 @@ class _ParallelFrames:
 
         limited = LimitedReader(raw, self.frames[i].length)
         n = 0
-        with zstandard.ZstdDecompressor().stream_reader(limited, read_size=CHUNK, closefd=False,
+        with zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], limited), read_size=CHUNK, closefd=False,
                                                         read_across_frames=True) as z:
             while chunk := z.read(CHUNK):
                 n += len(chunk)

@@ -224,8 +224,8 @@ def iter_members(src: BinaryIO, chunk: int = 1 << 20) -> Iterator[tuple[Member, 
             prefix = _str(block[345:500])
             if prefix:
                 name = f"{prefix}/{name}"
-        name = pax.pop("path", None) or longname or name
-        link = pax.pop("linkpath", None) or longlink or _str(block[157:257])
+        name = pax.pop("path", "") or longname or name
+        link = pax.pop("linkpath", "") or longlink or _str(block[157:257])
         if "size" in pax:
             size = int(pax.pop("size"))
         mtime = int(float(pax.pop("mtime", _num(block[136:148]))))

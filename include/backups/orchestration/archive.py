@@ -27,7 +27,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException
@@ -93,7 +93,7 @@ class WaitForArchiveTrigger(BaseTrigger):
                                     "polls": 0, "waited_seconds": 0.0})
                 return
             keys = list(self.keys) if self.keys is not None else await asyncio.to_thread(
-                snapshot_keys, storage, self.snapshot_id)
+                snapshot_keys, storage, cast(str, self.snapshot_id))  # __init__: no keys -> a snapshot_id
         except BackupError as exc:
             yield TriggerEvent({"status": "error", "storage": self.storage, "message": str(exc)})
             return

@@ -229,8 +229,7 @@ def add_backup_tasks(cfg: Config, tier: str, manual: bool, asset: Asset) -> None
                   "post_backup": "summary (and the manual result document); cleanup"},
         options={
             "prepare_environment": TaskOptions(task_args={"multiple_outputs": True}),
-            # TaskOptions.after is typed for dict results; notify_start's value is its message (procedures.py)
-            "notify_start": TaskOptions(after=started),  # type: ignore[arg-type]
+            "notify_start": TaskOptions(after=started),
             "extract_data": TaskOptions(io_pool=True, scratch=True),
             "extract_config": TaskOptions(io_pool=True, scratch=True),
             "upload": TaskOptions(io_pool=True),

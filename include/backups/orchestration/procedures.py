@@ -38,13 +38,14 @@ log = logging.getLogger("backups.orchestration.procedures")
 class TaskOptions:
     """What only Airflow needs for one step: extra ``@task`` arguments (``outlets``, ``multiple_outputs``), the
     ``backup_io`` pool for long I/O, a private scratch directory for the body (``ctx.state["scratch"]``), a trigger
-    rule that differs from the generic one, and a hook called with (Airflow context, result dict) after the body."""
+    rule that differs from the generic one, and a hook called with (Airflow context, the step's result — a dict, or
+    e.g. notify_start's message) after the body."""
 
     task_args: dict[str, Any] = field(default_factory=dict)
     io_pool: bool = False
     scratch: bool = False
     trigger_rule: str | None = None
-    after: Callable[[Any, dict[str, Any]], None] | None = None
+    after: Callable[[Any, Any], None] | None = None
     #: an operator instead of the generic task (a gate's approval text, a deferrable wait): called with the step
     #: and the task arguments (``task_id``, ``task_group``, ``trigger_rule``, …)
     operator: Callable[[Step, dict[str, Any]], Any] | None = None
@@ -60,7 +61,7 @@ class Built:
     groups: dict[str, Any]
 
 
-def _pull(ti: Any, step: Step, candidates: list[str] | None, rtype: type | None) -> Any:
+def _pull(ti: Any, step: Step, candidates: list[str] | None, rtype: type[Any] | None) -> Any:
     """The result of an earlier step from XCom, typed again: a plain step's value; a fan-out step's as
     ``{item: result or None}`` over the DAG's candidates (a skipped item pushed nothing)."""
 
@@ -130,7 +131,7 @@ def add_procedure_tasks(proc: Procedure, *, context: Callable[[Any, Step], RunCo
 
             mapped.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
                 [inspect.Parameter(item_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)])
-            fn = mapped
+            fn: Callable[..., Any] = mapped
         else:
             fn = body
         fn.__name__ = step.name

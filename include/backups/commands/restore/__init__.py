@@ -43,7 +43,7 @@ import shutil  # noqa: F401  (tests patch shutil.disk_usage through this package
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from .plan import (
@@ -84,6 +84,9 @@ from .run import (
     walk_tree,
 )
 
+if TYPE_CHECKING:
+    from ...storage import Resolver
+
 log = logging.getLogger("backups.commands.restore")
 
 # ------------------------------------------------------------------------------------------------ all steps
@@ -102,7 +105,7 @@ class RestoreOutcome:
                 "verified": self.verified.to_dict(), "report": self.report_paths}
 
 
-def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Any = None, *, pg_dsn: str | None = None,
+def restore_snapshot(cfg: Config, req: RestoreRequest, resolver: Resolver | None = None, *, pg_dsn: str | None = None,
                      validate: bool = True, poll_seconds: float = 60.0, tty: bool | None = None,
                      thaw_timeout: float | None = None) -> RestoreOutcome:
     """``backupctl restore``: the procedure :data:`~.steps.RESTORE` (the DAG's steps) in this process — locate and

@@ -9,13 +9,16 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from ...engine.progress import mb
 from ...errors import ConfigError, NotFoundError, RefusedError, SourceError, StorageError
 from ..validate import DB_KINDS
 from .request import Location, RestoreRequest, guard_target, read_only_storage, target_state
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 log = logging.getLogger("backups.commands.restore")
 
@@ -48,7 +51,7 @@ def pg_key(t: str) -> str:
     return t[len("public."):] if t.startswith("public.") else t
 
 
-def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None,
+def plan_tables(cfg: Config, req: RestoreRequest, loc: Location, resolver: Resolver | None = None,
                 pg_dsn: str | None = None) -> TablePlan | None:
     """For a table-level restore (``req.tables``): read each database source's foreign keys from the snapshot —
     SQLite ``PRAGMA foreign_key_list`` on a staged copy of the database, PostgreSQL the dump's schema (its
@@ -238,7 +241,7 @@ def _known_tables(req: RestoreRequest, loc: Location) -> None:
                                                 f"{next(iter(t for ts in loc.db_tables.values() for t in ts), '-')}")
 
 
-def check_before_approval(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None,
+def check_before_approval(cfg: Config, req: RestoreRequest, loc: Location, resolver: Resolver | None = None,
                           pg_dsn: str | None = None, *, validate: bool = True, run_id: str | None = None) -> Location:
     """Everything that can be known before a person approves (and before an archive is thawed): the target
     (:func:`check_prerequisites`: state, claim by another run, writable, free space), the chosen tables exist in the
@@ -282,7 +285,7 @@ class ArchiveWait:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None})
 
 
-def wait_for_archive(cfg: Config, loc: Location, resolver: Any = None, *, poll_seconds: float = 60.0,
+def wait_for_archive(cfg: Config, loc: Location, resolver: Resolver | None = None, *, poll_seconds: float = 60.0,
                      timeout_seconds: float | None = None) -> ArchiveWait:
     """Archive storages: request the restores of every object of the chain and wait until all are readable —
     at most ``timeout_seconds`` (default :data:`~backups.engine.thaw.THAW_TIMEOUT_SECONDS`, 48 h; the CLI's

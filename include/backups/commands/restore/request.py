@@ -9,11 +9,14 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from ...errors import ConfigError, NotFoundError, RefusedError, did_you_mean
 from ..validate import DB_KINDS
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 log = logging.getLogger("backups.commands.restore")
 
@@ -46,7 +49,7 @@ class RestoreRequest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RestoreRequest:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def _clean_list(value: Any) -> list[str] | None:
@@ -153,7 +156,7 @@ def target_state(target: str) -> str:
     return "empty" if n == 0 else f"not empty ({n} entries)"
 
 
-def locate(cfg: Config, req: RestoreRequest, resolver: Any = None) -> Location:
+def locate(cfg: Config, req: RestoreRequest, resolver: Resolver | None = None) -> Location:
     """The storage to restore from (``req.storage``, or the first reachable one holding the whole chain) and the
     snapshot, checked against the request (sources present, tables/includes/PostgreSQL target applicable)."""
     from ...engine.locate import find_snapshot
@@ -200,7 +203,7 @@ def locate(cfg: Config, req: RestoreRequest, resolver: Any = None) -> Location:
 _OPENED: ContextVar[dict[str, Any] | None] = ContextVar("restore_opened_storages", default=None)
 
 
-def read_only_storage(cfg: Config, name: str, resolver: Any = None) -> Any:
+def read_only_storage(cfg: Config, name: str, resolver: Resolver | None = None) -> Any:
     """The storage ``name`` opened read-only — once per run while the run shares its storages (the CLI: every
     step of one ``backupctl restore`` reads through the same opened storage); else opened afresh (a DAG task)."""
     from ...storage import open_storage

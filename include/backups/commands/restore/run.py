@@ -8,11 +8,11 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...config import Config
 from ...engine.progress import mb
@@ -21,6 +21,9 @@ from ...storage.base import sha256_of
 from ..validate import DB_KINDS, compact_results, validate_restored
 from .plan import TablePlan, existing_parent
 from .request import Location, RestoreRequest, read_only_storage
+
+if TYPE_CHECKING:
+    from ...storage import Resolver
 
 log = logging.getLogger("backups.commands.restore")
 
@@ -64,7 +67,7 @@ class RestoreResult:
 
 
 @contextmanager
-def shared_lock(cfg: Config, storage: str, resolver: Any = None, *, operation: str) -> Iterator[None]:
+def shared_lock(cfg: Config, storage: str, resolver: Resolver | None = None, *, operation: str) -> Iterator[None]:
     """The repository's shared lock on ``storage`` (opened read-only: lock objects are its one write). A prune
     (exclusive) waits while it is held, so a snapshot cannot be forgotten between a restore and its verification:
     the CLI and the drill hold it across both steps."""
@@ -91,7 +94,7 @@ def snapshot_still_there(cfg: Config, storage: Any, snapshot_id: str, *, step: s
     return cat, cat.get(snapshot_id)
 
 
-def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Any = None, pg_dsn: str | None = None, *,
+def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Resolver | None = None, pg_dsn: str | None = None, *,
                 tty: bool | None = False, plan: TablePlan | None = None, locked: bool = False) -> RestoreResult:
     """Restore the located snapshot's sources into the target through :func:`backups.engine.restorer.restore`,
     holding the repository's shared lock (a prune waits for it) and re-reading the catalog under it. ``locked``:
@@ -159,7 +162,7 @@ def regular_files(root: Path) -> Iterator[str]:
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def walk_tree(root: Path) -> Iterator[tuple[list[str], str, int, int, int, str]]:
+def walk_tree(root: Path) -> Generator[tuple[list[str], str, int, int, int, str], None, None]:
     """Every entry below ``root`` as (order key, relative path, ``st_mode``, ``st_size``, descriptor of its
     directory, name), in the index's canonical order (a directory right before its contents, names sorted), so it
     merges with an index stream in one pass and constant memory. Directories are opened one component at a time
@@ -350,7 +353,7 @@ class Verification:
                 "index while written; not re-read)")
 
 
-def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: RestoreResult, resolver: Any = None,
+def verify_restore(cfg: Config, req: RestoreRequest, loc: Location, restored: RestoreResult, resolver: Resolver | None = None,
                    pg_dsn: str | None = None, *, validate: bool = True, scratch_dsn: str | None = None,
                    locked: bool = False) -> Verification:
     """Check the restored tree against the snapshot's index: every selected regular file present with its size
