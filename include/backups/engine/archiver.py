@@ -92,7 +92,7 @@ def _object_writer(storage: Storage, key: str, compress: bool = True, threads: i
         try:
             if compress:
                 with compressor(threads).stream_writer(sink, closefd=False) as z:  # type: ignore[arg-type]
-                    yield z, sink  # type: ignore[misc]
+                    yield z, sink
             else:
                 yield sink, sink  # type: ignore[misc]
             if trailer is not None:
@@ -131,7 +131,7 @@ class _TarStream:
 
     def __init__(self, stack: ExitStack, storage: Storage, key: str) -> None:
         self.stack, self.storage, self.key = stack, storage, key
-        self.out: BinaryIO | None = None
+        self.out: _Counting | None = None
         self.hw: ThreadedHashingSink | None = None
         self.members = 0
         self.raw_bytes = 0
@@ -159,7 +159,7 @@ class _TarStream:
         """Hand the batched members to the stream (into the open frame, which is then a streamed one)."""
         self._streamed()
         if self._batch:
-            self.out.write(self._batch)  # type: ignore[union-attr]
+            self.out.write(self._batch)  # type: ignore[union-attr]  # set by _open before any batch
             self._batch = bytearray()
 
     def _streamed(self) -> None:
@@ -178,7 +178,7 @@ class _TarStream:
             self.hw.write(comp)  # type: ignore[union-attr]
             self.frames.append(tarstream.Frame(coff, len(comp), uoff, first))
 
-    def _open(self, name: str) -> BinaryIO:
+    def _open(self, name: str) -> _Counting:
         """The writer, opened on the first member; also the frame boundary hook: called before every member
         (``name``), it ends the current zstd frame once it holds :data:`~backups.engine.tarstream.FRAME_SIZE`
         uncompressed bytes, so every frame starts with a member header and decompresses on its own."""
@@ -329,7 +329,7 @@ class _Counting:
     def __init__(self, z: BinaryIO) -> None:
         self.z, self.n = z, 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self.n += len(data)
         return self.z.write(data)
 
@@ -643,7 +643,7 @@ class _SourceRun:
                 shutil.copyfileobj(fh, spool, CHUNK)
                 stored_size = spool.tell()
                 spool.seek(0)
-                sha = tar.add_spooled(e, spool, stored_size, progress)  # type: ignore[arg-type]
+                sha = tar.add_spooled(e, spool, stored_size, progress)
         return stored_size, sha, short
 
 
