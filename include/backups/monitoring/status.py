@@ -286,7 +286,7 @@ def build_status(cfg: Config, resolver: Resolver | None = None, *, now: datetime
     return doc
 
 
-def _probe_storages(cfg: Any, resolver: Any, write_probe: bool) -> tuple[list[dict[str, Any]], dict[str, Any],
+def _probe_storages(cfg: Config, resolver: Resolver | None, write_probe: bool) -> tuple[list[dict[str, Any]], dict[str, Any],
                                                                           dict[str, list[str]], dict[str, Any]]:
     """(storage entries, snapshots by id, the storages holding each snapshot, catalogs of the reachable storages)."""
     storages: list[dict[str, Any]] = []
@@ -315,7 +315,7 @@ def _promoted_unexpectedly(newest: Any, snaps: dict[str, Any]) -> bool:
     return unexpected
 
 
-def _document(cfg: Any, now: datetime, tiers: list[dict[str, Any]], storages: list[dict[str, Any]]) -> dict[str, Any]:
+def _document(cfg: Config, now: datetime, tiers: list[dict[str, Any]], storages: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "generated_at": iso(now),
