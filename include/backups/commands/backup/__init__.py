@@ -33,7 +33,16 @@ from .pre_backup import (
     with_manual_tier,
 )
 from .procedure import BACKUP, run_backup
-from .report import cleanup, complete_run, completion_summary, manual_report, report_key, summary_text, write_report
+from .report import (
+    StepResults,
+    cleanup,
+    complete_run,
+    completion_summary,
+    manual_report,
+    report_key,
+    summary_text,
+    write_report,
+)
 from .results import (
     CleanupResult,
     CommitResult,
@@ -54,7 +63,7 @@ from .verify import check_integrity, test_restore, validate_data
 
 __all__ = [
     "BACKUP", "DATA_KINDS", "MANUAL_TIER", "CleanupResult", "CommitResult", "CompletionSummary", "ExtractResult",
-    "IntegrityResult", "PreparedRun", "RestoreTestResult", "Selection", "StepResult", "SystemState",
+    "IntegrityResult", "PreparedRun", "RestoreTestResult", "Selection", "StepResult", "StepResults", "SystemState",
     "SystemStateError", "UploadResult", "ValidationResult", "as_plan", "check_integrity", "check_system_state",
     "cleanup", "commit_snapshot", "complete_run", "completion_summary", "extract_source", "instant_first",
     "is_archive", "manual_report", "plan_run", "replicate_to", "report_key", "run_backup", "run_scratch",

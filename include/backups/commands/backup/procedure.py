@@ -19,7 +19,7 @@ from ..procedure import CLEANUP, Procedure, RunContext, Skip, Step
 from ..procedure import run as run_procedure
 from ..validate import DB_KINDS
 from .pre_backup import Selection, check_system_state, plan_run, start_message
-from .report import cleanup, complete_run
+from .report import StepResults, cleanup, complete_run
 from .results import (
     CleanupResult,
     CommitResult,
@@ -114,11 +114,13 @@ def _results(r: dict[str, Any], name: str) -> list[Any]:
 
 
 def _run_notify_completion(ctx: RunContext, r: dict[str, Any], _: Any) -> CompletionSummary:
-    return complete_run(
-        ctx.cfg, _plan_of(r), r["commit"], [i for i in _results(r, "check_integrity") if i],
-        r["validate_data"], r["test_restore"], _results(r, "extract_data") + _results(r, "extract_config"),
-        _results(r, "upload"), run_seconds=ctx.state.get("run_seconds") or _since(ctx.state.get("started")), dag_id=ctx.dag_id, run_id=ctx.run_id,
-        manual=ctx.params.get("manual"), resolver=ctx.resolver)
+    steps = StepResults(committed=r["commit"], integrity=[i for i in _results(r, "check_integrity") if i],
+                        validation=r["validate_data"], restore_test=r["test_restore"],
+                        extracts=_results(r, "extract_data") + _results(r, "extract_config"),
+                        uploads=_results(r, "upload"))
+    return complete_run(ctx.cfg, _plan_of(r), steps,
+                        run_seconds=ctx.state.get("run_seconds") or _since(ctx.state.get("started")),
+                        dag_id=ctx.dag_id, run_id=ctx.run_id, manual=ctx.params.get("manual"), resolver=ctx.resolver)
 
 
 def _since(started: datetime | None) -> float | None:

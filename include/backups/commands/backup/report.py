@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ...catalog.manifest import Catalog, manifest_key
@@ -33,12 +34,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("backups.commands.backup")
 
-def completion_summary(cfg: Config, plan: Plan, committed: CommitResult, integrity: list[IntegrityResult],
-                       validation: ValidationResult, restore_test: RestoreTestResult,
-                       extracts: list[ExtractResult | None], uploads: list[UploadResult | None],
-                       run_seconds: float | None, resolver: Resolver | None = None) -> CompletionSummary:
+@dataclass
+class StepResults:
+    """What the steps before the completion returned (the CLI's results, the DAG's XComs): the one parameter object
+    of :func:`completion_summary` and :func:`complete_run`. ``extracts`` / ``uploads`` hold ``None`` for a skipped
+    item of their fan-out."""
+
+    committed: CommitResult
+    integrity: list[IntegrityResult]
+    validation: ValidationResult
+    restore_test: RestoreTestResult
+    extracts: list[ExtractResult | None] = field(default_factory=list)
+    uploads: list[UploadResult | None] = field(default_factory=list)
+
+
+def completion_summary(cfg: Config, plan: Plan, steps: StepResults, run_seconds: float | None,
+                       resolver: Resolver | None = None) -> CompletionSummary:
     """id, type, sizes, durations and checks of the run (read from the committed manifest + the tasks' XComs)."""
     p = as_plan(plan)
+    integrity, validation, restore_test = steps.integrity, steps.validation, steps.restore_test
+    extracts, uploads = steps.extracts, steps.uploads
     st = open_storage(cfg, p.storages[0], resolver, read_only=True)
     snap = Catalog(st, cfg.application).get(p.snapshot_id)
     d = snap.doc
@@ -124,15 +139,12 @@ def manual_report(summary: dict[str, Any], *, dag_id: str, run_id: str, requeste
     return doc, "\n".join(md)
 
 
-def complete_run(cfg: Config, plan: Plan, committed: CommitResult, integrity: list[IntegrityResult],
-                 validation: ValidationResult, restore_test: RestoreTestResult, extracts: list[ExtractResult | None],
-                 uploads: list[UploadResult | None], *, run_seconds: float | None, dag_id: str, run_id: str,
-                 manual: dict[str, Any] | None = None, resolver: Resolver | None = None) -> CompletionSummary:
+def complete_run(cfg: Config, plan: Plan, steps: StepResults, *, run_seconds: float | None, dag_id: str,
+                 run_id: str, manual: dict[str, Any] | None = None, resolver: Resolver | None = None) -> CompletionSummary:
     """The end of a run: :func:`completion_summary`, logged, and its result document stored next to the snapshot
     on every storage of the run. ``manual`` (requested_by, approval, params) makes it the backup_manual document."""
     p = as_plan(plan)
-    summary = completion_summary(cfg, p, committed, integrity, validation, restore_test, extracts, uploads,
-                                 run_seconds, resolver)
+    summary = completion_summary(cfg, p, steps, run_seconds, resolver)
     text = summary_text(summary.to_dict())
     log.info("%s", text)
     if manual is not None:
