@@ -14,17 +14,8 @@ import pytest
 from backups.cli import main
 from backups.commands import restore as rc
 from backups.errors import ConfigError, IntegrityError, RefusedError, SourceError, StorageError
-from tests.helpers import app_tree, db_rows, make_app, run_backup, subprocess_env
-
-WEEKLY = "weekly-20260104T010000Z"
-
-
-@pytest.fixture
-def app(tmp_path, monkeypatch):
-    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path))
-    a = make_app(tmp_path, scale=0.2, seed=5)
-    run_backup(a["cfg"], "weekly", logical_date="2026-01-04T01:00:00Z")
-    return a
+from tests.helpers import app_tree, db_rows, run_backup, subprocess_env
+from tests.unit.commands.conftest import WEEKLY
 
 
 @pytest.mark.parametrize(("change", "error", "text"), [

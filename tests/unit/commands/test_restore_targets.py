@@ -16,17 +16,8 @@ import pytest
 from backups.commands import restore as rc
 from backups.commands import target_lock as tl
 from backups.errors import RefusedError
-from tests.helpers import app_tree, make_app, run_backup
-
-WEEKLY = "weekly-20260104T010000Z"
-
-
-@pytest.fixture
-def app(tmp_path, monkeypatch):
-    monkeypatch.setenv("BACKUP_STAGING", str(tmp_path))
-    a = make_app(tmp_path, scale=0.2, seed=5)
-    run_backup(a["cfg"], "weekly", logical_date="2026-01-04T01:00:00Z")
-    return a
+from tests.helpers import app_tree
+from tests.unit.commands.conftest import WEEKLY
 
 
 def _restore(app, target, **kw):
