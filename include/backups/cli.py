@@ -14,8 +14,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from . import cli_parser
 from .cli_logging import LOG_FORMAT, log_level, route_logging
-from .cli_parser import build_parser as _build_parser
 from .errors import BROKEN_PIPE, EXIT_CODES, BackupError, StorageError
 from .units import fmt_bytes, fmt_duration
 
@@ -464,7 +464,7 @@ def cmd_exit_codes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return _build_parser({"backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
+    return cli_parser.build_parser({"backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
                           "verify": cmd_verify, "status": cmd_status, "prune": cmd_prune, "unlock": cmd_unlock,
                           "drill": cmd_drill, "exit-codes": cmd_exit_codes, "doctor": cmd_doctor})
 

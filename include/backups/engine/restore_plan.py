@@ -1,4 +1,4 @@
-"""Planning a restore: what ``--include`` selects (:func:`_selector`), the target checks, and the first pass
+"""Planning a restore: what ``--include`` selects (:func:`selector`), the target checks, and the first pass
 over a source's index (:func:`plan_source`: the directories, symlinks and hard links to create, and per archive
 how many files it holds and, when they fit, which). Part of :mod:`backups.engine.restorer`, which documents the
 algorithm."""
@@ -64,7 +64,7 @@ def _dir_of(glob: str) -> str:
     return head[:-1] if (len(head) - len(head.rstrip("\\"))) % 2 else head
 
 
-def _selector(includes: list[str] | None) -> Callable[[str], bool]:
+def selector(includes: list[str] | None) -> Callable[[str], bool]:
     """``--include`` as a predicate: a path matches a glob, or ``p + "/x"`` matches a glob ``dir/**`` (the
     directory itself is selected). Globs without wildcards (one path each, as a list of chosen files gives; also
     the ``dir`` of a literal ``dir/**``) are a set lookup; the others one compiled alternation each way."""

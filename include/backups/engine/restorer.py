@@ -76,11 +76,11 @@ from .restore_plan import (  # noqa: F401 - re-exported
     SourceRestore,
     _has_default_acl,
     _prepare_target,
-    _selector,
     chain_warnings,
     check_target,
     plan_source,
     safe_member,
+    selector,
 )
 from .restore_write import (  # noqa: F401 - re-exported
     _FILE_FLAGS,
@@ -108,7 +108,7 @@ def restore_source(storage: Storage, catalog: Catalog, snap: Snapshot, source: s
         raise NotFoundError(f"snapshot {snap.id} has no source {source!r}", hint=f"it has: {', '.join(sorted(snap.sources))}")
     rec = snap.sources[source]
     chain = {s.id: s for s in catalog.chain_of(snap)}
-    select = _selector(includes)
+    select = selector(includes)
     plan = plan_source(storage, rec["objects"]["index"], select)
     if includes and plan.empty():
         raise NotFoundError(f"no path of source {source} in {snap.id} matches {includes}", hint="check the globs with `backupctl show`")

@@ -35,7 +35,7 @@ def task_scratch(dag_id: str, run_id: str, label: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _staging_env(path: Path) -> Iterator[None]:
+def staging_env(path: Path) -> Iterator[None]:
     """Point the engine's dump staging (``BACKUP_STAGING``) into the task's scratch directory."""
     old = os.environ.get("BACKUP_STAGING")
     os.environ["BACKUP_STAGING"] = str(path)

@@ -16,7 +16,7 @@ from ...errors import IntegrityError
 from ...storage import Resolver, open_storage
 from ..base import mb
 from .results import CommitResult, ExtractResult, UploadResult, as_plan
-from .scratch import _staging_env
+from .scratch import staging_env
 
 if TYPE_CHECKING:
     from ...engine.backup_pipeline import Plan
@@ -45,7 +45,7 @@ def extract_source(cfg: Config, plan: Plan, source: str, scratch: Path | None, r
     try:
         # shared repo lock + exclusive lock on id + source: parallel extracts of other sources do not wait
         with Repository(primary, cfg).backup_lock(p.snapshot_id, source, operation="extract"), \
-                (_staging_env(scratch) if scratch is not None else contextlib.nullcontext()):
+                (staging_env(scratch) if scratch is not None else contextlib.nullcontext()):
             pipeline.clean_staging(cfg, cfg.locks.orphan_grace_hours * 3600)
             out = pipeline.extract(cfg, p, source, primary, resolver=resolver, checksum=checksum, progress=prog)
     finally:

@@ -131,9 +131,9 @@ def run_restore(cfg: Config, req: RestoreRequest, loc: Location, resolver: Resol
 # ------------------------------------------------------------------------------------------------ verify
 def include_selector(includes: list[str] | None) -> Callable[[str], bool]:
     """The restorer's selection: a glob matches a path, and ``dir/**`` also selects ``dir`` itself."""
-    from ...engine.restorer import _selector
+    from ...engine.restorer import selector
 
-    return _selector(includes)
+    return selector(includes)
 
 
 def sha256_file(root: Path, rel: str) -> tuple[str, int]:
